@@ -1,0 +1,103 @@
+// The engine's public vocabulary: table specs, optimizer and initializer
+// settings, and what open/stats/checkpoint calls report. Shared by the
+// engine wrapper, the server and the tests so that one definition rules.
+
+export type OptimizerSpec =
+  | { type: 'sgd'; lr: number; momentum?: number; dampening?: number; nesterov?: boolean; weightDecay?: number }
+  | { type: 'adagrad'; lr: number; initialAccumulator?: number; eps?: number }
+  | { type: 'adam'; lr: number; beta1?: number; beta2?: number; eps?: number }
+  | { type: 'rmsprop'; lr: number; alpha?: number; eps?: number; momentum?: number; centered?: boolean }
+  | {
+      type: 'ftrl';
+      lr: number;
+      lrPower?: number;
+      initialAccumulator?: number;
+      l1?: number;
+      l2?: number;
+      l2Shrinkage?: number;
+    };
+
+export type OptimizerType = OptimizerSpec['type'];
+
+export type InitializerSpec =
+  | { type: 'zeros' }
+  | { type: 'constant'; value: number }
+  | { type: 'uniform'; min: number; max: number }
+  | { type: 'normal'; mean: number; std: number; truncated?: boolean };
+
+export interface TableSpec {
+  name: string;
+  /** Row width, 1..4096 float32 values. */
+  dim: number;
+  optimizer: OptimizerSpec;
+  initializer: InitializerSpec;
+  /** Seed of the initializer: a key's initial row is a pure function of (seed, key). */
+  seed: number;
+}
+
+/** Hyperparameters that may change on a live table (learning-rate schedules). */
+export type HyperUpdate = Partial<Record<string, number | boolean>>;
+
+export interface TableInfo extends TableSpec {
+  /** Rows that have been pushed at least once (reserved in the pool). */
+  rows: number;
+  /** float32 values per row: weights plus optimizer state. */
+  rowFloats: number;
+}
+
+export interface OpenOptions {
+  /** Directory holding the pool. Omit with memoryOnly. */
+  dir?: string;
+  /** Pool size in MiB, used when the pool is created (default 1024). */
+  poolMb?: number;
+  /** Hard DRAM budget of the row cache, in MiB (default 256). */
+  cacheMb?: number;
+  /** DRAM-only engine with no pool: the benchmark's baseline and the crash test's reference. */
+  memoryOnly?: boolean;
+}
+
+export interface CheckpointRef {
+  id: number;
+}
+
+export interface OpenInfo {
+  /** The pool was created by this open. */
+  created: boolean;
+  /** The previous process closed the pool cleanly (state is the latest, not the last checkpoint). */
+  cleanClose: boolean;
+  /** The pool mapping is real persistent memory (or PMEM_IS_PMEM_FORCE emulates it). */
+  isPmem: boolean;
+  committed: number | null;
+  prepared: number | null;
+  /** Pushes are refused until a checkpoint prepared before a restart is committed or aborted. */
+  pushesBlocked: boolean;
+}
+
+export interface EngineStats {
+  cacheBytes: number;
+  cacheBudget: number;
+  cacheRows: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  writebacks: number;
+  flushes: number;
+  poolBytes: number;
+  poolUsedBytes: number;
+  committed: number | null;
+  prepared: number | null;
+  epoch: number;
+  /** Longest time, in microseconds, that a push waited on a running checkpoint. */
+  maxPushWaitUs: number;
+}
+
+export interface CheckpointContent {
+  id: number;
+  dense: Map<string, Float32Array>;
+  meta: Buffer;
+}
+
+export interface PrepareInput {
+  dense?: Map<string, Float32Array> | Record<string, Float32Array>;
+  meta?: Buffer;
+}
