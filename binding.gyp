@@ -1,0 +1,21 @@
+{
+  "targets": [
+    {
+      "target_name": "pmemps_native",
+      "sources": [
+        "native/src/addon.cc",
+        "native/src/engine.cc",
+        "native/src/index.cc",
+        "native/src/pool.cc",
+        "native/src/optimizer.cc",
+        "native/src/common.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libpmemobj libpmem)"],
+      "libraries": ["<!@(pkg-config --libs libpmemobj libpmem)"]
+    }
+  ]
+}

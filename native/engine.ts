@@ -1,0 +1,333 @@
+// The typed, promise-based face of the native storage engine. It is the only
+// module that loads the addon: everything else in pmemps reaches the table,
+// the cache and the pool through this class.
+//
+// Batches cross the boundary as Buffers (keys: packed little-endian uint64,
+// values: packed little-endian float32, keys x dim), never as per-row JS
+// objects; pull/push/checkpoint work runs on libuv's thread pool.
+
+import * as path from 'node:path';
+import { EngineError, fromNative } from './errors';
+import type {
+  CheckpointContent,
+  EngineStats,
+  HyperUpdate,
+  InitializerSpec,
+  OpenInfo,
+  OpenOptions,
+  OptimizerSpec,
+  OptimizerType,
+  PrepareInput,
+  TableInfo,
+  TableSpec,
+} from './types';
+
+export * from './types';
+export { EngineError } from './errors';
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const addon = require(path.join(__dirname, '..', '..', 'build', 'Release', 'pmemps_native.node'));
+
+/** Hyperparameter names of each optimizer, in the order the native code stores them, with defaults. */
+export const OPTIMIZER_PARAMS: Record<OptimizerType, ReadonlyArray<[string, number | boolean | undefined]>> = {
+  sgd: [['lr', undefined], ['momentum', 0], ['dampening', 0], ['nesterov', false], ['weightDecay', 0]],
+  adagrad: [['lr', undefined], ['initialAccumulator', 0], ['eps', 1e-10]],
+  adam: [['lr', undefined], ['beta1', 0.9], ['beta2', 0.999], ['eps', 1e-8]],
+  rmsprop: [['lr', undefined], ['alpha', 0.99], ['eps', 1e-8], ['momentum', 0], ['centered', false]],
+  ftrl: [['lr', undefined], ['lrPower', -0.5], ['initialAccumulator', 0.1], ['l1', 0], ['l2', 0], ['l2Shrinkage', 0]],
+};
+const OPT_CODES: OptimizerType[] = ['sgd', 'adagrad', 'adam', 'rmsprop', 'ftrl'];
+const INIT_CODES: InitializerSpec['type'][] = ['zeros', 'constant', 'uniform', 'normal'];
+
+function invalid(msg: string): EngineError {
+  return new EngineError('INVALID_ARGUMENT', msg);
+}
+
+function hyperArray(opt: OptimizerSpec): Float64Array {
+  const names = OPTIMIZER_PARAMS[opt.type];
+  if (!names) throw invalid(`unknown optimizer "${(opt as { type: string }).type}"; use one of ${OPT_CODES.join(', ')}`);
+  const known = new Set(names.map((n) => n[0]).concat('type'));
+  for (const k of Object.keys(opt)) {
+    if (!known.has(k)) throw invalid(`optimizer ${opt.type} has no hyperparameter "${k}"; it takes ${names.map((n) => n[0]).join(', ')}`);
+  }
+  const rec = opt as unknown as Record<string, number | boolean | undefined>;
+  return Float64Array.from(
+    names.map(([n, def]) => {
+      const v = rec[n] ?? def;
+      if (v === undefined) throw invalid(`optimizer ${opt.type} needs "${n}"`);
+      if (typeof v === 'boolean') return v ? 1 : 0;
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw invalid(`optimizer ${opt.type}: "${n}" must be a finite number`);
+      return v;
+    }),
+  );
+}
+
+function optimizerFrom(type: OptimizerType, h: Float64Array): OptimizerSpec {
+  const out: Record<string, number | boolean | string> = { type };
+  OPTIMIZER_PARAMS[type].forEach(([n, def], i) => {
+    out[n] = typeof def === 'boolean' ? h[i] !== 0 : h[i];
+  });
+  return out as unknown as OptimizerSpec;
+}
+
+function initArray(init: InitializerSpec): [number, Float64Array] {
+  const code = INIT_CODES.indexOf(init?.type);
+  if (code < 0) throw invalid(`unknown initializer "${init?.type}"; use one of ${INIT_CODES.join(', ')}`);
+  let p: number[];
+  switch (init.type) {
+    case 'zeros':
+      p = [0, 0, 0];
+      break;
+    case 'constant':
+      p = [init.value, 0, 0];
+      break;
+    case 'uniform':
+      p = [init.min, init.max, 0];
+      if (!(init.min <= init.max)) throw invalid('uniform initializer needs min <= max');
+      break;
+    case 'normal':
+      p = [init.mean, init.std, init.truncated ? 1 : 0];
+      if (!(init.std >= 0)) throw invalid('normal initializer needs std >= 0');
+      break;
+  }
+  if (!p.every((x) => Number.isFinite(x))) throw invalid(`initializer ${init.type}: parameters must be finite numbers`);
+  return [code, Float64Array.from(p)];
+}
+
+function initializerFrom(code: number, p: Float64Array): InitializerSpec {
+  switch (INIT_CODES[code]) {
+    case 'zeros':
+      return { type: 'zeros' };
+    case 'constant':
+      return { type: 'constant', value: p[0] };
+    case 'uniform':
+      return { type: 'uniform', min: p[0], max: p[1] };
+    default:
+      return { type: 'normal', mean: p[0], std: p[1], truncated: p[2] !== 0 };
+  }
+}
+
+function checkId(id: number): void {
+  if (!Number.isSafeInteger(id) || id <= 0) throw invalid(`checkpoint id must be a positive integer, got ${id}`);
+}
+
+/** Serializes named dense tensors: u32 count, then per tensor u32 name length, name (utf8), u32 length, float32 values. */
+export function encodeDense(dense: PrepareInput['dense']): Buffer {
+  const entries = dense instanceof Map ? [...dense.entries()] : Object.entries(dense ?? {});
+  const parts: Buffer[] = [];
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(entries.length);
+  parts.push(head);
+  for (const [name, arr] of entries) {
+    if (!(arr instanceof Float32Array)) throw invalid(`dense tensor "${name}" must be a Float32Array`);
+    const nb = Buffer.from(name, 'utf8');
+    if (nb.length === 0 || nb.length > 1024) throw invalid('dense tensor names must be 1..1024 bytes');
+    const h = Buffer.alloc(8 + nb.length);
+    h.writeUInt32LE(nb.length, 0);
+    nb.copy(h, 4);
+    h.writeUInt32LE(arr.length, 4 + nb.length);
+    parts.push(h, Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength));
+  }
+  return Buffer.concat(parts);
+}
+
+export function decodeDense(buf: Buffer): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  if (buf.length === 0) return out;
+  let off = 0;
+  const n = buf.readUInt32LE(off);
+  off += 4;
+  for (let i = 0; i < n; i++) {
+    const nl = buf.readUInt32LE(off);
+    off += 4;
+    const name = buf.toString('utf8', off, off + nl);
+    off += nl;
+    const len = buf.readUInt32LE(off);
+    off += 4;
+    const arr = new Float32Array(len);
+    Buffer.from(arr.buffer).set(buf.subarray(off, off + len * 4));
+    off += len * 4;
+    out.set(name, arr);
+  }
+  return out;
+}
+
+function callAsync<T>(fn: (cb: (err: Error | null, res?: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    try {
+      fn((err, res) => (err ? reject(fromNative(err)) : resolve(res as T)));
+    } catch (e) {
+      reject(fromNative(e));
+    }
+  });
+}
+
+function sync<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw fromNative(e);
+  }
+}
+
+interface NativeTable {
+  name: string;
+  dim: number;
+  opt: number;
+  hyper: Float64Array;
+  init: number;
+  initParams: Float64Array;
+  seed: number;
+  rows: number;
+  rowFloats: number;
+}
+
+export class Engine {
+  readonly openInfo: OpenInfo;
+  private readonly native: any;
+  private closed = false;
+
+  private constructor(native: any) {
+    this.native = native;
+    this.openInfo = native.openInfo();
+  }
+
+  /**
+   * Opens (creating when absent) the pool in opts.dir. Constant time: no scan,
+   * no index rebuild. Throws LOCKED when another process holds the directory.
+   */
+  static open(opts: OpenOptions): Engine {
+    const cacheMb = opts.cacheMb ?? 256;
+    const poolMb = opts.poolMb ?? 1024;
+    if (!(cacheMb >= 1)) throw invalid('cacheMb must be at least 1');
+    if (!opts.memoryOnly && !(poolMb >= 16)) throw invalid('poolMb must be at least 16');
+    if (!opts.memoryOnly && !opts.dir) throw invalid('dir is required unless memoryOnly is set');
+    const native = sync(
+      () =>
+        new addon.NativeEngine({
+          dir: opts.memoryOnly ? '' : path.resolve(opts.dir as string),
+          poolBytes: Math.floor(poolMb * 1024 * 1024),
+          cacheBytes: Math.floor(cacheMb * 1024 * 1024),
+          memoryOnly: !!opts.memoryOnly,
+        }),
+    );
+    return new Engine(native);
+  }
+
+  /** Creates a table; idempotent when the spec is identical, ALREADY_EXISTS when it differs. */
+  createTable(spec: TableSpec): void {
+    if (typeof spec?.name !== 'string' || !/^[A-Za-z0-9_.\-]{1,64}$/.test(spec.name))
+      throw invalid('table name must be 1..64 characters of A-Z a-z 0-9 _ . -');
+    if (!Number.isInteger(spec.dim) || spec.dim < 1 || spec.dim > 4096) throw invalid(`dim must be an integer in 1..4096, got ${spec.dim}`);
+    if (!Number.isSafeInteger(spec.seed) || spec.seed < 0) throw invalid('seed must be a non-negative integer');
+    const hyper = hyperArray(spec.optimizer);
+    const [initCode, initParams] = initArray(spec.initializer);
+    this.live();
+    sync(() => this.native.createTable(spec.name, spec.dim, OPT_CODES.indexOf(spec.optimizer.type), hyper, initCode, initParams, spec.seed));
+  }
+
+  /** Changes hyperparameters of a live table (for schedules). Fields that change the row layout are refused. */
+  updateTable(name: string, update: HyperUpdate): void {
+    this.live();
+    const t = this.listTables().find((x) => x.name === name);
+    if (!t) throw new EngineError('NOT_FOUND', `no table "${name}"`);
+    const merged = { ...t.optimizer, ...update, type: t.optimizer.type } as OptimizerSpec;
+    sync(() => this.native.updateTable(name, hyperArray(merged)));
+  }
+
+  listTables(): TableInfo[] {
+    this.live();
+    return (sync(() => this.native.listTables()) as NativeTable[]).map((t) => ({
+      name: t.name,
+      dim: t.dim,
+      optimizer: optimizerFrom(OPT_CODES[t.opt], t.hyper),
+      initializer: initializerFrom(t.init, t.initParams),
+      seed: t.seed,
+      rows: t.rows,
+      rowFloats: t.rowFloats,
+    }));
+  }
+
+  /** Rows for the keys, in their order: a Buffer of keys.length/8 x dim float32. */
+  pull(table: string, keys: Buffer): Promise<Buffer> {
+    this.live();
+    return callAsync<Buffer>((cb) => this.native.pull(table, keys, cb));
+  }
+
+  /** Applies the table's optimizer to the gradients (duplicate keys summed). All or nothing. */
+  push(table: string, keys: Buffer, grads: Buffer): Promise<void> {
+    this.live();
+    return callAsync<void>((cb) => this.native.push(table, keys, grads, cb));
+  }
+
+  /** Makes the state at this call durable as checkpoint `id`, without dropping the committed one. */
+  prepare(id: number, input: PrepareInput = {}): Promise<void> {
+    checkId(id);
+    this.live();
+    const dense = encodeDense(input.dense);
+    const meta = input.meta ?? Buffer.alloc(0);
+    if (!Buffer.isBuffer(meta)) throw invalid('meta must be a Buffer');
+    return callAsync<void>((cb) => this.native.prepare(id, dense, meta, cb));
+  }
+
+  /** Makes prepared checkpoint `id` the one a restart comes back to. */
+  commit(id: number): Promise<void> {
+    checkId(id);
+    this.live();
+    return callAsync<void>((cb) => this.native.commit(id, cb));
+  }
+
+  /** Drops prepared checkpoint `id`; the id can never commit afterwards. */
+  abort(id: number): Promise<void> {
+    checkId(id);
+    this.live();
+    return callAsync<void>((cb) => this.native.abort(id, cb));
+  }
+
+  /** Brings the running engine back to the last committed checkpoint. Cost independent of the table size. */
+  rollback(): Promise<void> {
+    this.live();
+    return callAsync<void>((cb) => this.native.rollback(cb));
+  }
+
+  /** The committed checkpoint's dense tensors and metadata, or null when none was committed. */
+  committedCheckpoint(): CheckpointContent | null {
+    this.live();
+    const r = sync(() => this.native.committedCheckpoint()) as { id: number; dense: Buffer; meta: Buffer } | null;
+    if (!r) return null;
+    return { id: r.id, dense: decodeDense(r.dense), meta: r.meta };
+  }
+
+  stats(): EngineStats {
+    this.live();
+    return sync(() => this.native.stats());
+  }
+
+  /** Writes back every dirty row and marks the pool cleanly closed. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await callAsync<void>((cb) => this.native.close(cb));
+  }
+
+  private live(): void {
+    if (this.closed) throw new EngineError('FAILED_PRECONDITION', 'the engine is closed');
+  }
+}
+
+/** Packs keys (bigint or safe-integer numbers) into the little-endian uint64 wire form. */
+export function packKeys(keys: ArrayLike<bigint | number>): Buffer {
+  const b = Buffer.alloc(keys.length * 8);
+  for (let i = 0; i < keys.length; i++) b.writeBigUInt64LE(BigInt(keys[i]), i * 8);
+  return b;
+}
+
+/** Views a float32 Buffer as a Float32Array (copying only when unaligned). */
+export function asFloats(buf: Buffer): Float32Array {
+  if (buf.byteOffset % 4 === 0) return new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+  return new Float32Array(Uint8Array.from(buf).buffer);
+}
+
+export function floatsToBuffer(arr: Float32Array): Buffer {
+  return Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength);
+}

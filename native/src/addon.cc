@@ -1,0 +1,356 @@
+// N-API binding of the engine. Batch calls run as AsyncWorkers on libuv's
+// thread pool; key and gradient Buffers are read in place (the wrapper keeps
+// them referenced until the callback) and pulled rows are handed back as an
+// external Buffer, so no row is copied between C++ and JS.
+#include <napi.h>
+
+#include <cstdlib>
+#include <functional>
+#include <memory>
+
+#include "common.h"
+#include "engine.h"
+
+using namespace pmemps;
+
+namespace {
+
+Napi::Error to_js(Napi::Env env, const Error& e) { return Napi::Error::New(env, std::string(e.code_name()) + ": " + e.what()); }
+
+Napi::Error to_js(Napi::Env env, const std::exception& e) { return Napi::Error::New(env, std::string("INTERNAL: ") + e.what()); }
+
+[[noreturn]] void bad(const std::string& m) { throw Error(Code::InvalidArgument, m); }
+
+Napi::Buffer<uint8_t> buffer_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsBuffer()) bad(std::string(what) + " must be a Buffer");
+  return info[i].As<Napi::Buffer<uint8_t>>();
+}
+
+OptimizerSpec opt_from(uint32_t type, const Napi::Value& v) {
+  if (type > 4) bad("unknown optimizer");
+  if (!v.IsTypedArray()) bad("hyperparameters must be a Float64Array");
+  auto a = v.As<Napi::Float64Array>();
+  OptimizerSpec s{};
+  s.type = static_cast<OptType>(type);
+  for (size_t i = 0; i < a.ElementLength() && i < kMaxHyper; i++) s.h[i] = a[i];
+  return s;
+}
+
+Napi::Float64Array f64(Napi::Env env, const double* p, size_t n) {
+  auto a = Napi::Float64Array::New(env, n);
+  for (size_t i = 0; i < n; i++) a[i] = p[i];
+  return a;
+}
+
+// Runs fn on the thread pool; calls back (err) or (null, result of make).
+class Job : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<void()>;
+  using Make = std::function<Napi::Value(Napi::Env)>;
+  Job(Napi::Function cb, Work w, Make m, std::vector<Napi::Value> keep, Work on_error = nullptr)
+      : Napi::AsyncWorker(cb, "pmemps"), work_(std::move(w)), make_(std::move(m)), on_error_(std::move(on_error)) {
+    for (auto& v : keep) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  void Execute() override {
+    try {
+      work_();
+    } catch (const Error& e) {
+      code_ = e.code_name();
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = "INTERNAL";
+      SetError("out of memory");
+    } catch (const std::exception& e) {
+      code_ = "INTERNAL";
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Callback().Call({env.Null(), make_ ? make_(env) : env.Undefined()});
+  }
+  void OnError(const Napi::Error& e) override {
+    Napi::Env env = Env();
+    if (on_error_) on_error_();
+    Callback().Call({Napi::Error::New(env, code_ + ": " + e.Message()).Value()});
+  }
+
+ private:
+  Work work_;
+  Make make_;
+  Work on_error_;
+  std::vector<Napi::ObjectReference> refs_;
+  std::string code_;
+};
+
+class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeEngine",
+                       {
+                           InstanceMethod("openInfo", &NativeEngine::OpenInfoJs),
+                           InstanceMethod("createTable", &NativeEngine::CreateTable),
+                           InstanceMethod("updateTable", &NativeEngine::UpdateTable),
+                           InstanceMethod("listTables", &NativeEngine::ListTables),
+                           InstanceMethod("pull", &NativeEngine::Pull),
+                           InstanceMethod("push", &NativeEngine::Push),
+                           InstanceMethod("prepare", &NativeEngine::Prepare),
+                           InstanceMethod("commit", &NativeEngine::Commit),
+                           InstanceMethod("abort", &NativeEngine::Abort),
+                           InstanceMethod("rollback", &NativeEngine::Rollback),
+                           InstanceMethod("committedCheckpoint", &NativeEngine::Committed),
+                           InstanceMethod("stats", &NativeEngine::StatsJs),
+                           InstanceMethod("close", &NativeEngine::Close),
+                       });
+  }
+
+  NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {
+    Napi::Env env = info.Env();
+    try {
+      if (!info[0].IsObject()) bad("options object required");
+      auto o = info[0].As<Napi::Object>();
+      EngineOptions opts;
+      opts.dir = o.Get("dir").As<Napi::String>().Utf8Value();
+      opts.pool_bytes = static_cast<uint64_t>(o.Get("poolBytes").As<Napi::Number>().Int64Value());
+      opts.cache_bytes = static_cast<uint64_t>(o.Get("cacheBytes").As<Napi::Number>().Int64Value());
+      opts.memory_only = o.Get("memoryOnly").As<Napi::Boolean>().Value();
+      engine_ = std::make_shared<Engine>(opts);
+    } catch (const Error& e) {
+      to_js(env, e).ThrowAsJavaScriptException();
+    } catch (const std::exception& e) {
+      to_js(env, e).ThrowAsJavaScriptException();
+    }
+  }
+
+ private:
+  template <typename F>
+  Napi::Value Guard(const Napi::CallbackInfo& info, F f) {
+    try {
+      return f();
+    } catch (const Error& e) {
+      to_js(info.Env(), e).ThrowAsJavaScriptException();
+    } catch (const std::exception& e) {
+      to_js(info.Env(), e).ThrowAsJavaScriptException();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Function cb_arg(const Napi::CallbackInfo& info, size_t i) {
+    if (!info[i].IsFunction()) bad("callback required");
+    return info[i].As<Napi::Function>();
+  }
+
+  Napi::Value OpenInfoJs(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      auto i = engine_->open_info();
+      auto o = Napi::Object::New(info.Env());
+      o.Set("created", i.created);
+      o.Set("cleanClose", i.clean_close);
+      o.Set("isPmem", i.is_pmem);
+      o.Set("committed", i.committed ? Napi::Number::New(info.Env(), static_cast<double>(i.committed)) : info.Env().Null());
+      o.Set("prepared", i.prepared ? Napi::Number::New(info.Env(), static_cast<double>(i.prepared)) : info.Env().Null());
+      o.Set("pushesBlocked", i.pushes_blocked);
+      return o;
+    });
+  }
+
+  Napi::Value CreateTable(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const std::string name = info[0].As<Napi::String>().Utf8Value();
+      const uint32_t dim = info[1].As<Napi::Number>().Uint32Value();
+      OptimizerSpec opt = opt_from(info[2].As<Napi::Number>().Uint32Value(), info[3]);
+      InitSpec init{};
+      const uint32_t it = info[4].As<Napi::Number>().Uint32Value();
+      if (it > 3) bad("unknown initializer");
+      init.type = static_cast<InitType>(it);
+      auto p = info[5].As<Napi::Float64Array>();
+      for (size_t i = 0; i < p.ElementLength() && i < 4; i++) init.p[i] = p[i];
+      init.seed = static_cast<uint64_t>(info[6].As<Napi::Number>().Int64Value());
+      engine_->create_table(name, dim, opt, init);
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value UpdateTable(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const std::string name = info[0].As<Napi::String>().Utf8Value();
+      uint32_t type = 0;
+      bool found = false;
+      for (auto& t : engine_->list_tables())
+        if (t.name == name) {
+          type = static_cast<uint32_t>(t.opt.type);
+          found = true;
+        }
+      if (!found) throw Error(Code::NotFound, "no table \"" + name + "\"");
+      engine_->update_table(name, opt_from(type, info[1]));
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value ListTables(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      Napi::Env env = info.Env();
+      auto ts = engine_->list_tables();
+      auto arr = Napi::Array::New(env, ts.size());
+      for (size_t i = 0; i < ts.size(); i++) {
+        auto o = Napi::Object::New(env);
+        o.Set("name", ts[i].name);
+        o.Set("dim", ts[i].dim);
+        o.Set("opt", static_cast<uint32_t>(ts[i].opt.type));
+        o.Set("hyper", f64(env, ts[i].opt.h, kMaxHyper));
+        o.Set("init", static_cast<uint32_t>(ts[i].init.type));
+        o.Set("initParams", f64(env, ts[i].init.p, 4));
+        o.Set("seed", static_cast<double>(ts[i].init.seed));
+        o.Set("rows", static_cast<double>(ts[i].rows));
+        o.Set("rowFloats", ts[i].row_floats);
+        arr.Set(static_cast<uint32_t>(i), o);
+      }
+      return arr;
+    });
+  }
+
+  Napi::Value Pull(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const std::string name = info[0].As<Napi::String>().Utf8Value();
+      auto keys = buffer_arg(info, 1, "keys");
+      auto cb = cb_arg(info, 2);
+      if (keys.Length() % 8) bad("keys must be packed uint64: length " + std::to_string(keys.Length()) + " is not a multiple of 8");
+      const size_t n = keys.Length() / 8;
+      const uint32_t dim = engine_->dim_of(name);
+      const size_t bytes = n * dim * sizeof(float);
+      float* out = static_cast<float*>(std::malloc(bytes ? bytes : 1));
+      if (!out) throw std::bad_alloc();
+      auto eng = engine_;
+      const uint8_t* kp = keys.Data();
+      auto job = new Job(
+          cb, [eng, name, kp, n, out, dim] { eng->pull(name, kp, n, out, dim); },
+          [out, bytes](Napi::Env env) -> Napi::Value {
+            return Napi::Buffer<uint8_t>::New(env, reinterpret_cast<uint8_t*>(out), bytes, [](Napi::Env, uint8_t* p) { std::free(p); });
+          },
+          {keys},
+          // On failure the rows were never handed to JS: free them here.
+          [out] { std::free(out); });
+      job->Queue();
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Push(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const std::string name = info[0].As<Napi::String>().Utf8Value();
+      auto keys = buffer_arg(info, 1, "keys");
+      auto grads = buffer_arg(info, 2, "grads");
+      auto cb = cb_arg(info, 3);
+      if (keys.Length() % 8) bad("keys must be packed uint64: length " + std::to_string(keys.Length()) + " is not a multiple of 8");
+      if (grads.Length() % 4) bad("grads must be packed float32: length " + std::to_string(grads.Length()) + " is not a multiple of 4");
+      const size_t n = keys.Length() / 8;
+      const uint32_t dim = engine_->dim_of(name);
+      if (grads.Length() / 4 != n * dim)
+        bad("grads hold " + std::to_string(grads.Length() / 4) + " values; " + std::to_string(n) + " keys x dim " + std::to_string(dim) +
+            " = " + std::to_string(n * dim) + " expected");
+      auto eng = engine_;
+      const uint8_t* kp = keys.Data();
+      const uint8_t* gp = grads.Data();
+      (new Job(cb, [eng, name, kp, gp, n] { eng->push(name, kp, n, gp); }, nullptr, {keys, grads}))->Queue();
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Prepare(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+      auto dense = buffer_arg(info, 1, "dense");
+      auto meta = buffer_arg(info, 2, "meta");
+      auto cb = cb_arg(info, 3);
+      auto eng = engine_;
+      std::string d(reinterpret_cast<const char*>(dense.Data()), dense.Length());
+      std::string m(reinterpret_cast<const char*>(meta.Data()), meta.Length());
+      (new Job(cb, [eng, id, d, m] { eng->prepare(id, d, m); }, nullptr, {}))->Queue();
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Commit(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+      auto eng = engine_;
+      (new Job(cb_arg(info, 1), [eng, id] { eng->commit(id); }, nullptr, {}))->Queue();
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Abort(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+      auto eng = engine_;
+      (new Job(cb_arg(info, 1), [eng, id] { eng->abort(id); }, nullptr, {}))->Queue();
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Rollback(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      auto eng = engine_;
+      (new Job(cb_arg(info, 0), [eng] { eng->rollback(); }, nullptr, {}))->Queue();
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Committed(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      Napi::Env env = info.Env();
+      uint64_t id;
+      std::string d, m;
+      if (!engine_->committed_checkpoint(&id, &d, &m)) return env.Null();
+      auto o = Napi::Object::New(env);
+      o.Set("id", static_cast<double>(id));
+      o.Set("dense", Napi::Buffer<char>::Copy(env, d.data(), d.size()));
+      o.Set("meta", Napi::Buffer<char>::Copy(env, m.data(), m.size()));
+      return o;
+    });
+  }
+
+  Napi::Value StatsJs(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      Napi::Env env = info.Env();
+      Stats s = engine_->stats();
+      auto o = Napi::Object::New(env);
+      auto num = [&](const char* k, uint64_t v) { o.Set(k, static_cast<double>(v)); };
+      num("cacheBytes", s.cache_bytes);
+      num("cacheBudget", s.cache_budget);
+      num("cacheRows", s.cache_rows);
+      num("hits", s.hits);
+      num("misses", s.misses);
+      num("evictions", s.evictions);
+      num("writebacks", s.writebacks);
+      num("flushes", s.flushes);
+      num("poolBytes", s.pool_bytes);
+      num("poolUsedBytes", s.pool_used);
+      o.Set("committed", s.committed ? Napi::Number::New(env, static_cast<double>(s.committed)) : env.Null());
+      o.Set("prepared", s.prepared ? Napi::Number::New(env, static_cast<double>(s.prepared)) : env.Null());
+      num("epoch", s.epoch);
+      num("maxPushWaitUs", s.max_push_wait_us);
+      return o;
+    });
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      auto eng = engine_;
+      (new Job(cb_arg(info, 0), [eng] { eng->close(); }, nullptr, {}))->Queue();
+      return info.Env().Undefined();
+    });
+  }
+
+  // Shared with queued jobs, so a job outliving a GC'd wrapper stays valid.
+  std::shared_ptr<Engine> engine_;
+};
+
+Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeEngine", NativeEngine::Init(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(pmemps_native, InitAll)

@@ -1,0 +1,231 @@
+// The DRAM row cache: striped, each stripe a chained hash of entries with an
+// intrusive LRU list and two dirty lists, under one mutex.
+//
+// Invariants:
+//  * At most one entry per (table, key), always in the stripe chosen by
+//    stripe_of(); every access to an entry and to its row in the pool holds
+//    that stripe's mutex.
+//  * bytes counts every byte the stripe holds: entry allocations and the
+//    bucket array. The engine evicts before returning, so bytes stays within
+//    the stripe's share of the hard budget (checkpoint copies included: the
+//    engine has none, a pending version is written to its pool slot instead).
+//  * An entry is on `dirty` when modified in the current epoch, on `pending`
+//    when modified in an epoch a running prepare must flush, on neither when
+//    clean. `epoch` is the epoch of its last modification.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#include "common.h"
+
+namespace pmemps {
+
+struct Entry {
+  Entry* hnext;
+  Entry* lprev;
+  Entry* lnext;
+  Entry* dprev;
+  Entry* dnext;
+  uint64_t key;
+  uint64_t ref;  // 1-based row number in the pool, 0 = none yet
+  uint32_t table;
+  uint32_t epoch;
+  uint32_t step;
+  uint8_t dirty;  // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
+  uint32_t bytes;
+  float data[1];
+};
+
+// Circular intrusive list with a sentinel; `Next`/`Prev` select the links.
+template <Entry* Entry::*Prev, Entry* Entry::*Next>
+struct EntryList {
+  Entry head;
+  size_t size = 0;
+  EntryList() { reset(); }
+  EntryList(const EntryList&) = delete;
+  EntryList& operator=(const EntryList&) = delete;
+  void reset() {
+    head.*Prev = head.*Next = &head;
+    size = 0;
+  }
+  bool empty() const { return size == 0; }
+  void push_front(Entry* e) {
+    e->*Next = head.*Next;
+    e->*Prev = &head;
+    (head.*Next)->*Prev = e;
+    head.*Next = e;
+    size++;
+  }
+  void unlink(Entry* e) {
+    (e->*Prev)->*Next = e->*Next;
+    (e->*Next)->*Prev = e->*Prev;
+    e->*Prev = e->*Next = nullptr;
+    size--;
+  }
+  Entry* back() { return size ? head.*Prev : nullptr; }
+  Entry* front() { return size ? head.*Next : nullptr; }
+  // Moves every element of `o` to the front of this list in O(1).
+  void splice(EntryList& o) {
+    if (o.empty()) return;
+    Entry* f = o.head.*Next;
+    Entry* l = o.head.*Prev;
+    l->*Next = head.*Next;
+    (head.*Next)->*Prev = l;
+    head.*Next = f;
+    f->*Prev = &head;
+    size += o.size;
+    o.head.*Prev = o.head.*Next = &o.head;
+    o.size = 0;
+  }
+};
+
+using LruList = EntryList<&Entry::lprev, &Entry::lnext>;
+using DirtyList = EntryList<&Entry::dprev, &Entry::dnext>;
+
+class Stripe {
+ public:
+  std::mutex mu;
+  LruList lru;  // front = most recently used
+  DirtyList dirty;
+  DirtyList pending;
+  size_t bytes = 0;
+  size_t budget = 0;
+  // Entries dirty with epoch <= pending_epoch are on `pending`: a prepare
+  // moved them there in O(1) and is writing them back.
+  uint32_t pending_epoch = 0;
+
+  Stripe() { rehash(64); }
+  ~Stripe() { clear(); std::free(buckets_); }
+
+  static uint64_t hash(uint32_t table, uint64_t key) { return mix64(key * 0x2545f4914f6cdd1dULL + table); }
+
+  Entry* find(uint32_t table, uint64_t key, uint64_t h) {
+    for (Entry* e = buckets_[h & mask_]; e; e = e->hnext)
+      if (e->key == key && e->table == table) return e;
+    return nullptr;
+  }
+
+  // Allocates an entry for row_floats values; not yet in any list.
+  static Entry* make(uint32_t table, uint64_t key, uint32_t row_floats) {
+    const size_t n = offsetof(Entry, data) + sizeof(float) * row_floats;
+    Entry* e = static_cast<Entry*>(std::malloc(n));
+    if (!e) throw std::bad_alloc();
+    std::memset(e, 0, offsetof(Entry, data));
+    e->key = key;
+    e->table = table;
+    e->bytes = static_cast<uint32_t>(n);
+    return e;
+  }
+
+  void insert(Entry* e, uint64_t h) {
+    if (count_ + 1 > (mask_ + 1)) rehash((mask_ + 1) * 2);
+    Entry*& b = buckets_[h & mask_];
+    e->hnext = b;
+    b = e;
+    count_++;
+    bytes += e->bytes;
+    lru.push_front(e);
+  }
+
+  // Removes e from the hash, the LRU and its dirty list, and frees it.
+  void erase(Entry* e, uint64_t h) {
+    Entry** pp = &buckets_[h & mask_];
+    while (*pp != e) pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    count_--;
+    bytes -= e->bytes;
+    lru.unlink(e);
+    mark_clean(e);
+    std::free(e);
+  }
+
+  void touch(Entry* e) {
+    if (lru.front() == e) return;
+    lru.unlink(e);
+    lru.push_front(e);
+  }
+
+  bool is_pending(const Entry* e) const { return e->dirty && e->epoch <= pending_epoch; }
+
+  void mark_clean(Entry* e) {
+    if (!e->dirty) return;
+    if (is_pending(e)) pending.unlink(e);
+    else dirty.unlink(e);
+    e->dirty = 0;
+  }
+
+  // Marks e modified in `epoch` (> pending_epoch: the current epoch).
+  void mark_dirty(Entry* e, uint32_t epoch) {
+    if (e->dirty && !is_pending(e)) {
+      e->epoch = epoch;
+      return;
+    }
+    mark_clean(e);
+    e->epoch = epoch;
+    e->dirty = 1;
+    dirty.push_front(e);
+  }
+
+  // The prepare boundary: every dirty entry becomes pending.
+  void start_pending(uint32_t epoch) {
+    pending_epoch = epoch;
+    pending.splice(dirty);
+  }
+
+  size_t count() const { return count_; }
+
+  void clear() {
+    for (size_t i = 0; i <= mask_; i++) {
+      Entry* e = buckets_[i];
+      while (e) {
+        Entry* n = e->hnext;
+        std::free(e);
+        e = n;
+      }
+      buckets_[i] = nullptr;
+    }
+    bytes = (mask_ + 1) * sizeof(Entry*);
+    count_ = 0;
+    lru.reset();
+    dirty.reset();
+    pending.reset();
+  }
+
+  template <typename F>
+  void for_each(F f) {
+    for (size_t i = 0; i <= mask_; i++)
+      for (Entry* e = buckets_[i]; e; e = e->hnext) f(e);
+  }
+
+ private:
+  void rehash(size_t n) {
+    Entry** nb = static_cast<Entry**>(std::calloc(n, sizeof(Entry*)));
+    if (!nb) throw std::bad_alloc();
+    if (buckets_) {
+      for (size_t i = 0; i <= mask_; i++) {
+        Entry* e = buckets_[i];
+        while (e) {
+          Entry* nx = e->hnext;
+          const uint64_t h = hash(e->table, e->key);
+          e->hnext = nb[h & (n - 1)];
+          nb[h & (n - 1)] = e;
+          e = nx;
+        }
+      }
+      bytes -= (mask_ + 1) * sizeof(Entry*);
+      std::free(buckets_);
+    }
+    buckets_ = nb;
+    mask_ = n - 1;
+    bytes += n * sizeof(Entry*);
+  }
+
+  Entry** buckets_ = nullptr;
+  size_t mask_ = 0;
+  size_t count_ = 0;
+};
+
+}  // namespace pmemps

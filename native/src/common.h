@@ -1,0 +1,46 @@
+// Small shared pieces of the engine: its error type (turned into a JS
+// EngineError by the addon), key hashing, and failpoints for crash tests.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace pmemps {
+
+// Codes mirror native/errors.ts; the addon prefixes messages with them.
+enum class Code { InvalidArgument, NotFound, AlreadyExists, OutOfSpace, FailedPrecondition, Locked, Corrupt, Incompatible, Io, Internal };
+
+class Error : public std::runtime_error {
+ public:
+  Error(Code code, const std::string& msg) : std::runtime_error(msg), code_(code) {}
+  Code code() const { return code_; }
+  const char* code_name() const;
+
+ private:
+  Code code_;
+};
+
+// splitmix64 finalizer: a bijective mix, so sequential and hashed ids spread alike.
+inline uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// FNV-1a over bytes; used for the checksums of the engine's own metadata.
+inline uint64_t fnv1a(const void* p, size_t n, uint64_t h = 0xcbf29ce484222325ULL) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; i++) {
+    h ^= b[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+// Failpoints: PMEMPS_FAILPOINT="name[:n]" makes the process SIGKILL itself on
+// the n-th time execution reaches failpoint(name). Crash tests use it to stop
+// the engine at the exact instants where crash safety is argued.
+void failpoint(const char* name);
+
+}  // namespace pmemps

@@ -1,0 +1,1162 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "common.h"
+
+namespace pmemps {
+
+namespace {
+
+inline uint64_t load_key(const uint8_t* p) {
+  uint64_t k;
+  std::memcpy(&k, p, 8);  // little-endian host (x86-64, aarch64)
+  return k;
+}
+
+inline uint64_t now_us() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+
+void atomic_max(std::atomic<uint64_t>& a, uint64_t v) {
+  uint64_t cur = a.load(std::memory_order_relaxed);
+  while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
+}
+
+[[noreturn]] void fail(Code c, const std::string& m) { throw Error(c, m); }
+
+constexpr uint64_t kMaxEpoch = 0xfffffff0ULL;  // slot headers hold 32-bit epochs
+constexpr size_t kPersistEveryRanges = 4096;
+constexpr uint32_t kFlushChunk = 256;
+
+const char* opt_name(OptType t) {
+  static const char* n[] = {"sgd", "adagrad", "adam", "rmsprop", "ftrl"};
+  return n[static_cast<uint32_t>(t)];
+}
+
+std::string id_str(uint64_t id) { return std::to_string(id); }
+
+}  // namespace
+
+// ================================================================= open
+
+Engine::Engine(const EngineOptions& o) : opts_(o), mem_(o.memory_only) {
+  tables_.resize(kMaxTables);
+  const size_t per = mem_ ? SIZE_MAX : static_cast<size_t>(o.cache_bytes / kStripes);
+  for (auto& s : stripes_) s.budget = per;
+  if (mem_) {
+    info_.created = true;
+    return;
+  }
+  open_pool();
+}
+
+// Without close() the pool is left as after a crash: the next open comes
+// back at the last committed checkpoint, which is the safe default.
+Engine::~Engine() = default;
+
+void Engine::init_root() {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  Tx tx(*pool_);
+  tx.add(root_, sizeof(PRoot));
+  std::memset(root_, 0, sizeof(PRoot));
+  root_->magic = kMagic;
+  root_->version = kLayoutVersion;
+  root_->next_epoch = 1;
+  root_->tables_off = tx.alloc(sizeof(PTable) * kMaxTables, true);
+  root_->dead_cap = 64;
+  root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, true);
+  persist_root(tx);
+  tx.commit();
+}
+
+void Engine::validate_root() {
+  const std::string& p = pool_->path();
+  if (root_->magic != kMagic) fail(Code::Corrupt, "pool " + p + " is not a pmemps pool or its root is damaged");
+  if (root_->version != kLayoutVersion)
+    fail(Code::Incompatible, "pool " + p + " has layout version " + std::to_string(root_->version) + "; this build reads version " +
+                                 std::to_string(kLayoutVersion));
+  if (root_->checksum != Pool::root_sum(root_)) fail(Code::Corrupt, "pool " + p + ": root metadata checksum mismatch (damaged pool)");
+  PTable* ts = pool_->at<PTable>(root_->tables_off);
+  for (uint32_t i = 0; i < kMaxTables; i++) {
+    if (ts[i].state != 0 && ts[i].checksum != Pool::table_sum(&ts[i]))
+      fail(Code::Corrupt, "pool " + p + ": metadata checksum mismatch in table slot " + std::to_string(i) + " (damaged pool)");
+  }
+  for (uint64_t off : {root_->c_rec, root_->p_rec}) {
+    if (!off) continue;
+    PCkpt* c = ckpt_at(off);
+    (void)c;  // ckpt_at verifies the checksum
+  }
+  if (root_->next_epoch >= kMaxEpoch) fail(Code::Incompatible, "pool " + p + " has used up its epoch numbers");
+}
+
+PCkpt* Engine::ckpt_at(uint64_t off) const {
+  PCkpt* c = pool_->at<PCkpt>(off);
+  const size_t body = sizeof(PCkptTable) * c->ntables + c->dense_len + c->meta_len;
+  if (c->ntables > kMaxTables || body > pool_->size()) fail(Code::Corrupt, "pool " + pool_->path() + ": checkpoint record is damaged");
+  PCkpt h = *c;
+  h.checksum = 0;
+  uint64_t sum = fnv1a(&h, sizeof h);
+  sum = fnv1a(c + 1, body, sum);
+  if (sum != c->checksum) fail(Code::Corrupt, "pool " + pool_->path() + ": checkpoint " + id_str(c->id) + " record checksum mismatch");
+  return c;
+}
+
+void Engine::open_pool() {
+  pool_ = std::make_unique<Pool>(opts_.dir, opts_.pool_bytes);
+  root_ = pool_->root();
+  info_.created = pool_->created();
+  info_.is_pmem = pool_->is_pmem();
+  if (pool_->created()) init_root();
+  else validate_root();
+
+  DeadRange* dr = pool_->at<DeadRange>(root_->dead_off);
+  dead_.assign(dr, dr + root_->dead_count);
+  c_id_ = root_->c_id;
+  c_epoch_ = root_->c_epoch;
+  p_id_ = root_->p_id;
+  p_epoch_ = root_->p_epoch;
+  p_active_ = p_id_ != 0;
+  last_id_ = root_->last_id;
+  info_.clean_close = !pool_->created() && root_->clean == 1;
+  const bool crashed = !pool_->created() && root_->clean != 1;
+  load_tables();
+
+  std::vector<uint32_t> removed;
+  {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    tx.add(root_, sizeof(PRoot));
+    if (crashed) {
+      // Every epoch after the last durable checkpoint died with the process.
+      // Recording them dead is all the recovery there is: readers skip their
+      // versions, so nothing proportional to the table runs here.
+      const uint64_t bound = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
+      if (root_->next_epoch > bound + 1) add_dead(tx, bound + 1, root_->next_epoch - 1);
+      removed = remove_tables_after(tx, bound);
+      if (root_->c_rec) restore_hyper(tx, root_->c_rec, 0);
+      if (p_active_) restore_hyper(tx, root_->p_rec, c_epoch_ + 1);
+      recovering_ = p_active_;
+    }
+    cur_epoch_ = root_->next_epoch;
+    root_->next_epoch = cur_epoch_ + 2;
+    root_->clean = 0;
+    root_->opens++;
+    persist_root(tx);
+    tx.commit();
+  }
+  epoch_limit_ = root_->next_epoch;
+  for (uint32_t i : removed) drop_table_object(i);
+  reload_hyper();
+  for (auto& t : tables_)
+    if (t) t->r_next = t->d->rows_used;
+  read_bound_ = recovering_ ? c_epoch_ : UINT64_MAX;
+  pushes_blocked_ = p_active_;
+  info_.committed = c_id_;
+  info_.prepared = p_active_ ? p_id_ : 0;
+  info_.pushes_blocked = pushes_blocked_;
+}
+
+void Engine::load_tables() {
+  PTable* ts = pool_->at<PTable>(root_->tables_off);
+  for (uint32_t i = 0; i < kMaxTables; i++) {
+    PTable* d = &ts[i];
+    if (d->state != 1) continue;
+    auto t = std::make_unique<Table>();
+    t->idx = i;
+    t->d = d;
+    t->name = std::string(d->name, strnlen(d->name, sizeof d->name));
+    t->dim = d->dim;
+    t->row_floats = d->row_floats;
+    t->row_bytes = d->row_bytes;
+    t->slot_bytes = slot_bytes_for(d->row_floats);
+    t->opt.type = static_cast<OptType>(d->opt);
+    std::memcpy(t->opt.h, d->hyper, sizeof t->opt.h);
+    t->init.type = static_cast<InitType>(d->init);
+    std::memcpy(t->init.p, d->init_params, sizeof t->init.p);
+    t->init.seed = d->seed;
+    t->created_epoch = d->created_epoch;
+    t->rows_per_slab = d->rows_per_slab;
+    t->index = std::make_unique<Index>(*pool_, d, &tx_mu_);
+    names_[t->name] = i;
+    tables_[i] = std::move(t);
+  }
+}
+
+void Engine::reload_hyper() {
+  for (auto& t : tables_)
+    if (t && t->d) std::memcpy(t->opt.h, t->d->hyper, sizeof t->opt.h);
+}
+
+void Engine::drop_table_object(uint32_t idx) {
+  if (!tables_[idx]) return;
+  names_.erase(tables_[idx]->name);
+  tables_[idx].reset();
+}
+
+// ============================================================ epochs
+
+bool Engine::is_dead(uint64_t e) const {
+  // dead_ is sorted and disjoint: binary search the last range with lo <= e.
+  auto it = std::upper_bound(dead_.begin(), dead_.end(), e, [](uint64_t v, const DeadRange& r) { return v < r.lo; });
+  if (it == dead_.begin()) return false;
+  --it;
+  return e <= it->hi;
+}
+
+void Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
+  if (lo > hi) return;
+  std::vector<DeadRange> v = dead_;
+  v.push_back({lo, hi});
+  std::sort(v.begin(), v.end(), [](const DeadRange& a, const DeadRange& b) { return a.lo < b.lo; });
+  std::vector<DeadRange> merged;
+  for (auto& r : v) {
+    if (!merged.empty() && r.lo <= merged.back().hi + 1) merged.back().hi = std::max(merged.back().hi, r.hi);
+    else merged.push_back(r);
+  }
+  if (merged.size() > root_->dead_cap) {
+    const uint64_t cap = std::max<uint64_t>(root_->dead_cap * 2, merged.size());
+    const uint64_t off = tx.alloc(sizeof(DeadRange) * cap, true);
+    tx.free(root_->dead_off);
+    root_->dead_off = off;
+    root_->dead_cap = cap;
+  } else {
+    tx.add(pool_->at<DeadRange>(root_->dead_off), sizeof(DeadRange) * merged.size());
+  }
+  std::memcpy(pool_->at<DeadRange>(root_->dead_off), merged.data(), sizeof(DeadRange) * merged.size());
+  root_->dead_count = merged.size();
+  dead_ = std::move(merged);
+}
+
+void Engine::ensure_epochs(Tx& tx) {
+  // The next epoch must be below the persisted next_epoch before any version
+  // is written in it, so that a crash records it dead.
+  if (cur_epoch_ + 1 < root_->next_epoch) return;
+  if (cur_epoch_ + 2 >= kMaxEpoch) fail(Code::FailedPrecondition, "the pool has used up its epoch numbers");
+  tx.add(root_, sizeof(PRoot));
+  root_->next_epoch = cur_epoch_ + 2;
+  persist_root(tx);
+}
+
+// ============================================================== rows
+
+char* Engine::row_ptr(const Table& t, uint64_t ref) const {
+  const uint64_t r = ref - 1;
+  const uint64_t slab = r / t.rows_per_slab;
+  const uint64_t* top = pool_->at<uint64_t>(t.d->slab_top);
+  const uint64_t* chunk = pool_->at<uint64_t>(top[slab / kSlabChunk]);
+  return pool_->base() + chunk[slab % kSlabChunk] + (r % t.rows_per_slab) * t.row_bytes;
+}
+
+int Engine::pick(const Table& t, char* row, uint64_t bound) const {
+  int best = -1;
+  uint32_t be = 0;
+  for (uint32_t s = 0; s < kSlots; s++) {
+    const uint32_t e = __atomic_load_n(&slot_hdr(t, row, s)->epoch, __ATOMIC_ACQUIRE);
+    if (e > bound || e <= be || !live(e)) continue;
+    be = e;
+    best = static_cast<int>(s);
+  }
+  return best;
+}
+
+bool Engine::valid_ref(const Table& t, uint64_t ref, uint64_t key) const {
+  if (ref == 0 || ref - 1 >= t.r_next.load(std::memory_order_acquire)) return false;
+  uint64_t k;
+  std::memcpy(&k, row_ptr(t, ref), 8);
+  return k == key;
+}
+
+bool Engine::load_row(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) const {
+  if (!valid_ref(t, ref, key)) return false;
+  char* row = row_ptr(t, ref);
+  const int s = pick(t, row, read_bound_);
+  if (s < 0) return false;
+  const SlotHdr* h = slot_hdr(t, row, static_cast<uint32_t>(s));
+  std::memcpy(out, h + 1, sizeof(float) * t.row_floats);
+  *step = h->step;
+  return true;
+}
+
+// Writes the entry's version into a slot that neither the committed nor the
+// prepared checkpoint needs. Crash safety: the slot chosen holds nothing a
+// restart can read (its version is older than the pinned ones, or from an
+// epoch that dies with a crash), so a torn or unpersisted write here is
+// harmless; the epoch tag is stored last. The range joins the pool's flush
+// set, which prepare and close make durable before they publish anything
+// that refers to this version.
+void Engine::write_back(Table& t, Entry* e) {
+  char* row = row_ptr(t, e->ref);
+  const int pc = c_id_ ? pick(t, row, c_epoch_) : -1;
+  const int pp = (p_active_ && e->epoch > p_epoch_) ? pick(t, row, p_epoch_) : -1;
+  int s = -1;
+  for (int i = 0; i < static_cast<int>(kSlots) && s < 0; i++)
+    if (i != pc && i != pp && slot_hdr(t, row, i)->epoch == e->epoch) s = i;
+  for (int i = 0; i < static_cast<int>(kSlots) && s < 0; i++)
+    if (i != pc && i != pp && !live(slot_hdr(t, row, i)->epoch)) s = i;
+  uint32_t me = UINT32_MAX;
+  if (s < 0) {
+    for (int i = 0; i < static_cast<int>(kSlots); i++) {
+      if (i == pc || i == pp) continue;
+      const uint32_t ep = slot_hdr(t, row, i)->epoch;
+      if (ep < me) {
+        me = ep;
+        s = i;
+      }
+    }
+  }
+  SlotHdr* h = slot_hdr(t, row, static_cast<uint32_t>(s));
+  __atomic_store_n(&h->epoch, 0u, __ATOMIC_RELAXED);
+  std::memcpy(h + 1, e->data, sizeof(float) * t.row_floats);
+  h->step = e->step;
+  __atomic_store_n(&h->epoch, e->epoch, __ATOMIC_RELEASE);
+  pool_->add_range(h, t.slot_bytes);
+  writebacks_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Engine::evict_locked(Stripe& s) {
+  if (s.bytes <= s.budget) return;
+  // Evict down to 7/8 of the share so write-backs come in groups.
+  const size_t target = s.budget - s.budget / 8;
+  std::vector<Entry*> victims;
+  size_t freed = 0;
+  for (Entry* e = s.lru.back(); e && e != &s.lru.head && s.bytes - freed > target; e = e->lprev) {
+    victims.push_back(e);
+    freed += e->bytes;
+  }
+  bool wrote = false;
+  for (Entry* e : victims) {
+    if (e->dirty) {
+      write_back(*tables_[e->table], e);
+      wrote = true;
+    }
+  }
+  if (wrote) failpoint("evict.after_write");
+  for (Entry* e : victims) s.erase(e, Stripe::hash(e->table, e->key));
+  evictions_.fetch_add(victims.size(), std::memory_order_relaxed);
+  // Nothing needs these bytes durable before a prepare or close does, but the
+  // flush set is bounded: past a threshold it is synced as one group.
+  if (wrote && pool_->pending_ranges() > kPersistEveryRanges) {
+    pool_->persist_ranges();
+    failpoint("evict.after_persist");
+  }
+}
+
+void Engine::alloc_slab(Table& t) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  PTable* d = t.d;
+  const uint64_t n = d->slab_count;
+  if (n / kSlabChunk >= kSlabTop) fail(Code::OutOfSpace, "table " + t.name + " reached its maximum number of slabs");
+  Tx tx(*pool_);
+  uint64_t* top = pool_->at<uint64_t>(d->slab_top);
+  if (top[n / kSlabChunk] == 0) {
+    const uint64_t c = tx.alloc(sizeof(uint64_t) * kSlabChunk, true);
+    tx.add(&top[n / kSlabChunk], sizeof(uint64_t));
+    top[n / kSlabChunk] = c;
+  }
+  // Slab memory is not zeroed: reserve_row initializes each row's key and
+  // slot headers before anything can refer to it.
+  const uint64_t slab = tx.alloc(t.rows_per_slab * t.row_bytes, false);
+  uint64_t* chunk = pool_->at<uint64_t>(top[n / kSlabChunk]);
+  tx.add(&chunk[n % kSlabChunk], sizeof(uint64_t));
+  chunk[n % kSlabChunk] = slab;
+  tx.add(d, sizeof(PTable));
+  d->slab_count = n + 1;
+  d->checksum = Pool::table_sum(d);
+  tx.commit();
+  failpoint("slab.after_alloc");
+}
+
+uint64_t Engine::reserve_row(Table& t, uint64_t key) {
+  std::lock_guard<std::mutex> g(t.alloc_mu);
+  const uint64_t r = t.r_next.load(std::memory_order_relaxed);
+  if (r >= t.d->slab_count * t.rows_per_slab) alloc_slab(t);
+  const uint64_t ref = r + 1;
+  char* row = row_ptr(t, ref);
+  std::memcpy(row, &key, 8);
+  for (uint32_t s = 0; s < kSlots; s++) {
+    SlotHdr* h = slot_hdr(t, row, s);
+    h->epoch = 0;
+    h->step = 0;
+  }
+  pool_->add_range(row, t.row_bytes);
+  t.r_next.store(r + 1, std::memory_order_release);
+  return ref;
+}
+
+// ============================================================ tables
+
+Engine::Table* Engine::find_table(const std::string& name) {
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  auto it = names_.find(name);
+  if (it == names_.end() || !visible(*tables_[it->second])) fail(Code::NotFound, "no table \"" + name + "\"");
+  return tables_[it->second].get();
+}
+
+void Engine::create_table(const std::string& name, uint32_t dim, const OptimizerSpec& opt, const InitSpec& init) {
+  if (name.empty() || name.size() > 64) fail(Code::InvalidArgument, "table name must be 1..64 bytes");
+  if (dim < 1 || dim > 4096) fail(Code::InvalidArgument, "dim must be in 1..4096, got " + std::to_string(dim));
+  validate_optimizer(opt);
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (pushes_blocked_)
+    fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it first");
+  auto it = names_.find(name);
+  if (it != names_.end()) {
+    Table& t = *tables_[it->second];
+    const bool same = t.dim == dim && t.opt.type == opt.type && std::memcmp(t.opt.h, opt.h, sizeof opt.h) == 0 &&
+                      t.init.type == init.type && std::memcmp(t.init.p, init.p, sizeof init.p) == 0 && t.init.seed == init.seed;
+    if (same) return;
+    fail(Code::AlreadyExists, "table \"" + name + "\" already exists with dim " + std::to_string(t.dim) + " and optimizer " +
+                                  opt_name(t.opt.type) + " (other settings differ); use another name");
+  }
+  const uint32_t rf = dim * static_cast<uint32_t>(1 + state_blocks(opt));
+  const size_t entry = offsetof(Entry, data) + sizeof(float) * rf;
+  if (!mem_ && stripes_[0].budget < 8 * entry) {
+    const uint64_t need_mb = (static_cast<uint64_t>(8) * entry * kStripes + (1 << 20) - 1) >> 20;
+    fail(Code::InvalidArgument, "the cache budget is too small for rows of dim " + std::to_string(dim) + " with " + opt_name(opt.type) +
+                                    ": raise the cache size to at least " + std::to_string(need_mb + 1) + " MiB");
+  }
+  uint32_t idx = kMaxTables;
+  for (uint32_t i = 0; i < kMaxTables; i++)
+    if (!tables_[i]) {
+      idx = i;
+      break;
+    }
+  if (idx == kMaxTables) fail(Code::OutOfSpace, "at most " + std::to_string(kMaxTables) + " tables");
+
+  auto t = std::make_unique<Table>();
+  t->idx = idx;
+  t->name = name;
+  t->dim = dim;
+  t->row_floats = rf;
+  t->slot_bytes = slot_bytes_for(rf);
+  t->row_bytes = row_bytes_for(rf);
+  t->opt = opt;
+  t->init = init;
+  t->created_epoch = cur_epoch_;
+  uint64_t rps = 16;
+  while (rps * 2 * t->row_bytes <= (8ULL << 20) && rps < 65536) rps *= 2;
+  t->rows_per_slab = rps;
+  if (!mem_) {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    PTable* d = pool_->at<PTable>(root_->tables_off) + idx;
+    tx.add(d, sizeof(PTable));
+    std::memset(d, 0, sizeof(PTable));
+    d->state = 1;
+    d->dim = dim;
+    d->opt = static_cast<uint32_t>(opt.type);
+    d->init = static_cast<uint32_t>(init.type);
+    d->row_floats = rf;
+    d->row_bytes = t->row_bytes;
+    d->created_epoch = cur_epoch_;
+    d->seed = init.seed;
+    std::memcpy(d->hyper, opt.h, sizeof d->hyper);
+    std::memcpy(d->init_params, init.p, sizeof d->init_params);
+    std::memcpy(d->name, name.data(), name.size());
+    d->rows_per_slab = rps;
+    d->slab_top = tx.alloc(sizeof(uint64_t) * kSlabTop, true);
+    d->index_dir = Index::create(*pool_, tx);
+    d->salt = mix64(init.seed ^ (static_cast<uint64_t>(idx) << 32) ^ cur_epoch_);
+    d->checksum = Pool::table_sum(d);
+    failpoint("create_table.mid_tx");
+    tx.commit();
+    t->d = d;
+    t->index = std::make_unique<Index>(*pool_, d, &tx_mu_);
+  }
+  names_[name] = idx;
+  tables_[idx] = std::move(t);
+}
+
+void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
+  validate_optimizer(opt);
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  Table* t = find_table(name);
+  if (pushes_blocked_)
+    fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it first");
+  if (!same_layout(t->opt, opt))
+    fail(Code::InvalidArgument, "table \"" + name +
+                                    "\": this change alters the optimizer state layout (optimizer type, SGD momentum on/off, RMSprop "
+                                    "momentum on/off or centered); create a new table instead");
+  if (!mem_) {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    tx.add(t->d, sizeof(PTable));
+    std::memcpy(t->d->hyper, opt.h, sizeof t->d->hyper);
+    t->d->checksum = Pool::table_sum(t->d);
+    tx.commit();
+  }
+  t->opt = opt;
+}
+
+std::vector<TableInfo> Engine::list_tables() {
+  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  std::vector<TableInfo> out;
+  for (auto& t : tables_) {
+    if (!t || !visible(*t)) continue;
+    out.push_back({t->name, t->dim, t->row_floats, t->opt, t->init, t->r_next.load()});
+  }
+  return out;
+}
+
+uint32_t Engine::dim_of(const std::string& name) {
+  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  return find_table(name)->dim;
+}
+
+std::vector<uint32_t> Engine::remove_tables_after(Tx& tx, uint64_t epoch) {
+  std::vector<uint32_t> removed;
+  for (auto& t : tables_) {
+    if (!t || t->created_epoch <= epoch) continue;
+    if (t->d) {
+      free_table_storage(tx, *t);
+      tx.add(t->d, sizeof(PTable));
+      std::memset(t->d, 0, sizeof(PTable));
+    }
+    removed.push_back(t->idx);
+  }
+  return removed;
+}
+
+void Engine::free_table_storage(Tx& tx, Table& t) {
+  PTable* d = t.d;
+  uint64_t* top = pool_->at<uint64_t>(d->slab_top);
+  for (uint64_t i = 0; i < d->slab_count; i++) tx.free(pool_->at<uint64_t>(top[i / kSlabChunk])[i % kSlabChunk]);
+  for (uint32_t c = 0; c < kSlabTop; c++)
+    if (top[c]) tx.free(top[c]);
+  tx.free(d->slab_top);
+  t.index->destroy(tx);
+}
+
+void Engine::restore_hyper(Tx& tx, uint64_t rec_off, uint64_t min_created) {
+  PCkpt* c = ckpt_at(rec_off);
+  PCkptTable* ct = reinterpret_cast<PCkptTable*>(c + 1);
+  for (uint32_t i = 0; i < c->ntables; i++) {
+    Table* t = ct[i].idx < kMaxTables ? tables_[ct[i].idx].get() : nullptr;
+    if (!t || t->created_epoch < min_created) continue;
+    tx.add(t->d, sizeof(PTable));
+    std::memcpy(t->d->hyper, ct[i].hyper, sizeof t->d->hyper);
+    t->d->checksum = Pool::table_sum(t->d);
+  }
+}
+
+// ========================================================= pull / push
+
+void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
+  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  Table* t = find_table(name);
+  if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the pull was queued");
+  const uint32_t dim = t->dim;
+  std::vector<uint64_t> hs(n);
+  std::vector<uint32_t> order(n);
+  size_t counts[kStripes + 1] = {0};
+  for (size_t i = 0; i < n; i++) {
+    hs[i] = Stripe::hash(t->idx, load_key(keys + 8 * i));
+    counts[(hs[i] >> (64 - kStripeBits)) + 1]++;
+  }
+  for (int s = 0; s < kStripes; s++) counts[s + 1] += counts[s];
+  {
+    size_t pos[kStripes];
+    std::copy(counts, counts + kStripes, pos);
+    for (size_t i = 0; i < n; i++) order[pos[hs[i] >> (64 - kStripeBits)]++] = static_cast<uint32_t>(i);
+  }
+  std::vector<float> tmp(t->row_floats);
+  uint64_t hit = 0, miss = 0;
+  for (int si = 0; si < kStripes; si++) {
+    if (counts[si] == counts[si + 1]) continue;
+    Stripe& s = stripes_[si];
+    std::lock_guard<std::mutex> g(s.mu);
+    std::shared_lock<std::shared_mutex> il;
+    for (size_t j = counts[si]; j < counts[si + 1]; j++) {
+      const uint32_t i = order[j];
+      const uint64_t key = load_key(keys + 8 * i);
+      Entry* e = s.find(t->idx, key, hs[i]);
+      if (e) {
+        std::memcpy(out + static_cast<size_t>(i) * dim, e->data, sizeof(float) * dim);
+        s.touch(e);
+        hit++;
+        continue;
+      }
+      miss++;
+      bool found = false;
+      if (!mem_) {
+        if (!il.owns_lock()) il = std::shared_lock<std::shared_mutex>(t->index->mu());
+        const uint64_t ref = t->index->lookup(key);
+        if (ref) {
+          Entry* ne = Stripe::make(t->idx, key, t->row_floats);
+          if (load_row(*t, ref, key, ne->data, &ne->step)) {
+            ne->ref = ref;
+            s.insert(ne, hs[i]);
+            std::memcpy(out + static_cast<size_t>(i) * dim, ne->data, sizeof(float) * dim);
+            found = true;
+            if (s.bytes > s.budget) evict_locked(s);
+          } else {
+            std::free(ne);
+          }
+        }
+      }
+      if (!found) {
+        // Never pushed (or only in a dead epoch): the initial row, stored nowhere.
+        init_row(t->init, t->opt, key, dim, tmp.data());
+        std::memcpy(out + static_cast<size_t>(i) * dim, tmp.data(), sizeof(float) * dim);
+      }
+    }
+  }
+  hits_.fetch_add(hit, std::memory_order_relaxed);
+  misses_.fetch_add(miss, std::memory_order_relaxed);
+}
+
+void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes) {
+  const uint64_t t0 = now_us();
+  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  uint64_t waited = now_us() - t0;
+  bool during_ckpt = ckpt_active_.load(std::memory_order_relaxed);
+  Table* t = find_table(name);
+  if (pushes_blocked_)
+    fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) +
+                                       " was prepared before the restart and is unresolved; commit or abort it (restore) before pushing");
+  const uint32_t dim = t->dim;
+  std::vector<float> g(n * dim);
+  std::memcpy(g.data(), grads_bytes, sizeof(float) * g.size());
+  for (size_t i = 0; i < g.size(); i++)
+    if (!std::isfinite(g[i]))
+      fail(Code::InvalidArgument, "gradient of key #" + std::to_string(i / dim) + " (" + std::to_string(load_key(keys + 8 * (i / dim))) +
+                                      ") element " + std::to_string(i % dim) + " is " + (std::isnan(g[i]) ? "NaN" : "infinite") +
+                                      "; the whole batch was refused");
+
+  // Sum the gradients of duplicate keys, in the order they appear.
+  std::vector<uint32_t> idx(n);
+  std::iota(idx.begin(), idx.end(), 0u);
+  std::vector<uint64_t> k(n);
+  for (size_t i = 0; i < n; i++) k[i] = load_key(keys + 8 * i);
+  std::stable_sort(idx.begin(), idx.end(), [&](uint32_t a, uint32_t b) { return k[a] < k[b]; });
+  std::vector<uint64_t> uk;
+  std::vector<float> ug;
+  uk.reserve(n);
+  ug.reserve(n * dim);
+  for (size_t j = 0; j < n; j++) {
+    const uint32_t i = idx[j];
+    const float* gi = &g[static_cast<size_t>(i) * dim];
+    if (!uk.empty() && uk.back() == k[i]) {
+      float* acc = &ug[ug.size() - dim];
+      for (uint32_t d = 0; d < dim; d++) acc[d] += gi[d];
+    } else {
+      uk.push_back(k[i]);
+      ug.insert(ug.end(), gi, gi + dim);
+    }
+  }
+  const size_t u = uk.size();
+  std::vector<uint64_t> hs(u);
+  for (size_t i = 0; i < u; i++) hs[i] = Stripe::hash(t->idx, uk[i]);
+  std::vector<uint64_t> refs(u, 0);
+
+  if (!mem_) {
+    // Phase 1: give every new key a row and an index slot before any update
+    // is applied, so a full pool refuses the whole push and changes nothing.
+    for (size_t i = 0; i < u; i++) {
+      Stripe& s = stripe_for(hs[i]);
+      std::lock_guard<std::mutex> sg(s.mu);
+      Entry* e = s.find(t->idx, uk[i], hs[i]);
+      if (e) refs[i] = e->ref;
+    }
+    std::vector<size_t> missing;
+    {
+      std::shared_lock<std::shared_mutex> il(t->index->mu());
+      for (size_t i = 0; i < u; i++) {
+        if (refs[i]) continue;
+        const uint64_t r = t->index->lookup(uk[i]);
+        if (valid_ref(*t, r, uk[i])) refs[i] = r;
+        else missing.push_back(i);
+      }
+    }
+    if (!missing.empty()) {
+      std::unique_lock<std::shared_mutex> il(t->index->mu());
+      for (size_t i : missing) {
+        const uint64_t r = t->index->lookup(uk[i]);
+        if (valid_ref(*t, r, uk[i])) {
+          refs[i] = r;
+          continue;
+        }
+        const uint64_t nr = reserve_row(*t, uk[i]);
+        t->index->upsert(uk[i], nr);
+        refs[i] = nr;
+      }
+    }
+  }
+
+  // Phase 2: apply the optimizer in the cache, stripe by stripe.
+  std::vector<uint32_t> order(u);
+  size_t counts[kStripes + 1] = {0};
+  for (size_t i = 0; i < u; i++) counts[(hs[i] >> (64 - kStripeBits)) + 1]++;
+  for (int s = 0; s < kStripes; s++) counts[s + 1] += counts[s];
+  {
+    size_t pos[kStripes];
+    std::copy(counts, counts + kStripes, pos);
+    for (size_t i = 0; i < u; i++) order[pos[hs[i] >> (64 - kStripeBits)]++] = static_cast<uint32_t>(i);
+  }
+  const uint32_t epoch = static_cast<uint32_t>(cur_epoch_);
+  uint64_t created = 0;
+  for (int si = 0; si < kStripes; si++) {
+    if (counts[si] == counts[si + 1]) continue;
+    Stripe& s = stripes_[si];
+    const uint64_t l0 = now_us();
+    std::lock_guard<std::mutex> sg(s.mu);
+    waited += now_us() - l0;
+    for (size_t j = counts[si]; j < counts[si + 1]; j++) {
+      const uint32_t i = order[j];
+      Entry* e = s.find(t->idx, uk[i], hs[i]);
+      if (!e) {
+        e = Stripe::make(t->idx, uk[i], t->row_floats);
+        bool loaded = false;
+        if (!mem_) {
+          std::shared_lock<std::shared_mutex> il(t->index->mu());
+          loaded = load_row(*t, refs[i], uk[i], e->data, &e->step);
+        }
+        if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data);
+        e->ref = refs[i];
+        s.insert(e, hs[i]);
+        created++;
+      } else if (s.is_pending(e)) {
+        // Copy-on-write for a running prepare: this row's checkpoint version
+        // is still only in DRAM, so it goes to its pool slot before the
+        // update; the push waits for one row copy, not for the checkpoint.
+        const uint64_t w0 = now_us();
+        write_back(*t, e);
+        waited += now_us() - w0;
+        during_ckpt = true;
+      }
+      apply_update(t->opt, dim, e->data, &e->step, &ug[static_cast<size_t>(i) * dim]);
+      s.mark_dirty(e, epoch);
+      s.touch(e);
+      if (s.bytes > s.budget) evict_locked(s);
+    }
+  }
+  if (mem_) t->r_next.fetch_add(created, std::memory_order_relaxed);
+  if (during_ckpt || ckpt_active_.load(std::memory_order_relaxed)) atomic_max(max_wait_us_, waited);
+  failpoint("push.after_apply");
+}
+
+void Engine::drop_cache() {
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    s.clear();
+  }
+}
+
+// ======================================================== checkpoints
+
+void Engine::flush_pending() {
+  for (int i = 0; i < kStripes; i++) {
+    if (i == kStripes / 2) failpoint("prepare.mid_flush");
+    Stripe& s = stripes_[i];
+    for (;;) {
+      // Short lock holds, so pushes to this stripe interleave with the flush.
+      std::lock_guard<std::mutex> g(s.mu);
+      for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
+        Entry* e = s.pending.back();
+        write_back(*tables_[e->table], e);
+        s.mark_clean(e);
+      }
+      if (s.pending.empty()) break;
+    }
+  }
+}
+
+void Engine::prepare(uint64_t id, const std::string& dense, const std::string& meta) {
+  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  {
+    std::shared_lock<std::shared_mutex> el(epoch_mu_);
+    if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+    if (p_active_) {
+      if (p_id_ == id) return;  // retried prepare
+      fail(Code::FailedPrecondition,
+           "checkpoint " + id_str(p_id_) + " is prepared and unresolved; commit or abort it before preparing " + id_str(id));
+    }
+    if (id == c_id_) return;  // retried prepare of a checkpoint since committed
+    if (id <= last_id_)
+      fail(Code::FailedPrecondition, "checkpoint id " + id_str(id) + " must be greater than " + id_str(last_id_) +
+                                         " (ids strictly increase; an aborted id never comes back)");
+  }
+  if (mem_) {
+    mem_prepare(id, dense, meta);
+    return;
+  }
+  ckpt_active_ = true;
+  struct Clear {
+    std::atomic<bool>& f;
+    ~Clear() { f = false; }
+  } clear{ckpt_active_};
+
+  struct Snap {
+    uint32_t idx;
+    uint64_t rows;
+    double hyper[kMaxHyperP];
+  };
+  std::vector<Snap> snap;
+  {
+    // The boundary: pushes before it are in the checkpoint, pushes after it
+    // are not. O(stripes + tables); pushes wait only for this block.
+    std::unique_lock<std::shared_mutex> el(epoch_mu_);
+    if (cur_epoch_ + 1 >= epoch_limit_) {
+      std::lock_guard<std::mutex> g(tx_mu_);
+      Tx tx(*pool_);
+      ensure_epochs(tx);
+      tx.commit();
+      epoch_limit_ = root_->next_epoch;
+    }
+    p_epoch_ = cur_epoch_;
+    cur_epoch_++;
+    p_active_ = true;
+    p_id_ = id;
+    for (auto& s : stripes_) {
+      std::lock_guard<std::mutex> g(s.mu);
+      s.start_pending(static_cast<uint32_t>(p_epoch_));
+    }
+    for (auto& t : tables_) {
+      if (!t) continue;
+      Snap sn{t->idx, t->r_next.load(), {}};
+      std::memcpy(sn.hyper, t->opt.h, sizeof sn.hyper);
+      snap.push_back(sn);
+    }
+    failpoint("prepare.after_boundary");
+  }
+  try {
+    std::shared_lock<std::shared_mutex> el(epoch_mu_);
+    flush_pending();
+    // Rows, their index slots and new rows' headers reach the media before
+    // the record that makes them part of a checkpoint.
+    pool_->persist_ranges();
+    failpoint("prepare.before_publish");
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    const size_t body = sizeof(PCkptTable) * snap.size() + dense.size() + meta.size();
+    const uint64_t off = tx.alloc(sizeof(PCkpt) + body, false);
+    PCkpt* c = pool_->at<PCkpt>(off);
+    std::memset(c, 0, sizeof(PCkpt));
+    c->id = id;
+    c->epoch = p_epoch_;
+    c->ntables = static_cast<uint32_t>(snap.size());
+    c->dense_len = dense.size();
+    c->meta_len = meta.size();
+    PCkptTable* ct = reinterpret_cast<PCkptTable*>(c + 1);
+    for (size_t i = 0; i < snap.size(); i++) {
+      std::memset(&ct[i], 0, sizeof(PCkptTable));
+      ct[i].idx = snap[i].idx;
+      std::memcpy(ct[i].hyper, snap[i].hyper, sizeof ct[i].hyper);
+    }
+    char* payload = reinterpret_cast<char*>(ct + snap.size());
+    std::memcpy(payload, dense.data(), dense.size());
+    std::memcpy(payload + dense.size(), meta.data(), meta.size());
+    uint64_t sum = fnv1a(c, sizeof(PCkpt));
+    c->checksum = fnv1a(c + 1, body, sum);
+    pool_->persist(c, sizeof(PCkpt) + body);
+    for (auto& sn : snap) {
+      PTable* d = tables_[sn.idx]->d;
+      if (d->rows_used >= sn.rows) continue;
+      tx.add(d, sizeof(PTable));
+      d->rows_used = sn.rows;
+      d->checksum = Pool::table_sum(d);
+    }
+    tx.add(root_, sizeof(PRoot));
+    root_->p_id = id;
+    root_->p_epoch = p_epoch_;
+    root_->p_rec = off;
+    root_->last_id = id;
+    if (root_->next_epoch < cur_epoch_ + 2) root_->next_epoch = cur_epoch_ + 2;
+    persist_root(tx);
+    tx.commit();  // the publish: one transaction flips p_id
+    epoch_limit_ = root_->next_epoch;
+    last_id_ = id;
+    failpoint("prepare.after_publish");
+  } catch (...) {
+    std::unique_lock<std::shared_mutex> el(epoch_mu_);
+    p_active_ = false;
+    p_id_ = 0;
+    p_epoch_ = 0;
+    throw;
+  }
+}
+
+void Engine::commit(uint64_t id) {
+  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (!p_active_ || p_id_ != id) {
+    if (!p_active_ && id == c_id_) return;  // retried commit
+    if (id <= last_id_ && !(p_active_ && p_id_ == id))
+      fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " was aborted or superseded; it can never commit");
+    fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " is not prepared");
+  }
+  if (mem_) {
+    mem_c_ = std::move(mem_p_);
+    c_id_ = p_id_;
+    c_epoch_ = p_epoch_;
+    p_active_ = false;
+    p_id_ = p_epoch_ = 0;
+    return;
+  }
+  failpoint("commit.before_publish");
+  {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    tx.add(root_, sizeof(PRoot));
+    const uint64_t old = root_->c_rec;
+    root_->c_id = root_->p_id;
+    root_->c_epoch = root_->p_epoch;
+    root_->c_rec = root_->p_rec;
+    root_->p_id = root_->p_epoch = root_->p_rec = 0;
+    if (old) tx.free(old);
+    if (recovering_) restore_hyper(tx, root_->c_rec, 0);
+    persist_root(tx);
+    tx.commit();
+  }
+  failpoint("commit.after_publish");
+  c_id_ = p_id_;
+  c_epoch_ = p_epoch_;
+  p_active_ = false;
+  p_id_ = p_epoch_ = 0;
+  if (recovering_) {
+    // Rows cached while reads were held at the old checkpoint are stale now.
+    reload_hyper();
+    drop_cache();
+    read_bound_ = UINT64_MAX;
+    recovering_ = false;
+  }
+  pushes_blocked_ = false;
+}
+
+void Engine::abort(uint64_t id) {
+  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (!p_active_ || p_id_ != id) {
+    if (id == c_id_) fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " is committed; it cannot be aborted");
+    if (id <= last_id_) return;  // already aborted or superseded
+    // Never prepared here: remember the id so a late prepare of it is refused.
+    if (!mem_) {
+      std::lock_guard<std::mutex> g(tx_mu_);
+      Tx tx(*pool_);
+      tx.add(root_, sizeof(PRoot));
+      root_->last_id = id;
+      persist_root(tx);
+      tx.commit();
+    }
+    last_id_ = id;
+    return;
+  }
+  if (mem_) {
+    mem_p_.reset();
+    p_active_ = false;
+    p_id_ = p_epoch_ = 0;
+    return;
+  }
+  failpoint("abort.before_publish");
+  std::vector<uint32_t> removed;
+  {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    tx.add(root_, sizeof(PRoot));
+    const uint64_t rec = root_->p_rec;
+    root_->p_id = root_->p_epoch = root_->p_rec = 0;
+    if (recovering_) {
+      // After a crash the prepared epochs hold the only versions above the
+      // committed checkpoint: dropping the checkpoint makes them dead.
+      add_dead(tx, c_epoch_ + 1, p_epoch_);
+      removed = remove_tables_after(tx, c_epoch_);
+    }
+    tx.free(rec);
+    persist_root(tx);
+    tx.commit();
+  }
+  for (uint32_t i : removed) drop_table_object(i);
+  p_active_ = false;
+  p_id_ = p_epoch_ = 0;
+  if (recovering_) {
+    read_bound_ = UINT64_MAX;
+    recovering_ = false;
+  }
+  pushes_blocked_ = false;
+}
+
+void Engine::rollback() {
+  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (p_active_)
+    fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " is prepared; commit or abort it before rolling back");
+  if (mem_) {
+    mem_rollback();
+    return;
+  }
+  failpoint("rollback.before_publish");
+  std::vector<uint32_t> removed;
+  {
+    // Everything written since the committed checkpoint becomes dead: a cost
+    // of one small transaction plus dropping the (bounded) cache.
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    tx.add(root_, sizeof(PRoot));
+    add_dead(tx, c_epoch_ + 1, root_->next_epoch - 1);
+    removed = remove_tables_after(tx, c_epoch_);
+    if (root_->c_rec) restore_hyper(tx, root_->c_rec, 0);
+    cur_epoch_ = root_->next_epoch;
+    root_->next_epoch = cur_epoch_ + 2;
+    persist_root(tx);
+    tx.commit();
+  }
+  epoch_limit_ = root_->next_epoch;
+  for (uint32_t i : removed) drop_table_object(i);
+  reload_hyper();
+  failpoint("rollback.after_publish");
+  drop_cache();
+}
+
+bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta) {
+  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (mem_) {
+    if (!mem_c_) return false;
+    *id = mem_c_->id;
+    *dense = mem_c_->dense;
+    *meta = mem_c_->meta;
+    return true;
+  }
+  if (!root_->c_rec) return false;
+  PCkpt* c = ckpt_at(root_->c_rec);
+  const char* payload = reinterpret_cast<const char*>(reinterpret_cast<PCkptTable*>(c + 1) + c->ntables);
+  *id = c->id;
+  dense->assign(payload, c->dense_len);
+  meta->assign(payload + c->dense_len, c->meta_len);
+  return true;
+}
+
+void Engine::close() {
+  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) return;
+  if (mem_) {
+    drop_cache();
+    closed_ = true;
+    return;
+  }
+  for (int i = 0; i < kStripes; i++) {
+    Stripe& s = stripes_[i];
+    std::lock_guard<std::mutex> g(s.mu);
+    for (DirtyList* l : {&s.pending, &s.dirty}) {
+      while (!l->empty()) {
+        Entry* e = l->back();
+        write_back(*tables_[e->table], e);
+        s.mark_clean(e);
+      }
+    }
+    if (i == kStripes / 2) failpoint("close.mid_writeback");
+  }
+  pool_->persist_ranges();
+  failpoint("close.before_clean_mark");
+  {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    for (auto& t : tables_) {
+      if (!t) continue;
+      tx.add(t->d, sizeof(PTable));
+      t->d->rows_used = t->r_next.load();
+      t->d->checksum = Pool::table_sum(t->d);
+    }
+    tx.add(root_, sizeof(PRoot));
+    root_->clean = 1;
+    persist_root(tx);
+    tx.commit();
+  }
+  drop_cache();
+  for (auto& t : tables_) t.reset();
+  names_.clear();
+  pool_.reset();
+  root_ = nullptr;
+  closed_ = true;
+}
+
+Stats Engine::stats() {
+  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  Stats st{};
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    st.cache_bytes += s.bytes;
+    st.cache_rows += s.count();
+  }
+  st.cache_budget = mem_ ? 0 : opts_.cache_bytes;
+  st.hits = hits_;
+  st.misses = misses_;
+  st.evictions = evictions_;
+  st.writebacks = writebacks_;
+  st.flushes = mem_ ? 0 : pool_->flush_calls();
+  st.pool_bytes = mem_ ? 0 : pool_->size();
+  st.pool_used = mem_ ? 0 : pool_->used_bytes();
+  st.committed = c_id_;
+  st.prepared = p_active_ ? p_id_ : 0;
+  st.epoch = cur_epoch_;
+  st.max_push_wait_us = max_wait_us_;
+  return st;
+}
+
+// ======================================================= memory mode
+
+void Engine::mem_prepare(uint64_t id, const std::string& dense, const std::string& meta) {
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  auto snap = std::make_unique<MemSnap>();
+  snap->id = id;
+  snap->epoch = cur_epoch_;
+  snap->dense = dense;
+  snap->meta = meta;
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    s.for_each([&](Entry* e) {
+      MemRow r;
+      r.data.assign(e->data, e->data + tables_[e->table]->row_floats);
+      r.step = e->step;
+      snap->rows.emplace(std::make_pair(e->table, e->key), std::move(r));
+    });
+  }
+  for (auto& t : tables_)
+    if (t) snap->tables[t->idx] = MemTable{t->name, t->dim, t->opt, t->init, t->created_epoch};
+  mem_p_ = std::move(snap);
+  p_epoch_ = cur_epoch_;
+  cur_epoch_++;
+  p_active_ = true;
+  p_id_ = id;
+  last_id_ = id;
+}
+
+void Engine::mem_rollback() {
+  drop_cache();
+  for (auto& t : tables_) {
+    if (!t) continue;
+    if (!mem_c_ || !mem_c_->tables.count(t->idx)) drop_table_object(t->idx);
+  }
+  if (mem_c_) {
+    for (auto& [idx, mt] : mem_c_->tables) {
+      if (tables_[idx]) tables_[idx]->opt = mt.opt;
+      if (tables_[idx]) tables_[idx]->r_next = 0;
+    }
+    for (auto& [k, r] : mem_c_->rows) {
+      Table& t = *tables_[k.first];
+      Entry* e = Stripe::make(k.first, k.second, t.row_floats);
+      std::memcpy(e->data, r.data.data(), sizeof(float) * t.row_floats);
+      e->step = r.step;
+      const uint64_t h = Stripe::hash(k.first, k.second);
+      stripe_for(h).insert(e, h);
+      t.r_next++;
+    }
+  }
+  cur_epoch_++;
+}
+
+}  // namespace pmemps

@@ -1,0 +1,199 @@
+// The storage engine: named tables of rows kept in a libpmemobj pool, a
+// bounded DRAM cache in front, optimizers applied on push, and checkpoints
+// (prepare / commit / abort / rollback) whose cost follows the rows changed.
+//
+// Concurrency: pull and push hold epoch_mu_ shared for their whole batch, so
+// a checkpoint boundary (epoch_mu_ exclusive, O(stripes)) falls between
+// pushes and each push is wholly inside or outside a checkpoint. Lock order:
+// ckpt_mu_ -> epoch_mu_ -> stripe -> table index -> table alloc -> tx_mu_ ->
+// pool ranges.
+//
+// Epochs: every row version carries the epoch it was written in. A prepare
+// closes the current epoch; the checkpoint is "every live version with
+// epoch <= P". After a crash, epochs above the last durable checkpoint are
+// recorded dead and never read, so nothing is rolled back at open and open
+// costs O(1) in the table size. docs/design.md has the full argument.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cache.h"
+#include "index.h"
+#include "layout.h"
+#include "optimizer.h"
+#include "pool.h"
+
+namespace pmemps {
+
+struct EngineOptions {
+  std::string dir;
+  uint64_t pool_bytes = 1ULL << 30;
+  uint64_t cache_bytes = 256ULL << 20;
+  bool memory_only = false;
+};
+
+struct OpenInfo {
+  bool created = false, clean_close = false, is_pmem = false, pushes_blocked = false;
+  uint64_t committed = 0, prepared = 0;
+};
+
+struct TableInfo {
+  std::string name;
+  uint32_t dim, row_floats;
+  OptimizerSpec opt;
+  InitSpec init;
+  uint64_t rows;
+};
+
+struct Stats {
+  uint64_t cache_bytes, cache_budget, cache_rows, hits, misses, evictions, writebacks, flushes;
+  uint64_t pool_bytes, pool_used, committed, prepared, epoch, max_push_wait_us;
+};
+
+class Engine {
+ public:
+  explicit Engine(const EngineOptions& o);
+  ~Engine();
+
+  OpenInfo open_info() const { return info_; }
+  void create_table(const std::string& name, uint32_t dim, const OptimizerSpec& opt, const InitSpec& init);
+  void update_table(const std::string& name, const OptimizerSpec& opt);
+  std::vector<TableInfo> list_tables();
+  uint32_t dim_of(const std::string& name);
+
+  // keys: n packed little-endian uint64 (any alignment); out: n * dim floats.
+  // expect_dim: the dim the caller sized `out` for (from dim_of).
+  void pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim);
+  void push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads);
+
+  void prepare(uint64_t id, const std::string& dense, const std::string& meta);
+  void commit(uint64_t id);
+  void abort(uint64_t id);
+  void rollback();
+  bool committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta);
+  Stats stats();
+  void close();
+
+ private:
+  struct Table {
+    uint32_t idx = 0;
+    PTable* d = nullptr;  // null in memory mode
+    std::string name;
+    uint32_t dim = 0, row_floats = 0, row_bytes = 0, slot_bytes = 0;
+    OptimizerSpec opt{};
+    InitSpec init{};
+    uint64_t created_epoch = 0;
+    uint64_t rows_per_slab = 0;
+    std::unique_ptr<Index> index;
+    std::mutex alloc_mu;
+    std::atomic<uint64_t> r_next{0};  // rows reserved (pool) or created (memory)
+  };
+  struct MemRow {
+    std::vector<float> data;
+    uint32_t step;
+  };
+  struct MemTable {
+    std::string name;
+    uint32_t dim;
+    OptimizerSpec opt;
+    InitSpec init;
+    uint64_t created_epoch;
+  };
+  // Memory mode's checkpoint: a full copy (it is the baseline and the crash
+  // tests' reference, not the product's persistence).
+  struct MemSnap {
+    uint64_t id = 0, epoch = 0;
+    std::map<std::pair<uint32_t, uint64_t>, MemRow> rows;
+    std::map<uint32_t, MemTable> tables;
+    std::string dense, meta;
+  };
+
+  static constexpr int kStripeBits = 4;
+  static constexpr int kStripes = 1 << kStripeBits;
+
+  void open_pool();
+  void init_root();
+  void validate_root();
+  void recover_after_crash();
+  void load_tables();
+  Table* find_table(const std::string& name);  // caller holds epoch_mu_
+  bool visible(const Table& t) const { return t.created_epoch <= read_bound_; }
+
+  bool is_dead(uint64_t e) const;
+  bool live(uint32_t e) const { return e != 0 && e < epoch_limit_ && !is_dead(e); }
+  char* row_ptr(const Table& t, uint64_t ref) const;
+  SlotHdr* slot_hdr(const Table& t, char* row, uint32_t s) const {
+    return reinterpret_cast<SlotHdr*>(row + 8 + static_cast<size_t>(s) * t.slot_bytes);
+  }
+  int pick(const Table& t, char* row, uint64_t bound) const;
+  bool valid_ref(const Table& t, uint64_t ref, uint64_t key) const;
+  bool load_row(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) const;
+  void write_back(Table& t, Entry* e);
+  void evict_locked(Stripe& s);
+  uint64_t reserve_row(Table& t, uint64_t key);
+  void alloc_slab(Table& t);
+  void drop_cache();
+  void free_table_storage(Tx& tx, Table& t);
+  // Frees (in tx) the tables created after `epoch`; returns their slots, whose
+  // objects the caller drops once the transaction committed.
+  std::vector<uint32_t> remove_tables_after(Tx& tx, uint64_t epoch);
+  void drop_table_object(uint32_t idx);
+  // Copies a checkpoint's hyperparameters into the table descriptors (in tx)
+  // for tables created at or after min_created; reload_hyper() then updates
+  // the live copies.
+  void restore_hyper(Tx& tx, uint64_t rec_off, uint64_t min_created);
+  void reload_hyper();
+  void add_dead(Tx& tx, uint64_t lo, uint64_t hi);
+  void persist_root(Tx& tx) { root_->checksum = Pool::root_sum(root_); (void)tx; }
+  void ensure_epochs(Tx& tx);
+  void flush_pending();
+  PCkpt* ckpt_at(uint64_t off) const;
+
+  void mem_prepare(uint64_t id, const std::string& dense, const std::string& meta);
+  void mem_rollback();
+
+  Stripe& stripe_for(uint64_t h) { return stripes_[h >> (64 - kStripeBits)]; }
+
+  EngineOptions opts_;
+  bool mem_;
+  std::unique_ptr<Pool> pool_;
+  PRoot* root_ = nullptr;
+  OpenInfo info_;
+  bool closed_ = false;
+
+  std::vector<std::unique_ptr<Table>> tables_;  // by slot index; null = free
+  std::unordered_map<std::string, uint32_t> names_;
+  Stripe stripes_[kStripes];
+
+  std::mutex ckpt_mu_;
+  std::shared_mutex epoch_mu_;
+  std::mutex tx_mu_;
+
+  // Guarded by epoch_mu_ (read shared, written exclusive).
+  uint64_t cur_epoch_ = 1;
+  // PRoot.next_epoch: epochs at or above it are not in use. Raised while
+  // readers hold epoch_mu_ shared (prepare's publish), hence atomic.
+  std::atomic<uint64_t> epoch_limit_{3};
+  uint64_t c_id_ = 0, c_epoch_ = 0;
+  uint64_t p_id_ = 0, p_epoch_ = 0;
+  bool p_active_ = false;
+  uint64_t last_id_ = 0;
+  uint64_t read_bound_ = UINT64_MAX;
+  bool pushes_blocked_ = false;
+  bool recovering_ = false;  // opened after a crash and a prepared checkpoint is unresolved
+  std::vector<DeadRange> dead_;
+
+  std::unique_ptr<MemSnap> mem_c_, mem_p_;
+
+  std::atomic<bool> ckpt_active_{false};
+  std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0};
+};
+
+}  // namespace pmemps

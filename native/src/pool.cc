@@ -1,0 +1,185 @@
+#include "pool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libpmem.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common.h"
+
+namespace pmemps {
+
+namespace {
+std::string pmem_err() {
+  const char* m = pmemobj_errormsg();
+  return m && *m ? m : strerror(errno);
+}
+}  // namespace
+
+uint64_t Pool::root_sum(const PRoot* r) { return fnv1a(r, offsetof(PRoot, checksum)); }
+uint64_t Pool::table_sum(const PTable* t) { return fnv1a(t, offsetof(PTable, checksum)); }
+
+Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir + "/pmemps.pool") {
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0) {
+    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+      throw Error(Code::Io, "cannot create pool directory " + dir + ": " + strerror(errno));
+  } else if (!S_ISDIR(st.st_mode)) {
+    throw Error(Code::InvalidArgument, dir + " is not a directory");
+  }
+  // One process per directory: a second opener gets a lock error, never a
+  // second mapping that would corrupt the pool.
+  const std::string lock_path = dir + "/pmemps.lock";
+  lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) throw Error(Code::Io, "cannot open " + lock_path + ": " + strerror(errno));
+  if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    (void)!pread(lock_fd_, buf, sizeof buf - 1, 0);
+    close(lock_fd_);
+    lock_fd_ = -1;
+    throw Error(Code::Locked, "pool directory " + dir + " is in use by another process (pid " + std::string(buf[0] ? buf : "?") +
+                                  "); stop it or use another --pmem directory");
+  }
+  {
+    std::string pid = std::to_string(getpid());
+    (void)!ftruncate(lock_fd_, 0);
+    (void)!pwrite(lock_fd_, pid.data(), pid.size(), 0);
+  }
+
+  try {
+    if (access(path_.c_str(), F_OK) != 0) {
+      pop_ = pmemobj_create(path_.c_str(), kLayoutName, pool_bytes, 0644);
+      if (!pop_) {
+        int e = errno;
+        std::string m = pmem_err();
+        unlink(path_.c_str());
+        throw Error(e == ENOSPC ? Code::OutOfSpace : Code::Io, "cannot create pool " + path_ + ": " + m);
+      }
+      created_ = true;
+    } else {
+      pop_ = pmemobj_open(path_.c_str(), kLayoutName);
+      if (!pop_) {
+        std::string m = pmem_err();
+        PMEMobjpool* other = pmemobj_open(path_.c_str(), nullptr);
+        if (other) {
+          pmemobj_close(other);
+          throw Error(Code::Incompatible, "pool " + path_ + " has another layout than " + kLayoutName + " (" + m + ")");
+        }
+        throw Error(Code::Corrupt, "cannot open pool " + path_ + ": " + m + "; check it with `pmemps-check`");
+      }
+    }
+    PMEMoid r = pmemobj_root(pop_, sizeof(PRoot));
+    if (OID_IS_NULL(r)) throw Error(Code::Corrupt, "pool " + path_ + " has no root object: " + pmem_err());
+    if (pmemobj_root_size(pop_) != sizeof(PRoot))
+      throw Error(Code::Incompatible, "pool " + path_ + " has a root object of another size: not a pmemps v1 pool");
+    uuid_lo_ = r.pool_uuid_lo;
+    root_ = static_cast<PRoot*>(pmemobj_direct(r));
+    if (stat(path_.c_str(), &st) == 0) size_ = static_cast<uint64_t>(st.st_size);
+    is_pmem_ = pmem_is_pmem(root_, sizeof(PRoot)) != 0;
+  } catch (...) {
+    if (pop_) pmemobj_close(pop_);
+    pop_ = nullptr;
+    close(lock_fd_);
+    lock_fd_ = -1;
+    throw;
+  }
+}
+
+Pool::~Pool() {
+  if (pop_) pmemobj_close(pop_);
+  if (lock_fd_ >= 0) close(lock_fd_);  // releases the flock
+}
+
+void Pool::add_range(const void* p, size_t n) {
+  std::lock_guard<std::mutex> g(ranges_mu_);
+  ranges_.emplace_back(static_cast<const char*>(p), n);
+}
+
+size_t Pool::pending_ranges() {
+  std::lock_guard<std::mutex> g(ranges_mu_);
+  return ranges_.size();
+}
+
+void Pool::persist_ranges() {
+  std::lock_guard<std::mutex> pg(persist_mu_);
+  std::vector<std::pair<const char*, size_t>> rs;
+  {
+    std::lock_guard<std::mutex> g(ranges_mu_);
+    rs.swap(ranges_);
+  }
+  if (rs.empty()) return;
+  std::sort(rs.begin(), rs.end());
+  if (is_pmem_) {
+    // Merge overlapping and touching ranges, flush each, drain once.
+    const char* s = rs[0].first;
+    const char* e = s + rs[0].second;
+    for (size_t i = 1; i < rs.size(); i++) {
+      if (rs[i].first <= e) {
+        e = std::max(e, rs[i].first + rs[i].second);
+      } else {
+        pmemobj_flush(pop_, s, static_cast<size_t>(e - s));
+        s = rs[i].first;
+        e = s + rs[i].second;
+      }
+    }
+    pmemobj_flush(pop_, s, static_cast<size_t>(e - s));
+    pmemobj_drain(pop_);
+  } else {
+    // msync path: one call over the envelope; only its dirty pages are written.
+    const char* s = rs.front().first;
+    const char* e = s;
+    for (auto& r : rs) e = std::max(e, r.first + r.second);
+    pmemobj_persist(pop_, s, static_cast<size_t>(e - s));
+  }
+  flush_calls_++;
+}
+
+uint64_t Pool::used_bytes() {
+  uint64_t total = 0;
+  for (PMEMoid o = pmemobj_first(pop_); !OID_IS_NULL(o); o = pmemobj_next(o)) total += pmemobj_alloc_usable_size(o);
+  return total;
+}
+
+Tx::Tx(Pool& pool) : pool_(pool) {
+  if (pmemobj_tx_begin(pool_.pop(), nullptr, TX_PARAM_NONE) != 0)
+    throw Error(Code::Io, std::string("cannot begin a pool transaction: ") + pmem_err());
+  active_ = true;
+}
+
+Tx::~Tx() {
+  if (!active_) return;
+  if (pmemobj_tx_stage() == TX_STAGE_WORK) pmemobj_tx_abort(ECANCELED);
+  pmemobj_tx_end();
+}
+
+void Tx::add(void* p, size_t n) {
+  if (pmemobj_tx_xadd_range_direct(p, n, POBJ_XADD_NO_ABORT) != 0)
+    throw Error(errno == ENOMEM ? Code::OutOfSpace : Code::Io, std::string("pool transaction failed: ") + pmem_err());
+}
+
+uint64_t Tx::alloc(size_t n, bool zero) {
+  PMEMoid o = pmemobj_tx_xalloc(n, 1, POBJ_XALLOC_NO_ABORT | (zero ? POBJ_XALLOC_ZERO : 0));
+  if (OID_IS_NULL(o))
+    throw Error(Code::OutOfSpace, "the pool is full (" + std::to_string(pool_.size() >> 20) +
+                                      " MiB); create it larger with --pool-size / poolMb (" + pmem_err() + ")");
+  return o.off;
+}
+
+void Tx::free(uint64_t off) {
+  if (off == 0) return;
+  if (pmemobj_tx_xfree(pool_.oid(off), POBJ_XFREE_NO_ABORT) != 0)
+    throw Error(Code::Io, std::string("pool transaction failed: ") + pmem_err());
+}
+
+void Tx::commit() {
+  pmemobj_tx_commit();
+  active_ = false;
+  if (pmemobj_tx_end() != 0) throw Error(Code::Io, std::string("pool transaction commit failed: ") + pmem_err());
+}
+
+}  // namespace pmemps

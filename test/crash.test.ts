@@ -1,0 +1,129 @@
+// Crash consistency of the engine: a child process runs seeded operations on
+// a pool and is SIGKILLed (by the engine at a named failpoint, by itself
+// right after issuing its N-th operation, or by the parent after a delay);
+// the parent reopens the pool and compares it bit for bit with a memoryOnly
+// reference fed the same operations up to the checkpoint the pool reports.
+// See test/crash.lib.ts for the machinery and test/crash.soak.ts for the
+// long-running variant.
+
+import assert from 'node:assert/strict';
+import { after, describe, it, test } from 'node:test';
+import {
+  FAILPOINT_NAMES,
+  FAILPOINTS,
+  KillSpec,
+  killLiveChildren,
+  mix,
+  removeDir,
+  Rng,
+  runScenario,
+  Scenario,
+  ScenarioResult,
+} from './crash.lib';
+
+const BASE_SEED = 20261125;
+const JOBS = 2;
+/** Kills wanted per failpoint name, and the most runs spent trying to reach them. */
+const KILLS_PER_FAILPOINT = 2;
+const ATTEMPTS_PER_FAILPOINT = 6;
+const MIN_TOTAL_KILLS = 50;
+
+const dirs = new Set<string>();
+const kills = new Map<string, number>();
+let totalKills = 0;
+let totalRuns = 0;
+const t0 = Date.now();
+
+after(() => {
+  killLiveChildren();
+  for (const d of dirs) removeDir(d);
+});
+
+function killKey(k: KillSpec): string {
+  return k.mode === 'failpoint' ? k.fp : k.mode;
+}
+
+async function run(sc: Scenario): Promise<ScenarioResult> {
+  const res = await runScenario(sc, { onDir: (d) => dirs.add(d), timeoutMs: 90_000 });
+  for (const g of res.gens) {
+    totalRuns++;
+    if (!g.killed) continue;
+    totalKills++;
+    kills.set(killKey(g.kill), (kills.get(killKey(g.kill)) ?? 0) + 1);
+  }
+  return res;
+}
+
+const OP_DELAYS = ['sync', 'immediate', 0, 1, 3] as const;
+
+describe('crash consistency', { concurrency: JOBS }, () => {
+  FAILPOINT_NAMES.forEach((fp, fi) => {
+    it(`kill at failpoint ${fp}, reopen, compare with the reference`, { timeout: 300_000 }, async () => {
+      let got = 0;
+      let maxN = FAILPOINTS[fp];
+      const tried: string[] = [];
+      for (let attempt = 0; attempt < ATTEMPTS_PER_FAILPOINT && got < KILLS_PER_FAILPOINT; attempt++) {
+        const seed = mix(BASE_SEED, fi, attempt);
+        const r = new Rng(seed);
+        const n = r.int(1, maxN);
+        const res = await run({ seed, gens: [{ mode: 'failpoint', fp, n }], force: true, cacheMb: r.chance(0.7) ? 1 : 2 });
+        tried.push(`${fp}:${n} (seed ${seed}) ${res.gens[0].killed ? 'killed' : 'not reached'}`);
+        if (res.gens[0].killed) got++;
+        else maxN = Math.max(1, Math.floor(n / 2));
+      }
+      assert.ok(got >= 1, `failpoint ${fp} never killed the child; runs: ${tried.join('; ')}`);
+    });
+  });
+
+  for (let i = 0; i < 12; i++) {
+    const seed = mix(BASE_SEED, 0x0b, i);
+    const delay = OP_DELAYS[i % OP_DELAYS.length];
+    it(`self-kill right after issuing a seeded op (seed ${seed}, delay ${delay})`, { timeout: 120_000 }, async () => {
+      const res = await run({ seed, gens: [{ mode: 'op', pick: new Rng(seed).int(0, 1 << 20), delay }], force: true, cacheMb: 1 });
+      assert.ok(res.gens[0].killed, 'the child was not killed');
+    });
+  }
+
+  for (let i = 0; i < 3; i++) {
+    const seed = mix(BASE_SEED, 0x71, i);
+    const ms = new Rng(seed).int(5, 150);
+    it(`parent SIGKILLs the child ${ms} ms after open (seed ${seed})`, { timeout: 120_000 }, async () => {
+      await run({ seed, gens: [{ mode: 'timer', ms }], force: true, cacheMb: 1 });
+    });
+  }
+
+  const chains: KillSpec[][] = [
+    [{ mode: 'failpoint', fp: 'prepare.after_publish', n: 2 }, { mode: 'op', pick: 77, delay: 'sync' }, { mode: 'none' }],
+    [{ mode: 'op', pick: 1234, delay: 1 }, { mode: 'failpoint', fp: 'commit.after_publish', n: 1 }, { mode: 'failpoint', fp: 'close.mid_writeback', n: 1 }],
+    [{ mode: 'none' }, { mode: 'failpoint', fp: 'rollback.after_publish', n: 1 }, { mode: 'failpoint', fp: 'evict.after_write', n: 7 }],
+    [{ mode: 'failpoint', fp: 'prepare.before_publish', n: 3 }, { mode: 'failpoint', fp: 'close.before_clean_mark', n: 1 }, { mode: 'op', pick: 4321, delay: 'immediate' }],
+  ];
+  chains.forEach((gens, i) => {
+    const seed = mix(BASE_SEED, 0xc4, i);
+    it(`generations on one pool: ${gens.map((g) => killKey(g) + (g.mode === 'failpoint' ? `:${g.n}` : '')).join(' -> ')} (seed ${seed})`, { timeout: 300_000 }, async () => {
+      await run({ seed, gens, force: true, cacheMb: 1 });
+    });
+  });
+
+  const msync: KillSpec[] = [
+    { mode: 'failpoint', fp: 'prepare.mid_flush', n: 2 },
+    { mode: 'failpoint', fp: 'evict.after_persist', n: 3 },
+    { mode: 'failpoint', fp: 'commit.before_publish', n: 2 },
+    { mode: 'op', pick: 99, delay: 'sync' },
+    { mode: 'op', pick: 555, delay: 1 },
+  ];
+  msync.forEach((k, i) => {
+    const seed = mix(BASE_SEED, 0x35, i);
+    it(`msync path (no PMEM_IS_PMEM_FORCE): ${killKey(k)} (seed ${seed})`, { timeout: 300_000 }, async () => {
+      await run({ seed, gens: [k], force: false, cacheMb: 2 });
+    });
+  });
+});
+
+test(`at least ${MIN_TOTAL_KILLS} actual kill points, every failpoint among them`, (t) => {
+  const parts = [...kills.entries()].sort().map(([k, v]) => `${k}=${v}`);
+  t.diagnostic(`${totalKills} kills in ${totalRuns} child runs, ${((Date.now() - t0) / 1000).toFixed(1)} s: ${parts.join(' ')}`);
+  const missing = FAILPOINT_NAMES.filter((fp) => !kills.get(fp));
+  assert.deepEqual(missing, [], `failpoints that never killed a child: ${missing.join(', ')}`);
+  assert.ok(totalKills >= MIN_TOTAL_KILLS, `only ${totalKills} kills happened (want >= ${MIN_TOTAL_KILLS}): ${parts.join(' ')}`);
+});
