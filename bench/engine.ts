@@ -420,11 +420,11 @@ function pct(x: number): string {
 
 // ---------------------------------------------------------------- phases
 
-async function nodeBaseline(): Promise<number> {
+async function nodeBaseline(): Promise<any> {
   const c = new Child('baseline', 'ttfp-child.js', { mode: 'baseline' }, process.env, 60_000);
   const r = await c.waitFor('MEM');
   await c.done();
-  return r.payload.nonPoolRss as number;
+  return r.payload;
 }
 
 async function phase1(m: Medium): Promise<{ dir: string; rows: number; poolMb: number } | null> {
@@ -586,7 +586,8 @@ async function runMedium(m: Medium): Promise<void> {
     const d = L.phase2[dist];
     const name = dist === 'uniform' ? 'uniform keys' : `Zipf(${opts.zipfS}) keys`;
     add('2', `${name}: pull rows/s, ${opts.inflight} in flight; cache hit ratio`, ml, lr, `${fmtRate(d.pullRowsPerSec)}; hits ${pct(d.pullHitRatio)}`);
-    add('2', `${name}: push rows/s, ${opts.inflight} in flight; cache hit ratio`, ml, lr, `${fmtRate(d.pushRowsPerSec)}; hits ${pct(d.pushHitRatio)}`);
+    const pushHits = d.pushDelta.hits + d.pushDelta.misses > 0 ? `hits ${pct(d.pushHitRatio)}` : `hits not counted by stats() for pushes`;
+    add('2', `${name}: push rows/s, ${opts.inflight} in flight; cache hit ratio`, ml, lr, `${fmtRate(d.pushRowsPerSec)}; ${pushHits}; ${d.pushDelta.evictions} evictions, ${d.pushDelta.writebacks} write-backs`);
   }
   notes.push(
     `phase 2 (${ml}): ${warmBatches} warm-up pulls, then ${opts.measureBatches} pulls and ${opts.measureBatches} pushes of ${BATCH} keys per distribution, keys made before timing; ` +
@@ -672,9 +673,14 @@ async function runMedium(m: Medium): Promise<void> {
       `Rss outside the pool mapping, ${SMALL_CACHE_MB} MiB cache, after pulling ${fmtRows(mm.workingSetRows)} random rows and pushing ${fmtRows(mm.pushedRows)}`,
       ml,
       n,
-      `**${fmtBytes(mm.nonPoolRss)}** (cache ${fmtBytes(mm.cacheBytes)} / ${mm.cacheRows} rows; pool mapping Rss ${fmtBytes(mm.poolRss)})`,
+      `**${fmtBytes(mm.nonPoolRss)}** = [heap] ${fmtBytes(mm.split.heap)} + anonymous ${fmtBytes(mm.split.anon)} + files ${fmtBytes(mm.split.files)} + other ${fmtBytes(mm.split.misc)}; ` +
+        `cache ${fmtBytes(mm.cacheBytes)} / ${mm.cacheRows} rows; (pool mapping Rss ${fmtBytes(mm.poolRss)})`,
       `≤ ${fmtBytes(limit)}`,
       mm.nonPoolRss <= limit,
+    );
+    notes.push(
+      `phase 5 (${ml}, ${fmtRows(n)} rows): JS heap used ${fmtBytes(mm.heapUsed)}, external ${fmtBytes(mm.external)} (array buffers ${fmtBytes(mm.arrayBuffers)})${mm.gcRan ? ' after a forced GC' : ''}; ` +
+        `working-set pulls ran at ${fmtRate(mm.pullRowsPerSec)} from a cold cache`,
     );
     if (mm.poolMappings === 0) notes.push(`phase 5 (${ml}, ${fmtRows(n)} rows): no mapping of a file in the pool directory was found in /proc/self/smaps`);
   }
@@ -755,7 +761,13 @@ async function main(): Promise<void> {
   let err: unknown = null;
   try {
     const baseline = await nodeBaseline();
-    add('5', 'Rss of an empty node process (for context)', '—', '—', fmtBytes(baseline));
+    add(
+      '5',
+      'Rss of an empty node process (for context)',
+      '—',
+      '—',
+      `${fmtBytes(baseline.nonPoolRss)} = [heap] ${fmtBytes(baseline.split.heap)} + anonymous ${fmtBytes(baseline.split.anon)} + files ${fmtBytes(baseline.split.files)} + other ${fmtBytes(baseline.split.misc)}`,
+    );
     for (const m of mediaKeys) await runMedium(MEDIA[m as 'shm' | 'disk']);
   } catch (e) {
     err = e;

@@ -274,30 +274,46 @@ export function machineInfo(): Record<string, string> {
   };
 }
 
-/** Sum of Rss (bytes) over /proc/<pid>/smaps, split into mappings whose file lies under `excludeDir` and the rest. */
-export function smapsRss(excludeDir: string | null, pid: number | 'self' = 'self'): { other: number; excluded: number; excludedMappings: number } {
+export interface RssSplit {
+  /** Rss of every mapping except those of files under the excluded directory. */
+  other: number;
+  /** Rss of the mappings of files under the excluded directory (the pool). */
+  excluded: number;
+  excludedMappings: number;
+  /** Parts of `other`: the brk heap, anonymous mappings (malloc arenas, V8, thread stacks), file mappings (node, libraries), the rest. */
+  heap: number;
+  anon: number;
+  files: number;
+  misc: number;
+}
+
+/** Sums Rss over /proc/<pid>/smaps, split into the mappings of files under `excludeDir` and the rest. */
+export function smapsRss(excludeDir: string | null, pid: number | 'self' = 'self'): RssSplit {
   const text = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8');
-  let other = 0;
-  let excluded = 0;
-  let excludedMappings = 0;
-  let inExcluded = false;
+  const r: RssSplit = { other: 0, excluded: 0, excludedMappings: 0, heap: 0, anon: 0, files: 0, misc: 0 };
+  let kind: 'excluded' | 'heap' | 'anon' | 'files' | 'misc' = 'misc';
   const prefix = excludeDir ? excludeDir.replace(/\/+$/, '') + '/' : null;
   for (const line of text.split('\n')) {
     const head = /^[0-9a-f]+-[0-9a-f]+\s+\S+\s+\S+\s+\S+\s+\S+\s*(.*)$/.exec(line);
     if (head) {
       const file = head[1];
-      inExcluded = prefix !== null && file.startsWith(prefix);
-      if (inExcluded) excludedMappings++;
+      if (prefix !== null && file.startsWith(prefix)) {
+        kind = 'excluded';
+        r.excludedMappings++;
+      } else if (file === '[heap]') kind = 'heap';
+      else if (file === '' || file.startsWith('[anon')) kind = 'anon';
+      else if (file.startsWith('/')) kind = 'files';
+      else kind = 'misc';
       continue;
     }
     const rss = /^Rss:\s+(\d+) kB/.exec(line);
     if (rss) {
       const b = Number(rss[1]) * 1024;
-      if (inExcluded) excluded += b;
-      else other += b;
+      r[kind] += b;
+      if (kind !== 'excluded') r.other += b;
     }
   }
-  return { other, excluded, excludedMappings };
+  return r;
 }
 
 // ---------------------------------------------------------------- formatting

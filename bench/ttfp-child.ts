@@ -147,6 +147,7 @@ async function reader(cfg: ReaderConfig): Promise<void> {
       nonPoolRss: rss.other,
       poolRss: rss.excluded,
       poolMappings: rss.excludedMappings,
+      split: rss,
       workingSetRows: w,
       pushedRows: pushesBlocked ? 0 : pw,
       pullRowsPerSec: w / pullSecs,
@@ -165,7 +166,7 @@ async function reader(cfg: ReaderConfig): Promise<void> {
 async function baseline(): Promise<void> {
   await new Promise((r) => setTimeout(r, 100));
   const rss = smapsRss(null);
-  emit('MEM', { nonPoolRss: rss.other, rss: process.memoryUsage().rss });
+  emit('MEM', { nonPoolRss: rss.other, split: rss, rss: process.memoryUsage().rss });
 }
 
 async function main(): Promise<void> {

@@ -339,7 +339,7 @@ export function genOps(seed: number, init: GenInit): GenResult {
   }
   const push = (): Op => {
     const t = r.pick([...tables]);
-    const n = r.chance(0.1) ? r.int(257, 600) : r.int(1, 128);
+    const n = r.chance(0.25) ? r.int(200, 1000) : r.int(1, 128);
     return { k: 'push', t, n, s: r.u32() };
   };
   const missing = () => TABLE_NAMES.filter((t) => !tables.has(t));

@@ -95,74 +95,96 @@ function compareRows(label: string, c: ParityCase, got: Float32Array, expected: 
   return expected.length;
 }
 
-async function runCase(engine: EngineT, c: ParityCase): Promise<number> {
-  engine.createTable({ name: c.name, dim: c.dim, optimizer: c.optimizer, initializer: c.initializer, seed: c.seed });
-  const pullKeys = keyBuf(c.keys);
-  let compared = 0;
+/**
+ * Replays one case on an engine from `open`; returns the number of values
+ * compared. With reopenAfter, the engine is closed and opened again after that
+ * many steps, so the remaining steps run on optimizer state read back from
+ * the pool.
+ */
+async function runCase(open: () => EngineT, c: ParityCase, reopenAfter?: number): Promise<number> {
+  let engine = open();
+  try {
+    engine.createTable({ name: c.name, dim: c.dim, optimizer: c.optimizer, initializer: c.initializer, seed: c.seed });
+    const pullKeys = keyBuf(c.keys);
+    let compared = 0;
 
-  // Rows nobody pushed yet are the initializer's constant.
-  assert.equal(c.initializer.type, 'constant', `${c.name}: parity cases use a constant initializer`);
-  const init = new Array<number>(c.keys.length * c.dim).fill((c.initializer as { value: number }).value);
-  compared += compareRows(`${c.name} before the first push`, c, asFloats(await engine.pull(c.name, pullKeys)), init);
+    // Rows nobody pushed yet are the initializer's constant.
+    assert.equal(c.initializer.type, 'constant', `${c.name}: parity cases use a constant initializer`);
+    const init = new Array<number>(c.keys.length * c.dim).fill((c.initializer as { value: number }).value);
+    compared += compareRows(`${c.name} before the first push`, c, asFloats(await engine.pull(c.name, pullKeys)), init);
 
-  for (let s = 0; s < c.steps.length; s++) {
-    const step = c.steps[s];
-    const label = `${c.name} step ${s + 1}${step.lr !== undefined ? ` (lr -> ${step.lr})` : ''}`;
-    if (step.lr !== undefined) engine.updateTable(c.name, { lr: step.lr });
-    const pushKeys = step.keys ?? c.keys;
-    assert.equal(step.grads.length, pushKeys.length * c.dim, `${label}: malformed fixture`);
-    await engine.push(c.name, keyBuf(pushKeys), floatsToBuffer(Float32Array.from(step.grads)));
-    compared += compareRows(label, c, asFloats(await engine.pull(c.name, pullKeys)), step.expected);
+    for (let s = 0; s < c.steps.length; s++) {
+      if (s === reopenAfter) {
+        await engine.close();
+        engine = open();
+      }
+      const step = c.steps[s];
+      let label = `${c.name} step ${s + 1}`;
+      if (step.lr !== undefined) label += ` (lr -> ${step.lr})`;
+      if (reopenAfter !== undefined && s >= reopenAfter) label += ' (after reopen)';
+      if (step.lr !== undefined) engine.updateTable(c.name, { lr: step.lr });
+      const pushKeys = step.keys ?? c.keys;
+      assert.equal(step.grads.length, pushKeys.length * c.dim, `${label}: malformed fixture`);
+      await engine.push(c.name, keyBuf(pushKeys), floatsToBuffer(Float32Array.from(step.grads)));
+      compared += compareRows(label, c, asFloats(await engine.pull(c.name, pullKeys)), step.expected);
+    }
+    return compared;
+  } finally {
+    await engine.close();
   }
-  return compared;
 }
-
-const ENGINES: Array<{ label: string; pool: boolean }> = [
-  { label: 'memoryOnly engine', pool: false },
-  { label: 'pool engine', pool: true },
-];
 
 describe('optimizer parity fixture', () => {
   it('covers every optimizer with the tolerance the test uses', () => {
     const types = new Set(fixture.cases.map((c) => c.optimizer.type));
-    for (const t of ['sgd', 'adagrad', 'adam', 'rmsprop', 'ftrl']) assert.ok(types.has(t as OptimizerSpec['type']), `no ${t} case`);
+    for (const t of ['sgd', 'adagrad', 'adam', 'rmsprop', 'ftrl'] as const) assert.ok(types.has(t), `no ${t} case`);
     assert.deepEqual(fixture.tolerance, { abs: ABS_TOL, rel: REL_TOL });
     assert.equal(new Set(fixture.cases.map((c) => c.name)).size, fixture.cases.length, 'case names must be unique');
   });
 });
 
+// Every case gets its own engine. On the pool side that means its own pool:
+// the first push to a table reserves a row slab of up to 8 MiB, so one 64 MiB
+// pool would hold only a few of the cases. Each pool is also closed and
+// reopened halfway through its case. That way the later steps also check
+// that every optimizer's per-row state (momentum buffers, accumulators,
+// Adam's m, v and step count, FTRL's linear term) comes back from the pool
+// intact.
+const ENGINES: Array<{ label: string; pool: boolean }> = [
+  { label: 'memoryOnly engine', pool: false },
+  { label: 'pool engine', pool: true },
+];
+
 for (const kind of ENGINES) {
   describe(`optimizer parity on the ${kind.label}`, () => {
-    let engine: EngineT | undefined;
-    let dir: string | undefined;
+    let root: string | undefined;
     let compared = 0;
 
     before(() => {
-      if (kind.pool) {
-        dir = fs.mkdtempSync(path.join(os.tmpdir(), `pmemps-parity-${process.pid}-`));
-        engine = Engine.open({ dir, poolMb: 64, cacheMb: 16 });
-      } else {
-        engine = Engine.open({ memoryOnly: true, cacheMb: 16 });
-      }
+      if (kind.pool) root = fs.mkdtempSync(path.join(os.tmpdir(), `pmemps-parity-${process.pid}-`));
     });
 
-    after(async () => {
-      try {
-        await engine?.close();
-      } finally {
-        if (dir) fs.rmSync(dir, { recursive: true, force: true });
-      }
+    after(() => {
+      if (root) fs.rmSync(root, { recursive: true, force: true });
     });
 
-    for (const c of fixture.cases) {
+    fixture.cases.forEach((c, i) => {
       it(`${c.name} (${c.optimizer.type}, dim ${c.dim})`, async () => {
-        assert.ok(engine, 'engine did not open');
+        let open: () => EngineT;
+        if (kind.pool) {
+          const dir = path.join(root as string, `case-${i}`);
+          fs.mkdirSync(dir);
+          open = () => Engine.open({ dir, poolMb: 64, cacheMb: 16 });
+        } else {
+          open = () => Engine.open({ memoryOnly: true, cacheMb: 16 });
+        }
+        const reopenAfter = kind.pool ? Math.floor(c.steps.length / 2) : undefined;
         const want = c.keys.length * c.dim * (c.steps.length + 1);
-        const n = await runCase(engine, c);
+        const n = await runCase(open, c, reopenAfter);
         assert.equal(n, want, `${c.name}: compared ${n} values, expected ${want}`);
         compared += n;
       });
-    }
+    });
 
     it('compared a nonzero number of values', () => {
       assert.ok(compared > 0, 'no values were compared');

@@ -265,7 +265,10 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       auto eng = engine_;
       std::string d(reinterpret_cast<const char*>(dense.Data()), dense.Length());
       std::string m(reinterpret_cast<const char*>(meta.Data()), meta.Length());
-      (new Job(cb, [eng, id, d, m] { eng->prepare(id, d, m); }, nullptr, {}))->Queue();
+      // The boundary runs now, on this thread: pushes called after this
+      // returns are outside the checkpoint. The flush runs on the pool.
+      eng->prepare_begin(id, d, m);
+      (new Job(cb, [eng, id] { eng->prepare_finish(id); }, nullptr, {}))->Queue();
       return info.Env().Undefined();
     });
   }

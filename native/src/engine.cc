@@ -771,12 +771,21 @@ void Engine::flush_pending() {
 }
 
 void Engine::prepare(uint64_t id, const std::string& dense, const std::string& meta) {
-  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  prepare_begin(id, dense, meta);
+  prepare_finish(id);
+}
+
+void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {
+  ckpt_cv_.wait(ck, [&] { return !preparing_; });
+}
+
+void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::string& meta) {
+  std::unique_lock<std::mutex> ck(ckpt_mu_);
   {
     std::shared_lock<std::shared_mutex> el(epoch_mu_);
     if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
     if (p_active_) {
-      if (p_id_ == id) return;  // retried prepare
+      if (p_id_ == id) return;  // retried prepare (finish joins the running one)
       fail(Code::FailedPrecondition,
            "checkpoint " + id_str(p_id_) + " is prepared and unresolved; commit or abort it before preparing " + id_str(id));
     }
@@ -789,45 +798,62 @@ void Engine::prepare(uint64_t id, const std::string& dense, const std::string& m
     mem_prepare(id, dense, meta);
     return;
   }
-  ckpt_active_ = true;
-  struct Clear {
-    std::atomic<bool>& f;
-    ~Clear() { f = false; }
-  } clear{ckpt_active_};
-
-  struct Snap {
-    uint32_t idx;
-    uint64_t rows;
-    double hyper[kMaxHyperP];
-  };
-  std::vector<Snap> snap;
-  {
-    // The boundary: pushes before it are in the checkpoint, pushes after it
-    // are not. O(stripes + tables); pushes wait only for this block.
-    std::unique_lock<std::shared_mutex> el(epoch_mu_);
-    if (cur_epoch_ + 1 >= epoch_limit_) {
-      std::lock_guard<std::mutex> g(tx_mu_);
-      Tx tx(*pool_);
-      ensure_epochs(tx);
-      tx.commit();
-      epoch_limit_ = root_->next_epoch;
-    }
-    p_epoch_ = cur_epoch_;
-    cur_epoch_++;
-    p_active_ = true;
-    p_id_ = id;
-    for (auto& s : stripes_) {
-      std::lock_guard<std::mutex> g(s.mu);
-      s.start_pending(static_cast<uint32_t>(p_epoch_));
-    }
-    for (auto& t : tables_) {
-      if (!t) continue;
-      Snap sn{t->idx, t->r_next.load(), {}};
-      std::memcpy(sn.hyper, t->opt.h, sizeof sn.hyper);
-      snap.push_back(sn);
-    }
-    failpoint("prepare.after_boundary");
+  // The boundary: pushes that started before it are in the checkpoint,
+  // pushes that start after it are not. It runs on the caller's thread so
+  // that "after prepare() was called" means "outside". O(stripes + tables);
+  // pushes wait only for this block.
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  if (cur_epoch_ + 1 >= epoch_limit_) {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    ensure_epochs(tx);
+    tx.commit();
+    epoch_limit_ = root_->next_epoch;
   }
+  ckpt_active_ = true;
+  preparing_ = true;
+  prep_dense_ = dense;
+  prep_meta_ = meta;
+  prep_snap_.clear();
+  p_epoch_ = cur_epoch_;
+  cur_epoch_++;
+  p_active_ = true;
+  p_id_ = id;
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    s.start_pending(static_cast<uint32_t>(p_epoch_));
+  }
+  for (auto& t : tables_) {
+    if (!t) continue;
+    PrepSnap sn{t->idx, t->r_next.load(), {}};
+    std::memcpy(sn.hyper, t->opt.h, sizeof sn.hyper);
+    prep_snap_.push_back(sn);
+  }
+  failpoint("prepare.after_boundary");
+}
+
+void Engine::prepare_finish(uint64_t id) {
+  {
+    std::unique_lock<std::mutex> ck(ckpt_mu_);
+    if (!preparing_ || finishing_ || p_id_ != id) {
+      // Another call finishes (or finished) this prepare: wait for it and
+      // report how it ended.
+      wait_prepared(ck);
+      std::shared_lock<std::shared_mutex> el(epoch_mu_);
+      if ((p_active_ && p_id_ == id) || c_id_ == id) return;
+      fail(Code::FailedPrecondition, "prepare of checkpoint " + id_str(id) + " did not complete");
+    }
+    finishing_ = true;
+  }
+  auto done = [&] {
+    std::lock_guard<std::mutex> ck(ckpt_mu_);
+    preparing_ = false;
+    finishing_ = false;
+    ckpt_active_ = false;
+    prep_dense_.clear();
+    prep_meta_.clear();
+    ckpt_cv_.notify_all();
+  };
   try {
     std::shared_lock<std::shared_mutex> el(epoch_mu_);
     flush_pending();
@@ -837,28 +863,30 @@ void Engine::prepare(uint64_t id, const std::string& dense, const std::string& m
     failpoint("prepare.before_publish");
     std::lock_guard<std::mutex> g(tx_mu_);
     Tx tx(*pool_);
-    const size_t body = sizeof(PCkptTable) * snap.size() + dense.size() + meta.size();
+    const std::string& dense = prep_dense_;
+    const std::string& meta = prep_meta_;
+    const size_t body = sizeof(PCkptTable) * prep_snap_.size() + dense.size() + meta.size();
     const uint64_t off = tx.alloc(sizeof(PCkpt) + body, false);
     PCkpt* c = pool_->at<PCkpt>(off);
     std::memset(c, 0, sizeof(PCkpt));
     c->id = id;
     c->epoch = p_epoch_;
-    c->ntables = static_cast<uint32_t>(snap.size());
+    c->ntables = static_cast<uint32_t>(prep_snap_.size());
     c->dense_len = dense.size();
     c->meta_len = meta.size();
     PCkptTable* ct = reinterpret_cast<PCkptTable*>(c + 1);
-    for (size_t i = 0; i < snap.size(); i++) {
+    for (size_t i = 0; i < prep_snap_.size(); i++) {
       std::memset(&ct[i], 0, sizeof(PCkptTable));
-      ct[i].idx = snap[i].idx;
-      std::memcpy(ct[i].hyper, snap[i].hyper, sizeof ct[i].hyper);
+      ct[i].idx = prep_snap_[i].idx;
+      std::memcpy(ct[i].hyper, prep_snap_[i].hyper, sizeof ct[i].hyper);
     }
-    char* payload = reinterpret_cast<char*>(ct + snap.size());
+    char* payload = reinterpret_cast<char*>(ct + prep_snap_.size());
     std::memcpy(payload, dense.data(), dense.size());
     std::memcpy(payload + dense.size(), meta.data(), meta.size());
     uint64_t sum = fnv1a(c, sizeof(PCkpt));
     c->checksum = fnv1a(c + 1, body, sum);
     pool_->persist(c, sizeof(PCkpt) + body);
-    for (auto& sn : snap) {
+    for (auto& sn : prep_snap_) {
       PTable* d = tables_[sn.idx]->d;
       if (d->rows_used >= sn.rows) continue;
       tx.add(d, sizeof(PTable));
@@ -872,21 +900,26 @@ void Engine::prepare(uint64_t id, const std::string& dense, const std::string& m
     root_->last_id = id;
     if (root_->next_epoch < cur_epoch_ + 2) root_->next_epoch = cur_epoch_ + 2;
     persist_root(tx);
-    tx.commit();  // the publish: one transaction flips p_id
+    tx.commit();  // the publish: one transaction sets p_id
     epoch_limit_ = root_->next_epoch;
     last_id_ = id;
     failpoint("prepare.after_publish");
   } catch (...) {
-    std::unique_lock<std::shared_mutex> el(epoch_mu_);
-    p_active_ = false;
-    p_id_ = 0;
-    p_epoch_ = 0;
+    {
+      std::unique_lock<std::shared_mutex> el(epoch_mu_);
+      p_active_ = false;
+      p_id_ = 0;
+      p_epoch_ = 0;
+    }
+    done();
     throw;
   }
+  done();
 }
 
 void Engine::commit(uint64_t id) {
-  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);
   std::unique_lock<std::shared_mutex> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (!p_active_ || p_id_ != id) {
@@ -934,7 +967,8 @@ void Engine::commit(uint64_t id) {
 }
 
 void Engine::abort(uint64_t id) {
-  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);
   std::unique_lock<std::shared_mutex> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (!p_active_ || p_id_ != id) {
@@ -987,7 +1021,8 @@ void Engine::abort(uint64_t id) {
 }
 
 void Engine::rollback() {
-  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);
   std::unique_lock<std::shared_mutex> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (p_active_)
@@ -1039,7 +1074,8 @@ bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string*
 }
 
 void Engine::close() {
-  std::lock_guard<std::mutex> cg(ckpt_mu_);
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);
   std::unique_lock<std::shared_mutex> el(epoch_mu_);
   if (closed_) return;
   if (mem_) {

@@ -15,6 +15,7 @@
 // costs O(1) in the table size. docs/design.md has the full argument.
 #pragma once
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -73,7 +74,11 @@ class Engine {
   void pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim);
   void push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads);
 
+  // prepare = prepare_begin (the boundary, cheap, on the caller's thread)
+  // then prepare_finish (flush and publish, on the thread pool).
   void prepare(uint64_t id, const std::string& dense, const std::string& meta);
+  void prepare_begin(uint64_t id, const std::string& dense, const std::string& meta);
+  void prepare_finish(uint64_t id);
   void commit(uint64_t id);
   void abort(uint64_t id);
   void rollback();
@@ -172,7 +177,19 @@ class Engine {
   std::unordered_map<std::string, uint32_t> names_;
   Stripe stripes_[kStripes];
 
+  // ckpt_mu_ is held briefly; a prepare between begin and finish is marked
+  // by preparing_, and commit/abort/rollback/close wait on ckpt_cv_ for it.
   std::mutex ckpt_mu_;
+  std::condition_variable ckpt_cv_;
+  bool preparing_ = false, finishing_ = false;
+  struct PrepSnap {
+    uint32_t idx;
+    uint64_t rows;
+    double hyper[kMaxHyperP];
+  };
+  std::vector<PrepSnap> prep_snap_;
+  std::string prep_dense_, prep_meta_;
+  void wait_prepared(std::unique_lock<std::mutex>& ck);
   std::shared_mutex epoch_mu_;
   std::mutex tx_mu_;
 

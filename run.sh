@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One entry point for a fresh clone:  ./run.sh demo | test | bench
+# Each command first sets up whatever is missing: libpmemobj (Debian's
+# libpmemobj-dev, plus pmdk-tools for the offline pool checks), the npm
+# dependencies, the native build and the TypeScript build.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+setup() {
+  local pkgs=()
+  pkg-config --exists libpmemobj libpmem 2>/dev/null || pkgs+=(libpmemobj-dev pkg-config)
+  command -v pmempool >/dev/null 2>&1 || pkgs+=(pmdk-tools)
+  command -v g++ >/dev/null 2>&1 || pkgs+=(g++ make python3)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "run.sh: installing ${pkgs[*]}" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error   # also builds the addon (install script)
+  elif [ ! -f build/Release/pmemps_native.node ] || [ -n "$(find native/src binding.gyp -newer build/Release/pmemps_native.node 2>/dev/null | head -1)" ]; then
+    npm run --silent install
+  fi
+  npm run --silent build
+}
+
+cmd="${1:-demo}"
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo) setup; exec node dist/server/demo.js "$@" ;;
+  test) setup; exec npm test --silent ;;
+  bench) setup; exec node dist/bench/engine.js "$@" ;;
+  *) echo "usage: ./run.sh demo|test|bench|setup" >&2; exit 2 ;;
+esac

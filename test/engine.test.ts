@@ -1,0 +1,224 @@
+// Engine behaviour on real pools: initial rows, duplicate keys, the cache
+// budget and eviction against a DRAM-only reference, live hyperparameters,
+// pushes during a prepare, rollback and clean reopen.
+process.env.PMEM_IS_PMEM_FORCE ??= '1';
+
+import { after, describe, it } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { Engine, EngineError, asFloats, packKeys, type TableSpec } from '../native/engine';
+import { f32, prng, randomGrads, removeDir, tempDir } from './helpers';
+
+const dirs: string[] = [];
+function pool(tag: string): string {
+  const d = tempDir(tag);
+  dirs.push(d);
+  return d;
+}
+after(() => dirs.forEach(removeDir));
+
+const MAX = 0xffffffffffffffffn;
+const spec = (over: Partial<TableSpec> = {}): TableSpec => ({
+  name: 'emb',
+  dim: 8,
+  optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.1 },
+  initializer: { type: 'uniform', min: -0.5, max: 0.5 },
+  seed: 11,
+  ...over,
+});
+
+describe('initial rows', () => {
+  it('are a pure function of (seed, key), store nothing, and cover the full key range', async () => {
+    const a = Engine.open({ dir: pool('init-a'), poolMb: 32, cacheMb: 4 });
+    const b = Engine.open({ memoryOnly: true });
+    a.createTable(spec());
+    b.createTable(spec());
+    const keys = packKeys([0n, 1n, 12345678901234567n, MAX]);
+    const ra = await a.pull('emb', keys);
+    const rb = await b.pull('emb', keys);
+    assert.deepEqual(ra, rb);
+    const v = asFloats(ra);
+    assert.ok(v.every((x) => x >= -0.5 && x <= 0.5));
+    assert.notDeepEqual(Array.from(v.slice(0, 8)), Array.from(v.slice(24, 32)), 'keys 0 and 2^64-1 differ');
+    assert.equal(a.listTables()[0].rows, 0, 'a pull stores nothing');
+    assert.equal(a.stats().cacheRows, 0);
+    // Another seed gives other rows.
+    a.createTable(spec({ name: 'other', seed: 12 }));
+    assert.notDeepEqual(await a.pull('other', keys), ra);
+    await a.close();
+    await b.close();
+  });
+
+  it('follow each initializer', async () => {
+    const e = Engine.open({ memoryOnly: true });
+    const n = 4000;
+    const keys = packKeys(Array.from({ length: n }, (_, i) => BigInt(i) * 7919n));
+    e.createTable(spec({ name: 'z', dim: 4, initializer: { type: 'zeros' } }));
+    e.createTable(spec({ name: 'c', dim: 4, initializer: { type: 'constant', value: 0.25 } }));
+    e.createTable(spec({ name: 'n', dim: 4, initializer: { type: 'normal', mean: 1, std: 0.5 } }));
+    e.createTable(spec({ name: 't', dim: 4, initializer: { type: 'normal', mean: 0, std: 1, truncated: true } }));
+    assert.ok(asFloats(await e.pull('z', keys)).every((x) => x === 0));
+    assert.ok(asFloats(await e.pull('c', keys)).every((x) => x === 0.25));
+    const nv = asFloats(await e.pull('n', keys));
+    const mean = nv.reduce((s, x) => s + x, 0) / nv.length;
+    const sd = Math.sqrt(nv.reduce((s, x) => s + (x - mean) ** 2, 0) / nv.length);
+    assert.ok(Math.abs(mean - 1) < 0.02, `normal mean ${mean}`);
+    assert.ok(Math.abs(sd - 0.5) < 0.02, `normal std ${sd}`);
+    const tv = asFloats(await e.pull('t', keys));
+    assert.ok(tv.every((x) => Math.abs(x) <= 2), 'truncated normal stays within 2 std');
+    await e.close();
+  });
+});
+
+describe('pushes', () => {
+  it('sum the gradients of duplicate keys before one update', async () => {
+    const e = Engine.open({ dir: pool('dup'), poolMb: 32, cacheMb: 4 });
+    e.createTable(spec({ name: 'a', optimizer: { type: 'adam', lr: 0.01 } }));
+    e.createTable(spec({ name: 'b', optimizer: { type: 'adam', lr: 0.01 } }));
+    const g1 = Array.from({ length: 8 }, (_, i) => i / 10);
+    const g2 = Array.from({ length: 8 }, (_, i) => -i / 7);
+    await e.push('a', packKeys([5n, 9n, 5n]), f32([...g1, ...g1, ...g2]));
+    await e.push('b', packKeys([9n, 5n]), f32([...g1, ...g1.map((x, i) => Math.fround(x) + Math.fround(g2[i]))]));
+    assert.deepEqual(await e.pull('a', packKeys([5n, 9n])), await e.pull('b', packKeys([5n, 9n])));
+    await e.close();
+  });
+
+  it('keep the cache within its budget and agree with the DRAM-only engine under eviction', async () => {
+    const dir = pool('evict');
+    let e = Engine.open({ dir, poolMb: 128, cacheMb: 1 });
+    const ref = Engine.open({ memoryOnly: true });
+    const s = spec({ dim: 16, optimizer: { type: 'rmsprop', lr: 0.01, momentum: 0.9, centered: true } });
+    e.createTable(s);
+    ref.createTable(s);
+    const rand = prng(42);
+    for (let step = 0; step < 60; step++) {
+      const keys = packKeys(Array.from({ length: 512 }, () => BigInt(Math.floor(rand() * 20000))));
+      const g = randomGrads(rand, 512 * 16);
+      await Promise.all([e.push('emb', keys, g), ref.push('emb', keys, g)]);
+      const st = e.stats();
+      assert.ok(st.cacheBytes <= st.cacheBudget, `cache ${st.cacheBytes} > budget ${st.cacheBudget}`);
+    }
+    const st = e.stats();
+    assert.ok(st.evictions > 0 && st.writebacks > 0, 'the test must exercise eviction');
+    const all = packKeys(Array.from({ length: 20000 }, (_, i) => BigInt(i)));
+    assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all));
+    // The optimizer state survived eviction too: one more identical push agrees.
+    const g = randomGrads(rand, 20000 * 16);
+    await e.push('emb', all, g);
+    await ref.push('emb', all, g);
+    assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all));
+    await e.close();
+    e = Engine.open({ dir, poolMb: 128, cacheMb: 1 });
+    assert.equal(e.openInfo.cleanClose, true);
+    assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all), 'a clean close keeps the latest state');
+    await e.close();
+    await ref.close();
+  });
+
+  it('serve cached rows from DRAM: a repeated pull is all hits', async () => {
+    const e = Engine.open({ dir: pool('hits'), poolMb: 32, cacheMb: 8 });
+    e.createTable(spec());
+    const keys = packKeys(Array.from({ length: 1000 }, (_, i) => BigInt(i)));
+    await e.push('emb', keys, f32(new Array(8000).fill(0.1)));
+    const h0 = e.stats();
+    await e.pull('emb', keys);
+    const h1 = e.stats();
+    assert.equal(h1.hits - h0.hits, 1000);
+    assert.equal(h1.misses - h0.misses, 0);
+    await e.close();
+  });
+});
+
+describe('hyperparameters', () => {
+  it('change on a live table and are kept by checkpoints', async () => {
+    const dir = pool('hyper');
+    let e = Engine.open({ dir, poolMb: 32, cacheMb: 4 });
+    e.createTable(spec({ optimizer: { type: 'sgd', lr: 0.1, momentum: 0.9 } }));
+    const k = packKeys([1n]);
+    const w0 = asFloats(await e.pull('emb', k))[0];
+    await e.push('emb', k, f32(new Array(8).fill(1)));
+    const w1 = asFloats(await e.pull('emb', k))[0];
+    assert.ok(Math.abs(w0 - 0.1 - w1) < 1e-6);
+    await e.prepare(1);
+    await e.commit(1);
+    e.updateTable('emb', { lr: 0.01 });
+    assert.equal((e.listTables()[0].optimizer as { lr: number }).lr, 0.01);
+    assert.throws(() => e.updateTable('emb', { momentum: 0 }), (err: EngineError) => err.code === 'INVALID_ARGUMENT');
+    assert.throws(() => e.updateTable('emb', { lr: -1 }), (err: EngineError) => err.code === 'INVALID_ARGUMENT');
+    await e.rollback();
+    assert.equal((e.listTables()[0].optimizer as { lr: number }).lr, 0.1, 'rollback restores the checkpoint hyperparameters');
+    await e.close();
+    e = Engine.open({ dir, poolMb: 32, cacheMb: 4 });
+    assert.equal((e.listTables()[0].optimizer as { lr: number }).lr, 0.1);
+    await e.close();
+  });
+});
+
+describe('checkpoints', () => {
+  it('capture exactly the pushes before prepare while pushes go on', async () => {
+    const e = Engine.open({ dir: pool('cow'), poolMb: 256, cacheMb: 64 });
+    const ref = Engine.open({ memoryOnly: true });
+    const s = spec({ dim: 32 });
+    e.createTable(s);
+    ref.createTable(s);
+    const rand = prng(7);
+    const keys = packKeys(Array.from({ length: 4096 }, (_, i) => BigInt(i)));
+    for (let i = 0; i < 20; i++) {
+      const g = randomGrads(rand, 4096 * 32);
+      await e.push('emb', keys, g);
+      await ref.push('emb', keys, g);
+    }
+    const expected = await ref.pull('emb', keys);
+    // Pushes issued after prepare() was called are outside the checkpoint.
+    const prep = e.prepare(1, { meta: Buffer.from('x') });
+    const late: Promise<void>[] = [];
+    for (let i = 0; i < 10; i++) late.push(e.push('emb', keys, randomGrads(rand, 4096 * 32)));
+    await Promise.all([prep, ...late]);
+    await e.commit(1);
+    assert.notDeepEqual(await e.pull('emb', keys), expected, 'the late pushes were applied');
+    await e.rollback();
+    assert.deepEqual(await e.pull('emb', keys), expected, 'the checkpoint holds exactly the state at prepare');
+    assert.ok(e.stats().maxPushWaitUs >= 0);
+    await e.close();
+    await ref.close();
+  });
+
+  it('enforce the protocol: increasing ids, idempotent retries, aborted ids never commit', async () => {
+    const e = Engine.open({ dir: pool('proto'), poolMb: 32, cacheMb: 4 });
+    e.createTable(spec());
+    await e.prepare(5);
+    await e.prepare(5); // retried: no-op
+    await assert.rejects(e.prepare(6), (err: EngineError) => err.code === 'FAILED_PRECONDITION');
+    await e.commit(5);
+    await e.commit(5); // retried: no-op
+    await assert.rejects(e.prepare(4), (err: EngineError) => err.code === 'FAILED_PRECONDITION');
+    await e.prepare(7);
+    await e.abort(7);
+    await e.abort(7); // retried: no-op
+    await assert.rejects(e.commit(7), (err: EngineError) => err.code === 'FAILED_PRECONDITION');
+    await assert.rejects(e.prepare(7), (err: EngineError) => err.code === 'FAILED_PRECONDITION');
+    await e.abort(9); // never prepared: recorded, so a late prepare of 9 is refused
+    await assert.rejects(e.prepare(9), (err: EngineError) => err.code === 'FAILED_PRECONDITION');
+    await assert.rejects(e.abort(5), (err: EngineError) => err.code === 'FAILED_PRECONDITION');
+    await e.prepare(10);
+    await assert.rejects(e.rollback(), (err: EngineError) => err.code === 'FAILED_PRECONDITION');
+    await e.commit(10);
+    assert.equal(e.committedCheckpoint()?.id, 10);
+    await e.close();
+  });
+
+  it('keep dense tensors and metadata', async () => {
+    const dir = pool('dense');
+    let e = Engine.open({ dir, poolMb: 32, cacheMb: 4 });
+    const w = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i));
+    await e.prepare(1, { dense: { 'mlp.w': w, bias: new Float32Array([0.5]) }, meta: Buffer.from('{"step":100}') });
+    await e.commit(1);
+    await e.close();
+    e = Engine.open({ dir, poolMb: 32, cacheMb: 4 });
+    const c = e.committedCheckpoint();
+    assert.ok(c);
+    assert.deepEqual(c.dense.get('mlp.w'), w);
+    assert.deepEqual(c.dense.get('bias'), new Float32Array([0.5]));
+    assert.equal(c.meta.toString(), '{"step":100}');
+    await e.close();
+  });
+});

@@ -1,0 +1,36 @@
+// Shared test helpers: temporary pool directories that are always removed,
+// a seeded generator, and packing helpers.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+/** A fresh directory under the OS temp dir; remove it with the returned cleanup. */
+export function tempDir(tag: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `pmemps-${tag}-`));
+}
+
+export function removeDir(dir: string): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/** mulberry32: small, fast, seeded; deterministic across runs. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function f32(arr: ArrayLike<number>): Buffer {
+  return Buffer.from(Float32Array.from(arr).buffer);
+}
+
+export function randomGrads(rand: () => number, n: number): Buffer {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = rand() * 2 - 1;
+  return Buffer.from(a.buffer);
+}
