@@ -249,19 +249,19 @@ export class Engine {
   }
 
   /** Rows for the keys, in their order: a Buffer of keys.length/8 x dim float32. */
-  pull(table: string, keys: Buffer): Promise<Buffer> {
+  async pull(table: string, keys: Buffer): Promise<Buffer> {
     this.live();
     return callAsync<Buffer>((cb) => this.native.pull(table, keys, cb));
   }
 
   /** Applies the table's optimizer to the gradients (duplicate keys summed). All or nothing. */
-  push(table: string, keys: Buffer, grads: Buffer): Promise<void> {
+  async push(table: string, keys: Buffer, grads: Buffer): Promise<void> {
     this.live();
     return callAsync<void>((cb) => this.native.push(table, keys, grads, cb));
   }
 
   /** Makes the state at this call durable as checkpoint `id`, without dropping the committed one. */
-  prepare(id: number, input: PrepareInput = {}): Promise<void> {
+  async prepare(id: number, input: PrepareInput = {}): Promise<void> {
     checkId(id);
     this.live();
     const dense = encodeDense(input.dense);
@@ -271,21 +271,21 @@ export class Engine {
   }
 
   /** Makes prepared checkpoint `id` the one a restart comes back to. */
-  commit(id: number): Promise<void> {
+  async commit(id: number): Promise<void> {
     checkId(id);
     this.live();
     return callAsync<void>((cb) => this.native.commit(id, cb));
   }
 
   /** Drops prepared checkpoint `id`; the id can never commit afterwards. */
-  abort(id: number): Promise<void> {
+  async abort(id: number): Promise<void> {
     checkId(id);
     this.live();
     return callAsync<void>((cb) => this.native.abort(id, cb));
   }
 
   /** Brings the running engine back to the last committed checkpoint. Cost independent of the table size. */
-  rollback(): Promise<void> {
+  async rollback(): Promise<void> {
     this.live();
     return callAsync<void>((cb) => this.native.rollback(cb));
   }

@@ -90,6 +90,26 @@ export const UNIVERSE: readonly bigint[] = (() => {
 export const UNIVERSE_KEYS: Buffer = packU64(UNIVERSE);
 
 /**
+ * 10000 keys (the 2000 above first) for table k2: enough distinct keys in one
+ * table to split its index segments (4096 slots each).
+ */
+export const BIG_UNIVERSE: readonly bigint[] = (() => {
+  const r = new Rng(0xb16);
+  const set = new Set<bigint>(UNIVERSE);
+  while (set.size < 10000) set.add(r.u64());
+  return [...set];
+})();
+const BIG_UNIVERSE_KEYS: Buffer = packU64(BIG_UNIVERSE);
+
+/** The keys a table's pushes draw from, and the keys a comparison pulls. */
+export function keysOf(t: string): readonly bigint[] {
+  return t === 'k2' ? BIG_UNIVERSE : UNIVERSE;
+}
+export function keysBufOf(t: string): Buffer {
+  return t === 'k2' ? BIG_UNIVERSE_KEYS : UNIVERSE_KEYS;
+}
+
+/**
  * The tables the generator creates. Different dims and optimizers; f64 and
  * r16 make the working set (~2.3 MB) much larger than the 1-2 MiB caches the
  * children run with, so eviction happens all the time.
@@ -130,16 +150,23 @@ export const TABLES: Readonly<Record<string, TableSpec>> = {
     initializer: { type: 'uniform', min: -0.05, max: 0.05 },
     seed: 105,
   },
+  k2: {
+    name: 'k2',
+    dim: 2,
+    optimizer: { type: 'sgd', lr: 0.5 },
+    initializer: { type: 'constant', value: 0.25 },
+    seed: 106,
+  },
 };
 export const TABLE_NAMES = Object.keys(TABLES);
 
 /** Draws n keys (with duplicates, skewed towards the first keys of the universe). */
-function drawKeys(r: Rng, n: number): bigint[] {
+function drawKeys(r: Rng, n: number, universe: readonly bigint[]): bigint[] {
   const out: bigint[] = [];
   for (let i = 0; i < n; i++) {
     const u = r.float();
-    const idx = r.chance(0.5) ? Math.floor(u * u * UNIVERSE.length) : Math.floor(u * UNIVERSE.length);
-    out.push(UNIVERSE[idx]);
+    const idx = r.chance(0.5) ? Math.floor(u * u * universe.length) : Math.floor(u * universe.length);
+    out.push(universe[idx]);
   }
   return out;
 }
@@ -158,16 +185,17 @@ export function pushPayload(t: string, n: number, s: number, full = false): { ke
   const spec = TABLES[t];
   if (!spec) throw new Error(`unknown test table ${t}`);
   const r = new Rng(s);
+  const universe = keysOf(t);
   let keys: bigint[];
   if (full) {
-    keys = UNIVERSE.slice();
+    keys = universe.slice();
     for (let i = keys.length - 1; i > 0; i--) {
       const j = r.int(0, i);
       [keys[i], keys[j]] = [keys[j], keys[i]];
     }
-    keys.push(...drawKeys(r, n));
+    keys.push(...drawKeys(r, n, universe));
   } else {
-    keys = drawKeys(r, n);
+    keys = drawKeys(r, n, universe);
   }
   return { keys: packU64(keys), grads: grads(r, keys.length * spec.dim) };
 }
@@ -284,7 +312,8 @@ export async function applyOp(e: Engine, op: Op, log?: (line: string) => void, r
   }
 }
 
-export type Bias = 'abort' | 'rollback' | 'create' | undefined;
+/** Steers the generator towards what a failpoint needs. */
+export type Bias = 'abort' | 'rollback' | 'create' | 'evict' | 'index' | undefined;
 
 export interface GenInit {
   /** Tables that exist when the generation starts. */
@@ -325,9 +354,11 @@ export function genOps(seed: number, init: GenInit): GenResult {
   const pAbort = init.bias === 'abort' ? 0.25 : 0.08;
   const pRollback = init.bias === 'rollback' ? 0.12 : 0.04;
 
+  const pBig = init.bias === 'evict' ? 0.6 : 0.25;
   if (tables.size === 0) {
     const first = ['a8', 'm4', 's3'];
-    if (r.chance(0.5) || init.bias === 'create') first.push('f64');
+    if (r.chance(0.5) || init.bias === 'create' || init.bias === 'evict') first.push('f64');
+    if (r.chance(0.3) || init.bias === 'create' || init.bias === 'index') first.push('k2');
     for (let i = first.length - 1; i > 0; i--) {
       const j = r.int(0, i);
       [first[i], first[j]] = [first[j], first[i]];
@@ -338,8 +369,8 @@ export function genOps(seed: number, init: GenInit): GenResult {
     }
   }
   const push = (): Op => {
-    const t = r.pick([...tables]);
-    const n = r.chance(0.25) ? r.int(200, 1000) : r.int(1, 128);
+    const t = init.bias === 'index' && tables.has('k2') && r.chance(0.5) ? 'k2' : r.pick([...tables]);
+    const n = t === 'k2' ? r.int(300, 3000) : r.chance(pBig) ? r.int(200, 1000) : r.int(1, 128);
     return { k: 'push', t, n, s: r.u32() };
   };
   const missing = () => TABLE_NAMES.filter((t) => !tables.has(t));
@@ -383,7 +414,7 @@ export function genOps(seed: number, init: GenInit): GenResult {
     } else if (x < 0.64) {
       const ts = [...tables].filter(() => r.chance(0.7));
       if (ts.length < 2) ops.push(push());
-      else ops.push({ k: 'ppush', p: ts.map((t) => ({ t, n: r.int(1, 200), s: r.u32() })) });
+      else ops.push({ k: 'ppush', p: ts.map((t) => ({ t, n: t === 'k2' ? r.int(100, 1000) : r.int(1, 200), s: r.u32() })) });
     } else if (x < 0.69) {
       ops.push({ k: 'lr', t: r.pick([...tables]), lr: 0.001 + r.float() * 0.1 });
     } else if (x < 0.83) {
@@ -442,7 +473,7 @@ export interface Snapshot {
 export async function snapshot(e: Engine): Promise<Snapshot> {
   const tables = e.listTables().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const rows = new Map<string, Buffer>();
-  for (const t of tables) rows.set(t.name, await e.pull(t.name, UNIVERSE_KEYS));
+  for (const t of tables) rows.set(t.name, await e.pull(t.name, keysBufOf(t.name)));
   return { tables, rows };
 }
 
@@ -487,7 +518,7 @@ export function diffSnapshots(exp: Snapshot, got: Snapshot, max = 8): string[] {
       if (n < 4) {
         const k = Math.floor(i / et.dim);
         out.push(
-          `table ${et.name} key ${UNIVERSE[k]} (universe #${k}) element ${i % et.dim}: expected ${fbits(eb, i)}, got ${fbits(gb, i)}`,
+          `table ${et.name} key ${keysOf(et.name)[k]} (key #${k} of its universe) element ${i % et.dim}: expected ${fbits(eb, i)}, got ${fbits(gb, i)}`,
         );
         n++;
       }
@@ -803,6 +834,8 @@ function biasFor(k: KillSpec): Bias {
   if (k.fp.startsWith('abort.')) return 'abort';
   if (k.fp.startsWith('rollback.')) return 'rollback';
   if (k.fp.startsWith('create_table.')) return 'create';
+  if (k.fp.startsWith('evict.')) return 'evict';
+  if (k.fp.startsWith('index.')) return 'index';
   return undefined;
 }
 

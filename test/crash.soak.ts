@@ -57,10 +57,12 @@ async function main(): Promise<number> {
     killLiveChildren();
     for (const d of dirs) removeDir(d);
   };
-  process.on('SIGINT', () => {
-    cleanup();
-    process.exit(130);
-  });
+  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    process.on(sig, () => {
+      cleanup();
+      process.exit(code);
+    });
+  }
 
   const t0 = Date.now();
   const byPoint = new Map<string, { kills: number; reached: number; runs: number }>();

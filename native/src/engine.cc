@@ -182,7 +182,7 @@ void Engine::load_tables() {
     std::memcpy(t->init.p, d->init_params, sizeof t->init.p);
     t->init.seed = d->seed;
     t->created_epoch = d->created_epoch;
-    t->rows_per_slab = d->rows_per_slab;
+    init_geometry(*t);
     t->index = std::make_unique<Index>(*pool_, d, &tx_mu_);
     names_[t->name] = i;
     tables_[i] = std::move(t);
@@ -246,12 +246,42 @@ void Engine::ensure_epochs(Tx& tx) {
 
 // ============================================================== rows
 
+// Slabs are whole pool chunks and grow geometrically (1, 2, 4 .. 32
+// chunks, then 32 each), so a small pool is not eaten by one large slab and
+// a large table still allocates thousands of rows per libpmemobj call.
+void Engine::init_geometry(Table& t) {
+  uint64_t first = 0;
+  for (uint32_t i = 0; i < kGrowSlabs; i++) {
+    t.grow_first[i] = first;
+    first += (Pool::kChunk * (1ULL << i) - Pool::kHugeHeader) / t.row_bytes;
+  }
+  t.grow_end = first;
+  t.rows_per_slab = (Pool::kChunk * (1ULL << (kGrowSlabs - 1)) - Pool::kHugeHeader) / t.row_bytes;
+}
+
+void Engine::slab_of(const Table& t, uint64_t r, uint64_t* slab, uint64_t* off) const {
+  if (r < t.grow_end) {
+    uint32_t i = kGrowSlabs - 1;
+    while (t.grow_first[i] > r) i--;
+    *slab = i;
+    *off = r - t.grow_first[i];
+  } else {
+    *slab = kGrowSlabs + (r - t.grow_end) / t.rows_per_slab;
+    *off = (r - t.grow_end) % t.rows_per_slab;
+  }
+}
+
+uint64_t Engine::slab_bytes(const Table& t, uint64_t slab) const {
+  (void)t;
+  return Pool::kChunk * (1ULL << std::min<uint64_t>(slab, kGrowSlabs - 1)) - Pool::kHugeHeader;
+}
+
 char* Engine::row_ptr(const Table& t, uint64_t ref) const {
-  const uint64_t r = ref - 1;
-  const uint64_t slab = r / t.rows_per_slab;
+  uint64_t slab, off;
+  slab_of(t, ref - 1, &slab, &off);
   const uint64_t* top = pool_->at<uint64_t>(t.d->slab_top);
   const uint64_t* chunk = pool_->at<uint64_t>(top[slab / kSlabChunk]);
-  return pool_->base() + chunk[slab % kSlabChunk] + (r % t.rows_per_slab) * t.row_bytes;
+  return pool_->base() + chunk[slab % kSlabChunk] + off * t.row_bytes;
 }
 
 int Engine::pick(const Table& t, char* row, uint64_t bound) const {
@@ -362,7 +392,7 @@ void Engine::alloc_slab(Table& t) {
   }
   // Slab memory is not zeroed: reserve_row initializes each row's key and
   // slot headers before anything can refer to it.
-  const uint64_t slab = tx.alloc(t.rows_per_slab * t.row_bytes, false);
+  const uint64_t slab = tx.alloc(slab_bytes(t, n), false);
   uint64_t* chunk = pool_->at<uint64_t>(top[n / kSlabChunk]);
   tx.add(&chunk[n % kSlabChunk], sizeof(uint64_t));
   chunk[n % kSlabChunk] = slab;
@@ -376,7 +406,9 @@ void Engine::alloc_slab(Table& t) {
 uint64_t Engine::reserve_row(Table& t, uint64_t key) {
   std::lock_guard<std::mutex> g(t.alloc_mu);
   const uint64_t r = t.r_next.load(std::memory_order_relaxed);
-  if (r >= t.d->slab_count * t.rows_per_slab) alloc_slab(t);
+  uint64_t slab, off;
+  slab_of(t, r, &slab, &off);
+  if (slab >= t.d->slab_count) alloc_slab(t);
   const uint64_t ref = r + 1;
   char* row = row_ptr(t, ref);
   std::memcpy(row, &key, 8);
@@ -441,9 +473,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   t->opt = opt;
   t->init = init;
   t->created_epoch = cur_epoch_;
-  uint64_t rps = 16;
-  while (rps * 2 * t->row_bytes <= (8ULL << 20) && rps < 65536) rps *= 2;
-  t->rows_per_slab = rps;
+  init_geometry(*t);
   if (!mem_) {
     std::lock_guard<std::mutex> g(tx_mu_);
     Tx tx(*pool_);
@@ -461,7 +491,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
     std::memcpy(d->hyper, opt.h, sizeof d->hyper);
     std::memcpy(d->init_params, init.p, sizeof d->init_params);
     std::memcpy(d->name, name.data(), name.size());
-    d->rows_per_slab = rps;
+    d->rows_per_slab = t->rows_per_slab;
     d->slab_top = tx.alloc(sizeof(uint64_t) * kSlabTop, true);
     d->index_dir = Index::create(*pool_, tx);
     d->salt = mix64(init.seed ^ (static_cast<uint64_t>(idx) << 32) ^ cur_epoch_);

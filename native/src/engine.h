@@ -95,7 +95,9 @@ class Engine {
     OptimizerSpec opt{};
     InitSpec init{};
     uint64_t created_epoch = 0;
-    uint64_t rows_per_slab = 0;
+    uint64_t rows_per_slab = 0;  // rows of a full-size slab
+    uint64_t grow_first[kGrowSlabs] = {};  // first row of each growing slab
+    uint64_t grow_end = 0;
     std::unique_ptr<Index> index;
     std::mutex alloc_mu;
     std::atomic<uint64_t> r_next{0};  // rows reserved (pool) or created (memory)
@@ -134,6 +136,9 @@ class Engine {
   bool is_dead(uint64_t e) const;
   bool live(uint32_t e) const { return e != 0 && e < epoch_limit_ && !is_dead(e); }
   char* row_ptr(const Table& t, uint64_t ref) const;
+  void slab_of(const Table& t, uint64_t r, uint64_t* slab, uint64_t* off) const;
+  uint64_t slab_bytes(const Table& t, uint64_t slab) const;
+  void init_geometry(Table& t);
   SlotHdr* slot_hdr(const Table& t, char* row, uint32_t s) const {
     return reinterpret_cast<SlotHdr*>(row + 8 + static_cast<size_t>(s) * t.slot_bytes);
   }

@@ -45,9 +45,10 @@ void Index::destroy(Tx& tx) {
 uint64_t Index::lookup(uint64_t key) const {
   const uint64_t h = hash(key);
   const Segment* s = segment_for(h);
-  uint32_t pos = static_cast<uint32_t>(h) & (kSegSlots - 1);
+  uint32_t pos = static_cast<uint32_t>(h % kSegSlots);
   for (uint32_t i = 0; i < kSegSlots; i++) {
-    const Slot& sl = s->slots[(pos + i) & (kSegSlots - 1)];
+    const Slot& sl = s->slots[pos];
+    pos = pos + 1 == kSegSlots ? 0 : pos + 1;
     const uint64_t ref = __atomic_load_n(&sl.ref, __ATOMIC_ACQUIRE);
     if (ref == 0) return 0;
     if (sl.key == key) return ref;
@@ -59,9 +60,10 @@ void Index::upsert(uint64_t key, uint64_t ref) {
   const uint64_t h = hash(key);
   for (;;) {
     Segment* s = segment_for(h);
-    const uint32_t pos = static_cast<uint32_t>(h) & (kSegSlots - 1);
+    uint32_t pos = static_cast<uint32_t>(h % kSegSlots);
     for (uint32_t i = 0; i < kMaxProbe; i++) {
-      Slot& sl = s->slots[(pos + i) & (kSegSlots - 1)];
+      Slot& sl = s->slots[pos];
+      pos = pos + 1 == kSegSlots ? 0 : pos + 1;
       if (sl.ref != 0 && sl.key != key) continue;
       if (sl.ref == 0) sl.key = key;
       __atomic_store_n(&sl.ref, ref, __ATOMIC_RELEASE);
@@ -111,8 +113,8 @@ void Index::split(uint64_t h) {
     if (sl.ref == 0) continue;
     const uint64_t hh = hash(sl.key);
     Segment* t = ((hh >> (63 - ld)) & 1) ? b : a;
-    uint32_t p = static_cast<uint32_t>(hh) & (kSegSlots - 1);
-    while (t->slots[p].ref != 0) p = (p + 1) & (kSegSlots - 1);
+    uint32_t p = static_cast<uint32_t>(hh % kSegSlots);
+    while (t->slots[p].ref != 0) p = p + 1 == kSegSlots ? 0 : p + 1;
     t->slots[p] = sl;
   }
   pool_.persist(a, sizeof(Segment));

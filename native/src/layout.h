@@ -29,8 +29,10 @@ constexpr uint32_t kLayoutVersion = 1;
 constexpr uint32_t kMaxTables = 256;
 constexpr uint32_t kSlots = 3;
 constexpr uint32_t kMaxHyperP = 8;
-constexpr uint32_t kSlabChunk = 16384;  // slab offsets per second-level chunk
-constexpr uint32_t kSlabTop = 4096;     // chunks per table
+// Slab offsets live in a two-level table of whole-chunk arrays.
+constexpr uint32_t kSlabChunk = 32766;  // slab offsets per second-level array
+constexpr uint32_t kSlabTop = 32766;    // second-level arrays per table
+constexpr uint32_t kGrowSlabs = 6;      // slabs of 1, 2, 4 .. 32 pool chunks, then 32 each
 
 struct DeadRange {
   uint64_t lo, hi;  // epochs lo..hi inclusive are dead
@@ -48,7 +50,7 @@ struct PTable {
   double hyper[kMaxHyperP];
   double init_params[4];
   char name[72];
-  uint64_t rows_per_slab;  // power of two
+  uint64_t rows_per_slab;  // rows of a full-size slab
   uint64_t rows_used;
   uint64_t slab_count;
   uint64_t slab_top;   // offset of uint64_t[kSlabTop]: chunk offsets

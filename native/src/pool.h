@@ -53,6 +53,16 @@ class Pool {
   // Bytes in use by allocated objects (walks the allocation list: for stats only).
   uint64_t used_bytes();
 
+  // libpmemobj keeps a run of many chunks per allocation class, so a few
+  // large objects of different sizes can exhaust a small pool. Objects of
+  // 16 KiB and more are therefore whole chunks: kChunk * k - kHugeHeader.
+  static constexpr size_t kChunk = 262144;
+  static constexpr size_t kHugeHeader = 16;
+  static size_t alloc_size(size_t n) {
+    if (n < 16384) return n;
+    return (n + kHugeHeader + kChunk - 1) / kChunk * kChunk - kHugeHeader;
+  }
+
   // Root checksum over every field but the checksum itself.
   static uint64_t root_sum(const PRoot* r);
   static uint64_t table_sum(const PTable* t);
