@@ -298,6 +298,15 @@ export class Engine {
     return { id: r.id, dense: decodeDense(r.dense), meta: r.meta };
   }
 
+  /**
+   * Full offline check: walks every index slot and row (proportional to the
+   * table, never run at open). Use checkPool() for the whole procedure.
+   */
+  fullCheck(): PoolCheck {
+    this.live();
+    return sync(() => this.native.check());
+  }
+
   stats(): EngineStats {
     this.live();
     return sync(() => this.native.stats());
@@ -313,6 +322,21 @@ export class Engine {
   private live(): void {
     if (this.closed) throw new EngineError('FAILED_PRECONDITION', 'the engine is closed');
   }
+}
+
+export interface PoolCheck {
+  tables: number;
+  indexSlots: number;
+  rowsLive: number;
+  rowsWithoutVersion: number;
+  staleSlots: number;
+  badEpochs: number;
+  problems: string[];
+}
+
+/** libpmemobj's own consistency check of the pool file (the pool must not be open). */
+export function checkPoolFile(file: string): { consistent: boolean; message: string } {
+  return sync(() => addon.checkPoolFile(file));
 }
 
 /** Packs keys (bigint or safe-integer numbers) into the little-endian uint64 wire form. */

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "layout.h"
 
 using namespace pmemps;
 
@@ -101,6 +102,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
                            InstanceMethod("committedCheckpoint", &NativeEngine::Committed),
                            InstanceMethod("stats", &NativeEngine::StatsJs),
                            InstanceMethod("close", &NativeEngine::Close),
+                           InstanceMethod("check", &NativeEngine::Check),
                        });
   }
 
@@ -337,6 +339,24 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     });
   }
 
+  Napi::Value Check(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      Napi::Env env = info.Env();
+      auto r = engine_->check();
+      auto o = Napi::Object::New(env);
+      o.Set("tables", static_cast<double>(r.tables));
+      o.Set("indexSlots", static_cast<double>(r.index_slots));
+      o.Set("rowsLive", static_cast<double>(r.rows_live));
+      o.Set("rowsWithoutVersion", static_cast<double>(r.rows_without_version));
+      o.Set("staleSlots", static_cast<double>(r.stale_slots));
+      o.Set("badEpochs", static_cast<double>(r.bad_epochs));
+      auto pr = Napi::Array::New(env, r.problems.size());
+      for (size_t i = 0; i < r.problems.size(); i++) pr.Set(static_cast<uint32_t>(i), r.problems[i]);
+      o.Set("problems", pr);
+      return o;
+    });
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     return Guard(info, [&]() -> Napi::Value {
       auto eng = engine_;
@@ -349,8 +369,19 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   std::shared_ptr<Engine> engine_;
 };
 
+// pmemobj_check over the pool file: libpmemobj's own consistency check.
+Napi::Value CheckPoolFile(const Napi::CallbackInfo& info) {
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  const int r = pmemobj_check(path.c_str(), kLayoutName);
+  auto o = Napi::Object::New(info.Env());
+  o.Set("consistent", r == 1);
+  o.Set("message", r == -1 ? std::string(pmemobj_errormsg()) : std::string(r == 1 ? "consistent" : "not consistent"));
+  return o;
+}
+
 Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", NativeEngine::Init(env));
+  exports.Set("checkPoolFile", Napi::Function::New(env, CheckPoolFile));
   return exports;
 }
 

@@ -1173,6 +1173,37 @@ Stats Engine::stats() {
   return st;
 }
 
+Engine::CheckReport Engine::check() {
+  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  CheckReport r;
+  if (mem_ || closed_) return r;
+  for (auto& t : tables_) {
+    if (!t) continue;
+    r.tables++;
+    const uint64_t used = t->r_next.load();
+    t->index->for_each([&](uint64_t key, uint64_t ref) {
+      r.index_slots++;
+      if (ref - 1 >= used || !valid_ref(*t, ref, key)) {
+        r.stale_slots++;  // left by a crash before the row was published: harmless
+        return;
+      }
+      char* row = row_ptr(*t, ref);
+      for (uint32_t s = 0; s < kSlots; s++) {
+        const uint32_t e = slot_hdr(*t, row, s)->epoch;
+        if (e >= epoch_limit_) {
+          r.bad_epochs++;
+          if (r.problems.size() < 20)
+            r.problems.push_back("table " + t->name + " key " + std::to_string(key) + ": slot epoch " + std::to_string(e) +
+                                 " is beyond the pool's epoch counter");
+        }
+      }
+      if (pick(*t, row, read_bound_) >= 0) r.rows_live++;
+      else r.rows_without_version++;
+    });
+  }
+  return r;
+}
+
 // ======================================================= memory mode
 
 void Engine::mem_prepare(uint64_t id, const std::string& dense, const std::string& meta) {

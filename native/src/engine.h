@@ -86,6 +86,14 @@ class Engine {
   Stats stats();
   void close();
 
+  // Offline full check: walks every index segment and every indexed row.
+  // Proportional to the table; never run at open.
+  struct CheckReport {
+    uint64_t tables = 0, index_slots = 0, rows_live = 0, rows_without_version = 0, stale_slots = 0, bad_epochs = 0;
+    std::vector<std::string> problems;
+  };
+  CheckReport check();
+
  private:
   struct Table {
     uint32_t idx = 0;

@@ -45,6 +45,21 @@ class Index {
 
   std::shared_mutex& mu() { return mu_; }
 
+  // Calls f(key, ref) for every occupied slot (offline check only).
+  template <typename F>
+  void for_each(F f) const {
+    const Dir* d = dir();
+    const uint64_t n = 1ULL << d->global_depth;
+    uint64_t prev = 0;
+    for (uint64_t i = 0; i < n; i++) {
+      if (d->segs[i] == prev) continue;
+      prev = d->segs[i];
+      const Segment* s = pool_.at<Segment>(prev);
+      for (uint32_t j = 0; j < kSegSlots; j++)
+        if (s->slots[j].ref) f(s->slots[j].key, s->slots[j].ref);
+    }
+  }
+
  private:
   struct Slot {
     uint64_t key;
