@@ -130,8 +130,12 @@ class Stripe {
     lru.push_front(e);
   }
 
+  // Bumped by every erase: an Entry* taken under an earlier generation may dangle.
+  uint64_t generation() const { return gen_; }
+
   // Removes e from the hash, the LRU and its dirty list, and frees it.
   void erase(Entry* e, uint64_t h) {
+    gen_++;
     Entry** pp = &buckets_[h & mask_];
     while (*pp != e) pp = &(*pp)->hnext;
     *pp = e->hnext;
@@ -178,6 +182,7 @@ class Stripe {
   size_t count() const { return count_; }
 
   void clear() {
+    gen_++;
     for (size_t i = 0; i <= mask_; i++) {
       Entry* e = buckets_[i];
       while (e) {
@@ -226,6 +231,7 @@ class Stripe {
   Entry** buckets_ = nullptr;
   size_t mask_ = 0;
   size_t count_ = 0;
+  uint64_t gen_ = 1;
 };
 
 }  // namespace pmemps

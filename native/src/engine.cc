@@ -688,17 +688,39 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
   for (size_t i = 0; i < u; i++) hs[i] = Stripe::hash(t->idx, uk[i]);
   std::vector<uint64_t> refs(u, 0);
 
+  std::vector<uint32_t> order(u);
+  size_t counts[kStripes + 1] = {0};
+  for (size_t i = 0; i < u; i++) counts[(hs[i] >> (64 - kStripeBits)) + 1]++;
+  for (int s = 0; s < kStripes; s++) counts[s + 1] += counts[s];
+  {
+    size_t pos[kStripes];
+    std::copy(counts, counts + kStripes, pos);
+    for (size_t i = 0; i < u; i++) order[pos[hs[i] >> (64 - kStripeBits)]++] = static_cast<uint32_t>(i);
+  }
+  // Entries found in phase 1 are reused in phase 2 when their stripe has
+  // erased nothing in between (its generation is unchanged).
+  std::vector<Entry*> found(u, nullptr);
+  uint64_t gen[kStripes] = {0};
+
   if (!mem_) {
     // Phase 1: give every new key a row and an index slot before any update
     // is applied, so a full pool refuses the whole push and changes nothing.
-    for (size_t i = 0; i < u; i++) {
-      Stripe& s = stripe_for(hs[i]);
+    bool uncached = false;
+    for (int si = 0; si < kStripes; si++) {
+      if (counts[si] == counts[si + 1]) continue;
+      Stripe& s = stripes_[si];
       std::lock_guard<std::mutex> sg(s.mu);
-      Entry* e = s.find(t->idx, uk[i], hs[i]);
-      if (e) refs[i] = e->ref;
+      gen[si] = s.generation();
+      for (size_t j = counts[si]; j < counts[si + 1]; j++) {
+        const uint32_t i = order[j];
+        Entry* e = s.find(t->idx, uk[i], hs[i]);
+        found[i] = e;
+        if (e) refs[i] = e->ref;
+        else uncached = true;
+      }
     }
     std::vector<size_t> missing;
-    {
+    if (uncached) {
       std::shared_lock<std::shared_mutex> il(t->index->mu());
       for (size_t i = 0; i < u; i++) {
         if (refs[i]) continue;
@@ -723,15 +745,6 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
   }
 
   // Phase 2: apply the optimizer in the cache, stripe by stripe.
-  std::vector<uint32_t> order(u);
-  size_t counts[kStripes + 1] = {0};
-  for (size_t i = 0; i < u; i++) counts[(hs[i] >> (64 - kStripeBits)) + 1]++;
-  for (int s = 0; s < kStripes; s++) counts[s + 1] += counts[s];
-  {
-    size_t pos[kStripes];
-    std::copy(counts, counts + kStripes, pos);
-    for (size_t i = 0; i < u; i++) order[pos[hs[i] >> (64 - kStripeBits)]++] = static_cast<uint32_t>(i);
-  }
   const uint32_t epoch = static_cast<uint32_t>(cur_epoch_);
   uint64_t created = 0;
   for (int si = 0; si < kStripes; si++) {
@@ -742,7 +755,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     waited += now_us() - l0;
     for (size_t j = counts[si]; j < counts[si + 1]; j++) {
       const uint32_t i = order[j];
-      Entry* e = s.find(t->idx, uk[i], hs[i]);
+      Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
       if (!e) {
         e = Stripe::make(t->idx, uk[i], t->row_floats);
         bool loaded = false;
