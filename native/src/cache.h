@@ -5,10 +5,14 @@
 //  * At most one entry per (table, key), always in the stripe chosen by
 //    stripe_of(); every access to an entry and to its row in the pool holds
 //    that stripe's mutex.
-//  * bytes counts every byte the stripe holds: entry allocations and the
-//    bucket array. The engine evicts before returning, so bytes stays within
-//    the stripe's share of the hard budget (checkpoint copies included: the
-//    engine has none, a pending version is written to its pool slot instead).
+//  * bytes counts every byte the stripe holds: entries in use, entries kept
+//    for reuse on the free lists, and the bucket array. A new entry first
+//    reuses a free one of its size; the stripe grows only while bytes stays
+//    within its share of the hard budget, and evicts otherwise. Recycling
+//    entries (instead of malloc/free per eviction) keeps the process's real
+//    memory at the budget: glibc's per-thread arenas would otherwise each
+//    keep their own peak. Checkpoints keep no copies in DRAM: a pending
+//    version is written to its pool slot instead.
 //  * An entry is on `dirty` when modified in the current epoch, on `pending`
 //    when modified in an epoch a running prepare must flush, on neither when
 //    clean. `epoch` is the epoch of its last modification.
@@ -16,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <new>
 
@@ -108,11 +113,44 @@ class Stripe {
     return nullptr;
   }
 
-  // Allocates an entry for row_floats values; not yet in any list.
-  static Entry* make(uint32_t table, uint64_t key, uint32_t row_floats) {
-    const size_t n = offsetof(Entry, data) + sizeof(float) * row_floats;
-    Entry* e = static_cast<Entry*>(std::malloc(n));
-    if (!e) throw std::bad_alloc();
+  static size_t entry_bytes(uint32_t row_floats) { return offsetof(Entry, data) + sizeof(float) * row_floats; }
+
+  // True when an entry of n bytes can be had without going over budget.
+  bool has_room(size_t n) const {
+    // Inserting may double the bucket array: that counts too.
+    const size_t grow = count_ + 1 > mask_ + 1 ? (mask_ + 1) * sizeof(Entry*) : 0;
+    auto it = free_.find(n);
+    if (it != free_.end() && it->second) return bytes + grow <= budget;
+    return bytes + n + grow <= budget;
+  }
+
+  // Frees recycled entries (of other sizes) until n more bytes fit.
+  void trim_free(size_t n) {
+    for (auto& [sz, head] : free_) {
+      while (head && !has_room(n)) {
+        Entry* e = head;
+        head = e->hnext;
+        bytes -= sz;
+        free_bytes_ -= sz;
+        std::free(e);
+      }
+    }
+  }
+
+  // An entry for row_floats values, recycled when possible; in no list yet.
+  Entry* make(uint32_t table, uint64_t key, uint32_t row_floats) {
+    const size_t n = entry_bytes(row_floats);
+    Entry* e = nullptr;
+    auto it = free_.find(n);
+    if (it != free_.end() && it->second) {
+      e = it->second;
+      it->second = e->hnext;
+      free_bytes_ -= n;
+    } else {
+      e = static_cast<Entry*>(std::malloc(n));
+      if (!e) throw std::bad_alloc();
+      bytes += n;
+    }
     std::memset(e, 0, offsetof(Entry, data));
     e->key = key;
     e->table = table;
@@ -120,13 +158,22 @@ class Stripe {
     return e;
   }
 
+  // Returns an entry that was never inserted to the free list.
+  void recycle(Entry* e) {
+    Entry*& head = free_[e->bytes];
+    e->hnext = head;
+    head = e;
+    free_bytes_ += e->bytes;
+  }
+
+  size_t used_bytes() const { return bytes - free_bytes_; }
+
   void insert(Entry* e, uint64_t h) {
     if (count_ + 1 > (mask_ + 1)) rehash((mask_ + 1) * 2);
     Entry*& b = buckets_[h & mask_];
     e->hnext = b;
     b = e;
     count_++;
-    bytes += e->bytes;
     lru.push_front(e);
   }
 
@@ -140,10 +187,9 @@ class Stripe {
     while (*pp != e) pp = &(*pp)->hnext;
     *pp = e->hnext;
     count_--;
-    bytes -= e->bytes;
     lru.unlink(e);
     mark_clean(e);
-    std::free(e);
+    recycle(e);
   }
 
   void touch(Entry* e) {
@@ -192,6 +238,15 @@ class Stripe {
       }
       buckets_[i] = nullptr;
     }
+    for (auto& [sz, head] : free_) {
+      while (head) {
+        Entry* n = head->hnext;
+        std::free(head);
+        head = n;
+      }
+    }
+    free_.clear();
+    free_bytes_ = 0;
     bytes = (mask_ + 1) * sizeof(Entry*);
     count_ = 0;
     lru.reset();
@@ -232,6 +287,8 @@ class Stripe {
   size_t mask_ = 0;
   size_t count_ = 0;
   uint64_t gen_ = 1;
+  std::map<size_t, Entry*> free_;  // entry size -> recycled entries (linked by hnext)
+  size_t free_bytes_ = 0;
 };
 
 }  // namespace pmemps

@@ -350,13 +350,15 @@ void Engine::write_back(Table& t, Entry* e) {
   writebacks_.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Engine::evict_locked(Stripe& s) {
-  if (s.bytes <= s.budget) return;
-  // Evict down to 7/8 of the share so write-backs come in groups.
+// Makes room for one entry of n bytes: recycles, else evicts the LRU tail
+// down to 7/8 of the stripe's share (so write-backs come in groups), else
+// frees recycled entries of other sizes.
+void Engine::make_room(Stripe& s, size_t n) {
+  if (s.has_room(n)) return;
   const size_t target = s.budget - s.budget / 8;
   std::vector<Entry*> victims;
   size_t freed = 0;
-  for (Entry* e = s.lru.back(); e && e != &s.lru.head && s.bytes - freed > target; e = e->lprev) {
+  for (Entry* e = s.lru.back(); e && e != &s.lru.head && s.used_bytes() - freed > target; e = e->lprev) {
     victims.push_back(e);
     freed += e->bytes;
   }
@@ -370,12 +372,12 @@ void Engine::evict_locked(Stripe& s) {
   if (wrote) failpoint("evict.after_write");
   for (Entry* e : victims) s.erase(e, Stripe::hash(e->table, e->key));
   evictions_.fetch_add(victims.size(), std::memory_order_relaxed);
+  if (!s.has_room(n)) s.trim_free(n);
   // Nothing needs these bytes durable before a prepare or close does, but the
-  // flush set is bounded: past a threshold it is synced as one group.
-  if (wrote && pool_->pending_ranges() > kPersistEveryRanges) {
-    pool_->persist_ranges();
+  // flush set is bounded: past a threshold it is synced as one group, unless
+  // another thread is syncing right now (then this push does not wait).
+  if (wrote && pool_->pending_ranges() > kPersistEveryRanges && pool_->persist_ranges_if_idle())
     failpoint("evict.after_persist");
-  }
 }
 
 void Engine::alloc_slab(Table& t) {
@@ -621,15 +623,15 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
         if (!il.owns_lock()) il = std::shared_lock<std::shared_mutex>(t->index->mu());
         const uint64_t ref = t->index->lookup(key);
         if (ref) {
-          Entry* ne = Stripe::make(t->idx, key, t->row_floats);
+          make_room(s, Stripe::entry_bytes(t->row_floats));
+          Entry* ne = s.make(t->idx, key, t->row_floats);
           if (load_row(*t, ref, key, ne->data, &ne->step)) {
             ne->ref = ref;
             s.insert(ne, hs[i]);
             std::memcpy(out + static_cast<size_t>(i) * dim, ne->data, sizeof(float) * dim);
             found = true;
-            if (s.bytes > s.budget) evict_locked(s);
           } else {
-            std::free(ne);
+            s.recycle(ne);
           }
         }
       }
@@ -757,7 +759,8 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       const uint32_t i = order[j];
       Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
       if (!e) {
-        e = Stripe::make(t->idx, uk[i], t->row_floats);
+        if (!mem_) make_room(s, Stripe::entry_bytes(t->row_floats));
+        e = s.make(t->idx, uk[i], t->row_floats);
         bool loaded = false;
         if (!mem_) {
           std::shared_lock<std::shared_mutex> il(t->index->mu());
@@ -779,7 +782,6 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       apply_update(t->opt, dim, e->data, &e->step, &ug[static_cast<size_t>(i) * dim]);
       s.mark_dirty(e, epoch);
       s.touch(e);
-      if (s.bytes > s.budget) evict_locked(s);
     }
   }
   if (mem_) t->r_next.fetch_add(created, std::memory_order_relaxed);
@@ -1258,11 +1260,12 @@ void Engine::mem_rollback() {
     }
     for (auto& [k, r] : mem_c_->rows) {
       Table& t = *tables_[k.first];
-      Entry* e = Stripe::make(k.first, k.second, t.row_floats);
+      const uint64_t h = Stripe::hash(k.first, k.second);
+      Stripe& st = stripe_for(h);
+      Entry* e = st.make(k.first, k.second, t.row_floats);
       std::memcpy(e->data, r.data.data(), sizeof(float) * t.row_floats);
       e->step = r.step;
-      const uint64_t h = Stripe::hash(k.first, k.second);
-      stripe_for(h).insert(e, h);
+      st.insert(e, h);
       t.r_next++;
     }
   }

@@ -154,7 +154,7 @@ class Engine {
   bool valid_ref(const Table& t, uint64_t ref, uint64_t key) const;
   bool load_row(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) const;
   void write_back(Table& t, Entry* e);
-  void evict_locked(Stripe& s);
+  void make_room(Stripe& s, size_t n);
   uint64_t reserve_row(Table& t, uint64_t key);
   void alloc_slab(Table& t);
   void drop_cache();

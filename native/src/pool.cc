@@ -105,8 +105,19 @@ size_t Pool::pending_ranges() {
   return ranges_.size();
 }
 
+bool Pool::persist_ranges_if_idle() {
+  std::unique_lock<std::mutex> pg(persist_mu_, std::try_to_lock);
+  if (!pg.owns_lock()) return false;
+  persist_locked();
+  return true;
+}
+
 void Pool::persist_ranges() {
   std::lock_guard<std::mutex> pg(persist_mu_);
+  persist_locked();
+}
+
+void Pool::persist_locked() {
   std::vector<std::pair<const char*, size_t>> rs;
   {
     std::lock_guard<std::mutex> g(ranges_mu_);

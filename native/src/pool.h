@@ -48,6 +48,8 @@ class Pool {
   // Makes every range added before the call durable. Serialized: a caller
   // never returns while another caller still persists ranges it took.
   void persist_ranges();
+  // The same, unless another thread is persisting now; returns whether it ran.
+  bool persist_ranges_if_idle();
 
   uint64_t flush_calls() const { return flush_calls_; }
   // Bytes in use by allocated objects (walks the allocation list: for stats only).
@@ -80,6 +82,7 @@ class Pool {
   std::mutex ranges_mu_;
   std::vector<std::pair<const char*, size_t>> ranges_;
   std::mutex persist_mu_;
+  void persist_locked();
   uint64_t flush_calls_ = 0;
 };
 
