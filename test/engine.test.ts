@@ -6,15 +6,9 @@ process.env.PMEM_IS_PMEM_FORCE ??= '1';
 import { after, describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { Engine, EngineError, asFloats, packKeys, type TableSpec } from '../native/engine';
-import { f32, prng, randomGrads, removeDir, tempDir } from './helpers';
+import { f32, poolDirs, prng, randomGrads } from './helpers';
 
-const dirs: string[] = [];
-function pool(tag: string): string {
-  const d = tempDir(tag);
-  dirs.push(d);
-  return d;
-}
-after(() => dirs.forEach(removeDir));
+const pool = poolDirs(after);
 
 const MAX = 0xffffffffffffffffn;
 const spec = (over: Partial<TableSpec> = {}): TableSpec => ({

@@ -13,6 +13,20 @@ export function removeDir(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
+/**
+ * Registers an after() hook removing every directory made by the returned
+ * function: pools of a test file are removed whatever the outcome.
+ */
+export function poolDirs(after: (fn: () => void) => void): (tag: string) => string {
+  const dirs: string[] = [];
+  after(() => dirs.forEach(removeDir));
+  return (tag: string) => {
+    const d = tempDir(tag);
+    dirs.push(d);
+    return d;
+  };
+}
+
 /** mulberry32: small, fast, seeded; deterministic across runs. */
 export function prng(seed: number): () => number {
   let a = seed >>> 0;

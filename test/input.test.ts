@@ -9,15 +9,9 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Engine, EngineError, packKeys, type TableSpec } from '../native/engine';
-import { f32, removeDir, tempDir } from './helpers';
+import { f32, poolDirs } from './helpers';
 
-const dirs: string[] = [];
-function pool(tag: string): string {
-  const d = tempDir(tag);
-  dirs.push(d);
-  return d;
-}
-after(() => dirs.forEach(removeDir));
+const pool = poolDirs(after);
 
 const spec: TableSpec = {
   name: 'emb',
