@@ -19,6 +19,10 @@ export function removeDir(dir: string): void {
  */
 export function poolDirs(after: (fn: () => void) => void): (tag: string) => string {
   const dirs: string[] = [];
+  // Say how the pools of this file are backed, as the output of a test run should.
+  console.log(
+    `pools: small libpmemobj pools under ${process.env.PMEM_IS_PMEM_FORCE === '1' ? 'the temp dir, PMEM emulated (PMEM_IS_PMEM_FORCE=1)' : 'the temp dir, msync path'}`,
+  );
   after(() => dirs.forEach(removeDir));
   return (tag: string) => {
     const d = tempDir(tag);
