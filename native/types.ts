@@ -39,7 +39,7 @@ export interface TableSpec {
 export type HyperUpdate = Partial<Record<string, number | boolean>>;
 
 export interface TableInfo extends TableSpec {
-  /** Rows that have been pushed at least once (reserved in the pool). */
+  /** Rows reserved in the pool (pushed at least once; after a crash or rollback it still counts rows first pushed after the checkpoint). */
   rows: number;
   /** float32 values per row: weights plus optimizer state. */
   rowFloats: number;

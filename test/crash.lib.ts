@@ -90,13 +90,13 @@ export const UNIVERSE: readonly bigint[] = (() => {
 export const UNIVERSE_KEYS: Buffer = packU64(UNIVERSE);
 
 /**
- * 10000 keys (the 2000 above first) for table k2: enough distinct keys in one
- * table to split its index segments (4096 slots each).
+ * 60000 keys (the 2000 above first) for table k2: enough distinct keys in one
+ * table to split its index segments (16382 slots each at the time of writing).
  */
 export const BIG_UNIVERSE: readonly bigint[] = (() => {
   const r = new Rng(0xb16);
   const set = new Set<bigint>(UNIVERSE);
-  while (set.size < 10000) set.add(r.u64());
+  while (set.size < 60000) set.add(r.u64());
   return [...set];
 })();
 const BIG_UNIVERSE_KEYS: Buffer = packU64(BIG_UNIVERSE);
@@ -112,7 +112,9 @@ export function keysBufOf(t: string): Buffer {
 /**
  * The tables the generator creates. Different dims and optimizers; f64 and
  * r16 make the working set (~2.3 MB) much larger than the 1-2 MiB caches the
- * children run with, so eviction happens all the time.
+ * children run with, so eviction happens all the time; k2 (stateless SGD,
+ * constant initializer) takes its keys from a 60000-key universe so that its
+ * index splits.
  */
 export const TABLES: Readonly<Record<string, TableSpec>> = {
   a8: {
@@ -226,7 +228,13 @@ export type Op =
   | { k: 'push'; t: string; n: number; s: number; full?: boolean }
   | { k: 'ppush'; p: PushDesc[] }
   | { k: 'lr'; t: string; lr: number }
-  | { k: 'prepare'; id: number; s: number; retry?: boolean }
+  /**
+   * `during`: createTable/updateTable calls, then pushes (one per table), all
+   * issued right after prepare() returned and while its flush runs. The
+   * boundary is taken inside the prepare() call, so they are outside the
+   * checkpoint; the reference applies them after awaiting prepare.
+   */
+  | { k: 'prepare'; id: number; s: number; retry?: boolean; during?: Op[] }
   | { k: 'commit'; id: number; retry?: boolean }
   | { k: 'abort'; id: number }
   | { k: 'rollback' }
@@ -243,7 +251,7 @@ export function describeOp(op: Op): string {
     case 'lr':
       return `updateTable ${op.t} lr=${op.lr}`;
     case 'prepare':
-      return `prepare ${op.id}${op.retry ? ' (retry)' : ''}`;
+      return `prepare ${op.id}${op.retry ? ' (retry)' : ''}${op.during ? ` with ${op.during.map(describeOp).join(', ')} issued during its flush` : ''}`;
     case 'commit':
       return `commit ${op.id}${op.retry ? ' (retry)' : ''}`;
     case 'abort':
@@ -283,11 +291,19 @@ export async function applyOp(e: Engine, op: Op, log?: (line: string) => void, r
     case 'lr':
       e.updateTable(op.t, { lr: op.lr });
       return;
-    case 'prepare':
+    case 'prepare': {
       log?.(`attempt-prepare ${op.id}`);
-      await e.prepare(op.id, prepareInput(op.id, op.s));
-      log?.(`prepared ${op.id}`);
+      if (reference || !op.during) {
+        await e.prepare(op.id, prepareInput(op.id, op.s));
+        log?.(`prepared ${op.id}`);
+        for (const d of op.during ?? []) await applyOp(e, d, log, reference);
+        return;
+      }
+      const all = [e.prepare(op.id, prepareInput(op.id, op.s)).then(() => log?.(`prepared ${op.id}`))];
+      for (const d of op.during) all.push(applyOp(e, d, log));
+      await Promise.all(all);
       return;
+    }
     case 'commit':
       log?.(`attempt-commit ${op.id}`);
       await e.commit(op.id);
@@ -353,6 +369,9 @@ export function genOps(seed: number, init: GenInit): GenResult {
   const nOps = r.int(50, 110);
   const pAbort = init.bias === 'abort' ? 0.25 : 0.08;
   const pRollback = init.bias === 'rollback' ? 0.12 : 0.04;
+  // Evictions persist their write-backs only once thousands of ranges are
+  // pending, which prepares keep draining: checkpoint less under 'evict'.
+  const pPrepare = init.bias === 'evict' ? 0.03 : 0.14;
 
   const pBig = init.bias === 'evict' ? 0.6 : 0.25;
   if (tables.size === 0) {
@@ -370,7 +389,7 @@ export function genOps(seed: number, init: GenInit): GenResult {
   }
   const push = (): Op => {
     const t = init.bias === 'index' && tables.has('k2') && r.chance(0.5) ? 'k2' : r.pick([...tables]);
-    const n = t === 'k2' ? r.int(300, 3000) : r.chance(pBig) ? r.int(200, 1000) : r.int(1, 128);
+    const n = t === 'k2' ? (init.bias === 'index' ? r.int(4000, 12000) : r.int(300, 3000)) : r.chance(pBig) ? r.int(200, 1000) : r.int(1, 128);
     return { k: 'push', t, n, s: r.u32() };
   };
   const missing = () => TABLE_NAMES.filter((t) => !tables.has(t));
@@ -417,17 +436,33 @@ export function genOps(seed: number, init: GenInit): GenResult {
       else ops.push({ k: 'ppush', p: ts.map((t) => ({ t, n: t === 'k2' ? r.int(100, 1000) : r.int(1, 200), s: r.u32() })) });
     } else if (x < 0.69) {
       ops.push({ k: 'lr', t: r.pick([...tables]), lr: 0.001 + r.float() * 0.1 });
-    } else if (x < 0.83) {
+    } else if (x < 0.69 + pPrepare) {
       const id = nextId;
       nextId += r.chance(0.2) ? r.int(2, 5) : 1;
       pending = { id, s: r.u32(), tables: new Set(tables) };
-      ops.push({ k: 'prepare', id, s: pending.s });
-    } else if (x < 0.83 + pRollback) {
+      const op: Op = { k: 'prepare', id, s: pending.s };
+      if (r.chance(0.35)) {
+        // Sync calls first, then at most one push per table: concurrent
+        // pushes to one table, or an lr change racing a push, would make
+        // the outcome depend on thread scheduling.
+        const during: Op[] = [];
+        if (r.chance(0.2)) {
+          const c = create();
+          if (c) during.push(c);
+        }
+        if (r.chance(0.3)) during.push({ k: 'lr', t: r.pick([...tables]), lr: 0.001 + r.float() * 0.1 });
+        for (const t of tables) {
+          if (r.chance(0.5)) during.push({ k: 'push', t, n: t === 'k2' ? r.int(100, 2000) : r.int(1, 300), s: r.u32() });
+        }
+        if (during.length) op.during = during;
+      }
+      ops.push(op);
+    } else if (x < 0.69 + pPrepare + pRollback) {
       if (committedTables) {
         ops.push({ k: 'rollback' });
         tables = new Set(committedTables);
       } else ops.push(push());
-    } else if (x < 0.92 + pRollback) {
+    } else if (x < 0.78 + pPrepare + pRollback) {
       ops.push(create() ?? push());
     } else {
       ops.push(push());
@@ -456,6 +491,7 @@ export const REFERENCE_CACHE_MB = 64;
 /** A memoryOnly engine fed ops[0, end). */
 export async function buildReference(ops: readonly Op[], end: number): Promise<Engine> {
   const ref = Engine.open({ memoryOnly: true, cacheMb: REFERENCE_CACHE_MB });
+  end = Math.min(end, ops.length);
   try {
     for (let i = 0; i < end; i++) await applyOp(ref, ops[i], undefined, true);
   } catch (e) {
@@ -463,6 +499,20 @@ export async function buildReference(ops: readonly Op[], end: number): Promise<E
     throw new Error(`reference replay failed at op ${JSON.stringify(ops.length ? ops[Math.min(end, ops.length) - 1] : null)}: ${(e as Error).message}`);
   }
   return ref;
+}
+
+/**
+ * The ops that make up checkpoint `id`: everything up to its (first) prepare,
+ * without what that prepare issued during its flush (outside the checkpoint).
+ */
+export function upToCheckpoint(ops: readonly Op[], prepIdx: ReadonlyMap<number, number>, id: number): Op[] {
+  const i = prepIdx.get(id);
+  if (i === undefined) throw new Error(`no prepare of checkpoint ${id} in the history`);
+  const out = ops.slice(0, i + 1);
+  const last = out[i];
+  if (last.k !== 'prepare' || last.id !== id) throw new Error(`history op ${i} is not prepare(${id})`);
+  out[i] = { k: 'prepare', id: last.id, s: last.s };
+  return out;
 }
 
 export interface Snapshot {
@@ -579,9 +629,13 @@ export async function expectSame(e: Engine, ref: Engine, ckpt: ExpectedCheckpoin
   if (diffs.length) throw new CrashMismatch(`${context}\n  ${diffs.join('\n  ')}`);
 }
 
-/** Pushes every key of every table of `ref` once more, identically on both engines. */
+/**
+ * One more push of every key of every table (to be applied identically to the
+ * pool and the reference): optimizer state shows only in the next update.
+ * k2 is stateless SGD, its rows were compared in full already: a plain batch.
+ */
 export function verificationPushes(tables: string[], seed: number): Op[] {
-  return tables.map((t, i) => ({ k: 'push', t, n: 64, s: mix(seed, i, 0x5eed), full: true }) as Op);
+  return tables.map((t, i) => (t === 'k2' ? { k: 'push', t, n: 3000, s: mix(seed, i, 0x5eed) } : { k: 'push', t, n: 64, s: mix(seed, i, 0x5eed), full: true }) as Op);
 }
 
 // ---------------------------------------------------------------------------
@@ -683,15 +737,24 @@ export interface ChildExit {
 
 const liveChildren = new Set<import('node:child_process').ChildProcess>();
 
-/** SIGKILLs every child this module started that is still running (test teardown). */
-export function killLiveChildren(): void {
+/**
+ * SIGKILLs every child this module started that is still running and waits
+ * (at most 5 s) until they are gone, so that their directories can be removed
+ * without a dying child writing into them (test teardown).
+ */
+export async function killLiveChildren(): Promise<void> {
+  const waits: Promise<void>[] = [];
   for (const c of liveChildren) {
+    if (c.exitCode === null && c.signalCode === null) waits.push(new Promise((res) => c.once('close', () => res())));
     try {
       c.kill('SIGKILL');
     } catch {
       /* already gone */
     }
   }
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.all(waits), new Promise<void>((res) => (timer = setTimeout(res, 5000)))]);
+  clearTimeout(timer);
 }
 
 export function childEnv(opts: { failpoint?: string; force: boolean }): NodeJS.ProcessEnv {
@@ -710,7 +773,7 @@ export function childEnv(opts: { failpoint?: string; force: boolean }): NodeJS.P
 export function runChild(
   args: string[],
   env: NodeJS.ProcessEnv,
-  opts: { timeoutMs?: number; killAfterReadyMs?: number } = {},
+  opts: { timeoutMs?: number; killAfterReadyMs?: number; killAfterSpawnMs?: number } = {},
 ): Promise<ChildExit> {
   const t0 = Date.now();
   return new Promise((resolve, reject) => {
@@ -728,6 +791,7 @@ export function runChild(
       out += d.toString();
       if (out.includes('ready')) timers.push(setTimeout(() => c.kill('SIGKILL'), opts.killAfterReadyMs));
     });
+    if (opts.killAfterSpawnMs !== undefined) timers.push(setTimeout(() => c.kill('SIGKILL'), opts.killAfterSpawnMs));
     timers.push(
       setTimeout(() => {
         timedOut = true;
@@ -765,7 +829,7 @@ export const FAILPOINTS: Readonly<Record<string, number>> = {
   'push.after_apply': 40,
   'evict.after_write': 20,
   'evict.after_persist': 20,
-  'index.mid_split': 5,
+  'index.mid_split': 2,
   'slab.after_alloc': 5,
   'prepare.after_boundary': 4,
   'prepare.mid_flush': 4,
@@ -776,7 +840,7 @@ export const FAILPOINTS: Readonly<Record<string, number>> = {
   'abort.before_publish': 2,
   'rollback.before_publish': 2,
   'rollback.after_publish': 2,
-  'close.mid_writeback': 3,
+  'close.mid_writeback': 1,
   'close.before_clean_mark': 1,
 };
 export const FAILPOINT_NAMES = Object.keys(FAILPOINTS);
@@ -786,8 +850,12 @@ export type KillSpec =
   | { mode: 'failpoint'; fp: string; n: number }
   /** Kill right after issuing op (pick mod number of ops). */
   | { mode: 'op'; pick: number; delay: 'sync' | 'immediate' | number }
-  /** The parent kills ms after the child opened the pool. */
-  | { mode: 'timer'; ms: number };
+  /**
+   * The parent kills ms after the child opened the pool, or with fromSpawn ms
+   * after starting it (the kill may land inside open and its recovery; only
+   * used on an existing pool, never on the generation that creates it).
+   */
+  | { mode: 'timer'; ms: number; fromSpawn?: boolean };
 
 export interface Scenario {
   seed: number;
@@ -807,7 +875,7 @@ export function describeKill(k: KillSpec, nOps?: number): string {
     case 'op':
       return nOps ? `self-kill after issuing op ${k.pick % nOps}, delay ${k.delay}` : `self-kill after issuing op #${k.pick} mod ops, delay ${k.delay}`;
     case 'timer':
-      return `parent SIGKILL ${k.ms} ms after open`;
+      return `parent SIGKILL ${k.ms} ms after ${k.fromSpawn ? 'spawn' : 'open'}`;
   }
 }
 
@@ -897,7 +965,8 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
       fs.writeFileSync(planFile, JSON.stringify(plan));
       const ex = await runChild([planFile], childEnv({ force: sc.force, failpoint: kill.mode === 'failpoint' ? `${kill.fp}:${kill.n}` : undefined }), {
         timeoutMs: opts.timeoutMs,
-        killAfterReadyMs: kill.mode === 'timer' ? kill.ms : undefined,
+        killAfterReadyMs: kill.mode === 'timer' && !kill.fromSpawn ? kill.ms : undefined,
+        killAfterSpawnMs: kill.mode === 'timer' && kill.fromSpawn ? kill.ms : undefined,
       });
       const prog = analyzeProgress(fs.existsSync(progressFile) ? fs.readFileSync(progressFile, 'utf8') : '', committed);
       const lastOpDesc = prog.lastOp >= 0 ? `op ${prog.lastOp} (${describeOp(ops[prog.lastOp])}) of ${ops.length}` : 'before the first op';
@@ -915,12 +984,16 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
 
       // What the child saw when it opened the pool.
       const o = prog.open;
-      if (!o) throw new CrashMismatch(ctx('the child never logged its open') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
-      const wantOpen = g === 0 ? { created: true, committed: null, prepared: null } : { created: false, cleanClose: true, committed, prepared: null, pushesBlocked: false };
-      for (const [k, v] of Object.entries(wantOpen)) {
-        if ((o as unknown as Record<string, unknown>)[k] !== v) throw new CrashMismatch(ctx(`child's openInfo.${k} = ${JSON.stringify((o as unknown as Record<string, unknown>)[k])}, expected ${JSON.stringify(v)}; openInfo ${JSON.stringify(o)}`));
+      const diedInOpen = !o && killed && kill.mode === 'timer' && kill.fromSpawn === true && g > 0;
+      if (!o && !diedInOpen) throw new CrashMismatch(ctx('the child never logged its open') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
+      if (o) {
+        const wantOpen = g === 0 ? { created: true, committed: null, prepared: null } : { created: false, cleanClose: true, committed, prepared: null, pushesBlocked: false };
+        for (const [k, v] of Object.entries(wantOpen)) {
+          const gotV = (o as unknown as Record<string, unknown>)[k];
+          if (gotV !== v) throw new CrashMismatch(ctx(`child's openInfo.${k} = ${JSON.stringify(gotV)}, expected ${JSON.stringify(v)}; openInfo ${JSON.stringify(o)}`));
+        }
+        if (sc.force && o.isPmem !== true) throw new CrashMismatch(ctx(`openInfo.isPmem is ${o.isPmem} under PMEM_IS_PMEM_FORCE=1`));
       }
-      if (sc.force && o.isPmem !== true) throw new CrashMismatch(ctx(`openInfo.isPmem is ${o.isPmem} under PMEM_IS_PMEM_FORCE=1`));
 
       let eng: Engine;
       try {
@@ -938,12 +1011,21 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
         const infoStr = JSON.stringify(info);
         if (info.created) throw new CrashMismatch(ctx(`reopen created a new pool: ${infoStr}`));
         if (prog.closed && !info.cleanClose) throw new CrashMismatch(ctx(`the child's close() resolved but openInfo.cleanClose is false: ${infoStr}`));
-        if (info.cleanClose && !prog.closeAttempted) throw new CrashMismatch(ctx(`openInfo.cleanClose is true but the child never called close(): ${infoStr}`));
+        if (info.cleanClose && !prog.closeAttempted && !diedInOpen) throw new CrashMismatch(ctx(`openInfo.cleanClose is true but the child never called close(): ${infoStr}`));
         if (info.cleanClose && kill.mode === 'failpoint' && killed && kill.fp.startsWith('close.'))
           throw new CrashMismatch(ctx(`openInfo.cleanClose is true after a kill inside close(): ${infoStr}`));
         let ref: Engine;
         let X: number | null;
-        if (info.cleanClose) {
+        if (info.cleanClose && diedInOpen) {
+          // Killed inside open before it marked the pool in use: still the
+          // cleanly closed state the previous generation's verification left.
+          if (info.committed !== committed || info.prepared !== null)
+            throw new CrashMismatch(ctx(`after a kill inside open of a cleanly closed pool, openInfo says committed ${info.committed}, prepared ${info.prepared}; expected committed ${committed}, prepared null`));
+          ref = await buildReference(history, history.length);
+          refs.push(ref);
+          await expectSame(eng, ref, committed === null ? null : { id: committed, s: prepSeed.get(committed) as number }, ctx('state after a kill inside open of a cleanly closed pool (expected: that latest state)'));
+          X = committed;
+        } else if (info.cleanClose) {
           // Latest state: everything the child did.
           if (info.committed !== gen.endCommitted || info.prepared !== null)
             throw new CrashMismatch(ctx(`after a clean close openInfo says committed ${info.committed}, prepared ${info.prepared}; expected committed ${gen.endCommitted}, prepared null`));
@@ -964,7 +1046,7 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
             );
           if (info.pushesBlocked !== (info.prepared !== null)) throw new CrashMismatch(ctx(`openInfo.pushesBlocked is ${info.pushesBlocked} with prepared ${info.prepared}`));
           const C = info.committed;
-          const refC = await buildReference(full, C === null ? 0 : (prepIdx.get(C) as number) + 1);
+          const refC = await buildReference(C === null ? [] : upToCheckpoint(full, prepIdx, C), Infinity);
           refs.push(refC);
           const ckptC = C === null ? null : { id: C, s: prepSeed.get(C) as number };
           await expectSame(eng, refC, ckptC, ctx(`state after reopen ${pair} (expected: checkpoint ${C ?? 'none (empty)'})`));
@@ -983,7 +1065,7 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
               outcome.resolution = 'commit';
               await eng.commit(P);
               X = P;
-              ref = await buildReference(full, (prepIdx.get(P) as number) + 1);
+              ref = await buildReference(upToCheckpoint(full, prepIdx, P), Infinity);
               refs.push(ref);
               await expectSame(eng, ref, { id: P, s: prepSeed.get(P) as number }, ctx(`state after commit(${P}) of the checkpoint prepared before the crash`));
             } else {
@@ -997,7 +1079,7 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
           if (X === null) {
             history = [];
           } else {
-            history = full.slice(0, (prepIdx.get(X) as number) + 1);
+            history = upToCheckpoint(full, prepIdx, X);
             history.push({ k: 'commit', id: X });
             await ref.commit(X);
           }
@@ -1046,7 +1128,8 @@ export function randomScenario(seed: number): Scenario {
     } else if (x < 0.82) {
       gens.push({ mode: 'op', pick: r.int(0, 1 << 20), delay: r.pick(['sync', 'immediate', 0, 1, 2, 5] as const) });
     } else if (x < 0.94) {
-      gens.push({ mode: 'timer', ms: r.int(0, 250) });
+      if (g > 0 && r.chance(0.35)) gens.push({ mode: 'timer', ms: r.int(20, 250), fromSpawn: true });
+      else gens.push({ mode: 'timer', ms: r.int(0, 250) });
     } else {
       gens.push({ mode: 'none' });
     }

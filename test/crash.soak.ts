@@ -53,14 +53,13 @@ async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   const scenarios = args.scenario ? [args.scenario] : Array.from({ length: args.runs }, (_, i) => randomScenario(mix(args.seed, i)));
   const dirs = new Set<string>();
-  const cleanup = () => {
-    killLiveChildren();
+  const cleanup = async () => {
+    await killLiveChildren();
     for (const d of dirs) removeDir(d);
   };
   for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
     process.on(sig, () => {
-      cleanup();
-      process.exit(code);
+      void cleanup().finally(() => process.exit(code));
     });
   }
 
@@ -106,7 +105,7 @@ async function main(): Promise<number> {
       process.stderr.write(`${done}/${scenarios.length} runs, ${kills} kills, ${failures.length} failures, ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
     }
   });
-  cleanup();
+  await cleanup();
 
   const secs = (Date.now() - t0) / 1000;
   const lines = [

@@ -34,13 +34,13 @@ let totalKills = 0;
 let totalRuns = 0;
 const t0 = Date.now();
 
-after(() => {
-  killLiveChildren();
+after(async () => {
+  await killLiveChildren();
   for (const d of dirs) removeDir(d);
 });
 
 function killKey(k: KillSpec): string {
-  return k.mode === 'failpoint' ? k.fp : k.mode;
+  return k.mode === 'failpoint' ? k.fp : k.mode === 'timer' && k.fromSpawn ? 'timer-from-spawn' : k.mode;
 }
 
 async function run(sc: Scenario): Promise<ScenarioResult> {
@@ -58,7 +58,7 @@ const OP_DELAYS = ['sync', 'immediate', 0, 1, 3] as const;
 
 describe('crash consistency', { concurrency: JOBS }, () => {
   FAILPOINT_NAMES.forEach((fp, fi) => {
-    it(`kill at failpoint ${fp}, reopen, compare with the reference`, { timeout: 300_000 }, async () => {
+    it(`kill at failpoint ${fp}, reopen, compare with the reference`, { timeout: 300_000 }, async (t) => {
       let got = 0;
       let maxN = FAILPOINTS[fp];
       const tried: string[] = [];
@@ -71,6 +71,7 @@ describe('crash consistency', { concurrency: JOBS }, () => {
         if (res.gens[0].killed) got++;
         else maxN = Math.max(1, Math.floor(n / 2));
       }
+      t.diagnostic(tried.join('; '));
       assert.ok(got >= 1, `failpoint ${fp} never killed the child; runs: ${tried.join('; ')}`);
     });
   });
@@ -97,6 +98,8 @@ describe('crash consistency', { concurrency: JOBS }, () => {
     [{ mode: 'op', pick: 1234, delay: 1 }, { mode: 'failpoint', fp: 'commit.after_publish', n: 1 }, { mode: 'failpoint', fp: 'close.mid_writeback', n: 1 }],
     [{ mode: 'none' }, { mode: 'failpoint', fp: 'rollback.after_publish', n: 1 }, { mode: 'failpoint', fp: 'evict.after_write', n: 7 }],
     [{ mode: 'failpoint', fp: 'prepare.before_publish', n: 3 }, { mode: 'failpoint', fp: 'close.before_clean_mark', n: 1 }, { mode: 'op', pick: 4321, delay: 'immediate' }],
+    // Kills that may land before, inside or after open (and its recovery) of an existing pool.
+    [{ mode: 'failpoint', fp: 'commit.before_publish', n: 2 }, { mode: 'timer', ms: 120, fromSpawn: true }, { mode: 'timer', ms: 200, fromSpawn: true }],
   ];
   chains.forEach((gens, i) => {
     const seed = mix(BASE_SEED, 0xc4, i);

@@ -28,7 +28,7 @@ import {
 const dirs = new Set<string>();
 const engines = new Set<Engine>();
 after(async () => {
-  killLiveChildren();
+  await killLiveChildren();
   for (const e of engines) await e.close().catch(() => undefined);
   for (const d of dirs) removeDir(d);
 });
