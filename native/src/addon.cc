@@ -4,6 +4,8 @@
 // external Buffer, so no row is copied between C++ and JS.
 #include <napi.h>
 
+#include <malloc.h>
+
 #include <cstdlib>
 #include <functional>
 #include <memory>
@@ -380,6 +382,11 @@ Napi::Value CheckPoolFile(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
+  // Batch buffers (1 MiB and more) are malloc'd on pool threads and freed on
+  // the JS thread. With glibc's adaptive mmap threshold they would settle in
+  // per-thread arenas and inflate the process well past the cache budget;
+  // a fixed threshold keeps them as mmaps returned at free.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   exports.Set("NativeEngine", NativeEngine::Init(env));
   exports.Set("checkPoolFile", Napi::Function::New(env, CheckPoolFile));
   return exports;

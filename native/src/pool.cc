@@ -96,8 +96,16 @@ Pool::~Pool() {
 }
 
 void Pool::add_range(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
   std::lock_guard<std::mutex> g(ranges_mu_);
-  ranges_.emplace_back(static_cast<const char*>(p), n);
+  if (is_pmem_) {
+    ranges_.emplace_back(c, n);
+  } else {
+    // msync path: only the envelope matters (one sync, the kernel writes the
+    // dirty pages inside it), so no list grows and nothing forces early syncs.
+    if (!env_lo_ || c < env_lo_) env_lo_ = c;
+    if (c + n > env_hi_) env_hi_ = c + n;
+  }
 }
 
 size_t Pool::pending_ranges() {
@@ -119,13 +127,23 @@ void Pool::persist_ranges() {
 
 void Pool::persist_locked() {
   std::vector<std::pair<const char*, size_t>> rs;
+  const char* lo = nullptr;
+  const char* hi = nullptr;
   {
     std::lock_guard<std::mutex> g(ranges_mu_);
     rs.swap(ranges_);
+    std::swap(lo, env_lo_);
+    std::swap(hi, env_hi_);
+  }
+  if (!is_pmem_) {
+    if (!lo) return;
+    pmemobj_persist(pop_, lo, static_cast<size_t>(hi - lo));
+    flush_calls_++;
+    return;
   }
   if (rs.empty()) return;
   std::sort(rs.begin(), rs.end());
-  if (is_pmem_) {
+  {
     // Merge overlapping and touching ranges, flush each, drain once.
     const char* s = rs[0].first;
     const char* e = s + rs[0].second;
@@ -140,12 +158,6 @@ void Pool::persist_locked() {
     }
     pmemobj_flush(pop_, s, static_cast<size_t>(e - s));
     pmemobj_drain(pop_);
-  } else {
-    // msync path: one call over the envelope; only its dirty pages are written.
-    const char* s = rs.front().first;
-    const char* e = s;
-    for (auto& r : rs) e = std::max(e, r.first + r.second);
-    pmemobj_persist(pop_, s, static_cast<size_t>(e - s));
   }
   flush_calls_++;
 }

@@ -80,7 +80,9 @@ class Pool {
   bool is_pmem_ = false;
 
   std::mutex ranges_mu_;
-  std::vector<std::pair<const char*, size_t>> ranges_;
+  std::vector<std::pair<const char*, size_t>> ranges_;  // PMEM: ranges to flush
+  const char* env_lo_ = nullptr;                          // msync path: envelope
+  const char* env_hi_ = nullptr;
   std::mutex persist_mu_;
   void persist_locked();
   uint64_t flush_calls_ = 0;
