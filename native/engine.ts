@@ -260,7 +260,13 @@ export class Engine {
     return callAsync<void>((cb) => this.native.push(table, keys, grads, cb));
   }
 
-  /** Makes the state at this call durable as checkpoint `id`, without dropping the committed one. */
+  /**
+   * Makes the state at the boundary durable as checkpoint `id`, without
+   * dropping the committed one. The boundary is taken before this returns
+   * its promise: every push that resolved before the call is inside, every
+   * push called after it is outside, and a push still in flight is wholly
+   * on one side.
+   */
   async prepare(id: number, input: PrepareInput = {}): Promise<void> {
     checkId(id);
     this.live();

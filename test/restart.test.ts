@@ -251,8 +251,9 @@ describe('restart', () => {
     await closeEngine(e2);
   });
 
-  for (const resolution of ['commit', 'abort'] as const) {
-    it(`a prepared checkpoint survives a kill and blocks pushes until ${resolution}`, async () => {
+  for (const [resolution, closeFirst] of [['commit', false], ['abort', false], ['commit', true], ['abort', true]] as const) {
+    const how = closeFirst ? ' (after a clean close while still unresolved)' : '';
+    it(`a prepared checkpoint survives a kill and blocks pushes until ${resolution}${how}`, async () => {
       const dir = tmp();
       const ops: Op[] = [
         { k: 'create', t: 'a8' },
@@ -269,7 +270,13 @@ describe('restart', () => {
         push('s3', 100, 45),
       ];
       await crashChild(dir, ops);
-      const e = open(dir);
+      let e = open(dir);
+      if (closeFirst) {
+        // A clean stop before the checkpoint is resolved must not end the
+        // recovery: the next open still reads checkpoint 1 and blocks pushes.
+        await closeEngine(e);
+        e = open(dir);
+      }
       const i = e.openInfo;
       assert.deepEqual({ committed: i.committed, prepared: i.prepared, pushesBlocked: i.pushesBlocked, cleanClose: i.cleanClose }, { committed: 1, prepared: 2, pushesBlocked: true, cleanClose: false });
       const r1 = await ref(ops, 5);

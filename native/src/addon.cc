@@ -255,7 +255,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       auto eng = engine_;
       const uint8_t* kp = keys.Data();
       const uint8_t* gp = grads.Data();
-      (new Job(cb, [eng, name, kp, gp, n] { eng->push(name, kp, n, gp); }, nullptr, {keys, grads}))->Queue();
+      (new Job(cb, [eng, name, kp, gp, n, dim] { eng->push(name, kp, n, gp, dim); }, nullptr, {keys, grads}))->Queue();
       return info.Env().Undefined();
     });
   }

@@ -1,6 +1,8 @@
 // Small shared pieces of the engine: its error type (turned into a JS
 // EngineError by the addon), key hashing, and failpoints for crash tests.
 #pragma once
+#include <pthread.h>
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -37,6 +39,33 @@ inline uint64_t fnv1a(const void* p, size_t n, uint64_t h = 0xcbf29ce484222325UL
   }
   return h;
 }
+
+// A reader-writer lock that prefers writers. Pull and push hold the epoch
+// lock shared for a whole batch; with glibc's default (reader-preferring)
+// rwlock, overlapping batches could starve a checkpoint boundary forever.
+// Satisfies SharedMutex, so std::shared_lock / std::unique_lock work.
+class RwLock {
+ public:
+  RwLock() {
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&l_, &a);
+    pthread_rwlockattr_destroy(&a);
+  }
+  ~RwLock() { pthread_rwlock_destroy(&l_); }
+  RwLock(const RwLock&) = delete;
+  RwLock& operator=(const RwLock&) = delete;
+  void lock() { pthread_rwlock_wrlock(&l_); }
+  bool try_lock() { return pthread_rwlock_trywrlock(&l_) == 0; }
+  void unlock() { pthread_rwlock_unlock(&l_); }
+  void lock_shared() { pthread_rwlock_rdlock(&l_); }
+  bool try_lock_shared() { return pthread_rwlock_tryrdlock(&l_) == 0; }
+  void unlock_shared() { pthread_rwlock_unlock(&l_); }
+
+ private:
+  pthread_rwlock_t l_;
+};
 
 // Failpoints: PMEMPS_FAILPOINT="name[:n]" makes the process SIGKILL itself on
 // the n-th time execution reaches failpoint(name). Crash tests use it to stop

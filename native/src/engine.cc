@@ -97,9 +97,14 @@ void Engine::validate_root() {
 }
 
 PCkpt* Engine::ckpt_at(uint64_t off) const {
+  const uint64_t size = pool_->size();
+  if (off < sizeof(PRoot) || off > size - sizeof(PCkpt)) fail(Code::Corrupt, "pool " + pool_->path() + ": checkpoint record is damaged");
   PCkpt* c = pool_->at<PCkpt>(off);
+  const uint64_t room = size - off - sizeof(PCkpt);
+  if (c->ntables > kMaxTables || c->dense_len > room || c->meta_len > room - c->dense_len ||
+      sizeof(PCkptTable) * c->ntables > room - c->dense_len - c->meta_len)
+    fail(Code::Corrupt, "pool " + pool_->path() + ": checkpoint record is damaged");
   const size_t body = sizeof(PCkptTable) * c->ntables + c->dense_len + c->meta_len;
-  if (c->ntables > kMaxTables || body > pool_->size()) fail(Code::Corrupt, "pool " + pool_->path() + ": checkpoint record is damaged");
   PCkpt h = *c;
   h.checksum = 0;
   uint64_t sum = fnv1a(&h, sizeof h);
@@ -437,7 +442,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   if (name.empty() || name.size() > 64) fail(Code::InvalidArgument, "table name must be 1..64 bytes");
   if (dim < 1 || dim > 4096) fail(Code::InvalidArgument, "dim must be in 1..4096, got " + std::to_string(dim));
   validate_optimizer(opt);
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (pushes_blocked_)
     fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it first");
@@ -509,7 +514,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
 
 void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
   validate_optimizer(opt);
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   Table* t = find_table(name);
   if (pushes_blocked_)
     fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it first");
@@ -529,7 +534,7 @@ void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
 }
 
 std::vector<TableInfo> Engine::list_tables() {
-  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  std::shared_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   std::vector<TableInfo> out;
   for (auto& t : tables_) {
@@ -540,7 +545,7 @@ std::vector<TableInfo> Engine::list_tables() {
 }
 
 uint32_t Engine::dim_of(const std::string& name) {
-  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  std::shared_lock<RwLock> el(epoch_mu_);
   return find_table(name)->dim;
 }
 
@@ -583,7 +588,7 @@ void Engine::restore_hyper(Tx& tx, uint64_t rec_off, uint64_t min_created) {
 // ========================================================= pull / push
 
 void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
-  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  std::shared_lock<RwLock> el(epoch_mu_);
   Table* t = find_table(name);
   if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the pull was queued");
   const uint32_t dim = t->dim;
@@ -606,7 +611,7 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
     if (counts[si] == counts[si + 1]) continue;
     Stripe& s = stripes_[si];
     std::lock_guard<std::mutex> g(s.mu);
-    std::shared_lock<std::shared_mutex> il;
+    std::shared_lock<RwLock> il;
     for (size_t j = counts[si]; j < counts[si + 1]; j++) {
       const uint32_t i = order[j];
       const uint64_t key = load_key(keys + 8 * i);
@@ -620,7 +625,7 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
       miss++;
       bool found = false;
       if (!mem_) {
-        if (!il.owns_lock()) il = std::shared_lock<std::shared_mutex>(t->index->mu());
+        if (!il.owns_lock()) il = std::shared_lock<RwLock>(t->index->mu());
         const uint64_t ref = t->index->lookup(key);
         if (ref) {
           make_room(s, Stripe::entry_bytes(t->row_floats));
@@ -646,15 +651,16 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
   misses_.fetch_add(miss, std::memory_order_relaxed);
 }
 
-void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes) {
+void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
   const uint64_t t0 = now_us();
-  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  std::shared_lock<RwLock> el(epoch_mu_);
   uint64_t waited = now_us() - t0;
   bool during_ckpt = ckpt_active_.load(std::memory_order_relaxed);
   Table* t = find_table(name);
   if (pushes_blocked_)
     fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) +
                                        " was prepared before the restart and is unresolved; commit or abort it (restore) before pushing");
+  if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the push was queued");
   const uint32_t dim = t->dim;
   std::vector<float> g(n * dim);
   std::memcpy(g.data(), grads_bytes, sizeof(float) * g.size());
@@ -723,7 +729,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     }
     std::vector<size_t> missing;
     if (uncached) {
-      std::shared_lock<std::shared_mutex> il(t->index->mu());
+      std::shared_lock<RwLock> il(t->index->mu());
       for (size_t i = 0; i < u; i++) {
         if (refs[i]) continue;
         const uint64_t r = t->index->lookup(uk[i]);
@@ -732,7 +738,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       }
     }
     if (!missing.empty()) {
-      std::unique_lock<std::shared_mutex> il(t->index->mu());
+      std::unique_lock<RwLock> il(t->index->mu());
       for (size_t i : missing) {
         const uint64_t r = t->index->lookup(uk[i]);
         if (valid_ref(*t, r, uk[i])) {
@@ -763,7 +769,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         e = s.make(t->idx, uk[i], t->row_floats);
         bool loaded = false;
         if (!mem_) {
-          std::shared_lock<std::shared_mutex> il(t->index->mu());
+          std::shared_lock<RwLock> il(t->index->mu());
           loaded = load_row(*t, refs[i], uk[i], e->data, &e->step);
         }
         if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data);
@@ -827,7 +833,7 @@ void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {
 void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::string& meta) {
   std::unique_lock<std::mutex> ck(ckpt_mu_);
   {
-    std::shared_lock<std::shared_mutex> el(epoch_mu_);
+    std::shared_lock<RwLock> el(epoch_mu_);
     if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
     if (p_active_) {
       if (p_id_ == id) return;  // retried prepare (finish joins the running one)
@@ -847,7 +853,7 @@ void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::str
   // pushes that start after it are not. It runs on the caller's thread so
   // that "after prepare() was called" means "outside". O(stripes + tables);
   // pushes wait only for this block.
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   if (cur_epoch_ + 1 >= epoch_limit_) {
     std::lock_guard<std::mutex> g(tx_mu_);
     Tx tx(*pool_);
@@ -884,7 +890,7 @@ void Engine::prepare_finish(uint64_t id) {
       // Another call finishes (or finished) this prepare: wait for it and
       // report how it ended.
       wait_prepared(ck);
-      std::shared_lock<std::shared_mutex> el(epoch_mu_);
+      std::shared_lock<RwLock> el(epoch_mu_);
       if ((p_active_ && p_id_ == id) || c_id_ == id) return;
       fail(Code::FailedPrecondition, "prepare of checkpoint " + id_str(id) + " did not complete");
     }
@@ -900,7 +906,9 @@ void Engine::prepare_finish(uint64_t id) {
     ckpt_cv_.notify_all();
   };
   try {
-    std::shared_lock<std::shared_mutex> el(epoch_mu_);
+    // No epoch lock here: what write_back reads (C, P, dead epochs) changes
+    // only in commit/abort/rollback, which wait for this prepare; so pushes
+    // and a hyperparameter change never queue behind the flush.
     flush_pending();
     // Rows, their index slots and new rows' headers reach the media before
     // the record that makes them part of a checkpoint.
@@ -951,7 +959,7 @@ void Engine::prepare_finish(uint64_t id) {
     failpoint("prepare.after_publish");
   } catch (...) {
     {
-      std::unique_lock<std::shared_mutex> el(epoch_mu_);
+      std::unique_lock<RwLock> el(epoch_mu_);
       p_active_ = false;
       p_id_ = 0;
       p_epoch_ = 0;
@@ -965,7 +973,7 @@ void Engine::prepare_finish(uint64_t id) {
 void Engine::commit(uint64_t id) {
   std::unique_lock<std::mutex> cg(ckpt_mu_);
   wait_prepared(cg);
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (!p_active_ || p_id_ != id) {
     if (!p_active_ && id == c_id_) return;  // retried commit
@@ -1014,7 +1022,7 @@ void Engine::commit(uint64_t id) {
 void Engine::abort(uint64_t id) {
   std::unique_lock<std::mutex> cg(ckpt_mu_);
   wait_prepared(cg);
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (!p_active_ || p_id_ != id) {
     if (id == c_id_) fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " is committed; it cannot be aborted");
@@ -1068,7 +1076,7 @@ void Engine::abort(uint64_t id) {
 void Engine::rollback() {
   std::unique_lock<std::mutex> cg(ckpt_mu_);
   wait_prepared(cg);
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (p_active_)
     fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " is prepared; commit or abort it before rolling back");
@@ -1100,7 +1108,7 @@ void Engine::rollback() {
 }
 
 bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta) {
-  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  std::shared_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (mem_) {
     if (!mem_c_) return false;
@@ -1121,7 +1129,7 @@ bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string*
 void Engine::close() {
   std::unique_lock<std::mutex> cg(ckpt_mu_);
   wait_prepared(cg);
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) return;
   if (mem_) {
     drop_cache();
@@ -1152,7 +1160,10 @@ void Engine::close() {
       t->d->checksum = Pool::table_sum(t->d);
     }
     tx.add(root_, sizeof(PRoot));
-    root_->clean = 1;
+    // Closed while recovering (a checkpoint prepared before a crash is still
+    // unresolved): the next open must recover again, so the stop does not
+    // count as clean. Nothing was written meanwhile (pushes were refused).
+    root_->clean = recovering_ ? 0 : 1;
     persist_root(tx);
     tx.commit();
   }
@@ -1165,7 +1176,7 @@ void Engine::close() {
 }
 
 Stats Engine::stats() {
-  std::shared_lock<std::shared_mutex> el(epoch_mu_);
+  std::shared_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   Stats st{};
   for (auto& s : stripes_) {
@@ -1189,7 +1200,7 @@ Stats Engine::stats() {
 }
 
 Engine::CheckReport Engine::check() {
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   CheckReport r;
   if (mem_ || closed_) return r;
   for (auto& t : tables_) {
@@ -1222,7 +1233,7 @@ Engine::CheckReport Engine::check() {
 // ======================================================= memory mode
 
 void Engine::mem_prepare(uint64_t id, const std::string& dense, const std::string& meta) {
-  std::unique_lock<std::shared_mutex> el(epoch_mu_);
+  std::unique_lock<RwLock> el(epoch_mu_);
   auto snap = std::make_unique<MemSnap>();
   snap->id = id;
   snap->epoch = cur_epoch_;

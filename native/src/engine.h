@@ -72,7 +72,8 @@ class Engine {
   // keys: n packed little-endian uint64 (any alignment); out: n * dim floats.
   // expect_dim: the dim the caller sized `out` for (from dim_of).
   void pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim);
-  void push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads);
+  // expect_dim: the dim the caller checked `grads` against (from dim_of).
+  void push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads, uint32_t expect_dim);
 
   // prepare = prepare_begin (the boundary, cheap, on the caller's thread)
   // then prepare_finish (flush and publish, on the thread pool).
@@ -203,7 +204,7 @@ class Engine {
   std::vector<PrepSnap> prep_snap_;
   std::string prep_dense_, prep_meta_;
   void wait_prepared(std::unique_lock<std::mutex>& ck);
-  std::shared_mutex epoch_mu_;
+  RwLock epoch_mu_;  // writer-preferring: see common.h
   std::mutex tx_mu_;
 
   // Guarded by epoch_mu_ (read shared, written exclusive).

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <shared_mutex>
 
+#include "common.h"
 #include "pool.h"
 
 namespace pmemps {
@@ -43,7 +44,7 @@ class Index {
   // one); adds the slot to the pool's flush ranges. May split (OutOfSpace).
   void upsert(uint64_t key, uint64_t ref);
 
-  std::shared_mutex& mu() { return mu_; }
+  RwLock& mu() { return mu_; }
 
   // Calls f(key, ref) for every occupied slot (offline check only).
   template <typename F>
@@ -85,7 +86,7 @@ class Index {
   Pool& pool_;
   PTable* desc_;
   std::mutex* tx_mu_;
-  mutable std::shared_mutex mu_;
+  mutable RwLock mu_;  // writer-preferring: lookups must not starve inserts
 };
 
 }  // namespace pmemps
