@@ -313,6 +313,34 @@ export class Engine {
     return sync(() => this.native.check());
   }
 
+  /**
+   * Records ballot b durably when it is higher than the stored one and
+   * returns the stored ballot (the cluster checkpoint protocol refuses
+   * coordinators with a lower ballot).
+   */
+  raiseBallot(b: number): number {
+    this.live();
+    if (!Number.isSafeInteger(b) || b < 0) throw invalid('ballot must be a non-negative safe integer');
+    return sync(() => this.native.raiseBallot(b));
+  }
+
+  /** The shard identity stored in the pool (clusterId null until set). */
+  identity(): ShardIdentity {
+    this.live();
+    return sync(() => this.native.identity());
+  }
+
+  /**
+   * Stores the shard identity at first start; the same one again is a no-op,
+   * another one is refused (FAILED_PRECONDITION).
+   */
+  setIdentity(id: { clusterId: string; shardIndex: number; shardCount: number }): ShardIdentity {
+    this.live();
+    if (!Number.isSafeInteger(id.shardIndex) || !Number.isSafeInteger(id.shardCount) || id.shardIndex < 0 || id.shardCount < 1)
+      throw invalid('shardIndex and shardCount must be integers, 0 <= shardIndex < shardCount');
+    return sync(() => this.native.setIdentity(id.clusterId, id.shardIndex, id.shardCount));
+  }
+
   stats(): EngineStats {
     this.live();
     return sync(() => this.native.stats());
@@ -328,6 +356,13 @@ export class Engine {
   private live(): void {
     if (this.closed) throw new EngineError('FAILED_PRECONDITION', 'the engine is closed');
   }
+}
+
+export interface ShardIdentity {
+  /** 32 lowercase hex digits, or null before the identity is set. */
+  clusterId: string | null;
+  shardIndex: number;
+  shardCount: number;
 }
 
 export interface PoolCheck {

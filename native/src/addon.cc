@@ -6,6 +6,7 @@
 
 #include <malloc.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <memory>
@@ -105,6 +106,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
                            InstanceMethod("stats", &NativeEngine::StatsJs),
                            InstanceMethod("close", &NativeEngine::Close),
                            InstanceMethod("check", &NativeEngine::Check),
+                           InstanceMethod("raiseBallot", &NativeEngine::RaiseBallot),
+                           InstanceMethod("identity", &NativeEngine::IdentityJs),
+                           InstanceMethod("setIdentity", &NativeEngine::SetIdentity),
                        });
   }
 
@@ -338,6 +342,43 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       num("epoch", s.epoch);
       num("maxPushWaitUs", s.max_push_wait_us);
       return o;
+    });
+  }
+
+  // Ballots and identities are small synchronous transactions.
+  Napi::Value RaiseBallot(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const double b = info[0].As<Napi::Number>().DoubleValue();
+      if (!(b >= 0) || b > 9007199254740991.0) bad("ballot must be a non-negative safe integer");
+      return Napi::Number::New(info.Env(), static_cast<double>(engine_->raise_ballot(static_cast<uint64_t>(b))));
+    });
+  }
+
+  static Napi::Object identity_obj(Napi::Env env, const Engine::Identity& id) {
+    auto o = Napi::Object::New(env);
+    char hex[33];
+    snprintf(hex, sizeof hex, "%016llx%016llx", static_cast<unsigned long long>(id.cluster_hi), static_cast<unsigned long long>(id.cluster_lo));
+    o.Set("clusterId", id.count ? Napi::Value(Napi::String::New(env, hex)) : env.Null());
+    o.Set("shardIndex", static_cast<double>(id.index));
+    o.Set("shardCount", static_cast<double>(id.count));
+    return o;
+  }
+
+  Napi::Value IdentityJs(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value { return identity_obj(info.Env(), engine_->identity()); });
+  }
+
+  Napi::Value SetIdentity(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const std::string hex = info[0].As<Napi::String>().Utf8Value();
+      if (hex.size() != 32 || hex.find_first_not_of("0123456789abcdef") != std::string::npos)
+        bad("cluster id must be 32 lowercase hex digits");
+      Engine::Identity id;
+      id.cluster_hi = std::stoull(hex.substr(0, 16), nullptr, 16);
+      id.cluster_lo = std::stoull(hex.substr(16), nullptr, 16);
+      id.index = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
+      id.count = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+      return identity_obj(info.Env(), engine_->set_identity(id));
     });
   }
 

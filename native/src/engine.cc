@@ -1230,6 +1230,70 @@ Engine::CheckReport Engine::check() {
   return r;
 }
 
+// ============================================================ cluster
+
+// Root fields change only inside transactions under tx_mu_, so these need
+// no exclusive epoch lock and never wait for running batches.
+uint64_t Engine::raise_ballot(uint64_t b) {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  std::lock_guard<std::mutex> g(tx_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (mem_) {
+    mem_ballot_ = std::max(mem_ballot_, b);
+    return mem_ballot_;
+  }
+  if (b > root_->ballot) {
+    Tx tx(*pool_);
+    tx.add(root_, sizeof(PRoot));
+    root_->ballot = b;
+    persist_root(tx);
+    tx.commit();
+  }
+  return root_->ballot;
+}
+
+uint64_t Engine::ballot() {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  std::lock_guard<std::mutex> g(tx_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  return mem_ ? mem_ballot_ : root_->ballot;
+}
+
+Engine::Identity Engine::identity() {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  std::lock_guard<std::mutex> g(tx_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (mem_) return mem_identity_;
+  return Identity{root_->identity[0], root_->identity[1], root_->identity[2], root_->identity[3]};
+}
+
+Engine::Identity Engine::set_identity(const Identity& id) {
+  if (id.count == 0 || id.index >= id.count)
+    fail(Code::InvalidArgument, "shard index must be below the shard count (got " + std::to_string(id.index) + " of " + std::to_string(id.count) + ")");
+  std::shared_lock<RwLock> el(epoch_mu_);
+  std::lock_guard<std::mutex> g(tx_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  Identity cur = mem_ ? mem_identity_ : Identity{root_->identity[0], root_->identity[1], root_->identity[2], root_->identity[3]};
+  if (cur.count != 0) {
+    if (cur.cluster_hi == id.cluster_hi && cur.cluster_lo == id.cluster_lo && cur.index == id.index && cur.count == id.count) return cur;
+    fail(Code::FailedPrecondition, "this pool belongs to shard " + std::to_string(cur.index) + " of " + std::to_string(cur.count) +
+                                       " of another or the same cluster with other settings; check the server list and --pmem");
+  }
+  if (mem_) {
+    mem_identity_ = id;
+    return id;
+  }
+  Tx tx(*pool_);
+  tx.add(root_, sizeof(PRoot));
+  root_->identity[0] = id.cluster_hi;
+  root_->identity[1] = id.cluster_lo;
+  root_->identity[2] = id.index;
+  root_->identity[3] = id.count;
+  persist_root(tx);
+  tx.commit();
+  return id;
+}
+
 // ======================================================= memory mode
 
 void Engine::mem_prepare(uint64_t id, const std::string& dense, const std::string& meta) {

@@ -87,6 +87,18 @@ class Engine {
   Stats stats();
   void close();
 
+  // Cluster bookkeeping kept durably in the pool (used by the server).
+  // raise_ballot records max(current, b) and returns it.
+  uint64_t raise_ballot(uint64_t b);
+  uint64_t ballot();
+  struct Identity {
+    uint64_t cluster_hi = 0, cluster_lo = 0, index = 0, count = 0;
+  };
+  // Stores the shard identity at first start; a different one later is
+  // refused (FAILED_PRECONDITION): a wrong endpoint list would corrupt a model.
+  Identity set_identity(const Identity& id);
+  Identity identity();
+
   // Offline full check: walks every index segment and every indexed row.
   // Proportional to the table; never run at open.
   struct CheckReport {
@@ -222,6 +234,8 @@ class Engine {
   std::vector<DeadRange> dead_;
 
   std::unique_ptr<MemSnap> mem_c_, mem_p_;
+  uint64_t mem_ballot_ = 0;
+  Identity mem_identity_;
 
   std::atomic<bool> ckpt_active_{false};
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0};
