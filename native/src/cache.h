@@ -40,6 +40,7 @@ struct Entry {
   uint32_t epoch;
   uint32_t step;
   uint8_t dirty;  // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
+  uint8_t shadow;  // a checkpoint copy: only on `pending`, never in the hash or the LRU
   uint32_t bytes;
   float data[1];
 };
@@ -158,6 +159,29 @@ class Stripe {
     return e;
   }
 
+  // A copy of e's checkpoint version that takes e's place on `pending`, so a
+  // push can update e at once (copy-on-write in DRAM, within the budget).
+  // Caller checked has_room(e->bytes).
+  Entry* shadow_of(Entry* e, uint32_t row_floats) {
+    Entry* c = make(e->table, e->key, row_floats);
+    std::memcpy(c->data, e->data, sizeof(float) * row_floats);
+    c->ref = e->ref;
+    c->epoch = e->epoch;
+    c->step = e->step;
+    c->shadow = 1;
+    pending.unlink(e);
+    e->dirty = 0;
+    c->dirty = 1;
+    pending.push_front(c);
+    return c;
+  }
+
+  // After its write-back: a flushed entry becomes clean, a flushed shadow is recycled.
+  void flushed(Entry* e) {
+    mark_clean(e);
+    if (e->shadow) recycle(e);
+  }
+
   // Returns an entry that was never inserted to the free list.
   void recycle(Entry* e) {
     Entry*& head = free_[e->bytes];
@@ -229,6 +253,12 @@ class Stripe {
 
   void clear() {
     gen_++;
+    // Shadows live only on `pending` (left there if a prepare failed).
+    for (Entry* e = pending.front(); e && e != &pending.head;) {
+      Entry* n = e->dnext;
+      if (e->shadow) std::free(e);
+      e = n;
+    }
     for (size_t i = 0; i <= mask_; i++) {
       Entry* e = buckets_[i];
       while (e) {

@@ -778,10 +778,16 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         created++;
       } else if (s.is_pending(e)) {
         // Copy-on-write for a running prepare: this row's checkpoint version
-        // is still only in DRAM, so it goes to its pool slot before the
-        // update; the push waits for one row copy, not for the checkpoint.
+        // is still only in DRAM. It is copied aside for the flusher (a DRAM
+        // copy, counted in the budget); only when the budget has no room for
+        // the copy is it written to its pool slot first.
         const uint64_t w0 = now_us();
-        write_back(*t, e);
+        if (s.has_room(e->bytes)) {
+          s.shadow_of(e, t->row_floats);
+        } else {
+          write_back(*t, e);
+          s.mark_clean(e);
+        }
         waited += now_us() - w0;
         during_ckpt = true;
       }
@@ -814,7 +820,7 @@ void Engine::flush_pending() {
       for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
         Entry* e = s.pending.back();
         write_back(*tables_[e->table], e);
-        s.mark_clean(e);
+        s.flushed(e);
       }
       if (s.pending.empty()) break;
     }
@@ -1143,7 +1149,7 @@ void Engine::close() {
       while (!l->empty()) {
         Entry* e = l->back();
         write_back(*tables_[e->table], e);
-        s.mark_clean(e);
+        s.flushed(e);
       }
     }
     if (i == kStripes / 2) failpoint("close.mid_writeback");
