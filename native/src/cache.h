@@ -11,8 +11,8 @@
 //    within its share of the hard budget, and evicts otherwise. Recycling
 //    entries (instead of malloc/free per eviction) keeps the process's real
 //    memory at the budget: glibc's per-thread arenas would otherwise each
-//    keep their own peak. Checkpoints keep no copies in DRAM: a pending
-//    version is written to its pool slot instead.
+//    keep their own peak. Copy-on-write copies made for a running prepare
+//    (shadows) count like any entry.
 //  * An entry is on `dirty` when modified in the current epoch, on `pending`
 //    when modified in an epoch a running prepare must flush, on neither when
 //    clean. `epoch` is the epoch of its last modification.
