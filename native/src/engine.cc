@@ -90,8 +90,7 @@ void Engine::validate_root() {
   }
   for (uint64_t off : {root_->c_rec, root_->p_rec}) {
     if (!off) continue;
-    PCkpt* c = ckpt_at(off);
-    (void)c;  // ckpt_at verifies the checksum
+    ckpt_at(off);  // verifies bounds and checksum
   }
   if (root_->next_epoch >= kMaxEpoch) fail(Code::Incompatible, "pool " + p + " has used up its epoch numbers");
 }
@@ -825,11 +824,6 @@ void Engine::flush_pending() {
       if (s.pending.empty()) break;
     }
   }
-}
-
-void Engine::prepare(uint64_t id, const std::string& dense, const std::string& meta) {
-  prepare_begin(id, dense, meta);
-  prepare_finish(id);
 }
 
 void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {

@@ -75,9 +75,8 @@ class Engine {
   // expect_dim: the dim the caller checked `grads` against (from dim_of).
   void push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads, uint32_t expect_dim);
 
-  // prepare = prepare_begin (the boundary, cheap, on the caller's thread)
-  // then prepare_finish (flush and publish, on the thread pool).
-  void prepare(uint64_t id, const std::string& dense, const std::string& meta);
+  // A prepare is prepare_begin (the boundary, cheap, on the caller's
+  // thread) then prepare_finish (flush and publish, on the thread pool).
   void prepare_begin(uint64_t id, const std::string& dense, const std::string& meta);
   void prepare_finish(uint64_t id);
   void commit(uint64_t id);
