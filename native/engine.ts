@@ -346,11 +346,17 @@ export class Engine {
     return sync(() => this.native.stats());
   }
 
-  /** Writes back every dirty row and marks the pool cleanly closed. */
-  async close(): Promise<void> {
+  /**
+   * Writes back every dirty row and marks the pool cleanly closed. `record`
+   * (the server's own state: exactly-once table, dense tensors) is stored in
+   * the same transaction as the clean mark and comes back as
+   * openInfo.closeRecord from the next open.
+   */
+  async close(record: Buffer = Buffer.alloc(0)): Promise<void> {
     if (this.closed) return;
+    if (!Buffer.isBuffer(record)) throw invalid('close record must be a Buffer');
     this.closed = true;
-    await callAsync<void>((cb) => this.native.close(cb));
+    await callAsync<void>((cb) => this.native.close(record, cb));
   }
 
   private live(): void {
@@ -379,6 +385,29 @@ export interface PoolCheck {
 export function checkPoolFile(file: string): { consistent: boolean; message: string } {
   return sync(() => addon.checkPoolFile(file));
 }
+
+/**
+ * The table optimizers applied to one dense row held outside the engine
+ * (the server's dense tensors): `row` is n weights followed by the
+ * optimizer's state blocks, laid out as a table row of dim n.
+ */
+export const denseOptimizer = {
+  rowFloats(opt: OptimizerSpec, n: number): number {
+    return sync(() => addon.rowFloats(OPT_CODES.indexOf(opt.type), hyperArray(opt), n));
+  },
+  /** Sets the state blocks to the optimizer's initial values (weights to 0). */
+  initRow(opt: OptimizerSpec, row: Float32Array): void {
+    sync(() => addon.initRow(OPT_CODES.indexOf(opt.type), hyperArray(opt), row));
+  },
+  /** Applies one update in place; returns the new step count. */
+  apply(opt: OptimizerSpec, row: Float32Array, step: number, grads: Float32Array): number {
+    return sync(() => addon.applyUpdate(OPT_CODES.indexOf(opt.type), hyperArray(opt), row, step, grads));
+  },
+  /** Validates an optimizer spec (INVALID_ARGUMENT naming the bad field). */
+  validate(opt: OptimizerSpec): void {
+    sync(() => addon.rowFloats(OPT_CODES.indexOf(opt.type), hyperArray(opt), 1));
+  },
+};
 
 /** Packs keys (bigint or safe-integer numbers) into the little-endian uint64 wire form. */
 export function packKeys(keys: ArrayLike<bigint | number>): Buffer {

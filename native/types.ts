@@ -71,6 +71,10 @@ export interface OpenInfo {
   prepared: number | null;
   /** Pushes are refused until a checkpoint prepared before a restart is committed or aborted. */
   pushesBlocked: boolean;
+  /** Opens of this pool, this one included. */
+  opens: number;
+  /** The record given to the last close(), when that close was clean; else null. */
+  closeRecord: Buffer | null;
 }
 
 export interface EngineStats {
@@ -86,6 +90,8 @@ export interface EngineStats {
   poolUsedBytes: number;
   committed: number | null;
   prepared: number | null;
+  /** Highest checkpoint id prepared or aborted: the next prepare needs a higher one. */
+  lastId: number;
   epoch: number;
   /** Longest time, in microseconds, that a push waited on a running checkpoint. */
   maxPushWaitUs: number;

@@ -6,6 +6,7 @@
 
 #include <malloc.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -158,6 +159,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       o.Set("committed", i.committed ? Napi::Number::New(info.Env(), static_cast<double>(i.committed)) : info.Env().Null());
       o.Set("prepared", i.prepared ? Napi::Number::New(info.Env(), static_cast<double>(i.prepared)) : info.Env().Null());
       o.Set("pushesBlocked", i.pushes_blocked);
+      o.Set("opens", static_cast<double>(i.opens));
+      o.Set("closeRecord", i.clean_close ? Napi::Buffer<char>::Copy(info.Env(), i.close_record.data(), i.close_record.size()).As<Napi::Value>()
+                                         : info.Env().Null());
       return o;
     });
   }
@@ -339,6 +343,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       num("poolUsedBytes", s.pool_used);
       o.Set("committed", s.committed ? Napi::Number::New(env, static_cast<double>(s.committed)) : env.Null());
       o.Set("prepared", s.prepared ? Napi::Number::New(env, static_cast<double>(s.prepared)) : env.Null());
+      o.Set("lastId", static_cast<double>(s.last_id));
       num("epoch", s.epoch);
       num("maxPushWaitUs", s.max_push_wait_us);
       return o;
@@ -403,7 +408,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     return Guard(info, [&]() -> Napi::Value {
       auto eng = engine_;
-      (new Job(cb_arg(info, 0), [eng] { eng->close(); }, nullptr, {}))->Queue();
+      auto rec = buffer_arg(info, 0, "close record");
+      auto record = std::make_shared<std::string>(reinterpret_cast<const char*>(rec.Data()), rec.Length());
+      (new Job(cb_arg(info, 1), [eng, record] { eng->close(*record); }, nullptr, {}))->Queue();
       return info.Env().Undefined();
     });
   }
@@ -411,6 +418,56 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   // Shared with queued jobs, so a job outliving a GC'd wrapper stays valid.
   std::shared_ptr<Engine> engine_;
 };
+
+// Dense tensors live in the server as one row each; these apply the same
+// optimizers and initial state as table rows, so both follow one formula.
+// (rowFloats(opt, hyper, n), initRow(opt, hyper, row), applyUpdate(opt, hyper, row, step, grads) -> step)
+Napi::Value RowFloats(const Napi::CallbackInfo& info) {
+  try {
+    OptimizerSpec opt = opt_from(info[0].As<Napi::Number>().Uint32Value(), info[1]);
+    validate_optimizer(opt);
+    const double n = info[2].As<Napi::Number>().DoubleValue();
+    return Napi::Number::New(info.Env(), n * (1 + state_blocks(opt)));
+  } catch (const Error& e) {
+    to_js(info.Env(), e).ThrowAsJavaScriptException();
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value InitRow(const Napi::CallbackInfo& info) {
+  try {
+    OptimizerSpec opt = opt_from(info[0].As<Napi::Number>().Uint32Value(), info[1]);
+    validate_optimizer(opt);
+    auto row = info[2].As<Napi::Float32Array>();
+    const uint32_t dim = static_cast<uint32_t>(row.ElementLength() / (1 + state_blocks(opt)));
+    if (static_cast<size_t>(dim) * (1 + state_blocks(opt)) != row.ElementLength()) bad("row length does not match the optimizer");
+    InitSpec zeros{};
+    zeros.type = InitType::Zeros;
+    init_row(zeros, opt, 0, dim, row.Data());
+  } catch (const Error& e) {
+    to_js(info.Env(), e).ThrowAsJavaScriptException();
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value ApplyUpdate(const Napi::CallbackInfo& info) {
+  try {
+    OptimizerSpec opt = opt_from(info[0].As<Napi::Number>().Uint32Value(), info[1]);
+    validate_optimizer(opt);
+    auto row = info[2].As<Napi::Float32Array>();
+    uint32_t step = info[3].As<Napi::Number>().Uint32Value();
+    auto g = info[4].As<Napi::Float32Array>();
+    const size_t dim = g.ElementLength();
+    if (dim * (1 + state_blocks(opt)) != row.ElementLength()) bad("gradient length does not match the tensor");
+    for (size_t i = 0; i < dim; i++)
+      if (!std::isfinite(g[i])) bad("gradient element " + std::to_string(i) + " is not finite; the push was refused");
+    apply_update(opt, static_cast<uint32_t>(dim), row.Data(), &step, g.Data());
+    return Napi::Number::New(info.Env(), step);
+  } catch (const Error& e) {
+    to_js(info.Env(), e).ThrowAsJavaScriptException();
+  }
+  return info.Env().Undefined();
+}
 
 // pmemobj_check over the pool file: libpmemobj's own consistency check.
 Napi::Value CheckPoolFile(const Napi::CallbackInfo& info) {
@@ -430,6 +487,9 @@ Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   exports.Set("NativeEngine", NativeEngine::Init(env));
   exports.Set("checkPoolFile", Napi::Function::New(env, CheckPoolFile));
+  exports.Set("rowFloats", Napi::Function::New(env, RowFloats));
+  exports.Set("initRow", Napi::Function::New(env, InitRow));
+  exports.Set("applyUpdate", Napi::Function::New(env, ApplyUpdate));
   return exports;
 }
 

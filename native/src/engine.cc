@@ -129,6 +129,11 @@ void Engine::open_pool() {
   p_active_ = p_id_ != 0;
   last_id_ = root_->last_id;
   info_.clean_close = !pool_->created() && root_->clean == 1;
+  if (info_.clean_close && root_->close_rec) {
+    if (root_->close_rec < sizeof(PRoot) || root_->close_len > pool_->size() - root_->close_rec)
+      fail(Code::Corrupt, "pool " + pool_->path() + ": close record is damaged");
+    info_.close_record.assign(pool_->at<char>(root_->close_rec), root_->close_len);
+  }
   const bool crashed = !pool_->created() && root_->clean != 1;
   load_tables();
 
@@ -152,6 +157,7 @@ void Engine::open_pool() {
     root_->next_epoch = cur_epoch_ + 2;
     root_->clean = 0;
     root_->opens++;
+    info_.opens = root_->opens;
     persist_root(tx);
     tx.commit();
   }
@@ -1126,7 +1132,7 @@ bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string*
   return true;
 }
 
-void Engine::close() {
+void Engine::close(const std::string& record) {
   std::unique_lock<std::mutex> cg(ckpt_mu_);
   wait_prepared(cg);
   std::unique_lock<RwLock> el(epoch_mu_);
@@ -1164,6 +1170,17 @@ void Engine::close() {
     // unresolved): the next open must recover again, so the stop does not
     // count as clean. Nothing was written meanwhile (pushes were refused).
     root_->clean = recovering_ ? 0 : 1;
+    // The record is only read when clean == 1, which this same transaction
+    // sets: a crash anywhere before the commit leaves the old clean == 0.
+    if (root_->close_rec) tx.free(root_->close_rec);
+    root_->close_rec = 0;
+    root_->close_len = record.size();
+    if (!record.empty()) {
+      root_->close_rec = tx.alloc(record.size(), false);
+      char* dst = pool_->at<char>(root_->close_rec);
+      std::memcpy(dst, record.data(), record.size());
+      pool_->persist(dst, record.size());
+    }
     persist_root(tx);
     tx.commit();
   }
@@ -1194,6 +1211,7 @@ Stats Engine::stats() {
   st.pool_used = mem_ ? 0 : pool_->used_bytes();
   st.committed = c_id_;
   st.prepared = p_active_ ? p_id_ : 0;
+  st.last_id = last_id_;
   st.epoch = cur_epoch_;
   st.max_push_wait_us = max_wait_us_;
   return st;

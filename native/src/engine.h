@@ -43,6 +43,8 @@ struct EngineOptions {
 struct OpenInfo {
   bool created = false, clean_close = false, is_pmem = false, pushes_blocked = false;
   uint64_t committed = 0, prepared = 0;
+  uint64_t opens = 0;       // opens of this pool, this one included
+  std::string close_record;  // given to the last close(); empty unless clean_close
 };
 
 struct TableInfo {
@@ -55,7 +57,7 @@ struct TableInfo {
 
 struct Stats {
   uint64_t cache_bytes, cache_budget, cache_rows, hits, misses, evictions, writebacks, flushes;
-  uint64_t pool_bytes, pool_used, committed, prepared, epoch, max_push_wait_us;
+  uint64_t pool_bytes, pool_used, committed, prepared, last_id, epoch, max_push_wait_us;
 };
 
 class Engine {
@@ -84,7 +86,9 @@ class Engine {
   void rollback();
   bool committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta);
   Stats stats();
-  void close();
+  // Writes back every dirty row and marks the pool clean; `record` is kept
+  // with the clean mark and handed back by the next open (OpenInfo).
+  void close(const std::string& record = std::string());
 
   // Cluster bookkeeping kept durably in the pool (used by the server).
   // raise_ballot records max(current, b) and returns it.

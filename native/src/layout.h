@@ -25,7 +25,7 @@ namespace pmemps {
 
 constexpr const char* kLayoutName = "pmemps-v1";
 constexpr uint64_t kMagic = 0x31304d4550534d50ULL;  // "PMSPEM01"
-constexpr uint32_t kLayoutVersion = 1;
+constexpr uint32_t kLayoutVersion = 2;
 constexpr uint32_t kMaxTables = 256;
 constexpr uint32_t kSlots = 3;
 constexpr uint32_t kMaxHyperP = 8;
@@ -72,6 +72,10 @@ struct PRoot {
   uint64_t tables_off;  // PTable[kMaxTables]
   uint64_t identity[4];  // cluster id (2 words), shard index, shard count; all 0 until set
   uint64_t opens;
+  // The server's record of a clean close (its exactly-once push table, dense
+  // tensors, lineage): written by close() in the transaction that sets
+  // clean = 1, so it is valid exactly when clean is. 0 = none.
+  uint64_t close_rec, close_len;
   uint64_t checksum;
 };
 

@@ -1,0 +1,85 @@
+// Named dense tensors kept by a shard (SetDense / PullDense / PushDense).
+// Each tensor is one row in the table-row layout (weights, then the
+// optimizer's state blocks) and is updated by the engine's own optimizer
+// code, so a dense tensor and an embedding row follow the same formulas.
+//
+// Dense tensors are small next to the tables (the dense layers of a CTR
+// model), so they live in DRAM and are written whole into each checkpoint
+// and into the clean-close record, at the same boundary as the rows.
+import { denseOptimizer, EngineError, type OptimizerSpec } from '../native/engine';
+
+interface DenseEntry {
+  opt: OptimizerSpec;
+  n: number;
+  row: Float32Array; // n weights, then state
+  step: number;
+}
+
+export const MAX_DENSE_NAME = 256;
+
+export class DenseStore {
+  private readonly tensors = new Map<string, DenseEntry>();
+
+  /** Creates or overwrites a tensor: values as given, optimizer state at its initial values. */
+  set(name: string, values: Float32Array, opt: OptimizerSpec): void {
+    checkName(name);
+    if (values.length === 0) throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}" has no values`);
+    for (let i = 0; i < values.length; i++)
+      if (!Number.isFinite(values[i])) throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}": element ${i} is not finite`);
+    const row = new Float32Array(denseOptimizer.rowFloats(opt, values.length));
+    denseOptimizer.initRow(opt, row);
+    row.set(values, 0);
+    this.tensors.set(name, { opt, n: values.length, row, step: 0 });
+  }
+
+  get(name: string): Float32Array {
+    const e = this.entry(name);
+    return e.row.slice(0, e.n);
+  }
+
+  push(name: string, grads: Float32Array): void {
+    const e = this.entry(name);
+    if (grads.length !== e.n)
+      throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}" has ${e.n} values; the gradient has ${grads.length}`);
+    e.step = denseOptimizer.apply(e.opt, e.row, e.step, grads);
+  }
+
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
+
+  /** JSON header (name, optimizer, n, step, row length per tensor) + u32 header length, then the rows as float32. */
+  encode(): Buffer {
+    const head = [...this.tensors].map(([name, e]) => ({ name, opt: e.opt, n: e.n, step: e.step, len: e.row.length }));
+    const hb = Buffer.from(JSON.stringify(head), 'utf8');
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(hb.length);
+    return Buffer.concat([len, hb, ...[...this.tensors.values()].map((e) => Buffer.from(e.row.buffer, e.row.byteOffset, e.row.byteLength))]);
+  }
+
+  static decode(buf: Buffer): DenseStore {
+    const out = new DenseStore();
+    if (buf.length === 0) return out;
+    const hl = buf.readUInt32LE(0);
+    const head = JSON.parse(buf.toString('utf8', 4, 4 + hl)) as { name: string; opt: OptimizerSpec; n: number; step: number; len: number }[];
+    let off = 4 + hl;
+    for (const h of head) {
+      const row = new Float32Array(h.len);
+      Buffer.from(row.buffer).set(buf.subarray(off, off + h.len * 4));
+      off += h.len * 4;
+      out.tensors.set(h.name, { opt: h.opt, n: h.n, row, step: h.step });
+    }
+    return out;
+  }
+
+  private entry(name: string): DenseEntry {
+    const e = this.tensors.get(name);
+    if (!e) throw new EngineError('NOT_FOUND', `no dense tensor "${name}" on this shard; create it with SetDense`);
+    return e;
+  }
+}
+
+function checkName(name: string): void {
+  if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name) > MAX_DENSE_NAME)
+    throw new EngineError('INVALID_ARGUMENT', `dense tensor names must be 1..${MAX_DENSE_NAME} bytes`);
+}

@@ -1,0 +1,167 @@
+#!/usr/bin/env node
+// pserver: one shard of a pmemps cluster.
+//
+//   pserver --bind 127.0.0.1:7000 --pmem /mnt/pmem0/ps0
+//
+// Every option can also be set by environment variable (PMEMPS_BIND,
+// PMEMPS_PMEM, PMEMPS_CACHE_MB, ...). SIGTERM / SIGINT stop gracefully: the
+// server stops accepting calls, finishes those in flight, and closes the
+// pool cleanly, so the next start has every acknowledged update.
+import * as fs from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { DEFAULT_MAX_MESSAGE_MB, parameterServerService } from '../proto/load';
+import { Barriers } from './barrier';
+import { log } from './log';
+import { makeHandlers, VERSION } from './service';
+import { Shard } from './shard';
+
+const SERVICE_NAME = 'pmemps.v1.ParameterServer';
+
+export interface ServerOptions {
+  bind: string;
+  pmem: string;
+  cacheMb: number;
+  poolSizeMb: number;
+  maxMessageMb: number;
+  drainSeconds: number;
+}
+
+export function parseOptions(argv: string[]): ServerOptions {
+  const a = yargs(argv)
+    .scriptName('pserver')
+    .usage('$0 --bind HOST:PORT --pmem DIR [options]\n\nServes one shard of a pmemps cluster from a libpmemobj pool in DIR.')
+    .env('PMEMPS')
+    .option('bind', { type: 'string', demandOption: true, describe: 'address to listen on, HOST:PORT (env PMEMPS_BIND)' })
+    .option('pmem', { type: 'string', demandOption: true, describe: 'directory of the pool: a DAX mount, CXL memory, /dev/shm or any filesystem (env PMEMPS_PMEM)' })
+    .option('cache-mb', { type: 'number', default: 1024, describe: 'hard DRAM budget of the row cache, MiB' })
+    .option('pool-size', { type: 'string', default: '16G', describe: 'pool size when the pool is created (e.g. 512M, 64G); ignored for an existing pool' })
+    .option('max-message-mb', { type: 'number', default: DEFAULT_MAX_MESSAGE_MB, describe: 'largest request or response, MiB' })
+    .option('drain-seconds', { type: 'number', default: 30, describe: 'on SIGTERM, how long calls in flight may take before they are cancelled' })
+    .option('log-level', { type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level (env PMEMPS_LOG_LEVEL)' })
+    .version(VERSION)
+    .strict()
+    .help()
+    .parseSync();
+  if (!/^[^:]+:\d+$/.test(a.bind) && !/^\[.*\]:\d+$/.test(a.bind)) throw new Error(`--bind must be HOST:PORT, got "${a.bind}"`);
+  if (!(a['cache-mb'] >= 1)) throw new Error('--cache-mb must be at least 1');
+  if (!(a['max-message-mb'] >= 1 && a['max-message-mb'] <= 2047)) throw new Error('--max-message-mb must be in 1..2047');
+  log.level = a['log-level'];
+  return {
+    bind: a.bind,
+    pmem: a.pmem,
+    cacheMb: a['cache-mb'],
+    poolSizeMb: parseSize(a['pool-size']),
+    maxMessageMb: a['max-message-mb'],
+    drainSeconds: a['drain-seconds'],
+  };
+}
+
+function parseSize(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMGT]?)i?B?$/i.exec(String(s).trim());
+  if (!m) throw new Error(`--pool-size must look like 512M or 64G, got "${s}"`);
+  const mul: Record<string, number> = { '': 1 / 2 ** 20, K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 };
+  const mb = Number(m[1]) * mul[m[2].toUpperCase()];
+  if (mb < 16) throw new Error('--pool-size must be at least 16M');
+  return mb;
+}
+
+export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number }> {
+  fs.mkdirSync(o.pmem, { recursive: true });
+  const shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
+  const oi = shard.engine.openInfo;
+  log.info(
+    {
+      pmem: o.pmem,
+      created: oi.created,
+      lastStopClean: shard.lastStopClean,
+      isPmem: oi.isPmem,
+      committed: oi.committed,
+      prepared: oi.prepared,
+      incarnation: shard.incarnation,
+      lineage: shard.lineage,
+      identity: shard.identity(),
+    },
+    oi.created
+      ? 'new pool created'
+      : shard.lastStopClean
+        ? 'pool reopened after a clean stop: every acknowledged update is here'
+        : `pool reopened after a crash: state is checkpoint ${oi.committed ?? 'none (initial rows)'}${oi.prepared ? `; checkpoint ${oi.prepared} is prepared and awaits commit or abort (pushes wait)` : ''}; workers must restore`,
+  );
+  if (!oi.isPmem) log.warn('the pool is not on persistent memory: flushes use msync (batched); PMEM_IS_PMEM_FORCE=1 only for tests');
+
+  const maxBytes = o.maxMessageMb * 2 ** 20;
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': maxBytes,
+    'grpc.max_send_message_length': maxBytes,
+    'grpc-node.flow_control_window': 16 * 2 ** 20,
+  } as grpc.ServerOptions);
+  const barriers = new Barriers();
+  server.addService(parameterServerService().service, makeHandlers(shard, barriers, maxBytes) as grpc.UntypedServiceImplementation);
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  health.addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(o.bind, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  log.info({ bind: o.bind, port, version: VERSION }, 'serving');
+
+  let stopping: Promise<void> | null = null;
+  const stop = (): Promise<void> => {
+    if (stopping) return stopping;
+    stopping = (async () => {
+      log.info('stopping: no new calls; finishing those in flight');
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      barriers.failAll();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          log.warn({ drainSeconds: o.drainSeconds }, 'calls still in flight after the drain time: cancelling them');
+          server.forceShutdown();
+          resolve();
+        }, o.drainSeconds * 1000);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      await shard.close();
+      log.info('pool closed cleanly');
+    })();
+    return stopping;
+  };
+  return { stop, port };
+}
+
+async function main(): Promise<void> {
+  let opts: ServerOptions;
+  try {
+    opts = parseOptions(hideBin(process.argv));
+  } catch (e) {
+    process.stderr.write(`pserver: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  let srv: Awaited<ReturnType<typeof startServer>>;
+  try {
+    srv = await startServer(opts);
+  } catch (e) {
+    log.fatal({ err: e }, `cannot start: ${(e as Error).message}`);
+    process.exit(1);
+  }
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(sig, () => {
+      log.info({ signal: sig }, 'signal received');
+      srv.stop().then(
+        () => process.exit(0),
+        (e) => {
+          log.fatal({ err: e }, 'clean stop failed; the next start recovers from the last checkpoint');
+          process.exit(1);
+        },
+      );
+    });
+  }
+}
+
+if (require.main === module) void main();

@@ -1,0 +1,247 @@
+// The gRPC face of a shard: one handler per RPC of proto/pmemps.proto.
+// Handlers validate the wire input, call the Shard, and map failures with
+// status-codes.ts; the data path of a pull is Pull -> Shard.pull ->
+// Engine.pull (native/engine.ts) -> Engine::pull (native/src/engine.cc).
+import * as grpc from '@grpc/grpc-js';
+import { OPTIMIZER_PARAMS, asFloats, type InitializerSpec, type OptimizerSpec, type OptimizerType, type TableInfo, type TableSpec } from '../native/engine';
+import { Barriers } from './barrier';
+import { log } from './log';
+import { Shard, ShardError } from './shard';
+import { invalid, toStatus } from './status-codes';
+
+export const VERSION = '0.1.0';
+
+type Unary = (call: grpc.ServerUnaryCall<any, any>, cb: grpc.sendUnaryData<any>) => void;
+
+// ------------------------------------------------------------ wire <-> engine specs
+
+export function optimizerFromWire(o: { type?: string; params?: Record<string, number> } | null | undefined): OptimizerSpec {
+  if (!o || !o.type) throw invalid('optimizer.type is required (sgd, adagrad, adam, rmsprop or ftrl)');
+  const type = o.type as OptimizerType;
+  if (!OPTIMIZER_PARAMS[type]) throw invalid(`unknown optimizer "${o.type}"; use one of ${Object.keys(OPTIMIZER_PARAMS).join(', ')}`);
+  return { type, ...(o.params ?? {}) } as OptimizerSpec;
+}
+
+export function optimizerToWire(o: OptimizerSpec): { type: string; params: Record<string, number> } {
+  const params: Record<string, number> = {};
+  for (const [k, v] of Object.entries(o)) if (k !== 'type') params[k] = typeof v === 'boolean' ? (v ? 1 : 0) : (v as number);
+  return { type: o.type, params };
+}
+
+function initializerFromWire(i: any): InitializerSpec {
+  switch (i?.type) {
+    case 'zeros':
+      return { type: 'zeros' };
+    case 'constant':
+      return { type: 'constant', value: i.value };
+    case 'uniform':
+      return { type: 'uniform', min: i.min, max: i.max };
+    case 'normal':
+      return { type: 'normal', mean: i.mean, std: i.std, truncated: !!i.truncated };
+    default:
+      throw invalid(`initializer.type must be zeros, constant, uniform or normal (got "${i?.type ?? ''}")`);
+  }
+}
+
+function tableToWire(t: TableInfo): unknown {
+  return {
+    spec: { name: t.name, dim: t.dim, optimizer: optimizerToWire(t.optimizer), initializer: t.initializer, seed: t.seed },
+    rows: t.rows,
+  };
+}
+
+function keysArg(keys: Buffer): Buffer {
+  if (!Buffer.isBuffer(keys) || keys.length % 8 !== 0) throw invalid(`keys must be packed uint64 (a multiple of 8 bytes), got ${keys?.length ?? 0} bytes`);
+  return keys;
+}
+
+function floatsArg(b: Buffer, what: string): Buffer {
+  if (!Buffer.isBuffer(b) || b.length % 4 !== 0) throw invalid(`${what} must be packed float32 (a multiple of 4 bytes), got ${b?.length ?? 0} bytes`);
+  return b;
+}
+
+function idArg(v: unknown, what: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw invalid(`${what} must be an integer below 2^53`);
+  return n;
+}
+
+// ------------------------------------------------------------ handlers
+
+export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: number): Record<string, Unary> {
+  const dims = new Map<string, number>();
+  const dimOf = (table: string): number | undefined => {
+    let d = dims.get(table);
+    if (d === undefined) {
+      for (const t of shard.engine.listTables()) dims.set(t.name, t.dim);
+      d = dims.get(table);
+    }
+    return d;
+  };
+
+  // Wraps a handler: sync throws and rejections both become gRPC statuses.
+  const unary =
+    (name: string, fn: (req: any, call: grpc.ServerUnaryCall<any, any>) => unknown): Unary =>
+    (call, cb) => {
+      let p: unknown;
+      try {
+        p = fn(call.request, call);
+      } catch (e) {
+        fail(name, e, cb);
+        return;
+      }
+      Promise.resolve(p).then(
+        (res) => cb(null, res ?? {}),
+        (e) => fail(name, e, cb),
+      );
+    };
+
+  return {
+    CreateTable: unary('CreateTable', (req) => {
+      const s = req.spec;
+      if (!s) throw invalid('spec is required');
+      const spec: TableSpec = { name: s.name, dim: s.dim, optimizer: optimizerFromWire(s.optimizer), initializer: initializerFromWire(s.initializer), seed: Number(s.seed) };
+      const created = shard.createTable(spec);
+      if (created) log.info({ table: spec.name, dim: spec.dim, optimizer: spec.optimizer.type }, 'table created');
+      return { created };
+    }),
+
+    UpdateTable: unary('UpdateTable', (req) => {
+      shard.engine.updateTable(req.name, req.params ?? {});
+      const t = shard.engine.listTables().find((x) => x.name === req.name)!;
+      log.info({ table: req.name, params: req.params }, 'table hyperparameters updated');
+      return { spec: (tableToWire(t) as { spec: unknown }).spec };
+    }),
+
+    ListTables: unary('ListTables', () => ({ tables: shard.engine.listTables().map(tableToWire) })),
+
+    DropTable: unary('DropTable', (req) => {
+      throw new ShardError(
+        'UNSUPPORTED',
+        `DropTable is not supported yet: a dropped table must come back when a checkpoint from before the drop is restored, which the engine cannot express; table "${req.name}" was not changed`,
+      );
+    }),
+
+    Pull: unary('Pull', async (req) => {
+      const keys = keysArg(req.keys);
+      const dim = dimOf(req.table);
+      if (dim !== undefined && (keys.length / 8) * dim * 4 + 64 > maxMessageBytes)
+        throw new ShardError(
+          'TOO_LARGE',
+          `${keys.length / 8} keys x dim ${dim} is ${(((keys.length / 8) * dim * 4) / 2 ** 20).toFixed(1)} MiB, above the server's --max-message-mb ${maxMessageBytes / 2 ** 20}; split the batch (the SDK does)`,
+        );
+      return { values: await shard.pull(req.table, keys) };
+    }),
+
+    Push: unary('Push', async (req) => {
+      const keys = keysArg(req.keys);
+      const grads = floatsArg(req.grads, 'grads');
+      const duplicate = await shard.push(req.table, keys, grads, req.worker_id, idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation'));
+      return { duplicate };
+    }),
+
+    PullDense: unary('PullDense', (req) => ({
+      tensors: [...shard.pullDense(req.names ?? [])].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) })),
+    })),
+
+    PushDense: unary('PushDense', async (req) => {
+      const grads = floatsArg(req.grads, 'grads');
+      return { duplicate: await shard.pushDense(req.name, grads, req.worker_id, idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation')) };
+    }),
+
+    SetDense: unary('SetDense', (req) => {
+      if (!req.tensor) throw invalid('tensor is required');
+      shard.setDense(req.tensor.name, asFloats(floatsArg(req.tensor.values, 'tensor.values')), optimizerFromWire(req.optimizer));
+      return {};
+    }),
+
+    Checkpoint: unary('Checkpoint', async (req) => {
+      const id = idArg(req.id, 'id');
+      if (id === 0) throw invalid('checkpoint id must be positive');
+      const ballot = idArg(req.ballot, 'ballot');
+      let st;
+      switch (req.phase) {
+        case 'PREPARE': {
+          const dense = new Map<string, Float32Array>();
+          for (const t of req.dense ?? []) dense.set(t.name, asFloats(floatsArg(t.values, `dense tensor ${t.name}`)).slice());
+          st = await shard.prepare(id, ballot, req.meta ?? Buffer.alloc(0), dense);
+          log.info({ id, ballot }, 'checkpoint prepared');
+          break;
+        }
+        case 'COMMIT':
+          st = await shard.commit(id, ballot);
+          log.info({ id, ballot }, 'checkpoint committed');
+          break;
+        case 'ABORT':
+          st = await shard.abort(id, ballot);
+          log.info({ id, ballot }, 'checkpoint aborted');
+          break;
+        default:
+          throw invalid('phase must be PREPARE, COMMIT or ABORT');
+      }
+      return { committed_id: st.committedId, prepared_id: st.preparedId, last_id: st.lastId };
+    }),
+
+    RaiseBallot: unary('RaiseBallot', async (req) => {
+      const st = await shard.raiseBallot(idArg(req.ballot, 'ballot'));
+      return { ballot: st.ballot, committed_id: st.committedId, prepared_id: st.preparedId, last_id: st.lastId };
+    }),
+
+    Restore: unary('Restore', async (req) => {
+      const r = await shard.restore(idArg(req.ballot, 'ballot'), idArg(req.checkpoint_id, 'checkpoint_id'));
+      dims.clear();
+      return {
+        checkpoint_id: r.id,
+        meta: r.meta,
+        dense: [...r.dense].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) })),
+        incarnation: shard.incarnation,
+        lineage: shard.lineage,
+      };
+    }),
+
+    Status: unary('Status', () => {
+      const st = shard.engine.stats();
+      const id = shard.identity();
+      const lookups = st.hits + st.misses;
+      return {
+        identity: id.clusterId ? { cluster_id: id.clusterId, shard_index: id.shardIndex, shard_count: id.shardCount } : null,
+        incarnation: shard.incarnation,
+        last_stop_clean: shard.lastStopClean,
+        committed_id: st.committed ?? 0,
+        prepared_id: st.prepared ?? 0,
+        pushes_blocked: shard.blockedBy !== 0,
+        tables: shard.engine.listTables().map(tableToWire),
+        cache_hit_ratio: lookups ? st.hits / lookups : 0,
+        cache_bytes: st.cacheBytes,
+        cache_budget_bytes: st.cacheBudget,
+        pool_bytes: st.poolBytes,
+        pool_used_bytes: st.poolUsedBytes,
+        pmem: shard.engine.openInfo.isPmem,
+        lineage: shard.lineage,
+        ballot: shard.checkpointState().ballot,
+        version: VERSION,
+        last_checkpoint_id: st.lastId,
+      };
+    }),
+
+    SetIdentity: unary('SetIdentity', (req) => {
+      const i = req.identity;
+      if (!i) throw invalid('identity is required');
+      const r = shard.setIdentity(i.cluster_id, i.shard_index, i.shard_count);
+      log.info({ identity: r }, 'shard identity set');
+      return { identity: { cluster_id: r.clusterId, shard_index: r.shardIndex, shard_count: r.shardCount } };
+    }),
+
+    Barrier: unary('Barrier', (req, call) => {
+      if (!req.name || !req.worker_id || !(req.parties >= 1)) throw invalid('barrier needs name, worker_id and parties >= 1');
+      return barriers.arrive(req.name, idArg(req.generation, 'generation'), req.parties, req.worker_id, call);
+    }),
+  };
+}
+
+function fail(name: string, e: unknown, cb: grpc.sendUnaryData<any>): void {
+  const s = toStatus(e);
+  if (s.code === grpc.status.INTERNAL || s.code === grpc.status.DATA_LOSS) log.error({ rpc: name, err: e }, 'request failed');
+  else log.debug({ rpc: name, code: s.code, details: s.details }, 'request refused');
+  cb(s as grpc.ServiceError);
+}

@@ -1,0 +1,396 @@
+// One shard of a pmemps cluster, independent of gRPC: the engine plus what
+// the service adds around it — exactly-once pushes, dense tensors, the
+// incarnation and lineage that tell workers whether the state they pushed
+// into is still there, and the shard's side of the checkpoint protocol
+// (docs/protocol.md).
+//
+// Invariants:
+//  * Every checkpoint and the clean-close record hold the rows, the
+//    exactly-once record and the dense tensors of one boundary: prepare
+//    closes the push gate, waits for the pushes already in the engine, takes
+//    the engine's boundary and the two snapshots in one synchronous stretch,
+//    then reopens the gate.
+//  * Checkpoint, RaiseBallot and Restore run one at a time (the protocol
+//    queue), each checking the ballot after every wait, so a restore that
+//    raised the ballot is never overtaken by an older coordinator's call.
+//  * lineage changes exactly when the state stops being the continuation of
+//    what was acknowledged: a start after a crash, and a restore.
+import { randomInt } from 'node:crypto';
+import { Engine, EngineError, asFloats, decodeDense, type OptimizerSpec, type ShardIdentity, type TableSpec } from '../native/engine';
+import { shardOfDense } from '../worker/shard';
+import { DenseStore } from './dense';
+import { ExactlyOnce } from './exactly-once';
+import { log } from './log';
+
+export interface ShardOptions {
+  dir: string;
+  cacheMb: number;
+  poolMb: number;
+}
+
+/** A refusal the service maps to a gRPC code other than the engine's. */
+export class ShardError extends Error {
+  constructor(
+    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE' | 'UNSUPPORTED',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ShardError';
+  }
+}
+
+// Envelope of the engine's checkpoint meta and of the close record: a small
+// JSON header with section lengths, then the sections.
+interface EnvelopeHead {
+  v: 1;
+  lineage?: number;
+  incarnation?: number;
+  sections: Record<string, number>;
+}
+function encodeEnvelope(head: Omit<EnvelopeHead, 'sections' | 'v'>, sections: Record<string, Buffer>): Buffer {
+  const h: EnvelopeHead = { v: 1, ...head, sections: Object.fromEntries(Object.entries(sections).map(([k, b]) => [k, b.length])) };
+  const hb = Buffer.from(JSON.stringify(h), 'utf8');
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(hb.length);
+  return Buffer.concat([len, hb, ...Object.values(sections)]);
+}
+function decodeEnvelope(buf: Buffer): { head: EnvelopeHead; sections: Record<string, Buffer> } {
+  const hl = buf.readUInt32LE(0);
+  const head = JSON.parse(buf.toString('utf8', 4, 4 + hl)) as EnvelopeHead;
+  const sections: Record<string, Buffer> = {};
+  let off = 4 + hl;
+  for (const [k, n] of Object.entries(head.sections)) {
+    sections[k] = buf.subarray(off, off + n);
+    off += n;
+  }
+  return { head, sections };
+}
+
+function newId(): number {
+  // 52 random bits: unique in practice, exact as a JS number and as uint64.
+  return randomInt(1, 2 ** 26) * 2 ** 26 + randomInt(0, 2 ** 26);
+}
+
+export interface CheckpointState {
+  committedId: number;
+  preparedId: number;
+  lastId: number;
+  ballot: number;
+}
+
+export class Shard {
+  readonly engine: Engine;
+  incarnation: number;
+  lineage: number;
+  readonly lastStopClean: boolean;
+  private dedup: ExactlyOnce;
+  private dense: DenseStore;
+  private gate: Promise<void> | null = null; // set while a prepare takes its boundary
+  private pushesInEngine = 0;
+  private drainWaiters: (() => void)[] = [];
+  /** A checkpoint prepared before this start and not yet resolved: pushes wait for its commit or abort. */
+  blockedBy: number;
+  private protocolTail: Promise<unknown> = Promise.resolve();
+  private closing = false;
+
+  constructor(opts: ShardOptions) {
+    this.engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb });
+    const oi = this.engine.openInfo;
+    this.lastStopClean = oi.cleanClose;
+    this.blockedBy = oi.pushesBlocked ? (oi.prepared ?? 0) : 0;
+    this.incarnation = newId();
+    this.dedup = new ExactlyOnce();
+    this.dense = new DenseStore();
+    if (oi.cleanClose && oi.closeRecord && oi.closeRecord.length > 0) {
+      const { head, sections } = decodeEnvelope(oi.closeRecord);
+      this.lineage = head.lineage ?? newId();
+      this.dedup = ExactlyOnce.decode(sections.dedup ?? Buffer.alloc(0));
+      this.dense = DenseStore.decode(sections.dense ?? Buffer.alloc(0));
+    } else if (oi.created) {
+      this.lineage = newId();
+    } else {
+      // After a crash the rows are those of the last committed checkpoint
+      // (or of the prepared one once resolved): so are the bookkeeping state.
+      this.lineage = newId();
+      this.loadCommittedState();
+    }
+  }
+
+  // ------------------------------------------------------------ tables
+
+  createTable(spec: TableSpec): boolean {
+    this.live();
+    const before = this.engine.listTables().some((t) => t.name === spec.name);
+    this.engine.createTable(spec);
+    return !before;
+  }
+
+  // ------------------------------------------------------------ pull / push
+
+  pull(table: string, keys: Buffer): Promise<Buffer> {
+    this.live();
+    return this.engine.pull(table, keys);
+  }
+
+  /** Applies the push once per (worker, seq); resolves true when it was a duplicate. */
+  async push(table: string, keys: Buffer, grads: Buffer, worker: string, seq: number, incarnation: number): Promise<boolean> {
+    return this.exactlyOnce(worker, seq, incarnation, () => this.enginePush(table, keys, grads, incarnation));
+  }
+
+  // ------------------------------------------------------------ dense
+
+  setDense(name: string, values: Float32Array, opt: OptimizerSpec): void {
+    this.live();
+    this.ownDense(name);
+    this.dense.set(name, values, opt);
+  }
+
+  pullDense(names: string[]): Map<string, Float32Array> {
+    this.live();
+    return new Map(names.map((n) => [n, this.dense.get(n)]));
+  }
+
+  async pushDense(name: string, grads: Buffer, worker: string, seq: number, incarnation: number): Promise<boolean> {
+    this.ownDense(name);
+    return this.exactlyOnce(worker, seq, incarnation, async () => {
+      await this.passGate(incarnation);
+      this.dense.push(name, asFloats(grads));
+    });
+  }
+
+  // ------------------------------------------------------------ checkpoints
+
+  checkpointState(): CheckpointState {
+    const st = this.engine.stats();
+    return { committedId: st.committed ?? 0, preparedId: st.prepared ?? 0, lastId: st.lastId, ballot: this.engine.raiseBallot(0) };
+  }
+
+  prepare(id: number, ballot: number, meta: Buffer, dense: Map<string, Float32Array>): Promise<CheckpointState> {
+    return this.protocol(ballot, async () => {
+      const st = this.checkpointState();
+      if (st.preparedId === id || st.committedId === id) return st; // a retry
+      if (st.preparedId !== 0)
+        throw new EngineError(
+          'FAILED_PRECONDITION',
+          `checkpoint ${st.preparedId} is prepared here and unresolved; run restore() to resolve it before preparing ${id}`,
+        );
+      // Close the gate, let the pushes already inside the engine finish, and
+      // take every snapshot at one boundary.
+      let open!: () => void;
+      this.gate = new Promise<void>((r) => (open = r));
+      try {
+        await this.drain();
+        this.checkBallot(ballot); // a restore may have raised it while we waited
+        const envelope = encodeEnvelope({ lineage: this.lineage }, { user: meta, dedup: this.dedup.encode(), dense: this.dense.encode() });
+        const done = this.engine.prepare(id, { dense, meta: envelope }); // boundary taken synchronously
+        this.gate = null;
+        open();
+        await done;
+      } finally {
+        if (this.gate) {
+          this.gate = null;
+          open();
+        }
+      }
+      return this.checkpointState();
+    });
+  }
+
+  commit(id: number, ballot: number): Promise<CheckpointState> {
+    return this.protocol(ballot, async () => {
+      const st = this.checkpointState();
+      if (st.committedId === id) return st;
+      if (st.preparedId !== id)
+        throw new EngineError('FAILED_PRECONDITION', `checkpoint ${id} is not prepared on this shard (committed ${st.committedId}, prepared ${st.preparedId || 'none'})`);
+      await this.engine.commit(id);
+      if (this.blockedBy === id) {
+        // Prepared before this start: the rows are now that checkpoint's, so
+        // is the bookkeeping.
+        this.loadCommittedState();
+        this.blockedBy = 0;
+      }
+      return this.checkpointState();
+    });
+  }
+
+  abort(id: number, ballot: number): Promise<CheckpointState> {
+    return this.protocol(ballot, async () => {
+      const st = this.checkpointState();
+      if (st.committedId === id) throw new EngineError('FAILED_PRECONDITION', `checkpoint ${id} is already committed on this shard; it cannot be aborted`);
+      if (st.preparedId === id) await this.engine.abort(id);
+      if (this.blockedBy === id) this.blockedBy = 0;
+      return this.checkpointState(); // aborting an id never prepared here is a no-op
+    });
+  }
+
+  /** Records ballot b durably when higher; returns the shard's state after it. */
+  raiseBallot(b: number): Promise<CheckpointState> {
+    return this.protocol(null, async () => {
+      this.engine.raiseBallot(b);
+      return this.checkpointState();
+    });
+  }
+
+  /**
+   * Brings the shard back to its committed checkpoint: rows, exactly-once
+   * record, dense tensors; a new incarnation and lineage. Refused while a
+   * prepared checkpoint is unresolved (the coordinator resolves it first).
+   */
+  restore(ballot: number, expectId: number): Promise<{ id: number; meta: Buffer; dense: Map<string, Float32Array> }> {
+    return this.protocol(ballot, async () => {
+      const st = this.checkpointState();
+      if (st.preparedId !== 0)
+        throw new EngineError('FAILED_PRECONDITION', `checkpoint ${st.preparedId} is prepared and unresolved; commit or abort it before restoring`);
+      if (expectId && st.committedId !== expectId)
+        throw new EngineError('FAILED_PRECONDITION', `this shard's committed checkpoint is ${st.committedId || 'none'}, not ${expectId}`);
+      let open!: () => void;
+      this.gate = new Promise<void>((r) => (open = r));
+      try {
+        await this.drain();
+        await this.engine.rollback();
+        const content = this.loadCommittedState();
+        this.incarnation = newId();
+        this.lineage = newId();
+        log.info({ checkpoint: st.committedId, incarnation: this.incarnation, lineage: this.lineage }, 'restored to the committed checkpoint');
+        return content;
+      } finally {
+        this.gate = null;
+        open();
+      }
+    });
+  }
+
+  // ------------------------------------------------------------ identity, lifecycle
+
+  identity(): ShardIdentity {
+    return this.engine.identity();
+  }
+
+  setIdentity(clusterId: string, shardIndex: number, shardCount: number): ShardIdentity {
+    this.live();
+    if (!/^[0-9a-f]{32}$/.test(clusterId)) throw new EngineError('INVALID_ARGUMENT', 'cluster_id must be 32 lowercase hex digits');
+    return this.engine.setIdentity({ clusterId, shardIndex, shardCount });
+  }
+
+  /** Refuses new work, waits for the pushes in the engine, then closes cleanly with the bookkeeping state. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    await this.protocolTail.catch(() => undefined);
+    await this.drain();
+    const record = encodeEnvelope({ lineage: this.lineage, incarnation: this.incarnation }, { dedup: this.dedup.encode(), dense: this.dense.encode() });
+    await this.engine.close(record);
+  }
+
+  get closed(): boolean {
+    return this.closing;
+  }
+
+  // ------------------------------------------------------------ internals
+
+  private checkIncarnation(incarnation: number): void {
+    if (incarnation !== 0 && incarnation !== this.incarnation)
+      throw new ShardError(
+        'INCARNATION',
+        `this push expects server incarnation ${incarnation} but the server is at ${this.incarnation} (it ${
+          this.lastStopClean ? 'restarted after a clean stop' : 'restarted after a crash'
+        } or was restored); read Status and compare its lineage`,
+      );
+  }
+
+  private async exactlyOnce(worker: string, seq: number, incarnation: number, apply: () => Promise<void>): Promise<boolean> {
+    this.live();
+    this.checkIncarnation(incarnation);
+    if (!worker) {
+      await apply();
+      return false;
+    }
+    if (!Number.isSafeInteger(seq) || seq <= 0) throw new EngineError('INVALID_ARGUMENT', 'seq must be a positive integer when worker_id is set');
+    for (;;) {
+      const s = this.dedup.state(worker, seq);
+      if (s === 'applied') return true;
+      if (s === 'too-old')
+        throw new ShardError('TOO_OLD', `push ${seq} of worker ${worker} is older than the shard's exactly-once window; it cannot be told apart from an applied one`);
+      if (s === 'in-flight') {
+        // A retry racing its original: the original's outcome decides.
+        await this.dedup.running(worker, seq)!.catch(() => undefined);
+        continue;
+      }
+      await this.dedup.applyOnce(worker, seq, apply);
+      return false;
+    }
+  }
+
+  private async enginePush(table: string, keys: Buffer, grads: Buffer, incarnation: number): Promise<void> {
+    await this.passGate(incarnation);
+    this.pushesInEngine++;
+    try {
+      await this.engine.push(table, keys, grads);
+    } finally {
+      if (--this.pushesInEngine === 0) for (const w of this.drainWaiters.splice(0)) w();
+    }
+  }
+
+  // A push that waited at the gate re-checks the incarnation: the gate may
+  // have been a restore.
+  private async passGate(incarnation: number): Promise<void> {
+    while (this.gate) await this.gate;
+    this.live();
+    this.checkIncarnation(incarnation);
+  }
+
+  private drain(): Promise<void> {
+    if (this.pushesInEngine === 0) return Promise.resolve();
+    return new Promise<void>((r) => this.drainWaiters.push(r));
+  }
+
+  // ballot null: the call is RaiseBallot itself.
+  private protocol<T>(ballot: number | null, fn: () => Promise<T>): Promise<T> {
+    const run = this.protocolTail.catch(() => undefined).then(() => {
+      this.live();
+      if (ballot !== null) {
+        this.checkBallot(ballot);
+        this.engine.raiseBallot(ballot);
+      }
+      return fn();
+    });
+    this.protocolTail = run;
+    return run;
+  }
+
+  private checkBallot(ballot: number): void {
+    const cur = this.engine.raiseBallot(0);
+    if (ballot < cur)
+      throw new ShardError('STALE_BALLOT', `ballot ${ballot} is below this shard's ${cur}: another coordinator (a restore) took over; this call changed nothing`);
+  }
+
+  private ownDense(name: string): void {
+    const id = this.engine.identity();
+    if (id.clusterId && id.shardCount > 1) {
+      const owner = shardOfDense(name, id.shardCount);
+      if (owner !== id.shardIndex)
+        throw new ShardError('WRONG_SHARD', `dense tensor "${name}" belongs to shard ${owner}, this is shard ${id.shardIndex} of ${id.shardCount}`);
+    }
+  }
+
+  // Reads the committed checkpoint's bookkeeping into memory (after a crash
+  // or a rollback the rows are at that checkpoint).
+  private loadCommittedState(): { id: number; meta: Buffer; dense: Map<string, Float32Array> } {
+    const c = this.engine.committedCheckpoint();
+    if (!c) {
+      this.dedup = new ExactlyOnce();
+      this.dense = new DenseStore();
+      return { id: 0, meta: Buffer.alloc(0), dense: new Map() };
+    }
+    const { sections } = decodeEnvelope(c.meta);
+    this.dedup = ExactlyOnce.decode(sections.dedup ?? Buffer.alloc(0));
+    this.dense = DenseStore.decode(sections.dense ?? Buffer.alloc(0));
+    return { id: c.id, meta: Buffer.from(sections.user ?? Buffer.alloc(0)), dense: c.dense };
+  }
+
+  private live(): void {
+    if (this.closing) throw new ShardError('UNAVAILABLE', 'the server is stopping');
+  }
+}
+
+export { decodeDense };

@@ -1,0 +1,169 @@
+// The coordinator side of the cluster checkpoint protocol (docs/protocol.md
+// has it in full, with the argument for its safety):
+//
+//   persist:  PREPARE(id, ballot) on every shard; if all succeed, COMMIT on
+//             every shard; if any refuses, ABORT on every shard.
+//   restore:  raise the ballot on every shard (durably), read each shard's
+//             committed and prepared ids, resolve the newest prepared
+//             checkpoint (commit when some shard committed it or every shard
+//             prepared it, abort otherwise), then roll every shard back to
+//             the one committed checkpoint they now share.
+//
+// Shards refuse checkpoint calls below their recorded ballot, so an old
+// coordinator that wakes up after a restore can neither prepare nor commit.
+import * as grpc from '@grpc/grpc-js';
+import type { PsClient } from './client';
+import { CheckpointError, CoordinatorSupersededError, PsError } from './errors';
+import { shardOfDense } from './shard';
+
+export interface PersistInput {
+  /** The trainer's step: restore() returns it. */
+  step: number;
+  /** Dense tensors the trainer holds (e.g. its MLP weights); each is stored on shard fnv1a64(name) mod N. */
+  dense?: Map<string, Float32Array> | Record<string, Float32Array>;
+  /** Anything else to resume from (reader position, RNG state): JSON-serialisable, or a Buffer. */
+  meta?: unknown;
+}
+
+export interface RestoreResult {
+  /** Checkpoint id, 0 when there was none (every shard back to its initial rows). */
+  id: number;
+  step: number;
+  dense: Map<string, Float32Array>;
+  meta: unknown;
+}
+
+interface CkptState {
+  committed_id: number;
+  prepared_id: number;
+  last_id: number;
+}
+
+// Test hook: PMEMPS_SDK_FAILPOINT=<name> kills this process with SIGKILL at
+// that point of the protocol (crash tests of the coordinator).
+function failpoint(name: string): void {
+  if (process.env.PMEMPS_SDK_FAILPOINT === name) process.kill(process.pid, 'SIGKILL');
+}
+
+function encodeMeta(step: number, meta: unknown): Buffer {
+  const isBuf = Buffer.isBuffer(meta);
+  return Buffer.from(JSON.stringify({ step, meta: isBuf ? (meta as Buffer).toString('base64') : meta, buffer: isBuf }), 'utf8');
+}
+
+function decodeMeta(b: Buffer): { step: number; meta: unknown } {
+  if (b.length === 0) return { step: 0, meta: undefined };
+  const o = JSON.parse(b.toString('utf8')) as { step: number; meta: unknown; buffer: boolean };
+  return { step: o.step, meta: o.buffer ? Buffer.from(o.meta as string, 'base64') : o.meta };
+}
+
+function stale(e: unknown): boolean {
+  return (e as PsError).code === grpc.status.ABORTED && (e as PsError).reason === 'stale_ballot';
+}
+
+export async function persistCheckpoint(c: PsClient, input: PersistInput): Promise<{ id: number }> {
+  if (!Number.isSafeInteger(input.step) || input.step < 0) throw new PsError('persist: step must be a non-negative integer', grpc.status.INVALID_ARGUMENT);
+  const n = c.shards.length;
+  const dense = input.dense instanceof Map ? [...input.dense] : Object.entries(input.dense ?? {});
+  const perShard: { name: string; values: Buffer }[][] = c.shards.map(() => []);
+  for (const [name, v] of dense) {
+    if (!(v instanceof Float32Array)) throw new PsError(`persist: dense tensor "${name}" must be a Float32Array`, grpc.status.INVALID_ARGUMENT);
+    perShard[shardOfDense(name, n)].push({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) });
+  }
+  const meta = encodeMeta(input.step, input.meta);
+
+  const sts = await c.all((s) => s.call<{ committed_id: number; prepared_id: number; last_checkpoint_id: number; ballot: number }>('Status', {}));
+  const unresolved = sts.find((s) => s.prepared_id !== 0);
+  if (unresolved) throw new CheckpointError(`checkpoint ${unresolved.prepared_id} is prepared and unresolved on some shard (a crash during an earlier persist); call restore()`, unresolved.prepared_id);
+  const id = Math.max(...sts.map((s) => Math.max(s.committed_id, s.last_checkpoint_id))) + 1;
+  c.ballot = Math.max(c.ballot, ...sts.map((s) => s.ballot));
+  const ballot = c.ballot;
+
+  failpoint('persist.before_prepare');
+  let prepared = 0;
+  try {
+    await c.all(async (s) => {
+      await s.call<CkptState>('Checkpoint', { id, phase: 'PREPARE', ballot, meta, dense: perShard[s.index] });
+      if (++prepared === 1) failpoint('persist.after_first_prepare');
+    });
+  } catch (e) {
+    if (stale(e)) throw new CoordinatorSupersededError(`persist of checkpoint ${id} was refused: a restore() by another worker raised the ballot; this worker must restore too`, (e as PsError).shard);
+    // Some shard could not prepare: abort everywhere (best effort; restore()
+    // aborts what is left, since not every shard prepared).
+    await c.all((s) => s.call('Checkpoint', { id, phase: 'ABORT', ballot }, { retryForMs: 5000 }).catch(() => undefined));
+    throw new CheckpointError(`checkpoint ${id} was aborted: ${(e as Error).message}`, id, e as Error);
+  }
+  failpoint('persist.after_prepare');
+  // Every shard prepared: the checkpoint is decided. COMMIT is retried for
+  // as long as the connection retries; should a shard stay unreachable, the
+  // next restore() commits it there (every shard prepared it).
+  let committed = 0;
+  try {
+    await c.all(async (s) => {
+      await s.call('Checkpoint', { id, phase: 'COMMIT', ballot });
+      if (++committed === 1) failpoint('persist.after_first_commit');
+    });
+  } catch (e) {
+    if (stale(e)) throw new CoordinatorSupersededError(`commit of checkpoint ${id} was refused: a restore() by another worker took over`, (e as PsError).shard);
+    throw new CheckpointError(`checkpoint ${id} is prepared everywhere but not committed on every shard (${(e as Error).message}); restore() will commit it`, id, e as Error);
+  }
+  failpoint('persist.after_commit');
+  return { id };
+}
+
+export async function restoreCheckpoint(c: PsClient): Promise<RestoreResult> {
+  // 1. Take over: a ballot above every shard's, recorded durably by all.
+  let ballot = c.ballot + 1;
+  let sts: (CkptState & { ballot: number })[];
+  for (;;) {
+    sts = await c.all((s) => s.call<CkptState & { ballot: number }>('RaiseBallot', { ballot }));
+    const top = Math.max(...sts.map((s) => s.ballot));
+    if (top === ballot) break;
+    ballot = top + 1; // another restore raced us: go above it
+  }
+  c.ballot = ballot;
+  failpoint('restore.after_ballot');
+
+  // 2. Resolve the newest checkpoint that any shard prepared.
+  const newestPrepared = Math.max(0, ...sts.map((s) => s.prepared_id));
+  if (newestPrepared) {
+    const k = newestPrepared;
+    const commit = sts.some((s) => s.committed_id === k) || sts.every((s) => s.prepared_id === k);
+    await c.all(async (s) => {
+      const st = sts[s.index];
+      if (st.prepared_id !== 0) {
+        // A shard holds at most one prepared checkpoint; older than k can only
+        // be left by an aborted protocol run: abort it.
+        const phase = commit && st.prepared_id === k ? 'COMMIT' : 'ABORT';
+        await s.call('Checkpoint', { id: st.prepared_id, phase, ballot });
+      }
+    });
+    failpoint('restore.after_resolve');
+    sts = await c.all((s) => s.call<CkptState & { ballot: number }>('RaiseBallot', { ballot }));
+  }
+  const committed = new Set(sts.map((s) => s.committed_id));
+  if (committed.size !== 1)
+    throw new PsError(
+      `shards disagree on the committed checkpoint (${sts.map((s, i) => `shard ${i}: ${s.committed_id}`).join(', ')}); this cannot follow from the protocol — check that every server runs on its own pool`,
+    );
+  const id = [...committed][0];
+
+  // 3. Every shard back to it.
+  const rs = await c.all((s) =>
+    s.call<{ checkpoint_id: number; meta: Buffer; dense: { name: string; values: Buffer }[]; incarnation: number; lineage: number }>('Restore', {
+      ballot,
+      checkpoint_id: id,
+    }),
+  );
+  const dense = new Map<string, Float32Array>();
+  for (const [i, r] of rs.entries()) {
+    c.shards[i].incarnation = r.incarnation;
+    c.shards[i].lineage = r.lineage;
+    for (const t of r.dense) {
+      const v = new Float32Array(t.values.length / 4);
+      Buffer.from(v.buffer).set(t.values);
+      dense.set(t.name, v);
+    }
+  }
+  const { step, meta } = decodeMeta(rs[0].meta);
+  return { id, step, dense, meta };
+}

@@ -1,0 +1,454 @@
+// The worker SDK: a client over the N shards of a pmemps cluster.
+//
+//   const ps = await PsClient.connect({ endpoints: ['10.0.0.1:7000', '10.0.0.2:7000'] });
+//   await ps.createTable({ name: 'emb', dim: 16, optimizer: { type: 'adagrad', lr: 0.05 },
+//                          initializer: { type: 'normal', mean: 0, std: 0.01 }, seed: 7 });
+//   const rows = await ps.pull('emb', keys);      // Float32Array, keys x dim, in key order
+//   await ps.push('emb', keys, grads);            // applied once, even when retried
+//   await ps.persist({ step, dense, meta });      // a checkpoint on every shard or on none
+//   const { step } = await ps.restore();          // back to the newest checkpoint everywhere
+//
+// Keys go to shard splitmix64(key) mod N (worker/shard.ts); a batch is split
+// and deduplicated per shard, shards are called in parallel, and rows come
+// back in the caller's order.
+import { createHash, randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { OptimizerSpec, TableInfo, TableSpec } from '../native/types';
+import { persistCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
+import { ShardConnection } from './connection';
+import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
+import { shardOfDense, shardsOf } from './shard';
+import { StallMeter } from './stall';
+
+export type KeysLike = Buffer | BigUint64Array | ArrayLike<number | bigint>;
+
+export interface ConnectOptions {
+  /** host:port of every shard, in shard order. The same list on every worker. */
+  endpoints: string[];
+  /** Stable id of this worker for exactly-once pushes (default: random, new per process). */
+  workerId?: string;
+  /** Deadline of one call, ms (default 30 s). */
+  deadlineMs?: number;
+  /** How long transient failures (server down or restarting) are retried, ms (default 60 s). */
+  retryForMs?: number;
+  /** Largest message, MiB; batches are split below it (default 64, as the server). */
+  maxMessageMb?: number;
+  /**
+   * Accept shards without an identity in a cluster whose other shards have
+   * one (a replaced, empty pool): their rows start from the initializer.
+   */
+  adoptNewShards?: boolean;
+}
+
+export interface ShardStatus {
+  shard: number;
+  endpoint: string;
+  identity: { cluster_id: string; shard_index: number; shard_count: number } | null;
+  incarnation: number;
+  lineage: number;
+  last_stop_clean: boolean;
+  committed_id: number;
+  prepared_id: number;
+  last_checkpoint_id: number;
+  ballot: number;
+  pushes_blocked: boolean;
+  tables: { spec: { name: string; dim: number }; rows: number }[];
+  cache_hit_ratio: number;
+  cache_bytes: number;
+  cache_budget_bytes: number;
+  pool_bytes: number;
+  pool_used_bytes: number;
+  pmem: boolean;
+  version: string;
+}
+
+// A batch split per shard: the unique keys each shard gets, and for every
+// key of the batch, its shard and its position in that shard's list.
+interface Split {
+  keys: Buffer[];
+  shard: Uint32Array;
+  pos: Uint32Array;
+}
+
+const MAX_CHUNK_BYTES = 16 * 2 ** 20;
+
+export class PsClient {
+  readonly workerId: string;
+  readonly stall = new StallMeter();
+  readonly shards: ShardConnection[];
+  clusterId = '';
+  /** Highest coordinator ballot seen; persist() uses it, restore() raises it. */
+  ballot = 0;
+  private readonly seqs: number[];
+  private readonly dims = new Map<string, number>();
+  private readonly barrierGen = new Map<string, number>();
+  private closed = false;
+
+  private constructor(readonly opts: ConnectOptions) {
+    if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) throw new PsError('endpoints must list at least one server (host:port)');
+    if (new Set(opts.endpoints).size !== opts.endpoints.length) throw new PsError('endpoints lists a server twice');
+    this.workerId = opts.workerId ?? `w-${randomBytes(8).toString('hex')}`;
+    const defaults = { deadlineMs: opts.deadlineMs ?? 30_000, retryForMs: opts.retryForMs ?? 60_000, maxMessageMb: opts.maxMessageMb };
+    this.shards = opts.endpoints.map((e, i) => new ShardConnection(i, e, defaults, this.stall));
+    this.seqs = opts.endpoints.map(() => 0);
+  }
+
+  /**
+   * Connects to every shard and checks its identity against the endpoint
+   * list: a shard stored as index j of a cluster must be at position j. A
+   * new cluster (no shard has an identity) is given one.
+   */
+  static async connect(opts: ConnectOptions): Promise<PsClient> {
+    const c = new PsClient(opts);
+    try {
+      await c.checkIdentities();
+    } catch (e) {
+      c.close();
+      throw e;
+    }
+    return c;
+  }
+
+  get shardCount(): number {
+    return this.shards.length;
+  }
+
+  // ------------------------------------------------------------ tables
+
+  /** Creates the table on every shard; idempotent for an identical spec (ALREADY_EXISTS when it differs). */
+  async createTable(spec: TableSpec): Promise<void> {
+    const wire = {
+      spec: {
+        name: spec.name,
+        dim: spec.dim,
+        optimizer: optimizerWire(spec.optimizer),
+        initializer: spec.initializer,
+        seed: spec.seed,
+      },
+    };
+    await this.all((s) => s.call('CreateTable', wire));
+    this.dims.set(spec.name, spec.dim);
+  }
+
+  /** Changes hyperparameters (e.g. lr for a schedule) on every shard. */
+  async updateTable(name: string, params: Record<string, number | boolean>): Promise<void> {
+    const p: Record<string, number> = {};
+    for (const [k, v] of Object.entries(params)) p[k] = typeof v === 'boolean' ? Number(v) : v;
+    await this.all((s) => s.call('UpdateTable', { name, params: p }));
+  }
+
+  /** Tables with their rows summed over the shards. */
+  async listTables(): Promise<{ name: string; dim: number; optimizer: OptimizerSpec; rows: number }[]> {
+    const per = await this.all((s) => s.call('ListTables', {}));
+    const out = new Map<string, { name: string; dim: number; optimizer: OptimizerSpec; rows: number }>();
+    for (const r of per)
+      for (const t of r.tables) {
+        const cur = out.get(t.spec.name);
+        if (cur) cur.rows += t.rows;
+        else out.set(t.spec.name, { name: t.spec.name, dim: t.spec.dim, optimizer: { type: t.spec.optimizer.type, ...t.spec.optimizer.params }, rows: t.rows });
+      }
+    return [...out.values()];
+  }
+
+  // ------------------------------------------------------------ pull / push
+
+  /** Rows of the keys, keys x dim float32, in the order of the keys (duplicates allowed). */
+  async pull(table: string, keys: KeysLike): Promise<Float32Array> {
+    this.live();
+    const kb = keyBuffer(keys);
+    const dim = await this.dimOf(table);
+    const n = kb.length / 8;
+    const split = this.split(kb);
+    const per = await Promise.all(
+      split.keys.map(async (sk, s) => {
+        if (sk.length === 0) return null;
+        const chunks = chunk(sk, dim);
+        const parts = await Promise.all(chunks.map((ck) => this.shards[s].call<{ values: Buffer }>('Pull', { table, keys: ck }).then((r) => r.values)));
+        const all = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+        if (all.length !== (sk.length / 8) * dim * 4) throw new PsError(`shard ${s} returned ${all.length} bytes for ${sk.length / 8} keys of dim ${dim}`);
+        return floatView(all);
+      }),
+    );
+    const out = new Float32Array(n * dim);
+    for (let i = 0; i < n; i++) {
+      const src = per[split.shard[i]]!;
+      const p = split.pos[i] * dim;
+      out.set(src.subarray(p, p + dim), i * dim);
+    }
+    return out;
+  }
+
+  /**
+   * Applies the table's optimizer to the gradients (keys x dim float32;
+   * gradients of duplicate keys are summed). Each shard applies its part
+   * exactly once, retries included. A shard that restarted after a crash
+   * throws ServerRestartedError: restore() before pushing on.
+   */
+  async push(table: string, keys: KeysLike, grads: Float32Array | Buffer): Promise<void> {
+    this.live();
+    const kb = keyBuffer(keys);
+    const g = grads instanceof Float32Array ? grads : floatView(grads);
+    const n = kb.length / 8;
+    const dim = await this.dimOf(table);
+    if (g.length !== n * dim) throw new PsError(`push to "${table}": ${n} keys x dim ${dim} needs ${n * dim} gradient values, got ${g.length}`, grpc.status.INVALID_ARGUMENT);
+    const split = this.split(kb);
+    const sums = split.keys.map((sk) => new Float32Array((sk.length / 8) * dim));
+    for (let i = 0; i < n; i++) {
+      const acc = sums[split.shard[i]];
+      const p = split.pos[i] * dim;
+      for (let d = 0; d < dim; d++) acc[p + d] += g[i * dim + d];
+    }
+    await Promise.all(
+      split.keys.map(async (sk, s) => {
+        if (sk.length === 0) return;
+        const kc = chunk(sk, dim);
+        let off = 0;
+        for (const ck of kc) {
+          const rows = ck.length / 8;
+          const gb = Buffer.from(sums[s].buffer, off * dim * 4, rows * dim * 4);
+          off += rows;
+          await this.pushOnce(s, 'Push', { table, keys: ck, grads: gb });
+        }
+      }),
+    );
+  }
+
+  // ------------------------------------------------------------ dense tensors
+
+  /** Creates or overwrites a dense tensor kept by its shard (fnv1a64(name) mod N), with the optimizer PushDense applies. */
+  async setDense(name: string, values: Float32Array, optimizer: OptimizerSpec): Promise<void> {
+    const s = shardOfDense(name, this.shards.length);
+    await this.shards[s].call('SetDense', { tensor: { name, values: bufOf(values) }, optimizer: optimizerWire(optimizer) });
+  }
+
+  async pullDense(names: string[]): Promise<Map<string, Float32Array>> {
+    const by = new Map<number, string[]>();
+    for (const n of names) {
+      const s = shardOfDense(n, this.shards.length);
+      by.set(s, [...(by.get(s) ?? []), n]);
+    }
+    const out = new Map<string, Float32Array>();
+    await Promise.all(
+      [...by].map(async ([s, ns]) => {
+        const r = await this.shards[s].call<{ tensors: { name: string; values: Buffer }[] }>('PullDense', { names: ns });
+        for (const t of r.tensors) out.set(t.name, floatView(t.values).slice());
+      }),
+    );
+    return new Map(names.map((n) => [n, out.get(n)!]));
+  }
+
+  /** Applies the tensor's optimizer to the gradient, exactly once. */
+  async pushDense(name: string, grads: Float32Array): Promise<void> {
+    const s = shardOfDense(name, this.shards.length);
+    await this.pushOnce(s, 'PushDense', { name, grads: bufOf(grads) });
+  }
+
+  // ------------------------------------------------------------ checkpoints
+
+  /**
+   * Two-phase commit over every shard: the checkpoint (rows, optimizer
+   * state, dense tensors, meta and step) exists on all shards or on none.
+   * With several workers, call it from one chief worker between barrier()s,
+   * so no push straddles the cut (see stepBarrier in docs/protocol.md).
+   */
+  persist(input: PersistInput): Promise<{ id: number }> {
+    this.live();
+    return persistCheckpoint(this, input);
+  }
+
+  /**
+   * Brings every shard back to the newest checkpoint committed everywhere
+   * (resolving one a crash left prepared) and returns its step, meta and
+   * dense tensors. Raises the coordinator ballot first, so a late call of an
+   * older coordinator is refused.
+   */
+  restore(): Promise<RestoreResult> {
+    this.live();
+    return restoreCheckpoint(this);
+  }
+
+  /**
+   * Waits until `parties` workers reached this barrier (same name, same
+   * count of calls). Served by shard 0; idempotent per worker when retried.
+   */
+  async barrier(name: string, parties: number, timeoutMs = 600_000): Promise<void> {
+    const gen = (this.barrierGen.get(name) ?? 0) + 1;
+    this.barrierGen.set(name, gen);
+    if (parties <= 1) return;
+    await this.shards[0].call('Barrier', { name, generation: gen, parties, worker_id: this.workerId }, { deadlineMs: timeoutMs, retryForMs: timeoutMs });
+  }
+
+  async status(): Promise<ShardStatus[]> {
+    return this.all(async (s) => ({ ...(await s.call('Status', {})), shard: s.index, endpoint: s.endpoint }));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of this.shards) s.close();
+  }
+
+  // ------------------------------------------------------------ internals
+
+  /** Runs fn on every shard in parallel (results in shard order). */
+  all<T>(fn: (s: ShardConnection) => Promise<T>): Promise<T[]> {
+    return Promise.all(this.shards.map(fn));
+  }
+
+  /** Sends a push-like call with this worker's next seq for the shard, keeping the seq across retries. */
+  private async pushOnce(s: number, method: 'Push' | 'PushDense', req: Record<string, unknown>): Promise<void> {
+    const conn = this.shards[s];
+    const seq = ++this.seqs[s];
+    for (;;) {
+      try {
+        await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation: conn.incarnation });
+        return;
+      } catch (e) {
+        if ((e as PsError).reason !== 'incarnation') throw e;
+        await this.checkContinuity(conn);
+      }
+    }
+  }
+
+  /**
+   * The shard's incarnation changed. If its lineage is the one this worker
+   * knows, it stopped cleanly and came back with every acknowledged update:
+   * adopt the new incarnation. Otherwise its state is a checkpoint.
+   */
+  async checkContinuity(conn: ShardConnection): Promise<void> {
+    const st = await conn.call<ShardStatus>('Status', {});
+    if (st.lineage === conn.lineage) {
+      conn.incarnation = st.incarnation;
+      return;
+    }
+    throw new ServerRestartedError(conn.index, conn.endpoint, st.last_stop_clean);
+  }
+
+  private async checkIdentities(): Promise<void> {
+    const sts = await this.status();
+    const n = this.shards.length;
+    const named = sts.filter((s) => s.identity);
+    const clusters = new Set(named.map((s) => s.identity!.cluster_id));
+    if (clusters.size > 1)
+      throw new IdentityMismatchError(
+        `the servers belong to different clusters: ${sts.map((s) => `${s.endpoint}=${s.identity ? s.identity.cluster_id.slice(0, 8) + '/' + s.identity.shard_index : 'new'}`).join(', ')}`,
+      );
+    for (const s of named) {
+      const id = s.identity!;
+      if (id.shard_index !== s.shard || id.shard_count !== n)
+        throw new IdentityMismatchError(
+          `${s.endpoint} is shard ${id.shard_index} of ${id.shard_count} but the endpoint list has it at position ${s.shard} of ${n}; the list must name the servers in their shard order (a reordered or wrong list would send keys to the wrong rows)`,
+        );
+    }
+    const fresh = sts.filter((s) => !s.identity);
+    if (fresh.length > 0 && named.length > 0 && !this.opts.adoptNewShards)
+      throw new IdentityMismatchError(
+        `${fresh.map((s) => s.endpoint).join(', ')} ha${fresh.length > 1 ? 've' : 's'} a new, empty pool while the other servers belong to cluster ${[...clusters][0]}; check --pmem, or pass adoptNewShards to accept an empty shard`,
+      );
+    // A new cluster's id is derived from the endpoint list, so workers that
+    // connect at the same moment agree on it.
+    this.clusterId = named.length > 0 ? [...clusters][0] : createHash('sha256').update(JSON.stringify(this.opts.endpoints)).digest('hex').slice(0, 32);
+    await Promise.all(
+      fresh.map((s) => this.shards[s.shard].call('SetIdentity', { identity: { cluster_id: this.clusterId, shard_index: s.shard, shard_count: n } })),
+    );
+    for (const s of sts) {
+      this.shards[s.shard].incarnation = s.incarnation;
+      this.shards[s.shard].lineage = s.lineage;
+      this.ballot = Math.max(this.ballot, s.ballot);
+    }
+  }
+
+  private async dimOf(table: string): Promise<number> {
+    let d = this.dims.get(table);
+    if (d === undefined) {
+      const r = await this.shards[0].call<{ tables: TableInfoWire[] }>('ListTables', {});
+      for (const t of r.tables) this.dims.set(t.spec.name, t.spec.dim);
+      d = this.dims.get(table);
+      if (d === undefined) throw new PsError(`no table "${table}"; create it with createTable`, grpc.status.NOT_FOUND, 0);
+    }
+    return d;
+  }
+
+  private split(kb: Buffer): Split {
+    const n = kb.length / 8;
+    const N = this.shards.length;
+    const shard = shardsOf(kb, N);
+    const pos = new Uint32Array(n);
+    const seen: Map<number | bigint, number>[] = [];
+    const counts = new Uint32Array(N);
+    const firsts: number[][] = [];
+    for (let s = 0; s < N; s++) {
+      seen.push(new Map());
+      firsts.push([]);
+    }
+    for (let i = 0; i < n; i++) {
+      const lo = kb.readUInt32LE(i * 8);
+      const hi = kb.readUInt32LE(i * 8 + 4);
+      const k: number | bigint = hi < 0x200000 ? hi * 4294967296 + lo : kb.readBigUInt64LE(i * 8);
+      const s = shard[i];
+      const m = seen[s];
+      const p = m.get(k);
+      if (p === undefined) {
+        m.set(k, counts[s]);
+        pos[i] = counts[s]++;
+        firsts[s].push(i);
+      } else pos[i] = p;
+    }
+    const keys = firsts.map((f) => {
+      const b = Buffer.allocUnsafe(f.length * 8);
+      for (let j = 0; j < f.length; j++) kb.copy(b, j * 8, f[j] * 8, f[j] * 8 + 8);
+      return b;
+    });
+    return { keys, shard, pos };
+  }
+
+  private live(): void {
+    if (this.closed) throw new PsError('the client is closed');
+  }
+}
+
+interface TableInfoWire {
+  spec: { name: string; dim: number };
+  rows: number;
+}
+
+export type { TableInfo };
+
+function optimizerWire(o: OptimizerSpec): { type: string; params: Record<string, number> } {
+  const params: Record<string, number> = {};
+  for (const [k, v] of Object.entries(o)) if (k !== 'type') params[k] = typeof v === 'boolean' ? Number(v) : (v as number);
+  return { type: o.type, params };
+}
+
+export function keyBuffer(keys: KeysLike): Buffer {
+  if (Buffer.isBuffer(keys)) {
+    if (keys.length % 8 !== 0) throw new PsError(`keys Buffer must hold packed uint64 (a multiple of 8 bytes), got ${keys.length}`, grpc.status.INVALID_ARGUMENT);
+    return keys;
+  }
+  if (keys instanceof BigUint64Array) return Buffer.from(keys.buffer, keys.byteOffset, keys.byteLength);
+  const b = Buffer.allocUnsafe(keys.length * 8);
+  for (let i = 0; i < keys.length; i++) {
+    const k = keys[i];
+    if (typeof k === 'number' && !(Number.isSafeInteger(k) && k >= 0)) throw new PsError(`key #${i} (${k}) is not a non-negative safe integer; pass bigints`, grpc.status.INVALID_ARGUMENT);
+    b.writeBigUInt64LE(BigInt(k), i * 8);
+  }
+  return b;
+}
+
+function floatView(b: Buffer): Float32Array {
+  if (b.byteOffset % 4 === 0) return new Float32Array(b.buffer, b.byteOffset, b.length / 4);
+  return new Float32Array(Uint8Array.from(b).buffer);
+}
+
+function bufOf(a: Float32Array): Buffer {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
+// Splits one shard's keys so that no request or response passes MAX_CHUNK_BYTES.
+function chunk(keys: Buffer, dim: number): Buffer[] {
+  const per = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (dim * 4)));
+  if (keys.length / 8 <= per) return [keys];
+  const out: Buffer[] = [];
+  for (let off = 0; off < keys.length; off += per * 8) out.push(keys.subarray(off, Math.min(keys.length, off + per * 8)));
+  return out;
+}
