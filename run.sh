@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One entry point for a fresh clone:  ./run.sh demo | test | bench
+# One entry point for a fresh clone:  ./run.sh train | test | bench | bench-service | engine-demo
 # Each command first sets up whatever is missing: libpmemobj (Debian's
 # libpmemobj-dev, plus pmdk-tools for the offline pool checks), the npm
 # dependencies, the native build and the TypeScript build.
@@ -26,12 +26,14 @@ setup() {
   npm run --silent build
 }
 
-cmd="${1:-demo}"
+cmd="${1:-train}"
 shift || true
 case "$cmd" in
   setup) setup ;;
-  demo) setup; exec node dist/server/demo.js "$@" ;;
+  train|demo) setup; exec node dist/examples/train-ctr.js "$@" ;;
+  engine-demo) setup; exec node dist/server/demo.js "$@" ;;
   test) setup; exec npm test --silent ;;
   bench) setup; exec node dist/bench/engine.js "$@" ;;
-  *) echo "usage: ./run.sh demo|test|bench|setup" >&2; exit 2 ;;
+  bench-service) setup; exec node dist/bench/service.js "$@" ;;
+  *) echo "usage: ./run.sh train|test|bench|bench-service|engine-demo|setup" >&2; exit 2 ;;
 esac

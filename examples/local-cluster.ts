@@ -1,0 +1,136 @@
+// A cluster of pserver processes on loopback, for the training example, the
+// multi-process tests and the benchmarks: start N shards on free ports,
+// SIGKILL or SIGTERM one, start it again on the same port and pool.
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+const PSERVER = path.join(__dirname, '..', 'server', 'pserver.js');
+
+export interface ClusterOptions {
+  /** Parent directory: shard i keeps its pool in dir/ps<i> and its log in dir/ps<i>.log. */
+  dir: string;
+  shards: number;
+  cacheMb?: number;
+  poolSize?: string;
+  /** Extra environment for the servers (e.g. PMEMPS_FAILPOINT). PMEM_IS_PMEM_FORCE=1 unless given. */
+  env?: Record<string, string>;
+  logLevel?: string;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+export class LocalCluster {
+  readonly ports: number[] = [];
+  readonly procs: (ChildProcess | null)[] = [];
+  private readonly exits: (Promise<number | null> | null)[] = [];
+
+  private constructor(readonly opts: ClusterOptions) {}
+
+  static async start(opts: ClusterOptions): Promise<LocalCluster> {
+    const c = new LocalCluster(opts);
+    fs.mkdirSync(opts.dir, { recursive: true });
+    for (let i = 0; i < opts.shards; i++) c.ports.push(await freePort());
+    try {
+      await Promise.all(c.ports.map((_, i) => c.startShard(i)));
+    } catch (e) {
+      c.killAll();
+      throw e;
+    }
+    return c;
+  }
+
+  get endpoints(): string[] {
+    return this.ports.map((p) => `127.0.0.1:${p}`);
+  }
+
+  poolDir(i: number): string {
+    return path.join(this.opts.dir, `ps${i}`);
+  }
+
+  logFile(i: number): string {
+    return path.join(this.opts.dir, `ps${i}.log`);
+  }
+
+  /** Starts shard i (again) and resolves once it serves; rejects if it exits first. */
+  startShard(i: number, env: Record<string, string> = {}): Promise<void> {
+    const log = fs.openSync(this.logFile(i), 'a');
+    const child = spawn(
+      process.execPath,
+      [
+        PSERVER,
+        '--bind',
+        `127.0.0.1:${this.ports[i]}`,
+        '--pmem',
+        this.poolDir(i),
+        '--cache-mb',
+        String(this.opts.cacheMb ?? 64),
+        '--pool-size',
+        this.opts.poolSize ?? '256M',
+        '--log-level',
+        this.opts.logLevel ?? 'info',
+      ],
+      { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', ...this.opts.env, ...env }, stdio: ['ignore', 'pipe', log] },
+    );
+    fs.closeSync(log);
+    this.procs[i] = child;
+    this.exits[i] = new Promise((r) => child.once('exit', (code, sig) => r(code ?? (sig ? -1 : null))));
+    return new Promise<void>((resolve, reject) => {
+      let buf = '';
+      let ready = false;
+      const out = fs.createWriteStream(this.logFile(i), { flags: 'a' });
+      child.stdout!.on('data', (d: Buffer) => {
+        out.write(d);
+        if (ready) return;
+        buf += d.toString();
+        if (buf.includes('"msg":"serving"')) {
+          ready = true;
+          resolve();
+        }
+      });
+      child.stdout!.on('end', () => out.end());
+      child.once('exit', (code, sig) => {
+        if (!ready) reject(new Error(`pserver ${i} exited (${code ?? sig}) before serving; see ${this.logFile(i)}:\n${buf.slice(-2000)}`));
+      });
+    });
+  }
+
+  /** Kills shard i with the signal and waits for it to exit. */
+  async kill(i: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<number | null> {
+    const p = this.procs[i];
+    if (!p || p.exitCode !== null || p.signalCode !== null) return this.exits[i] ?? null;
+    p.kill(signal);
+    const code = await this.exits[i];
+    this.procs[i] = null;
+    return code;
+  }
+
+  /** Resolves when shard i exits by itself (e.g. at a failpoint). */
+  exited(i: number): Promise<number | null> {
+    return this.exits[i] ?? Promise.resolve(null);
+  }
+
+  async restart(i: number, env: Record<string, string> = {}): Promise<void> {
+    await this.kill(i, 'SIGKILL');
+    await this.startShard(i, env);
+  }
+
+  /** Stops every shard gracefully (SIGTERM: clean close). */
+  async stop(): Promise<void> {
+    await Promise.all(this.procs.map((_, i) => this.kill(i, 'SIGTERM')));
+  }
+
+  killAll(): void {
+    for (const p of this.procs) if (p && p.exitCode === null) p.kill('SIGKILL');
+  }
+}
