@@ -1,0 +1,831 @@
+// The service benchmark of the pserver issue (a script, not a test):
+//
+//   npx tsc -p tsconfig.json && node dist/bench/service.js [--quick]
+//   (npm run bench:service)
+//
+// Steps of 4,096 keys x dim 64 float32 -- pull, push, pull+push -- from 1, 2
+// and 4 concurrent worker processes against 1 and 2 servers, for:
+//   pmemps   node dist/server/pserver.js, pools under /dev/shm with
+//            PMEM_IS_PMEM_FORCE=1, through the SDK (worker/), Adagrad
+//   Redis    Debian's redis-server, ioredis, pipelined MGET/MSET of binary
+//            rows, the optimizer applied in the client (bench/redis-peer.ts):
+//            SGD and Adagrad
+//   ceiling  the same bytes over a plain TCP socket between Node processes
+//            (bench/tcp-ceiling.ts)
+// One markdown table of every figure, written to
+// bench/results/service-latest.md. Each worker is a separate process
+// (bench/service-worker.ts); the workers of a cell start together on a
+// signal. Everything binds to 127.0.0.1; every child process and temporary
+// directory is removed at the end, on error and on SIGINT/SIGTERM, and a
+// reaper process removes them if this process is killed outright.
+
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { parseArgs } from 'node:util';
+import { GiB, fmtMs, median } from './lib';
+import { startRedisServer } from './redis-peer';
+import type { Mode, SystemName, WorkerConfig } from './service-worker';
+
+const REPO = path.resolve(__dirname, '..', '..');
+
+// ---------------------------------------------------------------- the reaper
+
+// `node service.js --reaper`: reads `pid N` / `unpid N` / `dir D` / `undir D`
+// lines on stdin; when stdin closes (the driver exited or was killed) it
+// kills the pids still listed and removes the directories still listed.
+if (process.argv[2] === '--reaper') {
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => undefined);
+  const pids = new Set<number>();
+  const dirs = new Set<string>();
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.on('line', (l) => {
+    const [cmd, ...rest] = l.split(' ');
+    const arg = rest.join(' ');
+    if (cmd === 'pid') pids.add(Number(arg));
+    else if (cmd === 'unpid') pids.delete(Number(arg));
+    else if (cmd === 'dir') dirs.add(arg);
+    else if (cmd === 'undir') dirs.delete(arg);
+  });
+  rl.on('close', () => {
+    for (const p of pids) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    // give the killed processes a moment to release their files
+    setTimeout(() => {
+      for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+      process.exit(0);
+    }, pids.size ? 300 : 0);
+  });
+} else {
+  driverMain();
+}
+
+function driverMain(): void {
+  // ---------------------------------------------------------------- options
+
+  const USAGE = `usage: node dist/bench/service.js [--quick] [--systems pmemps,redis,tcp] [--servers 1,2] [--workers 1,2,4]
+                              [--keys N] [--dur-ms N] [--warm-ms N] [--reps N] [--out FILE]
+  --quick          smoke run: 100k keys, 1 repetition of 400 ms per cell
+  --systems LIST   systems to run (default pmemps,redis,tcp; redis = SGD and Adagrad)
+  --servers LIST   server counts (default 1,2)
+  --workers LIST   worker process counts (default 1,2,4)
+  --keys N         key space: uniform random keys over 0..N-1 (default 1M, quick 100k)
+  --dur-ms N       measured time per cell and repetition (default 1000, quick 400)
+  --warm-ms N      warm-up before each cell (default 300, quick 150)
+  --reps N         repetitions of every cell, interleaved; the table shows the median (default 3, quick 1)
+  --redis-server P redis-server binary (default: redis-server on the PATH)
+  --out FILE       results file (default bench/results/service-latest.md)`;
+
+  const CLI_OPTIONS = {
+    quick: { type: 'boolean', default: false },
+    systems: { type: 'string', default: 'pmemps,redis,tcp' },
+    servers: { type: 'string', default: '1,2' },
+    workers: { type: 'string', default: '1,2,4' },
+    keys: { type: 'string' },
+    'dur-ms': { type: 'string' },
+    'warm-ms': { type: 'string' },
+    reps: { type: 'string' },
+    'redis-server': { type: 'string' },
+    out: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  } as const;
+
+  let parsed: ReturnType<typeof parseArgs<{ options: typeof CLI_OPTIONS; strict: true }>>;
+  try {
+    parsed = parseArgs({ options: CLI_OPTIONS, strict: true });
+  } catch (e) {
+    console.error(`${(e as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  const argv = parsed.values;
+  if (argv.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const usage = (msg: string): never => {
+    console.error(`${msg}\n${USAGE}`);
+    process.exit(2);
+  };
+  function intArg(v: string | undefined, def: number, name: string): number {
+    if (v === undefined) return def;
+    const n = Number(v.replace(/_/g, '').replace(/^(\d+(?:\.\d+)?)([kKmM])$/, (_m, a: string, u: string) => String(Number(a) * (u.toLowerCase() === 'k' ? 1e3 : 1e6))));
+    if (!Number.isSafeInteger(n) || n <= 0) usage(`--${name} needs a positive integer, got "${v}"`);
+    return n;
+  }
+  function listArg(v: string, name: string): number[] {
+    const xs = v.split(',').filter(Boolean).map((x) => intArg(x, 0, name));
+    if (xs.length === 0) usage(`--${name} needs a list`);
+    return xs;
+  }
+  const quick = argv.quick === true;
+  const wanted = argv.systems!.split(',').filter(Boolean);
+  for (const s of wanted) if (!['pmemps', 'redis', 'tcp'].includes(s)) usage(`unknown system "${s}"`);
+  const systems: SystemName[] = [];
+  if (wanted.includes('pmemps')) systems.push('pmemps');
+  if (wanted.includes('redis')) systems.push('redis-sgd', 'redis-adagrad');
+  if (wanted.includes('tcp')) systems.push('tcp');
+  const opts = {
+    quick,
+    systems,
+    servers: listArg(argv.servers!, 'servers'),
+    workers: listArg(argv.workers!, 'workers'),
+    modes: ['pull', 'push', 'pullpush'] as Mode[],
+    keySpace: intArg(argv.keys, quick ? 100_000 : 1_000_000, 'keys'),
+    durMs: intArg(argv['dur-ms'], quick ? 400 : 1000, 'dur-ms'),
+    warmMs: intArg(argv['warm-ms'], quick ? 150 : 300, 'warm-ms'),
+    firstWarmMs: quick ? 300 : 800,
+    reps: intArg(argv.reps, quick ? 1 : 3, 'reps'),
+    batch: 4096,
+    dim: 64,
+    lr: 0.01,
+    initMin: -0.01,
+    initMax: 0.01,
+    tableSeed: 1,
+    keySeed: 1,
+    keyBatches: 16,
+    cacheMb: 512,
+    poolSizeMb: 2048,
+    out: path.resolve(argv.out ?? path.join(REPO, 'bench', 'results', 'service-latest.md')),
+  };
+  if (opts.keySpace > 2 ** 32) usage('--keys must be at most 2^32');
+  const redisBin = argv['redis-server'] ?? findOnPath('redis-server');
+  const PSERVER = path.join(REPO, 'dist', 'server', 'pserver.js');
+  const SHM = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
+
+  const rowBytes = opts.dim * 4;
+  const LABEL: Record<SystemName, string> = { pmemps: 'pmemps', 'redis-sgd': 'Redis SGD', 'redis-adagrad': 'Redis Adagrad', tcp: 'TCP ceiling' };
+  const MODE_LABEL: Record<Mode, string> = { pull: 'pull', push: 'push', pullpush: 'pull+push' };
+
+  function findOnPath(bin: string): string {
+    for (const d of (process.env.PATH ?? '').split(':').concat(['/usr/bin', '/usr/local/bin', '/usr/sbin'])) {
+      const p = path.join(d, bin);
+      try {
+        fs.accessSync(p, fs.constants.X_OK);
+        return p;
+      } catch {
+        /* next */
+      }
+    }
+    return bin;
+  }
+
+  // ---------------------------------------------------------------- cleanup
+
+  const T0 = performance.now();
+  const progress = (msg: string): void => {
+    process.stderr.write(`[service-bench +${((performance.now() - T0) / 1000).toFixed(0)}s] ${msg}\n`);
+  };
+
+  const live = new Set<ChildProcess>();
+  const ownedDirs = new Set<string>();
+  let reaper: ChildProcess | null = null;
+  const tellReaper = (line: string): void => {
+    try {
+      reaper?.stdin?.write(line + '\n');
+    } catch {
+      /* reaper gone */
+    }
+  };
+  function track(p: ChildProcess): ChildProcess {
+    live.add(p);
+    if (p.pid) tellReaper(`pid ${p.pid}`);
+    p.on('exit', () => {
+      live.delete(p);
+      if (p.pid) tellReaper(`unpid ${p.pid}`);
+    });
+    return p;
+  }
+  function ownDir(d: string): string {
+    ownedDirs.add(d);
+    tellReaper(`dir ${d}`);
+    return d;
+  }
+  function removeDir(d: string): void {
+    try {
+      fs.rmSync(d, { recursive: true, force: true });
+    } catch (e) {
+      process.stderr.write(`could not remove ${d}: ${e}\n`);
+    }
+    ownedDirs.delete(d);
+    tellReaper(`undir ${d}`);
+  }
+  function cleanupSync(): void {
+    for (const c of live) {
+      try {
+        c.kill('SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    live.clear();
+    for (const d of [...ownedDirs]) removeDir(d);
+  }
+  process.on('exit', cleanupSync);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      process.stderr.write(`\n${sig}: stopping children, removing temporary directories\n`);
+      cleanupSync();
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    });
+  }
+
+  // ---------------------------------------------------------------- children
+
+  interface Msg {
+    tag: string;
+    payload: any;
+  }
+
+  /** A node child speaking `@@TAG {json}` lines on stdout and reading JSON commands on stdin. */
+  class Child {
+    readonly proc: ChildProcess;
+    readonly exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+    private readonly inbox = new Map<string, Msg[]>();
+    private readonly waiters = new Map<string, Array<{ resolve: (m: Msg) => void; reject: (e: Error) => void }>>();
+    private failed: Error | null = null;
+    private tail: string[] = [];
+
+    constructor(
+      readonly name: string,
+      args: string[],
+      env: NodeJS.ProcessEnv,
+      private readonly quiet = false,
+    ) {
+      this.proc = track(spawn(process.execPath, args, { env, stdio: ['pipe', 'pipe', 'pipe'] }));
+      const rl = readline.createInterface({ input: this.proc.stdout! });
+      rl.on('line', (line) => {
+        const m = /^@@([A-Z_]+) (.*)$/.exec(line);
+        if (!m) return this.log(line);
+        const msg = { tag: m[1], payload: JSON.parse(m[2]) };
+        if (msg.tag === 'ERROR') return this.fail(new Error(`${name}: ${msg.payload.message}`));
+        const ws = this.waiters.get(msg.tag);
+        if (ws?.length) ws.shift()!.resolve(msg);
+        else this.inbox.set(msg.tag, [...(this.inbox.get(msg.tag) ?? []), msg]);
+      });
+      readline.createInterface({ input: this.proc.stderr! }).on('line', (l) => this.log(l));
+      this.proc.stdin!.on('error', () => undefined);
+      this.exit = new Promise((resolve) => {
+        this.proc.on('exit', (code, signal) => {
+          resolve({ code, signal });
+          this.fail(new Error(`${name} exited (${code !== null ? `code ${code}` : `signal ${signal}`})${this.tail.length ? `; last output: ${this.tail.slice(-3).join(' / ')}` : ''}`));
+        });
+        this.proc.on('error', (e) => this.fail(e));
+      });
+    }
+
+    private log(line: string): void {
+      this.tail.push(line);
+      if (this.tail.length > 20) this.tail.shift();
+      if (!this.quiet) process.stderr.write(`[${this.name}] ${line}\n`);
+    }
+
+    private fail(e: Error): void {
+      if (this.failed) return;
+      this.failed = e;
+      for (const ws of this.waiters.values()) for (const w of ws.splice(0)) w.reject(e);
+    }
+
+    send(obj: unknown): void {
+      this.proc.stdin!.write(JSON.stringify(obj) + '\n');
+    }
+
+    /** The next message with this tag (messages are queued per tag). */
+    next(tag: string, timeoutMs: number): Promise<any> {
+      const q = this.inbox.get(tag);
+      if (q?.length) return Promise.resolve(q.shift()!.payload);
+      if (this.failed) return Promise.reject(this.failed);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          const ws = this.waiters.get(tag) ?? [];
+          const i = ws.indexOf(w);
+          if (i >= 0) ws.splice(i, 1);
+          reject(new Error(`${this.name}: no ${tag} within ${fmtMs(timeoutMs)}`));
+        }, timeoutMs);
+        const w = {
+          resolve: (m: Msg) => {
+            clearTimeout(timer);
+            resolve(m.payload);
+          },
+          reject: (e: Error) => {
+            clearTimeout(timer);
+            reject(e);
+          },
+        };
+        this.waiters.set(tag, [...(this.waiters.get(tag) ?? []), w]);
+      });
+    }
+
+    /** Asks the child to quit; kills it if it has not exited within `ms`. */
+    async quit(ms = 10_000): Promise<void> {
+      if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+      try {
+        this.send({ cmd: 'quit' });
+      } catch {
+        /* stdin closed */
+      }
+      const t = setTimeout(() => this.proc.kill('SIGKILL'), ms);
+      await this.exit;
+      clearTimeout(t);
+    }
+  }
+
+  function freePort(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const s = net.createServer();
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+  }
+
+  function canConnect(port: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+  }
+
+  // ---------------------------------------------------------------- servers
+
+  interface Servers {
+    endpoints: Partial<Record<SystemName, string[]>>;
+    stop: () => Promise<void>;
+  }
+
+  const redisVersion = { v: '?' };
+
+  async function startPmemps(count: number): Promise<{ endpoints: string[]; stop: () => Promise<void> }> {
+    const base = ownDir(fs.mkdtempSync(path.join(SHM, `pmemps-svcbench-${process.pid}-`)));
+    const procs: Array<{ proc: ChildProcess; out: string[] }> = [];
+    const endpoints: string[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const dir = path.join(base, `shard${i}`);
+        fs.mkdirSync(dir);
+        const port = await freePort();
+        const args = [PSERVER, '--bind', `127.0.0.1:${port}`, '--pmem', dir, '--cache-mb', String(opts.cacheMb), '--pool-size', `${opts.poolSizeMb}M`];
+        const proc = track(spawn(process.execPath, args, { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1' }, stdio: ['ignore', 'pipe', 'pipe'] }));
+        const out: string[] = [];
+        const keep = (d: Buffer): void => {
+          out.push(...d.toString().split('\n').filter(Boolean));
+          if (out.length > 30) out.splice(0, out.length - 30);
+        };
+        proc.stdout!.on('data', keep);
+        proc.stderr!.on('data', keep);
+        procs.push({ proc, out });
+        const t0 = performance.now();
+        while (!(await canConnect(port))) {
+          if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`pserver ${i} exited at start: ${out.slice(-5).join(' / ')}`);
+          if (performance.now() - t0 > 60_000) throw new Error(`pserver ${i} did not listen within 60 s: ${out.slice(-5).join(' / ')}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        endpoints.push(`127.0.0.1:${port}`);
+      }
+    } catch (e) {
+      for (const p of procs) p.proc.kill('SIGKILL');
+      removeDir(base);
+      throw e;
+    }
+    return {
+      endpoints,
+      stop: async () => {
+        // graceful: SIGTERM closes the engine cleanly; SIGKILL after 60 s
+        await Promise.all(
+          procs.map(async ({ proc, out }, i) => {
+            if (proc.exitCode !== null || proc.signalCode !== null) {
+              notes.push(`pserver ${i} had exited before the end (${proc.exitCode ?? proc.signalCode}): ${out.slice(-3).join(' / ')}`);
+              return;
+            }
+            const exited = new Promise((r) => proc.once('exit', r));
+            proc.kill('SIGTERM');
+            const t = setTimeout(() => proc.kill('SIGKILL'), 60_000);
+            await exited;
+            clearTimeout(t);
+          }),
+        );
+        removeDir(base);
+      },
+    };
+  }
+
+  async function startRedis(count: number): Promise<{ endpoints: string[]; stop: () => Promise<void> }> {
+    const base = ownDir(fs.mkdtempSync(path.join(os.tmpdir(), `pmemps-svcbench-redis-${process.pid}-`)));
+    const procs: ChildProcess[] = [];
+    const endpoints: string[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const dir = path.join(base, `r${i}`);
+        fs.mkdirSync(dir);
+        const r = await startRedisServer(redisBin, await freePort(), dir, (p) => {
+          track(p);
+          procs.push(p);
+        });
+        redisVersion.v = r.version;
+        endpoints.push(r.endpoint);
+      }
+    } catch (e) {
+      for (const p of procs) p.kill('SIGKILL');
+      removeDir(base);
+      throw e;
+    }
+    return {
+      endpoints,
+      stop: async () => {
+        await Promise.all(
+          procs.map(async (p) => {
+            if (p.exitCode !== null || p.signalCode !== null) return;
+            const exited = new Promise((r) => p.once('exit', r));
+            p.kill('SIGTERM');
+            const t = setTimeout(() => p.kill('SIGKILL'), 20_000);
+            await exited;
+            clearTimeout(t);
+          }),
+        );
+        removeDir(base);
+      },
+    };
+  }
+
+  async function startTcp(count: number): Promise<{ endpoints: string[]; stop: () => Promise<void> }> {
+    const kids: Child[] = [];
+    const endpoints: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const c = new Child(`tcp-server-${i}`, [path.join(__dirname, 'tcp-ceiling.js'), '--serve', '--dim', String(opts.dim)], process.env);
+      kids.push(c);
+      const { port } = await c.next('LISTEN', 20_000);
+      endpoints.push(`127.0.0.1:${port}`);
+    }
+    return {
+      endpoints,
+      stop: async () => {
+        for (const c of kids) {
+          c.proc.stdin!.end();
+          const t = setTimeout(() => c.proc.kill('SIGKILL'), 5000);
+          await c.exit;
+          clearTimeout(t);
+        }
+      },
+    };
+  }
+
+  async function startServers(count: number): Promise<Servers> {
+    const stops: Array<() => Promise<void>> = [];
+    const endpoints: Servers['endpoints'] = {};
+    const stopAll = async (): Promise<void> => {
+      for (const s of stops.splice(0).reverse()) await s();
+    };
+    try {
+      if (opts.systems.includes('pmemps')) {
+        const p = await startPmemps(count);
+        stops.push(p.stop);
+        endpoints.pmemps = p.endpoints;
+      }
+      if (opts.systems.includes('redis-sgd')) {
+        const r = await startRedis(count);
+        stops.push(r.stop);
+        endpoints['redis-sgd'] = r.endpoints;
+        endpoints['redis-adagrad'] = r.endpoints;
+      }
+      if (opts.systems.includes('tcp')) {
+        const t = await startTcp(count);
+        stops.push(t.stop);
+        endpoints.tcp = t.endpoints;
+      }
+    } catch (e) {
+      await stopAll().catch(() => undefined);
+      throw e;
+    }
+    return { endpoints, stop: stopAll };
+  }
+
+  // ---------------------------------------------------------------- workers
+
+  function workerConfig(system: SystemName, endpoints: string[], workerIndex: number): WorkerConfig {
+    return {
+      system,
+      endpoints,
+      workerIndex,
+      seed: opts.keySeed,
+      keySpace: opts.keySpace,
+      batch: opts.batch,
+      dim: opts.dim,
+      batches: opts.keyBatches,
+      table: 'bench_emb',
+      lr: opts.lr,
+      initMin: opts.initMin,
+      initMax: opts.initMax,
+      tableSeed: opts.tableSeed,
+    };
+  }
+
+  function spawnWorker(system: SystemName, endpoints: string[], index: number, tag: string): Child {
+    return new Child(`${system}-${tag}${index}`, [path.join(__dirname, 'service-worker.js'), JSON.stringify(workerConfig(system, endpoints, index))], process.env);
+  }
+
+  // ---------------------------------------------------------------- results
+
+  interface Sample {
+    rowsPerSec: number;
+    p50Ms: number;
+    steps: number;
+  }
+  const results = new Map<string, Sample[]>();
+  const key = (s: number, w: number, mode: Mode, sys: SystemName): string => `${s}/${w}/${mode}/${sys}`;
+  const notes: string[] = [];
+  const fills: string[] = [];
+
+  async function cell(servers: number, workers: Child[], system: SystemName, mode: Mode): Promise<Sample> {
+    const tmo = 60_000 + 4 * (opts.durMs + opts.warmMs);
+    for (const w of workers) w.send({ cmd: 'warm', mode, ms: opts.warmMs });
+    await Promise.all(workers.map((w) => w.next('WARM', tmo)));
+    for (const w of workers) w.send({ cmd: 'go', mode, ms: opts.durMs });
+    const rs: Array<{ steps: number; secs: number; p50Ms: number }> = await Promise.all(workers.map((w) => w.next('RESULT', tmo)));
+    const rowsPerSec = rs.reduce((a, r) => a + (r.steps * opts.batch) / r.secs, 0);
+    const s = { rowsPerSec, p50Ms: median(rs.map((r) => r.p50Ms)), steps: rs.reduce((a, r) => a + r.steps, 0) };
+    const k = key(servers, workers.length, mode, system);
+    results.set(k, [...(results.get(k) ?? []), s]);
+    return s;
+  }
+
+  async function fill(servers: number, system: SystemName, endpoints: string[]): Promise<void> {
+    const c = spawnWorker(system, endpoints, 0, 'fill');
+    try {
+      await c.next('CONNECTED', 120_000);
+      c.send({ cmd: 'fill', from: 0, to: opts.keySpace });
+      const { secs } = await c.next('FILLED', 30 * 60_000);
+      fills.push(`${LABEL[system]}, ${servers} server${servers > 1 ? 's' : ''}: ${(opts.keySpace / 1e6).toFixed(2)} M rows in ${secs.toFixed(1)} s`);
+      progress(`filled ${LABEL[system]} on ${servers} server(s): ${opts.keySpace} rows in ${secs.toFixed(1)} s`);
+    } finally {
+      await c.quit();
+    }
+  }
+
+  async function runServers(S: number): Promise<void> {
+    progress(`starting ${S} server(s) of each system`);
+    const srv = await startServers(S);
+    try {
+      for (const sys of opts.systems) if (sys !== 'tcp') await fill(S, sys, srv.endpoints[sys]!);
+      for (const W of opts.workers) {
+        progress(`${S} server(s), ${W} worker(s): starting ${W * opts.systems.length} worker processes`);
+        const sets = new Map<SystemName, Child[]>();
+        try {
+          for (const sys of opts.systems) {
+            const ws = Array.from({ length: W }, (_, i) => spawnWorker(sys, srv.endpoints[sys]!, i, `s${S}w`));
+            sets.set(sys, ws);
+            await Promise.all(ws.map((w) => w.next('CONNECTED', 120_000)));
+          }
+          // a first, longer warm-up per system (JIT, connections, server caches)
+          for (const sys of opts.systems) {
+            const ws = sets.get(sys)!;
+            for (const w of ws) w.send({ cmd: 'warm', mode: 'pullpush', ms: opts.firstWarmMs });
+            await Promise.all(ws.map((w) => w.next('WARM', 120_000)));
+          }
+          for (let rep = 0; rep < opts.reps; rep++) {
+            for (const mode of opts.modes) {
+              // system order rotated per repetition, so no system always runs first
+              const order = opts.systems.map((_, i) => opts.systems[(i + rep) % opts.systems.length]);
+              const line: string[] = [];
+              for (const sys of order) {
+                const s = await cell(S, sets.get(sys)!, sys, mode);
+                line.push(`${LABEL[sys]} ${(s.rowsPerSec / 1e3).toFixed(0)}k`);
+              }
+              progress(`S=${S} W=${W} rep ${rep + 1}/${opts.reps} ${MODE_LABEL[mode]}: ${line.join(', ')} rows/s`);
+            }
+          }
+        } finally {
+          await Promise.all([...sets.values()].flat().map((w) => w.quit()));
+        }
+      }
+    } finally {
+      progress(`stopping the ${S}-server set`);
+      await srv.stop();
+    }
+  }
+
+  // ---------------------------------------------------------------- report
+
+  function fmtRate(r: number | undefined): string {
+    if (r === undefined || !Number.isFinite(r)) return 'n/a';
+    const rows = r >= 1e6 ? `${(r / 1e6).toFixed(2)} M` : `${(r / 1e3).toFixed(0)} k`;
+    return `${rows} rows/s, ${((r * rowBytes) / 1e6).toFixed(0)} MB/s`;
+  }
+  const mbPerRow = (mode: Mode): number => (mode === 'pullpush' ? 2 : 1) * rowBytes;
+  function rateCell(r: number | undefined, mode: Mode): string {
+    if (r === undefined || !Number.isFinite(r)) return 'not run';
+    const rows = r >= 1e6 ? `${(r / 1e6).toFixed(2)} M` : `${(r / 1e3).toFixed(0)} k`;
+    return `${rows} rows/s<br>${((r * mbPerRow(mode)) / 1e6).toFixed(0)} MB/s`;
+  }
+  void fmtRate;
+  const med = (s: number, w: number, mode: Mode, sys: SystemName): number | undefined => {
+    const xs = results.get(key(s, w, mode, sys));
+    return xs?.length ? median(xs.map((x) => x.rowsPerSec)) : undefined;
+  };
+  const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a !== undefined && b !== undefined && b > 0 ? a / b : undefined);
+  const fmtRatio = (x: number | undefined, bold: boolean): string => (x === undefined ? 'n/a' : bold ? `**${x.toFixed(2)}x**` : `${x.toFixed(2)}x`);
+
+  function cpuTicks(): { busy: number; ours: number; load1: string } {
+    const cpu = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const total = cpu.slice(0, 8).reduce((a, b) => a + b, 0);
+    const idle = cpu[3] + cpu[4];
+    const st = fs.readFileSync('/proc/self/stat', 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ').map(Number);
+    return { busy: total - idle, ours: f[11] + f[12] + f[13] + f[14], load1: fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0] };
+  }
+  const CPU0 = cpuTicks();
+
+  function sh(cmd: string, args: string[]): string {
+    try {
+      return execFileSync(cmd, args, { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    } catch {
+      return '';
+    }
+  }
+  function gitDescribe(): string {
+    const h = sh('git', ['rev-parse', '--short', 'HEAD']);
+    if (!h) return 'unknown';
+    return `${h}${sh('git', ['status', '--porcelain']) !== '' ? ' + uncommitted changes' : ''}`;
+  }
+  function pkgVersion(name: string): string {
+    try {
+      return JSON.parse(fs.readFileSync(path.join(REPO, 'node_modules', name, 'package.json'), 'utf8')).version;
+    } catch {
+      return '?';
+    }
+  }
+  function machine(): { nproc: string; model: string; mem: string; kernel: string } {
+    const model = /Model name:\s*(.*)/.exec(sh('lscpu', []))?.[1]?.trim() ?? os.cpus()[0]?.model ?? '?';
+    const memKb = Number(/^MemTotal:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? NaN);
+    return { nproc: sh('nproc', []) || String(os.availableParallelism()), model, mem: `${((memKb * 1024) / GiB).toFixed(1)} GiB`, kernel: `${os.type()} ${os.release()}` };
+  }
+
+  function render(wallMs: number, status: string, date: string): string {
+    const m = machine();
+    const now = cpuTicks();
+    const other = Math.max(0, (now.busy - CPU0.busy - (now.ours - CPU0.ours)) / 100);
+    const cores = Number(m.nproc) || 1;
+    const L: string[] = [];
+    L.push('# pmemps service benchmark', '');
+    L.push(`- machine: ${m.model}, nproc ${m.nproc}, ${m.mem} RAM, ${m.kernel}; node ${process.version}; redis-server ${redisVersion.v}; ioredis ${pkgVersion('ioredis')}; @grpc/grpc-js ${pkgVersion('@grpc/grpc-js')}`);
+    L.push(`- date: ${date}; commit ${gitDescribe()}; ${opts.quick ? '**quick run** (`--quick`)' : 'full run'}; took ${fmtMs(wallMs)}; ${status}`);
+    L.push(
+      `- machine load: 1-min load average ${CPU0.load1} at the start, ${now.load1} at the end; everything outside this benchmark's processes used ` +
+        `${other.toFixed(1)} CPU-seconds during the run, ${((100 * other) / ((wallMs / 1000) * cores)).toFixed(0)}% of all cores`,
+    );
+    L.push(
+      `- workload: steps of ${opts.batch} keys x dim ${opts.dim} float32; keys uniform random over ${opts.keySpace.toLocaleString('en-US')} ids ` +
+        `(sfc32 seeded by worker index: worker i sends the same ${opts.keyBatches} batches, cycled, to every system); a pull+push step pulls the batch, then pushes gradients for the same keys. ` +
+        `Every table is filled first (each row written once), so the steps find every row existing`,
+    );
+    L.push(
+      `- systems: **pmemps** = \`node dist/server/pserver.js --cache-mb ${opts.cacheMb} --pool-size ${opts.poolSizeMb}M\`, pools under /dev/shm with PMEM_IS_PMEM_FORCE=1 (emulated PMEM), ` +
+        `through the SDK (\`PsClient\`), table Adagrad lr ${opts.lr}, uniform(${opts.initMin}, ${opts.initMax}) init; ` +
+        `**Redis** = \`redis-server --save '' --appendonly no --bind 127.0.0.1\`, ioredis, one binary 256-byte value per row (Adagrad: weights and accumulator under two keys), ` +
+        `pull = one pipeline of MGETs of 512 keys, push = sum duplicate keys, pipelined MGET of weights (+ accumulators), the update in float32 in the client (SGD / Adagrad lr ${opts.lr}), pipelined MSET: two round trips, not atomic; ` +
+        `**TCP ceiling** = the same key, value and gradient bytes over one plain TCP connection per server between Node processes, length-prefixed frames, the server answering from a preallocated buffer and acknowledging pushes; no per-key work on either side (with 2 servers the batch is cut into two contiguous halves, answers land in place), so it is the raw transport bound (bench/tcp-ceiling.ts)`,
+    );
+    L.push(
+      `- servers: 1 or 2 of each system on 127.0.0.1; with 2, key k lives on server splitmix64(k) mod 2 for pmemps and Redis (the SDK's function, worker/shard.ts); ` +
+        `a worker calls its servers in parallel and puts rows back in the caller's order`,
+    );
+    L.push(
+      `- measurement: workers are separate node processes, one step in flight each; per cell the workers warm up for ${opts.warmMs} ms, then start together on a signal and run back-to-back steps for ${opts.durMs} ms; ` +
+        `rows/s = sum over workers of keys / elapsed (a pull+push step counts its ${opts.batch} keys once); median of ${opts.reps} repetition${opts.reps > 1 ? 's' : ''}, ` +
+        `cells interleaved (every system runs each mode in turn, the order rotated per repetition); ${m.nproc} cores are shared by the servers and up to 4 workers`,
+    );
+    L.push(
+      `- MB/s = 10^6 bytes/s of float32 payload: values pulled and gradients pushed (pull ${rowBytes} B/key, push ${rowBytes} B/key, pull+push ${2 * rowBytes} B/key); key bytes, framing and optimizer state are not counted`,
+    );
+    L.push(`- targets (issue 3): pmemps ≥ 3x Redis (SGD and Adagrad) on pull+push in every cell; pmemps ≥ 0.5x the TCP ceiling (judged in every row)`);
+    L.push('');
+    L.push('| servers | workers | step | pmemps | Redis SGD | Redis Adagrad | TCP ceiling | pmemps / Redis Adagrad | pmemps / Redis SGD | pmemps / ceiling | met |');
+    L.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    let met = 0;
+    let judged = 0;
+    for (const S of opts.servers) {
+      for (const W of opts.workers) {
+        for (const mode of opts.modes) {
+          const v = (sys: SystemName): number | undefined => med(S, W, mode, sys);
+          const p = v('pmemps');
+          const rA = ratio(p, v('redis-adagrad'));
+          const rS = ratio(p, v('redis-sgd'));
+          const rT = ratio(p, v('tcp'));
+          const pp = mode === 'pullpush';
+          const misses: string[] = [];
+          let known = rT !== undefined;
+          if (rT !== undefined && rT < 0.5) misses.push('< 0.5x ceiling');
+          if (pp) {
+            known = known && rA !== undefined && rS !== undefined;
+            if (rA !== undefined && rA < 3) misses.push('< 3x Redis Adagrad');
+            if (rS !== undefined && rS < 3) misses.push('< 3x Redis SGD');
+          }
+          let metCell = '';
+          if (p !== undefined && (known || misses.length)) {
+            judged++;
+            if (misses.length === 0) met++;
+            metCell = misses.length === 0 ? 'yes' : `**no** (${misses.join(', ')})`;
+          }
+          L.push(
+            `| ${S} | ${W} | ${MODE_LABEL[mode]} | ${rateCell(p, mode)} | ${rateCell(v('redis-sgd'), mode)} | ${rateCell(v('redis-adagrad'), mode)} | ${rateCell(v('tcp'), mode)} | ` +
+              `${fmtRatio(rA, pp)} | ${fmtRatio(rS, pp)} | ${fmtRatio(rT, true)} | ${metCell} |`,
+          );
+        }
+      }
+    }
+    L.push('');
+    L.push(`Rows meeting their targets: ${judged ? `${met} of ${judged}` : 'none judged (pmemps not run)'}.`);
+    L.push('', 'Notes:', '');
+    if (!opts.systems.includes('pmemps')) L.push('- pmemps was not run in this run (`--systems` without pmemps, or the server and SDK were not built yet)');
+    if (fills.length) L.push(`- filling the tables before measuring (one process, 4 batches in flight): ${fills.join('; ')}`);
+    const lat: string[] = [];
+    for (const sys of opts.systems) {
+      const xs = results.get(key(opts.servers[0], opts.workers[0], 'pullpush', sys));
+      if (xs?.length) lat.push(`${LABEL[sys]} ${fmtMs(median(xs.map((x) => x.p50Ms)))}`);
+    }
+    if (lat.length) L.push(`- median step time of pull+push, ${opts.servers[0]} server, ${opts.workers[0]} worker: ${lat.join(', ')}`);
+    for (const n of notes) L.push(`- ${n}`);
+    return L.join('\n') + '\n';
+  }
+
+  // ---------------------------------------------------------------- main
+
+  async function main(): Promise<void> {
+    const date = new Date().toISOString();
+    // stale temp dirs of earlier runs that were killed outright (their pid is gone)
+    for (const dir of [SHM, os.tmpdir()]) {
+      let names: string[] = [];
+      try {
+        names = fs.readdirSync(dir);
+      } catch {
+        continue;
+      }
+      for (const n of names) {
+        const m = /^pmemps-svcbench-(?:redis-)?(\d+)-/.exec(n);
+        if (!m || Number(m[1]) === process.pid) continue;
+        let alive = true;
+        try {
+          process.kill(Number(m[1]), 0);
+        } catch (e) {
+          alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+        }
+        if (!alive) {
+          progress(`removing stale ${n} from an earlier run`);
+          fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+        }
+      }
+    }
+    for (const f of ['service-worker.js', 'tcp-ceiling.js']) {
+      if (!fs.existsSync(path.join(__dirname, f))) throw new Error(`${f} is missing next to this script; run npx tsc -p tsconfig.json`);
+    }
+    if (opts.systems.includes('pmemps') && !fs.existsSync(PSERVER)) {
+      throw new Error('dist/server/pserver.js is missing: build the server (npx tsc -p tsconfig.json), or run without pmemps (--systems redis,tcp)');
+    }
+    if (opts.systems.includes('redis-sgd') && !fs.existsSync(redisBin)) {
+      throw new Error(`${redisBin} not found: install redis-server (apt-get install -y redis-server) or pass --redis-server`);
+    }
+    reaper = spawn(process.execPath, [__filename, '--reaper'], { stdio: ['pipe', 'ignore', 'inherit'] });
+    reaper.stdin!.on('error', () => undefined);
+    reaper.unref();
+    (reaper.stdin as unknown as { unref?: () => void }).unref?.();
+
+    let status = 'completed';
+    let err: unknown = null;
+    try {
+      for (const S of opts.servers) await runServers(S);
+    } catch (e) {
+      err = e;
+      status = `**FAILED**: ${String((e as Error)?.message ?? e).split('\n')[0]}`;
+    }
+    const out = render(performance.now() - T0, status, date);
+    process.stdout.write('\n' + out);
+    if (err) {
+      progress(`not writing ${path.relative(REPO, opts.out)}: the run failed`);
+      throw err;
+    }
+    fs.mkdirSync(path.dirname(opts.out), { recursive: true });
+    fs.writeFileSync(opts.out, out);
+    progress(`results written to ${path.relative(REPO, opts.out)}`);
+  }
+
+  main()
+    .catch((e) => {
+      process.stderr.write(`benchmark failed: ${(e as Error)?.stack ?? e}\n`);
+      process.exitCode = 1;
+    })
+    .finally(() => {
+      cleanupSync();
+      reaper?.stdin?.end();
+    });
+}
