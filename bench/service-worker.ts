@@ -8,7 +8,7 @@
 // lines on stdout (logs go to stderr):
 //   {"cmd":"fill","from":F,"to":T}   write rows F..T-1 once        -> @@FILLED {secs}
 //   {"cmd":"warm","mode":M,"ms":X}   run steps for X ms (>= 2)     -> @@WARM {steps}
-//   {"cmd":"go","mode":M,"ms":X}     the measurement               -> @@RESULT {steps, secs, p50Ms, p99Ms}
+//   {"cmd":"go","mode":M,"ms":X}     the measurement               -> @@RESULT {steps, secs, p50Ms, p99Ms, cpuMs}
 //   {"cmd":"quit"}                   close the client and exit 0
 // The process exits when its stdin closes (the driver went away).
 //
@@ -172,6 +172,7 @@ async function main(): Promise<void> {
       }
       case 'go': {
         const lat: number[] = [];
+        const c0 = process.cpuUsage();
         const t0 = performance.now();
         let t = t0;
         let i = 0;
@@ -181,7 +182,8 @@ async function main(): Promise<void> {
           lat.push(now - t);
           t = now;
         }
-        emit('RESULT', { steps: i, secs: (t - t0) / 1000, p50Ms: percentile(lat, 50), p99Ms: percentile(lat, 99) });
+        const cu = process.cpuUsage(c0);
+        emit('RESULT', { steps: i, secs: (t - t0) / 1000, p50Ms: percentile(lat, 50), p99Ms: percentile(lat, 99), cpuMs: (cu.user + cu.system) / 1000 });
         break;
       }
       case 'quit':

@@ -362,12 +362,29 @@ function driverMain(): void {
 
   interface Servers {
     endpoints: Partial<Record<SystemName, string[]>>;
+    /** Server process ids per system, for CPU accounting. */
+    pids: Partial<Record<SystemName, number[]>>;
     stop: () => Promise<void>;
+  }
+
+  /** CPU milliseconds (user + system) used so far by these processes, from /proc (10 ms ticks). */
+  function cpuMsOf(pids: number[]): number {
+    let t = 0;
+    for (const pid of pids) {
+      try {
+        const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const f = st.slice(st.lastIndexOf(')') + 2).split(' ').map(Number);
+        t += ((f[11] + f[12]) * 1000) / 100;
+      } catch {
+        /* gone */
+      }
+    }
+    return t;
   }
 
   const redisVersion = { v: '?' };
 
-  async function startPmemps(count: number): Promise<{ endpoints: string[]; stop: () => Promise<void> }> {
+  async function startPmemps(count: number): Promise<{ endpoints: string[]; pids: number[]; stop: () => Promise<void> }> {
     const base = ownDir(fs.mkdtempSync(path.join(SHM, `pmemps-svcbench-${process.pid}-`)));
     const procs: Array<{ proc: ChildProcess; out: string[] }> = [];
     const endpoints: string[] = [];
@@ -401,6 +418,7 @@ function driverMain(): void {
     }
     return {
       endpoints,
+      pids: procs.map((p) => p.proc.pid!),
       stop: async () => {
         // graceful: SIGTERM closes the engine cleanly; SIGKILL after 60 s
         await Promise.all(
@@ -421,7 +439,7 @@ function driverMain(): void {
     };
   }
 
-  async function startRedis(count: number): Promise<{ endpoints: string[]; stop: () => Promise<void> }> {
+  async function startRedis(count: number): Promise<{ endpoints: string[]; pids: number[]; stop: () => Promise<void> }> {
     const base = ownDir(fs.mkdtempSync(path.join(os.tmpdir(), `pmemps-svcbench-redis-${process.pid}-`)));
     const procs: ChildProcess[] = [];
     const endpoints: string[] = [];
@@ -443,6 +461,7 @@ function driverMain(): void {
     }
     return {
       endpoints,
+      pids: procs.map((p) => p.pid!),
       stop: async () => {
         await Promise.all(
           procs.map(async (p) => {
@@ -459,7 +478,7 @@ function driverMain(): void {
     };
   }
 
-  async function startTcp(count: number): Promise<{ endpoints: string[]; stop: () => Promise<void> }> {
+  async function startTcp(count: number): Promise<{ endpoints: string[]; pids: number[]; stop: () => Promise<void> }> {
     const kids: Child[] = [];
     const endpoints: string[] = [];
     for (let i = 0; i < count; i++) {
@@ -470,6 +489,7 @@ function driverMain(): void {
     }
     return {
       endpoints,
+      pids: kids.map((c) => c.proc.pid!),
       stop: async () => {
         for (const c of kids) {
           c.proc.stdin!.end();
@@ -484,6 +504,7 @@ function driverMain(): void {
   async function startServers(count: number): Promise<Servers> {
     const stops: Array<() => Promise<void>> = [];
     const endpoints: Servers['endpoints'] = {};
+    const pids: Servers['pids'] = {};
     const stopAll = async (): Promise<void> => {
       for (const s of stops.splice(0).reverse()) await s();
     };
@@ -492,23 +513,27 @@ function driverMain(): void {
         const p = await startPmemps(count);
         stops.push(p.stop);
         endpoints.pmemps = p.endpoints;
+        pids.pmemps = p.pids;
       }
       if (opts.systems.includes('redis-sgd')) {
         const r = await startRedis(count);
         stops.push(r.stop);
         endpoints['redis-sgd'] = r.endpoints;
         endpoints['redis-adagrad'] = r.endpoints;
+        pids['redis-sgd'] = r.pids;
+        pids['redis-adagrad'] = r.pids;
       }
       if (opts.systems.includes('tcp')) {
         const t = await startTcp(count);
         stops.push(t.stop);
         endpoints.tcp = t.endpoints;
+        pids.tcp = t.pids;
       }
     } catch (e) {
       await stopAll().catch(() => undefined);
       throw e;
     }
-    return { endpoints, stop: stopAll };
+    return { endpoints, pids, stop: stopAll };
   }
 
   // ---------------------------------------------------------------- workers
@@ -541,20 +566,34 @@ function driverMain(): void {
     rowsPerSec: number;
     p50Ms: number;
     steps: number;
+    /** Mean wall time of a step (per worker), and CPU per step of the worker processes and of the servers. */
+    wallMsPerStep: number;
+    clientCpuMsPerStep: number;
+    serverCpuMsPerStep: number;
   }
   const results = new Map<string, Sample[]>();
   const key = (s: number, w: number, mode: Mode, sys: SystemName): string => `${s}/${w}/${mode}/${sys}`;
   const notes: string[] = [];
   const fills: string[] = [];
 
-  async function cell(servers: number, workers: Child[], system: SystemName, mode: Mode): Promise<Sample> {
+  async function cell(servers: number, workers: Child[], system: SystemName, mode: Mode, serverPids: number[]): Promise<Sample> {
     const tmo = 60_000 + 4 * (opts.durMs + opts.warmMs);
     for (const w of workers) w.send({ cmd: 'warm', mode, ms: opts.warmMs });
     await Promise.all(workers.map((w) => w.next('WARM', tmo)));
+    const cpu0 = cpuMsOf(serverPids);
     for (const w of workers) w.send({ cmd: 'go', mode, ms: opts.durMs });
-    const rs: Array<{ steps: number; secs: number; p50Ms: number }> = await Promise.all(workers.map((w) => w.next('RESULT', tmo)));
+    const rs: Array<{ steps: number; secs: number; p50Ms: number; cpuMs: number }> = await Promise.all(workers.map((w) => w.next('RESULT', tmo)));
+    const serverCpu = cpuMsOf(serverPids) - cpu0;
     const rowsPerSec = rs.reduce((a, r) => a + (r.steps * opts.batch) / r.secs, 0);
-    const s = { rowsPerSec, p50Ms: median(rs.map((r) => r.p50Ms)), steps: rs.reduce((a, r) => a + r.steps, 0) };
+    const steps = rs.reduce((a, r) => a + r.steps, 0);
+    const s: Sample = {
+      rowsPerSec,
+      p50Ms: median(rs.map((r) => r.p50Ms)),
+      steps,
+      wallMsPerStep: rs.reduce((a, r) => a + (r.secs * 1000) / r.steps, 0) / rs.length,
+      clientCpuMsPerStep: rs.reduce((a, r) => a + r.cpuMs, 0) / steps,
+      serverCpuMsPerStep: serverCpu / steps,
+    };
     const k = key(servers, workers.length, mode, system);
     results.set(k, [...(results.get(k) ?? []), s]);
     return s;
@@ -599,7 +638,7 @@ function driverMain(): void {
               const order = opts.systems.map((_, i) => opts.systems[(i + rep) % opts.systems.length]);
               const line: string[] = [];
               for (const sys of order) {
-                const s = await cell(S, sets.get(sys)!, sys, mode);
+                const s = await cell(S, sets.get(sys)!, sys, mode, srv.pids[sys] ?? []);
                 line.push(`${LABEL[sys]} ${(s.rowsPerSec / 1e3).toFixed(0)}k`);
               }
               progress(`S=${S} W=${W} rep ${rep + 1}/${opts.reps} ${MODE_LABEL[mode]}: ${line.join(', ')} rows/s`);
@@ -746,15 +785,30 @@ function driverMain(): void {
     }
     L.push('');
     L.push(`Rows meeting their targets: ${judged ? `${met} of ${judged}` : 'none judged (pmemps not run)'}.`);
+    // where the time of a step goes, with one worker (no contention between workers)
+    const W1 = Math.min(...opts.workers);
+    L.push('');
+    L.push(
+      `Time per step with ${W1} worker${W1 > 1 ? 's' : ''}, ms: wall / CPU of the worker process / CPU of the server process(es) ` +
+        `(medians over the repetitions; CPU from process.cpuUsage() in the worker and /proc/PID/stat of the servers, all threads, 10 ms ticks):`,
+    );
+    L.push('');
+    L.push('| servers | step | pmemps | Redis SGD | Redis Adagrad | TCP ceiling |');
+    L.push('|---|---|---|---|---|---|');
+    for (const S of opts.servers) {
+      for (const mode of opts.modes) {
+        const c = (sys: SystemName): string => {
+          const xs = results.get(key(S, W1, mode, sys));
+          if (!xs?.length) return 'not run';
+          const f = (g: (x: Sample) => number): string => median(xs.map(g)).toFixed(1);
+          return `${f((x) => x.wallMsPerStep)} / ${f((x) => x.clientCpuMsPerStep)} / ${f((x) => x.serverCpuMsPerStep)}`;
+        };
+        L.push(`| ${S} | ${MODE_LABEL[mode]} | ${c('pmemps')} | ${c('redis-sgd')} | ${c('redis-adagrad')} | ${c('tcp')} |`);
+      }
+    }
     L.push('', 'Notes:', '');
     if (!opts.systems.includes('pmemps')) L.push('- pmemps was not run in this run (`--systems` without pmemps, or the server and SDK were not built yet)');
     if (fills.length) L.push(`- filling the tables before measuring (one process, 4 batches in flight): ${fills.join('; ')}`);
-    const lat: string[] = [];
-    for (const sys of opts.systems) {
-      const xs = results.get(key(opts.servers[0], opts.workers[0], 'pullpush', sys));
-      if (xs?.length) lat.push(`${LABEL[sys]} ${fmtMs(median(xs.map((x) => x.p50Ms)))}`);
-    }
-    if (lat.length) L.push(`- median step time of pull+push, ${opts.servers[0]} server, ${opts.workers[0]} worker: ${lat.join(', ')}`);
     for (const n of notes) L.push(`- ${n}`);
     return L.join('\n') + '\n';
   }
