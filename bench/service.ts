@@ -656,18 +656,12 @@ function driverMain(): void {
 
   // ---------------------------------------------------------------- report
 
-  function fmtRate(r: number | undefined): string {
-    if (r === undefined || !Number.isFinite(r)) return 'n/a';
-    const rows = r >= 1e6 ? `${(r / 1e6).toFixed(2)} M` : `${(r / 1e3).toFixed(0)} k`;
-    return `${rows} rows/s, ${((r * rowBytes) / 1e6).toFixed(0)} MB/s`;
-  }
   const mbPerRow = (mode: Mode): number => (mode === 'pullpush' ? 2 : 1) * rowBytes;
   function rateCell(r: number | undefined, mode: Mode): string {
     if (r === undefined || !Number.isFinite(r)) return 'not run';
     const rows = r >= 1e6 ? `${(r / 1e6).toFixed(2)} M` : `${(r / 1e3).toFixed(0)} k`;
     return `${rows} rows/s<br>${((r * mbPerRow(mode)) / 1e6).toFixed(0)} MB/s`;
   }
-  void fmtRate;
   const med = (s: number, w: number, mode: Mode, sys: SystemName): number | undefined => {
     const xs = results.get(key(s, w, mode, sys));
     return xs?.length ? median(xs.map((x) => x.rowsPerSec)) : undefined;
@@ -710,11 +704,16 @@ function driverMain(): void {
     return { nproc: sh('nproc', []) || String(os.availableParallelism()), model, mem: `${((memKb * 1024) / GiB).toFixed(1)} GiB`, kernel: `${os.type()} ${os.release()}` };
   }
 
+  function fmtRows(r: number): string {
+    return r >= 1e6 ? `${(r / 1e6).toFixed(2)} M rows/s` : `${(r / 1e3).toFixed(0)} k rows/s`;
+  }
+
   function render(wallMs: number, status: string, date: string): string {
     const m = machine();
     const now = cpuTicks();
     const other = Math.max(0, (now.busy - CPU0.busy - (now.ours - CPU0.ours)) / 100);
     const cores = Number(m.nproc) || 1;
+    const W1 = Math.min(...opts.workers);
     const L: string[] = [];
     L.push('# pmemps service benchmark', '');
     L.push(`- machine: ${m.model}, nproc ${m.nproc}, ${m.mem} RAM, ${m.kernel}; node ${process.version}; redis-server ${redisVersion.v}; ioredis ${pkgVersion('ioredis')}; @grpc/grpc-js ${pkgVersion('@grpc/grpc-js')}`);
@@ -731,8 +730,8 @@ function driverMain(): void {
     L.push(
       `- systems: **pmemps** = \`node dist/server/pserver.js --cache-mb ${opts.cacheMb} --pool-size ${opts.poolSizeMb}M\`, pools under /dev/shm with PMEM_IS_PMEM_FORCE=1 (emulated PMEM), ` +
         `through the SDK (\`PsClient\`), table Adagrad lr ${opts.lr}, uniform(${opts.initMin}, ${opts.initMax}) init; ` +
-        `**Redis** = \`redis-server --save '' --appendonly no --bind 127.0.0.1\`, ioredis, one binary 256-byte value per row (Adagrad: weights and accumulator under two keys), ` +
-        `pull = one pipeline of MGETs of 512 keys, push = sum duplicate keys, pipelined MGET of weights (+ accumulators), the update in float32 in the client (SGD / Adagrad lr ${opts.lr}), pipelined MSET: two round trips, not atomic; ` +
+        `**Redis** = \`redis-server --save '' --appendonly no --bind 127.0.0.1\`, ioredis, one binary value per row under a short ASCII key (SGD: the 256-byte weights; Adagrad: weights || accumulator, 512 bytes, one key a row because ioredis's cost is per key far more than per byte), ` +
+        `pull = one pipeline of MGETs of 512 keys per server, push = sum duplicate keys, pipelined MGET of the rows, the update in float32 in the client (SGD / Adagrad lr ${opts.lr}), pipelined MSET: two round trips, not atomic (bench/redis-peer.ts); ` +
         `**TCP ceiling** = the same key, value and gradient bytes over one plain TCP connection per server between Node processes, length-prefixed frames, the server answering from a preallocated buffer and acknowledging pushes; no per-key work on either side (with 2 servers the batch is cut into two contiguous halves, answers land in place), so it is the raw transport bound (bench/tcp-ceiling.ts)`,
     );
     L.push(
@@ -786,7 +785,6 @@ function driverMain(): void {
     L.push('');
     L.push(`Rows meeting their targets: ${judged ? `${met} of ${judged}` : 'none judged (pmemps not run)'}.`);
     // where the time of a step goes, with one worker (no contention between workers)
-    const W1 = Math.min(...opts.workers);
     L.push('');
     L.push(
       `Time per step with ${W1} worker${W1 > 1 ? 's' : ''}, ms: wall / CPU of the worker process / CPU of the server process(es) ` +
@@ -807,6 +805,23 @@ function driverMain(): void {
       }
     }
     L.push('', 'Notes:', '');
+    // what the CPU alone allows: every step costs its worker's and its servers' CPU, and the run has nproc cores
+    const bound: string[] = [];
+    for (const S of opts.servers) {
+      const per = opts.systems.map((sys) => {
+        const xs = results.get(key(S, W1, 'pullpush', sys));
+        if (!xs?.length) return null;
+        const cpu = median(xs.map((x) => x.clientCpuMsPerStep + x.serverCpuMsPerStep));
+        return `${LABEL[sys]} ${cpu.toFixed(1)} ms → ≤ ${fmtRows((cores * opts.batch * 1000) / cpu)}`;
+      });
+      if (per.some(Boolean)) bound.push(`${S} server${S > 1 ? 's' : ''}: ${per.filter(Boolean).join(', ')}`);
+    }
+    if (bound.length) {
+      L.push(
+        `- CPU per pull+push step (worker + servers, ${W1} worker) and the rows/s that ${cores} cores allow at that cost (${cores} x ${opts.batch} keys / CPU per step), ` +
+          `an upper bound for any number of workers on this machine: ${bound.join('; ')}`,
+      );
+    }
     if (!opts.systems.includes('pmemps')) L.push('- pmemps was not run in this run (`--systems` without pmemps, or the server and SDK were not built yet)');
     if (fills.length) L.push(`- filling the tables before measuring (one process, 4 batches in flight): ${fills.join('; ')}`);
     for (const n of notes) L.push(`- ${n}`);
