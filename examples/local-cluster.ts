@@ -5,6 +5,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { parameterServerService } from '../proto/load';
 
 const PSERVER = path.join(__dirname, '..', 'server', 'pserver.js');
 
@@ -28,6 +30,26 @@ export async function freePort(): Promise<number> {
       s.close(() => resolve(p));
     });
   });
+}
+
+function statusOnce(endpoint: string): Promise<void> {
+  const Ctor = parameterServerService();
+  const c = new Ctor(endpoint, grpc.credentials.createInsecure()) as grpc.Client & Record<string, any>;
+  return new Promise<void>((resolve, reject) =>
+    c.Status({}, { deadline: Date.now() + 1000 }, (err: Error | null) => {
+      c.close();
+      if (err) reject(err);
+      else resolve();
+    }),
+  );
+}
+
+function safeTail(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').slice(-2000);
+  } catch {
+    return '';
+  }
 }
 
 export class LocalCluster {
@@ -85,23 +107,28 @@ export class LocalCluster {
     fs.closeSync(log);
     this.procs[i] = child;
     this.exits[i] = new Promise((r) => child.once('exit', (code, sig) => r(code ?? (sig ? -1 : null))));
+    const out = fs.createWriteStream(this.logFile(i), { flags: 'a' });
+    child.stdout!.pipe(out);
     return new Promise<void>((resolve, reject) => {
-      let buf = '';
-      let ready = false;
-      const out = fs.createWriteStream(this.logFile(i), { flags: 'a' });
-      child.stdout!.on('data', (d: Buffer) => {
-        out.write(d);
-        if (ready) return;
-        buf += d.toString();
-        if (buf.includes('"msg":"serving"')) {
-          ready = true;
-          resolve();
-        }
-      });
-      child.stdout!.on('end', () => out.end());
+      let done = false;
       child.once('exit', (code, sig) => {
-        if (!ready) reject(new Error(`pserver ${i} exited (${code ?? sig}) before serving; see ${this.logFile(i)}:\n${buf.slice(-2000)}`));
+        if (done) return;
+        done = true;
+        reject(new Error(`pserver ${i} exited (${code ?? sig}) before serving; see ${this.logFile(i)}:\n${safeTail(this.logFile(i))}`));
       });
+      // Ready when it answers Status (whatever the log level).
+      const poll = (): void => {
+        if (done) return;
+        statusOnce(this.endpoints[i]).then(
+          () => {
+            if (done) return;
+            done = true;
+            resolve();
+          },
+          () => setTimeout(poll, 50),
+        );
+      };
+      poll();
     });
   }
 

@@ -164,7 +164,7 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
         case 'PREPARE': {
           const dense = new Map<string, Float32Array>();
           for (const t of req.dense ?? []) dense.set(t.name, asFloats(floatsArg(t.values, `dense tensor ${t.name}`)).slice());
-          st = await shard.prepare(id, ballot, req.meta ?? Buffer.alloc(0), dense);
+          st = await shard.prepare(id, ballot, req.meta ?? Buffer.alloc(0), dense, idArg(req.incarnation, 'incarnation'));
           log.info({ id, ballot }, 'checkpoint prepared');
           break;
         }

@@ -165,10 +165,11 @@ export class Shard {
     return { committedId: st.committed ?? 0, preparedId: st.prepared ?? 0, lastId: st.lastId, ballot: this.engine.raiseBallot(0) };
   }
 
-  prepare(id: number, ballot: number, meta: Buffer, dense: Map<string, Float32Array>): Promise<CheckpointState> {
+  prepare(id: number, ballot: number, meta: Buffer, dense: Map<string, Float32Array>, incarnation: number): Promise<CheckpointState> {
     return this.protocol(ballot, async () => {
       const st = this.checkpointState();
       if (st.preparedId === id || st.committedId === id) return st; // a retry
+      this.checkIncarnation(incarnation);
       if (st.preparedId !== 0)
         throw new EngineError(
           'FAILED_PRECONDITION',

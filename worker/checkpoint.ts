@@ -13,7 +13,7 @@
 // coordinator that wakes up after a restore can neither prepare nor commit.
 import * as grpc from '@grpc/grpc-js';
 import type { PsClient } from './client';
-import { CheckpointError, CoordinatorSupersededError, PsError } from './errors';
+import { CheckpointError, CoordinatorSupersededError, PsError, ServerRestartedError } from './errors';
 import { shardOfDense } from './shard';
 
 export interface PersistInput {
@@ -39,10 +39,18 @@ interface CkptState {
   last_id: number;
 }
 
-// Test hook: PMEMPS_SDK_FAILPOINT=<name> kills this process with SIGKILL at
-// that point of the protocol (crash tests of the coordinator).
+// Test hook: PMEMPS_SDK_FAILPOINT=<name>[:n] kills this process with SIGKILL
+// the n-th time (default 1st) it reaches that point of the protocol (the
+// crash tests of the coordinator).
+const fpHits = new Map<string, number>();
 function failpoint(name: string): void {
-  if (process.env.PMEMPS_SDK_FAILPOINT === name) process.kill(process.pid, 'SIGKILL');
+  const spec = process.env.PMEMPS_SDK_FAILPOINT;
+  if (!spec) return;
+  const [fp, n] = spec.split(':');
+  if (fp !== name) return;
+  const hits = (fpHits.get(name) ?? 0) + 1;
+  fpHits.set(name, hits);
+  if (hits === Number(n ?? 1)) process.kill(process.pid, 'SIGKILL');
 }
 
 function encodeMeta(step: number, meta: unknown): Buffer {
@@ -75,14 +83,24 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   const unresolved = sts.find((s) => s.prepared_id !== 0);
   if (unresolved) throw new CheckpointError(`checkpoint ${unresolved.prepared_id} is prepared and unresolved on some shard (a crash during an earlier persist); call restore()`, unresolved.prepared_id);
   const id = Math.max(...sts.map((s) => Math.max(s.committed_id, s.last_checkpoint_id))) + 1;
-  c.ballot = Math.max(c.ballot, ...sts.map((s) => s.ballot));
+  // The ballot this worker took at connect or at its own restore: never one
+  // read back from the shards, or a coordinator that lost to a restore would
+  // silently adopt the winner's ballot.
   const ballot = c.ballot;
 
   failpoint('persist.before_prepare');
   let prepared = 0;
   try {
     await c.all(async (s) => {
-      await s.call<CkptState>('Checkpoint', { id, phase: 'PREPARE', ballot, meta, dense: perShard[s.index] });
+      for (;;) {
+        try {
+          await s.call<CkptState>('Checkpoint', { id, phase: 'PREPARE', ballot, meta, dense: perShard[s.index], incarnation: s.incarnation });
+          break;
+        } catch (e) {
+          if ((e as PsError).reason !== 'incarnation') throw e;
+          await c.checkContinuity(s); // a clean restart: go on; a crash: ServerRestartedError
+        }
+      }
       if (++prepared === 1) failpoint('persist.after_first_prepare');
     });
   } catch (e) {
@@ -90,6 +108,7 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
     // Some shard could not prepare: abort everywhere (best effort; restore()
     // aborts what is left, since not every shard prepared).
     await c.all((s) => s.call('Checkpoint', { id, phase: 'ABORT', ballot }, { retryForMs: 5000 }).catch(() => undefined));
+    if (e instanceof ServerRestartedError) throw e;
     throw new CheckpointError(`checkpoint ${id} was aborted: ${(e as Error).message}`, id, e as Error);
   }
   failpoint('persist.after_prepare');

@@ -1,0 +1,334 @@
+// The service end to end: three pserver processes on loopback, workers as
+// child processes and in-process SDK clients, raw gRPC where the test must
+// speak the wire contract itself.
+import { after, before, describe, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { LocalCluster } from '../examples/local-cluster';
+import { Engine } from '../native/engine';
+import { parameterServerService } from '../proto/load';
+import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, shardOfKey } from '../worker';
+import { PLAN, TABLE, allKeys, biasAt, clusterDigest, referenceDigest, runWorker, type Plan } from './cluster.lib';
+import { poolDirs } from './helpers';
+
+const dirs = poolDirs(after);
+const clusters: LocalCluster[] = [];
+after(() => clusters.forEach((c) => c.killAll()));
+
+async function cluster(shards = 3, tag = 'svc', poolSize = '64M'): Promise<LocalCluster> {
+  const c = await LocalCluster.start({ dir: dirs(tag), shards, cacheMb: 16, poolSize, logLevel: 'warn' });
+  clusters.push(c);
+  return c;
+}
+
+/** A raw client of one server: the wire contract without the SDK. */
+function raw(endpoint: string, maxMb = 256): grpc.Client & Record<string, any> {
+  const Ctor = parameterServerService();
+  return new Ctor(endpoint, grpc.credentials.createInsecure(), {
+    'grpc.max_receive_message_length': maxMb * 2 ** 20,
+    'grpc.max_send_message_length': maxMb * 2 ** 20,
+  }) as grpc.Client & Record<string, any>;
+}
+
+function rawCall<T = any>(c: grpc.Client & Record<string, any>, method: string, req: unknown): Promise<T> {
+  return new Promise((resolve, reject) => c[method](req, { deadline: Date.now() + 20_000 }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res))));
+}
+
+describe('three servers, SDK and wire', () => {
+  let c: LocalCluster;
+  before(async () => {
+    c = await cluster(3, 'svc', '512M');
+  });
+  after(() => c.stop());
+
+  test('two workers pushing in a fixed order agree bit for bit with a reference model', async () => {
+    const plan: Plan = { ...PLAN, workers: 2, steps: 24, persistEvery: 8 };
+    const runs = [0, 1].map((w) => runWorker({ endpoints: c.endpoints, plan, worker: w }));
+    const [r0, r1] = await Promise.all(runs.map((r) => r.done));
+    assert.equal(r0.code, 0, r0.stderr);
+    assert.equal(r1.code, 0, r1.stderr);
+    const want = await referenceDigest(plan, plan.steps);
+    assert.equal(r0.events.at(-1)!.digest, want, 'worker 0 sees the reference');
+    assert.equal(r1.events.at(-1)!.digest, want, 'worker 1 sees the reference');
+    assert.deepEqual(
+      r0.events.filter((e) => e.event === 'persisted').map((e) => e.step),
+      [8, 16, 24],
+    );
+    const ps = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      assert.equal(await clusterDigest(ps, plan), want);
+      // Rows really are spread: every shard holds some.
+      const st = await ps.status();
+      for (const s of st) assert.ok(s.tables.find((t) => t.spec.name === TABLE.name)!.rows > 0, `shard ${s.shard} holds rows`);
+      assert.equal(new Set(st.map((s) => s.identity!.cluster_id)).size, 1);
+      assert.deepEqual(
+        st.map((s) => s.identity!.shard_index),
+        [0, 1, 2],
+      );
+    } finally {
+      ps.close();
+    }
+  });
+
+  test('a retried push is applied once; a push naming another incarnation is refused', async () => {
+    const ps = await PsClient.connect({ endpoints: c.endpoints });
+    const cli = raw(c.endpoints[1]);
+    try {
+      await ps.createTable({ ...TABLE, name: 'once' });
+      const st = await rawCall(cli, 'Status', {});
+      const keys = Buffer.alloc(16);
+      keys.writeBigUInt64LE(5n, 0);
+      keys.writeBigUInt64LE(6n, 8);
+      const grads = Buffer.from(Float32Array.from({ length: 16 }, (_, i) => (i % 5) - 2).buffer);
+      const push = { table: 'once', keys, grads, worker_id: 'test-worker', seq: 1, incarnation: st.incarnation };
+      assert.equal((await rawCall(cli, 'Push', push)).duplicate, false);
+      assert.equal((await rawCall(cli, 'Push', push)).duplicate, true, 'the retry is recognised');
+      // Concurrent retries of a new push: exactly one applies.
+      const again = await Promise.all([1, 2, 3].map(() => rawCall(cli, 'Push', { ...push, seq: 2 })));
+      assert.equal(again.filter((r) => !r.duplicate).length, 1);
+
+      const ref = Engine.open({ memoryOnly: true, cacheMb: 8 });
+      ref.createTable({ ...TABLE, name: 'once' });
+      await ref.push('once', keys, grads);
+      await ref.push('once', keys, grads);
+      const want = await ref.pull('once', keys);
+      await ref.close();
+      const got = (await rawCall(cli, 'Pull', { table: 'once', keys })).values as Buffer;
+      assert.ok(got.equals(want), 'two distinct pushes applied, retries not');
+
+      await assert.rejects(rawCall(cli, 'Push', { ...push, seq: 3, incarnation: st.incarnation + 1 }), (e: grpc.ServiceError) => {
+        assert.equal(e.code, grpc.status.FAILED_PRECONDITION);
+        assert.equal(e.metadata.get('pmemps-reason')[0], 'incarnation');
+        assert.match(e.details, /incarnation/);
+        return true;
+      });
+      assert.ok(((await rawCall(cli, 'Pull', { table: 'once', keys })).values as Buffer).equals(want), 'the refused push changed nothing');
+    } finally {
+      cli.close();
+      ps.close();
+    }
+  });
+
+  test('bad input gets a clear gRPC error and changes nothing', async () => {
+    const cli = raw(c.endpoints[0]);
+    try {
+      const bad = async (method: string, req: unknown, code: grpc.status, re: RegExp): Promise<void> => {
+        await assert.rejects(rawCall(cli, method, req), (e: grpc.ServiceError) => {
+          assert.equal(e.code, code, `${method}: ${e.details}`);
+          assert.match(e.details, re);
+          return true;
+        });
+      };
+      await bad('Pull', { table: 'nope', keys: Buffer.alloc(8) }, grpc.status.NOT_FOUND, /nope/);
+      await bad('Pull', { table: 'emb', keys: Buffer.alloc(7) }, grpc.status.INVALID_ARGUMENT, /multiple of 8/);
+      await bad('Push', { table: 'emb', keys: Buffer.alloc(8), grads: Buffer.alloc(8) }, grpc.status.INVALID_ARGUMENT, /grad/);
+      await bad('CreateTable', { spec: { name: 'emb', dim: 9, optimizer: { type: 'sgd', params: { lr: 1 } }, initializer: { type: 'zeros' } } }, grpc.status.ALREADY_EXISTS, /emb/);
+      await bad('CreateTable', { spec: { name: 'x', dim: 4, optimizer: { type: 'lion', params: {} }, initializer: { type: 'zeros' } } }, grpc.status.INVALID_ARGUMENT, /lion/);
+      await bad('Checkpoint', { id: 1, phase: 'PHASE_UNSPECIFIED' }, grpc.status.INVALID_ARGUMENT, /phase/);
+      await bad('DropTable', { name: 'emb' }, grpc.status.UNIMPLEMENTED, /not changed/);
+      await bad('PullDense', { names: ['nope'] }, grpc.status.NOT_FOUND, /SetDense/);
+      const nan = Buffer.from(Float32Array.from({ length: 8 }, () => NaN).buffer);
+      await bad('Push', { table: 'emb', keys: Buffer.alloc(8), grads: nan }, grpc.status.INVALID_ARGUMENT, /NaN/);
+    } finally {
+      cli.close();
+    }
+  });
+
+  test('65,536 keys x dim 128 pass in one message; a pull beyond the limit is refused clearly', async () => {
+    const ps = await PsClient.connect({ endpoints: c.endpoints });
+    const cli = raw(c.endpoints[2]);
+    try {
+      const wide = { ...TABLE, name: 'wide', dim: 128, optimizer: { type: 'sgd' as const, lr: 0.5 } };
+      await ps.createTable(wide);
+      const n = 65_536;
+      const keys = Buffer.alloc(n * 8);
+      for (let i = 0; i < n; i++) keys.writeBigUInt64LE(BigInt(i * 3 + 1), i * 8);
+      const grads = Buffer.from(Float32Array.from({ length: n * 128 }, (_, i) => (i % 3) - 1).buffer);
+      // One raw message of 32.5 MiB to one server.
+      const st = await rawCall(cli, 'Status', {});
+      await rawCall(cli, 'Push', { table: 'wide', keys, grads, worker_id: '', seq: 0, incarnation: st.incarnation });
+      const vals = (await rawCall(cli, 'Pull', { table: 'wide', keys })).values as Buffer;
+      assert.equal(vals.length, n * 128 * 4);
+      // And through the SDK, split over three shards.
+      const rows = await ps.pull('wide', keys);
+      assert.equal(rows.length, n * 128);
+      await ps.push('wide', keys, grads);
+      // 200,000 x 128 x 4 = 98 MiB: above the server's 64 MiB.
+      const big = Buffer.alloc(200_000 * 8);
+      await assert.rejects(rawCall(cli, 'Pull', { table: 'wide', keys: big }), (e: grpc.ServiceError) => {
+        assert.equal(e.code, grpc.status.RESOURCE_EXHAUSTED);
+        assert.match(e.details, /max-message-mb.*split the batch/);
+        return true;
+      });
+      // The SDK splits such a batch on its own.
+      const many = await ps.pull('wide', big);
+      assert.equal(many.length, 200_000 * 128);
+    } finally {
+      cli.close();
+      ps.close();
+    }
+  });
+
+  test('dense tensors live on the shard of their name; pushes apply the optimizer once', async () => {
+    const ps = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      await ps.setDense('w.a', Float32Array.of(1, 2, 3), { type: 'sgd', lr: 0.5 });
+      await ps.setDense('w.b', Float32Array.of(-1), { type: 'sgd', lr: 1 });
+      await ps.pushDense('w.a', Float32Array.of(1, 1, 1));
+      await ps.pushDense('w.b', Float32Array.of(2));
+      const got = await ps.pullDense(['w.a', 'w.b']);
+      assert.deepEqual([...got.get('w.a')!], [0.5, 1.5, 2.5]);
+      assert.deepEqual([...got.get('w.b')!], [-3]);
+      // The wrong shard refuses it.
+      const owner = (await import('../worker')).shardOfDense('w.a', 3);
+      const cli = raw(c.endpoints[(owner + 1) % 3]);
+      await assert.rejects(rawCall(cli, 'SetDense', { tensor: { name: 'w.a', values: Buffer.alloc(4) }, optimizer: { type: 'sgd', params: { lr: 1 } } }), /belongs to shard/);
+      cli.close();
+      await assert.rejects(ps.pushDense('w.a', Float32Array.of(1)), /has 3 values/);
+    } finally {
+      ps.close();
+    }
+  });
+
+  test('the endpoint list must match the shard identities stored in the pools', async () => {
+    const e = c.endpoints;
+    await assert.rejects(PsClient.connect({ endpoints: [e[1], e[0], e[2]] }), (err: Error) => {
+      assert.ok(err instanceof IdentityMismatchError);
+      assert.match(err.message, /position 0 of 3/);
+      return true;
+    });
+    await assert.rejects(PsClient.connect({ endpoints: [e[0], e[1]] }), IdentityMismatchError);
+  });
+});
+
+describe('keys spread evenly over the shards', () => {
+  test('sequential and hashed ids', () => {
+    for (const n of [2, 3, 8]) {
+      for (const [name, gen] of [
+        ['sequential', (i: number) => BigInt(i)],
+        ['hashed', (i: number) => (BigInt(Math.imul(i, 0x9e3779b1) >>> 0) << 32n) | BigInt(Math.imul(i ^ 0x5bd1e995, 0x85ebca6b) >>> 0)],
+        ['strided by N', (i: number) => BigInt(i * n)],
+      ] as const) {
+        const counts = new Array(n).fill(0);
+        const total = 120_000;
+        for (let i = 0; i < total; i++) counts[shardOfKey(gen(i), n)]++;
+        const expect = total / n;
+        for (const k of counts) assert.ok(Math.abs(k - expect) / expect < 0.02, `${name} ids over ${n} shards: ${counts.join(' ')}`);
+      }
+    }
+  });
+});
+
+describe('clean stop and restart', () => {
+  test('loses nothing, needs no restore, and keeps retried pushes exactly-once', async () => {
+    const c = await cluster(3, 'clean');
+    const plan: Plan = { ...PLAN, steps: 16 };
+    const ps = await PsClient.connect({ endpoints: c.endpoints, retryForMs: 20_000 });
+    try {
+      const { TABLE: T, DENSE_INIT, DENSE_NAME, DENSE_OPT, batchKeys, gradsFor, denseGrad } = await import('./cluster.lib');
+      await ps.createTable(T);
+      await ps.setDense(DENSE_NAME, DENSE_INIT, DENSE_OPT);
+      const step = async (t: number): Promise<void> => {
+        const keys = batchKeys(plan, t, 0);
+        await ps.push(T.name, keys, gradsFor(plan, t, 0, await ps.pull(T.name, keys)));
+        await ps.pushDense(DENSE_NAME, denseGrad(plan, t));
+      };
+      for (let t = 0; t < 8; t++) await step(t);
+      await ps.persist({ step: 8, dense: { bias: biasAt(8) } });
+      for (let t = 8; t < 12; t++) await step(t);
+      // A raw push applied just before the stop, to be retried after it.
+      const cli = raw(c.endpoints[0]);
+      const inc0 = (await rawCall(cli, 'Status', {})).incarnation;
+      const rk = Buffer.alloc(8);
+      rk.writeBigUInt64LE(999_999n);
+      const rpush = { table: T.name, keys: rk, grads: Buffer.from(new Float32Array(8).fill(1).buffer), worker_id: 'raw', seq: 1, incarnation: inc0 };
+      assert.equal((await rawCall(cli, 'Push', rpush)).duplicate, false);
+      const before = (await rawCall(cli, 'Pull', { table: T.name, keys: rk })).values as Buffer;
+      cli.close();
+
+      await c.stop(); // SIGTERM: graceful
+      await Promise.all([0, 1, 2].map((i) => c.startShard(i)));
+
+      const st = await ps.status();
+      for (const s of st) {
+        assert.equal(s.last_stop_clean, true);
+        assert.equal(s.committed_id, 1);
+      }
+      // The SDK adopts the new incarnations (same lineage) and goes on.
+      for (let t = 12; t < 16; t++) await step(t);
+      assert.equal(await clusterDigest(ps, plan), await referenceDigest(plan, 16));
+
+      const cli2 = raw(c.endpoints[0]);
+      const st0 = await rawCall(cli2, 'Status', {});
+      assert.notEqual(st0.incarnation, inc0);
+      assert.equal((await rawCall(cli2, 'Push', { ...rpush, incarnation: st0.incarnation })).duplicate, true, 'applied before the stop: not again');
+      assert.ok(((await rawCall(cli2, 'Pull', { table: T.name, keys: rk })).values as Buffer).equals(before));
+      cli2.close();
+    } finally {
+      ps.close();
+      await c.stop();
+    }
+  });
+});
+
+describe('checkpoint coordinators', () => {
+  test('a late PREPARE or COMMIT from a coordinator that lost to a restore is refused', async () => {
+    const c = await cluster(3, 'ballot');
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    const b = await PsClient.connect({ endpoints: c.endpoints });
+    const clis = c.endpoints.map((e) => raw(e));
+    try {
+      await a.createTable(TABLE);
+      const keys = allKeys(PLAN).slice(0, 50);
+      await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.5));
+      assert.equal((await a.persist({ step: 1 })).id, 1);
+      const at1 = await a.pull(TABLE.name, keys);
+      await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.25));
+
+      // Coordinator A (ballot 0) prepares checkpoint 2 on two shards, then stalls.
+      const incs = await Promise.all(clis.map((x) => rawCall(x, 'Status', {})));
+      for (const i of [0, 1]) await rawCall(clis[i], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: 0, meta: Buffer.from('{"step":2}'), incarnation: incs[i].incarnation });
+
+      // Worker B restores: raises the ballot, aborts 2 (not prepared everywhere), rolls back to 1.
+      const r = await b.restore();
+      assert.equal(r.id, 1);
+      assert.equal(r.step, 1);
+      assert.ok(Buffer.from((await b.pull(TABLE.name, keys)).buffer).equals(Buffer.from(at1.buffer)));
+
+      // A wakes up: its PREPARE on the third shard and its COMMIT are refused.
+      const refused = (e: grpc.ServiceError): boolean => {
+        assert.equal(e.code, grpc.status.ABORTED);
+        assert.match(e.details, /ballot/);
+        return true;
+      };
+      await assert.rejects(rawCall(clis[2], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: 0, incarnation: 0 }), refused);
+      for (const x of clis) await assert.rejects(rawCall(x, 'Checkpoint', { id: 2, phase: 'COMMIT', ballot: 0 }), refused);
+      await assert.rejects(a.persist({ step: 3 }), CoordinatorSupersededError);
+      for (const s of await b.status()) {
+        assert.equal(s.committed_id, 1);
+        assert.equal(s.prepared_id, 0);
+      }
+      // B, the new coordinator, persists normally.
+      assert.ok((await b.persist({ step: 2 })).id > 2);
+    } finally {
+      clis.forEach((x) => x.close());
+      a.close();
+      b.close();
+      await c.stop();
+    }
+  });
+
+  test('persist and restore refuse bad input', async () => {
+    const c = await cluster(1, 'input');
+    const ps = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      await assert.rejects(ps.persist({ step: -1 }), PsError);
+      await assert.rejects(ps.persist({ step: 1, dense: { x: [1, 2] as unknown as Float32Array } }), /Float32Array/);
+      const r = await ps.restore();
+      assert.equal(r.id, 0, 'no checkpoint yet: back to the initial state');
+    } finally {
+      ps.close();
+      await c.stop();
+    }
+  });
+});
