@@ -18,6 +18,8 @@ export interface ClusterOptions {
   poolSize?: string;
   /** Extra environment for the servers (e.g. PMEMPS_FAILPOINT). PMEM_IS_PMEM_FORCE=1 unless given. */
   env?: Record<string, string>;
+  /** Extra environment for one shard's first start, by shard index. */
+  shardEnv?: Record<number, Record<string, string>>;
   logLevel?: string;
 }
 
@@ -64,7 +66,7 @@ export class LocalCluster {
     fs.mkdirSync(opts.dir, { recursive: true });
     for (let i = 0; i < opts.shards; i++) c.ports.push(await freePort());
     try {
-      await Promise.all(c.ports.map((_, i) => c.startShard(i)));
+      await Promise.all(c.ports.map((_, i) => c.startShard(i, opts.shardEnv?.[i])));
     } catch (e) {
       c.killAll();
       throw e;

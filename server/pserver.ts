@@ -30,28 +30,34 @@ export interface ServerOptions {
 }
 
 export function parseOptions(argv: string[]): ServerOptions {
+  // Every option also reads PMEMPS_<NAME> (e.g. PMEMPS_CACHE_MB); set
+  // explicitly rather than with yargs' env() so that other PMEMPS_ variables
+  // (PMEMPS_FAILPOINT in tests) are not taken for unknown options.
+  const env = (name: string): string | undefined => process.env[`PMEMPS_${name.toUpperCase().replace(/-/g, '_')}`];
+  const num = (name: string, def: number): number => (env(name) !== undefined ? Number(env(name)) : def);
   const a = yargs(argv)
     .scriptName('pserver')
-    .usage('$0 --bind HOST:PORT --pmem DIR [options]\n\nServes one shard of a pmemps cluster from a libpmemobj pool in DIR.')
-    .env('PMEMPS')
-    .option('bind', { type: 'string', demandOption: true, describe: 'address to listen on, HOST:PORT (env PMEMPS_BIND)' })
-    .option('pmem', { type: 'string', demandOption: true, describe: 'directory of the pool: a DAX mount, CXL memory, /dev/shm or any filesystem (env PMEMPS_PMEM)' })
-    .option('cache-mb', { type: 'number', default: 1024, describe: 'hard DRAM budget of the row cache, MiB' })
-    .option('pool-size', { type: 'string', default: '16G', describe: 'pool size when the pool is created (e.g. 512M, 64G); ignored for an existing pool' })
-    .option('max-message-mb', { type: 'number', default: DEFAULT_MAX_MESSAGE_MB, describe: 'largest request or response, MiB' })
-    .option('drain-seconds', { type: 'number', default: 30, describe: 'on SIGTERM, how long calls in flight may take before they are cancelled' })
-    .option('log-level', { type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level (env PMEMPS_LOG_LEVEL)' })
+    .usage('$0 --bind HOST:PORT --pmem DIR [options]\n\nServes one shard of a pmemps cluster from a libpmemobj pool in DIR.\nEvery option can also be set as PMEMPS_<OPTION> (e.g. PMEMPS_CACHE_MB=4096).')
+    .option('bind', { type: 'string', default: env('bind'), describe: 'address to listen on, HOST:PORT' })
+    .option('pmem', { type: 'string', default: env('pmem'), describe: 'directory of the pool: a DAX mount, CXL memory, /dev/shm or any filesystem' })
+    .option('cache-mb', { type: 'number', default: num('cache-mb', 1024), describe: 'hard DRAM budget of the row cache, MiB' })
+    .option('pool-size', { type: 'string', default: env('pool-size') ?? '16G', describe: 'pool size when the pool is created (e.g. 512M, 64G; a bare number is MiB); ignored for an existing pool' })
+    .option('max-message-mb', { type: 'number', default: num('max-message-mb', DEFAULT_MAX_MESSAGE_MB), describe: 'largest request or response, MiB' })
+    .option('drain-seconds', { type: 'number', default: num('drain-seconds', 30), describe: 'on SIGTERM, how long calls in flight may take before they are cancelled' })
+    .option('log-level', { type: 'string', default: env('log-level') ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level' })
     .version(VERSION)
     .strict()
     .help()
     .parseSync();
+  if (!a.bind) throw new Error('--bind HOST:PORT is required (or PMEMPS_BIND)');
+  if (!a.pmem) throw new Error('--pmem DIR is required (or PMEMPS_PMEM)');
   if (!/^[^:]+:\d+$/.test(a.bind) && !/^\[.*\]:\d+$/.test(a.bind)) throw new Error(`--bind must be HOST:PORT, got "${a.bind}"`);
   if (!(a['cache-mb'] >= 1)) throw new Error('--cache-mb must be at least 1');
   if (!(a['max-message-mb'] >= 1 && a['max-message-mb'] <= 2047)) throw new Error('--max-message-mb must be in 1..2047');
   log.level = a['log-level'];
   return {
-    bind: a.bind,
-    pmem: a.pmem,
+    bind: a.bind as string,
+    pmem: a.pmem as string,
     cacheMb: a['cache-mb'],
     poolSizeMb: parseSize(a['pool-size']),
     maxMessageMb: a['max-message-mb'],
@@ -62,7 +68,7 @@ export function parseOptions(argv: string[]): ServerOptions {
 function parseSize(s: string): number {
   const m = /^(\d+(?:\.\d+)?)([KMGT]?)i?B?$/i.exec(String(s).trim());
   if (!m) throw new Error(`--pool-size must look like 512M or 64G, got "${s}"`);
-  const mul: Record<string, number> = { '': 1 / 2 ** 20, K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 };
+  const mul: Record<string, number> = { '': 1, K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 };
   const mb = Number(m[1]) * mul[m[2].toUpperCase()];
   if (mb < 16) throw new Error('--pool-size must be at least 16M');
   return mb;

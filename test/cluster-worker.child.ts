@@ -59,6 +59,7 @@ async function main(): Promise<void> {
       if (two && args.worker === 0) await ps.barrier('a', p.workers);
       if (two) await ps.barrier('b', p.workers);
       step++;
+      if (args.stepDelayMs) await new Promise((r) => setTimeout(r, args.stepDelayMs));
       if (args.worker === 0 && step % p.persistEvery === 0) {
         const { id } = await ps.persist({ step, dense: { bias: biasAt(step) }, meta: { step } });
         emit({ event: 'persisted', id, step });

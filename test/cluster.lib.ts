@@ -135,6 +135,8 @@ export interface WorkerArgs {
   restoreAtStep?: number;
   retryForMs?: number;
   workerId?: string;
+  /** Sleep per step, ms: gives seeded timer kills room to land mid-run. */
+  stepDelayMs?: number;
 }
 
 export interface WorkerEvent {

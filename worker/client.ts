@@ -163,7 +163,14 @@ export class PsClient {
       split.keys.map(async (sk, s) => {
         if (sk.length === 0) return null;
         const chunks = chunk(sk, dim);
-        const parts = await Promise.all(chunks.map((ck) => this.shards[s].call<{ values: Buffer }>('Pull', { table, keys: ck }).then((r) => r.values)));
+        const parts = await Promise.all(chunks.map((ck) => this.shards[s].call<{ values: Buffer }>('Pull', { table, keys: ck }).then((r) => r.values))).catch(
+          async (e: PsError) => {
+            // A table missing on one shard: that shard may have come back at a
+            // checkpoint from before the table existed. Say so when it did.
+            if (e.code === grpc.status.NOT_FOUND) await this.checkContinuity(this.shards[s]);
+            throw e;
+          },
+        );
         const all = parts.length === 1 ? parts[0] : Buffer.concat(parts);
         if (all.length !== (sk.length / 8) * dim * 4) throw new PsError(`shard ${s} returned ${all.length} bytes for ${sk.length / 8} keys of dim ${dim}`);
         return floatView(all);
