@@ -17,7 +17,8 @@ import type { OptimizerSpec, TableInfo, TableSpec } from '../native/types';
 import { persistCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
 import { ShardConnection } from './connection';
 import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
-import { shardOfDense, shardsOf } from './shard';
+import { splitBatch, type Split } from './batch';
+import { shardOfDense } from './shard';
 import { StallMeter } from './stall';
 
 export type KeysLike = Buffer | BigUint64Array | ArrayLike<number | bigint>;
@@ -60,14 +61,6 @@ export interface ShardStatus {
   pool_used_bytes: number;
   pmem: boolean;
   version: string;
-}
-
-// A batch split per shard: the unique keys each shard gets, and for every
-// key of the batch, its shard and its position in that shard's list.
-interface Split {
-  keys: Buffer[];
-  shard: Uint32Array;
-  pos: Uint32Array;
 }
 
 const MAX_CHUNK_BYTES = 16 * 2 ** 20;
@@ -176,11 +169,13 @@ export class PsClient {
         return floatView(all);
       }),
     );
+    if (split.identity) return per[0]!;
     const out = new Float32Array(n * dim);
     for (let i = 0; i < n; i++) {
       const src = per[split.shard[i]]!;
       const p = split.pos[i] * dim;
-      out.set(src.subarray(p, p + dim), i * dim);
+      const o = i * dim;
+      for (let d = 0; d < dim; d++) out[o + d] = src[p + d];
     }
     return out;
   }
@@ -199,11 +194,21 @@ export class PsClient {
     const dim = await this.dimOf(table);
     if (g.length !== n * dim) throw new PsError(`push to "${table}": ${n} keys x dim ${dim} needs ${n * dim} gradient values, got ${g.length}`, grpc.status.INVALID_ARGUMENT);
     const split = this.split(kb);
-    const sums = split.keys.map((sk) => new Float32Array((sk.length / 8) * dim));
-    for (let i = 0; i < n; i++) {
-      const acc = sums[split.shard[i]];
-      const p = split.pos[i] * dim;
-      for (let d = 0; d < dim; d++) acc[p + d] += g[i * dim + d];
+    // Gradients of a key that repeats are summed in the order of the batch,
+    // as the engine would sum them (so the result is the same bit for bit).
+    const sums = split.identity ? [g] : split.keys.map((sk) => new Float32Array((sk.length / 8) * dim));
+    if (!split.identity) {
+      const seen = split.keys.map((sk) => new Uint8Array(sk.length / 8));
+      for (let i = 0; i < n; i++) {
+        const s = split.shard[i];
+        const acc = sums[s];
+        const p = split.pos[i];
+        const o = i * dim;
+        if (!seen[s][p]) {
+          seen[s][p] = 1;
+          for (let d = 0; d < dim; d++) acc[p * dim + d] = g[o + d];
+        } else for (let d = 0; d < dim; d++) acc[p * dim + d] += g[o + d];
+      }
     }
     await Promise.all(
       split.keys.map(async (sk, s) => {
@@ -212,7 +217,7 @@ export class PsClient {
         let off = 0;
         for (const ck of kc) {
           const rows = ck.length / 8;
-          const gb = Buffer.from(sums[s].buffer, off * dim * 4, rows * dim * 4);
+          const gb = Buffer.from(sums[s].buffer, sums[s].byteOffset + off * dim * 4, rows * dim * 4);
           off += rows;
           await this.pushOnce(s, 'Push', { table, keys: ck, grads: gb });
         }
@@ -377,36 +382,7 @@ export class PsClient {
   }
 
   private split(kb: Buffer): Split {
-    const n = kb.length / 8;
-    const N = this.shards.length;
-    const shard = shardsOf(kb, N);
-    const pos = new Uint32Array(n);
-    const seen: Map<number | bigint, number>[] = [];
-    const counts = new Uint32Array(N);
-    const firsts: number[][] = [];
-    for (let s = 0; s < N; s++) {
-      seen.push(new Map());
-      firsts.push([]);
-    }
-    for (let i = 0; i < n; i++) {
-      const lo = kb.readUInt32LE(i * 8);
-      const hi = kb.readUInt32LE(i * 8 + 4);
-      const k: number | bigint = hi < 0x200000 ? hi * 4294967296 + lo : kb.readBigUInt64LE(i * 8);
-      const s = shard[i];
-      const m = seen[s];
-      const p = m.get(k);
-      if (p === undefined) {
-        m.set(k, counts[s]);
-        pos[i] = counts[s]++;
-        firsts[s].push(i);
-      } else pos[i] = p;
-    }
-    const keys = firsts.map((f) => {
-      const b = Buffer.allocUnsafe(f.length * 8);
-      for (let j = 0; j < f.length; j++) kb.copy(b, j * 8, f[j] * 8, f[j] * 8 + 8);
-      return b;
-    });
-    return { keys, shard, pos };
+    return splitBatch(kb, this.shards.length);
   }
 
   private live(): void {

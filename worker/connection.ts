@@ -3,7 +3,7 @@
 // safe to repeat (all of them are, when the caller says so: pushes carry
 // (worker_id, seq), checkpoint phases are idempotent per id).
 import * as grpc from '@grpc/grpc-js';
-import { DEFAULT_MAX_MESSAGE_MB, parameterServerService } from '../proto/load';
+import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { PsError } from './errors';
 import type { StallMeter } from './stall';
 
@@ -33,7 +33,7 @@ export class ShardConnection {
     this.client = new Ctor(endpoint, grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': maxBytes,
       'grpc.max_send_message_length': maxBytes,
-      'grpc-node.flow_control_window': 16 * 2 ** 20,
+      'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
       // Reconnect quickly after a server restart.
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 1000,

@@ -1,0 +1,164 @@
+// Hand-written protobuf codecs for the four hot messages (PullRequest,
+// PullResponse, PushRequest, PushResponse). protobufjs copies every bytes
+// field and allocates per field; for a 1 MiB pull that is about 2 ms of the
+// call on each side (bench/results/service-latest.md). These produce and
+// accept the standard protobuf wire format of the same messages — any
+// protobuf client interoperates (test/codec.test.ts checks both directions
+// against protobufjs) — and hand bytes fields over as views of the received
+// message, without a copy.
+//
+// uint64 fields are JS numbers below 2^53 (as everywhere in pmemps); a larger
+// value decodes as NaN so the handler refuses it.
+
+const WIRE_VARINT = 0;
+const WIRE_I64 = 1;
+const WIRE_LEN = 2;
+const WIRE_I32 = 5;
+
+function varintSize(v: number): number {
+  let n = 1;
+  while (v >= 128) {
+    v = Math.floor(v / 128);
+    n++;
+  }
+  return n;
+}
+
+function writeVarint(b: Buffer, off: number, v: number): number {
+  while (v >= 128) {
+    b[off++] = (v % 128) | 128;
+    v = Math.floor(v / 128);
+  }
+  b[off++] = v;
+  return off;
+}
+
+type Field = { no: number; kind: 'string' | 'bytes' | 'uint64' | 'bool' };
+
+/** Encodes the fields of `msg` in field order; empty strings/bytes and zeros are omitted, as proto3 does. */
+function encoder(fields: Field[]): (msg: Record<string, unknown>, names: string[]) => Buffer {
+  return (msg, names) => {
+    const vals: (Buffer | number | null)[] = [];
+    let size = 0;
+    fields.forEach((f, i) => {
+      const v = msg[names[i]];
+      let enc: Buffer | number | null = null;
+      if (f.kind === 'string') {
+        const s = (v as string | undefined) ?? '';
+        if (s.length) enc = Buffer.from(s, 'utf8');
+      } else if (f.kind === 'bytes') {
+        const b = v as Buffer | undefined;
+        if (b && b.length) enc = b;
+      } else if (f.kind === 'uint64') {
+        const n = Number(v ?? 0);
+        if (n) enc = n;
+      } else if (v) enc = 1;
+      vals.push(enc);
+      if (enc === null) return;
+      const tag = f.no * 8 + (typeof enc === 'number' ? WIRE_VARINT : WIRE_LEN);
+      size += varintSize(tag) + (typeof enc === 'number' ? varintSize(enc) : varintSize(enc.length) + enc.length);
+    });
+    const out = Buffer.allocUnsafe(size);
+    let off = 0;
+    fields.forEach((f, i) => {
+      const enc = vals[i];
+      if (enc === null) return;
+      if (typeof enc === 'number') {
+        off = writeVarint(out, off, f.no * 8 + WIRE_VARINT);
+        off = writeVarint(out, off, enc);
+      } else {
+        off = writeVarint(out, off, f.no * 8 + WIRE_LEN);
+        off = writeVarint(out, off, enc.length);
+        enc.copy(out, off);
+        off += enc.length;
+      }
+    });
+    return out;
+  };
+}
+
+class Reader {
+  off = 0;
+  constructor(readonly b: Buffer) {}
+  varint(): number {
+    let v = 0;
+    let mul = 1;
+    for (;;) {
+      if (this.off >= this.b.length) throw new Error('truncated protobuf varint');
+      const byte = this.b[this.off++];
+      v += (byte & 127) * mul;
+      if (byte < 128) break;
+      mul *= 128;
+      if (mul > 2 ** 63) throw new Error('protobuf varint too long');
+    }
+    return v > Number.MAX_SAFE_INTEGER ? NaN : v;
+  }
+  bytes(): Buffer {
+    const n = this.varint();
+    if (!(n >= 0) || this.off + n > this.b.length) throw new Error('truncated protobuf field');
+    const s = this.b.subarray(this.off, this.off + n);
+    this.off += n;
+    return s;
+  }
+  skip(wire: number): void {
+    if (wire === WIRE_VARINT) this.varint();
+    else if (wire === WIRE_I64) this.off += 8;
+    else if (wire === WIRE_LEN) this.bytes();
+    else if (wire === WIRE_I32) this.off += 4;
+    else throw new Error(`unsupported protobuf wire type ${wire}`);
+  }
+}
+
+function decoder(fields: Field[], names: string[]): (b: Buffer) => Record<string, unknown> {
+  const byNo = new Map(fields.map((f, i) => [f.no, { f, name: names[i] }]));
+  return (b) => {
+    const out: Record<string, unknown> = {};
+    for (const [i, f] of fields.entries()) out[names[i]] = f.kind === 'string' ? '' : f.kind === 'bytes' ? EMPTY : f.kind === 'bool' ? false : 0;
+    const r = new Reader(b);
+    while (r.off < b.length) {
+      const tag = r.varint();
+      const wire = tag % 8;
+      const hit = byNo.get(Math.floor(tag / 8));
+      if (!hit || wire !== (hit.f.kind === 'string' || hit.f.kind === 'bytes' ? WIRE_LEN : WIRE_VARINT)) {
+        r.skip(wire);
+        continue;
+      }
+      if (hit.f.kind === 'string') out[hit.name] = r.bytes().toString('utf8');
+      else if (hit.f.kind === 'bytes') out[hit.name] = r.bytes();
+      else if (hit.f.kind === 'bool') out[hit.name] = r.varint() !== 0;
+      else out[hit.name] = r.varint();
+    }
+    return out;
+  };
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function codec(fields: [string, number, Field['kind']][]): { encode: (m: any) => Buffer; decode: (b: Buffer) => any } {
+  const fs = fields.map(([, no, kind]) => ({ no, kind }));
+  const names = fields.map(([n]) => n);
+  const enc = encoder(fs);
+  return { encode: (m) => enc(m, names), decode: decoder(fs, names) };
+}
+
+/** Field numbers as in proto/pmemps.proto (test/codec.test.ts compares them with the .proto). */
+export const FAST_CODECS: Record<string, { request: ReturnType<typeof codec>; response: ReturnType<typeof codec> }> = {
+  Pull: {
+    request: codec([
+      ['table', 1, 'string'],
+      ['keys', 2, 'bytes'],
+    ]),
+    response: codec([['values', 1, 'bytes']]),
+  },
+  Push: {
+    request: codec([
+      ['table', 1, 'string'],
+      ['keys', 2, 'bytes'],
+      ['grads', 3, 'bytes'],
+      ['worker_id', 4, 'string'],
+      ['seq', 5, 'uint64'],
+      ['incarnation', 6, 'uint64'],
+    ]),
+    response: codec([['duplicate', 1, 'bool']]),
+  },
+};

@@ -1,0 +1,62 @@
+// The hand-written Pull/Push codecs (proto/fast-codec.ts) against protobufjs
+// (proto-loader's codecs for the same .proto): each decodes what the other
+// encodes, unknown fields are skipped, and bytes come out unchanged.
+import { describe, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { parameterServerService } from '../proto/load';
+import { prng } from './helpers';
+
+const fast = parameterServerService(true).service as any;
+const slow = parameterServerService(false).service as any;
+
+function randBytes(r: () => number, n: number): Buffer {
+  return Buffer.from(Array.from({ length: n }, () => Math.floor(r() * 256)));
+}
+
+describe('fast Pull/Push codecs', () => {
+  test('interoperate with protobufjs in both directions', () => {
+    const r = prng(42);
+    for (let i = 0; i < 200; i++) {
+      const push = {
+        table: i % 5 ? `t${i}é` : '',
+        keys: randBytes(r, Math.floor(r() * 64) * 8),
+        grads: randBytes(r, Math.floor(r() * 300) * 4),
+        worker_id: i % 3 ? `w-${i}` : '',
+        seq: i % 4 ? Math.floor(r() * 2 ** 53) : 0,
+        incarnation: Math.floor(r() * 2 ** 52),
+      };
+      for (const [enc, dec] of [
+        [fast, slow],
+        [slow, fast],
+      ]) {
+        const got = dec.Push.requestDeserialize(enc.Push.requestSerialize(push));
+        assert.equal(got.table, push.table);
+        assert.ok(Buffer.from(got.keys).equals(push.keys));
+        assert.ok(Buffer.from(got.grads).equals(push.grads));
+        assert.equal(got.worker_id, push.worker_id);
+        assert.equal(Number(got.seq), push.seq);
+        assert.equal(Number(got.incarnation), push.incarnation);
+        const pull = { table: push.table, keys: push.keys };
+        const gp = dec.Pull.requestDeserialize(enc.Pull.requestSerialize(pull));
+        assert.equal(gp.table, pull.table);
+        assert.ok(Buffer.from(gp.keys).equals(pull.keys));
+        const vals = { values: push.grads };
+        assert.ok(Buffer.from(dec.Pull.responseDeserialize(enc.Pull.responseSerialize(vals)).values).equals(vals.values));
+        for (const duplicate of [true, false]) assert.equal(dec.Push.responseDeserialize(enc.Push.responseSerialize({ duplicate })).duplicate, duplicate);
+      }
+    }
+  });
+
+  test('unknown fields are skipped; truncated or oversized input is refused', () => {
+    const body = fast.Pull.requestSerialize({ table: 'emb', keys: Buffer.alloc(16, 7) });
+    // field 9 (varint 300), field 10 (bytes "xyz"), field 11 (fixed64), field 12 (fixed32)
+    const extra = Buffer.from([0x48, 0xac, 0x02, 0x52, 3, 120, 121, 122, 0x59, 1, 2, 3, 4, 5, 6, 7, 8, 0x65, 1, 2, 3, 4]);
+    const got = fast.Pull.requestDeserialize(Buffer.concat([extra, body]));
+    assert.equal(got.table, 'emb');
+    assert.ok(got.keys.equals(Buffer.alloc(16, 7)));
+    assert.throws(() => fast.Pull.requestDeserialize(body.subarray(0, body.length - 3)), /truncated/);
+    // seq above 2^53 decodes as NaN (the server refuses it)
+    const big = Buffer.from([0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    assert.ok(Number.isNaN(fast.Push.requestDeserialize(big).seq));
+  });
+});

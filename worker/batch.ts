@@ -1,0 +1,61 @@
+// Splitting a batch over the shards: the unique keys each shard gets, and
+// for every key of the batch its shard and its position in that shard's
+// list. On the hot path of every pull and push, so it avoids per-key
+// objects: keys are compared as two uint32 halves in an open-addressing
+// table (a JS Map of 4,096 keys costs about 1 ms; this about 0.1 ms).
+import { shardsOf } from './shard';
+
+export interface Split {
+  /** Unique keys per shard, packed uint64 LE. */
+  keys: Buffer[];
+  /** Shard of each key of the batch. */
+  shard: Uint32Array;
+  /** Position of each key of the batch in its shard's unique list. */
+  pos: Uint32Array;
+  /** True when no key repeats and there is one shard: the batch goes as it is. */
+  identity: boolean;
+}
+
+export function splitBatch(kb: Buffer, shards: number): Split {
+  const n = kb.length / 8;
+  const shard = shardsOf(kb, shards);
+  const pos = new Uint32Array(n);
+  const lo = new Uint32Array(n);
+  const hi = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    lo[i] = kb.readUInt32LE(i * 8);
+    hi[i] = kb.readUInt32LE(i * 8 + 4);
+  }
+  // Table of first occurrences (index + 1), sized to a power of two >= 2n.
+  let cap = 16;
+  while (cap < 2 * n) cap *= 2;
+  const mask = cap - 1;
+  const table = new Int32Array(cap);
+  const counts = new Uint32Array(shards);
+  const first = new Int32Array(n); // i if first occurrence, else -1
+  let dups = 0;
+  for (let i = 0; i < n; i++) {
+    let h = (Math.imul(lo[i], 0x9e3779b1) ^ Math.imul(hi[i] + 0x7f4a7c15, 0x85ebca6b)) & mask;
+    for (;;) {
+      const t = table[h];
+      if (t === 0) {
+        table[h] = i + 1;
+        pos[i] = counts[shard[i]]++;
+        first[i] = i;
+        break;
+      }
+      const j = t - 1;
+      if (lo[j] === lo[i] && hi[j] === hi[i]) {
+        pos[i] = pos[j];
+        first[i] = -1;
+        dups++;
+        break;
+      }
+      h = (h + 1) & mask;
+    }
+  }
+  if (dups === 0 && shards === 1) return { keys: [kb], shard, pos, identity: true };
+  const keys = Array.from(counts, (c) => Buffer.allocUnsafe(c * 8));
+  for (let i = 0; i < n; i++) if (first[i] >= 0) kb.copy(keys[shard[i]], pos[i] * 8, i * 8, i * 8 + 8);
+  return { keys, shard, pos, identity: false };
+}
