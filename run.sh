@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One entry point for a fresh clone:  ./run.sh train | test | bench | bench-service | engine-demo
+# One entry point for a fresh clone:  ./run.sh train | test | bench | bench-service | bench-persist | engine-demo
 # Each command first sets up whatever is missing: libpmemobj (Debian's
 # libpmemobj-dev, plus pmdk-tools for the offline pool checks), the npm
 # dependencies, the native build and the TypeScript build.
@@ -13,6 +13,9 @@ setup() {
   pkg-config --exists libpmemobj libpmem 2>/dev/null || pkgs+=(libpmemobj-dev pkg-config)
   command -v pmempool >/dev/null 2>&1 || pkgs+=(pmdk-tools)
   command -v g++ >/dev/null 2>&1 || pkgs+=(g++ make python3)
+  # The Python client test drives the service with Debian's grpcio.
+  /usr/bin/python3 -c 'import grpc, grpc_tools' 2>/dev/null || pkgs+=(python3-grpcio python3-grpc-tools)
+  if [ "${PMEMPS_NEED_REDIS:-0}" = 1 ]; then command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server); fi
   if [ ${#pkgs[@]} -gt 0 ]; then
     echo "run.sh: installing ${pkgs[*]}" >&2
     as_root apt-get update -qq
@@ -34,6 +37,7 @@ case "$cmd" in
   engine-demo) setup; exec node dist/server/demo.js "$@" ;;
   test) setup; exec npm test --silent ;;
   bench) setup; exec node dist/bench/engine.js "$@" ;;
-  bench-service) setup; exec node dist/bench/service.js "$@" ;;
-  *) echo "usage: ./run.sh train|test|bench|bench-service|engine-demo|setup" >&2; exit 2 ;;
+  bench-service) PMEMPS_NEED_REDIS=1 setup; exec node dist/bench/service.js "$@" ;;
+  bench-persist) setup; exec node dist/bench/persist-overhead.js "$@" ;;
+  *) echo "usage: ./run.sh train|test|bench|bench-service|bench-persist|engine-demo|setup" >&2; exit 2 ;;
 esac
