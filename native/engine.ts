@@ -419,7 +419,10 @@ export function packKeys(keys: ArrayLike<bigint | number>): Buffer {
 /** Views a float32 Buffer as a Float32Array (copying only when unaligned). */
 export function asFloats(buf: Buffer): Float32Array {
   if (buf.byteOffset % 4 === 0) return new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
-  return new Float32Array(Uint8Array.from(buf).buffer);
+  // Unaligned (a field inside a received message): one memcpy into an aligned array.
+  const out = new Float32Array(buf.length / 4);
+  new Uint8Array(out.buffer).set(buf);
+  return out;
 }
 
 export function floatsToBuffer(arr: Float32Array): Buffer {

@@ -20,12 +20,9 @@ export function splitBatch(kb: Buffer, shards: number): Split {
   const n = kb.length / 8;
   const shard = shardsOf(kb, shards);
   const pos = new Uint32Array(n);
-  const lo = new Uint32Array(n);
-  const hi = new Uint32Array(n);
-  for (let i = 0; i < n; i++) {
-    lo[i] = kb.readUInt32LE(i * 8);
-    hi[i] = kb.readUInt32LE(i * 8 + 4);
-  }
+  // The halves of each key: a view when the buffer is aligned (it is for a
+  // BigUint64Array), else a copy. Little-endian hosts only, as the wire.
+  const words = kb.byteOffset % 4 === 0 ? new Uint32Array(kb.buffer, kb.byteOffset, n * 2) : new Uint32Array(Uint8Array.prototype.slice.call(kb).buffer);
   // Table of first occurrences (index + 1), sized to a power of two >= 2n.
   let cap = 16;
   while (cap < 2 * n) cap *= 2;
@@ -35,7 +32,8 @@ export function splitBatch(kb: Buffer, shards: number): Split {
   const first = new Int32Array(n); // i if first occurrence, else -1
   let dups = 0;
   for (let i = 0; i < n; i++) {
-    let h = (Math.imul(lo[i], 0x9e3779b1) ^ Math.imul(hi[i] + 0x7f4a7c15, 0x85ebca6b)) & mask;
+    const l = words[2 * i], u = words[2 * i + 1];
+    let h = (Math.imul(l, 0x9e3779b1) ^ Math.imul(u + 0x7f4a7c15, 0x85ebca6b)) & mask;
     for (;;) {
       const t = table[h];
       if (t === 0) {
@@ -45,7 +43,7 @@ export function splitBatch(kb: Buffer, shards: number): Split {
         break;
       }
       const j = t - 1;
-      if (lo[j] === lo[i] && hi[j] === hi[i]) {
+      if (words[2 * j] === l && words[2 * j + 1] === u) {
         pos[i] = pos[j];
         first[i] = -1;
         dups++;

@@ -420,7 +420,10 @@ export function keyBuffer(keys: KeysLike): Buffer {
 
 function floatView(b: Buffer): Float32Array {
   if (b.byteOffset % 4 === 0) return new Float32Array(b.buffer, b.byteOffset, b.length / 4);
-  return new Float32Array(Uint8Array.from(b).buffer);
+  // Unaligned (a field inside a received message): one memcpy into an aligned array.
+  const out = new Float32Array(b.length / 4);
+  new Uint8Array(out.buffer).set(b);
+  return out;
 }
 
 function bufOf(a: Float32Array): Buffer {
