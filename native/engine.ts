@@ -219,7 +219,7 @@ export class Engine {
     if (typeof spec?.name !== 'string' || !/^[A-Za-z0-9_.\-]{1,64}$/.test(spec.name))
       throw invalid('table name must be 1..64 characters of A-Z a-z 0-9 _ . -');
     if (!Number.isInteger(spec.dim) || spec.dim < 1 || spec.dim > 4096) throw invalid(`dim must be an integer in 1..4096, got ${spec.dim}`);
-    if (!Number.isSafeInteger(spec.seed) || spec.seed < 0) throw invalid('seed must be a non-negative integer');
+    if (!Number.isSafeInteger(spec.seed) || spec.seed < 0) throw invalid('seed must be a non-negative integer below 2^53');
     const hyper = hyperArray(spec.optimizer);
     const [initCode, initParams] = initArray(spec.initializer);
     this.live();

@@ -173,7 +173,7 @@ export class Shard {
       if (st.preparedId !== 0)
         throw new EngineError(
           'FAILED_PRECONDITION',
-          `checkpoint ${st.preparedId} is prepared here and unresolved; run restore() to resolve it before preparing ${id}`,
+          `checkpoint ${st.preparedId} is prepared here and unresolved; COMMIT or ABORT it first (the SDK's restore() does) before preparing ${id}`,
         );
       // Close the gate, let the pushes already inside the engine finish, and
       // take every snapshot at one boundary.
@@ -293,9 +293,7 @@ export class Shard {
     if (incarnation !== 0 && incarnation !== this.incarnation)
       throw new ShardError(
         'INCARNATION',
-        `this push expects server incarnation ${incarnation} but the server is at ${this.incarnation} (it ${
-          this.lastStopClean ? 'restarted after a clean stop' : 'restarted after a crash'
-        } or was restored); read Status and compare its lineage`,
+        `this call expects server incarnation ${incarnation} but the server is at ${this.incarnation} (it started, restarted or was restored since); read Status: the same lineage means nothing acknowledged was lost (retry with the new incarnation), another lineage means the state is a checkpoint (restore)`,
       );
   }
 
