@@ -199,6 +199,17 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
       };
     }),
 
+    ReadCheckpoint: unary('ReadCheckpoint', () => {
+      const r = shard.readCheckpoint();
+      return {
+        checkpoint_id: r.id,
+        meta: r.meta,
+        dense: [...r.dense].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) })),
+        incarnation: shard.incarnation,
+        lineage: shard.lineage,
+      };
+    }),
+
     Status: unary('Status', () => {
       const st = shard.engine.stats();
       const id = shard.identity();

@@ -261,6 +261,14 @@ export class Shard {
     });
   }
 
+  /** The committed checkpoint's trainer metadata and dense tensors; changes nothing. */
+  readCheckpoint(): { id: number; meta: Buffer; dense: Map<string, Float32Array> } {
+    this.live();
+    const c = this.engine.committedCheckpoint();
+    if (!c) return { id: 0, meta: Buffer.alloc(0), dense: new Map() };
+    return { id: c.id, meta: Buffer.from(decodeEnvelope(c.meta).sections.user ?? Buffer.alloc(0)), dense: c.dense };
+  }
+
   // ------------------------------------------------------------ identity, lifecycle
 
   identity(): ShardIdentity {

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { Engine } from '../native/engine';
 import { parameterServerService } from '../proto/load';
-import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, shardOfKey } from '../worker';
+import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, ServerRestartedError, shardOfKey } from '../worker';
 import { PLAN, TABLE, allKeys, biasAt, clusterDigest, referenceDigest, runWorker, type Plan } from './cluster.lib';
 import { poolDirs } from './helpers';
 
@@ -103,6 +103,16 @@ describe('three servers, SDK and wire', () => {
         return true;
       });
       assert.ok(((await rawCall(cli, 'Pull', { table: 'once', keys })).values as Buffer).equals(want), 'the refused push changed nothing');
+
+      // A new process reusing a worker id: its pushes are new, not retries.
+      const p1 = await PsClient.connect({ endpoints: c.endpoints, workerId: 'stable-id' });
+      await p1.push('once', [7n], new Float32Array(TABLE.dim).fill(1));
+      p1.close();
+      const p2 = await PsClient.connect({ endpoints: c.endpoints, workerId: 'stable-id' });
+      const before7 = await p2.pull('once', [7n]);
+      await p2.push('once', [7n], new Float32Array(TABLE.dim).fill(1));
+      assert.notDeepEqual([...(await p2.pull('once', [7n]))], [...before7], 'the push of the second process was applied');
+      p2.close();
     } finally {
       cli.close();
       ps.close();
@@ -304,6 +314,12 @@ describe('checkpoint coordinators', () => {
       await assert.rejects(rawCall(clis[2], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: 0, incarnation: 0 }), refused);
       for (const x of clis) await assert.rejects(rawCall(x, 'Checkpoint', { id: 2, phase: 'COMMIT', ballot: 0 }), refused);
       await assert.rejects(a.persist({ step: 3 }), CoordinatorSupersededError);
+      // A's pushes tell it the shards were restored; it rejoins without a second rollback.
+      await assert.rejects(a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(1)), ServerRestartedError);
+      const j = await a.rejoin();
+      assert.equal(j.id, 1);
+      assert.equal(j.step, 1);
+      assert.ok(Buffer.from((await a.pull(TABLE.name, keys)).buffer).equals(Buffer.from(at1.buffer)), 'rejoin rolled nothing back');
       for (const s of await b.status()) {
         assert.equal(s.committed_id, 1);
         assert.equal(s.prepared_id, 0);

@@ -173,6 +173,14 @@ export async function restoreCheckpoint(c: PsClient): Promise<RestoreResult> {
       checkpoint_id: id,
     }),
   );
+  return adopt(c, rs, id);
+}
+
+type CheckpointReply = { checkpoint_id: number; meta: Buffer; dense: { name: string; values: Buffer }[]; incarnation: number; lineage: number };
+
+// Takes the shards' new incarnations and lineages and merges their halves of
+// the checkpoint's trainer state.
+function adopt(c: PsClient, rs: CheckpointReply[], id: number): RestoreResult {
   const dense = new Map<string, Float32Array>();
   for (const [i, r] of rs.entries()) {
     c.shards[i].incarnation = r.incarnation;
@@ -185,4 +193,20 @@ export async function restoreCheckpoint(c: PsClient): Promise<RestoreResult> {
   }
   const { step, meta } = decodeMeta(rs[0].meta);
   return { id, step, dense, meta };
+}
+
+/**
+ * For a worker whose pushes failed with ServerRestartedError because another
+ * worker ran restore(): takes the shards as they are now (no rollback) and
+ * returns the checkpoint they were restored to. Every shard must be at the
+ * same committed checkpoint with nothing prepared; else restore() is needed.
+ */
+export async function rejoinCheckpoint(c: PsClient): Promise<RestoreResult> {
+  const rs = await c.all((s) => s.call<CheckpointReply>('ReadCheckpoint', {}));
+  const sts = await c.all((s) => s.call<CkptState & { ballot: number; lineage: number }>('Status', {}));
+  const ids = new Set(sts.map((s) => s.committed_id));
+  if (ids.size !== 1 || sts.some((s) => s.prepared_id !== 0) || rs.some((r, i) => r.lineage !== sts[i].lineage))
+    throw new PsError('the shards are not at one committed checkpoint (a restore is unfinished or a server restarted again); call restore()');
+  c.ballot = Math.max(c.ballot, ...sts.map((s) => s.ballot));
+  return adopt(c, rs, rs[0].checkpoint_id);
 }

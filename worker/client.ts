@@ -14,7 +14,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { OptimizerSpec, TableInfo, TableSpec } from '../native/types';
-import { persistCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
+import { persistCheckpoint, rejoinCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
 import { ShardConnection } from './connection';
 import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
 import { splitBatch, type Split } from './batch';
@@ -83,7 +83,11 @@ export class PsClient {
     this.workerId = opts.workerId ?? `w-${randomBytes(8).toString('hex')}`;
     const defaults = { deadlineMs: opts.deadlineMs ?? 30_000, retryForMs: opts.retryForMs ?? 60_000, maxMessageMb: opts.maxMessageMb };
     this.shards = opts.endpoints.map((e, i) => new ShardConnection(i, e, defaults, this.stall));
-    this.seqs = opts.endpoints.map(() => 0);
+    // Seqs start from the clock (microseconds), not 0: a restarted process
+    // that reuses its workerId must not send seqs the shards already
+    // recorded as applied (its pushes would be taken for retries).
+    const base = Date.now() * 1000;
+    this.seqs = opts.endpoints.map(() => base);
   }
 
   /**
@@ -277,6 +281,16 @@ export class PsClient {
   restore(): Promise<RestoreResult> {
     this.live();
     return restoreCheckpoint(this);
+  }
+
+  /**
+   * After another worker's restore(): adopt the shards' state without
+   * rolling back again, and get the step, meta and dense tensors of the
+   * checkpoint they were restored to.
+   */
+  rejoin(): Promise<RestoreResult> {
+    this.live();
+    return rejoinCheckpoint(this);
   }
 
   /**
