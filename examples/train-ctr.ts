@@ -187,9 +187,9 @@ async function main(): Promise<void> {
     endpoints = cluster.endpoints;
     say(`  ${endpoints.join('  ')}`);
   }
-  const cleanup = (): void => cluster?.killAll();
+  liveCluster = cluster;
   process.on('SIGINT', () => {
-    cleanup();
+    cluster?.killAll();
     process.exit(130);
   });
 
@@ -208,7 +208,7 @@ async function main(): Promise<void> {
   const evaluate = async (bias: number): Promise<number> => fmStep(await ps.pull('fm', evalBatch.keys), evalBatch.labels, a.k, bias, null).loss;
 
   let bias = 0;
-  const periodic = new PeriodicPersist(ps, { everySteps: a.persistEvery || undefined, everySeconds: a.persistSeconds || undefined });
+  const periodic = a.persistEvery || a.persistSeconds ? new PeriodicPersist(ps, { everySteps: a.persistEvery || undefined, everySeconds: a.persistSeconds || undefined }) : null;
   const startLoss = await evaluate(bias);
   say(`held-out log loss before training: ${startLoss.toFixed(4)}  (a constant predictor scores ~0.69)`);
   say(`training: ${a.steps} steps x ${a.batch} examples x ${FIELDS} fields, FM k=${a.k}, persist every ${a.persistEvery || '-'} steps${a.persistSeconds ? ` / ${a.persistSeconds} s` : ''}${cluster && a.killAt ? `, kill -9 of server ${a.servers - 1} at step ${a.killAt}` : ''}`);
@@ -250,8 +250,8 @@ async function main(): Promise<void> {
       lossSum += loss;
       lossN++;
       examplesSincePrint += a.batch;
-      const id = await periodic.maybePersist(step, () => ({ dense: { bias: Float32Array.of(bias) }, meta: { dataStep: step } }));
-      if (id !== null && !a.quiet && step % (a.persistEvery * 2 || 200) === 0) say(`  checkpoint ${id} at step ${step}`);
+      const id = periodic && (await periodic.maybePersist(step, () => ({ dense: { bias: Float32Array.of(bias) }, meta: { dataStep: step } })));
+      if (id && !a.quiet && step % (a.persistEvery * 2 || 200) === 0) say(`  checkpoint ${id} at step ${step}`);
       if (step % 100 === 0 || step === a.steps) {
         const now = performance.now();
         lastLoss = lossSum / lossN;
@@ -281,8 +281,8 @@ async function main(): Promise<void> {
     steps: a.steps,
     stepsExecuted: executed,
     restores,
-    persists: periodic.persisted,
-    persistMs: Math.round(periodic.persistMs),
+    persists: periodic?.persisted ?? 0,
+    persistMs: Math.round(periodic?.persistMs ?? 0),
     heldOutLossBefore: Number(startLoss.toFixed(4)),
     heldOutLossAfter: Number(endLoss.toFixed(4)),
     trainLossLast: Number(lastLoss.toFixed(4)),
@@ -311,7 +311,10 @@ async function main(): Promise<void> {
   }
 }
 
+let liveCluster: LocalCluster | null = null;
+
 main().catch((e) => {
+  liveCluster?.killAll(); // never leave servers behind
   process.stderr.write(`train-ctr: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   process.exit(1);
 });
