@@ -235,6 +235,16 @@ export class Engine {
     sync(() => this.native.updateTable(name, hyperArray(merged)));
   }
 
+  /**
+   * Drops a table at once (pulls and pushes get NOT_FOUND, the name is free).
+   * A rollback or crash to a point before the drop brings it back; its
+   * storage is freed when a checkpoint taken after the drop commits.
+   */
+  dropTable(name: string): void {
+    this.live();
+    sync(() => this.native.dropTable(name));
+  }
+
   listTables(): TableInfo[] {
     this.live();
     return (sync(() => this.native.listTables()) as NativeTable[]).map((t) => ({

@@ -116,10 +116,10 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
     ListTables: unary('ListTables', () => ({ tables: shard.engine.listTables().map(tableToWire) })),
 
     DropTable: unary('DropTable', (req) => {
-      throw new ShardError(
-        'UNSUPPORTED',
-        `DropTable is not supported yet: a dropped table must come back when a checkpoint from before the drop is restored, which the engine cannot express; table "${req.name}" was not changed`,
-      );
+      shard.dropTable(req.name);
+      dims.delete(req.name);
+      log.info({ table: req.name }, 'table dropped');
+      return {};
     }),
 
     Pull: unary('Pull', async (req) => {

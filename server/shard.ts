@@ -31,7 +31,7 @@ export interface ShardOptions {
 /** A refusal the service maps to a gRPC code other than the engine's. */
 export class ShardError extends Error {
   constructor(
-    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE' | 'UNSUPPORTED',
+    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE',
     message: string,
   ) {
     super(message);
@@ -123,6 +123,12 @@ export class Shard {
     const before = this.engine.listTables().some((t) => t.name === spec.name);
     this.engine.createTable(spec);
     return !before;
+  }
+
+  /** Drops a table; a restore of a checkpoint from before the drop brings it back. */
+  dropTable(name: string): void {
+    this.live();
+    this.engine.dropTable(name);
   }
 
   // ------------------------------------------------------------ pull / push

@@ -25,7 +25,6 @@ const SHARD_CODES: Record<ShardError['kind'], grpc.status> = {
   TOO_OLD: grpc.status.FAILED_PRECONDITION,
   WRONG_SHARD: grpc.status.FAILED_PRECONDITION,
   TOO_LARGE: grpc.status.RESOURCE_EXHAUSTED,
-  UNSUPPORTED: grpc.status.UNIMPLEMENTED,
 };
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {

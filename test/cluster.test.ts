@@ -135,7 +135,7 @@ describe('three servers, SDK and wire', () => {
       await bad('CreateTable', { spec: { name: 'emb', dim: 9, optimizer: { type: 'sgd', params: { lr: 1 } }, initializer: { type: 'zeros' } } }, grpc.status.ALREADY_EXISTS, /emb/);
       await bad('CreateTable', { spec: { name: 'x', dim: 4, optimizer: { type: 'lion', params: {} }, initializer: { type: 'zeros' } } }, grpc.status.INVALID_ARGUMENT, /lion/);
       await bad('Checkpoint', { id: 1, phase: 'PHASE_UNSPECIFIED' }, grpc.status.INVALID_ARGUMENT, /phase/);
-      await bad('DropTable', { name: 'emb' }, grpc.status.UNIMPLEMENTED, /not changed/);
+      await bad('DropTable', { name: 'nope' }, grpc.status.NOT_FOUND, /nope/);
       await bad('PullDense', { names: ['nope'] }, grpc.status.NOT_FOUND, /SetDense/);
       const nan = Buffer.from(Float32Array.from({ length: 8 }, () => NaN).buffer);
       await bad('Push', { table: 'emb', keys: Buffer.alloc(8), grads: nan }, grpc.status.INVALID_ARGUMENT, /NaN/);
@@ -325,7 +325,18 @@ describe('checkpoint coordinators', () => {
         assert.equal(s.prepared_id, 0);
       }
       // B, the new coordinator, persists normally.
-      assert.ok((await b.persist({ step: 2 })).id > 2);
+      const id3 = (await b.persist({ step: 2 })).id;
+      assert.ok(id3 > 2);
+
+      // A dropped table is gone on every shard; restoring a checkpoint from
+      // before the drop brings it back with its rows.
+      const before = await b.pull(TABLE.name, keys);
+      await b.dropTable(TABLE.name);
+      await assert.rejects(b.pull(TABLE.name, keys), (e: PsError) => e.code === grpc.status.NOT_FOUND);
+      assert.deepEqual(await b.listTables(), []);
+      const back = await b.restore();
+      assert.equal(back.id, id3);
+      assert.ok(Buffer.from((await b.pull(TABLE.name, keys)).buffer).equals(Buffer.from(before.buffer)));
     } finally {
       clis.forEach((x) => x.close());
       a.close();

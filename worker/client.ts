@@ -134,6 +134,19 @@ export class PsClient {
     await this.all((s) => s.call('UpdateTable', { name, params: p }));
   }
 
+  /**
+   * Drops the table on every shard (NOT_FOUND where it is already gone). A
+   * restore() to a checkpoint from before the drop brings it back.
+   */
+  async dropTable(name: string): Promise<void> {
+    await this.all((s) =>
+      s.call('DropTable', { name }).catch((e: PsError) => {
+        if (e.code !== grpc.status.NOT_FOUND) throw e;
+      }),
+    );
+    this.dims.delete(name);
+  }
+
   /** Tables with their rows summed over the shards. */
   async listTables(): Promise<{ name: string; dim: number; optimizer: OptimizerSpec; rows: number }[]> {
     const per = await this.all((s) => s.call('ListTables', {}));

@@ -96,6 +96,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
                            InstanceMethod("openInfo", &NativeEngine::OpenInfoJs),
                            InstanceMethod("createTable", &NativeEngine::CreateTable),
                            InstanceMethod("updateTable", &NativeEngine::UpdateTable),
+                           InstanceMethod("dropTable", &NativeEngine::DropTable),
                            InstanceMethod("listTables", &NativeEngine::ListTables),
                            InstanceMethod("pull", &NativeEngine::Pull),
                            InstanceMethod("push", &NativeEngine::Push),
@@ -218,6 +219,13 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
         arr.Set(static_cast<uint32_t>(i), o);
       }
       return arr;
+    });
+  }
+
+  Napi::Value DropTable(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      engine_->drop_table(info[0].As<Napi::String>().Utf8Value());
+      return info.Env().Undefined();
     });
   }
 

@@ -137,7 +137,7 @@ void Engine::open_pool() {
   const bool crashed = !pool_->created() && root_->clean != 1;
   load_tables();
 
-  std::vector<uint32_t> removed;
+  std::vector<uint32_t> removed, undropped;
   {
     std::lock_guard<std::mutex> g(tx_mu_);
     Tx tx(*pool_);
@@ -149,6 +149,7 @@ void Engine::open_pool() {
       const uint64_t bound = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
       if (root_->next_epoch > bound + 1) add_dead(tx, bound + 1, root_->next_epoch - 1);
       removed = remove_tables_after(tx, bound);
+      undropped = undrop_after(tx, bound);  // drops after the last durable checkpoint died too
       if (root_->c_rec) restore_hyper(tx, root_->c_rec, 0);
       if (p_active_) restore_hyper(tx, root_->p_rec, c_epoch_ + 1);
       recovering_ = p_active_;
@@ -163,10 +164,12 @@ void Engine::open_pool() {
   }
   epoch_limit_ = root_->next_epoch;
   for (uint32_t i : removed) drop_table_object(i);
+  for (uint32_t i : undropped) tables_[i]->dropped_epoch = 0;
   reload_hyper();
   for (auto& t : tables_)
     if (t) t->r_next = t->d->rows_used;
   read_bound_ = recovering_ ? c_epoch_ : UINT64_MAX;
+  rebuild_names();
   pushes_blocked_ = p_active_;
   info_.committed = c_id_;
   info_.prepared = p_active_ ? p_id_ : 0;
@@ -192,9 +195,9 @@ void Engine::load_tables() {
     std::memcpy(t->init.p, d->init_params, sizeof t->init.p);
     t->init.seed = d->seed;
     t->created_epoch = d->created_epoch;
+    t->dropped_epoch = d->dropped_epoch;
     init_geometry(*t);
     t->index = std::make_unique<Index>(*pool_, d, &tx_mu_);
-    names_[t->name] = i;
     tables_[i] = std::move(t);
   }
 }
@@ -205,9 +208,49 @@ void Engine::reload_hyper() {
 }
 
 void Engine::drop_table_object(uint32_t idx) {
-  if (!tables_[idx]) return;
-  names_.erase(tables_[idx]->name);
   tables_[idx].reset();
+  rebuild_names();
+}
+
+void Engine::rebuild_names() {
+  names_.clear();
+  for (auto& t : tables_)
+    if (t && visible(*t)) names_[t->name] = t->idx;
+}
+
+std::vector<uint32_t> Engine::undrop_after(Tx& tx, uint64_t epoch) {
+  std::vector<uint32_t> back;
+  for (auto& t : tables_) {
+    if (!t || t->dropped_epoch == 0 || t->dropped_epoch <= epoch) continue;
+    tx.add(t->d, sizeof(PTable));
+    t->d->dropped_epoch = 0;
+    t->d->checksum = Pool::table_sum(t->d);
+    back.push_back(t->idx);
+  }
+  return back;
+}
+
+std::vector<uint32_t> Engine::free_dropped(Tx& tx, uint64_t epoch) {
+  std::vector<uint32_t> freed;
+  for (auto& t : tables_) {
+    if (!t || t->dropped_epoch == 0 || t->dropped_epoch > epoch) continue;
+    free_table_storage(tx, *t);
+    tx.add(t->d, sizeof(PTable));
+    std::memset(t->d, 0, sizeof(PTable));
+    freed.push_back(t->idx);
+  }
+  return freed;
+}
+
+void Engine::purge_cache(uint32_t table) {
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    std::vector<Entry*> gone;
+    s.for_each([&](Entry* e) {
+      if (e->table == table) gone.push_back(e);
+    });
+    for (Entry* e : gone) s.erase(e, Stripe::hash(table, e->key));
+  }
 }
 
 // ============================================================ epochs
@@ -536,6 +579,38 @@ void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
     tx.commit();
   }
   t->opt = opt;
+}
+
+void Engine::drop_table(const std::string& name) {
+  if (mem_) fail(Code::FailedPrecondition, "tables cannot be dropped in a memory-only engine");
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);  // a running prepare still flushes this table's rows
+  std::unique_lock<RwLock> el(epoch_mu_);
+  Table* t = find_table(name);
+  if (pushes_blocked_)
+    fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it first");
+  // Rows changed since the last checkpoint are discarded: should the drop be
+  // undone, it is by going back to a checkpoint, which predates them.
+  purge_cache(t->idx);
+  const uint64_t durable = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
+  const bool in_checkpoint = t->created_epoch <= durable;
+  {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_);
+    tx.add(t->d, sizeof(PTable));
+    if (in_checkpoint) {
+      t->d->dropped_epoch = cur_epoch_;
+      t->d->checksum = Pool::table_sum(t->d);
+    } else {
+      free_table_storage(tx, *t);
+      std::memset(t->d, 0, sizeof(PTable));
+    }
+    failpoint("drop_table.mid_tx");
+    tx.commit();
+  }
+  if (in_checkpoint) t->dropped_epoch = cur_epoch_;
+  else tables_[t->idx].reset();
+  rebuild_names();
 }
 
 std::vector<TableInfo> Engine::list_tables() {
@@ -996,6 +1071,7 @@ void Engine::commit(uint64_t id) {
     return;
   }
   failpoint("commit.before_publish");
+  std::vector<uint32_t> freed;
   {
     std::lock_guard<std::mutex> g(tx_mu_);
     Tx tx(*pool_);
@@ -1007,6 +1083,9 @@ void Engine::commit(uint64_t id) {
     root_->p_id = root_->p_epoch = root_->p_rec = 0;
     if (old) tx.free(old);
     if (recovering_) restore_hyper(tx, root_->c_rec, 0);
+    // No durable checkpoint is older than this one any more: tables dropped
+    // before its boundary can never come back.
+    freed = free_dropped(tx, root_->c_epoch);
     persist_root(tx);
     tx.commit();
   }
@@ -1022,6 +1101,8 @@ void Engine::commit(uint64_t id) {
     read_bound_ = UINT64_MAX;
     recovering_ = false;
   }
+  for (uint32_t i : freed) tables_[i].reset();
+  rebuild_names();
   pushes_blocked_ = false;
 }
 
@@ -1052,7 +1133,7 @@ void Engine::abort(uint64_t id) {
     return;
   }
   failpoint("abort.before_publish");
-  std::vector<uint32_t> removed;
+  std::vector<uint32_t> removed, undropped;
   {
     std::lock_guard<std::mutex> g(tx_mu_);
     Tx tx(*pool_);
@@ -1064,18 +1145,21 @@ void Engine::abort(uint64_t id) {
       // committed checkpoint: dropping the checkpoint makes them dead.
       add_dead(tx, c_epoch_ + 1, p_epoch_);
       removed = remove_tables_after(tx, c_epoch_);
+      undropped = undrop_after(tx, c_epoch_);
     }
     tx.free(rec);
     persist_root(tx);
     tx.commit();
   }
-  for (uint32_t i : removed) drop_table_object(i);
+  for (uint32_t i : removed) tables_[i].reset();
+  for (uint32_t i : undropped) tables_[i]->dropped_epoch = 0;
   p_active_ = false;
   p_id_ = p_epoch_ = 0;
   if (recovering_) {
     read_bound_ = UINT64_MAX;
     recovering_ = false;
   }
+  rebuild_names();
   pushes_blocked_ = false;
 }
 
@@ -1091,7 +1175,7 @@ void Engine::rollback() {
     return;
   }
   failpoint("rollback.before_publish");
-  std::vector<uint32_t> removed;
+  std::vector<uint32_t> removed, undropped;
   {
     // Everything written since the committed checkpoint becomes dead: a cost
     // of one small transaction plus dropping the (bounded) cache.
@@ -1100,6 +1184,7 @@ void Engine::rollback() {
     tx.add(root_, sizeof(PRoot));
     add_dead(tx, c_epoch_ + 1, root_->next_epoch - 1);
     removed = remove_tables_after(tx, c_epoch_);
+    undropped = undrop_after(tx, c_epoch_);
     if (root_->c_rec) restore_hyper(tx, root_->c_rec, 0);
     cur_epoch_ = root_->next_epoch;
     root_->next_epoch = cur_epoch_ + 2;
@@ -1107,7 +1192,9 @@ void Engine::rollback() {
     tx.commit();
   }
   epoch_limit_ = root_->next_epoch;
-  for (uint32_t i : removed) drop_table_object(i);
+  for (uint32_t i : removed) tables_[i].reset();
+  for (uint32_t i : undropped) tables_[i]->dropped_epoch = 0;
+  rebuild_names();
   reload_hyper();
   failpoint("rollback.after_publish");
   drop_cache();

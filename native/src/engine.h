@@ -68,6 +68,12 @@ class Engine {
   OpenInfo open_info() const { return info_; }
   void create_table(const std::string& name, uint32_t dim, const OptimizerSpec& opt, const InitSpec& init);
   void update_table(const std::string& name, const OptimizerSpec& opt);
+  // Drops a table: gone for pulls, pushes and listings at once, its name free
+  // again; it comes back if the cluster restores a checkpoint from before the
+  // drop (or crashes before one after it), so its storage is freed only when
+  // a checkpoint taken after the drop commits (at once if no durable
+  // checkpoint holds it).
+  void drop_table(const std::string& name);
   std::vector<TableInfo> list_tables();
   uint32_t dim_of(const std::string& name);
 
@@ -119,6 +125,7 @@ class Engine {
     OptimizerSpec opt{};
     InitSpec init{};
     uint64_t created_epoch = 0;
+    uint64_t dropped_epoch = 0;
     uint64_t rows_per_slab = 0;  // rows of a full-size slab
     uint64_t grow_first[kGrowSlabs] = {};  // first row of each growing slab
     uint64_t grow_end = 0;
@@ -155,7 +162,20 @@ class Engine {
   void recover_after_crash();
   void load_tables();
   Table* find_table(const std::string& name);  // caller holds epoch_mu_
-  bool visible(const Table& t) const { return t.created_epoch <= read_bound_; }
+  // A table is visible at the read bound when created at or before it and not
+  // dropped at or before it (normally the bound is "now": not dropped).
+  bool visible(const Table& t) const {
+    return t.created_epoch <= read_bound_ && (t.dropped_epoch == 0 || t.dropped_epoch > read_bound_);
+  }
+  // names_ maps each visible table's name to its slot; rebuilt after every
+  // change of the set of tables or of the read bound.
+  void rebuild_names();
+  // Clears (in tx) the drop mark of tables dropped after `epoch`; returns
+  // their slots, whose objects the caller clears once the tx committed.
+  std::vector<uint32_t> undrop_after(Tx& tx, uint64_t epoch);
+  // Frees (in tx) the tables dropped at or before `epoch`; returns their slots.
+  std::vector<uint32_t> free_dropped(Tx& tx, uint64_t epoch);
+  void purge_cache(uint32_t table);
 
   bool is_dead(uint64_t e) const;
   bool live(uint32_t e) const { return e != 0 && e < epoch_limit_ && !is_dead(e); }

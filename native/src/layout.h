@@ -25,7 +25,7 @@ namespace pmemps {
 
 constexpr const char* kLayoutName = "pmemps-v1";
 constexpr uint64_t kMagic = 0x31304d4550534d50ULL;  // "PMSPEM01"
-constexpr uint32_t kLayoutVersion = 2;
+constexpr uint32_t kLayoutVersion = 3;
 constexpr uint32_t kMaxTables = 256;
 constexpr uint32_t kSlots = 3;
 constexpr uint32_t kMaxHyperP = 8;
@@ -56,6 +56,11 @@ struct PTable {
   uint64_t slab_top;   // offset of uint64_t[kSlabTop]: chunk offsets
   uint64_t index_dir;  // offset of PDir
   uint64_t salt;
+  // Epoch of a DropTable, 0 = live. A dropped table keeps its storage while
+  // a durable checkpoint from before the drop may still be restored; the
+  // commit of a checkpoint taken after the drop frees it, and a crash or
+  // rollback to a point before the drop clears the mark.
+  uint64_t dropped_epoch;
   uint64_t checksum;
 };
 
