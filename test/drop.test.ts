@@ -125,6 +125,18 @@ describe('DropTable', () => {
       assert.equal(r.signal, 'SIGKILL', r.stderr.toString());
     };
     const spec = JSON.stringify(SPEC);
+    // Killed inside the drop's transaction: libpmemobj rolls it back.
+    const d0 = dirs('mid');
+    const r0 = spawnSync(
+      process.execPath,
+      ['-e', `(async () => { const { Engine } = require(${eng}); const e = Engine.open({ dir: ${JSON.stringify(d0)}, poolMb: 64, cacheMb: 8 }); e.createTable(${spec}); await e.prepare(1); await e.commit(1); e.dropTable('d'); })()`],
+      { env: { ...process.env, PMEMPS_FAILPOINT: 'drop_table.mid_tx' } },
+    );
+    assert.equal(r0.signal, 'SIGKILL', r0.stderr.toString());
+    const e0 = open(d0);
+    assert.deepEqual(e0.listTables().map((t) => t.name), ['d']);
+    assert.equal(e0.fullCheck().problems.length, 0);
+    await e0.close();
     // Committed after the drop: stays dropped.
     const d1 = dirs('crash2');
     crashAfter(d1, `e.createTable(${spec}); await e.prepare(1); await e.commit(1); e.dropTable('d'); await e.prepare(2); await e.commit(2)`);
