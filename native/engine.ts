@@ -240,9 +240,9 @@ export class Engine {
    * A rollback or crash to a point before the drop brings it back; its
    * storage is freed when a checkpoint taken after the drop commits.
    */
-  dropTable(name: string): void {
+  async dropTable(name: string): Promise<void> {
     this.live();
-    sync(() => this.native.dropTable(name));
+    return callAsync<void>((cb) => this.native.dropTable(name, cb));
   }
 
   listTables(): TableInfo[] {

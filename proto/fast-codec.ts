@@ -102,10 +102,14 @@ class Reader {
   }
   skip(wire: number): void {
     if (wire === WIRE_VARINT) this.varint();
-    else if (wire === WIRE_I64) this.off += 8;
+    else if (wire === WIRE_I64) this.fixed(8);
     else if (wire === WIRE_LEN) this.bytes();
-    else if (wire === WIRE_I32) this.off += 4;
-    else throw new Error(`unsupported protobuf wire type ${wire}`);
+    else if (wire === WIRE_I32) this.fixed(4);
+    else throw new Error(`unsupported protobuf wire type ${wire} (groups are not used by this proto)`);
+  }
+  private fixed(n: number): void {
+    if (this.off + n > this.b.length) throw new Error('truncated protobuf field');
+    this.off += n;
   }
 }
 
@@ -117,6 +121,7 @@ function decoder(fields: Field[], names: string[]): (b: Buffer) => Record<string
     const r = new Reader(b);
     while (r.off < b.length) {
       const tag = r.varint();
+      if (!(tag >= 8)) throw new Error('invalid protobuf tag (field number 0)');
       const wire = tag % 8;
       const hit = byNo.get(Math.floor(tag / 8));
       if (!hit || wire !== (hit.f.kind === 'string' || hit.f.kind === 'bytes' ? WIRE_LEN : WIRE_VARINT)) {

@@ -1,6 +1,6 @@
 // Loads pmemps.proto at run time (grpc-js + proto-loader, no generated code)
 // for the server and the SDK alike, with the options both sides rely on:
-// uint64 fields as JS numbers (ids, seqs and ballots stay below 2^53),
+// uint64 fields as JS numbers (ids, seqs and ballots stay below 2^52),
 // bytes as Buffers, enums as strings, defaults filled in. Pull and Push use
 // the hand-written codecs of fast-codec.ts (same wire format, no copies).
 import * as path from 'node:path';

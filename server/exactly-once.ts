@@ -6,8 +6,8 @@
 // Why a window and not only "highest seq": the SDK sends a worker's pushes to
 // a shard concurrently (several batches in flight), so they may arrive out of
 // order; a seq below the window is refused, never guessed. The SDK keeps
-// fewer than WINDOW pushes in flight per shard, so a live retry always falls
-// inside it.
+// at most 256 pushes in flight per shard (worker/client.ts), so a live retry
+// always falls inside it.
 //
 // Durability: the record is part of every checkpoint (taken at the same
 // boundary as the rows) and of the clean-close record, so after a clean

@@ -60,9 +60,12 @@ function floatsArg(b: Buffer, what: string): Buffer {
   return b;
 }
 
+// Ids, seqs, ballots and incarnations stay below 2^52, so that one more
+// (a new ballot or id) is always representable.
+const MAX_ID = 2 ** 52;
 function idArg(v: unknown, what: string): number {
   const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) throw invalid(`${what} must be an integer below 2^53`);
+  if (!Number.isSafeInteger(n) || n < 0 || n >= MAX_ID) throw invalid(`${what} must be an integer below 2^52`);
   return n;
 }
 
@@ -115,8 +118,8 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
 
     ListTables: unary('ListTables', () => ({ tables: shard.engine.listTables().map(tableToWire) })),
 
-    DropTable: unary('DropTable', (req) => {
-      shard.dropTable(req.name);
+    DropTable: unary('DropTable', async (req) => {
+      await shard.dropTable(req.name);
       dims.delete(req.name);
       log.info({ table: req.name }, 'table dropped');
       return {};
@@ -184,7 +187,7 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
 
     RaiseBallot: unary('RaiseBallot', async (req) => {
       const st = await shard.raiseBallot(idArg(req.ballot, 'ballot'));
-      return { ballot: st.ballot, committed_id: st.committedId, prepared_id: st.preparedId, last_id: st.lastId };
+      return { ballot: st.ballot, committed_id: st.committedId, prepared_id: st.preparedId, last_id: st.lastId, previous: st.previous ?? 0 };
     }),
 
     Restore: unary('Restore', async (req) => {
@@ -232,6 +235,7 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
         ballot: shard.checkpointState().ballot,
         version: VERSION,
         last_checkpoint_id: st.lastId,
+        needs_restore: shard.needsRestore,
       };
     }),
 

@@ -6,10 +6,13 @@
 //
 // Invariants:
 //  * Every checkpoint and the clean-close record hold the rows, the
-//    exactly-once record and the dense tensors of one boundary: prepare
-//    closes the push gate, waits for the pushes already in the engine, takes
-//    the engine's boundary and the two snapshots in one synchronous stretch,
-//    then reopens the gate.
+//    exactly-once record and the dense tensors of one boundary: a push is
+//    counted in the same synchronous stretch as its gate check and uncounted
+//    only after its exactly-once record; prepare closes the gate, waits for
+//    the count to reach zero, takes the engine's boundary and the two
+//    snapshots in one synchronous stretch, then reopens the gate.
+//  * A shard that started after a crash refuses writes (needsRestore) until
+//    a Restore, whoever asks: its state is a checkpoint.
 //  * Checkpoint, RaiseBallot and Restore run one at a time (the protocol
 //    queue), each checking the ballot after every wait, so a restore that
 //    raised the ballot is never overtaken by an older coordinator's call.
@@ -31,7 +34,7 @@ export interface ShardOptions {
 /** A refusal the service maps to a gRPC code other than the engine's. */
 export class ShardError extends Error {
   constructor(
-    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE',
+    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE' | 'NEEDS_RESTORE',
     message: string,
   ) {
     super(message);
@@ -76,6 +79,8 @@ export interface CheckpointState {
   preparedId: number;
   lastId: number;
   ballot: number;
+  /** RaiseBallot only: the ballot before the call. */
+  previous?: number;
 }
 
 export class Shard {
@@ -90,6 +95,8 @@ export class Shard {
   private drainWaiters: (() => void)[] = [];
   /** A checkpoint prepared before this start and not yet resolved: pushes wait for its commit or abort. */
   blockedBy: number;
+  /** Started after a crash and not restored since: the state is a checkpoint while other shards may have gone on. */
+  needsRestore: boolean;
   private protocolTail: Promise<unknown> = Promise.resolve();
   private closing = false;
 
@@ -98,6 +105,7 @@ export class Shard {
     const oi = this.engine.openInfo;
     this.lastStopClean = oi.cleanClose;
     this.blockedBy = oi.pushesBlocked ? (oi.prepared ?? 0) : 0;
+    this.needsRestore = !oi.created && !oi.cleanClose;
     this.incarnation = newId();
     this.dedup = new ExactlyOnce();
     this.dense = new DenseStore();
@@ -126,9 +134,9 @@ export class Shard {
   }
 
   /** Drops a table; a restore of a checkpoint from before the drop brings it back. */
-  dropTable(name: string): void {
+  dropTable(name: string): Promise<void> {
     this.live();
-    this.engine.dropTable(name);
+    return this.engine.dropTable(name);
   }
 
   // ------------------------------------------------------------ pull / push
@@ -140,13 +148,14 @@ export class Shard {
 
   /** Applies the push once per (worker, seq); resolves true when it was a duplicate. */
   async push(table: string, keys: Buffer, grads: Buffer, worker: string, seq: number, incarnation: number): Promise<boolean> {
-    return this.exactlyOnce(worker, seq, incarnation, () => this.enginePush(table, keys, grads, incarnation));
+    return this.exactlyOnce(worker, seq, incarnation, () => this.enginePush(table, keys, grads));
   }
 
   // ------------------------------------------------------------ dense
 
   setDense(name: string, values: Float32Array, opt: OptimizerSpec): void {
     this.live();
+    this.writable();
     this.ownDense(name);
     this.dense.set(name, values, opt);
   }
@@ -159,7 +168,6 @@ export class Shard {
   async pushDense(name: string, grads: Buffer, worker: string, seq: number, incarnation: number): Promise<boolean> {
     this.ownDense(name);
     return this.exactlyOnce(worker, seq, incarnation, async () => {
-      await this.passGate(incarnation);
       this.dense.push(name, asFloats(grads));
     });
   }
@@ -176,6 +184,7 @@ export class Shard {
       const st = this.checkpointState();
       if (st.preparedId === id || st.committedId === id) return st; // a retry
       this.checkIncarnation(incarnation);
+      this.writable();
       if (st.preparedId !== 0)
         throw new EngineError(
           'FAILED_PRECONDITION',
@@ -224,7 +233,9 @@ export class Shard {
     return this.protocol(ballot, async () => {
       const st = this.checkpointState();
       if (st.committedId === id) throw new EngineError('FAILED_PRECONDITION', `checkpoint ${id} is already committed on this shard; it cannot be aborted`);
-      if (st.preparedId === id) await this.engine.abort(id);
+      // The engine records an id never prepared here too, so a late PREPARE
+      // of it (an old coordinator's retry) is refused.
+      await this.engine.abort(id);
       if (this.blockedBy === id) this.blockedBy = 0;
       return this.checkpointState(); // aborting an id never prepared here is a no-op
     });
@@ -233,8 +244,9 @@ export class Shard {
   /** Records ballot b durably when higher; returns the shard's state after it. */
   raiseBallot(b: number): Promise<CheckpointState> {
     return this.protocol(null, async () => {
+      const previous = this.engine.raiseBallot(0);
       this.engine.raiseBallot(b);
-      return this.checkpointState();
+      return { ...this.checkpointState(), previous };
     });
   }
 
@@ -258,6 +270,7 @@ export class Shard {
         const content = this.loadCommittedState();
         this.incarnation = newId();
         this.lineage = newId();
+        this.needsRestore = false;
         log.info({ checkpoint: st.committedId, incarnation: this.incarnation, lineage: this.lineage }, 'restored to the committed checkpoint');
         return content;
       } finally {
@@ -311,45 +324,52 @@ export class Shard {
       );
   }
 
+  private writable(): void {
+    if (this.needsRestore)
+      throw new ShardError('NEEDS_RESTORE', 'this shard came back after a crash at its last committed checkpoint and has not been restored since; restore the cluster (the SDK\'s restore()) before writing');
+    if (this.blockedBy)
+      throw new EngineError('FAILED_PRECONDITION', `checkpoint ${this.blockedBy} was prepared before the restart and is unresolved; commit or abort it first`);
+  }
+
+  // Every push and dense push: gate, then count, then dedup and apply, then
+  // record, then uncount. The gate check and the count happen in one
+  // synchronous stretch and the count drops only after the record, so a
+  // prepare, restore or close that drained the count sees the rows and the
+  // exactly-once record of the same pushes.
   private async exactlyOnce(worker: string, seq: number, incarnation: number, apply: () => Promise<void>): Promise<boolean> {
     this.live();
     this.checkIncarnation(incarnation);
-    if (!worker) {
-      await apply();
-      return false;
-    }
-    if (!Number.isSafeInteger(seq) || seq <= 0) throw new EngineError('INVALID_ARGUMENT', 'seq must be a positive integer when worker_id is set');
-    for (;;) {
-      const s = this.dedup.state(worker, seq);
-      if (s === 'applied') return true;
-      if (s === 'too-old')
-        throw new ShardError('TOO_OLD', `push ${seq} of worker ${worker} is older than the shard's exactly-once window; it cannot be told apart from an applied one`);
-      if (s === 'in-flight') {
-        // A retry racing its original: the original's outcome decides.
-        await this.dedup.running(worker, seq)!.catch(() => undefined);
-        continue;
-      }
-      await this.dedup.applyOnce(worker, seq, apply);
-      return false;
-    }
-  }
-
-  private async enginePush(table: string, keys: Buffer, grads: Buffer, incarnation: number): Promise<void> {
-    await this.passGate(incarnation);
+    if (worker && (!Number.isSafeInteger(seq) || seq <= 0)) throw new EngineError('INVALID_ARGUMENT', 'seq must be a positive integer when worker_id is set');
+    while (this.gate) await this.gate; // no await between the last check and the count
+    this.live();
+    this.checkIncarnation(incarnation); // the gate may have been a restore
+    this.writable();
     this.pushesInEngine++;
     try {
-      await this.engine.push(table, keys, grads);
+      if (!worker) {
+        await apply();
+        return false;
+      }
+      for (;;) {
+        const s = this.dedup.state(worker, seq);
+        if (s === 'applied') return true;
+        if (s === 'too-old')
+          throw new ShardError('TOO_OLD', `push ${seq} of worker ${worker} is older than the shard's exactly-once window; it cannot be told apart from an applied one`);
+        if (s === 'in-flight') {
+          // A retry racing its original: the original's outcome decides.
+          await this.dedup.running(worker, seq)!.catch(() => undefined);
+          continue;
+        }
+        await this.dedup.applyOnce(worker, seq, apply);
+        return false;
+      }
     } finally {
       if (--this.pushesInEngine === 0) for (const w of this.drainWaiters.splice(0)) w();
     }
   }
 
-  // A push that waited at the gate re-checks the incarnation: the gate may
-  // have been a restore.
-  private async passGate(incarnation: number): Promise<void> {
-    while (this.gate) await this.gate;
-    this.live();
-    this.checkIncarnation(incarnation);
+  private async enginePush(table: string, keys: Buffer, grads: Buffer): Promise<void> {
+    await this.engine.push(table, keys, grads);
   }
 
   private drain(): Promise<void> {

@@ -25,6 +25,7 @@ const SHARD_CODES: Record<ShardError['kind'], grpc.status> = {
   TOO_OLD: grpc.status.FAILED_PRECONDITION,
   WRONG_SHARD: grpc.status.FAILED_PRECONDITION,
   TOO_LARGE: grpc.status.RESOURCE_EXHAUSTED,
+  NEEDS_RESTORE: grpc.status.FAILED_PRECONDITION,
 };
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {

@@ -51,20 +51,20 @@ async function main(): Promise<void> {
   while (step < p.steps) {
     try {
       // Two workers push in a fixed order within a step: 0, then 1.
-      if (two && args.worker === 1) await ps.barrier('a', p.workers);
+      if (two && args.worker === 1) await ps.barrier('a', p.workers, step);
       const keys = batchKeys(p, step, args.worker);
       const rows = await ps.pull(TABLE.name, keys);
       await ps.push(TABLE.name, keys, gradsFor(p, step, args.worker, rows));
       if (args.worker === 0) await ps.pushDense(DENSE_NAME, denseGrad(p, step));
-      if (two && args.worker === 0) await ps.barrier('a', p.workers);
-      if (two) await ps.barrier('b', p.workers);
+      if (two && args.worker === 0) await ps.barrier('a', p.workers, step);
+      if (two) await ps.barrier('b', p.workers, step);
       step++;
       if (args.stepDelayMs) await new Promise((r) => setTimeout(r, args.stepDelayMs));
       if (args.worker === 0 && step % p.persistEvery === 0) {
         const { id } = await ps.persist({ step, dense: { bias: biasAt(step) }, meta: { step } });
         emit({ event: 'persisted', id, step });
       }
-      if (two) await ps.barrier('c', p.workers); // nobody pushes while the chief persists
+      if (two) await ps.barrier('c', p.workers, step); // nobody pushes while the chief persists
       if (args.restoreAtStep !== undefined && !restoredOnce && step === args.restoreAtStep) {
         restoredOnce = true;
         step = await restore(ps);

@@ -297,7 +297,7 @@ describe('checkpoint coordinators', () => {
 
       // Coordinator A (ballot 0) prepares checkpoint 2 on two shards, then stalls.
       const incs = await Promise.all(clis.map((x) => rawCall(x, 'Status', {})));
-      for (const i of [0, 1]) await rawCall(clis[i], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: 0, meta: Buffer.from('{"step":2}'), incarnation: incs[i].incarnation });
+      for (const i of [0, 1]) await rawCall(clis[i], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: a.ballot, meta: Buffer.from('{"step":2}'), incarnation: incs[i].incarnation });
 
       // Worker B restores: raises the ballot, aborts 2 (not prepared everywhere), rolls back to 1.
       const r = await b.restore();
@@ -311,8 +311,8 @@ describe('checkpoint coordinators', () => {
         assert.match(e.details, /ballot/);
         return true;
       };
-      await assert.rejects(rawCall(clis[2], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: 0, incarnation: 0 }), refused);
-      for (const x of clis) await assert.rejects(rawCall(x, 'Checkpoint', { id: 2, phase: 'COMMIT', ballot: 0 }), refused);
+      await assert.rejects(rawCall(clis[2], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: a.ballot, incarnation: 0 }), refused);
+      for (const x of clis) await assert.rejects(rawCall(x, 'Checkpoint', { id: 2, phase: 'COMMIT', ballot: a.ballot }), refused);
       await assert.rejects(a.persist({ step: 3 }), CoordinatorSupersededError);
       // A's pushes tell it the shards were restored; it rejoins without a second rollback.
       await assert.rejects(a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(1)), ServerRestartedError);
@@ -353,9 +353,87 @@ describe('checkpoint coordinators', () => {
       await assert.rejects(ps.persist({ step: 1, dense: { x: [1, 2] as unknown as Float32Array } }), /Float32Array/);
       const r = await ps.restore();
       assert.equal(r.id, 0, 'no checkpoint yet: back to the initial state');
+      // Two coordinators choosing one ballot: the second learns it does not own it.
+      const cli = raw(c.endpoints[0]);
+      const b = ps.ballot + 12345;
+      assert.ok((await rawCall(cli, 'RaiseBallot', { ballot: b })).previous < b);
+      assert.equal((await rawCall(cli, 'RaiseBallot', { ballot: b })).previous, b);
+      // Ids and ballots are capped below 2^52, so one more always fits.
+      await assert.rejects(rawCall(cli, 'RaiseBallot', { ballot: 2 ** 52 }), /below 2\^52/);
+      cli.close();
+      // restore() goes above the ballot it did not raise itself.
+      await ps.restore();
+      assert.ok(ps.ballot > b);
     } finally {
       ps.close();
       await c.stop();
     }
   });
 });
+
+describe('after a crash', () => {
+  test('a shard that came back refuses writes until the cluster is restored, even to a worker that connected afterwards', async () => {
+    const c = await cluster(2, 'needs');
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      await a.createTable(TABLE);
+      const keys = allKeys(PLAN).slice(0, 40);
+      const g = new Float32Array(40 * TABLE.dim).fill(0.5);
+      await a.push(TABLE.name, keys, g);
+      await a.persist({ step: 1 });
+      await a.push(TABLE.name, keys, g);
+      await c.restart(1); // kill -9 and start again
+      const b = await PsClient.connect({ endpoints: c.endpoints });
+      try {
+        const st = await b.status();
+        assert.deepEqual(st.map((x) => x.needs_restore), [false, true]);
+        await assert.rejects(b.push(TABLE.name, keys, g), ServerRestartedError);
+        await assert.rejects(b.persist({ step: 2 }), ServerRestartedError);
+        await assert.rejects(a.push(TABLE.name, keys, g), ServerRestartedError);
+        const r = await b.restore();
+        assert.equal(r.step, 1);
+        assert.deepEqual((await b.status()).map((x) => x.needs_restore), [false, false]);
+        await b.push(TABLE.name, keys, g);
+      } finally {
+        b.close();
+      }
+    } finally {
+      a.close();
+      await c.stop();
+    }
+  });
+
+  test('a checkpoint prepared before a clean stop commits after it without losing later updates', async () => {
+    const c = await cluster(1, 'cleanp');
+    const ps = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      await ps.createTable(TABLE);
+      await ps.setDense('w', Float32Array.of(0), { type: 'sgd', lr: 1 });
+      await ps.persist({ step: 1 }); // takes this worker's ballot
+      const cli = raw(c.endpoints[0]);
+      const st = await rawCall(cli, 'Status', {});
+      await rawCall(cli, 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: ps.ballot, meta: Buffer.from('{"step":2}'), incarnation: st.incarnation });
+      // Updates after the boundary of checkpoint 2:
+      await ps.pushDense('w', Float32Array.of(1));
+      const rk = Buffer.alloc(8);
+      const rpush = { table: TABLE.name, keys: rk, grads: Buffer.from(new Float32Array(TABLE.dim).fill(1).buffer), worker_id: 'r', seq: 1, incarnation: st.incarnation };
+      assert.equal((await rawCall(cli, 'Push', rpush)).duplicate, false);
+      cli.close();
+      await c.stop();
+      await c.startShard(0);
+      const cli2 = raw(c.endpoints[0]);
+      const st2 = await rawCall(cli2, 'Status', {});
+      assert.equal(st2.last_stop_clean, true);
+      assert.equal(st2.prepared_id, 2);
+      assert.equal(st2.pushes_blocked, false, 'a clean stop does not block pushes');
+      await rawCall(cli2, 'Checkpoint', { id: 2, phase: 'COMMIT', ballot: ps.ballot });
+      assert.deepEqual([...(await ps.pullDense(['w'])).get('w')!], [-1], 'the dense update after the boundary is kept');
+      assert.equal((await rawCall(cli2, 'Push', { ...rpush, incarnation: st2.incarnation })).duplicate, true, 'and so is the exactly-once record');
+      cli2.close();
+    } finally {
+      ps.close();
+      await c.stop();
+    }
+  });
+});
+

@@ -55,6 +55,8 @@ describe('fast Pull/Push codecs', () => {
     assert.equal(got.table, 'emb');
     assert.ok(got.keys.equals(Buffer.alloc(16, 7)));
     assert.throws(() => fast.Pull.requestDeserialize(body.subarray(0, body.length - 3)), /truncated/);
+    assert.throws(() => fast.Pull.requestDeserialize(Buffer.concat([body, Buffer.from([0x59, 1, 2])])), /truncated/);
+    assert.throws(() => fast.Pull.requestDeserialize(Buffer.from([0x00, 0x01])), /field number 0/);
     // seq above 2^53 decodes as NaN (the server refuses it)
     const big = Buffer.from([0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
     assert.ok(Number.isNaN(fast.Push.requestDeserialize(big).seq));

@@ -68,6 +68,28 @@ function stale(e: unknown): boolean {
   return (e as PsError).code === grpc.status.ABORTED && (e as PsError).reason === 'stale_ballot';
 }
 
+/**
+ * Takes a coordinator ballot above every shard's: raises a fresh one (a new
+ * round, plus random low bits so two coordinators rarely pick the same) and
+ * owns it only if every shard had a lower one before. Two coordinators with
+ * one ballot would fence nothing, so a tie on any shard means start over
+ * above it.
+ */
+export async function acquireBallot(c: PsClient): Promise<number> {
+  let top = c.ballot;
+  for (let attempt = 0; ; attempt++) {
+    const b = (Math.floor(top / 2 ** 20) + 1) * 2 ** 20 + 1 + Math.floor(Math.random() * (2 ** 20 - 1));
+    const sts = await c.all((s) => s.call<CkptState & { ballot: number; previous: number }>('RaiseBallot', { ballot: b }));
+    if (sts.every((s) => s.previous < b)) {
+      c.ballot = b;
+      return b;
+    }
+    top = Math.max(top, ...sts.map((s) => s.ballot));
+    if (attempt >= 50) throw new CoordinatorSupersededError('could not take a coordinator ballot: other workers keep raising theirs (several workers restoring at once?)');
+    await new Promise((r) => setTimeout(r, 10 + Math.random() * 50 * (attempt + 1)));
+  }
+}
+
 export async function persistCheckpoint(c: PsClient, input: PersistInput): Promise<{ id: number }> {
   if (!Number.isSafeInteger(input.step) || input.step < 0) throw new PsError('persist: step must be a non-negative integer', grpc.status.INVALID_ARGUMENT);
   const n = c.shards.length;
@@ -83,33 +105,40 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   const unresolved = sts.find((s) => s.prepared_id !== 0);
   if (unresolved) throw new CheckpointError(`checkpoint ${unresolved.prepared_id} is prepared and unresolved on some shard (a crash during an earlier persist); call restore()`, unresolved.prepared_id);
   const id = Math.max(...sts.map((s) => Math.max(s.committed_id, s.last_checkpoint_id))) + 1;
-  // The ballot this worker took at connect or at its own restore: never one
-  // read back from the shards, or a coordinator that lost to a restore would
-  // silently adopt the winner's ballot.
-  const ballot = c.ballot;
+  // This worker's own ballot, taken at its first persist or its restore:
+  // never one read back from the shards, or a coordinator that lost to a
+  // restore would silently adopt the winner's ballot.
+  const ballot = c.ballot || (await acquireBallot(c));
 
   failpoint('persist.before_prepare');
   let prepared = 0;
-  try {
-    await c.all(async (s) => {
+  const results = await Promise.allSettled(
+    c.shards.map(async (s) => {
       for (;;) {
         try {
           await s.call<CkptState>('Checkpoint', { id, phase: 'PREPARE', ballot, meta, dense: perShard[s.index], incarnation: s.incarnation });
           break;
         } catch (e) {
-          if ((e as PsError).reason !== 'incarnation') throw e;
+          const reason = (e as PsError).reason;
+          if (reason === 'needs_restore') throw new ServerRestartedError(s.index, s.endpoint, false);
+          if (reason !== 'incarnation') throw e;
           await c.checkContinuity(s); // a clean restart: go on; a crash: ServerRestartedError
         }
       }
       if (++prepared === 1) failpoint('persist.after_first_prepare');
-    });
-  } catch (e) {
-    if (stale(e)) throw new CoordinatorSupersededError(`persist of checkpoint ${id} was refused: a restore() by another worker raised the ballot; this worker must restore too`, (e as PsError).shard);
-    // Some shard could not prepare: abort everywhere (best effort; restore()
-    // aborts what is left, since not every shard prepared).
+    }),
+  );
+  // Every PREPARE has finished (succeeded or failed for good) before any
+  // ABORT goes out, so no PREPARE lands after its ABORT.
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    const e = failed.reason as Error;
+    if (stale(e)) throw new CoordinatorSupersededError(`persist of checkpoint ${id} was refused: a restore() by another worker raised the ballot; this worker must restore or rejoin`, (e as PsError).shard);
+    // Some shard could not prepare: abort everywhere (the shards record the
+    // id, so it can never be prepared later; restore() aborts what is left).
     await c.all((s) => s.call('Checkpoint', { id, phase: 'ABORT', ballot }, { retryForMs: 5000 }).catch(() => undefined));
     if (e instanceof ServerRestartedError) throw e;
-    throw new CheckpointError(`checkpoint ${id} was aborted: ${(e as Error).message}`, id, e as Error);
+    throw new CheckpointError(`checkpoint ${id} was aborted: ${e.message}`, id, e);
   }
   failpoint('persist.after_prepare');
   // Every shard prepared: the checkpoint is decided. COMMIT is retried for
@@ -131,15 +160,9 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
 
 export async function restoreCheckpoint(c: PsClient): Promise<RestoreResult> {
   // 1. Take over: a ballot above every shard's, recorded durably by all.
-  let ballot = c.ballot + 1;
-  let sts: (CkptState & { ballot: number })[];
-  for (;;) {
-    sts = await c.all((s) => s.call<CkptState & { ballot: number }>('RaiseBallot', { ballot }));
-    const top = Math.max(...sts.map((s) => s.ballot));
-    if (top === ballot) break;
-    ballot = top + 1; // another restore raced us: go above it
-  }
-  c.ballot = ballot;
+  c.ballot = 0;
+  const ballot = await acquireBallot(c);
+  let sts = await c.all((s) => s.call<CkptState & { ballot: number }>('RaiseBallot', { ballot }));
   failpoint('restore.after_ballot');
 
   // 2. Resolve the newest checkpoint that any shard prepared.
@@ -203,10 +226,10 @@ function adopt(c: PsClient, rs: CheckpointReply[], id: number): RestoreResult {
  */
 export async function rejoinCheckpoint(c: PsClient): Promise<RestoreResult> {
   const rs = await c.all((s) => s.call<CheckpointReply>('ReadCheckpoint', {}));
-  const sts = await c.all((s) => s.call<CkptState & { ballot: number; lineage: number }>('Status', {}));
+  const sts = await c.all((s) => s.call<CkptState & { ballot: number; lineage: number; needs_restore: boolean }>('Status', {}));
   const ids = new Set(sts.map((s) => s.committed_id));
-  if (ids.size !== 1 || sts.some((s) => s.prepared_id !== 0) || rs.some((r, i) => r.lineage !== sts[i].lineage))
+  if (ids.size !== 1 || sts.some((s) => s.prepared_id !== 0 || s.needs_restore) || rs.some((r, i) => r.lineage !== sts[i].lineage))
     throw new PsError('the shards are not at one committed checkpoint (a restore is unfinished or a server restarted again); call restore()');
-  c.ballot = Math.max(c.ballot, ...sts.map((s) => s.ballot));
+  c.ballot = 0; // the next persist() from this worker takes a new ballot
   return adopt(c, rs, rs[0].checkpoint_id);
 }

@@ -53,6 +53,7 @@ export interface ShardStatus {
   last_checkpoint_id: number;
   ballot: number;
   pushes_blocked: boolean;
+  needs_restore: boolean;
   tables: { spec: { name: string; dim: number }; rows: number }[];
   cache_hit_ratio: number;
   cache_bytes: number;
@@ -64,17 +65,39 @@ export interface ShardStatus {
 }
 
 const MAX_CHUNK_BYTES = 16 * 2 ** 20;
+/** Below the shards' exactly-once window of 1,024 (server/exactly-once.ts). */
+const MAX_PUSHES_IN_FLIGHT = 256;
+
+class Semaphore {
+  private waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
+  }
+}
 
 export class PsClient {
   readonly workerId: string;
   readonly stall = new StallMeter();
   readonly shards: ShardConnection[];
   clusterId = '';
-  /** Highest coordinator ballot seen; persist() uses it, restore() raises it. */
+  /**
+   * This worker's coordinator ballot: 0 until its first persist() or
+   * restore() takes one above every shard's (see acquireBallot).
+   */
   ballot = 0;
+  private readonly pushSlots: Semaphore[];
   private readonly seqs: number[];
   private readonly dims = new Map<string, number>();
-  private readonly barrierGen = new Map<string, number>();
   private closed = false;
 
   private constructor(readonly opts: ConnectOptions) {
@@ -88,6 +111,7 @@ export class PsClient {
     // recorded as applied (its pushes would be taken for retries).
     const base = Date.now() * 1000;
     this.seqs = opts.endpoints.map(() => base);
+    this.pushSlots = opts.endpoints.map(() => new Semaphore(MAX_PUSHES_IN_FLIGHT));
   }
 
   /**
@@ -307,14 +331,15 @@ export class PsClient {
   }
 
   /**
-   * Waits until `parties` workers reached this barrier (same name, same
-   * count of calls). Served by shard 0; idempotent per worker when retried.
+   * Waits until `parties` workers reached barrier `name` with the same
+   * `generation` (use the training step: it survives restarts of workers and
+   * servers, so a restarted job never meets a barrier released long ago).
+   * Served by shard 0; idempotent per worker when retried.
    */
-  async barrier(name: string, parties: number, timeoutMs = 600_000): Promise<void> {
-    const gen = (this.barrierGen.get(name) ?? 0) + 1;
-    this.barrierGen.set(name, gen);
+  async barrier(name: string, parties: number, generation: number, timeoutMs = 600_000): Promise<void> {
+    if (!Number.isSafeInteger(generation) || generation < 0 || generation >= 2 ** 52) throw new PsError('barrier generation must be a non-negative integer (e.g. the step)', grpc.status.INVALID_ARGUMENT);
     if (parties <= 1) return;
-    await this.shards[0].call('Barrier', { name, generation: gen, parties, worker_id: this.workerId }, { deadlineMs: timeoutMs, retryForMs: timeoutMs });
+    await this.shards[0].call('Barrier', { name, generation, parties, worker_id: this.workerId }, { deadlineMs: timeoutMs, retryForMs: timeoutMs });
   }
 
   async status(): Promise<ShardStatus[]> {
@@ -337,15 +362,24 @@ export class PsClient {
   /** Sends a push-like call with this worker's next seq for the shard, keeping the seq across retries. */
   private async pushOnce(s: number, method: 'Push' | 'PushDense', req: Record<string, unknown>): Promise<void> {
     const conn = this.shards[s];
-    const seq = ++this.seqs[s];
-    for (;;) {
-      try {
-        await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation: conn.incarnation });
-        return;
-      } catch (e) {
-        if ((e as PsError).reason !== 'incarnation') throw e;
-        await this.checkContinuity(conn);
+    // Fewer pushes in flight per shard than its exactly-once window, so a
+    // retry always falls inside the window.
+    await this.pushSlots[s].acquire();
+    try {
+      const seq = ++this.seqs[s];
+      for (;;) {
+        try {
+          await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation: conn.incarnation });
+          return;
+        } catch (e) {
+          const reason = (e as PsError).reason;
+          if (reason === 'needs_restore') throw new ServerRestartedError(s, conn.endpoint, false);
+          if (reason !== 'incarnation') throw e;
+          await this.checkContinuity(conn);
+        }
       }
+    } finally {
+      this.pushSlots[s].release();
     }
   }
 
@@ -393,7 +427,6 @@ export class PsClient {
     for (const s of sts) {
       this.shards[s.shard].incarnation = s.incarnation;
       this.shards[s.shard].lineage = s.lineage;
-      this.ballot = Math.max(this.ballot, s.ballot);
     }
   }
 

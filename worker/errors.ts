@@ -18,18 +18,20 @@ export class PsError extends Error {
 }
 
 /**
- * A server came back after a crash (or was restored by another worker): its
- * state is a checkpoint, not what this worker pushed. Call restore() (or, in
- * a multi-worker job, let the chief do it) and go on from its step.
+ * A server's state is no longer what this worker pushed into: it came back
+ * after a crash at its last committed checkpoint, or another worker restored
+ * the cluster. Call restore() (one worker), or rejoin() when another worker
+ * of the job is restoring, and resume from the step it returns.
  */
 export class ServerRestartedError extends PsError {
   constructor(
     shard: number,
     readonly endpoint: string,
+    /** The server's last stop was clean (so the change is a restore by another worker, not a crash). */
     readonly lastStopClean: boolean,
   ) {
     super(
-      `server ${endpoint} (shard ${shard}) restarted ${lastStopClean ? 'after being restored by another worker' : 'after a crash'}: its state is its last committed checkpoint; call restore() and resume from the step it returns`,
+      `server ${endpoint} (shard ${shard}) ${lastStopClean ? 'was restored to a checkpoint by another worker' : 'restarted after a crash, at its last committed checkpoint'}; call restore() (or rejoin() if another worker of this job restores) and resume from the step it returns`,
       grpc.status.FAILED_PRECONDITION,
       shard,
       'incarnation',

@@ -222,9 +222,12 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     });
   }
 
+  // On the thread pool: a drop waits for a running prepare's flush.
   Napi::Value DropTable(const Napi::CallbackInfo& info) {
     return Guard(info, [&]() -> Napi::Value {
-      engine_->drop_table(info[0].As<Napi::String>().Utf8Value());
+      const std::string name = info[0].As<Napi::String>().Utf8Value();
+      auto eng = engine_;
+      (new Job(cb_arg(info, 1), [eng, name] { eng->drop_table(name); }, nullptr, {}))->Queue();
       return info.Env().Undefined();
     });
   }

@@ -164,13 +164,18 @@ void Engine::open_pool() {
   }
   epoch_limit_ = root_->next_epoch;
   for (uint32_t i : removed) drop_table_object(i);
-  for (uint32_t i : undropped) tables_[i]->dropped_epoch = 0;
+  for (uint32_t i : undropped)
+    if (tables_[i]) tables_[i]->dropped_epoch = 0;
   reload_hyper();
   for (auto& t : tables_)
     if (t) t->r_next = t->d->rows_used;
   read_bound_ = recovering_ ? c_epoch_ : UINT64_MAX;
   rebuild_names();
-  pushes_blocked_ = p_active_;
+  // After a crash the rows are read at the committed checkpoint until the
+  // prepared one is resolved, so nothing may be written meanwhile. After a
+  // clean close the state is the latest and a prepared checkpoint simply
+  // awaits its commit or abort, as in a running engine.
+  pushes_blocked_ = recovering_;
   info_.committed = c_id_;
   info_.prepared = p_active_ ? p_id_ : 0;
   info_.pushes_blocked = pushes_blocked_;
@@ -221,7 +226,8 @@ void Engine::rebuild_names() {
 std::vector<uint32_t> Engine::undrop_after(Tx& tx, uint64_t epoch) {
   std::vector<uint32_t> back;
   for (auto& t : tables_) {
-    if (!t || t->dropped_epoch == 0 || t->dropped_epoch <= epoch) continue;
+    // A table created after `epoch` is removed by remove_tables_after instead.
+    if (!t || t->dropped_epoch == 0 || t->dropped_epoch <= epoch || t->created_epoch > epoch) continue;
     tx.add(t->d, sizeof(PTable));
     t->d->dropped_epoch = 0;
     t->d->checksum = Pool::table_sum(t->d);
@@ -591,7 +597,6 @@ void Engine::drop_table(const std::string& name) {
     fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it first");
   // Rows changed since the last checkpoint are discarded: should the drop be
   // undone, it is by going back to a checkpoint, which predates them.
-  purge_cache(t->idx);
   const uint64_t durable = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
   const bool in_checkpoint = t->created_epoch <= durable;
   {
@@ -608,6 +613,7 @@ void Engine::drop_table(const std::string& name) {
     failpoint("drop_table.mid_tx");
     tx.commit();
   }
+  purge_cache(t->idx);  // after the commit: a failed drop loses nothing
   if (in_checkpoint) t->dropped_epoch = cur_epoch_;
   else tables_[t->idx].reset();
   rebuild_names();
@@ -1152,7 +1158,8 @@ void Engine::abort(uint64_t id) {
     tx.commit();
   }
   for (uint32_t i : removed) tables_[i].reset();
-  for (uint32_t i : undropped) tables_[i]->dropped_epoch = 0;
+  for (uint32_t i : undropped)
+    if (tables_[i]) tables_[i]->dropped_epoch = 0;
   p_active_ = false;
   p_id_ = p_epoch_ = 0;
   if (recovering_) {
@@ -1193,7 +1200,8 @@ void Engine::rollback() {
   }
   epoch_limit_ = root_->next_epoch;
   for (uint32_t i : removed) tables_[i].reset();
-  for (uint32_t i : undropped) tables_[i]->dropped_epoch = 0;
+  for (uint32_t i : undropped)
+    if (tables_[i]) tables_[i]->dropped_epoch = 0;
   rebuild_names();
   reload_hyper();
   failpoint("rollback.after_publish");
