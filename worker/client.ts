@@ -26,7 +26,12 @@ export type KeysLike = Buffer | BigUint64Array | ArrayLike<number | bigint>;
 export interface ConnectOptions {
   /** host:port of every shard, in shard order. The same list on every worker. */
   endpoints: string[];
-  /** Stable id of this worker for exactly-once pushes (default: random, new per process). */
+  /**
+   * Stable id of this worker for exactly-once pushes (default: random, new
+   * per process). One process at a time per id: seqs start from the clock,
+   * so a restarted process with the same id goes on above the old seqs, but
+   * two live clients sharing an id would collide.
+   */
   workerId?: string;
   /** Deadline of one call, ms (default 30 s). */
   deadlineMs?: number;
