@@ -36,7 +36,7 @@ async function main(): Promise<void> {
   fs.mkdirSync(opts.dir, { recursive: true });
   let engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb });
   const oi = engine.openInfo;
-  log.info({ dir: opts.dir, ...oi }, oi.isPmem ? 'pool is on persistent memory (or PMEM_IS_PMEM_FORCE)' : 'pool is NOT on persistent memory: flushes use msync, batched');
+  log.info({ dir: opts.dir, ...oi, closeRecord: undefined }, oi.isPmem ? 'pool is on persistent memory (or PMEM_IS_PMEM_FORCE)' : 'pool is NOT on persistent memory: flushes use msync, batched');
   if (oi.pushesBlocked && oi.prepared) {
     log.warn({ prepared: oi.prepared }, 'a checkpoint prepared before the last crash is unresolved; aborting it');
     await engine.abort(oi.prepared);
@@ -79,7 +79,7 @@ async function main(): Promise<void> {
   await engine.close();
   engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb });
   const cc = engine.committedCheckpoint();
-  log.info({ ...engine.openInfo, tables: engine.listTables().map((t) => ({ name: t.name, rows: t.rows })), meta: cc?.meta.toString() }, 'reopened after a clean close');
+  log.info({ ...engine.openInfo, closeRecord: undefined, tables: engine.listTables().map((t) => ({ name: t.name, rows: t.rows })), meta: cc?.meta.toString() }, 'reopened after a clean close');
   await engine.close();
 }
 
