@@ -12,8 +12,8 @@
 // slower than string keys because they put a command into ioredis's buffer
 // mode), so Adagrad reads and writes one key a row, not two, at the price of
 // pulls reading 512 bytes a row. With several servers a key lives on
-// redis #splitmix64(key) mod servers, the function pmemps uses (shardOf in
-// bench/tcp-ceiling.ts).
+// redis #splitmix64(key) mod servers, the function pmemps uses (shardOfHalves in
+// worker/shard.ts).
 //
 // pull = per server, one pipeline of MGETs (CHUNK keys each), servers in
 //        parallel; rows back in the caller's order.
@@ -27,7 +27,7 @@
 
 import { ChildProcess, spawn } from 'node:child_process';
 import Redis from 'ioredis';
-import { shardOf } from './tcp-ceiling';
+import { shardOfHalves } from '../worker/shard';
 
 export type RedisOptimizer = { type: 'sgd'; lr: number } | { type: 'adagrad'; lr: number; eps?: number; initialAccumulator?: number };
 
@@ -48,7 +48,7 @@ function split(lo: Uint32Array, hi: Uint32Array, n: number, shards: number): Int
   const of = new Uint8Array(n);
   const counts = new Int32Array(shards);
   for (let i = 0; i < n; i++) {
-    of[i] = shardOf(lo[i], hi[i], shards);
+    of[i] = shardOfHalves(lo[i], hi[i], shards);
     counts[of[i]]++;
   }
   const out = Array.from(counts, (c) => new Int32Array(c));

@@ -17,10 +17,6 @@
 // place in the output. So this is the raw transport bound: pmemps (and
 // Redis) must also hash every key to its shard and put rows back in the
 // caller's order, which costs about 0.5 ms per 4,096 rows in JS here.
-//
-// This file also holds the key -> shard function that the Redis baseline uses
-// (bench/redis-peer.ts imports it): splitmix64(key) mod shards, as in
-// proto/pmemps.proto.
 
 import * as net from 'node:net';
 
@@ -28,57 +24,6 @@ export const OP_PULL = 1;
 export const OP_PUSH = 2;
 const REQ_HEADER = 4 + 1 + 4;
 const ACK = 4;
-
-// ---------------------------------------------------------------- sharding shared by the baselines
-
-/** High 32 bits of the 64-bit product of two uint32s, exact in doubles. */
-function mulhi(a: number, b: number): number {
-  const a0 = a & 0xffff;
-  const a1 = a >>> 16;
-  const b0 = b & 0xffff;
-  const b1 = b >>> 16;
-  const p01 = a0 * b1;
-  const p10 = a1 * b0;
-  const mid = ((a0 * b0) >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);
-  return (a1 * b1 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16)) >>> 0;
-}
-
-/**
- * splitmix64's finalizer of the key (z ^= z >> 30; z *= 0xbf58476d1ce4e5b9;
- * z ^= z >> 27; z *= 0x94d049bb133111eb; z ^= z >> 31; no increment added
- * first), then mod `shards`: the function the pmemps SDK documents in
- * worker/shard.ts, so both baselines place a key where pmemps does.
- * Computed on u32 halves: no BigInt per key.
- */
-export function shardOf(lo: number, hi: number, shards: number): number {
-  if (shards === 1) return 0;
-  // z ^= z >> 30; z *= 0xbf58476d1ce4e5b9
-  let l = (lo ^ ((lo >>> 30) | (hi << 2))) >>> 0;
-  let h = (hi ^ (hi >>> 30)) >>> 0;
-  hi = (mulhi(l, 0x1ce4e5b9) + Math.imul(h, 0x1ce4e5b9) + Math.imul(l, 0xbf58476d)) >>> 0;
-  lo = Math.imul(l, 0x1ce4e5b9) >>> 0;
-  // z ^= z >> 27; z *= 0x94d049bb133111eb
-  l = (lo ^ ((lo >>> 27) | (hi << 5))) >>> 0;
-  h = (hi ^ (hi >>> 27)) >>> 0;
-  hi = (mulhi(l, 0x133111eb) + Math.imul(h, 0x133111eb) + Math.imul(l, 0x94d049bb)) >>> 0;
-  lo = Math.imul(l, 0x133111eb) >>> 0;
-  // z ^= z >> 31
-  l = (lo ^ ((lo >>> 31) | (hi << 1))) >>> 0;
-  h = (hi ^ (hi >>> 31)) >>> 0;
-  // a power of two divides 2^32: the low word decides (and no floating-point modulo per key)
-  if ((shards & (shards - 1)) === 0) return l & (shards - 1);
-  return ((h % shards) * (4294967296 % shards) + (l % shards)) % shards;
-}
-
-/** The same function on a BigInt, for checking the u32 version. */
-export function shardOfBig(key: bigint, shards: number): number {
-  const M = (1n << 64n) - 1n;
-  let z = key & M;
-  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M;
-  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M;
-  z = z ^ (z >> 31n);
-  return Number(z % BigInt(shards));
-}
 
 // ---------------------------------------------------------------- client
 

@@ -7,9 +7,9 @@ import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { Engine } from '../native/engine';
 import { parameterServerService } from '../proto/load';
-import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, ServerRestartedError, shardOfKey } from '../worker';
+import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, ServerRestartedError, shardOfKey, shardsOf } from '../worker';
 import { PLAN, TABLE, allKeys, biasAt, clusterDigest, referenceDigest, runWorker, type Plan } from './cluster.lib';
-import { poolDirs } from './helpers';
+import { poolDirs, prng } from './helpers';
 
 const dirs = poolDirs(after);
 const clusters: LocalCluster[] = [];
@@ -212,6 +212,16 @@ describe('three servers, SDK and wire', () => {
 });
 
 describe('keys spread evenly over the shards', () => {
+  test('the batch function equals the BigInt definition', () => {
+    const r = prng(99);
+    const keys = Buffer.alloc(8 * 5000);
+    for (let i = 0; i < 5000; i++) keys.writeBigUInt64LE(i < 1000 ? BigInt(i) : (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)), i * 8);
+    for (const n of [2, 3, 4, 7, 8, 1000, 1048575]) {
+      const got = shardsOf(keys, n);
+      for (let i = 0; i < 5000; i++) assert.equal(got[i], shardOfKey(keys.readBigUInt64LE(i * 8), n), `key #${i} over ${n} shards`);
+    }
+  });
+
   test('sequential and hashed ids', () => {
     for (const n of [2, 3, 8]) {
       for (const [name, gen] of [
