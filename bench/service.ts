@@ -27,6 +27,7 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import { GiB, fmtMs, median } from './lib';
+import { freePort } from '../examples/local-cluster';
 import { startRedisServer } from './redis-peer';
 import type { Mode, SystemName, WorkerConfig } from './service-worker';
 
@@ -338,17 +339,6 @@ function driverMain(): void {
       await this.exit;
       clearTimeout(t);
     }
-  }
-
-  function freePort(): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const s = net.createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
-    });
   }
 
   function canConnect(port: number): Promise<boolean> {

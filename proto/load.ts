@@ -45,3 +45,10 @@ export const DEFAULT_MAX_MESSAGE_MB = 64;
  * updates (6.5 ms against 1.5 ms per call on loopback, measured).
  */
 export const FLOW_CONTROL_WINDOW = 16 * 2 ** 20;
+
+/** An optimizer spec as the wire's Optimizer message (booleans as 0/1). */
+export function optimizerToWire(o: { type: string }): { type: string; params: Record<string, number> } {
+  const params: Record<string, number> = {};
+  for (const [k, v] of Object.entries(o)) if (k !== 'type') params[k] = typeof v === 'boolean' ? (v ? 1 : 0) : Number(v);
+  return { type: o.type, params };
+}

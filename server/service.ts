@@ -4,6 +4,7 @@
 // Engine.pull (native/engine.ts) -> Engine::pull (native/src/engine.cc).
 import * as grpc from '@grpc/grpc-js';
 import { OPTIMIZER_PARAMS, asFloats, type InitializerSpec, type OptimizerSpec, type OptimizerType, type TableInfo, type TableSpec } from '../native/engine';
+import { optimizerToWire } from '../proto/load';
 import { Barriers } from './barrier';
 import { log } from './log';
 import { Shard, ShardError } from './shard';
@@ -20,12 +21,6 @@ export function optimizerFromWire(o: { type?: string; params?: Record<string, nu
   const type = o.type as OptimizerType;
   if (!OPTIMIZER_PARAMS[type]) throw invalid(`unknown optimizer "${o.type}"; use one of ${Object.keys(OPTIMIZER_PARAMS).join(', ')}`);
   return { type, ...(o.params ?? {}) } as OptimizerSpec;
-}
-
-export function optimizerToWire(o: OptimizerSpec): { type: string; params: Record<string, number> } {
-  const params: Record<string, number> = {};
-  for (const [k, v] of Object.entries(o)) if (k !== 'type') params[k] = typeof v === 'boolean' ? (v ? 1 : 0) : (v as number);
-  return { type: o.type, params };
 }
 
 function initializerFromWire(i: any): InitializerSpec {
@@ -71,6 +66,10 @@ function idArg(v: unknown, what: string): number {
 
 // ------------------------------------------------------------ handlers
 
+function denseToWire(dense: Map<string, Float32Array>): { name: string; values: Buffer }[] {
+  return [...dense].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) }));
+}
+
 export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: number): Record<string, Unary> {
   const dims = new Map<string, number>();
   const dimOf = (table: string): number | undefined => {
@@ -98,6 +97,15 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
         (e) => fail(name, e, cb),
       );
     };
+
+  // Restore and ReadCheckpoint answer alike: the checkpoint and the shard's identity of state now.
+  const checkpointReply = (r: { id: number; meta: Buffer; dense: Map<string, Float32Array> }) => ({
+    checkpoint_id: r.id,
+    meta: r.meta,
+    dense: denseToWire(r.dense),
+    incarnation: shard.incarnation,
+    lineage: shard.lineage,
+  });
 
   return {
     CreateTable: unary('CreateTable', (req) => {
@@ -143,9 +151,7 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
       return { duplicate };
     }),
 
-    PullDense: unary('PullDense', (req) => ({
-      tensors: [...shard.pullDense(req.names ?? [])].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) })),
-    })),
+    PullDense: unary('PullDense', (req) => ({ tensors: denseToWire(shard.pullDense(req.names ?? [])) })),
 
     PushDense: unary('PushDense', async (req) => {
       const grads = floatsArg(req.grads, 'grads');
@@ -193,25 +199,10 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
     Restore: unary('Restore', async (req) => {
       const r = await shard.restore(idArg(req.ballot, 'ballot'), idArg(req.checkpoint_id, 'checkpoint_id'));
       dims.clear();
-      return {
-        checkpoint_id: r.id,
-        meta: r.meta,
-        dense: [...r.dense].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) })),
-        incarnation: shard.incarnation,
-        lineage: shard.lineage,
-      };
+      return checkpointReply(r);
     }),
 
-    ReadCheckpoint: unary('ReadCheckpoint', () => {
-      const r = shard.readCheckpoint();
-      return {
-        checkpoint_id: r.id,
-        meta: r.meta,
-        dense: [...r.dense].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) })),
-        incarnation: shard.incarnation,
-        lineage: shard.lineage,
-      };
-    }),
+    ReadCheckpoint: unary('ReadCheckpoint', () => checkpointReply(shard.readCheckpoint())),
 
     Status: unary('Status', () => {
       const st = shard.engine.stats();

@@ -17,6 +17,7 @@ import type { OptimizerSpec, TableInfo, TableSpec } from '../native/types';
 import { persistCheckpoint, rejoinCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
 import { ShardConnection } from './connection';
 import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
+import { optimizerToWire } from '../proto/load';
 import { splitBatch, type Split } from './batch';
 import { shardOfDense } from './shard';
 import { StallMeter } from './stall';
@@ -147,7 +148,7 @@ export class PsClient {
       spec: {
         name: spec.name,
         dim: spec.dim,
-        optimizer: optimizerWire(spec.optimizer),
+        optimizer: optimizerToWire(spec.optimizer),
         initializer: spec.initializer,
         seed: spec.seed,
       },
@@ -276,7 +277,7 @@ export class PsClient {
   /** Creates or overwrites a dense tensor kept by its shard (fnv1a64(name) mod N), with the optimizer PushDense applies. */
   async setDense(name: string, values: Float32Array, optimizer: OptimizerSpec): Promise<void> {
     const s = shardOfDense(name, this.shards.length);
-    await this.shards[s].call('SetDense', { tensor: { name, values: bufOf(values) }, optimizer: optimizerWire(optimizer) });
+    await this.shards[s].call('SetDense', { tensor: { name, values: bufOf(values) }, optimizer: optimizerToWire(optimizer) });
   }
 
   async pullDense(names: string[]): Promise<Map<string, Float32Array>> {
@@ -461,12 +462,6 @@ interface TableInfoWire {
 }
 
 export type { TableInfo };
-
-function optimizerWire(o: OptimizerSpec): { type: string; params: Record<string, number> } {
-  const params: Record<string, number> = {};
-  for (const [k, v] of Object.entries(o)) if (k !== 'type') params[k] = typeof v === 'boolean' ? Number(v) : (v as number);
-  return { type: o.type, params };
-}
 
 export function keyBuffer(keys: KeysLike): Buffer {
   if (Buffer.isBuffer(keys)) {
