@@ -19,7 +19,7 @@
 //  * lineage changes exactly when the state stops being the continuation of
 //    what was acknowledged: a start after a crash, and a restore.
 import { randomInt } from 'node:crypto';
-import { Engine, EngineError, asFloats, decodeDense, type OptimizerSpec, type ShardIdentity, type TableSpec } from '../native/engine';
+import { Engine, EngineError, asFloats, type OptimizerSpec, type ShardIdentity, type TableSpec } from '../native/engine';
 import { shardOfDense } from '../worker/shard';
 import { DenseStore } from './dense';
 import { ExactlyOnce } from './exactly-once';
@@ -148,7 +148,7 @@ export class Shard {
 
   /** Applies the push once per (worker, seq); resolves true when it was a duplicate. */
   async push(table: string, keys: Buffer, grads: Buffer, worker: string, seq: number, incarnation: number): Promise<boolean> {
-    return this.exactlyOnce(worker, seq, incarnation, () => this.enginePush(table, keys, grads));
+    return this.exactlyOnce(worker, seq, incarnation, () => this.engine.push(table, keys, grads));
   }
 
   // ------------------------------------------------------------ dense
@@ -368,10 +368,6 @@ export class Shard {
     }
   }
 
-  private async enginePush(table: string, keys: Buffer, grads: Buffer): Promise<void> {
-    await this.engine.push(table, keys, grads);
-  }
-
   private drain(): Promise<void> {
     if (this.pushesInEngine === 0) return Promise.resolve();
     return new Promise<void>((r) => this.drainWaiters.push(r));
@@ -426,4 +422,3 @@ export class Shard {
   }
 }
 
-export { decodeDense };

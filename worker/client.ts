@@ -18,7 +18,7 @@ import { persistCheckpoint, rejoinCheckpoint, restoreCheckpoint, type PersistInp
 import { ShardConnection } from './connection';
 import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
 import { optimizerToWire } from '../proto/load';
-import { splitBatch, type Split } from './batch';
+import { splitBatch } from './batch';
 import { shardOfDense } from './shard';
 import { StallMeter } from './stall';
 
@@ -198,7 +198,7 @@ export class PsClient {
     const kb = keyBuffer(keys);
     const dim = await this.dimOf(table);
     const n = kb.length / 8;
-    const split = this.split(kb);
+    const split = splitBatch(kb, this.shards.length);
     const per = await Promise.all(
       split.keys.map(async (sk, s) => {
         if (sk.length === 0) return null;
@@ -240,7 +240,7 @@ export class PsClient {
     const n = kb.length / 8;
     const dim = await this.dimOf(table);
     if (g.length !== n * dim) throw new PsError(`push to "${table}": ${n} keys x dim ${dim} needs ${n * dim} gradient values, got ${g.length}`, grpc.status.INVALID_ARGUMENT);
-    const split = this.split(kb);
+    const split = splitBatch(kb, this.shards.length);
     // Gradients of a key that repeats are summed in the order of the batch,
     // as the engine would sum them (so the result is the same bit for bit).
     const sums = split.identity ? [g] : split.keys.map((sk) => new Float32Array((sk.length / 8) * dim));
@@ -445,10 +445,6 @@ export class PsClient {
       if (d === undefined) throw new PsError(`no table "${table}"; create it with createTable`, grpc.status.NOT_FOUND, 0);
     }
     return d;
-  }
-
-  private split(kb: Buffer): Split {
-    return splitBatch(kb, this.shards.length);
   }
 
   private live(): void {
