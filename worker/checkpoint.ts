@@ -75,14 +75,17 @@ function stale(e: unknown): boolean {
  * one ballot would fence nothing, so a tie on any shard means start over
  * above it.
  */
-export async function acquireBallot(c: PsClient): Promise<number> {
+type BallotState = CkptState & { ballot: number; previous: number };
+
+/** Returns the ballot and every shard's state as its RaiseBallot left it. */
+export async function acquireBallot(c: PsClient): Promise<{ ballot: number; states: BallotState[] }> {
   let top = c.ballot;
   for (let attempt = 0; ; attempt++) {
     const b = (Math.floor(top / 2 ** 20) + 1) * 2 ** 20 + 1 + Math.floor(Math.random() * (2 ** 20 - 1));
-    const sts = await c.all((s) => s.call<CkptState & { ballot: number; previous: number }>('RaiseBallot', { ballot: b }));
+    const sts = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: b }));
     if (sts.every((s) => s.previous < b)) {
       c.ballot = b;
-      return b;
+      return { ballot: b, states: sts };
     }
     top = Math.max(top, ...sts.map((s) => s.ballot));
     if (attempt >= 50) throw new CoordinatorSupersededError('could not take a coordinator ballot: other workers keep raising theirs (several workers restoring at once?)');
@@ -108,7 +111,7 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   // This worker's own ballot, taken at its first persist or its restore:
   // never one read back from the shards, or a coordinator that lost to a
   // restore would silently adopt the winner's ballot.
-  const ballot = c.ballot || (await acquireBallot(c));
+  const ballot = c.ballot || (await acquireBallot(c)).ballot;
 
   failpoint('persist.before_prepare');
   let prepared = 0;
@@ -160,9 +163,9 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
 
 export async function restoreCheckpoint(c: PsClient): Promise<RestoreResult> {
   // 1. Take over: a ballot above every shard's, recorded durably by all.
-  c.ballot = 0;
-  const ballot = await acquireBallot(c);
-  let sts = await c.all((s) => s.call<CkptState & { ballot: number }>('RaiseBallot', { ballot }));
+  const taken = await acquireBallot(c); // a new round above this worker's own ballot too
+  const ballot = taken.ballot;
+  let sts: (CkptState & { ballot: number })[] = taken.states;
   failpoint('restore.after_ballot');
 
   // 2. Resolve the newest checkpoint that any shard prepared.
