@@ -44,7 +44,8 @@ function invalid(msg: string): EngineError {
 }
 
 function hyperArray(opt: OptimizerSpec): Float64Array {
-  const names = OPTIMIZER_PARAMS[opt.type];
+  // Own properties only: "__proto__" or "constructor" is no optimizer.
+  const names = Object.hasOwn(OPTIMIZER_PARAMS, opt?.type) ? OPTIMIZER_PARAMS[opt.type] : undefined;
   if (!names) throw invalid(`unknown optimizer "${(opt as { type: string }).type}"; use one of ${OPT_CODES.join(', ')}`);
   const known = new Set(names.map((n) => n[0]).concat('type'));
   for (const k of Object.keys(opt)) {

@@ -11,11 +11,14 @@ import { denseOptimizer, EngineError, type OptimizerSpec } from '../native/engin
 interface DenseEntry {
   opt: OptimizerSpec;
   n: number;
-  row: Float32Array; // n weights, then state
+  row: Float32Array; // n weights, then state (replaced whole by a push)
   step: number;
 }
 
 export const MAX_DENSE_NAME = 256;
+/** Tensors per shard, and their floats (weights and optimizer state) per shard: 256 MiB. */
+export const MAX_DENSE_TENSORS = 4096;
+export const MAX_DENSE_FLOATS = 64 * 2 ** 20;
 
 export class DenseStore {
   private readonly tensors = new Map<string, DenseEntry>();
@@ -26,7 +29,13 @@ export class DenseStore {
     if (values.length === 0) throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}" has no values`);
     for (let i = 0; i < values.length; i++)
       if (!Number.isFinite(values[i])) throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}": element ${i} is not finite`);
-    const row = new Float32Array(denseOptimizer.rowFloats(opt, values.length));
+    const floats = denseOptimizer.rowFloats(opt, values.length);
+    const old = this.tensors.get(name);
+    if (!old && this.tensors.size >= MAX_DENSE_TENSORS)
+      throw new EngineError('OUT_OF_SPACE', `this shard already holds ${MAX_DENSE_TENSORS} dense tensors, its limit; overwrite an existing one instead`);
+    if (this.floats - (old?.row.length ?? 0) + floats > MAX_DENSE_FLOATS)
+      throw new EngineError('OUT_OF_SPACE', `dense tensors on this shard would take more than ${(MAX_DENSE_FLOATS * 4) / 2 ** 20} MiB with their optimizer state`);
+    const row = new Float32Array(floats);
     denseOptimizer.initRow(opt, row);
     row.set(values, 0);
     this.tensors.set(name, { opt, n: values.length, row, step: 0 });
@@ -41,7 +50,22 @@ export class DenseStore {
     const e = this.entry(name);
     if (grads.length !== e.n)
       throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}" has ${e.n} values; the gradient has ${grads.length}`);
-    e.step = denseOptimizer.apply(e.opt, e.row, e.step, grads);
+    // Applied to a copy and kept only when every value stays finite: a pull
+    // must never return a non-finite value.
+    const row = e.row.slice();
+    const step = denseOptimizer.apply(e.opt, row, e.step, grads);
+    for (let i = 0; i < row.length; i++)
+      if (!Number.isFinite(row[i]))
+        throw new EngineError('INVALID_ARGUMENT', `this gradient would make dense tensor "${name}" non-finite (element ${i % e.n}); it was refused and nothing changed`);
+    e.row = row;
+    e.step = step;
+  }
+
+  /** Floats held (weights and state), for the close record's bound. */
+  get floats(): number {
+    let n = 0;
+    for (const e of this.tensors.values()) n += e.row.length;
+    return n;
   }
 
   names(): string[] {

@@ -3,22 +3,42 @@
 // applied. A retried push (same worker_id and seq) is recognised and answered
 // without applying it again.
 //
-// Why a window and not only "highest seq": the SDK sends a worker's pushes to
-// a shard concurrently (several batches in flight), so they may arrive out of
-// order; a seq below the window is refused, never guessed. The SDK keeps
-// at most 256 pushes in flight per shard (worker/client.ts), so a live retry
-// always falls inside it.
+// Invariants (docs/protocol.md, "Exactly-once and its bounds"):
+//  * Never a wrong "new": a push judged new was not applied before. A seq
+//    the record can no longer judge is refused ('too-old'), never guessed.
+//  * Memory is bounded: at most MAX_WORKERS records of at most
+//    MAX_WORKER_ID_BYTES + RECORD_OVERHEAD bytes each. Beyond that the least
+//    recently seen record is forgotten, and only together with the
+//    watermark: `watermark` is raised to the forgotten record's highest seq
+//    first, so every seq it covered is refused from then on for a worker
+//    without a record, and each record remembers the watermark it was born
+//    under (`floor`), below which its own unset bits prove nothing.
+//  * Seqs are clock-based microseconds (the SDK starts a worker's seqs from
+//    its clock), so the watermark trails the present: a worker that starts
+//    later starts above it. A seq more than MAX_SEQ_AHEAD_US past the
+//    shard's clock is refused, so nobody can raise the watermark far beyond
+//    the present and lock new workers out.
+//  * Why a window and not only "highest seq": the SDK sends a worker's
+//    pushes to a shard concurrently (at most 256 in flight per shard), so
+//    they may arrive out of order; a live retry always falls inside it.
 //
-// Durability: the record is part of every checkpoint (taken at the same
-// boundary as the rows) and of the clean-close record, so after a clean
-// restart or a restore it says exactly which pushes the rows contain.
+// Durability: the record (watermark included) is part of every checkpoint,
+// taken at the same boundary as the rows, and of the clean-close record.
 
 export const WINDOW = 1024;
-/** Workers remembered; the least recently seen is forgotten beyond this. */
-export const MAX_WORKERS = 65_536;
+/** Workers remembered per shard; the least recently seen is forgotten beyond this. */
+export const MAX_WORKERS = 16_384;
+/** Longest worker_id, UTF-8 bytes (checked at the door by the service). */
+export const MAX_WORKER_ID_BYTES = 128;
+/** A seq may run at most this far ahead of the shard's clock (clock skew between hosts). */
+export const MAX_SEQ_AHEAD_US = 3600e6;
+/** Encoded bytes per record besides its id: u16 id length, f64 high, f64 floor, the window. */
+const RECORD_OVERHEAD = 2 + 8 + 8 + WINDOW / 8;
+const MAGIC = 0x32656f70; // 'poe2': this format (the first had none)
 
 interface WorkerRecord {
   high: number; // highest applied seq (0: none)
+  floor: number; // the watermark when this record was made: its bits say nothing at or below it
   bits: Uint8Array; // bit i: seq high - i applied, i < WINDOW
 }
 
@@ -27,14 +47,26 @@ export type SeqState = 'new' | 'applied' | 'in-flight' | 'too-old';
 export class ExactlyOnce {
   private readonly workers = new Map<string, WorkerRecord>();
   private readonly inFlight = new Map<string, Promise<unknown>>();
+  /** Every seq at or below it, of a worker with no record, may have been applied and forgotten. */
+  private watermark = 0;
+
+  constructor(private readonly maxWorkers = MAX_WORKERS) {}
 
   state(worker: string, seq: number): SeqState {
     if (this.inFlight.has(flightKey(worker, seq))) return 'in-flight';
     const r = this.workers.get(worker);
-    if (!r || seq > r.high) return 'new';
+    if (!r) return seq <= this.watermark ? 'too-old' : 'new';
+    if (seq > r.high) return seq <= r.floor ? 'too-old' : 'new';
     const back = r.high - seq;
-    if (back >= WINDOW) return 'too-old';
-    return bit(r.bits, back) ? 'applied' : 'new';
+    if (back < WINDOW && bit(r.bits, back)) return 'applied';
+    if (back >= WINDOW || seq <= r.floor) return 'too-old';
+    return 'new';
+  }
+
+  /** The lowest seq this worker's next new push may carry (what a refused 'too-old' first attempt should jump to). */
+  nextSeq(worker: string): number {
+    const r = this.workers.get(worker);
+    return Math.max(r ? r.high : 0, r ? r.floor : this.watermark) + 1;
   }
 
   /** The promise of the push now running with this (worker, seq), if any. */
@@ -59,7 +91,7 @@ export class ExactlyOnce {
   record(worker: string, seq: number): void {
     let r = this.workers.get(worker);
     if (r) this.workers.delete(worker); // re-insert: Map order is the LRU order
-    else r = { high: 0, bits: new Uint8Array(WINDOW / 8) };
+    else r = { high: 0, floor: this.watermark, bits: new Uint8Array(WINDOW / 8) };
     if (seq > r.high) {
       shiftWindow(r.bits, seq - r.high);
       r.high = seq;
@@ -68,34 +100,62 @@ export class ExactlyOnce {
       setBit(r.bits, r.high - seq);
     }
     this.workers.set(worker, r);
-    if (this.workers.size > MAX_WORKERS) this.workers.delete(this.workers.keys().next().value as string);
+    while (this.workers.size > this.maxWorkers) {
+      const [oldest, or] = this.workers.entries().next().value as [string, WorkerRecord];
+      // The watermark rises before the record goes: from here on its seqs are refused, not re-applied.
+      this.watermark = Math.max(this.watermark, or.high);
+      this.workers.delete(oldest);
+    }
   }
 
   get size(): number {
     return this.workers.size;
   }
 
-  /** u32 count, then per worker: u16 id length, id (utf8), f64 high, WINDOW/8 bytes. */
-  encode(): Buffer {
-    const parts: Buffer[] = [];
-    const head = Buffer.alloc(4);
-    head.writeUInt32LE(this.workers.size);
-    parts.push(head);
-    for (const [id, r] of this.workers) {
-      const nb = Buffer.from(id, 'utf8');
-      const h = Buffer.alloc(2 + nb.length + 8);
-      h.writeUInt16LE(nb.length, 0);
-      nb.copy(h, 2);
-      h.writeDoubleLE(r.high, 2 + nb.length);
-      parts.push(h, Buffer.from(r.bits));
-    }
-    return Buffer.concat(parts);
+  get lowWatermark(): number {
+    return this.watermark;
   }
 
-  static decode(buf: Buffer): ExactlyOnce {
-    const out = new ExactlyOnce();
+  /** An upper bound of encode()'s length with `workers` records (for space reserved ahead of a clean close). */
+  static encodedBound(workers: number): number {
+    return 16 + Math.min(workers, MAX_WORKERS) * (RECORD_OVERHEAD + MAX_WORKER_ID_BYTES);
+  }
+
+  /** u32 magic, f64 watermark, u32 count, then per worker: u16 id length, id (utf8), f64 high, f64 floor, WINDOW/8 bytes. */
+  encode(): Buffer {
+    let n = 16;
+    const ids: Buffer[] = [];
+    for (const id of this.workers.keys()) {
+      const b = Buffer.from(id, 'utf8');
+      ids.push(b);
+      n += RECORD_OVERHEAD + b.length;
+    }
+    const out = Buffer.alloc(n);
+    let off = out.writeUInt32LE(MAGIC, 0);
+    off = out.writeDoubleLE(this.watermark, off);
+    off = out.writeUInt32LE(this.workers.size, off);
+    let i = 0;
+    for (const r of this.workers.values()) {
+      const b = ids[i++];
+      // Ids are bounded at the door (MAX_WORKER_ID_BYTES), so the u16 can not overflow.
+      off = out.writeUInt16LE(b.length, off);
+      off += b.copy(out, off);
+      off = out.writeDoubleLE(r.high, off);
+      off = out.writeDoubleLE(r.floor, off);
+      off += Buffer.from(r.bits.buffer, r.bits.byteOffset, r.bits.byteLength).copy(out, off);
+    }
+    return out;
+  }
+
+  static decode(buf: Buffer, maxWorkers = MAX_WORKERS): ExactlyOnce {
+    const out = new ExactlyOnce(maxWorkers);
     if (buf.length === 0) return out;
     let off = 0;
+    const v2 = buf.length >= 16 && buf.readUInt32LE(0) === MAGIC;
+    if (v2) {
+      out.watermark = buf.readDoubleLE(4);
+      off = 12;
+    }
     const n = buf.readUInt32LE(off);
     off += 4;
     for (let i = 0; i < n; i++) {
@@ -105,9 +165,14 @@ export class ExactlyOnce {
       off += nl;
       const high = buf.readDoubleLE(off);
       off += 8;
+      let floor = 0;
+      if (v2) {
+        floor = buf.readDoubleLE(off);
+        off += 8;
+      }
       const bits = Uint8Array.from(buf.subarray(off, off + WINDOW / 8));
       off += WINDOW / 8;
-      out.workers.set(id, { high, bits });
+      out.workers.set(id, { high, floor, bits });
     }
     return out;
   }

@@ -9,6 +9,7 @@ import { Barriers } from './barrier';
 import { log } from './log';
 import { Shard, ShardError } from './shard';
 import { invalid, toStatus } from './status-codes';
+import { LIMITS, floatsArg, idArg, keysArg, listArg, paramsArg, str, tableName, workerId } from './wire-args';
 
 export const VERSION = '0.1.0';
 
@@ -18,12 +19,14 @@ type Unary = (call: grpc.ServerUnaryCall<any, any>, cb: grpc.sendUnaryData<any>)
 
 export function optimizerFromWire(o: { type?: string; params?: Record<string, number> } | null | undefined): OptimizerSpec {
   if (!o || !o.type) throw invalid('optimizer.type is required (sgd, adagrad, adam, rmsprop or ftrl)');
-  const type = o.type as OptimizerType;
-  if (!OPTIMIZER_PARAMS[type]) throw invalid(`unknown optimizer "${o.type}"; use one of ${Object.keys(OPTIMIZER_PARAMS).join(', ')}`);
-  return { type, ...(o.params ?? {}) } as OptimizerSpec;
+  const type = str(o.type, 'optimizer.type', LIMITS.shortName) as OptimizerType;
+  // Own properties only: "__proto__" or "constructor" is no optimizer.
+  if (!Object.hasOwn(OPTIMIZER_PARAMS, type)) throw invalid(`unknown optimizer "${type}"; use one of ${Object.keys(OPTIMIZER_PARAMS).join(', ')}`);
+  return { type, ...paramsArg(o.params, 'optimizer.params') } as OptimizerSpec;
 }
 
 function initializerFromWire(i: any): InitializerSpec {
+  if (i) str(i.type, 'initializer.type', LIMITS.shortName, { optional: true });
   switch (i?.type) {
     case 'zeros':
       return { type: 'zeros' };
@@ -43,25 +46,6 @@ function tableToWire(t: TableInfo): unknown {
     spec: { name: t.name, dim: t.dim, optimizer: optimizerToWire(t.optimizer), initializer: t.initializer, seed: t.seed },
     rows: t.rows,
   };
-}
-
-function keysArg(keys: Buffer): Buffer {
-  if (!Buffer.isBuffer(keys) || keys.length % 8 !== 0) throw invalid(`keys must be packed uint64 (a multiple of 8 bytes), got ${keys?.length ?? 0} bytes`);
-  return keys;
-}
-
-function floatsArg(b: Buffer, what: string): Buffer {
-  if (!Buffer.isBuffer(b) || b.length % 4 !== 0) throw invalid(`${what} must be packed float32 (a multiple of 4 bytes), got ${b?.length ?? 0} bytes`);
-  return b;
-}
-
-// Ids, seqs, ballots and incarnations stay below 2^52, so that one more
-// (a new ballot or id) is always representable.
-const MAX_ID = 2 ** 52;
-function idArg(v: unknown, what: string): number {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0 || n >= MAX_ID) throw invalid(`${what} must be an integer below 2^52`);
-  return n;
 }
 
 // ------------------------------------------------------------ handlers
@@ -111,56 +95,66 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
     CreateTable: unary('CreateTable', (req) => {
       const s = req.spec;
       if (!s) throw invalid('spec is required');
-      const spec: TableSpec = { name: s.name, dim: s.dim, optimizer: optimizerFromWire(s.optimizer), initializer: initializerFromWire(s.initializer), seed: Number(s.seed) };
+      const spec: TableSpec = { name: tableName(s.name), dim: s.dim, optimizer: optimizerFromWire(s.optimizer), initializer: initializerFromWire(s.initializer), seed: Number(s.seed) };
       const created = shard.createTable(spec);
       if (created) log.info({ table: spec.name, dim: spec.dim, optimizer: spec.optimizer.type }, 'table created');
       return { created };
     }),
 
     UpdateTable: unary('UpdateTable', (req) => {
-      shard.engine.updateTable(req.name, req.params ?? {});
-      const t = shard.engine.listTables().find((x) => x.name === req.name)!;
-      log.info({ table: req.name, params: req.params }, 'table hyperparameters updated');
+      const name = tableName(req.name);
+      const params = paramsArg(req.params, 'params');
+      shard.engine.updateTable(name, params);
+      const t = shard.engine.listTables().find((x) => x.name === name)!;
+      log.info({ table: name, params }, 'table hyperparameters updated');
       return { spec: (tableToWire(t) as { spec: unknown }).spec };
     }),
 
     ListTables: unary('ListTables', () => ({ tables: shard.engine.listTables().map(tableToWire) })),
 
     DropTable: unary('DropTable', async (req) => {
-      await shard.dropTable(req.name);
-      dims.delete(req.name);
-      log.info({ table: req.name }, 'table dropped');
+      const name = tableName(req.name);
+      await shard.dropTable(name);
+      dims.delete(name);
+      log.info({ table: name }, 'table dropped');
       return {};
     }),
 
     Pull: unary('Pull', async (req) => {
+      const table = tableName(req.table);
       const keys = keysArg(req.keys);
-      const dim = dimOf(req.table);
+      const dim = dimOf(table);
       if (dim !== undefined && (keys.length / 8) * dim * 4 + 64 > maxMessageBytes)
         throw new ShardError(
           'TOO_LARGE',
           `${keys.length / 8} keys x dim ${dim} is ${(((keys.length / 8) * dim * 4) / 2 ** 20).toFixed(1)} MiB, above the server's --max-message-mb ${maxMessageBytes / 2 ** 20}; split the batch (the SDK does)`,
         );
-      return { values: await shard.pull(req.table, keys) };
+      return { values: await shard.pull(table, keys) };
     }),
 
     Push: unary('Push', async (req) => {
+      const table = tableName(req.table);
       const keys = keysArg(req.keys);
       const grads = floatsArg(req.grads, 'grads');
-      const duplicate = await shard.push(req.table, keys, grads, req.worker_id, idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation'));
+      const duplicate = await shard.push(table, keys, grads, workerId(req.worker_id), idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation'));
       return { duplicate };
     }),
 
-    PullDense: unary('PullDense', (req) => ({ tensors: denseToWire(shard.pullDense(req.names ?? [])) })),
+    PullDense: unary('PullDense', (req) => {
+      const names = listArg<unknown>(req.names, 'names', LIMITS.namesPerCall).map((n) => str(n, 'dense tensor name', LIMITS.denseName));
+      return { tensors: denseToWire(shard.pullDense(names)) };
+    }),
 
     PushDense: unary('PushDense', async (req) => {
+      const name = str(req.name, 'dense tensor name', LIMITS.denseName);
       const grads = floatsArg(req.grads, 'grads');
-      return { duplicate: await shard.pushDense(req.name, grads, req.worker_id, idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation')) };
+      return { duplicate: await shard.pushDense(name, grads, workerId(req.worker_id), idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation')) };
     }),
 
     SetDense: unary('SetDense', (req) => {
       if (!req.tensor) throw invalid('tensor is required');
-      shard.setDense(req.tensor.name, asFloats(floatsArg(req.tensor.values, 'tensor.values')), optimizerFromWire(req.optimizer));
+      const name = str(req.tensor.name, 'tensor.name', LIMITS.denseName);
+      shard.setDense(name, asFloats(floatsArg(req.tensor.values, 'tensor.values')), optimizerFromWire(req.optimizer));
       return {};
     }),
 
@@ -172,7 +166,10 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
       switch (req.phase) {
         case 'PREPARE': {
           const dense = new Map<string, Float32Array>();
-          for (const t of req.dense ?? []) dense.set(t.name, asFloats(floatsArg(t.values, `dense tensor ${t.name}`)).slice());
+          for (const t of listArg<{ name: unknown; values: unknown }>(req.dense, 'dense', LIMITS.namesPerCall)) {
+            const name = str(t.name, 'dense tensor name', LIMITS.denseName);
+            dense.set(name, asFloats(floatsArg(t.values, 'dense tensor values')).slice());
+          }
           st = await shard.prepare(id, ballot, req.meta ?? Buffer.alloc(0), dense, idArg(req.incarnation, 'incarnation'));
           log.info({ id, ballot }, 'checkpoint prepared');
           break;
@@ -233,14 +230,16 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
     SetIdentity: unary('SetIdentity', (req) => {
       const i = req.identity;
       if (!i) throw invalid('identity is required');
-      const r = shard.setIdentity(i.cluster_id, i.shard_index, i.shard_count);
+      const r = shard.setIdentity(str(i.cluster_id, 'identity.cluster_id', 32), i.shard_index, i.shard_count);
       log.info({ identity: r }, 'shard identity set');
       return { identity: { cluster_id: r.clusterId, shard_index: r.shardIndex, shard_count: r.shardCount } };
     }),
 
     Barrier: unary('Barrier', (req, call) => {
-      if (!req.name || !req.worker_id || !(req.parties >= 1)) throw invalid('barrier needs name, worker_id and parties >= 1');
-      return barriers.arrive(req.name, idArg(req.generation, 'generation'), req.parties, req.worker_id, call);
+      const name = str(req.name, 'barrier name', LIMITS.barrierName);
+      const worker = str(req.worker_id, 'worker_id', LIMITS.workerId);
+      if (!(req.parties >= 1 && req.parties <= LIMITS.parties)) throw invalid(`barrier parties must be in 1..${LIMITS.parties}`);
+      return barriers.arrive(name, idArg(req.generation, 'generation'), req.parties, worker, call);
     }),
   };
 }

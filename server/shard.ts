@@ -22,7 +22,7 @@ import { randomInt } from 'node:crypto';
 import { Engine, EngineError, asFloats, type OptimizerSpec, type ShardIdentity, type TableSpec } from '../native/engine';
 import { shardOfDense } from '../worker/shard';
 import { DenseStore } from './dense';
-import { ExactlyOnce } from './exactly-once';
+import { ExactlyOnce, MAX_SEQ_AHEAD_US } from './exactly-once';
 import { log } from './log';
 
 export interface ShardOptions {
@@ -34,8 +34,10 @@ export interface ShardOptions {
 /** A refusal the service maps to a gRPC code other than the engine's. */
 export class ShardError extends Error {
   constructor(
-    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE' | 'NEEDS_RESTORE',
+    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE' | 'NEEDS_RESTORE' | 'BALLOT_STEP' | 'ID_STEP',
     message: string,
+    /** Extra trailers a client acts on (e.g. pmemps-next-seq with TOO_OLD). */
+    readonly trailers: Record<string, string> = {},
   ) {
     super(message);
     this.name = 'ShardError';
@@ -67,6 +69,27 @@ function decodeEnvelope(buf: Buffer): { head: EnvelopeHead; sections: Record<str
     off += n;
   }
   return { head, sections };
+}
+
+/**
+ * The most one accepted call may move a checkpoint id or a ballot. Both stay
+ * below 2^52, so exhausting either takes at least 2^52 / 2^20 = 2^32 accepted
+ * calls (docs/protocol.md, "Ids and ballots").
+ */
+export const MAX_ID_STEP = 2 ** 20;
+export const MAX_BALLOT_STEP = 2 ** 20;
+
+function checkNewId(id: number, st: CheckpointState): void {
+  const last = Math.max(st.lastId, st.committedId);
+  if (id <= last)
+    throw new EngineError('FAILED_PRECONDITION', `checkpoint id ${id} must be greater than ${last} (ids strictly increase; an aborted id never comes back)`);
+  if (id > last + MAX_ID_STEP)
+    throw new ShardError('ID_STEP', `checkpoint id ${id} is more than 2^20 above this shard's last id ${last}; take the next id (max over the shards of last_checkpoint_id, + 1)`);
+}
+
+function checkBallotStep(b: number, cur: number): void {
+  if (b > cur + MAX_BALLOT_STEP)
+    throw new ShardError('BALLOT_STEP', `ballot ${b} is more than 2^20 above this shard's ballot ${cur}; raise it in steps of at most 2^20 (the SDK does)`);
 }
 
 function newId(): number {
@@ -180,7 +203,7 @@ export class Shard {
   }
 
   prepare(id: number, ballot: number, meta: Buffer, dense: Map<string, Float32Array>, incarnation: number): Promise<CheckpointState> {
-    return this.protocol(ballot, async () => {
+    return this.protocol(ballot, async (adopt) => {
       const st = this.checkpointState();
       if (st.preparedId === id || st.committedId === id) return st; // a retry
       this.checkIncarnation(incarnation);
@@ -190,6 +213,8 @@ export class Shard {
           'FAILED_PRECONDITION',
           `checkpoint ${st.preparedId} is prepared here and unresolved; COMMIT or ABORT it first (the SDK's restore() does) before preparing ${id}`,
         );
+      checkNewId(id, st);
+      adopt();
       // Close the gate, let the pushes already inside the engine finish, and
       // take every snapshot at one boundary.
       let open!: () => void;
@@ -213,11 +238,12 @@ export class Shard {
   }
 
   commit(id: number, ballot: number): Promise<CheckpointState> {
-    return this.protocol(ballot, async () => {
+    return this.protocol(ballot, async (adopt) => {
       const st = this.checkpointState();
       if (st.committedId === id) return st;
       if (st.preparedId !== id)
         throw new EngineError('FAILED_PRECONDITION', `checkpoint ${id} is not prepared on this shard (committed ${st.committedId}, prepared ${st.preparedId || 'none'})`);
+      adopt();
       await this.engine.commit(id);
       if (this.blockedBy === id) {
         // Prepared before this start: the rows are now that checkpoint's, so
@@ -230,9 +256,12 @@ export class Shard {
   }
 
   abort(id: number, ballot: number): Promise<CheckpointState> {
-    return this.protocol(ballot, async () => {
+    return this.protocol(ballot, async (adopt) => {
       const st = this.checkpointState();
       if (st.committedId === id) throw new EngineError('FAILED_PRECONDITION', `checkpoint ${id} is already committed on this shard; it cannot be aborted`);
+      // An id at or below last_id is already aborted or superseded: nothing to do.
+      if (id !== st.preparedId && id > st.lastId) checkNewId(id, st);
+      adopt();
       // The engine records an id never prepared here too, so a late PREPARE
       // of it (an old coordinator's retry) is refused.
       await this.engine.abort(id);
@@ -245,6 +274,7 @@ export class Shard {
   raiseBallot(b: number): Promise<CheckpointState> {
     return this.protocol(null, async () => {
       const previous = this.engine.raiseBallot(0);
+      checkBallotStep(b, previous);
       this.engine.raiseBallot(b);
       return { ...this.checkpointState(), previous };
     });
@@ -256,12 +286,13 @@ export class Shard {
    * prepared checkpoint is unresolved (the coordinator resolves it first).
    */
   restore(ballot: number, expectId: number): Promise<{ id: number; meta: Buffer; dense: Map<string, Float32Array> }> {
-    return this.protocol(ballot, async () => {
+    return this.protocol(ballot, async (adopt) => {
       const st = this.checkpointState();
       if (st.preparedId !== 0)
         throw new EngineError('FAILED_PRECONDITION', `checkpoint ${st.preparedId} is prepared and unresolved; commit or abort it before restoring`);
       if (expectId && st.committedId !== expectId)
         throw new EngineError('FAILED_PRECONDITION', `this shard's committed checkpoint is ${st.committedId || 'none'}, not ${expectId}`);
+      adopt();
       let open!: () => void;
       this.gate = new Promise<void>((r) => (open = r));
       try {
@@ -340,6 +371,11 @@ export class Shard {
     this.live();
     this.checkIncarnation(incarnation);
     if (worker && (!Number.isSafeInteger(seq) || seq <= 0)) throw new EngineError('INVALID_ARGUMENT', 'seq must be a positive integer when worker_id is set');
+    if (worker && seq > Date.now() * 1000 + MAX_SEQ_AHEAD_US)
+      throw new EngineError(
+        'INVALID_ARGUMENT',
+        `seq ${seq} is more than an hour ahead of this server's clock in microseconds; seqs start from the worker's clock (check the hosts' clocks)`,
+      );
     while (this.gate) await this.gate; // no await between the last check and the count
     this.live();
     this.checkIncarnation(incarnation); // the gate may have been a restore
@@ -354,7 +390,11 @@ export class Shard {
         const s = this.dedup.state(worker, seq);
         if (s === 'applied') return true;
         if (s === 'too-old')
-          throw new ShardError('TOO_OLD', `push ${seq} of worker ${worker} is older than the shard's exactly-once window; it cannot be told apart from an applied one`);
+          throw new ShardError(
+            'TOO_OLD',
+            `push ${seq} of this worker is older than what the shard's exactly-once record can judge (it may have been applied and forgotten); nothing was applied. A push never sent before may be sent again with seq >= ${this.dedup.nextSeq(worker)}`,
+            { 'pmemps-next-seq': String(this.dedup.nextSeq(worker)) },
+          );
         if (s === 'in-flight') {
           // A retry racing its original: the original's outcome decides.
           await this.dedup.running(worker, seq)!.catch(() => undefined);
@@ -373,15 +413,19 @@ export class Shard {
     return new Promise<void>((r) => this.drainWaiters.push(r));
   }
 
-  // ballot null: the call is RaiseBallot itself.
-  private protocol<T>(ballot: number | null, fn: () => Promise<T>): Promise<T> {
+  // ballot null: the call is RaiseBallot itself. Otherwise the ballot is
+  // checked first and recorded durably only when fn calls adopt(), after its
+  // own checks: a refused call moves nothing (a refusal that raised the
+  // ballot would fence out the live coordinator for nothing).
+  private protocol<T>(ballot: number | null, fn: (adopt: () => void) => Promise<T>): Promise<T> {
     const run = this.protocolTail.catch(() => undefined).then(() => {
       this.live();
-      if (ballot !== null) {
-        this.checkBallot(ballot);
+      if (ballot === null) return fn(() => undefined);
+      this.checkBallot(ballot);
+      checkBallotStep(ballot, this.engine.raiseBallot(0));
+      return fn(() => {
         this.engine.raiseBallot(ballot);
-      }
-      return fn();
+      });
     });
     this.protocolTail = run;
     return run;

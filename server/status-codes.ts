@@ -26,19 +26,30 @@ const SHARD_CODES: Record<ShardError['kind'], grpc.status> = {
   WRONG_SHARD: grpc.status.FAILED_PRECONDITION,
   TOO_LARGE: grpc.status.RESOURCE_EXHAUSTED,
   NEEDS_RESTORE: grpc.status.FAILED_PRECONDITION,
+  BALLOT_STEP: grpc.status.OUT_OF_RANGE,
+  ID_STEP: grpc.status.OUT_OF_RANGE,
 };
+
+/** Longest status details sent: nothing a client sent is echoed back unbounded. */
+export const MAX_DETAILS = 1024;
+
+function bounded(details: string): string {
+  if (Buffer.byteLength(details) <= MAX_DETAILS) return details;
+  return Buffer.from(details).subarray(0, MAX_DETAILS - 20).toString('utf8').replace(/\uFFFD$/, '') + ' ...(truncated)';
+}
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
   const metadata = new grpc.Metadata();
   if (err instanceof ShardError) {
     metadata.set('pmemps-reason', err.kind.toLowerCase());
-    return { code: SHARD_CODES[err.kind], details: err.message, metadata };
+    for (const [k, v] of Object.entries(err.trailers)) metadata.set(k, v);
+    return { code: SHARD_CODES[err.kind], details: bounded(err.message), metadata };
   }
   if (err instanceof EngineError) {
     metadata.set('pmemps-reason', err.code.toLowerCase());
-    return { code: ENGINE_CODES[err.code], details: err.message, metadata };
+    return { code: ENGINE_CODES[err.code], details: bounded(err.message), metadata };
   }
-  return { code: grpc.status.INTERNAL, details: err instanceof Error ? err.message : String(err), metadata };
+  return { code: grpc.status.INTERNAL, details: bounded(err instanceof Error ? err.message : String(err)), metadata };
 }
 
 export function invalid(message: string): EngineError {

@@ -77,17 +77,33 @@ function stale(e: unknown): boolean {
  */
 type BallotState = CkptState & { ballot: number; previous: number };
 
+const BALLOT_ROUND = 2 ** 16;
+/** The most a shard lets one call raise its ballot (server/shard.ts MAX_BALLOT_STEP). */
+const MAX_BALLOT_STEP = 2 ** 20;
+
 /** Returns the ballot and every shard's state as its RaiseBallot left it. */
 export async function acquireBallot(c: PsClient): Promise<{ ballot: number; states: BallotState[] }> {
-  let top = c.ballot;
+  // RaiseBallot(0) only reads: every shard's ballot, to start above them all.
+  let known = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: 0 }));
+  let top = Math.max(c.ballot, ...known.map((s) => s.ballot));
   for (let attempt = 0; ; attempt++) {
-    const b = (Math.floor(top / 2 ** 20) + 1) * 2 ** 20 + 1 + Math.floor(Math.random() * (2 ** 20 - 1));
+    // A new round of 2^16 above every ballot seen, with random low bits:
+    // each take moves a ballot by at most 2^17, well inside the 2^20 a
+    // shard accepts per call (docs/protocol.md, "Ids and ballots").
+    const b = (Math.floor(top / BALLOT_ROUND) + 1) * BALLOT_ROUND + 1 + Math.floor(Math.random() * (BALLOT_ROUND - 1));
+    // A shard far below (a replaced pool, or one raised by hand) is walked
+    // up in steps a shard accepts; these interim ballots are never used.
+    await c.all(async (s) => {
+      let cur = known[s.index].ballot;
+      while (b - cur > MAX_BALLOT_STEP) cur = (await s.call<BallotState>('RaiseBallot', { ballot: cur + MAX_BALLOT_STEP })).ballot;
+    });
     const sts = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: b }));
     if (sts.every((s) => s.previous < b)) {
       c.ballot = b;
       return { ballot: b, states: sts };
     }
     top = Math.max(top, ...sts.map((s) => s.ballot));
+    known = sts;
     if (attempt >= 50) throw new CoordinatorSupersededError('could not take a coordinator ballot: other workers keep raising theirs (several workers restoring at once?)');
     await new Promise((r) => setTimeout(r, 10 + Math.random() * 50 * (attempt + 1)));
   }

@@ -372,15 +372,30 @@ export class PsClient {
     // retry always falls inside the window.
     await this.pushSlots[s].acquire();
     try {
-      const seq = ++this.seqs[s];
+      let seq = ++this.seqs[s];
+      // Whether some attempt with this seq may have reached the shard with
+      // its outcome unknown (a timeout, a dropped connection): then only the
+      // shard's exactly-once record can say whether it was applied.
+      let uncertain = false;
+      const onUncertain = () => {
+        uncertain = true;
+      };
       for (;;) {
         try {
-          await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation: conn.incarnation });
+          await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation: conn.incarnation }, { onUncertain });
           return;
         } catch (e) {
-          const reason = (e as PsError).reason;
-          if (reason === 'needs_restore') throw new ServerRestartedError(s, conn.endpoint, false);
-          if (reason !== 'incarnation') throw e;
+          const err = e as PsError;
+          if (err.reason === 'needs_restore') throw new ServerRestartedError(s, conn.endpoint, false);
+          if (err.reason === 'too_old' && !uncertain && err.nextSeq !== undefined && err.nextSeq > seq && err.nextSeq < 2 ** 52) {
+            // Every attempt so far was refused outright, so this push was
+            // never applied: it may go again under a seq the shard can judge
+            // (its record of this worker was forgotten to bound memory).
+            this.seqs[s] = Math.max(this.seqs[s], err.nextSeq);
+            seq = ++this.seqs[s];
+            continue;
+          }
+          if (err.reason !== 'incarnation') throw e;
           await this.checkContinuity(conn);
         }
       }

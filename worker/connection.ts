@@ -14,6 +14,8 @@ export interface CallOptions {
   /** Retry transient failures until `retryForMs` has passed (default: the connection's). 0: no retry. */
   retryForMs?: number;
   deadlineMs?: number;
+  /** Called when an attempt failed in a way that may have reached the server (its outcome is unknown). */
+  onUncertain?: () => void;
 }
 
 export class ShardConnection {
@@ -49,6 +51,7 @@ export class ShardConnection {
         return await this.once<T>(method, req, o.deadlineMs ?? this.defaults.deadlineMs);
       } catch (e) {
         const err = e as PsError;
+        if (TRANSIENT.has(err.code as grpc.status)) o.onUncertain?.();
         if (!TRANSIENT.has(err.code as grpc.status) || Date.now() + backoff > until) throw err;
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, 1000);
@@ -63,7 +66,10 @@ export class ShardConnection {
         this.stall.leave();
         if (err) {
           const reason = err.metadata?.get('pmemps-reason')?.[0];
-          reject(new PsError(`${method} on shard ${this.index} (${this.endpoint}): ${err.details || err.message}`, err.code, this.index, reason ? String(reason) : undefined));
+          const pe = new PsError(`${method} on shard ${this.index} (${this.endpoint}): ${err.details || err.message}`, err.code, this.index, reason ? String(reason) : undefined);
+          const next = err.metadata?.get('pmemps-next-seq')?.[0];
+          if (next !== undefined) pe.nextSeq = Number(next);
+          reject(pe);
         } else resolve(res);
       });
     });

@@ -15,6 +15,9 @@ export class PsError extends Error {
     super(message);
     this.name = 'PsError';
   }
+
+  /** With reason "too_old": the lowest seq the shard would judge for this worker (its pmemps-next-seq trailer). */
+  nextSeq?: number;
 }
 
 /**

@@ -102,6 +102,9 @@ class Stripe {
   // Entries dirty with epoch <= pending_epoch are on `pending`: a prepare
   // moved them there in O(1) and is writing them back.
   uint32_t pending_epoch = 0;
+  // Bumped by every push that changed rows of this stripe: a result computed
+  // under an earlier value is stale (Engine::push checks, then applies).
+  uint64_t applies = 0;
 
   Stripe() { rehash(64); }
   ~Stripe() { clear(); std::free(buckets_); }

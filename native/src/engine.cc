@@ -496,6 +496,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   if (name.empty() || name.size() > 64) fail(Code::InvalidArgument, "table name must be 1..64 bytes");
   if (dim < 1 || dim > 4096) fail(Code::InvalidArgument, "dim must be in 1..4096, got " + std::to_string(dim));
   validate_optimizer(opt);
+  validate_init(init);
   std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (pushes_blocked_)
@@ -748,13 +749,9 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
                                        " was prepared before the restart and is unresolved; commit or abort it (restore) before pushing");
   if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the push was queued");
   const uint32_t dim = t->dim;
+  const uint32_t rf = t->row_floats;
   std::vector<float> g(n * dim);
   std::memcpy(g.data(), grads_bytes, sizeof(float) * g.size());
-  for (size_t i = 0; i < g.size(); i++)
-    if (!std::isfinite(g[i]))
-      fail(Code::InvalidArgument, "gradient of key #" + std::to_string(i / dim) + " (" + std::to_string(load_key(keys + 8 * (i / dim))) +
-                                      ") element " + std::to_string(i % dim) + " is " + (std::isnan(g[i]) ? "NaN" : "infinite") +
-                                      "; the whole batch was refused");
 
   // Sum the gradients of duplicate keys, in the order they appear.
   std::vector<uint32_t> idx(n);
@@ -778,6 +775,16 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     }
   }
   const size_t u = uk.size();
+  // Checked after the sum: finite duplicates may add up to infinity.
+  for (size_t i = 0; i < u; i++) {
+    const float* gi = &ug[i * dim];
+    if (row_finite(gi, dim)) continue;
+    uint32_t d = 0;
+    while (std::isfinite(gi[d])) d++;
+    fail(Code::InvalidArgument, "gradient of key " + std::to_string(uk[i]) + " element " + std::to_string(d) + " is " +
+                                    (std::isnan(gi[d]) ? "NaN" : "infinite") +
+                                    " (after summing the gradients of its duplicates in the batch); the whole batch was refused");
+  }
   std::vector<uint64_t> hs(u);
   for (size_t i = 0; i < u; i++) hs[i] = Stripe::hash(t->idx, uk[i]);
   std::vector<uint64_t> refs(u, 0);
@@ -791,14 +798,14 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     std::copy(counts, counts + kStripes, pos);
     for (size_t i = 0; i < u; i++) order[pos[hs[i] >> (64 - kStripeBits)]++] = static_cast<uint32_t>(i);
   }
-  // Entries found in phase 1 are reused in phase 2 when their stripe has
-  // erased nothing in between (its generation is unchanged).
+  // Entries found earlier are reused later when their stripe has erased
+  // nothing in between (its generation is unchanged).
   std::vector<Entry*> found(u, nullptr);
   uint64_t gen[kStripes] = {0};
+  std::vector<size_t> missing;
 
   if (!mem_) {
-    // Phase 1: give every new key a row and an index slot before any update
-    // is applied, so a full pool refuses the whole push and changes nothing.
+    // Phase 1: the rows the batch touches: cached entries, else index slots.
     bool uncached = false;
     for (int si = 0; si < kStripes; si++) {
       if (counts[si] == counts[si + 1]) continue;
@@ -813,7 +820,6 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         else uncached = true;
       }
     }
-    std::vector<size_t> missing;
     if (uncached) {
       std::shared_lock<RwLock> il(t->index->mu());
       for (size_t i = 0; i < u; i++) {
@@ -823,53 +829,122 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         else missing.push_back(i);
       }
     }
-    if (!missing.empty()) {
-      std::unique_lock<RwLock> il(t->index->mu());
-      for (size_t i : missing) {
-        const uint64_t r = t->index->lookup(uk[i]);
-        if (valid_ref(*t, r, uk[i])) {
-          refs[i] = r;
-          continue;
+  }
+
+  // Phase 2: every update computed and checked before any is stored, so an
+  // update that would make a row non-finite refuses the whole batch and
+  // changes nothing. Results are kept (up to kPushScratchBytes) for phase 4.
+  const size_t scratch_rows = std::min(u, std::max<size_t>(1, kPushScratchBytes / (sizeof(float) * rf)));
+  std::vector<float> scratch(scratch_rows * rf);
+  std::vector<uint32_t> scratch_step(scratch_rows);
+  std::vector<float> tmp(rf);
+  uint64_t seen[kStripes] = {0};
+  for (int si = 0; si < kStripes; si++) {
+    if (counts[si] == counts[si + 1]) continue;
+    Stripe& s = stripes_[si];
+    std::lock_guard<std::mutex> sg(s.mu);
+    if (s.generation() != gen[si]) {
+      for (size_t j = counts[si]; j < counts[si + 1]; j++) found[order[j]] = nullptr;
+      gen[si] = s.generation();
+    }
+    seen[si] = s.applies;
+    std::shared_lock<RwLock> il;
+    for (size_t j = counts[si]; j < counts[si + 1]; j++) {
+      const uint32_t i = order[j];
+      Entry* e = found[i] ? found[i] : s.find(t->idx, uk[i], hs[i]);
+      found[i] = e;
+      float* out = i < scratch_rows ? &scratch[static_cast<size_t>(i) * rf] : tmp.data();
+      uint32_t step = 0;
+      if (e) {
+        std::memcpy(out, e->data, sizeof(float) * rf);
+        step = e->step;
+      } else {
+        bool loaded = false;
+        if (!mem_ && refs[i]) {
+          if (!il.owns_lock()) il = std::shared_lock<RwLock>(t->index->mu());
+          loaded = load_row(*t, refs[i], uk[i], out, &step);
         }
-        const uint64_t nr = reserve_row(*t, uk[i]);
-        t->index->upsert(uk[i], nr);
-        refs[i] = nr;
+        if (!loaded) init_row(t->init, t->opt, uk[i], dim, out), step = 0;
       }
+      apply_update(t->opt, dim, out, &step, &ug[static_cast<size_t>(i) * dim]);
+      if (!row_finite(out, rf))
+        fail(Code::InvalidArgument, "the update of key " + std::to_string(uk[i]) +
+                                        " would make its row or optimizer state non-finite (gradient or learning rate too large for float32); "
+                                        "the whole batch was refused and nothing changed");
+      if (i < scratch_rows) scratch_step[i] = step;
     }
   }
 
-  // Phase 2: apply the optimizer in the cache, stripe by stripe.
+  if (!missing.empty()) {
+    // Phase 3: a row and an index slot for every new key before any update
+    // is stored, so a full pool refuses the whole push and changes nothing.
+    std::unique_lock<RwLock> il(t->index->mu());
+    for (size_t i : missing) {
+      const uint64_t r = t->index->lookup(uk[i]);
+      if (valid_ref(*t, r, uk[i])) {
+        refs[i] = r;
+        continue;
+      }
+      const uint64_t nr = reserve_row(*t, uk[i]);
+      t->index->upsert(uk[i], nr);
+      refs[i] = nr;
+    }
+  }
+
+  // Phase 4: store the updates in the cache, stripe by stripe. A stripe that
+  // no other push changed since phase 2 takes the results computed there;
+  // otherwise each row is computed again from its current value.
   const uint32_t epoch = static_cast<uint32_t>(cur_epoch_);
-  uint64_t created = 0;
+  uint64_t created = 0, skipped = 0;
   for (int si = 0; si < kStripes; si++) {
     if (counts[si] == counts[si + 1]) continue;
     Stripe& s = stripes_[si];
     const uint64_t l0 = now_us();
     std::lock_guard<std::mutex> sg(s.mu);
     waited += now_us() - l0;
+    const bool same = s.applies == seen[si];
     for (size_t j = counts[si]; j < counts[si + 1]; j++) {
       const uint32_t i = order[j];
+      // Checked per row: making room for a new entry below may evict others.
       Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
       if (!e) {
-        if (!mem_) make_room(s, Stripe::entry_bytes(t->row_floats));
-        e = s.make(t->idx, uk[i], t->row_floats);
+        if (!mem_) make_room(s, Stripe::entry_bytes(rf));
+        e = s.make(t->idx, uk[i], rf);
         bool loaded = false;
         if (!mem_) {
           std::shared_lock<RwLock> il(t->index->mu());
           loaded = load_row(*t, refs[i], uk[i], e->data, &e->step);
         }
-        if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data);
+        if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data), e->step = 0;
         e->ref = refs[i];
         s.insert(e, hs[i]);
         created++;
-      } else if (s.is_pending(e)) {
+      }
+      const float* result;
+      uint32_t step;
+      if (same && i < scratch_rows) {
+        result = &scratch[static_cast<size_t>(i) * rf];
+        step = scratch_step[i];
+      } else {
+        std::memcpy(tmp.data(), e->data, sizeof(float) * rf);
+        step = e->step;
+        apply_update(t->opt, dim, tmp.data(), &step, &ug[static_cast<size_t>(i) * dim]);
+        // Only another push's update in between can make this differ from
+        // phase 2's checked result: that row keeps its value, never a NaN.
+        if (!row_finite(tmp.data(), rf)) {
+          skipped++;
+          continue;
+        }
+        result = tmp.data();
+      }
+      if (s.is_pending(e)) {
         // Copy-on-write for a running prepare: this row's checkpoint version
         // is still only in DRAM. It is copied aside for the flusher (a DRAM
         // copy, counted in the budget); only when the budget has no room for
         // the copy is it written to its pool slot first.
         const uint64_t w0 = now_us();
         if (s.has_room(e->bytes)) {
-          s.shadow_of(e, t->row_floats);
+          s.shadow_of(e, rf);
         } else {
           write_back(*t, e);
           s.mark_clean(e);
@@ -877,11 +952,14 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         waited += now_us() - w0;
         during_ckpt = true;
       }
-      apply_update(t->opt, dim, e->data, &e->step, &ug[static_cast<size_t>(i) * dim]);
+      std::memcpy(e->data, result, sizeof(float) * rf);
+      e->step = step;
       s.mark_dirty(e, epoch);
       s.touch(e);
     }
+    s.applies++;
   }
+  if (skipped) raced_nonfinite_.fetch_add(skipped, std::memory_order_relaxed);
   if (mem_) t->r_next.fetch_add(created, std::memory_order_relaxed);
   if (during_ckpt || ckpt_active_.load(std::memory_order_relaxed)) atomic_max(max_wait_us_, waited);
   failpoint("push.after_apply");

@@ -262,6 +262,11 @@ class Engine {
 
   std::atomic<bool> ckpt_active_{false};
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0};
+  // Rows a push left unchanged because a concurrent push made its checked
+  // update non-finite (see push, phase 4); expected to stay 0.
+  std::atomic<uint64_t> raced_nonfinite_{0};
+  // Results of a push's check phase kept for its store phase, per push.
+  static constexpr size_t kPushScratchBytes = 4u << 20;
 };
 
 }  // namespace pmemps

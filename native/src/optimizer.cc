@@ -1,6 +1,8 @@
 #include "optimizer.h"
 
+#include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "common.h"
@@ -20,10 +22,14 @@ inline double unit(uint64_t r) { return static_cast<double>(r >> 40) * (1.0 / 16
 
 }  // namespace
 
+// The arithmetic is float32: a value finite as a double but not as a float
+// (1e39) would make every row it touches infinite.
+inline bool finite_f32(double v) { return std::isfinite(v) && std::fabs(v) <= static_cast<double>(FLT_MAX); }
+
 void validate_optimizer(const OptimizerSpec& s) {
   const double* h = s.h;
   for (int i = 0; i < kMaxHyper; i++)
-    if (!std::isfinite(h[i])) bad("optimizer hyperparameters must be finite");
+    if (!finite_f32(h[i])) bad("optimizer hyperparameters must be finite float32 values (|x| <= 3.4e38)");
   switch (s.type) {
     case OptType::Sgd:
       need(h[0] > 0, "sgd", "lr must be > 0");
@@ -60,6 +66,39 @@ void validate_optimizer(const OptimizerSpec& s) {
     default:
       bad("unknown optimizer");
   }
+}
+
+void validate_init(const InitSpec& init) {
+  const double* p = init.p;
+  for (int i = 0; i < 4; i++)
+    if (!finite_f32(p[i])) bad("initializer parameters must be finite float32 values (|x| <= 3.4e38)");
+  switch (init.type) {
+    case InitType::Zeros:
+    case InitType::Constant:
+      break;
+    case InitType::Uniform:
+      if (!(p[0] <= p[1])) bad("uniform initializer needs min <= max");
+      break;
+    case InitType::Normal:
+      // The draw is at most sqrt(-2 ln 2^-24) < 6 standard deviations away.
+      if (!(p[1] >= 0)) bad("normal initializer needs std >= 0");
+      if (!finite_f32(std::fabs(p[0]) + 6 * p[1])) bad("normal initializer: |mean| + 6 std must stay a finite float32");
+      break;
+    default:
+      bad("unknown initializer");
+  }
+}
+
+bool row_finite(const float* row, uint32_t n) {
+  // An integer OR-reduction over the exponent bits (all ones: inf or NaN),
+  // so the loop vectorizes; a float reduction would not without fast-math.
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t b;
+    std::memcpy(&b, &row[i], 4);
+    bad |= (((b >> 23) & 0xffu) + 1u) >> 8;
+  }
+  return bad == 0;
 }
 
 int state_blocks(const OptimizerSpec& s) {

@@ -31,6 +31,10 @@ struct InitSpec {
 
 // Throws Error(InvalidArgument) with a message naming the bad hyperparameter.
 void validate_optimizer(const OptimizerSpec& s);
+// Throws Error(InvalidArgument) unless every row the initializer makes is finite in float32.
+void validate_init(const InitSpec& init);
+// True when all n floats are finite (a pull must never return NaN or inf).
+bool row_finite(const float* row, uint32_t n);
 // Number of state blocks (each `dim` floats) the optimizer keeps per row.
 int state_blocks(const OptimizerSpec& s);
 // True when `b` can replace `a` on a live table without changing the row layout.
