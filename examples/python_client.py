@@ -8,7 +8,7 @@ The endpoints are the shards in shard order. Without --stubs the stubs are
 generated into a temp dir (needs grpc_tools). --check asserts exact values,
 --json prints a summary line. Exits 1 on any failure. docs/python-client.md.
 """
-import argparse, array, atexit, hashlib, json, math, os, random, shutil, subprocess, sys, tempfile, uuid
+import argparse, array, atexit, hashlib, json, math, os, random, shutil, subprocess, sys, tempfile, time, uuid
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument('endpoints', nargs='+')
@@ -97,6 +97,9 @@ def main():
         cid = hashlib.sha256(json.dumps(args.endpoints, separators=(',', ':')).encode()).hexdigest()[:32]
         for i, s in enumerate(stubs):
             s.SetIdentity(pb.SetIdentityRequest(identity=pb.ShardIdentity(cluster_id=cid, shard_index=i, shard_count=n)), timeout=10)
+    # Seqs start from the clock in microseconds, as the SDK's do: a shard that
+    # forgot an idle worker refuses seqs below its watermark (reason too_old).
+    seq0 = time.time_ns() // 1000
     keys = [random.getrandbits(64) for _ in range(6)]  # fresh rows on every run
     print('keys -> shard:', ', '.join(f'{k}->{splitmix64(k) % n}' for k in keys))
 
@@ -106,8 +109,8 @@ def main():
     print('CreateTable py_emb: created =', [s.CreateTable(pb.CreateTableRequest(spec=spec), timeout=10).created for s in stubs])
     before = pull('py_emb', keys, dim)
     grads = [[0.5 * (i + 1), -0.25, 1.0, 0.125 * i] for i in range(len(keys))]
-    print('Push seq 1: duplicate =', push('py_emb', keys, grads, seq=1))
-    retry = push('py_emb', keys, grads, seq=1)  # a retry: same worker_id and seq
+    print('Push seq 1: duplicate =', push('py_emb', keys, grads, seq=seq0 + 1))
+    retry = push('py_emb', keys, grads, seq=seq0 + 1)  # a retry: same worker_id and seq
     print('Push seq 1 again: duplicate =', retry)
     check(all(retry), 'a retried push must be reported duplicate')
     after = pull('py_emb', keys, dim)
@@ -122,10 +125,10 @@ def main():
         for s in stubs: s.CreateTable(pb.CreateTableRequest(spec=sgd), timeout=10)
         check(pull('py_sgd', keys, 2) == [[0.5, 0.5]] * len(keys), 'constant initializer')
         g = [[1.0, -3.0]] * len(keys)
-        push('py_sgd', keys, g, seq=2); push('py_sgd', keys, g, seq=2)
+        push('py_sgd', keys, g, seq=seq0 + 2); push('py_sgd', keys, g, seq=seq0 + 2)
         check(pull('py_sgd', keys, 2) == [[f32(0.5 + f32(-f32(0.1) * x)) for x in r] for r in g], 'sgd row')
         try:  # a push naming another incarnation is refused, reason in the trailer
-            push('py_sgd', keys, g, seq=3, incarnation=1); check(False, 'wrong incarnation accepted')
+            push('py_sgd', keys, g, seq=seq0 + 3, incarnation=1); check(False, 'wrong incarnation accepted')
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.FAILED_PRECONDITION and ('pmemps-reason', 'incarnation') in e.trailing_metadata(), str(e))
 

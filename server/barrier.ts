@@ -3,6 +3,11 @@
 // (name, generation). Arrivals are idempotent per worker, so a retried call
 // is not counted twice. Kept in memory only: a stopping server fails the
 // waiting calls with UNAVAILABLE and the workers arrive again elsewhere.
+//
+// Bounded: at most MAX_OPEN_ROUNDS rounds wait at once (beyond, an arrival
+// is refused with RESOURCE_EXHAUSTED), a round whose every call was
+// cancelled is dropped (its workers arrive again when they retry), and the
+// released generations of at most MAX_NAMES names are remembered.
 import * as grpc from '@grpc/grpc-js';
 import { EngineError } from '../native/engine';
 import { ShardError } from './shard';
@@ -10,8 +15,11 @@ import { ShardError } from './shard';
 interface Round {
   parties: number;
   arrived: Set<string>;
-  waiters: { resolve: () => void; reject: (e: Error) => void }[];
+  waiters: { resolve: () => void; reject: (e: Error) => void }[]; // calls still waiting
 }
+
+export const MAX_OPEN_ROUNDS = 1024;
+export const MAX_NAMES = 4096;
 
 export class Barriers {
   private readonly rounds = new Map<string, Round>();
@@ -22,6 +30,8 @@ export class Barriers {
     const key = `${name}\u0000${generation}`;
     let r = this.rounds.get(key);
     if (!r) {
+      if (this.rounds.size >= MAX_OPEN_ROUNDS)
+        return Promise.reject(new EngineError('OUT_OF_SPACE', `${MAX_OPEN_ROUNDS} barriers are waiting on this server, its limit; finish or cancel some first`));
       r = { parties, arrived: new Set(), waiters: [] };
       this.rounds.set(key, r);
     }
@@ -30,12 +40,20 @@ export class Barriers {
     r.arrived.add(worker);
     const round = r;
     const p = new Promise<Record<string, never>>((resolve, reject) => {
-      round.waiters.push({ resolve: () => resolve({}), reject });
-      call?.on('cancelled', () => reject(new ShardError('UNAVAILABLE', 'barrier call cancelled')));
+      const waiter = { resolve: () => resolve({}), reject };
+      round.waiters.push(waiter);
+      call?.on('cancelled', () => {
+        reject(new ShardError('UNAVAILABLE', 'barrier call cancelled'));
+        round.waiters = round.waiters.filter((w) => w !== waiter);
+        if (round.waiters.length === 0 && this.rounds.get(key) === round) this.rounds.delete(key);
+      });
     });
     if (round.arrived.size >= round.parties) {
       this.rounds.delete(key);
-      this.done.set(name, Math.max(this.done.get(name) ?? -1, generation));
+      const released = Math.max(this.done.get(name) ?? -1, generation);
+      this.done.delete(name); // re-insert: Map order is the age order
+      this.done.set(name, released);
+      if (this.done.size > MAX_NAMES) this.done.delete(this.done.keys().next().value as string);
       for (const w of round.waiters) w.resolve();
     }
     return p;

@@ -835,8 +835,9 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
   // update that would make a row non-finite refuses the whole batch and
   // changes nothing. Results are kept (up to kPushScratchBytes) for phase 4.
   const size_t scratch_rows = std::min(u, std::max<size_t>(1, kPushScratchBytes / (sizeof(float) * rf)));
-  std::vector<float> scratch(scratch_rows * rf);
-  std::vector<uint32_t> scratch_step(scratch_rows);
+  // Not zeroed: phase 2 writes every row of it before phase 4 reads it.
+  std::unique_ptr<float[]> scratch(new float[scratch_rows * rf]);
+  std::unique_ptr<uint32_t[]> scratch_step(new uint32_t[scratch_rows]);
   std::vector<float> tmp(rf);
   uint64_t seen[kStripes] = {0};
   for (int si = 0; si < kStripes; si++) {
@@ -907,22 +908,27 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       const uint32_t i = order[j];
       // Checked per row: making room for a new entry below may evict others.
       Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
+      const bool computed = same && i < scratch_rows;
       if (!e) {
         if (!mem_) make_room(s, Stripe::entry_bytes(rf));
         e = s.make(t->idx, uk[i], rf);
-        bool loaded = false;
-        if (!mem_) {
-          std::shared_lock<RwLock> il(t->index->mu());
-          loaded = load_row(*t, refs[i], uk[i], e->data, &e->step);
+        if (!computed) {
+          // Its current value, for the update below (phase 2's result, when
+          // it holds, replaces the whole row anyway).
+          bool loaded = false;
+          if (!mem_) {
+            std::shared_lock<RwLock> il(t->index->mu());
+            loaded = load_row(*t, refs[i], uk[i], e->data, &e->step);
+          }
+          if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data), e->step = 0;
         }
-        if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data), e->step = 0;
         e->ref = refs[i];
         s.insert(e, hs[i]);
         created++;
       }
       const float* result;
       uint32_t step;
-      if (same && i < scratch_rows) {
+      if (computed) {
         result = &scratch[static_cast<size_t>(i) * rf];
         step = scratch_step[i];
       } else {

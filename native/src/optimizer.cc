@@ -89,18 +89,6 @@ void validate_init(const InitSpec& init) {
   }
 }
 
-bool row_finite(const float* row, uint32_t n) {
-  // An integer OR-reduction over the exponent bits (all ones: inf or NaN),
-  // so the loop vectorizes; a float reduction would not without fast-math.
-  uint32_t bad = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    uint32_t b;
-    std::memcpy(&b, &row[i], 4);
-    bad |= (((b >> 23) & 0xffu) + 1u) >> 8;
-  }
-  return bad == 0;
-}
-
 int state_blocks(const OptimizerSpec& s) {
   switch (s.type) {
     case OptType::Sgd: return s.h[1] != 0 ? 1 : 0;

@@ -10,6 +10,7 @@
 // replay produces the same row, so a pull of an absent key stores nothing.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace pmemps {
 
@@ -34,7 +35,24 @@ void validate_optimizer(const OptimizerSpec& s);
 // Throws Error(InvalidArgument) unless every row the initializer makes is finite in float32.
 void validate_init(const InitSpec& init);
 // True when all n floats are finite (a pull must never return NaN or inf).
-bool row_finite(const float* row, uint32_t n);
+// Inline, and over blocks of 8 with an integer test of the exponent bits
+// (all ones: inf or NaN), so that -O2 vectorizes it: it runs on every row of
+// every push.
+inline bool row_finite(const float* row, uint32_t n) {
+  uint32_t bad = 0;
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint32_t b[8];
+    std::memcpy(b, row + i, sizeof b);
+    for (int j = 0; j < 8; j++) bad |= (b[j] & 0x7f800000u) == 0x7f800000u;
+  }
+  for (; i < n; i++) {
+    uint32_t b;
+    std::memcpy(&b, row + i, sizeof b);
+    bad |= (b & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad == 0;
+}
 // Number of state blocks (each `dim` floats) the optimizer keeps per row.
 int state_blocks(const OptimizerSpec& s);
 // True when `b` can replace `a` on a live table without changing the row layout.
