@@ -8,7 +8,7 @@ The endpoints are the shards in shard order. Without --stubs the stubs are
 generated into a temp dir (needs grpc_tools). --check asserts exact values,
 --json prints a summary line. Exits 1 on any failure. docs/python-client.md.
 """
-import argparse, array, atexit, hashlib, json, math, os, random, shutil, subprocess, sys, tempfile, time, uuid
+import argparse, array, atexit, json, math, os, random, shutil, subprocess, sys, tempfile, time, uuid
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument('endpoints', nargs='+')
@@ -84,19 +84,42 @@ def main():
         print(f'{e}: version {st.version}, {ident}, incarnation {st.incarnation}, lineage {st.lineage}, '
               f'committed {st.committed_id}, ballot {st.ballot}, tables {[t.spec.name for t in st.tables]}')
     worker_id, dim, n = 'py-' + uuid.uuid4().hex[:12], 4, len(stubs)
-    # Shard identity, as the SDK checks it at connect: a shard that has one must be at its
-    # index in the list (else keys would reach the wrong rows); a new cluster gets one,
-    # cluster_id derived from the endpoint list as the SDK derives it.
-    named = [st.identity for st in status if st.HasField('identity')]
-    for i, st in enumerate(status):
-        if st.HasField('identity') and (st.identity.shard_index, st.identity.shard_count) != (i, n):
-            sys.exit(f'{args.endpoints[i]} is shard {st.identity.shard_index} of {st.identity.shard_count}, not {i} of {n}: list the shards in order')
-    if named and (len(named) < n or len({x.cluster_id for x in named}) > 1):
-        sys.exit('the servers are not one cluster (some new pools, or different cluster ids)')
-    if not named:
-        cid = hashlib.sha256(json.dumps(args.endpoints, separators=(',', ':')).encode()).hexdigest()[:32]
-        for i, s in enumerate(stubs):
-            s.SetIdentity(pb.SetIdentityRequest(identity=pb.ShardIdentity(cluster_id=cid, shard_index=i, shard_count=n)), timeout=10)
+    # Shard identity, as the SDK does it at connect (docs/protocol.md, Identity): a shard that
+    # has one must be at its index in the list (else keys would reach the wrong rows). A new
+    # cluster is identified in two phases: the id, shard 0 first (the first id stored there is
+    # the cluster's, so workers starting together agree), then a seal on every shard. Shards
+    # without an identity next to unsealed ones are a cluster still being formed: complete it;
+    # next to a sealed one, a replaced pool: refuse it. A refused SetIdentity means another
+    # worker got there first: read the shards again.
+    for _ in range(2 * n + 3):
+        named = [st.identity for st in status if st.HasField('identity')]
+        for i, st in enumerate(status):
+            if st.HasField('identity') and (st.identity.shard_index, st.identity.shard_count) != (i, n):
+                sys.exit(f'{args.endpoints[i]} is shard {st.identity.shard_index} of {st.identity.shard_count}, not {i} of {n}: list the shards in order')
+        if len({x.cluster_id for x in named}) > 1:
+            sys.exit('the servers are not one cluster (different cluster ids)')
+        fresh = [i for i, st in enumerate(status) if not st.HasField('identity')]
+        if fresh and any(x.sealed for x in named):
+            # Asked again after a seal was seen, an empty pool is a replaced one (the first
+            # answers were not one snapshot).
+            if any(not stubs[i].Status(pb.StatusRequest(), timeout=10).HasField('identity') for i in fresh):
+                sys.exit(f'{", ".join(args.endpoints[i] for i in fresh)}: new, empty pool in a complete cluster; check --pmem')
+        else:
+            try:
+                cid = named[0].cluster_id if named else uuid.uuid4().hex
+                def ident(i, sealed):
+                    return pb.SetIdentityRequest(identity=pb.ShardIdentity(cluster_id=cid, shard_index=i, shard_count=n, sealed=sealed))
+                for i in sorted(fresh):  # shard 0 first
+                    stubs[i].SetIdentity(ident(i, False), timeout=10)
+                for i, st in enumerate(status):
+                    if not (st.HasField('identity') and st.identity.sealed):
+                        stubs[i].SetIdentity(ident(i, True), timeout=10)
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.FAILED_PRECONDITION: raise
+        status = [s.Status(pb.StatusRequest(), timeout=10) for s in stubs]
+    else:
+        sys.exit('the shard identities kept changing while this client identified them; are pools being replaced?')
     # Seqs start from the clock in microseconds, as the SDK's do: a shard that
     # forgot an idle worker refuses seqs below its watermark (reason too_old).
     seq0 = time.time_ns() // 1000

@@ -343,13 +343,14 @@ export class Engine {
 
   /**
    * Stores the shard identity at first start; the same one again is a no-op,
-   * another one is refused (FAILED_PRECONDITION).
+   * another one is refused (FAILED_PRECONDITION). `sealed: true` also seals
+   * it (durably, for good); a call without it leaves the seal as it is.
    */
-  setIdentity(id: { clusterId: string; shardIndex: number; shardCount: number }): ShardIdentity {
+  setIdentity(id: { clusterId: string; shardIndex: number; shardCount: number; sealed?: boolean }): ShardIdentity {
     this.live();
     if (!Number.isSafeInteger(id.shardIndex) || !Number.isSafeInteger(id.shardCount) || id.shardIndex < 0 || id.shardCount < 1)
       throw invalid('shardIndex and shardCount must be integers, 0 <= shardIndex < shardCount');
-    return sync(() => this.native.setIdentity(id.clusterId, id.shardIndex, id.shardCount));
+    return sync(() => this.native.setIdentity(id.clusterId, id.shardIndex, id.shardCount, id.sealed === true));
   }
 
   stats(): EngineStats {
@@ -380,6 +381,12 @@ export interface ShardIdentity {
   clusterId: string | null;
   shardIndex: number;
   shardCount: number;
+  /**
+   * A worker saw every shard of the cluster hold this identity (the cluster
+   * is formed): an empty pool next to this shard is a replaced one, not a
+   * shard still being identified. docs/protocol.md, Identity.
+   */
+  sealed: boolean;
 }
 
 export interface PoolCheck {

@@ -206,7 +206,7 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
       const id = shard.identity();
       const lookups = st.hits + st.misses;
       return {
-        identity: id.clusterId ? { cluster_id: id.clusterId, shard_index: id.shardIndex, shard_count: id.shardCount } : null,
+        identity: id.clusterId ? { cluster_id: id.clusterId, shard_index: id.shardIndex, shard_count: id.shardCount, sealed: id.sealed } : null,
         incarnation: shard.incarnation,
         last_stop_clean: shard.lastStopClean,
         committed_id: st.committed ?? 0,
@@ -230,9 +230,10 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
     SetIdentity: unary('SetIdentity', (req) => {
       const i = req.identity;
       if (!i) throw invalid('identity is required');
-      const r = shard.setIdentity(str(i.cluster_id, 'identity.cluster_id', 32), i.shard_index, i.shard_count);
-      log.info({ identity: r }, 'shard identity set');
-      return { identity: { cluster_id: r.clusterId, shard_index: r.shardIndex, shard_count: r.shardCount } };
+      const before = shard.identity();
+      const r = shard.setIdentity(str(i.cluster_id, 'identity.cluster_id', 32), i.shard_index, i.shard_count, i.sealed === true);
+      if (!before.clusterId || before.sealed !== r.sealed) log.info({ identity: r }, r.sealed ? 'shard identity sealed' : 'shard identity set');
+      return { identity: { cluster_id: r.clusterId, shard_index: r.shardIndex, shard_count: r.shardCount, sealed: r.sealed } };
     }),
 
     Barrier: unary('Barrier', (req, call) => {

@@ -325,10 +325,10 @@ export class Shard {
     return this.engine.identity();
   }
 
-  setIdentity(clusterId: string, shardIndex: number, shardCount: number): ShardIdentity {
+  setIdentity(clusterId: string, shardIndex: number, shardCount: number, sealed = false): ShardIdentity {
     this.live();
     if (!/^[0-9a-f]{32}$/.test(clusterId)) throw new EngineError('INVALID_ARGUMENT', 'cluster_id must be 32 lowercase hex digits');
-    return this.engine.setIdentity({ clusterId, shardIndex, shardCount });
+    return this.engine.setIdentity({ clusterId, shardIndex, shardCount, sealed });
   }
 
   /** Refuses new work, waits for the pushes in the engine, then closes cleanly with the bookkeeping state. */

@@ -374,25 +374,34 @@ describe('restart', () => {
   it('keeps the coordinator ballot and the shard identity across restarts and crashes', async () => {
     const dir = tmp();
     let e = open(dir);
-    assert.deepEqual(e.identity(), { clusterId: null, shardIndex: 0, shardCount: 0 });
+    assert.deepEqual(e.identity(), { clusterId: null, shardIndex: 0, shardCount: 0, sealed: false });
     const id = { clusterId: '0123456789abcdef0123456789abcdef', shardIndex: 1, shardCount: 3 };
-    assert.deepEqual(e.setIdentity(id), id);
-    assert.deepEqual(e.setIdentity(id), id, 'the same identity again is a no-op');
+    await rejects(() => e.setIdentity({ ...id, sealed: true }), ['FAILED_PRECONDITION'], 'sealing a pool that holds no identity');
+    assert.deepEqual(e.setIdentity(id), { ...id, sealed: false });
+    assert.deepEqual(e.setIdentity(id), { ...id, sealed: false }, 'the same identity again is a no-op');
     await rejects(() => e.setIdentity({ ...id, shardIndex: 2 }), ['FAILED_PRECONDITION'], 'another shard index');
     await rejects(() => e.setIdentity({ ...id, shardIndex: 3 }), ['INVALID_ARGUMENT'], 'index past the count');
     assert.equal(e.raiseBallot(5), 5);
     assert.equal(e.raiseBallot(3), 5, 'a lower ballot never lowers the stored one');
     await closeEngine(e);
     e = open(dir);
-    assert.deepEqual(e.identity(), id);
+    assert.deepEqual(e.identity(), { ...id, sealed: false }, 'unsealed across a restart');
+    await e.prepare(1, prepareInput(1, 1));
+    await e.commit(1);
+    assert.deepEqual(e.setIdentity({ ...id, sealed: true }), { ...id, sealed: true });
+    assert.deepEqual(e.setIdentity(id), { ...id, sealed: true }, 'a seal is never removed');
+    await rejects(() => e.setIdentity({ ...id, clusterId: 'f'.repeat(32), sealed: true }), ['FAILED_PRECONDITION'], 'sealing another identity');
     assert.equal(e.raiseBallot(0), 5);
     assert.equal(e.raiseBallot(9), 9);
+    // A rollback to the checkpoint taken before the seal keeps it.
+    await e.rollback();
+    assert.deepEqual(e.identity(), { ...id, sealed: true });
     await closeEngine(e);
     // A crash keeps them too: they are not part of any checkpoint's rollback.
     await crashChild(dir, [{ k: 'create', t: 'a8' }, push('a8', 10, 1)]);
     e = open(dir);
     assert.equal(e.openInfo.cleanClose, false);
-    assert.deepEqual(e.identity(), id);
+    assert.deepEqual(e.identity(), { ...id, sealed: true });
     assert.equal(e.raiseBallot(0), 9);
     await closeEngine(e);
   });

@@ -41,9 +41,9 @@ interface CkptState {
 
 // Test hook: PMEMPS_SDK_FAILPOINT=<name>[:n] kills this process with SIGKILL
 // the n-th time (default 1st) it reaches that point of the protocol (the
-// crash tests of the coordinator).
+// crash tests of the coordinator, and of connect's identity phases).
 const fpHits = new Map<string, number>();
-function failpoint(name: string): void {
+export function failpoint(name: string): void {
   const spec = process.env.PMEMPS_SDK_FAILPOINT;
   if (!spec) return;
   const [fp, n] = spec.split(':');

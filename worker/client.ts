@@ -11,10 +11,10 @@
 // Keys go to shard splitmix64(key) mod N (worker/shard.ts); a batch is split
 // and deduplicated per shard, shards are called in parallel, and rows come
 // back in the caller's order.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { OptimizerSpec, TableInfo, TableSpec } from '../native/types';
-import { persistCheckpoint, rejoinCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
+import { failpoint, persistCheckpoint, rejoinCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
 import { ShardConnection } from './connection';
 import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
 import { optimizerToWire } from '../proto/load';
@@ -50,7 +50,7 @@ export interface ConnectOptions {
 export interface ShardStatus {
   shard: number;
   endpoint: string;
-  identity: { cluster_id: string; shard_index: number; shard_count: number } | null;
+  identity: { cluster_id: string; shard_index: number; shard_count: number; sealed: boolean } | null;
   incarnation: number;
   lineage: number;
   last_stop_clean: boolean;
@@ -418,15 +418,90 @@ export class PsClient {
     throw new ServerRestartedError(conn.index, conn.endpoint, st.last_stop_clean);
   }
 
+  /**
+   * Checks every shard's identity against the endpoint list, and forms a new
+   * cluster in two phases (docs/protocol.md, Identity): phase 1 gives every
+   * shard the cluster's identity, shard 0 first (the first id stored there
+   * is the cluster's, so concurrent connects never split it); phase 2 seals
+   * every shard once all hold it. An empty pool next to unsealed shards is a
+   * cluster still being formed (by this worker, a concurrent one or a killed
+   * one): it is completed. Next to a sealed shard it is a replaced pool:
+   * refused unless adoptNewShards.
+   */
   private async checkIdentities(): Promise<void> {
-    const sts = await this.status();
+    const n = this.shards.length;
+    let sts = await this.status();
+    // Every round either finishes or saw another worker's progress (an
+    // identity stored, which is never undone); more rounds than that means
+    // pools are being replaced under us.
+    for (let round = 0; ; round++) {
+      if (round > 2 * n + 2) throw new IdentityMismatchError(`the shard identities kept changing during connect (${describeIdentities(sts)}); are pools being replaced?`);
+      const clusterId = this.checkNamed(sts);
+      const fresh = sts.filter((s) => !s.identity);
+      if (fresh.length > 0 && sts.some((s) => s.identity?.sealed) && !this.opts.adoptNewShards) {
+        // The Status answers are not one snapshot: a shard that answered
+        // "empty" may have been identified, and the cluster sealed, before
+        // another shard answered "sealed". Asked again now, after the seal
+        // was seen, an empty pool is one that lost its identity: replaced.
+        const again = await Promise.all(fresh.map((s) => this.statusOf(s.shard)));
+        const still = again.filter((s) => !s.identity);
+        if (still.length > 0)
+          throw new IdentityMismatchError(
+            `${still.map((s) => s.endpoint).join(', ')} ha${still.length > 1 ? 've' : 's'} a new, empty pool while the other servers belong to cluster ${clusterId}, which was complete; check --pmem, or pass adoptNewShards to accept an empty shard (its rows start from the initializer)`,
+          );
+        sts = await this.status();
+        continue;
+      }
+      let id = clusterId;
+      let claimed = false;
+      if (id === null) {
+        // A new cluster: shard 0 decides its id. A worker whose proposal
+        // lost reads the winner's id in the next round.
+        const proposal = randomBytes(16).toString('hex');
+        if (!(await this.offerIdentity(0, proposal, false))) {
+          sts = await this.status();
+          continue;
+        }
+        failpoint('identity.after_claim');
+        id = proposal;
+        claimed = true;
+      }
+      const cid = id;
+      const phase1 = await Promise.all(fresh.filter((s) => !(claimed && s.shard === 0)).map((s) => this.offerIdentity(s.shard, cid, false)));
+      if (phase1.includes(false)) {
+        sts = await this.status();
+        continue;
+      }
+      failpoint('identity.after_identify');
+      let sealed = 0;
+      const phase2 = await Promise.all(
+        sts
+          .filter((s) => !s.identity?.sealed)
+          .map(async (s) => {
+            const ok = await this.offerIdentity(s.shard, cid, true);
+            if (ok && ++sealed === 1) failpoint('identity.after_first_seal');
+            return ok;
+          }),
+      );
+      if (phase2.includes(false)) {
+        sts = await this.status();
+        continue;
+      }
+      this.clusterId = cid;
+      for (const s of sts) {
+        this.shards[s.shard].incarnation = s.incarnation;
+        this.shards[s.shard].lineage = s.lineage;
+      }
+      return;
+    }
+  }
+
+  /** The cluster id the identified shards agree on (null: none has one); throws if they do not fit the endpoint list. */
+  private checkNamed(sts: ShardStatus[]): string | null {
     const n = this.shards.length;
     const named = sts.filter((s) => s.identity);
     const clusters = new Set(named.map((s) => s.identity!.cluster_id));
-    if (clusters.size > 1)
-      throw new IdentityMismatchError(
-        `the servers belong to different clusters: ${sts.map((s) => `${s.endpoint}=${s.identity ? s.identity.cluster_id.slice(0, 8) + '/' + s.identity.shard_index : 'new'}`).join(', ')}`,
-      );
+    if (clusters.size > 1) throw new IdentityMismatchError(`the servers belong to different clusters: ${describeIdentities(sts)}`);
     for (const s of named) {
       const id = s.identity!;
       if (id.shard_index !== s.shard || id.shard_count !== n)
@@ -434,20 +509,26 @@ export class PsClient {
           `${s.endpoint} is shard ${id.shard_index} of ${id.shard_count} but the endpoint list has it at position ${s.shard} of ${n}; the list must name the servers in their shard order (a reordered or wrong list would send keys to the wrong rows)`,
         );
     }
-    const fresh = sts.filter((s) => !s.identity);
-    if (fresh.length > 0 && named.length > 0 && !this.opts.adoptNewShards)
-      throw new IdentityMismatchError(
-        `${fresh.map((s) => s.endpoint).join(', ')} ha${fresh.length > 1 ? 've' : 's'} a new, empty pool while the other servers belong to cluster ${[...clusters][0]}; check --pmem, or pass adoptNewShards to accept an empty shard`,
-      );
-    // A new cluster's id is derived from the endpoint list, so workers that
-    // connect at the same moment agree on it.
-    this.clusterId = named.length > 0 ? [...clusters][0] : createHash('sha256').update(JSON.stringify(this.opts.endpoints)).digest('hex').slice(0, 32);
-    await Promise.all(
-      fresh.map((s) => this.shards[s.shard].call('SetIdentity', { identity: { cluster_id: this.clusterId, shard_index: s.shard, shard_count: n } })),
-    );
-    for (const s of sts) {
-      this.shards[s.shard].incarnation = s.incarnation;
-      this.shards[s.shard].lineage = s.lineage;
+    return named.length > 0 ? named[0].identity!.cluster_id : null;
+  }
+
+  private async statusOf(shard: number): Promise<ShardStatus> {
+    const s = this.shards[shard];
+    return { ...(await s.call('Status', {})), shard, endpoint: s.endpoint };
+  }
+
+  /**
+   * SetIdentity on one shard; false when the shard refused it because it
+   * holds another identity, or (sealing) none: the caller reads the shards
+   * again and decides on what they hold now.
+   */
+  private async offerIdentity(shard: number, clusterId: string, sealed: boolean): Promise<boolean> {
+    try {
+      await this.shards[shard].call('SetIdentity', { identity: { cluster_id: clusterId, shard_index: shard, shard_count: this.shards.length, sealed } });
+      return true;
+    } catch (e) {
+      if ((e as PsError).code === grpc.status.FAILED_PRECONDITION) return false;
+      throw e;
     }
   }
 
@@ -508,4 +589,8 @@ function chunk(keys: Buffer, dim: number): Buffer[] {
   const out: Buffer[] = [];
   for (let off = 0; off < keys.length; off += per * 8) out.push(keys.subarray(off, Math.min(keys.length, off + per * 8)));
   return out;
+}
+
+function describeIdentities(sts: ShardStatus[]): string {
+  return sts.map((s) => `${s.endpoint}=${s.identity ? `${s.identity.cluster_id.slice(0, 8)}/${s.identity.shard_index}${s.identity.sealed ? '' : ' (unsealed)'}` : 'new'}`).join(', ');
 }

@@ -377,6 +377,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("clusterId", id.count ? Napi::Value(Napi::String::New(env, hex)) : env.Null());
     o.Set("shardIndex", static_cast<double>(id.index));
     o.Set("shardCount", static_cast<double>(id.count));
+    o.Set("sealed", id.sealed);
     return o;
   }
 
@@ -394,6 +395,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       id.cluster_lo = std::stoull(hex.substr(16), nullptr, 16);
       id.index = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
       id.count = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+      id.sealed = info[3].ToBoolean().Value();
       return identity_obj(info.Env(), engine_->set_identity(id));
     });
   }

@@ -79,9 +79,13 @@ void Engine::init_root() {
 void Engine::validate_root() {
   const std::string& p = pool_->path();
   if (root_->magic != kMagic) fail(Code::Corrupt, "pool " + p + " is not a pmemps pool or its root is damaged");
-  if (root_->version != kLayoutVersion)
+  if (root_->version != kLayoutVersion && root_->version != kLayoutVersionSealless)
     fail(Code::Incompatible, "pool " + p + " has layout version " + std::to_string(root_->version) + "; this build reads version " +
-                                 std::to_string(kLayoutVersion));
+                                 std::to_string(kLayoutVersion) + " (and upgrades version " + std::to_string(kLayoutVersionSealless) + ")");
+  // Version 3 kept the shard count in 64 bits; a count of 2^32 or more never
+  // came through the wire (uint32), so a non-zero upper half is damage.
+  if (root_->version == kLayoutVersionSealless && root_->identity_sealed != 0)
+    fail(Code::Corrupt, "pool " + p + ": version-3 shard identity is damaged");
   if (root_->checksum != Pool::root_sum(root_)) fail(Code::Corrupt, "pool " + p + ": root metadata checksum mismatch (damaged pool)");
   PTable* ts = pool_->at<PTable>(root_->tables_off);
   for (uint32_t i = 0; i < kMaxTables; i++) {
@@ -153,6 +157,13 @@ void Engine::open_pool() {
       if (root_->c_rec) restore_hyper(tx, root_->c_rec, 0);
       if (p_active_) restore_hyper(tx, root_->p_rec, c_epoch_ + 1);
       recovering_ = p_active_;
+    }
+    if (root_->version == kLayoutVersionSealless) {
+      // Version 3 had no seal, and its SDK refused an empty pool next to any
+      // identified shard: an identified version-3 shard counts as sealed,
+      // which keeps that refusal.
+      root_->identity_sealed = root_->shard_count != 0 ? 1 : 0;
+      root_->version = kLayoutVersion;
     }
     cur_epoch_ = root_->next_epoch;
     root_->next_epoch = cur_epoch_ + 2;
@@ -1456,25 +1467,37 @@ uint64_t Engine::ballot() {
   return mem_ ? mem_ballot_ : root_->ballot;
 }
 
+Engine::Identity Engine::stored_identity() const {
+  if (mem_) return mem_identity_;
+  return Identity{root_->cluster_id[0], root_->cluster_id[1], root_->shard_index, root_->shard_count, root_->identity_sealed != 0};
+}
+
 Engine::Identity Engine::identity() {
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  if (mem_) return mem_identity_;
-  return Identity{root_->identity[0], root_->identity[1], root_->identity[2], root_->identity[3]};
+  return stored_identity();
 }
 
 Engine::Identity Engine::set_identity(const Identity& id) {
   if (id.count == 0 || id.index >= id.count)
     fail(Code::InvalidArgument, "shard index must be below the shard count (got " + std::to_string(id.index) + " of " + std::to_string(id.count) + ")");
+  if (id.count > UINT32_MAX) fail(Code::InvalidArgument, "shard count must be below 2^32 (got " + std::to_string(id.count) + ")");
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  Identity cur = mem_ ? mem_identity_ : Identity{root_->identity[0], root_->identity[1], root_->identity[2], root_->identity[3]};
+  const Identity cur = stored_identity();
   if (cur.count != 0) {
-    if (cur.cluster_hi == id.cluster_hi && cur.cluster_lo == id.cluster_lo && cur.index == id.index && cur.count == id.count) return cur;
-    fail(Code::FailedPrecondition, "this pool belongs to shard " + std::to_string(cur.index) + " of " + std::to_string(cur.count) +
-                                       " of another or the same cluster with other settings; check the server list and --pmem");
+    if (cur.cluster_hi != id.cluster_hi || cur.cluster_lo != id.cluster_lo || cur.index != id.index || cur.count != id.count)
+      fail(Code::FailedPrecondition, "this pool belongs to shard " + std::to_string(cur.index) + " of " + std::to_string(cur.count) +
+                                         " of another or the same cluster with other settings; check the server list and --pmem");
+    // The seal only ever goes from 0 to 1: a worker still forming the
+    // cluster must not unseal what another one sealed.
+    if (cur.sealed || !id.sealed) return cur;
+  } else if (id.sealed) {
+    // A seal confirms an identity every shard was seen to hold; a shard
+    // without one lost its pool since, and must not be adopted silently.
+    fail(Code::FailedPrecondition, "this shard has no identity to seal: its pool is new (replaced since the cluster was identified?)");
   }
   if (mem_) {
     mem_identity_ = id;
@@ -1482,10 +1505,11 @@ Engine::Identity Engine::set_identity(const Identity& id) {
   }
   Tx tx(*pool_);
   tx.add(root_, sizeof(PRoot));
-  root_->identity[0] = id.cluster_hi;
-  root_->identity[1] = id.cluster_lo;
-  root_->identity[2] = id.index;
-  root_->identity[3] = id.count;
+  root_->cluster_id[0] = id.cluster_hi;
+  root_->cluster_id[1] = id.cluster_lo;
+  root_->shard_index = id.index;
+  root_->shard_count = static_cast<uint32_t>(id.count);
+  root_->identity_sealed = id.sealed ? 1 : 0;
   persist_root(tx);
   tx.commit();
   return id;

@@ -102,9 +102,12 @@ class Engine {
   uint64_t ballot();
   struct Identity {
     uint64_t cluster_hi = 0, cluster_lo = 0, index = 0, count = 0;
+    bool sealed = false;
   };
   // Stores the shard identity at first start; a different one later is
   // refused (FAILED_PRECONDITION): a wrong endpoint list would corrupt a model.
+  // id.sealed seals the identity the pool holds (refused when it holds
+  // none); a seal is kept for good, id.sealed false never removes it.
   Identity set_identity(const Identity& id);
   Identity identity();
 
@@ -157,6 +160,7 @@ class Engine {
   static constexpr int kStripes = 1 << kStripeBits;
 
   void open_pool();
+  Identity stored_identity() const;  // caller holds tx_mu_
   void init_root();
   void validate_root();
   void recover_after_crash();

@@ -25,7 +25,11 @@ namespace pmemps {
 
 constexpr const char* kLayoutName = "pmemps-v1";
 constexpr uint64_t kMagic = 0x31304d4550534d50ULL;  // "PMSPEM01"
-constexpr uint32_t kLayoutVersion = 3;
+// Version 4 added PRoot.identity_sealed in the upper half of what version 3
+// stored as a 64-bit shard count (a wire uint32, so that half was 0); open
+// upgrades a version-3 pool in place (Engine::open_pool).
+constexpr uint32_t kLayoutVersion = 4;
+constexpr uint32_t kLayoutVersionSealless = 3;
 constexpr uint32_t kMaxTables = 256;
 constexpr uint32_t kSlots = 3;
 constexpr uint32_t kMaxHyperP = 8;
@@ -75,7 +79,14 @@ struct PRoot {
   uint64_t ballot;  // highest checkpoint-coordinator ballot recorded (cluster protocol)
   uint64_t dead_off, dead_count, dead_cap;
   uint64_t tables_off;  // PTable[kMaxTables]
-  uint64_t identity[4];  // cluster id (2 words), shard index, shard count; all 0 until set
+  // Shard identity (docs/protocol.md, Identity); all 0 until set, then never
+  // changed. identity_sealed: 1 once a worker has seen every shard of the
+  // cluster hold this identity; never cleared. Its 0 tells a cluster still
+  // being formed (complete it) from a formed one (an empty pool is refused).
+  uint64_t cluster_id[2];
+  uint64_t shard_index;
+  uint32_t shard_count;
+  uint32_t identity_sealed;
   uint64_t opens;
   // The server's record of a clean close (its exactly-once push table, dense
   // tensors, lineage): written by close() in the transaction that sets
@@ -83,6 +94,12 @@ struct PRoot {
   uint64_t close_rec, close_len;
   uint64_t checksum;
 };
+
+// Version 3 had these words at the same offsets (little-endian), which is
+// what makes the in-place upgrade a matter of setting the seal word.
+static_assert(offsetof(PRoot, cluster_id) == 120 && offsetof(PRoot, shard_count) == 144 && offsetof(PRoot, identity_sealed) == 148 &&
+                  offsetof(PRoot, opens) == 152 && offsetof(PRoot, checksum) == 176,
+              "PRoot layout changed: bump kLayoutVersion (test/identity.test.ts writes version-3 roots at these offsets)");
 
 // A checkpoint record: fixed header, then ntables PCkptTable, then the dense
 // blob and the metadata blob.
