@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One entry point for a fresh clone:  ./run.sh train | test | bench | bench-service | bench-persist | engine-demo
+# One entry point for a fresh clone:  ./run.sh train | test | bench | bench-service | bench-persist | bench-abuse | engine-demo
 # Each command first sets up whatever is missing: libpmemobj (Debian's
 # libpmemobj-dev, plus pmdk-tools for the offline pool checks), the npm
 # dependencies, the native build and the TypeScript build.
@@ -39,5 +39,6 @@ case "$cmd" in
   bench) setup; exec node dist/bench/engine.js "$@" ;;
   bench-service) PMEMPS_NEED_REDIS=1 setup; exec node dist/bench/service.js "$@" ;;
   bench-persist) setup; exec node dist/bench/persist-overhead.js "$@" ;;
-  *) echo "usage: ./run.sh train|test|bench|bench-service|bench-persist|engine-demo|setup" >&2; exit 2 ;;
+  bench-abuse) setup; exec node dist/bench/abuse-slow-readers.js "$@" ;;
+  *) echo "usage: ./run.sh train|test|bench|bench-service|bench-persist|bench-abuse|engine-demo|setup" >&2; exit 2 ;;
 esac

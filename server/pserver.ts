@@ -17,6 +17,7 @@ import { Barriers } from './barrier';
 import { log } from './log';
 import { makeHandlers, VERSION } from './service';
 import { Shard } from './shard';
+import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard, type TransportLimits } from './transport-limits';
 
 const SERVICE_NAME = 'pmemps.v1.ParameterServer';
 
@@ -27,6 +28,7 @@ export interface ServerOptions {
   poolSizeMb: number;
   maxMessageMb: number;
   drainSeconds: number;
+  limits: TransportLimits;
 }
 
 export function parseOptions(argv: string[]): ServerOptions {
@@ -35,6 +37,7 @@ export function parseOptions(argv: string[]): ServerOptions {
   // (PMEMPS_FAILPOINT in tests) are not taken for unknown options.
   const env = (name: string): string | undefined => process.env[`PMEMPS_${name.toUpperCase().replace(/-/g, '_')}`];
   const num = (name: string, def: number): number => (env(name) !== undefined ? Number(env(name)) : def);
+  const D = DEFAULT_TRANSPORT_LIMITS;
   const a = yargs(argv)
     .scriptName('pserver')
     .usage('$0 --bind HOST:PORT --pmem DIR [options]\n\nServes one shard of a pmemps cluster from a libpmemobj pool in DIR.\nEvery option can also be set as PMEMPS_<OPTION> (e.g. PMEMPS_CACHE_MB=4096).')
@@ -44,6 +47,13 @@ export function parseOptions(argv: string[]): ServerOptions {
     .option('pool-size', { type: 'string', default: env('pool-size') ?? '16G', describe: 'pool size when the pool is created (e.g. 512M, 64G; a bare number is MiB); ignored for an existing pool' })
     .option('max-message-mb', { type: 'number', default: num('max-message-mb', DEFAULT_MAX_MESSAGE_MB), describe: 'largest request or response, MiB' })
     .option('drain-seconds', { type: 'number', default: num('drain-seconds', 30), describe: 'on SIGTERM, how long calls in flight may take before they are cancelled' })
+    .option('max-connections', { type: 'number', default: num('max-connections', D.maxConnections), describe: 'connections served at once; more are closed on accept' })
+    .option('max-streams', { type: 'number', default: num('max-streams', D.maxStreams), describe: 'concurrent calls per connection (HTTP/2 MAX_CONCURRENT_STREAMS); the SDK uses up to 256 pushes plus pull chunks per server' })
+    .option('idle-seconds', { type: 'number', default: num('idle-seconds', D.idleSeconds), describe: 'close a connection without a call for this long (gRPC clients reconnect on their next call)' })
+    .option('reply-mb-per-connection', { type: 'number', default: num('reply-mb-per-connection', D.replyMbPerConnection), describe: 'unsent reply bytes one connection may hold, MiB; further pulls wait' })
+    .option('reply-mb', { type: 'number', default: num('reply-mb', D.replyMb), describe: 'unsent reply bytes all connections may hold, MiB; further pulls wait' })
+    .option('stall-seconds', { type: 'number', default: num('stall-seconds', D.stallSeconds), describe: 'close a connection whose queued replies make no progress for this long; a pull waits at most twice this long for reply budget' })
+    .option('request-seconds', { type: 'number', default: num('request-seconds', D.requestSeconds), describe: 'refuse and reset a request whose body has not fully arrived after this long' })
     .option('log-level', { type: 'string', default: env('log-level') ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level' })
     .version(VERSION)
     .strict()
@@ -54,6 +64,9 @@ export function parseOptions(argv: string[]): ServerOptions {
   if (!/^[^:]+:\d+$/.test(a.bind) && !/^\[.*\]:\d+$/.test(a.bind)) throw new Error(`--bind must be HOST:PORT, got "${a.bind}"`);
   if (!(a['cache-mb'] >= 1)) throw new Error('--cache-mb must be at least 1');
   if (!(a['max-message-mb'] >= 1 && a['max-message-mb'] <= 2047)) throw new Error('--max-message-mb must be in 1..2047');
+  for (const o of ['max-connections', 'max-streams'] as const) if (!(Number.isInteger(a[o]) && a[o] >= 1)) throw new Error(`--${o} must be a positive integer, got ${a[o]}`);
+  for (const o of ['idle-seconds', 'reply-mb-per-connection', 'reply-mb', 'stall-seconds', 'request-seconds'] as const)
+    if (!(a[o] > 0 && Number.isFinite(a[o]))) throw new Error(`--${o} must be a positive number, got ${a[o]}`);
   log.level = a['log-level'];
   return {
     bind: a.bind as string,
@@ -62,6 +75,15 @@ export function parseOptions(argv: string[]): ServerOptions {
     poolSizeMb: parseSize(a['pool-size']),
     maxMessageMb: a['max-message-mb'],
     drainSeconds: a['drain-seconds'],
+    limits: {
+      maxConnections: a['max-connections'],
+      maxStreams: a['max-streams'],
+      idleSeconds: a['idle-seconds'],
+      replyMbPerConnection: a['reply-mb-per-connection'],
+      replyMb: a['reply-mb'],
+      stallSeconds: a['stall-seconds'],
+      requestSeconds: a['request-seconds'],
+    },
   };
 }
 
@@ -78,12 +100,12 @@ function parseSize(s: string): number {
 // servers are reachable only through a private field. Without it the server
 // receives at 64 KiB per round trip (see FLOW_CONTROL_WINDOW).
 function widenServerWindow(server: grpc.Server): void {
-  const servers = (server as unknown as { http2Servers?: Map<import('node:events').EventEmitter, unknown> }).http2Servers;
-  if (!(servers instanceof Map)) {
+  const servers = http2ServersOf(server);
+  if (!servers) {
     log.warn('cannot widen the HTTP/2 receive window with this grpc-js version: large pushes will be slower');
     return;
   }
-  for (const h of servers.keys())
+  for (const h of servers)
     h.on('session', (session: import('node:http2').ServerHttp2Session) => {
       session.setLocalWindowSize(FLOW_CONTROL_WINDOW);
       session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW });
@@ -115,13 +137,15 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
   if (!oi.isPmem) log.warn('the pool is not on persistent memory: flushes use msync (batched); PMEM_IS_PMEM_FORCE=1 only for tests');
 
   const maxBytes = o.maxMessageMb * 2 ** 20;
+  const transport = new TransportGuard(o.limits);
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxBytes,
     'grpc.max_send_message_length': maxBytes,
     'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
+    ...transport.serverOptions(),
   } as grpc.ServerOptions);
   const barriers = new Barriers();
-  server.addService(parameterServerService().service, makeHandlers(shard, barriers, maxBytes) as grpc.UntypedServiceImplementation);
+  server.addService(parameterServerService().service, makeHandlers(shard, barriers, maxBytes, transport) as grpc.UntypedServiceImplementation);
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
 
@@ -129,7 +153,8 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     server.bindAsync(o.bind, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
   widenServerWindow(server);
-  log.info({ bind: o.bind, port, version: VERSION }, 'serving');
+  transport.attach(server);
+  log.info({ bind: o.bind, port, version: VERSION, limits: o.limits }, 'serving');
 
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => {

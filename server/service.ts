@@ -10,6 +10,7 @@ import { log } from './log';
 import { Shard, ShardError } from './shard';
 import { invalid, toStatus } from './status-codes';
 import { LIMITS, floatsArg, idArg, keysArg, listArg, paramsArg, str, tableName, workerId } from './wire-args';
+import type { TransportGuard } from './transport-limits';
 
 export const VERSION = '0.1.0';
 
@@ -54,7 +55,7 @@ function denseToWire(dense: Map<string, Float32Array>): { name: string; values: 
   return [...dense].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) }));
 }
 
-export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: number): Record<string, Unary> {
+export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: number, transport?: Pick<TransportGuard, 'admitReply'>): Record<string, Unary> {
   const dims = new Map<string, number>();
   const dimOf = (table: string): number | undefined => {
     let d = dims.get(table);
@@ -120,7 +121,7 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
       return {};
     }),
 
-    Pull: unary('Pull', async (req) => {
+    Pull: unary('Pull', async (req, call) => {
       const table = tableName(req.table);
       const keys = keysArg(req.keys);
       const dim = dimOf(table);
@@ -129,6 +130,8 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
           'TOO_LARGE',
           `${keys.length / 8} keys x dim ${dim} is ${(((keys.length / 8) * dim * 4) / 2 ** 20).toFixed(1)} MiB, above the server's --max-message-mb ${maxMessageBytes / 2 ** 20}; split the batch (the SDK does)`,
         );
+      // Waits while clients hold too many unread replies (server/transport-limits.ts).
+      if (dim !== undefined) await transport?.admitReply(call, (keys.length / 8) * dim * 4);
       return { values: await shard.pull(table, keys) };
     }),
 

@@ -4,6 +4,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { EngineError } from '../native/engine';
 import { ShardError } from './shard';
+import { OverloadError } from './transport-limits';
 
 const ENGINE_CODES: Record<EngineError['code'], grpc.status> = {
   INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
@@ -44,6 +45,10 @@ export function toStatus(err: unknown): Partial<grpc.StatusObject> {
     metadata.set('pmemps-reason', err.kind.toLowerCase());
     for (const [k, v] of Object.entries(err.trailers)) metadata.set(k, v);
     return { code: SHARD_CODES[err.kind], details: bounded(err.message), metadata };
+  }
+  if (err instanceof OverloadError) {
+    metadata.set('pmemps-reason', 'overloaded');
+    return { code: grpc.status.RESOURCE_EXHAUSTED, details: err.message, metadata };
   }
   if (err instanceof EngineError) {
     metadata.set('pmemps-reason', err.code.toLowerCase());

@@ -1,0 +1,296 @@
+// Transport abuse against a real pserver process (server/transport-limits.ts):
+// clients that never read their replies, idle and half-sent connections,
+// floods of connections. The abusers are raw node:http2 sessions on
+// loopback; a well-behaved SDK client runs alongside and must keep working.
+import * as assert from 'node:assert/strict';
+import * as http2 from 'node:http2';
+import { after, before, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { LocalCluster } from '../examples/local-cluster';
+import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard } from '../server/transport-limits';
+import { PsClient } from '../worker';
+import { bareSocket, grpcFrame, openFds, PULL_PATH, RawSession, rssMiB, slowReader, within } from './abuse.lib';
+import { poolDirs } from './helpers';
+
+const dirOf = poolDirs(after);
+
+const WIDE = { name: 'wide', dim: 4096, seed: 3, optimizer: { type: 'sgd' as const, lr: 0.1 }, initializer: { type: 'uniform' as const, min: -1, max: 1 } };
+const SMALL = { name: 'small', dim: 8, seed: 4, optimizer: { type: 'sgd' as const, lr: 0.1 }, initializer: { type: 'zeros' as const } };
+
+function keyBuf(n: number, from = 0): Buffer {
+  return Buffer.from(BigUint64Array.from({ length: n }, (_, i) => BigInt(from + i)).buffer);
+}
+
+/** A well-behaved SDK client pulling small batches in a loop until stopped: how many calls succeeded, the first error. */
+function legitLoop(ps: PsClient, table: string, keys: number): { stop: () => Promise<{ ok: number; error: Error | null }> } {
+  let running = true;
+  let ok = 0;
+  let error: Error | null = null;
+  const done = (async () => {
+    for (let i = 0; running && !error; i++) {
+      try {
+        await ps.pull(table, keyBuf(keys, (i * 37) % 1000));
+        ok++;
+      } catch (e) {
+        error = e as Error;
+      }
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await done;
+      return { ok, error };
+    },
+  };
+}
+
+describe('slow readers (defect 9: 2 connections x 8 unread pulls of 1,024 keys x dim 4096)', () => {
+  let cluster: LocalCluster;
+  let ps: PsClient;
+  before(async () => {
+    // Default budgets; only the stall time is short, so a round takes a second.
+    cluster = await LocalCluster.start({ dir: dirOf('abuse-slow'), shards: 1, env: { PMEMPS_STALL_SECONDS: '1' } });
+    ps = await PsClient.connect({ endpoints: cluster.endpoints });
+    await ps.createTable(WIDE);
+  });
+  after(async () => {
+    ps?.close();
+    await cluster?.stop();
+  });
+
+  test('10 rounds: RSS back below idle + 64 MiB after each, bounded while held, not growing; the readers are closed; an SDK client keeps pulling', async () => {
+    const pid = cluster.procs[0]!.pid!;
+    const keys = keyBuf(1024);
+    // Idle level: after the server has served one such pull to a reader that reads it.
+    assert.equal((await ps.pull(WIDE.name, keys)).length, 1024 * WIDE.dim);
+    const idle = rssMiB(pid);
+    const legit = legitLoop(ps, WIDE.name, 16);
+    const held: number[] = [];
+    const settled: number[] = [];
+    const peaks: number[] = [];
+    const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(' ');
+    try {
+      for (let round = 0; round < 10; round++) {
+        let peak = rssMiB(pid);
+        // Sampling /proc is the measurement here, not a synchronisation.
+        const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 5);
+        const readers = [0, 1].map(() => slowReader(cluster.endpoints[0], WIDE.name, keys, 8));
+        // While the server holds the readers' replies...
+        await within(Promise.all(readers.map((r) => r.replying)), 10_000, 'the server replying to the slow readers');
+        held.push(rssMiB(pid));
+        // ... and once it has dealt with them.
+        const ended = await within(Promise.all(readers.map((r) => r.ends)), 10_000, 'the server ending every stream of the slow readers').then(
+          (ends) => ends,
+          () => null,
+        );
+        settled.push(rssMiB(pid));
+        clearInterval(sampler);
+        peaks.push(Math.max(peak, ...settled.slice(-1)));
+        for (const r of readers) r.raw.destroy();
+        const where = `idle ${idle.toFixed(0)} MiB; RSS while held ${show(held)}, after ${show(settled)}`;
+        assert.ok(settled[round] < idle + 64, `round ${round}: server RSS ${settled[round].toFixed(0)} MiB once it dealt with the readers, above idle + 64 MiB (${where})`);
+        // While held: the two replies the budget lets through (2 x 16 MiB)
+        // are queued, and the other buffers of their making (rows and
+        // encoding, 2 x 2 x 16 MiB) may not be collected yet (V8 collects
+        // external memory in batches of about 64 MiB): at most everything
+        // those two replies allocated, plus 16 MiB.
+        assert.ok(held[round] < idle + 112, `round ${round}: server RSS ${held[round].toFixed(0)} MiB while holding the readers' replies, above idle + 112 MiB (${where})`);
+        assert.ok(ended, `round ${round}: the server left streams of readers that read nothing open for 10 s`);
+        for (const r of readers) assert.equal(r.raw.goaway, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the server closes a connection that reads none of its replies with ENHANCE_YOUR_CALM');
+        // What did not get through waited for budget and was refused, or went with the connection.
+        for (const e of ended!.flat()) assert.ok(e.grpcStatus === 8 || e.grpcStatus === null, `a slow reader's pull ended with gRPC status ${e.grpcStatus} (${e.grpcMessage})`);
+      }
+    } finally {
+      const { ok, error } = await legit.stop();
+      assert.equal(error, null, `the well-behaved client's pull failed during the abuse: ${error?.message}`);
+      assert.ok(ok > 10, `the well-behaved client completed only ${ok} pulls in 10 rounds`);
+    }
+    // No growth from round to round: after the last five rounds no higher
+    // than after the first five, give or take the two replies.
+    const early = Math.max(...settled.slice(0, 5));
+    const late = Math.max(...settled.slice(5));
+    assert.ok(late <= early + 32, `RSS grows from round to round: while held ${show(held)}, after ${show(settled)} MiB`);
+    console.log(`slow readers: server RSS idle ${idle.toFixed(0)} MiB; per round while held ${show(held)}, after ${show(settled)}, highest sample ${show(peaks)} MiB`);
+  });
+
+  test('MAX_CONCURRENT_STREAMS is advertised and leaves room for the SDK (256 pushes in flight plus pull chunks)', async () => {
+    const raw = new RawSession(cluster.endpoints[0]);
+    await raw.connected;
+    const n = raw.session.remoteSettings.maxConcurrentStreams!;
+    raw.destroy();
+    assert.equal(n, 1024);
+  });
+});
+
+describe('idle, half-sent and flooding connections', () => {
+  const MAX_CONNECTIONS = 200;
+  let cluster: LocalCluster;
+  let ps: PsClient;
+  before(async () => {
+    cluster = await LocalCluster.start({
+      dir: dirOf('abuse-conn'),
+      shards: 1,
+      env: { PMEMPS_IDLE_SECONDS: '1', PMEMPS_REQUEST_SECONDS: '1', PMEMPS_MAX_CONNECTIONS: String(MAX_CONNECTIONS), PMEMPS_MAX_STREAMS: '64' },
+    });
+    ps = await PsClient.connect({ endpoints: cluster.endpoints });
+    await ps.createTable(SMALL);
+  });
+  after(async () => {
+    ps?.close();
+    await cluster?.stop();
+  });
+
+  test('idle connections are closed after --idle-seconds, bare TCP ones too', async () => {
+    const t0 = Date.now();
+    const sessions = Array.from({ length: 100 }, () => new RawSession(cluster.endpoints[0]));
+    const bare = Array.from({ length: 20 }, () => bareSocket(cluster.ports[0]));
+    try {
+      await Promise.all(sessions.map((s) => s.connected));
+      assert.equal(sessions[0].session.remoteSettings.maxConcurrentStreams, 64);
+      const closedAt: number[] = [];
+      await within(
+        Promise.all([...sessions.map((s) => s.closed), ...bare.map((b) => b.closed)].map((p) => p.then(() => closedAt.push(Date.now() - t0)))),
+        10_000,
+        'the server closing 120 idle connections',
+      );
+      assert.ok(Math.min(...closedAt) >= 900, `an idle connection was closed after ${Math.min(...closedAt)} ms, before --idle-seconds 1`);
+      for (const s of sessions) assert.equal(s.goaway, http2.constants.NGHTTP2_NO_ERROR, 'an idle connection gets a GOAWAY NO_ERROR');
+    } finally {
+      for (const s of sessions) s.destroy();
+      for (const b of bare) b.socket.destroy();
+    }
+  });
+
+  test('a request whose body never completes is answered DEADLINE_EXCEEDED after --request-seconds and reset', async () => {
+    const raw = new RawSession(cluster.endpoints[0]);
+    try {
+      // A frame announcing 1,000 bytes of which 10 arrive; and headers alone.
+      const partial = grpcFrame(Buffer.alloc(1000)).subarray(0, 15);
+      const half = raw.request(PULL_PATH, partial, false);
+      const bare = raw.request(PULL_PATH, null, false);
+      for (const { done } of [half, bare]) {
+        const e = await within(done, 10_000, 'the server ending an incomplete request');
+        assert.equal(e.grpcStatus, 4, `incomplete request ended with gRPC status ${e.grpcStatus} (${e.grpcMessage}), RST ${e.rstCode}`);
+        assert.match(e.grpcMessage, /--request-seconds/);
+      }
+      // The connection itself is fine: a complete request on it is answered.
+      const ok = raw.request(PULL_PATH, grpcFrame(Buffer.alloc(0)));
+      assert.equal((await within(ok.done, 10_000, 'an answer to a complete request')).grpcStatus, 5, 'a pull of no table is NOT_FOUND');
+    } finally {
+      raw.destroy();
+    }
+  });
+
+  test('a flood of connections is capped at --max-connections; the server lives and an SDK client works during and after', async () => {
+    const pid = cluster.procs[0]!.pid!;
+    const fdsBefore = openFds(pid);
+    const legit = legitLoop(ps, SMALL.name, 64);
+    const flood = Array.from({ length: 3 * MAX_CONNECTIONS }, () => new RawSession(cluster.endpoints[0]));
+    let fdsDuring: number;
+    let openDuring: number;
+    try {
+      await Promise.all(flood.map((s) => s.connected));
+      fdsDuring = openFds(pid);
+      // Idle flood connections are closed after a second, so more than the
+      // cap may be taken over the flood; never more than the cap at once.
+      openDuring = flood.filter((s) => s.accepted && !s.isClosed).length;
+      // The SDK client pulls while the flood holds every connection slot.
+      for (let i = 0; i < 20; i++) assert.equal((await ps.pull(SMALL.name, keyBuf(100, i))).length, 100 * SMALL.dim);
+    } finally {
+      for (const s of flood) s.destroy();
+      const { ok, error } = await legit.stop();
+      assert.equal(error, null, `the well-behaved client's pull failed during the flood: ${error?.message}`);
+      assert.ok(ok > 0);
+    }
+    const refused = flood.filter((s) => !s.accepted).length;
+    assert.ok(fdsDuring <= fdsBefore + MAX_CONNECTIONS, `the server held ${fdsDuring} descriptors during a flood of ${flood.length} connections (before: ${fdsBefore}, --max-connections ${MAX_CONNECTIONS})`);
+    assert.ok(openDuring <= MAX_CONNECTIONS, `${openDuring} flood connections open at once, --max-connections ${MAX_CONNECTIONS}`);
+    assert.ok(refused > 0, 'no flood connection was refused');
+    assert.equal(cluster.procs[0]!.exitCode, null, 'the server survived the flood');
+    // After: a new client connects and works.
+    const late = await PsClient.connect({ endpoints: cluster.endpoints });
+    try {
+      assert.equal((await late.pull(SMALL.name, keyBuf(10))).length, 10 * SMALL.dim);
+    } finally {
+      late.close();
+    }
+  });
+});
+
+describe('reply budget accounting (the guard in a grpc-js server of this process)', () => {
+  const MiB = 2 ** 20;
+  // A unary method whose request says how many reply bytes it wants.
+  const method = {
+    path: '/t.T/Get',
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: (m: { n: number }) => Buffer.from(Uint32Array.of(m.n).buffer),
+    requestDeserialize: (b: Buffer) => ({ n: b.readUInt32LE(0) }),
+    responseSerialize: (m: { payload: Buffer }) => m.payload,
+    responseDeserialize: (b: Buffer) => ({ payload: b }),
+  };
+  let server: grpc.Server;
+  let guard: TransportGuard;
+  let endpoint: string;
+  // The server side of every connection, to know when the server is done with one.
+  const serverClosed: Promise<void>[] = [];
+  before(async () => {
+    guard = new TransportGuard({ ...DEFAULT_TRANSPORT_LIMITS, replyMbPerConnection: 1, replyMb: 3, stallSeconds: 0.5 });
+    server = new grpc.Server(guard.serverOptions());
+    server.addService({ Get: method } as grpc.ServiceDefinition, {
+      Get: (call: grpc.ServerUnaryCall<{ n: number }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        guard.admitReply(call, call.request.n).then(
+          () => cb(null, { payload: Buffer.alloc(call.request.n, 1) }),
+          (e: Error) => cb({ code: grpc.status.RESOURCE_EXHAUSTED, details: e.message }),
+        );
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    assert.ok(guard.attach(server));
+    for (const h of http2ServersOf(server)!) h.on('session', (s: http2.ServerHttp2Session) => serverClosed.push(new Promise((r) => s.once('close', () => r()))));
+    endpoint = `127.0.0.1:${port}`;
+  });
+  after(() => server?.forceShutdown());
+
+  const req = (n: number) => grpcFrame(method.requestSerialize({ n }));
+  const replying = (st: http2.ClientHttp2Stream) => new Promise<void>((r) => st.once('response', () => r()));
+
+  test('a slow reader holds one reply of its budget, waits for the rest, is closed; every byte comes back', async () => {
+    const raw = new RawSession(endpoint, { initialWindowSize: 0 });
+    const calls = Array.from({ length: 4 }, () => raw.request('/t.T/Get', req(MiB)));
+    await within(replying(calls[0].stream), 5000, 'the first reply');
+    assert.deepEqual(guard.stats(), { unsentBytes: MiB, connections: 1, waiting: 3 });
+    const ends = await within(Promise.all(calls.map((c) => c.done)), 5000, 'the server ending the slow reader');
+    assert.equal(raw.goaway, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    // Closed after --stall-seconds, before the waiting calls' own time limit (twice that): they go with it.
+    assert.deepEqual(ends.map((e) => e.grpcStatus), [null, null, null, null]);
+    await Promise.all(serverClosed);
+    assert.deepEqual(guard.stats(), { unsentBytes: 0, connections: 0, waiting: 0 });
+  });
+
+  test('replies to clients that read get through; one larger than the budget left waits until the stalled connections are closed', async () => {
+    const client = new grpc.Client(endpoint, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+    const get = (n: number) =>
+      new Promise<number>((resolve, reject) =>
+        client.makeUnaryRequest(method.path, method.requestSerialize, method.responseDeserialize, { n }, (e, r) => (e ? reject(e) : resolve(r!.payload.length))),
+      );
+    // Two slow readers hold 2 of the 3 MiB in all.
+    const slow = [0, 1].map(() => new RawSession(endpoint, { initialWindowSize: 0 }));
+    const held = slow.map((s) => s.request('/t.T/Get', req(MiB)));
+    await Promise.all(held.map((h) => replying(h.stream)));
+    try {
+      assert.deepEqual(await Promise.all([MiB, MiB / 2, 1000, MiB].map(get)), [MiB, MiB / 2, 1000, MiB]);
+      assert.equal(guard.stats().unsentBytes, 2 * MiB);
+      const big = get(3 * MiB);
+      await Promise.all(slow.map((s) => s.closed));
+      assert.equal(await big, 3 * MiB);
+      assert.ok(slow.every((s) => s.goaway === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM));
+    } finally {
+      client.close();
+      for (const s of slow) s.destroy();
+    }
+    await Promise.all(serverClosed);
+    assert.deepEqual(guard.stats(), { unsentBytes: 0, connections: 0, waiting: 0 });
+  });
+});
