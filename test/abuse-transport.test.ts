@@ -176,7 +176,7 @@ describe('idle, half-sent and flooding connections', () => {
       }
       // The connection itself is fine: a complete request on it is answered.
       const ok = raw.request(PULL_PATH, grpcFrame(Buffer.alloc(0)));
-      assert.equal((await within(ok.done, 10_000, 'an answer to a complete request')).grpcStatus, 5, 'a pull of no table is NOT_FOUND');
+      assert.equal((await within(ok.done, 10_000, 'an answer to a complete request')).grpcStatus, 3, 'a pull naming no table is INVALID_ARGUMENT');
     } finally {
       raw.destroy();
     }
