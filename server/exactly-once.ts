@@ -27,6 +27,21 @@ export type SeqState = 'new' | 'applied' | 'in-flight' | 'too-old';
 export class ExactlyOnce {
   private readonly workers = new Map<string, WorkerRecord>();
   private readonly inFlight = new Map<string, Promise<unknown>>();
+  private bytes = 4; // encode().length, kept as workers come and go
+
+  /** Bytes one worker's entry takes in encode(). */
+  static entryBytes(worker: string): number {
+    return 2 + Buffer.byteLength(worker, 'utf8') + 8 + WINDOW / 8;
+  }
+
+  /** An upper bound of encode().length (exact today); the clean-close record reserves room for it. */
+  encodedBound(): number {
+    return this.bytes;
+  }
+
+  knows(worker: string): boolean {
+    return this.workers.has(worker);
+  }
 
   state(worker: string, seq: number): SeqState {
     if (this.inFlight.has(flightKey(worker, seq))) return 'in-flight';
@@ -59,7 +74,10 @@ export class ExactlyOnce {
   record(worker: string, seq: number): void {
     let r = this.workers.get(worker);
     if (r) this.workers.delete(worker); // re-insert: Map order is the LRU order
-    else r = { high: 0, bits: new Uint8Array(WINDOW / 8) };
+    else {
+      r = { high: 0, bits: new Uint8Array(WINDOW / 8) };
+      this.bytes += ExactlyOnce.entryBytes(worker);
+    }
     if (seq > r.high) {
       shiftWindow(r.bits, seq - r.high);
       r.high = seq;
@@ -68,7 +86,11 @@ export class ExactlyOnce {
       setBit(r.bits, r.high - seq);
     }
     this.workers.set(worker, r);
-    if (this.workers.size > MAX_WORKERS) this.workers.delete(this.workers.keys().next().value as string);
+    if (this.workers.size > MAX_WORKERS) {
+      const oldest = this.workers.keys().next().value as string;
+      this.workers.delete(oldest);
+      this.bytes -= ExactlyOnce.entryBytes(oldest);
+    }
   }
 
   get size(): number {
@@ -108,6 +130,7 @@ export class ExactlyOnce {
       const bits = Uint8Array.from(buf.subarray(off, off + WINDOW / 8));
       off += WINDOW / 8;
       out.workers.set(id, { high, bits });
+      out.bytes += ExactlyOnce.entryBytes(id);
     }
     return out;
   }
