@@ -362,8 +362,23 @@ export class Engine {
    * Writes back every dirty row and marks the pool cleanly closed. `record`
    * (the server's own state: exactly-once table, dense tensors) is stored in
    * the same transaction as the clean mark and comes back as
-   * openInfo.closeRecord from the next open.
+   * openInfo.closeRecord from the next open. It goes into the room
+   * reserveCloseRecord() keeps; a larger record needs new pool space, and
+   * on a full pool the close then fails (the next open recovers from the
+   * last checkpoint).
    */
+  /**
+   * Makes the pool hold room for a close record of `bytes` bytes, so that a
+   * later close() with a record that size writes it without allocating.
+   * Throws OUT_OF_SPACE when the pool cannot. Returns the room now
+   * reserved (at least `bytes`; reservations only grow).
+   */
+  reserveCloseRecord(bytes: number): number {
+    this.live();
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw invalid('close record size must be a non-negative safe integer');
+    return sync(() => this.native.reserveCloseRecord(bytes));
+  }
+
   async close(record: Buffer = Buffer.alloc(0)): Promise<void> {
     if (this.closed) return;
     if (!Buffer.isBuffer(record)) throw invalid('close record must be a Buffer');

@@ -95,6 +95,8 @@ export interface EngineStats {
   epoch: number;
   /** Longest time, in microseconds, that a push waited on a running checkpoint. */
   maxPushWaitUs: number;
+  /** Removed tables whose storage is still being freed (normally 0 once the call that removed them returned). */
+  garbageTables: number;
 }
 
 export interface CheckpointContent {

@@ -19,9 +19,19 @@ export const MAX_DENSE_NAME = 256;
 /** Tensors per shard, and their floats (weights and optimizer state) per shard: 256 MiB. */
 export const MAX_DENSE_TENSORS = 4096;
 export const MAX_DENSE_FLOATS = 64 * 2 ** 20;
+// The optimizer's step count is a uint32 (the native optimizers), so its JSON never outgrows this.
+const MAX_STEP = 4294967295;
+
+/** A tensor as SetDense would store it: what its encoding depends on. */
+export interface DenseShape {
+  name: string;
+  n: number;
+  opt: OptimizerSpec;
+}
 
 export class DenseStore {
   private readonly tensors = new Map<string, DenseEntry>();
+  private bound: number | null = null; // encodedBound() without `extra`, until the set of tensors changes
 
   /** Creates or overwrites a tensor: values as given, optimizer state at its initial values. */
   set(name: string, values: Float32Array, opt: OptimizerSpec): void {
@@ -39,6 +49,25 @@ export class DenseStore {
     denseOptimizer.initRow(opt, row);
     row.set(values, 0);
     this.tensors.set(name, { opt, n: values.length, row, step: 0 });
+    this.bound = null;
+  }
+
+  /**
+   * An upper bound of encode().length now and after any number of pushes
+   * (steps counted at their largest), with `extra` set as well when given.
+   * The clean-close record reserves room for it.
+   */
+  encodedBound(extra?: DenseShape): number {
+    if (!extra && this.bound !== null) return this.bound;
+    const shapes = new Map<string, { opt: OptimizerSpec; n: number; len: number }>();
+    for (const [name, e] of this.tensors) shapes.set(name, { opt: e.opt, n: e.n, len: e.row.length });
+    if (extra) shapes.set(extra.name, { opt: extra.opt, n: extra.n, len: denseOptimizer.rowFloats(extra.opt, extra.n) });
+    const head = [...shapes].map(([name, e]) => ({ name, opt: e.opt, n: e.n, step: MAX_STEP, len: e.len }));
+    let rows = 0;
+    for (const e of shapes.values()) rows += e.len * 4;
+    const b = 4 + Buffer.byteLength(JSON.stringify(head), 'utf8') + rows;
+    if (!extra) this.bound = b;
+    return b;
   }
 
   get(name: string): Float32Array {

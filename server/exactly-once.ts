@@ -35,6 +35,8 @@ export const MAX_SEQ_AHEAD_US = 3600e6;
 /** Encoded bytes per record besides its id: u16 id length, f64 high, f64 floor, the window. */
 const RECORD_OVERHEAD = 2 + 8 + 8 + WINDOW / 8;
 const MAGIC = 0x32656f70; // 'poe2': this format (the first had none)
+/** u32 magic, f64 watermark, u32 count. */
+const HEADER_BYTES = 16;
 
 interface WorkerRecord {
   high: number; // highest applied seq (0: none)
@@ -49,8 +51,23 @@ export class ExactlyOnce {
   private readonly inFlight = new Map<string, Promise<unknown>>();
   /** Every seq at or below it, of a worker with no record, may have been applied and forgotten. */
   private watermark = 0;
+  private bytes = HEADER_BYTES; // encode().length, kept as workers come and go
 
   constructor(private readonly maxWorkers = MAX_WORKERS) {}
+
+  /** Bytes one worker's entry takes in encode(). */
+  static entryBytes(worker: string): number {
+    return RECORD_OVERHEAD + Buffer.byteLength(worker, 'utf8');
+  }
+
+  /** An upper bound of encode().length (exact today); the clean-close record reserves room for it. */
+  encodedBound(): number {
+    return this.bytes;
+  }
+
+  knows(worker: string): boolean {
+    return this.workers.has(worker);
+  }
 
   state(worker: string, seq: number): SeqState {
     if (this.inFlight.has(flightKey(worker, seq))) return 'in-flight';
@@ -91,7 +108,10 @@ export class ExactlyOnce {
   record(worker: string, seq: number): void {
     let r = this.workers.get(worker);
     if (r) this.workers.delete(worker); // re-insert: Map order is the LRU order
-    else r = { high: 0, floor: this.watermark, bits: new Uint8Array(WINDOW / 8) };
+    else {
+      r = { high: 0, floor: this.watermark, bits: new Uint8Array(WINDOW / 8) };
+      this.bytes += ExactlyOnce.entryBytes(worker);
+    }
     if (seq > r.high) {
       shiftWindow(r.bits, seq - r.high);
       r.high = seq;
@@ -105,6 +125,7 @@ export class ExactlyOnce {
       // The watermark rises before the record goes: from here on its seqs are refused, not re-applied.
       this.watermark = Math.max(this.watermark, or.high);
       this.workers.delete(oldest);
+      this.bytes -= ExactlyOnce.entryBytes(oldest);
     }
   }
 
@@ -116,14 +137,9 @@ export class ExactlyOnce {
     return this.watermark;
   }
 
-  /** An upper bound of encode()'s length with `workers` records (for space reserved ahead of a clean close). */
-  static encodedBound(workers: number): number {
-    return 16 + Math.min(workers, MAX_WORKERS) * (RECORD_OVERHEAD + MAX_WORKER_ID_BYTES);
-  }
-
   /** u32 magic, f64 watermark, u32 count, then per worker: u16 id length, id (utf8), f64 high, f64 floor, WINDOW/8 bytes. */
   encode(): Buffer {
-    let n = 16;
+    let n = HEADER_BYTES;
     const ids: Buffer[] = [];
     for (const id of this.workers.keys()) {
       const b = Buffer.from(id, 'utf8');
@@ -173,6 +189,7 @@ export class ExactlyOnce {
       const bits = Uint8Array.from(buf.subarray(off, off + WINDOW / 8));
       off += WINDOW / 8;
       out.workers.set(id, { high, floor, bits });
+      out.bytes += ExactlyOnce.entryBytes(id);
     }
     return out;
   }

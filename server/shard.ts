@@ -21,7 +21,7 @@
 import { randomInt } from 'node:crypto';
 import { Engine, EngineError, asFloats, type OptimizerSpec, type ShardIdentity, type TableSpec } from '../native/engine';
 import { shardOfDense } from '../worker/shard';
-import { DenseStore } from './dense';
+import { DenseStore, type DenseShape } from './dense';
 import { ExactlyOnce, MAX_SEQ_AHEAD_US } from './exactly-once';
 import { log } from './log';
 
@@ -92,6 +92,13 @@ function checkBallotStep(b: number, cur: number): void {
     throw new ShardError('BALLOT_STEP', `ballot ${b} is more than 2^20 above this shard's ballot ${cur}; raise it in steps of at most 2^20 (the SDK does)`);
 }
 
+// The close record's size for sections of these sizes: lineage and
+// incarnation (below 2^52) counted at their longest.
+function closeRecordBound(dedup: number, dense: number): number {
+  const head = JSON.stringify({ v: 1, lineage: 2 ** 53, incarnation: 2 ** 53, sections: { dedup, dense } });
+  return 4 + Buffer.byteLength(head, 'utf8') + dedup + dense;
+}
+
 function newId(): number {
   // 52 random bits: unique in practice, exact as a JS number and as uint64.
   return randomInt(1, 2 ** 26) * 2 ** 26 + randomInt(0, 2 ** 26);
@@ -122,6 +129,11 @@ export class Shard {
   needsRestore: boolean;
   private protocolTail: Promise<unknown> = Promise.resolve();
   private closing = false;
+  /** Room the pool holds for the clean-close record (reserveCloseRoom). */
+  private closeRoom: number;
+  /** Workers unknown to the exactly-once record with pushes in flight, and their entries' bytes. */
+  private readonly admitted = new Map<string, number>();
+  private admittedBytes = 0;
 
   constructor(opts: ShardOptions) {
     this.engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb });
@@ -132,6 +144,7 @@ export class Shard {
     this.incarnation = newId();
     this.dedup = new ExactlyOnce();
     this.dense = new DenseStore();
+    this.closeRoom = this.engine.reserveCloseRecord(0);
     if (oi.cleanClose && oi.closeRecord && oi.closeRecord.length > 0) {
       const { head, sections } = decodeEnvelope(oi.closeRecord);
       this.lineage = head.lineage ?? newId();
@@ -180,6 +193,7 @@ export class Shard {
     this.live();
     this.writable();
     this.ownDense(name);
+    this.reserveCloseRoom('', { name, n: values.length, opt });
     this.dense.set(name, values, opt);
   }
 
@@ -380,6 +394,7 @@ export class Shard {
     this.live();
     this.checkIncarnation(incarnation); // the gate may have been a restore
     this.writable();
+    const settled = this.reserveCloseRoom(worker);
     this.pushesInEngine++;
     try {
       if (!worker) {
@@ -404,8 +419,47 @@ export class Shard {
         return false;
       }
     } finally {
+      settled();
       if (--this.pushesInEngine === 0) for (const w of this.drainWaiters.splice(0)) w();
     }
+  }
+
+  /**
+   * Refuses a write (OUT_OF_SPACE, nothing changed) that could make the
+   * clean-close record outgrow the room the pool holds for it, when the
+   * pool cannot reserve more: once acknowledged, a write must survive a
+   * clean stop, and the stop writes the record without allocating. The
+   * record grows with a worker the exactly-once record does not know yet
+   * (counted from admission until its push settled: first pushes of several
+   * workers may run at once) and with SetDense. Returns what to call once
+   * the write settled.
+   */
+  private reserveCloseRoom(worker: string, dense?: DenseShape): () => void {
+    const fresh = worker !== '' && !this.dedup.knows(worker);
+    const extra = fresh && !this.admitted.has(worker) ? ExactlyOnce.entryBytes(worker) : 0;
+    const need = closeRecordBound(this.dedup.encodedBound() + this.admittedBytes + extra, this.dense.encodedBound(dense));
+    if (need > this.closeRoom) {
+      try {
+        this.closeRoom = this.engine.reserveCloseRecord(need);
+      } catch (e) {
+        if (!(e instanceof EngineError && e.code === 'OUT_OF_SPACE')) throw e;
+        throw new EngineError(
+          'OUT_OF_SPACE',
+          `refused, nothing changed: the pool is full and cannot hold the ${need}-byte record a clean stop would then write (${dense ? `dense tensor "${dense.name}"` : `exactly-once entry of new worker "${worker}"`}); free space (DropTable, then a checkpoint) or use a larger pool`,
+        );
+      }
+    }
+    if (!fresh) return () => undefined;
+    this.admitted.set(worker, (this.admitted.get(worker) ?? 0) + 1);
+    this.admittedBytes += extra;
+    return () => {
+      const n = (this.admitted.get(worker) ?? 1) - 1;
+      if (n > 0) this.admitted.set(worker, n);
+      else {
+        this.admitted.delete(worker);
+        this.admittedBytes -= ExactlyOnce.entryBytes(worker);
+      }
+    };
   }
 
   private drain(): Promise<void> {

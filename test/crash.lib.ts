@@ -840,6 +840,11 @@ export const FAILPOINTS: Readonly<Record<string, number>> = {
   'abort.before_publish': 2,
   'rollback.before_publish': 2,
   'rollback.after_publish': 2,
+  // Multi-transaction paths: the tables' side of a rollback (or commit, abort,
+  // recovery) after the root transaction, and the deferred frees of a removed
+  // table's storage, one bounded transaction each.
+  'settle.step': 3,
+  'reclaim.step': 2,
   'close.mid_writeback': 1,
   'close.before_clean_mark': 1,
 };
@@ -900,7 +905,7 @@ export interface ScenarioResult {
 function biasFor(k: KillSpec): Bias {
   if (k.mode !== 'failpoint') return undefined;
   if (k.fp.startsWith('abort.')) return 'abort';
-  if (k.fp.startsWith('rollback.')) return 'rollback';
+  if (k.fp.startsWith('rollback.') || k.fp.startsWith('settle.') || k.fp.startsWith('reclaim.')) return 'rollback';
   if (k.fp.startsWith('create_table.')) return 'create';
   if (k.fp.startsWith('evict.')) return 'evict';
   if (k.fp.startsWith('index.')) return 'index';

@@ -107,6 +107,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
                            InstanceMethod("committedCheckpoint", &NativeEngine::Committed),
                            InstanceMethod("stats", &NativeEngine::StatsJs),
                            InstanceMethod("close", &NativeEngine::Close),
+                           InstanceMethod("reserveCloseRecord", &NativeEngine::ReserveCloseRecord),
                            InstanceMethod("check", &NativeEngine::Check),
                            InstanceMethod("raiseBallot", &NativeEngine::RaiseBallot),
                            InstanceMethod("identity", &NativeEngine::IdentityJs),
@@ -357,6 +358,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       o.Set("lastId", static_cast<double>(s.last_id));
       num("epoch", s.epoch);
       num("maxPushWaitUs", s.max_push_wait_us);
+      num("garbageTables", s.garbage_tables);
       return o;
     });
   }
@@ -425,6 +427,15 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       auto record = std::make_shared<std::string>(reinterpret_cast<const char*>(rec.Data()), rec.Length());
       (new Job(cb_arg(info, 1), [eng, record] { eng->close(*record); }, nullptr, {}))->Queue();
       return info.Env().Undefined();
+    });
+  }
+
+  // Synchronous: one small transaction, and only when the reservation grows.
+  Napi::Value ReserveCloseRecord(const Napi::CallbackInfo& info) {
+    return Guard(info, [&]() -> Napi::Value {
+      const double b = info[0].As<Napi::Number>().DoubleValue();
+      if (!(b >= 0) || b > 9007199254740991.0) bad("close record size must be a non-negative safe integer");
+      return Napi::Number::New(info.Env(), static_cast<double>(engine_->reserve_close_record(static_cast<uint64_t>(b))));
     });
   }
 

@@ -76,16 +76,14 @@ void Engine::init_root() {
   tx.commit();
 }
 
+uint64_t Engine::usable(uint64_t off) const { return pmemobj_alloc_usable_size(pool_->oid(off)); }
+
 void Engine::validate_root() {
   const std::string& p = pool_->path();
   if (root_->magic != kMagic) fail(Code::Corrupt, "pool " + p + " is not a pmemps pool or its root is damaged");
-  if (root_->version != kLayoutVersion && root_->version != kLayoutVersionSealless)
+  if (root_->version != kLayoutVersion)
     fail(Code::Incompatible, "pool " + p + " has layout version " + std::to_string(root_->version) + "; this build reads version " +
-                                 std::to_string(kLayoutVersion) + " (and upgrades version " + std::to_string(kLayoutVersionSealless) + ")");
-  // Version 3 kept the shard count in 64 bits; a count of 2^32 or more never
-  // came through the wire (uint32), so a non-zero upper half is damage.
-  if (root_->version == kLayoutVersionSealless && root_->identity_sealed != 0)
-    fail(Code::Corrupt, "pool " + p + ": version-3 shard identity is damaged");
+                                 std::to_string(kLayoutVersion));
   if (root_->checksum != Pool::root_sum(root_)) fail(Code::Corrupt, "pool " + p + ": root metadata checksum mismatch (damaged pool)");
   PTable* ts = pool_->at<PTable>(root_->tables_off);
   for (uint32_t i = 0; i < kMaxTables; i++) {
@@ -96,6 +94,11 @@ void Engine::validate_root() {
     if (!off) continue;
     ckpt_at(off);  // verifies bounds and checksum
   }
+  const uint64_t size = pool_->size();
+  auto in_pool = [&](uint64_t off, uint64_t len) { return off >= sizeof(PRoot) && off < size && len <= size - off; };
+  if ((root_->close_slot && !in_pool(root_->close_slot, root_->close_cap)) || root_->close_len > root_->close_cap ||
+      (root_->spare_rec && !in_pool(root_->spare_rec, root_->spare_cap)))
+    fail(Code::Corrupt, "pool " + p + ": reserved-space metadata is damaged");
   if (root_->next_epoch >= kMaxEpoch) fail(Code::Incompatible, "pool " + p + " has used up its epoch numbers");
 }
 
@@ -133,38 +136,21 @@ void Engine::open_pool() {
   p_active_ = p_id_ != 0;
   last_id_ = root_->last_id;
   info_.clean_close = !pool_->created() && root_->clean == 1;
-  if (info_.clean_close && root_->close_rec) {
-    if (root_->close_rec < sizeof(PRoot) || root_->close_len > pool_->size() - root_->close_rec)
-      fail(Code::Corrupt, "pool " + pool_->path() + ": close record is damaged");
-    info_.close_record.assign(pool_->at<char>(root_->close_rec), root_->close_len);
-  }
+  if (info_.clean_close && root_->close_len) info_.close_record.assign(pool_->at<char>(root_->close_slot), root_->close_len);
   const bool crashed = !pool_->created() && root_->clean != 1;
   load_tables();
 
-  std::vector<uint32_t> removed, undropped;
+  const uint64_t bound = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
   {
+    // Bounded (the root and a dead-list tail): recovery works on a full pool.
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
-    if (crashed) {
-      // Every epoch after the last durable checkpoint died with the process.
-      // Recording them dead is all the recovery there is: readers skip their
-      // versions, so nothing proportional to the table runs here.
-      const uint64_t bound = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
-      if (root_->next_epoch > bound + 1) add_dead(tx, bound + 1, root_->next_epoch - 1);
-      removed = remove_tables_after(tx, bound);
-      undropped = undrop_after(tx, bound);  // drops after the last durable checkpoint died too
-      if (root_->c_rec) restore_hyper(tx, root_->c_rec, 0);
-      if (p_active_) restore_hyper(tx, root_->p_rec, c_epoch_ + 1);
-      recovering_ = p_active_;
-    }
-    if (root_->version == kLayoutVersionSealless) {
-      // Version 3 had no seal, and its SDK refused an empty pool next to any
-      // identified shard: an identified version-3 shard counts as sealed,
-      // which keeps that refusal.
-      root_->identity_sealed = root_->shard_count != 0 ? 1 : 0;
-      root_->version = kLayoutVersion;
-    }
+    // Every epoch after the last durable checkpoint died with the process.
+    // Recording them dead is all the recovery the rows need: readers skip
+    // their versions, so nothing proportional to the table runs here.
+    if (crashed && root_->next_epoch > bound + 1) add_dead(tx, bound + 1, root_->next_epoch - 1);
+    recovering_ = crashed && p_active_;
     cur_epoch_ = root_->next_epoch;
     root_->next_epoch = cur_epoch_ + 2;
     root_->clean = 0;
@@ -172,6 +158,19 @@ void Engine::open_pool() {
     info_.opens = root_->opens;
     persist_root(tx);
     tx.commit();
+  }
+  // Tables created or dropped after the last durable checkpoint go back to
+  // how it had them, hyperparameters included (those created after C, from
+  // P while it is unresolved). A clean open only finishes the permanent
+  // drops of a commit a crash interrupted (none, normally).
+  std::vector<uint32_t> removed, undropped;
+  if (crashed) {
+    std::vector<std::pair<uint64_t, uint64_t>> hyper;
+    if (root_->c_rec) hyper.emplace_back(root_->c_rec, 0);
+    if (p_active_) hyper.emplace_back(root_->p_rec, c_epoch_ + 1);
+    settle_tables(true, bound, hyper, &removed, &undropped);
+  } else {
+    settle_tables(false, bound, {}, &removed, &undropped);
   }
   epoch_limit_ = root_->next_epoch;
   for (uint32_t i : removed) drop_table_object(i);
@@ -190,6 +189,9 @@ void Engine::open_pool() {
   info_.committed = c_id_;
   info_.prepared = p_active_ ? p_id_ : 0;
   info_.pushes_blocked = pushes_blocked_;
+  // Storage of tables that died with a crash, or whose freeing a crash
+  // interrupted: proportional to their slabs and index segments, not rows.
+  reclaim();
 }
 
 void Engine::load_tables() {
@@ -234,29 +236,104 @@ void Engine::rebuild_names() {
     if (t && visible(*t)) names_[t->name] = t->idx;
 }
 
-std::vector<uint32_t> Engine::undrop_after(Tx& tx, uint64_t epoch) {
-  std::vector<uint32_t> back;
-  for (auto& t : tables_) {
-    // A table created after `epoch` is removed by remove_tables_after instead.
-    if (!t || t->dropped_epoch == 0 || t->dropped_epoch <= epoch || t->created_epoch > epoch) continue;
-    tx.add(t->d, sizeof(PTable));
-    t->d->dropped_epoch = 0;
-    t->d->checksum = Pool::table_sum(t->d);
-    back.push_back(t->idx);
+void Engine::settle_tables(bool rewind, uint64_t bound, const std::vector<std::pair<uint64_t, uint64_t>>& hyper_from,
+                           std::vector<uint32_t>* removed, std::vector<uint32_t>* undropped) {
+  // Hyperparameters each table gets back: the first record that names it
+  // (and whose min_created it meets) wins.
+  std::vector<const double*> hyper(kMaxTables, nullptr);
+  for (auto& [off, min_created] : hyper_from) {
+    const PCkpt* c = ckpt_at(off);
+    const PCkptTable* ct = reinterpret_cast<const PCkptTable*>(c + 1);
+    for (uint32_t i = 0; i < c->ntables; i++) {
+      const uint32_t idx = ct[i].idx;
+      if (idx < kMaxTables && !hyper[idx] && tables_[idx] && tables_[idx]->created_epoch >= min_created) hyper[idx] = ct[i].hyper;
+    }
   }
-  return back;
+  for (auto& t : tables_) {
+    if (!t || !t->d) continue;
+    PTable* d = t->d;
+    // A drop at or before C is permanent: no durable checkpoint predates it.
+    const bool gone = (rewind && d->created_epoch > bound) || (d->dropped_epoch != 0 && d->dropped_epoch <= root_->c_epoch);
+    const bool back = !gone && rewind && d->dropped_epoch > bound;
+    const double* h = gone ? nullptr : hyper[t->idx];
+    if (!gone && !back && (!h || std::memcmp(h, d->hyper, sizeof d->hyper) == 0)) continue;
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_, TxLog::Bounded);
+    tx.add(d, sizeof(PTable));
+    if (gone) {
+      d->state = kTableGarbage;
+      d->reclaim_pos = 0;
+    } else {
+      if (back) d->dropped_epoch = 0;
+      if (h) std::memcpy(d->hyper, h, sizeof d->hyper);
+    }
+    d->checksum = Pool::table_sum(d);
+    tx.commit();
+    if (gone) removed->push_back(t->idx);
+    if (back) undropped->push_back(t->idx);
+    failpoint("settle.step");
+  }
 }
 
-std::vector<uint32_t> Engine::free_dropped(Tx& tx, uint64_t epoch) {
-  std::vector<uint32_t> freed;
-  for (auto& t : tables_) {
-    if (!t || t->dropped_epoch == 0 || t->dropped_epoch > epoch) continue;
-    free_table_storage(tx, *t);
-    tx.add(t->d, sizeof(PTable));
-    std::memset(t->d, 0, sizeof(PTable));
-    freed.push_back(t->idx);
+void Engine::reclaim() {
+  // Errors leave the rest for the next call (or open): the operation that
+  // made the garbage has committed and must not be reported as failed.
+  try {
+    PTable* ts = pool_->at<PTable>(root_->tables_off);
+    for (uint32_t i = 0; i < kMaxTables; i++) {
+      while (__atomic_load_n(&ts[i].state, __ATOMIC_ACQUIRE) == kTableGarbage) {
+        reclaim_step(&ts[i]);
+        failpoint("reclaim.step");
+      }
+    }
+  } catch (const Error&) {
   }
-  return freed;
+}
+
+// One bounded transaction: slabs (last first), then the slab arrays, then
+// the index segments (directory order, from reclaim_pos), then the
+// directory, the slab table and the descriptor itself. Every free and the
+// progress that records it commit together, so a crash never frees twice.
+void Engine::reclaim_step(PTable* d) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  Tx tx(*pool_, TxLog::Bounded);
+  tx.add(d, sizeof(PTable));
+  uint32_t n = 0;
+  const uint64_t* top = pool_->at<uint64_t>(d->slab_top);
+  while (n + 2 <= kReclaimBatch && d->slab_count > 0) {
+    const uint64_t s = d->slab_count - 1;
+    tx.free(pool_->at<uint64_t>(top[s / kSlabChunk])[s % kSlabChunk]);
+    n++;
+    // A slab array is allocated with the first slab it holds (alloc_slab):
+    // it goes with that slab.
+    if (s % kSlabChunk == 0) {
+      tx.free(top[s / kSlabChunk]);
+      n++;
+    }
+    d->slab_count = s;
+  }
+  bool segs_done = d->slab_count == 0 && n < kReclaimBatch;
+  if (segs_done) {
+    const uint64_t* segs = Index::dir_segments(*pool_, d->index_dir);
+    const uint64_t entries = Index::dir_entries(*pool_, d->index_dir);
+    uint64_t i = d->reclaim_pos;
+    for (; i < entries && n < kReclaimBatch; i++) {
+      // Entries naming one segment are contiguous: free it at its first.
+      if (i > 0 && segs[i] == segs[i - 1]) continue;
+      tx.free(segs[i]);
+      n++;
+    }
+    d->reclaim_pos = i;
+    segs_done = i == entries;
+  }
+  if (segs_done && n + 2 <= kReclaimBatch) {
+    tx.free(d->index_dir);
+    tx.free(d->slab_top);
+    std::memset(d, 0, sizeof(PTable));
+  } else {
+    d->checksum = Pool::table_sum(d);
+  }
+  tx.commit();
 }
 
 void Engine::purge_cache(uint32_t table) {
@@ -291,13 +368,20 @@ void Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
     else merged.push_back(r);
   }
   if (merged.size() > root_->dead_cap) {
+    // Not reached while prepare keeps room for two more ranges (see
+    // prepare_finish); kept so that an older pool still records its dead epochs.
     const uint64_t cap = std::max<uint64_t>(root_->dead_cap * 2, merged.size());
     const uint64_t off = tx.alloc(sizeof(DeadRange) * cap, true);
     tx.free(root_->dead_off);
     root_->dead_off = off;
     root_->dead_cap = cap;
   } else {
-    tx.add(pool_->at<DeadRange>(root_->dead_off), sizeof(DeadRange) * merged.size());
+    // Only the tail changes (new ranges are above all old ones): snapshot
+    // from the first entry that differs, which keeps the snapshot bounded.
+    size_t first = 0;
+    while (first < merged.size() && first < dead_.size() && merged[first].lo == dead_[first].lo && merged[first].hi == dead_[first].hi) first++;
+    if (first < merged.size())
+      tx.add(pool_->at<DeadRange>(root_->dead_off) + first, sizeof(DeadRange) * (merged.size() - first));
   }
   std::memcpy(pool_->at<DeadRange>(root_->dead_off), merged.data(), sizeof(DeadRange) * merged.size());
   root_->dead_count = merged.size();
@@ -529,11 +613,16 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
                                     ": raise the cache size to at least " + std::to_string(need_mb + 1) + " MiB");
   }
   uint32_t idx = kMaxTables;
-  for (uint32_t i = 0; i < kMaxTables; i++)
-    if (!tables_[i]) {
-      idx = i;
-      break;
-    }
+  {
+    // A garbage slot (storage still being freed) is not free yet.
+    std::lock_guard<std::mutex> g(tx_mu_);
+    const PTable* ts = mem_ ? nullptr : pool_->at<PTable>(root_->tables_off);
+    for (uint32_t i = 0; i < kMaxTables; i++)
+      if (!tables_[i] && (!ts || ts[i].state == kTableFree)) {
+        idx = i;
+        break;
+      }
+  }
   if (idx == kMaxTables) fail(Code::OutOfSpace, "at most " + std::to_string(kMaxTables) + " tables");
 
   auto t = std::make_unique<Table>();
@@ -590,7 +679,7 @@ void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
                                     "momentum on/off or centered); create a new table instead");
   if (!mem_) {
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(t->d, sizeof(PTable));
     std::memcpy(t->d->hyper, opt.h, sizeof t->d->hyper);
     t->d->checksum = Pool::table_sum(t->d);
@@ -613,15 +702,12 @@ void Engine::drop_table(const std::string& name) {
   const bool in_checkpoint = t->created_epoch <= durable;
   {
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(t->d, sizeof(PTable));
-    if (in_checkpoint) {
-      t->d->dropped_epoch = cur_epoch_;
-      t->d->checksum = Pool::table_sum(t->d);
-    } else {
-      free_table_storage(tx, *t);
-      std::memset(t->d, 0, sizeof(PTable));
-    }
+    // A table no durable checkpoint holds is garbage at once.
+    if (in_checkpoint) t->d->dropped_epoch = cur_epoch_;
+    else t->d->state = kTableGarbage;
+    t->d->checksum = Pool::table_sum(t->d);
     failpoint("drop_table.mid_tx");
     tx.commit();
   }
@@ -629,6 +715,10 @@ void Engine::drop_table(const std::string& name) {
   if (in_checkpoint) t->dropped_epoch = cur_epoch_;
   else tables_[t->idx].reset();
   rebuild_names();
+  if (!in_checkpoint) {
+    el.unlock();  // nothing reaches a garbage table: pushes need not wait for the frees
+    reclaim();
+  }
 }
 
 std::vector<TableInfo> Engine::list_tables() {
@@ -645,42 +735,6 @@ std::vector<TableInfo> Engine::list_tables() {
 uint32_t Engine::dim_of(const std::string& name) {
   std::shared_lock<RwLock> el(epoch_mu_);
   return find_table(name)->dim;
-}
-
-std::vector<uint32_t> Engine::remove_tables_after(Tx& tx, uint64_t epoch) {
-  std::vector<uint32_t> removed;
-  for (auto& t : tables_) {
-    if (!t || t->created_epoch <= epoch) continue;
-    if (t->d) {
-      free_table_storage(tx, *t);
-      tx.add(t->d, sizeof(PTable));
-      std::memset(t->d, 0, sizeof(PTable));
-    }
-    removed.push_back(t->idx);
-  }
-  return removed;
-}
-
-void Engine::free_table_storage(Tx& tx, Table& t) {
-  PTable* d = t.d;
-  uint64_t* top = pool_->at<uint64_t>(d->slab_top);
-  for (uint64_t i = 0; i < d->slab_count; i++) tx.free(pool_->at<uint64_t>(top[i / kSlabChunk])[i % kSlabChunk]);
-  for (uint32_t c = 0; c < kSlabTop; c++)
-    if (top[c]) tx.free(top[c]);
-  tx.free(d->slab_top);
-  t.index->destroy(tx);
-}
-
-void Engine::restore_hyper(Tx& tx, uint64_t rec_off, uint64_t min_created) {
-  PCkpt* c = ckpt_at(rec_off);
-  PCkptTable* ct = reinterpret_cast<PCkptTable*>(c + 1);
-  for (uint32_t i = 0; i < c->ntables; i++) {
-    Table* t = ct[i].idx < kMaxTables ? tables_[ct[i].idx].get() : nullptr;
-    if (!t || t->created_epoch < min_created) continue;
-    tx.add(t->d, sizeof(PTable));
-    std::memcpy(t->d->hyper, ct[i].hyper, sizeof t->d->hyper);
-    t->d->checksum = Pool::table_sum(t->d);
-  }
 }
 
 // ========================================================= pull / push
@@ -1038,7 +1092,7 @@ void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::str
   std::unique_lock<RwLock> el(epoch_mu_);
   if (cur_epoch_ + 1 >= epoch_limit_) {
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     ensure_epochs(tx);
     tx.commit();
     epoch_limit_ = root_->next_epoch;
@@ -1095,13 +1149,27 @@ void Engine::prepare_finish(uint64_t id) {
     // Rows, their index slots and new rows' headers reach the media before
     // the record that makes them part of a checkpoint.
     pool_->persist_ranges();
+    // Every row the checkpoint may name is below rows_used before it is
+    // published. A raised rows_used is safe on its own (rows below it may
+    // hold dead versions only), so each table is raised in its own bounded
+    // transaction and the publish snapshots the root alone.
+    for (auto& sn : prep_snap_) raise_rows_used(tables_[sn.idx]->d, sn.rows);
     failpoint("prepare.before_publish");
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
+    tx.add(root_, sizeof(PRoot));
     const std::string& dense = prep_dense_;
     const std::string& meta = prep_meta_;
     const size_t body = sizeof(PCkptTable) * prep_snap_.size() + dense.size() + meta.size();
-    const uint64_t off = tx.alloc(sizeof(PCkpt) + body, false);
+    uint64_t off;
+    if (root_->spare_rec && root_->spare_cap >= sizeof(PCkpt) + body) {
+      // The spare is referenced by nothing but spare_rec: writing it before
+      // the publish commits is harmless if the publish never does.
+      off = root_->spare_rec;
+      root_->spare_rec = root_->spare_cap = 0;
+    } else {
+      off = tx.alloc(sizeof(PCkpt) + body, false);
+    }
     PCkpt* c = pool_->at<PCkpt>(off);
     std::memset(c, 0, sizeof(PCkpt));
     c->id = id;
@@ -1121,14 +1189,18 @@ void Engine::prepare_finish(uint64_t id) {
     uint64_t sum = fnv1a(c, sizeof(PCkpt));
     c->checksum = fnv1a(c + 1, body, sum);
     pool_->persist(c, sizeof(PCkpt) + body);
-    for (auto& sn : prep_snap_) {
-      PTable* d = tables_[sn.idx]->d;
-      if (d->rows_used >= sn.rows) continue;
-      tx.add(d, sizeof(PTable));
-      d->rows_used = sn.rows;
-      d->checksum = Pool::table_sum(d);
+    if (root_->dead_count + 2 > root_->dead_cap) {
+      // Until the next publish, dead ranges can start only above C or above
+      // P (every other one merges with them): with room for two more, no
+      // abort, rollback or recovery needs to grow the list on a full pool.
+      const uint64_t cap = std::max<uint64_t>(root_->dead_cap * 2, root_->dead_count + 2);
+      const uint64_t nd = tx.alloc(sizeof(DeadRange) * cap, true);
+      std::memcpy(pool_->at<DeadRange>(nd), pool_->at<DeadRange>(root_->dead_off), sizeof(DeadRange) * root_->dead_count);
+      pool_->persist(pool_->at<DeadRange>(nd), sizeof(DeadRange) * root_->dead_count);
+      tx.free(root_->dead_off);
+      root_->dead_off = nd;
+      root_->dead_cap = cap;
     }
-    tx.add(root_, sizeof(PRoot));
     root_->p_id = id;
     root_->p_epoch = p_epoch_;
     root_->p_rec = off;
@@ -1172,25 +1244,30 @@ void Engine::commit(uint64_t id) {
     return;
   }
   failpoint("commit.before_publish");
-  std::vector<uint32_t> freed;
   {
+    // The decision: the root alone, at most two frees (the old record or
+    // the spare). Bounded, so a commit works on a full pool.
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     const uint64_t old = root_->c_rec;
     root_->c_id = root_->p_id;
     root_->c_epoch = root_->p_epoch;
     root_->c_rec = root_->p_rec;
     root_->p_id = root_->p_epoch = root_->p_rec = 0;
-    if (old) tx.free(old);
-    if (recovering_) restore_hyper(tx, root_->c_rec, 0);
-    // No durable checkpoint is older than this one any more: tables dropped
-    // before its boundary can never come back.
-    freed = free_dropped(tx, root_->c_epoch);
+    if (old) retire_record(tx, old);
     persist_root(tx);
     tx.commit();
   }
   failpoint("commit.after_publish");
+  // No durable checkpoint is older than this one any more: tables dropped
+  // before its boundary can never come back and become garbage. After a
+  // crash the committed checkpoint's hyperparameters are the live ones.
+  // (A crash before this is done: open settles the same way.)
+  std::vector<uint32_t> freed, none;
+  std::vector<std::pair<uint64_t, uint64_t>> hyper;
+  if (recovering_) hyper.emplace_back(root_->c_rec, 0);
+  settle_tables(false, root_->c_epoch, hyper, &freed, &none);
   c_id_ = p_id_;
   c_epoch_ = p_epoch_;
   p_active_ = false;
@@ -1205,6 +1282,31 @@ void Engine::commit(uint64_t id) {
   for (uint32_t i : freed) tables_[i].reset();
   rebuild_names();
   pushes_blocked_ = false;
+  if (!freed.empty()) {
+    el.unlock();
+    reclaim();
+  }
+}
+
+void Engine::raise_rows_used(PTable* d, uint64_t rows) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  if (d->rows_used >= rows) return;
+  Tx tx(*pool_, TxLog::Bounded);
+  tx.add(d, sizeof(PTable));
+  d->rows_used = rows;
+  d->checksum = Pool::table_sum(d);
+  tx.commit();
+}
+
+void Engine::retire_record(Tx& tx, uint64_t off) {
+  const uint64_t cap = usable(off);
+  if (cap <= root_->spare_cap) {
+    tx.free(off);
+    return;
+  }
+  if (root_->spare_rec) tx.free(root_->spare_rec);
+  root_->spare_rec = off;
+  root_->spare_cap = cap;
 }
 
 void Engine::abort(uint64_t id) {
@@ -1218,7 +1320,7 @@ void Engine::abort(uint64_t id) {
     // Never prepared here: remember the id so a late prepare of it is refused.
     if (!mem_) {
       std::lock_guard<std::mutex> g(tx_mu_);
-      Tx tx(*pool_);
+      Tx tx(*pool_, TxLog::Bounded);
       tx.add(root_, sizeof(PRoot));
       root_->last_id = id;
       persist_root(tx);
@@ -1237,21 +1339,19 @@ void Engine::abort(uint64_t id) {
   std::vector<uint32_t> removed, undropped;
   {
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     const uint64_t rec = root_->p_rec;
     root_->p_id = root_->p_epoch = root_->p_rec = 0;
-    if (recovering_) {
-      // After a crash the prepared epochs hold the only versions above the
-      // committed checkpoint: dropping the checkpoint makes them dead.
-      add_dead(tx, c_epoch_ + 1, p_epoch_);
-      removed = remove_tables_after(tx, c_epoch_);
-      undropped = undrop_after(tx, c_epoch_);
-    }
-    tx.free(rec);
+    // After a crash the prepared epochs hold the only versions above the
+    // committed checkpoint: dropping the checkpoint makes them dead.
+    if (recovering_) add_dead(tx, c_epoch_ + 1, p_epoch_);
+    retire_record(tx, rec);
     persist_root(tx);
     tx.commit();
   }
+  // The tables go back to C as well (a crash first: open does the same).
+  if (recovering_) settle_tables(true, c_epoch_, {}, &removed, &undropped);
   for (uint32_t i : removed) tables_[i].reset();
   for (uint32_t i : undropped)
     if (tables_[i]) tables_[i]->dropped_epoch = 0;
@@ -1263,6 +1363,10 @@ void Engine::abort(uint64_t id) {
   }
   rebuild_names();
   pushes_blocked_ = false;
+  if (!removed.empty()) {
+    el.unlock();
+    reclaim();
+  }
 }
 
 void Engine::rollback() {
@@ -1277,30 +1381,36 @@ void Engine::rollback() {
     return;
   }
   failpoint("rollback.before_publish");
-  std::vector<uint32_t> removed, undropped;
   {
     // Everything written since the committed checkpoint becomes dead: a cost
     // of one small transaction plus dropping the (bounded) cache.
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     add_dead(tx, c_epoch_ + 1, root_->next_epoch - 1);
-    removed = remove_tables_after(tx, c_epoch_);
-    undropped = undrop_after(tx, c_epoch_);
-    if (root_->c_rec) restore_hyper(tx, root_->c_rec, 0);
     cur_epoch_ = root_->next_epoch;
     root_->next_epoch = cur_epoch_ + 2;
     persist_root(tx);
     tx.commit();
   }
   epoch_limit_ = root_->next_epoch;
+  failpoint("rollback.after_publish");
+  // Tables back to how C had them, one bounded transaction each; a crash
+  // before this is done ends at C too (open settles the same way).
+  std::vector<uint32_t> removed, undropped;
+  std::vector<std::pair<uint64_t, uint64_t>> hyper;
+  if (root_->c_rec) hyper.emplace_back(root_->c_rec, 0);
+  settle_tables(true, c_epoch_, hyper, &removed, &undropped);
   for (uint32_t i : removed) tables_[i].reset();
   for (uint32_t i : undropped)
     if (tables_[i]) tables_[i]->dropped_epoch = 0;
   rebuild_names();
   reload_hyper();
-  failpoint("rollback.after_publish");
   drop_cache();
+  if (!removed.empty()) {
+    el.unlock();
+    reclaim();
+  }
 }
 
 bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta) {
@@ -1332,6 +1442,12 @@ void Engine::close(const std::string& record) {
     closed_ = true;
     return;
   }
+  if (record.size() > root_->close_cap) {
+    // Normally reserved ahead (the server does, before acknowledging what
+    // makes its record grow); failing here leaves the pool as after a crash.
+    std::lock_guard<std::mutex> g(tx_mu_);
+    grow_close_slot(record.size());
+  }
   for (int i = 0; i < kStripes; i++) {
     Stripe& s = stripes_[i];
     std::lock_guard<std::mutex> g(s.mu);
@@ -1345,16 +1461,20 @@ void Engine::close(const std::string& record) {
     if (i == kStripes / 2) failpoint("close.mid_writeback");
   }
   pool_->persist_ranges();
+  if (!record.empty()) {
+    // The slot is read only when clean == 1, which is 0 while the pool is open.
+    char* dst = pool_->at<char>(root_->close_slot);
+    std::memcpy(dst, record.data(), record.size());
+    pool_->persist(dst, record.size());
+  }
+  // rows_used first, one bounded transaction per table (raising it is safe
+  // on its own), then the clean mark: the root alone.
+  for (auto& t : tables_)
+    if (t) raise_rows_used(t->d, t->r_next.load());
   failpoint("close.before_clean_mark");
   {
     std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
-    for (auto& t : tables_) {
-      if (!t) continue;
-      tx.add(t->d, sizeof(PTable));
-      t->d->rows_used = t->r_next.load();
-      t->d->checksum = Pool::table_sum(t->d);
-    }
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     // Closed while recovering (a checkpoint prepared before a crash is still
     // unresolved): the next open must recover again, so the stop does not
@@ -1362,15 +1482,7 @@ void Engine::close(const std::string& record) {
     root_->clean = recovering_ ? 0 : 1;
     // The record is only read when clean == 1, which this same transaction
     // sets: a crash anywhere before the commit leaves the old clean == 0.
-    if (root_->close_rec) tx.free(root_->close_rec);
-    root_->close_rec = 0;
     root_->close_len = record.size();
-    if (!record.empty()) {
-      root_->close_rec = tx.alloc(record.size(), false);
-      char* dst = pool_->at<char>(root_->close_rec);
-      std::memcpy(dst, record.data(), record.size());
-      pool_->persist(dst, record.size());
-    }
     persist_root(tx);
     tx.commit();
   }
@@ -1380,6 +1492,42 @@ void Engine::close(const std::string& record) {
   pool_.reset();
   root_ = nullptr;
   closed_ = true;
+}
+
+uint64_t Engine::reserve_close_record(uint64_t bytes) {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  std::lock_guard<std::mutex> g(tx_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (mem_) return 1ULL << 53;  // nothing is written at close
+  return grow_close_slot(bytes);
+}
+
+uint64_t Engine::grow_close_slot(uint64_t bytes) {
+  if (bytes <= root_->close_cap) return root_->close_cap;
+  // Geometric growth keeps reallocations rare; the exact size is the
+  // fallback when the pool has no room for more.
+  const uint64_t more = std::max(bytes, root_->close_cap + root_->close_cap / 2);
+  for (uint64_t want : {more, bytes}) {
+    try {
+      Tx tx(*pool_);
+      const uint64_t off = tx.alloc(want, false);
+      tx.add(root_, sizeof(PRoot));
+      // The old slot's content matters only after a clean close, not while open.
+      if (root_->close_slot) tx.free(root_->close_slot);
+      root_->close_slot = off;
+      root_->close_cap = usable(off);
+      root_->close_len = 0;
+      persist_root(tx);
+      tx.commit();
+      return root_->close_cap;
+    } catch (const Error& e) {
+      if (e.code() != Code::OutOfSpace) throw;
+      if (want == bytes)
+        fail(Code::OutOfSpace, "the pool (" + std::to_string(pool_->size() >> 20) + " MiB) has no room to reserve " + std::to_string(bytes) +
+                                   " bytes for the clean-stop record (" + std::to_string(root_->close_cap) + " reserved); free space or use a larger pool");
+    }
+  }
+  return root_->close_cap;
 }
 
 Stats Engine::stats() {
@@ -1404,6 +1552,11 @@ Stats Engine::stats() {
   st.last_id = last_id_;
   st.epoch = cur_epoch_;
   st.max_push_wait_us = max_wait_us_;
+  if (!mem_) {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    const PTable* ts = pool_->at<PTable>(root_->tables_off);
+    for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;
+  }
   return st;
 }
 
@@ -1451,7 +1604,7 @@ uint64_t Engine::raise_ballot(uint64_t b) {
     return mem_ballot_;
   }
   if (b > root_->ballot) {
-    Tx tx(*pool_);
+    Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     root_->ballot = b;
     persist_root(tx);
@@ -1503,7 +1656,7 @@ Engine::Identity Engine::set_identity(const Identity& id) {
     mem_identity_ = id;
     return id;
   }
-  Tx tx(*pool_);
+  Tx tx(*pool_, TxLog::Bounded);
   tx.add(root_, sizeof(PRoot));
   root_->cluster_id[0] = id.cluster_hi;
   root_->cluster_id[1] = id.cluster_lo;

@@ -58,6 +58,7 @@ struct TableInfo {
 struct Stats {
   uint64_t cache_bytes, cache_budget, cache_rows, hits, misses, evictions, writebacks, flushes;
   uint64_t pool_bytes, pool_used, committed, prepared, last_id, epoch, max_push_wait_us;
+  uint64_t garbage_tables;  // removed tables whose storage is still being freed
 };
 
 class Engine {
@@ -93,8 +94,14 @@ class Engine {
   bool committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta);
   Stats stats();
   // Writes back every dirty row and marks the pool clean; `record` is kept
-  // with the clean mark and handed back by the next open (OpenInfo).
+  // with the clean mark and handed back by the next open (OpenInfo). It is
+  // written into the slot reserve_close_record() keeps, so a close never
+  // allocates when the record fits in it.
   void close(const std::string& record = std::string());
+  // Makes the pool hold room for a close record of `bytes` bytes (grows the
+  // reserved slot in its own transaction); OUT_OF_SPACE when the pool cannot.
+  // Returns the room reserved. Reservations only grow.
+  uint64_t reserve_close_record(uint64_t bytes);
 
   // Cluster bookkeeping kept durably in the pool (used by the server).
   // raise_ballot records max(current, b) and returns it.
@@ -174,11 +181,33 @@ class Engine {
   // names_ maps each visible table's name to its slot; rebuilt after every
   // change of the set of tables or of the read bound.
   void rebuild_names();
-  // Clears (in tx) the drop mark of tables dropped after `epoch`; returns
-  // their slots, whose objects the caller clears once the tx committed.
-  std::vector<uint32_t> undrop_after(Tx& tx, uint64_t epoch);
-  // Frees (in tx) the tables dropped at or before `epoch`; returns their slots.
-  std::vector<uint32_t> free_dropped(Tx& tx, uint64_t epoch);
+  // The tables' side of a checkpoint decision (commit, abort, rollback,
+  // crash recovery), one bounded transaction per table, after the root
+  // transaction that made the decision durable. Each step is a function of
+  // the durable root and the checkpoint records, so a crash halfway is
+  // finished by open, which settles again for the same bound.
+  //  * a table dropped at or before C becomes garbage (the drop is final);
+  //  * rewind (the state goes back to `bound`): a table created after it
+  //    becomes garbage, one dropped after it is live again;
+  //  * hyper_from {record, min_created}: a table the record names (and
+  //    created at or after min_created) gets its hyperparameters back.
+  // Returns the slots removed and undropped; the caller updates tables_.
+  void settle_tables(bool rewind, uint64_t bound, const std::vector<std::pair<uint64_t, uint64_t>>& hyper_from,
+                     std::vector<uint32_t>* removed, std::vector<uint32_t>* undropped);
+  // Deferred frees. A transaction that must not fail for lack of space only
+  // marks a table's storage as garbage; reclaim() then frees it
+  // kReclaimBatch objects per bounded transaction, each recording its
+  // progress in the PTable, so a crash resumes where it stopped (at open).
+  // Freeing needs no space, so it cannot fail on a full pool either.
+  void reclaim();
+  void reclaim_step(PTable* d);
+  static constexpr uint32_t kReclaimBatch = 16;  // frees per transaction: well inside the lane's redo log
+  void raise_rows_used(PTable* d, uint64_t rows);  // in its own bounded transaction
+  // Keeps a retired checkpoint record's storage as the spare for the next
+  // prepare (the larger of it and the current spare), frees the other.
+  void retire_record(Tx& tx, uint64_t off);
+  uint64_t grow_close_slot(uint64_t bytes);  // caller holds tx_mu_
+  uint64_t usable(uint64_t off) const;
   void purge_cache(uint32_t table);
 
   bool is_dead(uint64_t e) const;
@@ -198,15 +227,7 @@ class Engine {
   uint64_t reserve_row(Table& t, uint64_t key);
   void alloc_slab(Table& t);
   void drop_cache();
-  void free_table_storage(Tx& tx, Table& t);
-  // Frees (in tx) the tables created after `epoch`; returns their slots, whose
-  // objects the caller drops once the transaction committed.
-  std::vector<uint32_t> remove_tables_after(Tx& tx, uint64_t epoch);
   void drop_table_object(uint32_t idx);
-  // Copies a checkpoint's hyperparameters into the table descriptors (in tx)
-  // for tables created at or after min_created; reload_hyper() then updates
-  // the live copies.
-  void restore_hyper(Tx& tx, uint64_t rec_off, uint64_t min_created);
   void reload_hyper();
   void add_dead(Tx& tx, uint64_t lo, uint64_t hi);
   void persist_root(Tx& tx) { root_->checksum = Pool::root_sum(root_); (void)tx; }

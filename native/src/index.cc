@@ -28,20 +28,6 @@ uint64_t Index::create(Pool& pool, Tx& tx) {
   return d;
 }
 
-void Index::destroy(Tx& tx) {
-  Dir* d = dir();
-  const uint64_t n = 1ULL << d->global_depth;
-  uint64_t prev = 0;
-  for (uint64_t i = 0; i < n; i++) {
-    // Entries pointing to one segment are contiguous: free each segment once.
-    if (d->segs[i] != prev) {
-      prev = d->segs[i];
-      tx.free(prev);
-    }
-  }
-  tx.free(desc_->index_dir);
-}
-
 uint64_t Index::lookup(uint64_t key) const {
   const uint64_t h = hash(key);
   const Segment* s = segment_for(h);

@@ -35,8 +35,10 @@ class Index {
   Index(Pool& pool, PTable* desc, std::mutex* tx_mu) : pool_(pool), desc_(desc), tx_mu_(tx_mu) {}
   // Creates an empty index inside the caller's transaction; returns the directory offset.
   static uint64_t create(Pool& pool, Tx& tx);
-  // Frees every segment and the directory inside the caller's transaction.
-  void destroy(Tx& tx);
+  // The directory at dir_off, read without an Index (freeing a dropped
+  // table's storage): its entry count and its segment offsets.
+  static uint64_t dir_entries(const Pool& pool, uint64_t dir_off) { return 1ULL << pool.at<Dir>(dir_off)->global_depth; }
+  static const uint64_t* dir_segments(const Pool& pool, uint64_t dir_off) { return pool.at<Dir>(dir_off)->segs; }
 
   // Caller holds mu() shared. Returns the ref stored for key, or 0.
   uint64_t lookup(uint64_t key) const;

@@ -17,6 +17,13 @@
 //  * PTable.rows_used covers every row that may hold a live version; rows
 //    beyond it hold only dead versions or nothing, and index slots that
 //    point past it are ignored.
+//  * Nothing that must succeed on a full pool allocates: commit, abort,
+//    rollback, crash recovery, drop and clean close are made of bounded
+//    transactions (pool.h: TxLog::Bounded) that fit in libpmemobj's lane
+//    logs; they mark the storage of tables they remove as garbage
+//    (PTable.state 2) instead of freeing it, and the close record goes into
+//    a slot reserved ahead (PRoot.close_slot). Garbage is freed afterwards,
+//    a bounded number of objects per transaction, resumed at open.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -25,11 +32,10 @@ namespace pmemps {
 
 constexpr const char* kLayoutName = "pmemps-v1";
 constexpr uint64_t kMagic = 0x31304d4550534d50ULL;  // "PMSPEM01"
-// Version 4 added PRoot.identity_sealed in the upper half of what version 3
-// stored as a 64-bit shard count (a wire uint32, so that half was 0); open
-// upgrades a version-3 pool in place (Engine::open_pool).
+// Version 4: the shard identity's seal (PRoot.identity_sealed), the close
+// record's reserved slot, the spare checkpoint record and garbage table
+// descriptors freed in bounded steps. Older pools are refused, unchanged.
 constexpr uint32_t kLayoutVersion = 4;
-constexpr uint32_t kLayoutVersionSealless = 3;
 constexpr uint32_t kMaxTables = 256;
 constexpr uint32_t kSlots = 3;
 constexpr uint32_t kMaxHyperP = 8;
@@ -42,8 +48,16 @@ struct DeadRange {
   uint64_t lo, hi;  // epochs lo..hi inclusive are dead
 };
 
+// PTable.state
+constexpr uint32_t kTableFree = 0;
+constexpr uint32_t kTableLive = 1;
+// No longer part of any state (freed by a commit, removed by a rollback or
+// a crash, dropped outside every checkpoint): its storage is being freed a
+// bounded number of objects per transaction; the slot is not reused before.
+constexpr uint32_t kTableGarbage = 2;
+
 struct PTable {
-  uint32_t state;  // 0 free, 1 live
+  uint32_t state;  // kTableFree, kTableLive or kTableGarbage
   uint32_t dim;
   uint32_t opt;
   uint32_t init;
@@ -65,6 +79,8 @@ struct PTable {
   // commit of a checkpoint taken after the drop frees it, and a crash or
   // rollback to a point before the drop clears the mark.
   uint64_t dropped_epoch;
+  // Garbage only: index directory entries below it have had their segments freed.
+  uint64_t reclaim_pos;
   uint64_t checksum;
 };
 
@@ -89,17 +105,17 @@ struct PRoot {
   uint32_t identity_sealed;
   uint64_t opens;
   // The server's record of a clean close (its exactly-once push table, dense
-  // tensors, lineage): written by close() in the transaction that sets
-  // clean = 1, so it is valid exactly when clean is. 0 = none.
-  uint64_t close_rec, close_len;
+  // tensors, lineage) lives in close_slot, an allocation of close_cap usable
+  // bytes reserved ahead (reserve_close_record) so that close never
+  // allocates. close() writes the record into the slot, then sets close_len
+  // in the transaction that sets clean = 1: it is valid exactly when clean is.
+  uint64_t close_slot, close_cap, close_len;
+  // Storage of a superseded or aborted checkpoint record, kept for the next
+  // prepare to write into (0 = none): checkpoints of a steady size never
+  // allocate, so they keep working on a full pool.
+  uint64_t spare_rec, spare_cap;
   uint64_t checksum;
 };
-
-// Version 3 had these words at the same offsets (little-endian), which is
-// what makes the in-place upgrade a matter of setting the seal word.
-static_assert(offsetof(PRoot, cluster_id) == 120 && offsetof(PRoot, shard_count) == 144 && offsetof(PRoot, identity_sealed) == 148 &&
-                  offsetof(PRoot, opens) == 152 && offsetof(PRoot, checksum) == 176,
-              "PRoot layout changed: bump kLayoutVersion (test/identity.test.ts writes version-3 roots at these offsets)");
 
 // A checkpoint record: fixed header, then ntables PCkptTable, then the dense
 // blob and the metadata blob.

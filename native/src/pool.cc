@@ -73,10 +73,25 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir +
         throw Error(Code::Corrupt, "cannot open pool " + path_ + ": " + m + "; check it with `pmemps-check`");
       }
     }
+    if (!created_ && pmemobj_root_size(pop_) != sizeof(PRoot)) {
+      // Another layout version: say which, without pmemobj_root() growing
+      // (and so changing) the old pool's root to this build's size.
+      const size_t rs = pmemobj_root_size(pop_);
+      const PMEMoid old = rs >= 16 ? pmemobj_root(pop_, rs) : OID_NULL;
+      const char* p = OID_IS_NULL(old) ? nullptr : static_cast<const char*>(pmemobj_direct(old));
+      uint64_t magic = 0;
+      uint32_t version = 0;
+      if (p) {
+        std::memcpy(&magic, p, 8);
+        std::memcpy(&version, p + 8, 4);
+      }
+      if (magic == kMagic)
+        throw Error(Code::Incompatible, "pool " + path_ + " has layout version " + std::to_string(version) + "; this build reads version " +
+                                            std::to_string(kLayoutVersion) + " (move the pool aside or use the build that wrote it)");
+      throw Error(Code::Incompatible, "pool " + path_ + " has a root object of another size: not a pmemps pool");
+    }
     PMEMoid r = pmemobj_root(pop_, sizeof(PRoot));
     if (OID_IS_NULL(r)) throw Error(Code::Corrupt, "pool " + path_ + " has no root object: " + pmem_err());
-    if (pmemobj_root_size(pop_) != sizeof(PRoot))
-      throw Error(Code::Incompatible, "pool " + path_ + " has a root object of another size: not a pmemps v1 pool");
     uuid_lo_ = r.pool_uuid_lo;
     root_ = static_cast<PRoot*>(pmemobj_direct(r));
     if (stat(path_.c_str(), &st) == 0) size_ = static_cast<uint64_t>(st.st_size);
@@ -168,10 +183,21 @@ uint64_t Pool::used_bytes() {
   return total;
 }
 
-Tx::Tx(Pool& pool) : pool_(pool) {
+Tx::Tx(Pool& pool, TxLog log) : pool_(pool), bounded_(log == TxLog::Bounded) {
   if (pmemobj_tx_begin(pool_.pop(), nullptr, TX_PARAM_NONE) != 0)
     throw Error(Code::Io, std::string("cannot begin a pool transaction: ") + pmem_err());
   active_ = true;
+  // Extending the undo log allocates from the heap. A bounded transaction
+  // must not (it has to work on a full pool), and it fails on every pool,
+  // full or not, when it outgrows the lane's log, so tests catch that.
+  // (libpmemobj resets this at every transaction begin.)
+  if (bounded_ && pmemobj_tx_log_auto_alloc(TX_LOG_TYPE_SNAPSHOT, 0) != 0) {
+    const std::string m = pmem_err();
+    if (pmemobj_tx_stage() == TX_STAGE_WORK) pmemobj_tx_abort(ECANCELED);
+    pmemobj_tx_end();  // the destructor does not run for a constructor that throws
+    active_ = false;
+    throw Error(Code::Internal, "cannot configure the transaction log: " + m);
+  }
 }
 
 Tx::~Tx() {
@@ -181,8 +207,11 @@ Tx::~Tx() {
 }
 
 void Tx::add(void* p, size_t n) {
-  if (pmemobj_tx_xadd_range_direct(p, n, POBJ_XADD_NO_ABORT) != 0)
+  if (pmemobj_tx_xadd_range_direct(p, n, POBJ_XADD_NO_ABORT) != 0) {
+    if (bounded_)
+      throw Error(Code::Internal, std::string("a bounded pool transaction outgrew its log (a bug: please report it): ") + pmem_err());
     throw Error(errno == ENOMEM ? Code::OutOfSpace : Code::Io, std::string("pool transaction failed: ") + pmem_err());
+  }
 }
 
 uint64_t Tx::alloc(size_t n, bool zero) {

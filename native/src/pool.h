@@ -88,12 +88,22 @@ class Pool {
   uint64_t flush_calls_ = 0;
 };
 
+// Bounded: the transaction's snapshots fit in the lane's own undo log
+// (measured with libpmemobj 1.12: the root and five table descriptors) and
+// its frees and allocations in the lane's redo log (~40 entries), so
+// libpmemobj never allocates log space from the heap for it: it cannot fail
+// on a full pool (unless it allocates itself). Everything that must work on
+// a full pool is made of bounded transactions. (libpmemobj's user log
+// buffers, pmemobj_tx_log_append_buffer, are no way out: its recovery of an
+// interrupted transaction frees such a buffer as if it owned it.)
+enum class TxLog { Auto, Bounded };
+
 // A libpmemobj transaction that reports failures as exceptions. Errors do not
 // longjmp (NO_ABORT flags): the operation throws, and the destructor aborts
 // the transaction, rolling back every snapshotted range and allocation.
 class Tx {
  public:
-  explicit Tx(Pool& pool);
+  explicit Tx(Pool& pool, TxLog log = TxLog::Auto);
   ~Tx();
   void add(void* p, size_t n);
   uint64_t alloc(size_t n, bool zero);
@@ -103,6 +113,7 @@ class Tx {
  private:
   Pool& pool_;
   bool active_ = false;
+  bool bounded_ = false;
 };
 
 }  // namespace pmemps
