@@ -15,7 +15,7 @@ import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { Barriers } from './barrier';
 import { log } from './log';
-import { makeHandlers, VERSION } from './service';
+import { makeHandlers, serverDefinition, VERSION } from './service';
 import { Shard } from './shard';
 import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard, type TransportLimits } from './transport-limits';
 
@@ -145,7 +145,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     ...transport.serverOptions(),
   } as grpc.ServerOptions);
   const barriers = new Barriers();
-  server.addService(parameterServerService().service, makeHandlers(shard, barriers, maxBytes, transport) as grpc.UntypedServiceImplementation);
+  server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport) as grpc.UntypedServiceImplementation);
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
 

@@ -49,6 +49,33 @@ function tableToWire(t: TableInfo): unknown {
   };
 }
 
+// ------------------------------------------------------------ undecodable requests
+
+// grpc-js answers a request its deserializer throws on with INTERNAL, as if
+// the server were at fault. The server's definition therefore decodes
+// through a wrapper that turns a bad body into a marked request, which the
+// handler wrapper refuses with INVALID_ARGUMENT.
+const UNDECODABLE = Symbol('undecodable');
+
+/** The service definition the server adds: the proto's, with bodies that do not decode refused as INVALID_ARGUMENT. */
+export function serverDefinition(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, m] of Object.entries(def)) {
+    const decode = m.requestDeserialize;
+    out[name] = {
+      ...m,
+      requestDeserialize: (b: Buffer) => {
+        try {
+          return decode(b);
+        } catch (e) {
+          return { [UNDECODABLE]: e instanceof Error ? e.message : String(e) };
+        }
+      },
+    };
+  }
+  return out as grpc.ServiceDefinition;
+}
+
 // ------------------------------------------------------------ handlers
 
 function denseToWire(dense: Map<string, Float32Array>): { name: string; values: Buffer }[] {
@@ -72,6 +99,8 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
     (call, cb) => {
       let p: unknown;
       try {
+        const bad = (call.request as Record<symbol, string> | null)?.[UNDECODABLE];
+        if (bad !== undefined) throw invalid(`the request is not a valid ${name} message of proto/pmemps.proto (${bad.slice(0, 200)})`);
         p = fn(call.request, call);
       } catch (e) {
         fail(name, e, cb);

@@ -283,6 +283,24 @@ describe('hostile input through the wire', () => {
     assert.deepEqual(f32(d), [Math.fround(3e38)]);
   });
 
+  test('a body that is no protobuf message is INVALID_ARGUMENT in every RPC, never INTERNAL', async () => {
+    const methods = Object.keys(parameterServerService().service);
+    assert.equal(methods.length, 16);
+    for (const m of methods)
+      for (const body of [Buffer.from([0xff]), Buffer.from([0x0f]), Buffer.from([0x08, 0x80])]) {
+        const r = await refusal(
+          new Promise((resolve, reject) =>
+            c.makeUnaryRequest(`/pmemps.v1.ParameterServer/${m}`, (b: Buffer) => b, (b: Buffer) => b, body, { deadline: Date.now() + 30_000 }, (err: grpc.ServiceError | null, res?: Buffer) =>
+              err ? reject(err) : resolve(res),
+            ),
+          ),
+        );
+        assert.equal(r.code, grpc.status.INVALID_ARGUMENT, `${m}: ${r.code} ${r.details}`);
+        assert.match(r.details, new RegExp(`not a valid ${m} message`));
+      }
+    assert.equal((await call(c, 'Status', {})).needs_restore, false, 'the server lives and answers');
+  });
+
   test('defect 7: many new worker ids never make a retry count twice; a forgotten seq is refused, and the SDK carries on', async () => {
     const st = await call(c, 'Status', {});
     const seq = Date.now() * 1000;
