@@ -54,6 +54,8 @@ export function parseOptions(argv: string[]): ServerOptions {
     .option('reply-mb', { type: 'number', default: num('reply-mb', D.replyMb), describe: 'unsent reply bytes all connections may hold, MiB; further pulls wait' })
     .option('stall-seconds', { type: 'number', default: num('stall-seconds', D.stallSeconds), describe: 'close a connection whose queued replies make no progress for this long; a pull waits at most twice this long for reply budget' })
     .option('request-seconds', { type: 'number', default: num('request-seconds', D.requestSeconds), describe: 'refuse and reset a request whose body has not fully arrived after this long' })
+    .option('recv-mb-per-connection', { type: 'number', default: num('recv-mb-per-connection', D.recvMbPerConnection), describe: 'bytes of requests not yet fully arrived one connection may have sent, MiB (above --max-message-mb); over it its newest such requests are refused (UNAVAILABLE)' })
+    .option('recv-mb', { type: 'number', default: num('recv-mb', D.recvMb), describe: 'bytes of requests not yet fully arrived all connections may have sent, MiB; over it the newest such requests of the connection holding the most are refused (UNAVAILABLE)' })
     .option('log-level', { type: 'string', default: env('log-level') ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level' })
     .version(VERSION)
     .strict()
@@ -65,8 +67,12 @@ export function parseOptions(argv: string[]): ServerOptions {
   if (!(a['cache-mb'] >= 1)) throw new Error('--cache-mb must be at least 1');
   if (!(a['max-message-mb'] >= 1 && a['max-message-mb'] <= 2047)) throw new Error('--max-message-mb must be in 1..2047');
   for (const o of ['max-connections', 'max-streams'] as const) if (!(Number.isInteger(a[o]) && a[o] >= 1)) throw new Error(`--${o} must be a positive integer, got ${a[o]}`);
-  for (const o of ['idle-seconds', 'reply-mb-per-connection', 'reply-mb', 'stall-seconds', 'request-seconds'] as const)
+  for (const o of ['idle-seconds', 'reply-mb-per-connection', 'reply-mb', 'stall-seconds', 'request-seconds', 'recv-mb-per-connection', 'recv-mb'] as const)
     if (!(a[o] > 0 && Number.isFinite(a[o]))) throw new Error(`--${o} must be a positive number, got ${a[o]}`);
+  // A request of the largest size (plus its 5-byte gRPC header) must be able to arrive.
+  if (!(a['recv-mb-per-connection'] > a['max-message-mb']))
+    throw new Error(`--recv-mb-per-connection (${a['recv-mb-per-connection']}) must be above --max-message-mb (${a['max-message-mb']}), or no request of the largest size could arrive`);
+  if (!(a['recv-mb'] >= a['recv-mb-per-connection'])) throw new Error(`--recv-mb (${a['recv-mb']}) must be at least --recv-mb-per-connection (${a['recv-mb-per-connection']})`);
   log.level = a['log-level'];
   return {
     bind: a.bind as string,
@@ -83,6 +89,8 @@ export function parseOptions(argv: string[]): ServerOptions {
       replyMb: a['reply-mb'],
       stallSeconds: a['stall-seconds'],
       requestSeconds: a['request-seconds'],
+      recvMbPerConnection: a['recv-mb-per-connection'],
+      recvMb: a['recv-mb'],
     },
   };
 }

@@ -22,6 +22,14 @@
 // - A request whose body has not fully arrived after --request-seconds is
 //   answered DEADLINE_EXCEEDED and its stream reset, freeing what grpc-js
 //   buffered of it.
+// - A byte budget of requests still arriving, per connection and in total.
+//   grpc-js reads HTTP/2 DATA as it comes (so flow-control windows bound
+//   nothing) and buffers a message until it is complete: without a budget,
+//   1,024 streams x --max-message-mb per connection, on many connections,
+//   run the server out of memory well within --request-seconds. A stream's
+//   bytes count from its first DATA to its end of stream (or its close);
+//   over the connection's budget its newest incomplete streams are refused,
+//   over the total the newest of the connection holding the most.
 //
 // The calls are seen through a grpc-js server interceptor (public API); the
 // connections through grpc-js's http2 servers, a private field (as
@@ -46,6 +54,10 @@ export interface TransportLimits {
   stallSeconds: number;
   /** A request whose body has not fully arrived after this long is refused and its stream reset. */
   requestSeconds: number;
+  /** Bytes of requests not yet complete one connection may have sent, MiB; above --max-message-mb, so one request always fits. */
+  recvMbPerConnection: number;
+  /** Bytes of requests not yet complete all connections together may have sent, MiB. */
+  recvMb: number;
 }
 
 /**
@@ -63,6 +75,8 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   replyMb: 256,
   stallSeconds: 20,
   requestSeconds: 60,
+  recvMbPerConnection: 256,
+  recvMb: 1024,
 };
 
 /** A reply refused for lack of reply budget: RESOURCE_EXHAUSTED (server/status-codes.ts). */
@@ -71,6 +85,21 @@ export class OverloadError extends Error {
 }
 
 const MB = 2 ** 20;
+
+/** A request stream whose body is still arriving. */
+interface Incoming {
+  stream: http2.ServerHttp2Stream;
+  conn: RecvConn;
+  /** DATA bytes received on it so far. */
+  bytes: number;
+}
+
+interface RecvConn {
+  session: http2.Http2Session;
+  /** Its incomplete requests, oldest first. */
+  incoming: Set<Incoming>;
+  bytes: number;
+}
 
 interface Conn {
   key: string;
@@ -151,10 +180,16 @@ export class TransportGuard {
   private readonly stallMs: number;
   private readonly requestMs: number;
   private readonly warn = new ThrottledLog();
+  private readonly recvConns = new Map<http2.Http2Session, RecvConn>();
+  private recvTotal = 0;
+  private readonly recvPerConnBytes: number;
+  private readonly recvTotalBytes: number;
 
   constructor(readonly limits: TransportLimits) {
     this.perConnBytes = limits.replyMbPerConnection * MB;
     this.totalBytes = limits.replyMb * MB;
+    this.recvPerConnBytes = limits.recvMbPerConnection * MB;
+    this.recvTotalBytes = limits.recvMb * MB;
     this.stallMs = limits.stallSeconds * 1000;
     this.requestMs = limits.requestSeconds * 1000;
   }
@@ -191,6 +226,13 @@ export class TransportGuard {
     let open = 0;
     for (const c of this.conns.values()) if (c.session) open++;
     return { unsentBytes: this.total, connections: open, waiting: this.waiters.length };
+  }
+
+  /** Bytes of requests still arriving, and how many such requests: for tests and logs. */
+  recvStats(): { incompleteBytes: number; incompleteRequests: number } {
+    let n = 0;
+    for (const rc of this.recvConns.values()) n += rc.incoming.size;
+    return { incompleteBytes: this.recvTotal, incompleteRequests: n };
   }
 
   /**
@@ -441,7 +483,109 @@ export class TransportGuard {
     }, this.requestMs);
     timer.unref();
     stream.once('close', () => clearTimeout(timer));
+    this.countIncoming(stream);
   }
+
+  // The bytes are counted from a 'data' listener beside grpc-js's: both get
+  // every chunk, and grpc-js has already paused the stream (it resumes it
+  // when it wants a message), so ours does not make it flow earlier. A
+  // chunk seen here is one grpc-js holds until the message is complete,
+  // the call is handled (a unary handler runs at end of stream) or the
+  // stream closes.
+  private countIncoming(stream: http2.ServerHttp2Stream): void {
+    const session = stream.session;
+    if (!session || session.destroyed || stream.destroyed) return;
+    let rc = this.recvConns.get(session);
+    if (!rc) {
+      const conn: RecvConn = { session, incoming: new Set(), bytes: 0 };
+      this.recvConns.set(session, conn);
+      session.once('close', () => {
+        for (const inc of conn.incoming) this.releaseIncoming(inc);
+        this.recvConns.delete(session);
+      });
+      rc = conn;
+    }
+    const inc: Incoming = { stream, conn: rc, bytes: 0 };
+    rc.incoming.add(inc);
+    const onData = (chunk: Buffer): void => {
+      if (!inc.conn.incoming.has(inc)) return;
+      inc.bytes += chunk.length;
+      inc.conn.bytes += chunk.length;
+      this.recvTotal += chunk.length;
+      if (inc.conn.bytes > this.recvPerConnBytes || this.recvTotal > this.recvTotalBytes) this.enforceRecv(inc.conn);
+    };
+    stream.on('data', onData);
+    const done = (): void => {
+      stream.off('data', onData);
+      this.releaseIncoming(inc);
+    };
+    stream.once('end', done);
+    stream.once('close', done);
+  }
+
+  private releaseIncoming(inc: Incoming): void {
+    if (!inc.conn.incoming.delete(inc)) return;
+    inc.conn.bytes -= inc.bytes;
+    this.recvTotal -= inc.bytes;
+    inc.bytes = 0;
+  }
+
+  // Newest first: on a connection those are the streams that pushed it over
+  // and have the least sent (cheapest to send again); older ones complete.
+  private enforceRecv(rc: RecvConn): void {
+    while (rc.bytes > this.recvPerConnBytes && rc.incoming.size > 0) this.refuseIncoming(newest(rc.incoming), 'connection');
+    while (this.recvTotal > this.recvTotalBytes) {
+      let top: RecvConn | null = null;
+      for (const c of this.recvConns.values()) if (c.incoming.size > 0 && (!top || c.bytes > top.bytes)) top = c;
+      if (!top) break;
+      this.refuseIncoming(newest(top.incoming), 'server');
+    }
+  }
+
+  // Refused as UNAVAILABLE, which gRPC clients (the SDK among them) retry:
+  // the request was never processed (its body had not arrived), and a
+  // client that merely sent much at once gets through once its older
+  // requests complete. REFUSED_STREAM says the same at the HTTP/2 level.
+  private refuseIncoming(inc: Incoming, which: 'connection' | 'server'): void {
+    const { stream, conn } = inc;
+    const mib = (b: number) => (b / MB).toFixed(1);
+    const message =
+      which === 'connection'
+        ? `this connection has ${mib(conn.bytes)} MiB of requests that have not fully arrived (server limit --recv-mb-per-connection ${this.limits.recvMbPerConnection}); the server refused this one unprocessed: retry it, or send less at once`
+        : `the server holds ${mib(this.recvTotal)} MiB of requests that have not fully arrived (server limit --recv-mb ${this.limits.recvMb}; this connection ${mib(conn.bytes)} MiB, the most); the server refused this one unprocessed: retry it later`;
+    this.warn.warn(
+      `recv-${which}`,
+      { remote: conn.session.socket?.remoteAddress, connectionMiB: +mib(conn.bytes), totalMiB: +mib(this.recvTotal), recvMbPerConnection: this.limits.recvMbPerConnection, recvMb: this.limits.recvMb },
+      which === 'connection'
+        ? 'refusing requests of a connection over --recv-mb-per-connection of requests still arriving (REFUSED_STREAM)'
+        : 'refusing requests of the connection holding the most of --recv-mb of requests still arriving (REFUSED_STREAM)',
+    );
+    this.releaseIncoming(inc);
+    if (!stream.headersSent && !stream.destroyed) {
+      try {
+        stream.respond(
+          {
+            ':status': 200,
+            'content-type': 'application/grpc',
+            'grpc-status': String(grpc.status.UNAVAILABLE),
+            'grpc-message': encodeURIComponent(message),
+          },
+          { endStream: true },
+        );
+      } catch {
+        // the stream went away meanwhile: the reset below is all there is to do
+      }
+    }
+    // Closing the stream drops what grpc-js buffered of it (its call ends
+    // through onCancel; the handler never ran).
+    if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+  }
+}
+
+function newest<T>(s: Set<T>): T {
+  let last!: T;
+  for (const x of s) last = x;
+  return last;
 }
 
 // Sees when each reply message has been written out (the write callback),

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard } from '../server/transport-limits';
 import { PsClient } from '../worker';
-import { bareSocket, grpcFrame, openFds, PULL_PATH, RawSession, rssMiB, slowReader, within } from './abuse.lib';
+import { bareSocket, grpcFrame, openFds, PULL_PATH, RawSession, rssMiB, slowReader, type StreamEnd, within } from './abuse.lib';
 import { poolDirs } from './helpers';
 
 const dirOf = poolDirs(after);
@@ -292,5 +292,94 @@ describe('reply budget accounting (the guard in a grpc-js server of this process
     }
     await Promise.all(serverClosed);
     assert.deepEqual(guard.stats(), { unsentBytes: 0, connections: 0, waiting: 0 });
+  });
+});
+
+describe('requests that never finish arriving (--recv-mb-per-connection 16, --recv-mb 48)', () => {
+  const PER_CONNECTION_MB = 16;
+  const TOTAL_MB = 48;
+  const CONNECTIONS = 4;
+  const STREAMS = 32;
+  // Each stream announces a message just under --max-message-mb and sends SENT_MB of it.
+  const SENT_MB = 3;
+  let cluster: LocalCluster;
+  let ps: PsClient;
+  before(async () => {
+    cluster = await LocalCluster.start({
+      dir: dirOf('abuse-recv'),
+      shards: 1,
+      env: {
+        PMEMPS_RECV_MB_PER_CONNECTION: String(PER_CONNECTION_MB),
+        PMEMPS_RECV_MB: String(TOTAL_MB),
+        PMEMPS_MAX_MESSAGE_MB: '8',
+        // The streams left within the budgets are ended by the request timeout.
+        PMEMPS_REQUEST_SECONDS: '2',
+      },
+    });
+    ps = await PsClient.connect({ endpoints: cluster.endpoints, maxMessageMb: 8 });
+    await ps.createTable(SMALL);
+  });
+  after(async () => {
+    ps?.close();
+    await cluster?.stop();
+  });
+
+  test(`${CONNECTIONS} connections x ${STREAMS} streams x ${SENT_MB} MiB never finished: RSS stays below idle + --recv-mb + 128 MiB, the excess is refused, an SDK client pushes and pulls throughout`, async () => {
+    const pid = cluster.procs[0]!.pid!;
+    const grads = new Float32Array(64 * SMALL.dim).fill(0.5);
+    await ps.push(SMALL.name, keyBuf(64), grads);
+    assert.equal((await ps.pull(SMALL.name, keyBuf(64))).length, 64 * SMALL.dim);
+    const idle = rssMiB(pid);
+    // The SDK client alternates pushes and pulls while the abuse goes on.
+    let running = true;
+    let legitOk = 0;
+    const legit = (async () => {
+      for (let i = 0; running; i++) {
+        await ps.push(SMALL.name, keyBuf(64, (i * 37) % 1000), grads);
+        assert.equal((await ps.pull(SMALL.name, keyBuf(64, (i * 53) % 1000))).length, 64 * SMALL.dim);
+        legitOk++;
+      }
+    })();
+    let peak = rssMiB(pid);
+    // Sampling /proc is the measurement here, not a synchronisation.
+    const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 5);
+    const header = grpcFrame(Buffer.alloc(0));
+    header.writeUInt32BE(8 * 2 ** 20 - 64, 1);
+    const body = Buffer.concat([header, Buffer.alloc(SENT_MB * 2 ** 20 - header.length, 7)]);
+    const sessions = Array.from({ length: CONNECTIONS }, () => new RawSession(cluster.endpoints[0]));
+    let ends: StreamEnd[];
+    try {
+      const done = sessions.flatMap((s) => Array.from({ length: STREAMS }, () => s.request(PULL_PATH, body, false).done));
+      ends = await within(Promise.all(done), 20_000, 'the server ending every stream of the abusers');
+    } finally {
+      clearInterval(sampler);
+      for (const s of sessions) s.destroy();
+      running = false;
+    }
+    await legit;
+    const where = `idle ${idle.toFixed(0)} MiB, highest ${peak.toFixed(0)} MiB; ${CONNECTIONS * STREAMS * SENT_MB} MiB sent`;
+    // The bound: what the budgets let the server hold, plus what it received
+    // and dropped that V8 has not collected yet (it collects external memory
+    // lazily) and freed memory the allocator keeps: RSS is a high-water mark.
+    assert.ok(peak < idle + TOTAL_MB + 128, `server RSS rose to ${peak.toFixed(0)} MiB, above idle + --recv-mb ${TOTAL_MB} + 128 MiB (${where})`);
+    const { NGHTTP2_REFUSED_STREAM, NGHTTP2_CANCEL, NGHTTP2_ENHANCE_YOUR_CALM } = http2.constants;
+    // Refused for the budgets: UNAVAILABLE naming the option, or only the
+    // REFUSED_STREAM that follows it when the reset overtakes the answer.
+    const refused = ends.filter((e) => e.grpcStatus === grpc.status.UNAVAILABLE || (e.grpcStatus === null && e.rstCode === NGHTTP2_REFUSED_STREAM));
+    // What stayed within the budgets waited for --request-seconds.
+    const timedOut = ends.filter((e) => e.grpcStatus === grpc.status.DEADLINE_EXCEEDED || (e.grpcStatus === null && e.rstCode === NGHTTP2_CANCEL));
+    // Node's own guard (maxSessionMemory) refuses new streams while a session holds much.
+    const nodeRefused = ends.filter((e) => e.grpcStatus === null && e.rstCode === NGHTTP2_ENHANCE_YOUR_CALM);
+    for (const e of refused) if (e.grpcStatus !== null) assert.match(e.grpcMessage, /--recv-mb/);
+    const counts = `${refused.length} refused, ${timedOut.length} timed out, ${nodeRefused.length} refused by Node`;
+    // Every stream was ended by the server (a few show INTERNAL_ERROR: a reset racing the answer, not yet explained).
+    for (const e of ends) assert.ok(e.grpcStatus !== null || e.rstCode !== 0, `an abuser stream ended without status or reset (${counts})`);
+    assert.ok(refused.length > 0, `no abuser stream was refused for the budgets (${counts}; ${where})`);
+    assert.ok(timedOut.length >= 1 && timedOut.length <= TOTAL_MB / SENT_MB, `${timedOut.length} abuser streams were let through to the request timeout; the budgets hold ${TOTAL_MB / SENT_MB} (${counts})`);
+    assert.ok(legitOk > 0, 'the SDK client completed no push and pull during the abuse');
+    assert.equal(cluster.procs[0]!.exitCode, null, 'the server survived');
+    await ps.push(SMALL.name, keyBuf(64), grads);
+    assert.equal((await ps.pull(SMALL.name, keyBuf(64))).length, 64 * SMALL.dim);
+    console.log(`requests never finished: ${where}; ${counts}; SDK push+pull pairs during: ${legitOk}`);
   });
 });
