@@ -1234,6 +1234,8 @@ interface CheckpointExpect {
   ledger: Ledger;
   applied: Set<string>;
   retryable: RetryablePush[];
+  /** snapshotAll() at the checkpoint (taken by the restarts only). */
+  all?: Map<string, string>;
 }
 
 interface RetryablePush {
@@ -1491,6 +1493,42 @@ export class Harness {
     };
   }
 
+  // ---------------------------------------------------------- everything, for restarts
+
+  /**
+   * Everything a client can read of the shard's data: every table's spec, row
+   * count and the rows of the keys the fuzzer uses with it (the generator
+   * draws keys below max(16, 65536 / dim) and the edge keys), and the dense
+   * tensors of the fuzzer's names. A clean restart must keep all of it bit
+   * for bit; kill -9 and a restore must bring back what it was at the
+   * checkpoint.
+   */
+  async snapshotAll(): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    const st = await this.status();
+    for (const t of st.tables) {
+      const dim = t.spec.dim as number;
+      const keys = [...Array.from({ length: Math.max(16, Math.floor(65_536 / dim)) }, (_, i) => BigInt(i)), ...EDGE_KEYS];
+      const v = (await this.call('Pull', { table: t.spec.name, keys: packKeys(keys) })).values as Buffer;
+      out.set(`table ${t.spec.name}`, `${JSON.stringify(t.spec)} rows ${t.rows} ${createHash('sha256').update(v).digest('hex').slice(0, 16)}`);
+    }
+    for (const name of [CONTROL_DENSE, ...SCRATCH_DENSE.map((d) => d.name)]) {
+      const got = await this.call('PullDense', { names: [name] }).then(
+        (res) => createHash('sha256').update((res.tensors[0]?.values as Buffer) ?? Buffer.alloc(0)).digest('hex').slice(0, 16),
+        () => 'absent',
+      );
+      out.set(`dense ${name}`, got);
+    }
+    return out;
+  }
+
+  private compareSnapshots(what: string, want: Map<string, string> | undefined, got: Map<string, string>): void {
+    if (!want) return;
+    const diffs: string[] = [];
+    for (const k of new Set([...want.keys(), ...got.keys()])) if (want.get(k) !== got.get(k)) diffs.push(`${k}: ${want.get(k) ?? 'absent'} -> ${got.get(k) ?? 'absent'}`);
+    if (diffs.length) this.find(what, `${diffs.length} differ: ${diffs.slice(0, 4).join('; ')}`.slice(0, 1500));
+  }
+
   // ---------------------------------------------------------- the invariants
 
   /** A new connection for big requests, after one of them wedged the last (see sendBatch). */
@@ -1594,12 +1632,15 @@ export class Harness {
    */
   async restart(kind: 'term' | 'kill', r: R): Promise<boolean> {
     const before = this.findings.length;
+    let beforeStop: Map<string, string> | undefined;
     try {
       await this.ledgerPush();
       await this.checkpoint();
+      this.ck.all = await this.snapshotAll();
       await this.controlPush();
       await this.densePush();
       await this.ledgerPush();
+      beforeStop = await this.snapshotAll();
     } catch (e) {
       // Stop anyway: what was acknowledged must survive a clean stop all the same.
       this.find('the harness cannot checkpoint or push after the batch', `${(e as Error).message}; log: ${this.logTail(600)}`);
@@ -1612,6 +1653,7 @@ export class Harness {
       if (st.lineage !== this.lineage) this.find('lineage changed across a clean stop', `${this.lineage} -> ${st.lineage}`);
       this.incarnation = st.incarnation;
       await this.check();
+      this.compareSnapshots('tables or dense tensors changed across a clean stop', beforeStop, await this.snapshotAll());
       await this.retryAcknowledged(r, 24, this.retryable);
       return ok();
     }
@@ -1619,6 +1661,7 @@ export class Harness {
     await this.check({ afterCrash: true });
     if (!(await this.restoreAfterCrash())) return false;
     await this.check();
+    this.compareSnapshots('tables or dense tensors after kill -9 and restore differ from the checkpoint', this.ck.all, await this.snapshotAll());
     await this.retryAcknowledged(r, 24, this.retryable);
     await this.controlPush();
     return ok();
@@ -1954,7 +1997,6 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
       }
       const r = new R(mix(o.seed, batchNo));
       const reqs = gen.batch(r, h.genCtx(st), opt.batch);
-      const before = h.findings.length;
       const sent = await sendBatch(h, reqs, stats, opt.concurrency);
       const broken = await h.check();
       if (broken.length) {
@@ -1962,8 +2004,9 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
         await reset(broken[0].invariant);
         continue;
       }
-      if (h.findings.length > before) log(`fuzz: batch ${batchNo}: ${h.findings.length - before} findings`);
+      const reported = findings.length;
       takeFindings();
+      if (findings.length > reported) log(`fuzz: batch ${batchNo}: ${findings.length - reported} findings`);
       if ((batchNo + 1) % opt.restartEvery === 0) {
         // Every third restart is a kill -9, the second one first.
         const kind = ((batchNo + 1) / opt.restartEvery) % 3 === 2 ? 'kill' : 'term';

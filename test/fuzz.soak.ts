@@ -12,7 +12,7 @@
 // kind of finding it meets). Prints a summary: requests, batches, restarts,
 // findings grouped by cause; exits 1 if there were findings.
 import { ABUSE_CASES, runCase } from './fuzz.cases';
-import { formatFinding, runFuzz, signature, type Finding, type FuzzSummary } from './fuzz.lib';
+import { closeAllHarnesses, formatFinding, runFuzz, signature, type Finding, type FuzzSummary } from './fuzz.lib';
 
 interface Args {
   seeds: number[];
@@ -65,6 +65,10 @@ function parseArgs(argv: string[]): Args {
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
+  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const)
+    process.on(sig, () => {
+      void closeAllHarnesses().finally(() => process.exit(code)); // no pserver or pool left behind
+    });
   const log = (l: string) => process.stderr.write(`${l}\n`);
   const all: Finding[] = [];
   const t0 = Date.now();
