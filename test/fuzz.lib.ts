@@ -36,10 +36,20 @@
 //    was applied. After a clean restart, retries of acknowledged pushes are
 //    still answered duplicate.
 //
+//  * Everything else a client can read (every table's spec, row count and
+//    rows of the keys the fuzzer uses, the fuzzer's dense tensors): bit for
+//    bit across a clean stop.
+//
 // After a kill -9 the server must come back at the committed checkpoint
 // (needs_restore, the rows, dense tensors and ledger of that moment), and a
-// Restore must bring it back in service with those. Pushes acknowledged after
-// the checkpoint are lost by design there (the SDK restores the job).
+// Restore must bring it back in service with those, every table included.
+// Pushes acknowledged after the checkpoint are lost by design there (the SDK
+// restores the job).
+//
+// The server runs with --max-message-mb 4 (oversized requests are cheap to
+// send) and a 256 MiB pool; requests go out on three connections of their
+// own: protocol calls, data calls (4 in flight), and bodies above 64 KiB
+// one at a time (a call that wedges its connection costs only itself).
 //
 // Per request: the answer is OK or a classified refusal (INVALID_ARGUMENT,
 // NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED,
@@ -58,8 +68,10 @@
 //
 // Replay: requests are a function of the seed and of the server's answers to
 // the protocol lane (which runs one call at a time), so the same seed gives
-// the same requests. Every finding prints the seed, the batch, the request
-// and the command that replays it.
+// the same requests (the soak prints a digest of them). Every finding prints
+// the seed, the batch, the request and the command that replays it; a broken
+// state invariant is narrowed down to one request by replaying its batch one
+// request at a time on a fresh server.
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
@@ -247,7 +259,7 @@ export function formatFinding(f: Finding): string {
 /** What two findings of the same cause share (the soak counts findings by it). */
 export function signature(f: Finding): string {
   // A status finding is told by its details (one cause answers many RPCs alike); the others by the RPC.
-  const what = f.invariant.startsWith('status ') ? f.detail.replace(/^details: /, '').slice(0, 60) : `${f.rpc ?? '-'}`;
+  const what = f.invariant.startsWith('status ') ? f.detail.replace(/^details: /, '').split(',')[0].slice(0, 60) : `${f.rpc ?? '-'}`;
   return `${f.invariant} | ${what}`.replace(/\d+/g, 'N').replace(/"[^"]*"/g, '"…"');
 }
 

@@ -8,6 +8,7 @@
 // see exactly these bytes.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { FAST_CODECS } from '../proto/fast-codec';
 import { PROTO_FILE, SERVICE_PATH, parameterServerService } from '../proto/load';
 
 const PKG = SERVICE_PATH.slice(0, SERVICE_PATH.lastIndexOf('.'));
@@ -28,11 +29,20 @@ export interface MessageDesc {
 
 const def = protoLoader.loadSync(PROTO_FILE, { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, keepCase: true });
 const serviceDef = def[SERVICE_PATH] as protoLoader.ServiceDefinition;
-/** The server's own codecs (fast Pull/Push codecs included): what the server decodes, we decode. */
-const serverCodecs = parameterServerService(true).service as unknown as Record<string, grpc.MethodDefinition<unknown, unknown>>;
-
 /** Every RPC of the service, in .proto order. */
 export const RPCS: string[] = Object.keys(serviceDef);
+
+/** The codecs the SDK uses (fast Pull/Push codecs included): responses are decoded as a client would. */
+const serverCodecs = parameterServerService(true).service as unknown as Record<string, grpc.MethodDefinition<unknown, unknown>>;
+/**
+ * The same decoders, unwrapped: the fast codecs for Pull and Push, protobufjs
+ * (from this file's own load of the .proto) for the rest. A server that wraps
+ * its decoders (to refuse undecodable bodies itself) does not change what
+ * this side thinks the bytes say.
+ */
+const plainDecoders: Record<string, (b: Buffer) => any> = Object.fromEntries(
+  RPCS.map((rpc) => [rpc, FAST_CODECS[rpc]?.request.decode ?? (serviceDef[rpc].requestDeserialize as (b: Buffer) => any)]),
+);
 
 export function requestType(rpc: string): MessageDesc {
   return (serviceDef[rpc].requestType as unknown as { type: MessageDesc }).type;
@@ -172,10 +182,10 @@ export function encodeRequest(rpc: string, obj: Record<string, unknown>): Buffer
 
 /** The request as the server's decoder sees it, or null when it cannot decode it. */
 export function serverView(rpc: string, body: Buffer): any | null {
-  const c = serverCodecs[rpc];
-  if (!c) return null;
+  const d = plainDecoders[rpc];
+  if (!d) return null;
   try {
-    return c.requestDeserialize(body);
+    return d(body);
   } catch {
     return null;
   }
