@@ -408,12 +408,17 @@ export const ABUSE_CASES: AbuseCase[] = [
         if (next > 100_000n) break;
       }
       if (!refusals) h.find('the pool never filled', `${next} rows x 256 were accepted by a 32 MiB pool`);
-      // State kept in DRAM that every checkpoint and the clean-close record must hold:
-      // a 1 MiB dense tensor and a thousand workers' exactly-once records.
+      // A checkpoint whose record did not grow (the fill pushes had no worker id) must go on.
+      await h.checkpoint().catch((e: Error) => h.find('a checkpoint of a steady size fails on a full pool', e.message));
+      // State kept in DRAM that checkpoints and the clean-close record must hold: a 1 MiB dense
+      // tensor and a thousand new workers. Each write is either refused or has its room.
       await send(h, [{ rpc: 'SetDense', kind: 'SetDense/big', obj: { tensor: { name: 'big', values: Buffer.alloc(2 ** 20) }, optimizer: { type: 'sgd', params: { lr: 0.1 } } } }], 1);
       await send(h, Array.from({ length: 1000 }, (_, i) => ledgerPush(`full${i}`, 1, i % 8)), 8);
+      // A PREPARE whose record grew may be refused (RESOURCE_EXHAUSTED, nothing prepared); one that succeeds is aborted by the lane.
+      const s = await state(h);
+      await send(h, [{ rpc: 'Checkpoint', kind: 'Checkpoint/prepare-grown', obj: { id: Math.max(s.C, s.last) + 1, phase: 'PREPARE', ballot: s.B + 1, meta: bigName(65_536, 0x6d), dense: [], incarnation: 0 } }], 1);
       await h.check();
-      await h.restart('term', r); // a checkpoint, a clean stop, and every acknowledged update back
+      await h.cleanRestart(r); // a clean stop on a full pool, and every acknowledged update back
     },
   },
   {

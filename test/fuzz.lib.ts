@@ -18,7 +18,7 @@
 //  * The checkpoint state: the committed id, and the committed checkpoint's
 //    meta and trainer dense tensors (ReadCheckpoint) bit for bit; nothing
 //    prepared (prepared_id 0, not blocked, not needs_restore) between
-//    batches; the identity set at setup; the lineage (a restore or a lost
+//    batches; the identity set and sealed at setup; the lineage (a restore or a lost
 //    update would change it) and the incarnation within one server process.
 //    The ballot and the highest checkpoint id may only grow (the fuzzer
 //    raises them legitimately), and a coordinator must still be able to
@@ -299,7 +299,7 @@ export interface GenCtx {
   committed: number;
   lastId: number;
   incarnation: number;
-  identity: { cluster_id: string; shard_index: number; shard_count: number };
+  identity: { cluster_id: string; shard_index: number; shard_count: number; sealed?: boolean };
 }
 
 interface TrackedPush {
@@ -1291,7 +1291,7 @@ export class Harness {
   where = 'setup';
 
   // what must hold
-  identity!: { cluster_id: string; shard_index: number; shard_count: number };
+  identity!: { cluster_id: string; shard_index: number; shard_count: number; sealed?: boolean };
   incarnation = 0;
   lineage = 0;
   ballotMin = 0;
@@ -1405,8 +1405,10 @@ export class Harness {
 
   private async setup(): Promise<void> {
     const r = new R(mix(this.opts.seed, 0x5e7));
-    this.identity = { cluster_id: r.bytes(16).toString('hex'), shard_index: 0, shard_count: 1 };
-    await this.call('SetIdentity', { identity: this.identity });
+    // Set, then sealed, as the SDK forms a cluster: the seal is never undone either.
+    const id = { cluster_id: r.bytes(16).toString('hex'), shard_index: 0, shard_count: 1 };
+    await this.call('SetIdentity', { identity: id });
+    this.identity = (await this.call('SetIdentity', { identity: { ...id, sealed: true } })).identity;
     for (const s of [CONTROL_SPEC, LEDGER_SPEC])
       await this.call('CreateTable', { spec: { name: s.name, dim: s.dim, optimizer: optimizerToWire(s.optimizer), initializer: s.initializer, seed: s.seed } });
     const init = new Float32Array(CONTROL_DENSE_LEN).map((_, i) => Math.fround(Math.sin(i + this.opts.seed)));
@@ -1644,7 +1646,6 @@ export class Harness {
    */
   async restart(kind: 'term' | 'kill', r: R): Promise<boolean> {
     const before = this.findings.length;
-    let beforeStop: Map<string, string> | undefined;
     try {
       await this.ledgerPush();
       await this.checkpoint();
@@ -1652,23 +1653,14 @@ export class Harness {
       await this.controlPush();
       await this.densePush();
       await this.ledgerPush();
-      beforeStop = await this.snapshotAll();
     } catch (e) {
       // Stop anyway: what was acknowledged must survive a clean stop all the same.
       this.find('the harness cannot checkpoint or push after the batch', `${(e as Error).message}; log: ${this.logTail(600)}`);
     }
-    if (!(await this.bounce(kind))) return false;
     const ok = (): boolean => this.findings.length === before;
+    if (kind === 'term') return (await this.cleanRestart(r)) && ok();
+    if (!(await this.bounce(kind))) return false;
     const st = await this.status();
-    if (kind === 'term') {
-      if (!st.last_stop_clean) this.find('last_stop_clean is false after a clean stop', 'Status.last_stop_clean false');
-      if (st.lineage !== this.lineage) this.find('lineage changed across a clean stop', `${this.lineage} -> ${st.lineage}`);
-      this.incarnation = st.incarnation;
-      await this.check();
-      this.compareSnapshots('tables or dense tensors changed across a clean stop', beforeStop, await this.snapshotAll());
-      await this.retryAcknowledged(r, 24, this.retryable);
-      return ok();
-    }
     if (st.last_stop_clean) this.find('last_stop_clean is true after kill -9', 'Status.last_stop_clean true');
     await this.check({ afterCrash: true });
     if (!(await this.restoreAfterCrash())) return false;
@@ -1677,6 +1669,20 @@ export class Harness {
     await this.retryAcknowledged(r, 24, this.retryable);
     await this.controlPush();
     return ok();
+  }
+
+  /** SIGTERM and start again: everything acknowledged must be there, bit for bit. False if the server does not come back. */
+  async cleanRestart(r: R): Promise<boolean> {
+    const beforeStop = await this.snapshotAll().catch(() => undefined);
+    if (!(await this.bounce('term'))) return false;
+    const st = await this.status();
+    if (!st.last_stop_clean) this.find('last_stop_clean is false after a clean stop', 'Status.last_stop_clean false');
+    if (st.lineage !== this.lineage) this.find('lineage changed across a clean stop', `${this.lineage} -> ${st.lineage}`);
+    this.incarnation = st.incarnation;
+    await this.check();
+    this.compareSnapshots('tables or dense tensors changed across a clean stop', beforeStop, await this.snapshotAll());
+    await this.retryAcknowledged(r, 24, this.retryable);
+    return true;
   }
 
   /** Stops the server (SIGTERM: must exit 0) and starts it again on the same pool; false if it does not come back. */
