@@ -6,24 +6,8 @@ import * as http2 from 'node:http2';
 import * as zlib from 'node:zlib';
 import { packKeys } from '../native/engine';
 import { SERVICE_PATH } from '../proto/load';
-import {
-  CONTROL,
-  CURRENT_INCARNATION,
-  Generator,
-  Harness,
-  LEDGER,
-  LEDGER_KEYS,
-  MAX_ID,
-  R,
-  U64_EDGES,
-  bigName,
-  cloneObj,
-  edgeValues,
-  newStats,
-  sendBatch,
-  type Finding,
-  type FuzzRequest,
-} from './fuzz.lib';
+import { CONTROL, CURRENT_INCARNATION, Generator, LEDGER, LEDGER_KEYS, MAX_ID, R, U64_EDGES, bigName, cloneObj, edgeValues, type Finding, type FuzzRequest } from './fuzz.gen';
+import { Harness, newStats, sendBatch } from './fuzz.lib';
 import { RAW_TAIL, RPCS, WT_I32, WT_I64, WT_LEN, WT_VARINT, encodeRequest, isMap, messageType, requestType, tag, varint, type MessageDesc } from './fuzz.wire';
 
 export interface AbuseCase {

@@ -12,7 +12,8 @@
 // kind of finding it meets). Prints a summary: requests, batches, restarts,
 // findings grouped by cause; exits 1 if there were findings.
 import { ABUSE_CASES, runCase } from './fuzz.cases';
-import { closeAllHarnesses, formatFinding, runFuzz, signature, type Finding, type FuzzSummary } from './fuzz.lib';
+import { formatFinding, signature, type Finding } from './fuzz.gen';
+import { closeAllHarnesses, runFuzz, type FuzzSummary } from './fuzz.lib';
 
 interface Args {
   seeds: number[];

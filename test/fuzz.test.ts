@@ -7,7 +7,8 @@
 import { after, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { ABUSE_CASES, runCase } from './fuzz.cases';
-import { closeAllHarnesses, formatFinding, runFuzz, signature, type Finding } from './fuzz.lib';
+import { formatFinding, signature, type Finding } from './fuzz.gen';
+import { closeAllHarnesses, runFuzz } from './fuzz.lib';
 import { RPCS } from './fuzz.wire';
 
 after(closeAllHarnesses);
