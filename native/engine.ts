@@ -284,7 +284,9 @@ export class Engine {
     const dense = encodeDense(input.dense);
     const meta = input.meta ?? Buffer.alloc(0);
     if (!Buffer.isBuffer(meta)) throw invalid('meta must be a Buffer');
-    return callAsync<void>((cb) => this.native.prepare(id, dense, meta, cb));
+    const ballot = input.ballot ?? 0;
+    if (!Number.isSafeInteger(ballot) || ballot < 0) throw invalid('ballot must be a non-negative integer');
+    return callAsync<void>((cb) => this.native.prepare(id, dense, meta, ballot, cb));
   }
 
   /** Makes prepared checkpoint `id` the one a restart comes back to. */

@@ -108,4 +108,6 @@ export interface CheckpointContent {
 export interface PrepareInput {
   dense?: Map<string, Float32Array> | Record<string, Float32Array>;
   meta?: Buffer;
+  /** A coordinator ballot recorded (when higher) in the same transaction as the prepared checkpoint. */
+  ballot?: number;
 }

@@ -217,7 +217,7 @@ export class Shard {
   }
 
   prepare(id: number, ballot: number, meta: Buffer, dense: Map<string, Float32Array>, incarnation: number): Promise<CheckpointState> {
-    return this.protocol(ballot, async (adopt) => {
+    return this.protocol(ballot, async () => {
       const st = this.checkpointState();
       if (st.preparedId === id || st.committedId === id) return st; // a retry
       this.checkIncarnation(incarnation);
@@ -228,7 +228,8 @@ export class Shard {
           `checkpoint ${st.preparedId} is prepared here and unresolved; COMMIT or ABORT it first (the SDK's restore() does) before preparing ${id}`,
         );
       checkNewId(id, st);
-      adopt();
+      // The ballot is recorded by the engine with the prepared checkpoint,
+      // in one transaction: a prepare that fails (a full pool) moves nothing.
       // Close the gate, let the pushes already inside the engine finish, and
       // take every snapshot at one boundary.
       let open!: () => void;
@@ -237,7 +238,7 @@ export class Shard {
         await this.drain();
         this.checkBallot(ballot); // a restore may have raised it while we waited
         const envelope = encodeEnvelope({ lineage: this.lineage }, { user: meta, dedup: this.dedup.encode(), dense: this.dense.encode() });
-        const done = this.engine.prepare(id, { dense, meta: envelope }); // boundary taken synchronously
+        const done = this.engine.prepare(id, { dense, meta: envelope, ballot }); // boundary taken synchronously
         this.gate = null;
         open();
         await done;

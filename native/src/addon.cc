@@ -285,13 +285,14 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
       auto dense = buffer_arg(info, 1, "dense");
       auto meta = buffer_arg(info, 2, "meta");
-      auto cb = cb_arg(info, 3);
+      const uint64_t ballot = static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value());
+      auto cb = cb_arg(info, 4);
       auto eng = engine_;
       std::string d(reinterpret_cast<const char*>(dense.Data()), dense.Length());
       std::string m(reinterpret_cast<const char*>(meta.Data()), meta.Length());
       // The boundary runs now, on this thread: pushes called after this
       // returns are outside the checkpoint. The flush runs on the pool.
-      eng->prepare_begin(id, d, m);
+      eng->prepare_begin(id, d, m, ballot);
       (new Job(cb, [eng, id] { eng->prepare_finish(id); }, nullptr, {}))->Queue();
       return info.Env().Undefined();
     });

@@ -1066,7 +1066,7 @@ void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {
   ckpt_cv_.wait(ck, [&] { return !preparing_; });
 }
 
-void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::string& meta) {
+void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::string& meta, uint64_t ballot) {
   std::unique_lock<std::mutex> ck(ckpt_mu_);
   {
     std::shared_lock<RwLock> el(epoch_mu_);
@@ -1083,6 +1083,7 @@ void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::str
   }
   if (mem_) {
     mem_prepare(id, dense, meta);
+    mem_ballot_ = std::max(mem_ballot_, ballot);
     return;
   }
   // The boundary: pushes that started before it are in the checkpoint,
@@ -1101,6 +1102,7 @@ void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::str
   preparing_ = true;
   prep_dense_ = dense;
   prep_meta_ = meta;
+  prep_ballot_ = ballot;
   prep_snap_.clear();
   p_epoch_ = cur_epoch_;
   cur_epoch_++;
@@ -1205,6 +1207,7 @@ void Engine::prepare_finish(uint64_t id) {
     root_->p_epoch = p_epoch_;
     root_->p_rec = off;
     root_->last_id = id;
+    if (prep_ballot_ > root_->ballot) root_->ballot = prep_ballot_;
     if (root_->next_epoch < cur_epoch_ + 2) root_->next_epoch = cur_epoch_ + 2;
     persist_root(tx);
     tx.commit();  // the publish: one transaction sets p_id

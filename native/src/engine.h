@@ -86,7 +86,10 @@ class Engine {
 
   // A prepare is prepare_begin (the boundary, cheap, on the caller's
   // thread) then prepare_finish (flush and publish, on the thread pool).
-  void prepare_begin(uint64_t id, const std::string& dense, const std::string& meta);
+  // `ballot` (0: none) is recorded with the checkpoint, in the transaction
+  // that publishes it: a prepare that fails moves no ballot, and one that
+  // succeeds can not be durable without its ballot.
+  void prepare_begin(uint64_t id, const std::string& dense, const std::string& meta, uint64_t ballot = 0);
   void prepare_finish(uint64_t id);
   void commit(uint64_t id);
   void abort(uint64_t id);
@@ -263,6 +266,7 @@ class Engine {
   };
   std::vector<PrepSnap> prep_snap_;
   std::string prep_dense_, prep_meta_;
+  uint64_t prep_ballot_ = 0;
   void wait_prepared(std::unique_lock<std::mutex>& ck);
   RwLock epoch_mu_;  // writer-preferring: see common.h
   std::mutex tx_mu_;
