@@ -280,9 +280,17 @@ function hyperRefusal(type: string, params: Record<string, number>): string | nu
   return null;
 }
 
+/**
+ * The worker id's bytes as sent, when they are what the server's decoder read
+ * (invalid UTF-8 then shows as two workers the server may confuse).
+ * protobufjs reads a known field whatever its wire type, so a malformed
+ * body can carry an id the raw last occurrence does not: then the decoded
+ * id names the worker.
+ */
 function workerBytes(body: Buffer, no: number, decoded: string): Buffer {
   const f = rawFields(body);
-  return (f && lastBytes(f, no)) ?? Buffer.from(decoded ?? '', 'utf8');
+  const raw = f && lastBytes(f, no);
+  return raw && raw.toString('utf8') === (decoded ?? '') ? raw : Buffer.from(decoded ?? '', 'utf8');
 }
 
 /**
