@@ -90,8 +90,8 @@ export class DenseStore {
     e.step = step;
   }
 
-  /** Floats held (weights and state), for the close record's bound. */
-  get floats(): number {
+  /** Floats held (weights and state), for the MAX_DENSE_FLOATS cap. */
+  private get floats(): number {
     let n = 0;
     for (const e of this.tensors.values()) n += e.row.length;
     return n;

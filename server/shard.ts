@@ -99,6 +99,8 @@ function closeRecordBound(dedup: number, dense: number): number {
   return 4 + Buffer.byteLength(head, 'utf8') + dedup + dense;
 }
 
+const noop = (): void => undefined;
+
 function newId(): number {
   // 52 random bits: unique in practice, exact as a JS number and as uint64.
   return randomInt(1, 2 ** 26) * 2 ** 26 + randomInt(0, 2 ** 26);
@@ -437,6 +439,9 @@ export class Shard {
    */
   private reserveCloseRoom(worker: string, dense?: DenseShape): () => void {
     const fresh = worker !== '' && !this.dedup.knows(worker);
+    // A push of a worker the record knows grows nothing: the common case
+    // costs one map lookup.
+    if (!fresh && !dense) return noop;
     const extra = fresh && !this.admitted.has(worker) ? ExactlyOnce.entryBytes(worker) : 0;
     const need = closeRecordBound(this.dedup.encodedBound() + this.admittedBytes + extra, this.dense.encodedBound(dense));
     if (need > this.closeRoom) {
@@ -450,7 +455,7 @@ export class Shard {
         );
       }
     }
-    if (!fresh) return () => undefined;
+    if (!fresh) return noop;
     this.admitted.set(worker, (this.admitted.get(worker) ?? 0) + 1);
     this.admittedBytes += extra;
     return () => {
