@@ -79,6 +79,7 @@ import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { Engine, denseOptimizer, packKeys } from '../native/engine';
 import { optimizerToWire, parameterServerService } from '../proto/load';
+import type { ShardStatus } from '../worker/client';
 import { mix } from './crash.lib';
 import { removeDir, tempDir } from './helpers';
 import { Wire, type Outcome } from './fuzz.wire';
@@ -119,21 +120,8 @@ import {
 const Ctor = parameterServerService();
 type StdClient = grpc.Client & Record<string, any>;
 
-interface StatusView {
-  identity: { cluster_id: string; shard_index: number; shard_count: number } | null;
-  incarnation: number;
-  lineage: number;
-  last_stop_clean: boolean;
-  committed_id: number;
-  prepared_id: number;
-  last_checkpoint_id: number;
-  ballot: number;
-  pushes_blocked: boolean;
-  needs_restore: boolean;
-  tables: { spec: any; rows: number }[];
-  pool_used_bytes: number;
-  pool_bytes: number;
-}
+/** Status as the wire returns it: the SDK's view of one shard, without the shard's place in a list. */
+type StatusView = Omit<ShardStatus, 'shard' | 'endpoint'>;
 
 /** The ledger model: per key, the sum of applied gradients. */
 class Ledger {

@@ -52,3 +52,25 @@ export function randomGrads(rand: () => number, n: number): Buffer {
   for (let i = 0; i < n; i++) a[i] = rand() * 2 - 1;
   return Buffer.from(a.buffer);
 }
+
+/**
+ * Writes `bytes` at `offset` into every copy of the pmemps root in a closed
+ * pool file (the root starts with the magic "PMSPEM01"; old transaction logs
+ * may hold snapshots of it). Returns where the first copy starts.
+ */
+export function patchRoots(poolFile: string, offset: number, bytes: (old: Buffer) => Buffer): number {
+  const buf = fs.readFileSync(poolFile);
+  const magic = Buffer.from('PMSPEM01', 'latin1');
+  const first = buf.indexOf(magic);
+  if (first < 0) throw new Error(`no pmemps root in ${poolFile}`);
+  const fd = fs.openSync(poolFile, 'r+');
+  try {
+    for (let at = first; at >= 0; at = buf.indexOf(magic, at + 1)) {
+      const b = bytes(buf.subarray(at + offset, at + offset + 8));
+      fs.writeSync(fd, b, 0, b.length, at + offset);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return first;
+}

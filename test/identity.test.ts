@@ -14,7 +14,7 @@ import { LocalCluster } from '../examples/local-cluster';
 import { Engine } from '../native/engine';
 import { parameterServerService } from '../proto/load';
 import { IdentityMismatchError, PsClient } from '../worker';
-import { poolDirs, prng, removeDir } from './helpers';
+import { patchRoots, poolDirs, prng, removeDir } from './helpers';
 import type { ConnectReply, ConnectRequest } from './identity.child';
 
 const CHILD = path.join(__dirname, 'identity.child.js');
@@ -316,22 +316,10 @@ describe('pools of an older layout', () => {
     const e = Engine.open({ dir, poolMb: 16, cacheMb: 2 });
     await e.close();
     const file = path.join(dir, 'pmemps.pool');
-    const buf = fs.readFileSync(file);
-    const magic = Buffer.from('PMSPEM01', 'latin1');
-    const fd = fs.openSync(file, 'r+');
-    let hits = 0;
-    try {
-      // Every copy of the root (transaction logs may hold snapshots) says version 3.
-      for (let at = buf.indexOf(magic); at >= 0; at = buf.indexOf(magic, at + 1), hits++) {
-        const v = Buffer.alloc(4);
-        v.writeUInt32LE(3);
-        fs.writeSync(fd, v, 0, 4, at + 8);
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
-    assert.ok(hits > 0, 'root found');
-    const root = (b: Buffer) => b.subarray(buf.indexOf(magic), buf.indexOf(magic) + 256);
+    const v3 = Buffer.alloc(4);
+    v3.writeUInt32LE(3);
+    const at = patchRoots(file, 8, () => v3); // the layout version
+    const root = (b: Buffer) => b.subarray(at, at + 256);
     const before = Buffer.from(root(fs.readFileSync(file)));
     for (let i = 0; i < 2; i++) assert.throws(() => Engine.open({ dir, poolMb: 16, cacheMb: 2 }), /layout version 3; this build reads version 4/);
     // (libpmemobj's own open writes its run-time state; pmemps writes nothing.)
