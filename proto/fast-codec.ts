@@ -146,6 +146,35 @@ function codec(fields: [string, number, Field['kind']][]): { encode: (m: any) =>
   return { encode: (m) => enc(m, names), decode: decoder(fs, names) };
 }
 
+/**
+ * Bytes the server has the engine leave free before a pull's rows
+ * (Engine.pull's headroom): PullResponse's header, a tag and the length as a
+ * varint, takes at most 6, and 16 keeps the rows aligned.
+ */
+export const PULL_REPLY_HEADROOM = 16;
+
+/**
+ * A PullResponse encoded around rows that start at byte `headroom` of `buf`:
+ * the header is written into the bytes before them and the message is a view
+ * of `buf`. The Pull serializer passes an encoded Buffer through, so a reply's
+ * rows are copied once on the event loop (by grpc-js's framing), not twice.
+ */
+export function pullReplyAround(buf: Buffer, headroom: number): Buffer {
+  const len = buf.length - headroom;
+  if (len === 0) return EMPTY; // proto3 leaves an empty bytes field out
+  const header = 1 + varintSize(len);
+  if (header > headroom) throw new Error(`pull reply header needs ${header} bytes, the buffer leaves ${headroom}`);
+  const start = headroom - header;
+  buf[start] = 1 * 8 + WIRE_LEN;
+  writeVarint(buf, start + 1, len);
+  return buf.subarray(start);
+}
+
+/** The codec, except that a Buffer is taken as the message already encoded (pullReplyAround). */
+function passEncoded(c: ReturnType<typeof codec>): ReturnType<typeof codec> {
+  return { encode: (m) => (Buffer.isBuffer(m) ? m : c.encode(m)), decode: c.decode };
+}
+
 /** Field numbers as in proto/pmemps.proto (test/codec.test.ts compares them with the .proto). */
 export const FAST_CODECS: Record<string, { request: ReturnType<typeof codec>; response: ReturnType<typeof codec> }> = {
   Pull: {
@@ -153,7 +182,7 @@ export const FAST_CODECS: Record<string, { request: ReturnType<typeof codec>; re
       ['table', 1, 'string'],
       ['keys', 2, 'bytes'],
     ]),
-    response: codec([['values', 1, 'bytes']]),
+    response: passEncoded(codec([['values', 1, 'bytes']])),
   },
   Push: {
     request: codec([

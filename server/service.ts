@@ -5,6 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { OPTIMIZER_PARAMS, asFloats, type InitializerSpec, type OptimizerSpec, type OptimizerType, type TableInfo, type TableSpec } from '../native/engine';
 import { optimizerToWire } from '../proto/load';
+import { PULL_REPLY_HEADROOM, pullReplyAround } from '../proto/fast-codec';
 import { Barriers } from './barrier';
 import { log } from './log';
 import { Shard, ShardError } from './shard';
@@ -161,7 +162,8 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
         );
       // Waits while clients hold too many unread replies (server/transport-limits.ts).
       if (dim !== undefined) await transport?.admitReply(call, (keys.length / 8) * dim * 4);
-      return { values: await shard.pull(table, keys) };
+      // Encoded around the rows (proto/fast-codec.ts): one copy less of a reply that may be 16 MiB.
+      return pullReplyAround(await shard.pull(table, keys, PULL_REPLY_HEADROOM), PULL_REPLY_HEADROOM);
     }),
 
     Push: unary('Push', async (req) => {

@@ -179,9 +179,10 @@ export class Shard {
 
   // ------------------------------------------------------------ pull / push
 
-  pull(table: string, keys: Buffer): Promise<Buffer> {
+  /** Rows for the keys; `headroom` bytes free before them (Engine.pull). */
+  pull(table: string, keys: Buffer, headroom = 0): Promise<Buffer> {
     this.live();
-    return this.engine.pull(table, keys);
+    return this.engine.pull(table, keys, headroom);
   }
 
   /** Applies the push once per (worker, seq); resolves true when it was a duplicate. */

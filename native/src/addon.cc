@@ -238,22 +238,29 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       const std::string name = info[0].As<Napi::String>().Utf8Value();
       auto keys = buffer_arg(info, 1, "keys");
       auto cb = cb_arg(info, 2);
+      // Bytes left free before the rows for the caller's message header, so
+      // that the server frames a reply around the rows instead of copying
+      // them (a 16 MiB copy into fresh pages costs ~10 ms of the event loop).
+      // A multiple of 8 keeps the rows aligned.
+      const uint32_t headroom = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Uint32Value() : 0;
+      if (headroom > 64 || headroom % 8) bad("pull headroom must be a multiple of 8 up to 64, got " + std::to_string(headroom));
       if (keys.Length() % 8) bad("keys must be packed uint64: length " + std::to_string(keys.Length()) + " is not a multiple of 8");
       const size_t n = keys.Length() / 8;
       const uint32_t dim = engine_->dim_of(name);
-      const size_t bytes = n * dim * sizeof(float);
-      float* out = static_cast<float*>(std::malloc(bytes ? bytes : 1));
-      if (!out) throw std::bad_alloc();
+      const size_t bytes = headroom + n * dim * sizeof(float);
+      uint8_t* base = static_cast<uint8_t*>(std::malloc(bytes ? bytes : 1));
+      if (!base) throw std::bad_alloc();
+      float* out = reinterpret_cast<float*>(base + headroom);
       auto eng = engine_;
       const uint8_t* kp = keys.Data();
       auto job = new Job(
           cb, [eng, name, kp, n, out, dim] { eng->pull(name, kp, n, out, dim); },
-          [out, bytes](Napi::Env env) -> Napi::Value {
-            return Napi::Buffer<uint8_t>::New(env, reinterpret_cast<uint8_t*>(out), bytes, [](Napi::Env, uint8_t* p) { std::free(p); });
+          [base, bytes](Napi::Env env) -> Napi::Value {
+            return Napi::Buffer<uint8_t>::New(env, base, bytes, [](Napi::Env, uint8_t* p) { std::free(p); });
           },
           {keys},
           // On failure the rows were never handed to JS: free them here.
-          [out] { std::free(out); });
+          [base] { std::free(base); });
       job->Queue();
       return info.Env().Undefined();
     });
