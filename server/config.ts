@@ -345,9 +345,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
   const cert = str('tls-cert');
   const key = str('tls-key');
   const ca = str('tls-client-ca');
+  if (ca !== undefined && cert === undefined) fail('tls-client-ca', '--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates');
   if (cert !== undefined && key === undefined) fail('tls-cert', '--tls-cert needs --tls-key (the private key of the certificate)');
   if (key !== undefined && cert === undefined) fail('tls-key', '--tls-key needs --tls-cert (the certificate of the key)');
-  if (ca !== undefined && cert === undefined) fail('tls-client-ca', '--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates');
 
   const config: PserverConfig = {
     bind: str('bind')!,
