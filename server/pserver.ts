@@ -3,106 +3,26 @@
 //
 //   pserver --bind 127.0.0.1:7000 --pmem /mnt/pmem0/ps0
 //
-// Every option can also be set by environment variable (PMEMPS_BIND,
-// PMEMPS_PMEM, PMEMPS_CACHE_MB, ...). SIGTERM / SIGINT stop gracefully: the
+// Options (server/config.ts): argv, PMEMPS_<OPTION> environment variables or
+// a --config YAML/JSON file. SIGTERM / SIGINT stop gracefully: the
 // server stops accepting calls, finishes those in flight, and closes the
 // pool cleanly, so the next start has every acknowledged update.
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { Barriers } from './barrier';
-import { log } from './log';
+import { ConfigError, loadConfig, redactConfig, type PserverConfig } from './config';
+import { initLog, log } from './log';
 import { makeHandlers, serverDefinition, VERSION } from './service';
 import { Shard } from './shard';
-import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard, type TransportLimits } from './transport-limits';
+import { http2ServersOf, TransportGuard } from './transport-limits';
 
 const SERVICE_NAME = 'pmemps.v1.ParameterServer';
 
-export interface ServerOptions {
-  bind: string;
-  pmem: string;
-  cacheMb: number;
-  poolSizeMb: number;
-  maxMessageMb: number;
-  drainSeconds: number;
-  limits: TransportLimits;
-}
-
-export function parseOptions(argv: string[]): ServerOptions {
-  // Every option also reads PMEMPS_<NAME> (e.g. PMEMPS_CACHE_MB); set
-  // explicitly rather than with yargs' env() so that other PMEMPS_ variables
-  // (PMEMPS_FAILPOINT in tests) are not taken for unknown options.
-  const env = (name: string): string | undefined => process.env[`PMEMPS_${name.toUpperCase().replace(/-/g, '_')}`];
-  const num = (name: string, def: number): number => (env(name) !== undefined ? Number(env(name)) : def);
-  const D = DEFAULT_TRANSPORT_LIMITS;
-  const a = yargs(argv)
-    .scriptName('pserver')
-    .usage('$0 --bind HOST:PORT --pmem DIR [options]\n\nServes one shard of a pmemps cluster from a libpmemobj pool in DIR.\nEvery option can also be set as PMEMPS_<OPTION> (e.g. PMEMPS_CACHE_MB=4096).')
-    .option('bind', { type: 'string', default: env('bind'), describe: 'address to listen on, HOST:PORT' })
-    .option('pmem', { type: 'string', default: env('pmem'), describe: 'directory of the pool: a DAX mount, CXL memory, /dev/shm or any filesystem' })
-    .option('cache-mb', { type: 'number', default: num('cache-mb', 1024), describe: 'hard DRAM budget of the row cache, MiB' })
-    .option('pool-size', { type: 'string', default: env('pool-size') ?? '16G', describe: 'pool size when the pool is created (e.g. 512M, 64G; a bare number is MiB); ignored for an existing pool' })
-    .option('max-message-mb', { type: 'number', default: num('max-message-mb', DEFAULT_MAX_MESSAGE_MB), describe: 'largest request or response, MiB' })
-    .option('drain-seconds', { type: 'number', default: num('drain-seconds', 30), describe: 'on SIGTERM, how long calls in flight may take before they are cancelled' })
-    .option('max-connections', { type: 'number', default: num('max-connections', D.maxConnections), describe: 'connections served at once; more are closed on accept' })
-    .option('max-streams', { type: 'number', default: num('max-streams', D.maxStreams), describe: 'concurrent calls per connection (HTTP/2 MAX_CONCURRENT_STREAMS); the SDK uses up to 256 pushes plus pull chunks per server' })
-    .option('idle-seconds', { type: 'number', default: num('idle-seconds', D.idleSeconds), describe: 'close a connection without a call for this long (gRPC clients reconnect on their next call)' })
-    .option('reply-mb-per-connection', { type: 'number', default: num('reply-mb-per-connection', D.replyMbPerConnection), describe: 'unsent reply bytes one connection may hold, MiB; further pulls wait' })
-    .option('reply-mb', { type: 'number', default: num('reply-mb', D.replyMb), describe: 'unsent reply bytes all connections may hold, MiB; further pulls wait' })
-    .option('stall-seconds', { type: 'number', default: num('stall-seconds', D.stallSeconds), describe: 'close a connection whose queued replies make no progress for this long; a pull waits at most twice this long for reply budget' })
-    .option('request-seconds', { type: 'number', default: num('request-seconds', D.requestSeconds), describe: 'refuse and reset a request whose body has not fully arrived after this long' })
-    .option('recv-mb-per-connection', { type: 'number', default: num('recv-mb-per-connection', D.recvMbPerConnection), describe: 'bytes of requests not yet fully arrived one connection may have sent, MiB (above --max-message-mb); over it its newest such requests are refused (UNAVAILABLE)' })
-    .option('recv-mb', { type: 'number', default: num('recv-mb', D.recvMb), describe: 'bytes of requests not yet fully arrived all connections may have sent, MiB; over it the newest such requests of the connection holding the most are refused (UNAVAILABLE)' })
-    .option('log-level', { type: 'string', default: env('log-level') ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level' })
-    .version(VERSION)
-    .strict()
-    .help()
-    .parseSync();
-  if (!a.bind) throw new Error('--bind HOST:PORT is required (or PMEMPS_BIND)');
-  if (!a.pmem) throw new Error('--pmem DIR is required (or PMEMPS_PMEM)');
-  if (!/^[^:]+:\d+$/.test(a.bind) && !/^\[.*\]:\d+$/.test(a.bind)) throw new Error(`--bind must be HOST:PORT, got "${a.bind}"`);
-  if (!(a['cache-mb'] >= 1)) throw new Error('--cache-mb must be at least 1');
-  if (!(a['max-message-mb'] >= 1 && a['max-message-mb'] <= 2047)) throw new Error('--max-message-mb must be in 1..2047');
-  for (const o of ['max-connections', 'max-streams'] as const) if (!(Number.isInteger(a[o]) && a[o] >= 1)) throw new Error(`--${o} must be a positive integer, got ${a[o]}`);
-  for (const o of ['idle-seconds', 'reply-mb-per-connection', 'reply-mb', 'stall-seconds', 'request-seconds', 'recv-mb-per-connection', 'recv-mb'] as const)
-    if (!(a[o] > 0 && Number.isFinite(a[o]))) throw new Error(`--${o} must be a positive number, got ${a[o]}`);
-  // A request of the largest size (plus its 5-byte gRPC header) must be able to arrive.
-  if (!(a['recv-mb-per-connection'] > a['max-message-mb']))
-    throw new Error(`--recv-mb-per-connection (${a['recv-mb-per-connection']}) must be above --max-message-mb (${a['max-message-mb']}), or no request of the largest size could arrive`);
-  if (!(a['recv-mb'] >= a['recv-mb-per-connection'])) throw new Error(`--recv-mb (${a['recv-mb']}) must be at least --recv-mb-per-connection (${a['recv-mb-per-connection']})`);
-  log.level = a['log-level'];
-  return {
-    bind: a.bind as string,
-    pmem: a.pmem as string,
-    cacheMb: a['cache-mb'],
-    poolSizeMb: parseSize(a['pool-size']),
-    maxMessageMb: a['max-message-mb'],
-    drainSeconds: a['drain-seconds'],
-    limits: {
-      maxConnections: a['max-connections'],
-      maxStreams: a['max-streams'],
-      idleSeconds: a['idle-seconds'],
-      replyMbPerConnection: a['reply-mb-per-connection'],
-      replyMb: a['reply-mb'],
-      stallSeconds: a['stall-seconds'],
-      requestSeconds: a['request-seconds'],
-      recvMbPerConnection: a['recv-mb-per-connection'],
-      recvMb: a['recv-mb'],
-    },
-  };
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)([KMGT]?)i?B?$/i.exec(String(s).trim());
-  if (!m) throw new Error(`--pool-size must look like 512M or 64G, got "${s}"`);
-  const mul: Record<string, number> = { '': 1, K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 };
-  const mb = Number(m[1]) * mul[m[2].toUpperCase()];
-  if (mb < 16) throw new Error('--pool-size must be at least 16M');
-  return mb;
-}
+/** What startServer needs: the whole configuration (tests build one with loadConfig). */
+export type ServerOptions = PserverConfig;
 
 // grpc-js has no server option for the HTTP/2 receive window; its http2
 // servers are reachable only through a private field. Without it the server
@@ -194,9 +114,14 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
 async function main(): Promise<void> {
   let opts: ServerOptions;
   try {
-    opts = parseOptions(hideBin(process.argv));
+    const { config, sources } = loadConfig(hideBin(process.argv), process.env, { isTTY: !!process.stdout.isTTY, version: VERSION });
+    opts = config;
+    initLog(config);
+    const set = Object.fromEntries(Object.entries(sources).filter(([, s]) => s !== 'default'));
+    log.info({ config: redactConfig(config), sources: set }, 'config');
   } catch (e) {
-    process.stderr.write(`pserver: ${(e as Error).message}\n`);
+    if (!(e instanceof ConfigError)) throw e;
+    process.stderr.write(`pserver: ${e.message}\n`);
     process.exit(2);
   }
   let srv: Awaited<ReturnType<typeof startServer>>;
