@@ -124,25 +124,35 @@ async function main(): Promise<void> {
     process.stderr.write(`pserver: ${e.message}\n`);
     process.exit(2);
   }
-  let srv: Awaited<ReturnType<typeof startServer>>;
+  // Handlers go in before the pool opens: a SIGTERM during the start (the
+  // default action would kill the process with the pool open) is honoured
+  // as a clean stop once the server is up.
+  let srv: Awaited<ReturnType<typeof startServer>> | null = null;
+  let signalled: NodeJS.Signals | null = null;
+  const stop = (): void => {
+    srv!.stop().then(
+      () => process.exit(0),
+      (e) => {
+        log.fatal({ err: e }, 'clean stop failed; the next start recovers from the last checkpoint');
+        process.exit(1);
+      },
+    );
+  };
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(sig, () => {
+      log.info({ signal: sig }, srv ? 'signal received' : 'signal received while starting: stopping once the server is up');
+      if (signalled) return;
+      signalled = sig;
+      if (srv) stop();
+    });
+  }
   try {
     srv = await startServer(opts);
   } catch (e) {
     log.fatal({ err: e }, `cannot start: ${(e as Error).message}`);
     process.exit(1);
   }
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(sig, () => {
-      log.info({ signal: sig }, 'signal received');
-      srv.stop().then(
-        () => process.exit(0),
-        (e) => {
-          log.fatal({ err: e }, 'clean stop failed; the next start recovers from the last checkpoint');
-          process.exit(1);
-        },
-      );
-    });
-  }
+  if (signalled) stop();
 }
 
 if (require.main === module) void main();
