@@ -13,6 +13,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
+import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore, type TlsFiles } from './auth';
 import { Barriers } from './barrier';
 import { log } from './log';
 import { makeHandlers, serverDefinition, VERSION } from './service';
@@ -29,6 +30,10 @@ export interface ServerOptions {
   maxMessageMb: number;
   drainSeconds: number;
   limits: TransportLimits;
+  /** TLS on the gRPC port (server/auth.ts); plaintext without it. */
+  tls?: TlsFiles;
+  /** Tokens with roles, one `token role [name]` per line (server/auth.ts); every call open without it. */
+  authTokensFile?: string;
 }
 
 export function parseOptions(argv: string[]): ServerOptions {
@@ -56,6 +61,12 @@ export function parseOptions(argv: string[]): ServerOptions {
     .option('request-seconds', { type: 'number', default: num('request-seconds', D.requestSeconds), describe: 'refuse and reset a request whose body has not fully arrived after this long' })
     .option('recv-mb-per-connection', { type: 'number', default: num('recv-mb-per-connection', D.recvMbPerConnection), describe: 'bytes of requests not yet fully arrived one connection may have sent, MiB (above --max-message-mb); over it its newest such requests are refused (UNAVAILABLE)' })
     .option('recv-mb', { type: 'number', default: num('recv-mb', D.recvMb), describe: 'bytes of requests not yet fully arrived all connections may have sent, MiB; over it the newest such requests of the connection holding the most are refused (UNAVAILABLE)' })
+    // --- access (server/auth.ts) ---
+    .option('tls-cert', { type: 'string', default: env('tls-cert'), describe: 'PEM certificate (chain) of the gRPC port; with --tls-key, the port speaks TLS only' })
+    .option('tls-key', { type: 'string', default: env('tls-key'), describe: 'PEM private key of --tls-cert (unencrypted)' })
+    .option('tls-client-ca', { type: 'string', default: env('tls-client-ca'), describe: 'PEM CA: mutual TLS, only clients with a certificate signed by it get in' })
+    .option('auth-tokens', { type: 'string', default: env('auth-tokens'), describe: 'file of "token role [name]" lines (roles reader, trainer, admin); every call needs "authorization: Bearer <token>"; re-read on SIGHUP' })
+    // --- end access ---
     .option('log-level', { type: 'string', default: env('log-level') ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level' })
     .version(VERSION)
     .strict()
@@ -73,6 +84,8 @@ export function parseOptions(argv: string[]): ServerOptions {
   if (!(a['recv-mb-per-connection'] > a['max-message-mb']))
     throw new Error(`--recv-mb-per-connection (${a['recv-mb-per-connection']}) must be above --max-message-mb (${a['max-message-mb']}), or no request of the largest size could arrive`);
   if (!(a['recv-mb'] >= a['recv-mb-per-connection'])) throw new Error(`--recv-mb (${a['recv-mb']}) must be at least --recv-mb-per-connection (${a['recv-mb-per-connection']})`);
+  if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together: give both (PEM files) or neither');
+  if (a['tls-client-ca'] && !a['tls-cert']) throw new Error('--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)');
   log.level = a['log-level'];
   return {
     bind: a.bind as string,
@@ -92,6 +105,8 @@ export function parseOptions(argv: string[]): ServerOptions {
       recvMbPerConnection: a['recv-mb-per-connection'],
       recvMb: a['recv-mb'],
     },
+    tls: a['tls-cert'] ? { certFile: a['tls-cert'], keyFile: a['tls-key']!, clientCaFile: a['tls-client-ca'] || undefined } : undefined,
+    authTokensFile: a['auth-tokens'] || undefined,
   };
 }
 
@@ -120,7 +135,10 @@ function widenServerWindow(server: grpc.Server): void {
     });
 }
 
-export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number }> {
+export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number; reloadTokens: () => boolean }> {
+  // Before the pool is opened: a bad file changes nothing.
+  const credentials = serverCredentials(o.tls);
+  const tokens = o.authTokensFile ? new TokenStore(o.authTokensFile) : null;
   fs.mkdirSync(o.pmem, { recursive: true });
   const shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
   const oi = shard.engine.openInfo;
@@ -151,6 +169,8 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     'grpc.max_send_message_length': maxBytes,
     'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
     ...transport.serverOptions(),
+    // The token check last: grpc-js hands a call to the last interceptor first.
+    interceptors: [...(transport.serverOptions().interceptors ?? []), ...(tokens ? [authInterceptor(tokens)] : [])],
   } as grpc.ServerOptions);
   const barriers = new Barriers();
   server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport) as grpc.UntypedServiceImplementation);
@@ -158,11 +178,14 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
   health.addToServer(server);
 
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(o.bind, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(o.bind, credentials, (err, p) => (err ? reject(err) : resolve(p))),
   );
   widenServerWindow(server);
   transport.attach(server);
-  log.info({ bind: o.bind, port, version: VERSION, limits: o.limits }, 'serving');
+  log.info(
+    { bind: o.bind, port, version: VERSION, limits: o.limits, tls: o.tls ? (o.tls.clientCaFile ? 'mutual' : 'server') : 'off', tokens: tokens?.size ?? 'off' },
+    'serving',
+  );
 
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => {
@@ -188,7 +211,12 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     })();
     return stopping;
   };
-  return { stop, port };
+  const reloadTokens = (): boolean => {
+    if (tokens) return tokens.reload();
+    log.warn('SIGHUP: no --auth-tokens file to re-read');
+    return false;
+  };
+  return { stop, port, reloadTokens };
 }
 
 async function main(): Promise<void> {
@@ -199,12 +227,14 @@ async function main(): Promise<void> {
     process.stderr.write(`pserver: ${(e as Error).message}\n`);
     process.exit(2);
   }
-  let srv: Awaited<ReturnType<typeof startServer>>;
+  let srv: Awaited<ReturnType<typeof startServer>> | undefined;
+  // Installed before the start so that an early SIGHUP cannot end the process (its default).
+  process.on('SIGHUP', () => (srv ? srv.reloadTokens() : log.warn('SIGHUP before the server serves: ignored')));
   try {
     srv = await startServer(opts);
   } catch (e) {
     log.fatal({ err: e }, `cannot start: ${(e as Error).message}`);
-    process.exit(1);
+    process.exit(e instanceof SecurityConfigError ? 2 : 1);
   }
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.on(sig, () => {
