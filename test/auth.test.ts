@@ -48,7 +48,7 @@ interface Outcome {
 function stub(endpoint: string, creds: grpc.ChannelCredentials): Stub {
   const Ctor = parameterServerService();
   // A private subchannel: a refused handshake must not be shared with the next stub.
-  return new Ctor(endpoint, creds, { 'grpc.use_local_subchannel_pool': 1 }) as Stub;
+  return new Ctor(endpoint, creds, { 'grpc.use_local_subchannel_pool': 1, 'grpc.ssl_target_name_override': 'localhost' }) as Stub;
 }
 
 function call(c: grpc.Client & Record<string, any>, method: string, req: unknown, token?: string, header?: string): Promise<Outcome> {
@@ -272,7 +272,7 @@ describe('TLS and tokens on one server', () => {
 
   test('the health service answers without a token', async () => {
     const Health = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
-    const h = new Health(endpoint, tlsCreds) as Stub;
+    const h = new Health(endpoint, tlsCreds, { 'grpc.ssl_target_name_override': 'localhost' }) as Stub;
     const o = await new Promise<Outcome>((resolve) => h.Check({ service: PS_SERVICE }, { deadline: Date.now() + 5000 }, (err: grpc.ServiceError | null, res: unknown) => resolve({ err, res })));
     h.close();
     assert.equal(codeName(o), 'OK', o.err?.details);
@@ -312,7 +312,7 @@ describe('TLS and tokens on one server', () => {
   });
 
   test('the SDK over TLS with a token: connect, create, push, pull; wrong or missing tokens are typed errors', async () => {
-    const tls = { ca: certs.pem(certs.caFile) };
+    const tls = { ca: certs.pem(certs.caFile), serverName: 'localhost' };
     const ps = await PsClient.connect({ endpoints: [endpoint], tls, token: T.trainer, retryForMs: 0 });
     try {
       const spec = { ...TABLE, name: 'sdk' };
@@ -395,7 +395,7 @@ describe('mutual TLS', () => {
       s.close();
       assert.equal(codeName(o), want, `${what}: ${o.err?.details}`);
     }
-    const ps = await PsClient.connect({ endpoints: [endpoint], tls: { ca, cert: certs.pem(certs.clientCert), key: certs.pem(certs.clientKey) } });
+    const ps = await PsClient.connect({ endpoints: [endpoint], tls: { ca, cert: certs.pem(certs.clientCert), key: certs.pem(certs.clientKey), serverName: 'localhost' } });
     assert.equal((await ps.status())[0].version.length > 0, true);
     ps.close();
   });

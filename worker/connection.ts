@@ -23,6 +23,11 @@ export interface TlsOptions {
   ca: Buffer | string;
   cert?: Buffer | string;
   key?: Buffer | string;
+  /**
+   * The name to check the servers' certificates against, when the endpoints
+   * are IP addresses (Node deprecates IPs as TLS server names: DEP0123).
+   */
+  serverName?: string;
 }
 
 /** How a connection proves who it is: TLS (optional) and a bearer token (optional). */
@@ -77,6 +82,7 @@ export class ShardConnection {
       // Reconnect quickly after a server restart.
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 1000,
+      ...(access.tls?.serverName ? { 'grpc.ssl_target_name_override': access.tls.serverName } : {}),
     }) as grpc.Client & Record<string, any>;
   }
 
