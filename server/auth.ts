@@ -247,6 +247,16 @@ export interface TlsFiles {
   clientCaFile?: string;
 }
 
+/** The access options of the command line, checked for the flags that go together (the files are read at start). */
+export function accessOptions(a: { tlsCert?: string; tlsKey?: string; tlsClientCa?: string; authTokens?: string }): { tls?: TlsFiles; authTokensFile?: string } {
+  if (!a.tlsCert !== !a.tlsKey) throw new Error('--tls-cert and --tls-key go together: give both (PEM files) or neither');
+  if (a.tlsClientCa && !a.tlsCert) throw new Error('--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)');
+  return {
+    tls: a.tlsCert && a.tlsKey ? { certFile: a.tlsCert, keyFile: a.tlsKey, clientCaFile: a.tlsClientCa || undefined } : undefined,
+    authTokensFile: a.authTokens || undefined,
+  };
+}
+
 function parseCert(pem: Buffer, what: string, file: string): X509Certificate {
   let cert: X509Certificate;
   try {

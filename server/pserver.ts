@@ -13,7 +13,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
-import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore, type TlsFiles } from './auth';
+import { accessOptions, authInterceptor, SecurityConfigError, serverCredentials, TokenStore, type TlsFiles } from './auth';
 import { Barriers } from './barrier';
 import { log } from './log';
 import { makeHandlers, serverDefinition, VERSION } from './service';
@@ -84,8 +84,6 @@ export function parseOptions(argv: string[]): ServerOptions {
   if (!(a['recv-mb-per-connection'] > a['max-message-mb']))
     throw new Error(`--recv-mb-per-connection (${a['recv-mb-per-connection']}) must be above --max-message-mb (${a['max-message-mb']}), or no request of the largest size could arrive`);
   if (!(a['recv-mb'] >= a['recv-mb-per-connection'])) throw new Error(`--recv-mb (${a['recv-mb']}) must be at least --recv-mb-per-connection (${a['recv-mb-per-connection']})`);
-  if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together: give both (PEM files) or neither');
-  if (a['tls-client-ca'] && !a['tls-cert']) throw new Error('--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)');
   log.level = a['log-level'];
   return {
     bind: a.bind as string,
@@ -105,8 +103,7 @@ export function parseOptions(argv: string[]): ServerOptions {
       recvMbPerConnection: a['recv-mb-per-connection'],
       recvMb: a['recv-mb'],
     },
-    tls: a['tls-cert'] ? { certFile: a['tls-cert'], keyFile: a['tls-key']!, clientCaFile: a['tls-client-ca'] || undefined } : undefined,
-    authTokensFile: a['auth-tokens'] || undefined,
+    ...accessOptions({ tlsCert: a['tls-cert'], tlsKey: a['tls-key'], tlsClientCa: a['tls-client-ca'], authTokens: a['auth-tokens'] }),
   };
 }
 
