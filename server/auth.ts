@@ -4,10 +4,13 @@
 // never reaches its handler: grpc-js reads the request body only once the
 // metadata has been passed on, so it does no work and changes nothing.
 //
-// Tokens are compared as SHA-256 digests with crypto.timingSafeEqual against
-// every entry (no early exit), so the time of a refusal says nothing about
-// how close a guess was. A token is never logged, echoed in a status or
-// named in a file error: the entry's name stands for it.
+// Tokens are found by their SHA-256 digest and the match confirmed with
+// crypto.timingSafeEqual: what a lookup's timing can leak is about the
+// digest, and a digest close to a real one gives no token close to it (a
+// comparison of the raw strings would leak the token's prefix). One lookup,
+// not a scan of every entry: a scan costs 0.1 us per token, 1 ms per call at
+// 10,000 tokens. A token is never logged, echoed in a status or named in a
+// file error: the entry's name stands for it.
 import { createHash, createPrivateKey, timingSafeEqual, X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
@@ -153,9 +156,15 @@ export function parseTokens(text: string, file = 'tokens file'): TokenEntry[] {
 /** The tokens of --auth-tokens, re-read on SIGHUP. */
 export class TokenStore {
   private entries: TokenEntry[];
+  private byDigest: Map<string, TokenEntry>;
 
   constructor(readonly file: string) {
     this.entries = this.read();
+    this.byDigest = TokenStore.index(this.entries);
+  }
+
+  private static index(entries: TokenEntry[]): Map<string, TokenEntry> {
+    return new Map(entries.map((t) => [t.digest.toString('base64'), t]));
   }
 
   private read(): TokenEntry[] {
@@ -169,7 +178,9 @@ export class TokenStore {
   /** Re-reads the file; a bad file keeps the tokens in force and logs why. True if reloaded. */
   reload(): boolean {
     try {
-      this.entries = this.read();
+      const entries = this.read();
+      this.byDigest = TokenStore.index(entries);
+      this.entries = entries;
     } catch (e) {
       log.error({ file: this.file, reason: (e as Error).message }, 'tokens file not reloaded; the previous tokens stay in force');
       return false;
@@ -178,12 +189,11 @@ export class TokenStore {
     return true;
   }
 
-  /** The entry of a token, compared in constant time against every entry. */
+  /** The entry of a token: found by digest, confirmed in constant time. */
   lookup(token: string): TokenEntry | undefined {
     const d = sha256(token);
-    let found: TokenEntry | undefined;
-    for (const t of this.entries) if (timingSafeEqual(d, t.digest) && !found) found = t;
-    return found;
+    const t = this.byDigest.get(d.toString('base64'));
+    return t && timingSafeEqual(d, t.digest) ? t : undefined;
   }
 }
 
