@@ -21,6 +21,8 @@ export interface ClusterOptions {
   /** Extra environment for one shard's first start, by shard index. */
   shardEnv?: Record<number, Record<string, string>>;
   logLevel?: string;
+  /** How the readiness probe (a Status call) reaches servers started with TLS or --auth-tokens (in env). */
+  probe?: { credentials?: grpc.ChannelCredentials; token?: string };
 }
 
 export async function freePort(): Promise<number> {
@@ -34,11 +36,15 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function statusOnce(endpoint: string): Promise<void> {
+function statusOnce(endpoint: string, probe: ClusterOptions['probe'] = {}): Promise<void> {
   const Ctor = parameterServerService();
-  const c = new Ctor(endpoint, grpc.credentials.createInsecure()) as grpc.Client & Record<string, any>;
+  // Certificates for loopback name localhost: Node deprecates an IP as the TLS server name.
+  const c = new Ctor(endpoint, probe.credentials ?? grpc.credentials.createInsecure(), probe.credentials ? { 'grpc.ssl_target_name_override': 'localhost' } : {}) as grpc.Client &
+    Record<string, any>;
+  const md = new grpc.Metadata();
+  if (probe.token) md.set('authorization', `Bearer ${probe.token}`);
   return new Promise<void>((resolve, reject) =>
-    c.Status({}, { deadline: Date.now() + 1000 }, (err: Error | null) => {
+    c.Status({}, md, { deadline: Date.now() + 1000 }, (err: Error | null) => {
       c.close();
       if (err) reject(err);
       else resolve();
@@ -121,7 +127,7 @@ export class LocalCluster {
       // Ready when it answers Status (whatever the log level).
       const poll = (): void => {
         if (done) return;
-        statusOnce(this.endpoints[i]).then(
+        statusOnce(this.endpoints[i], this.opts.probe).then(
           () => {
             if (done) return;
             done = true;

@@ -3,6 +3,7 @@
 
   python3 -m grpc_tools.protoc -I proto --python_out=gen --grpc_python_out=gen proto/pmemps.proto
   python3 examples/python_client.py --stubs gen [--check] [--json] HOST:PORT [HOST:PORT ...]
+  ... [--ca ca.pem [--cert client.pem --key client.key]] [--token-file FILE]
 
 The endpoints are the shards in shard order. Without --stubs the stubs are
 generated into a temp dir (needs grpc_tools). --check asserts exact values,
@@ -15,7 +16,13 @@ ap.add_argument('endpoints', nargs='+')
 ap.add_argument('--stubs', default=os.environ.get('PMEMPS_PY_STUBS'), help='dir with pmemps_pb2*.py')
 ap.add_argument('--check', action='store_true')
 ap.add_argument('--json', action='store_true')
+ap.add_argument('--ca', help='PEM of the CA that signed the servers\' certificates: TLS (servers with --tls-cert)')
+ap.add_argument('--cert', help='client certificate, PEM (mutual TLS: servers with --tls-client-ca)')
+ap.add_argument('--key', help='private key of --cert, PEM')
+ap.add_argument('--token-file', help='file holding the bearer token (servers with --auth-tokens); or PMEMPS_TOKEN')
 args = ap.parse_args()
+if bool(args.cert) != bool(args.key): ap.error('--cert and --key go together')
+if args.cert and not args.ca: ap.error('--cert needs --ca (mutual TLS is TLS first)')
 try:
     import grpc
 except ImportError:
@@ -73,11 +80,27 @@ def push(table, keys, grads, seq, incarnation=None):  # grads: one row per key; 
         dup.append(stubs[s].Push(req, timeout=10).duplicate)
     return dup
 
+class Bearer(grpc.UnaryUnaryClientInterceptor):
+    # Metadata rather than grpc.access_token_call_credentials: call
+    # credentials need TLS, and a token over plaintext loopback is allowed.
+    def __init__(self, token): self.md = ('authorization', 'Bearer ' + token)
+    def intercept_unary_unary(self, cont, details, request):
+        return cont(details._replace(metadata=list(details.metadata or ()) + [self.md]), request)
+
+def channel(endpoint, opts):
+    read = lambda f: open(f, 'rb').read() if f else None
+    if args.ca:
+        ch = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(read(args.ca), read(args.key), read(args.cert)), options=opts)
+    else:
+        ch = grpc.insecure_channel(endpoint, options=opts)
+    token = open(args.token_file).read().strip() if args.token_file else os.environ.get('PMEMPS_TOKEN')
+    return grpc.intercept_channel(ch, Bearer(token)) if token else ch
+
 def main():
     global stubs, status, worker_id
     # grpcio receives at most 4 MiB by default; the server takes up to 64 MiB (--max-message-mb).
     opts = [('grpc.max_receive_message_length', 64 << 20), ('grpc.max_send_message_length', 64 << 20)]
-    stubs = [pb_grpc.ParameterServerStub(grpc.insecure_channel(e, options=opts)) for e in args.endpoints]
+    stubs = [pb_grpc.ParameterServerStub(channel(e, opts)) for e in args.endpoints]
     status = [s.Status(pb.StatusRequest(), timeout=10) for s in stubs]
     for e, st in zip(args.endpoints, status):
         ident = f'shard {st.identity.shard_index}/{st.identity.shard_count}' if st.HasField('identity') else 'no identity yet'

@@ -12,6 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
+import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore } from './auth';
 import { Barriers } from './barrier';
 import { ConfigError, loadConfig, redactConfig, type PserverConfig } from './config';
 import { initLog, log } from './log';
@@ -40,7 +41,10 @@ function widenServerWindow(server: grpc.Server): void {
     });
 }
 
-export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number }> {
+export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number; reloadTokens: () => boolean }> {
+  // Before the pool is opened: a bad file changes nothing.
+  const credentials = serverCredentials(o.tls);
+  const tokens = o.authTokensFile ? new TokenStore(o.authTokensFile) : null;
   fs.mkdirSync(o.pmem, { recursive: true });
   const shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
   const oi = shard.engine.openInfo;
@@ -71,6 +75,8 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     'grpc.max_send_message_length': maxBytes,
     'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
     ...transport.serverOptions(),
+    // The token check last: grpc-js hands a call to the last interceptor first.
+    interceptors: [...(transport.serverOptions().interceptors ?? []), ...(tokens ? [authInterceptor(tokens)] : [])],
   } as grpc.ServerOptions);
   const barriers = new Barriers();
   server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport) as grpc.UntypedServiceImplementation);
@@ -78,11 +84,14 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
   health.addToServer(server);
 
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(o.bind, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(o.bind, credentials, (err, p) => (err ? reject(err) : resolve(p))),
   );
   widenServerWindow(server);
   transport.attach(server);
-  log.info({ bind: o.bind, port, version: VERSION, limits: o.limits }, 'serving');
+  log.info(
+    { bind: o.bind, port, version: VERSION, limits: o.limits, tls: o.tls ? (o.tls.clientCaFile ? 'mutual' : 'server') : 'off', tokens: tokens?.size ?? 'off' },
+    'serving',
+  );
 
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => {
@@ -108,7 +117,12 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     })();
     return stopping;
   };
-  return { stop, port };
+  const reloadTokens = (): boolean => {
+    if (tokens) return tokens.reload();
+    log.warn('SIGHUP: no --auth-tokens file to re-read');
+    return false;
+  };
+  return { stop, port, reloadTokens };
 }
 
 async function main(): Promise<void> {
@@ -128,6 +142,8 @@ async function main(): Promise<void> {
   // default action would kill the process with the pool open) is honoured
   // as a clean stop once the server is up.
   let srv: Awaited<ReturnType<typeof startServer>> | null = null;
+  // SIGHUP too: its default action would end the process.
+  process.on('SIGHUP', () => (srv ? srv.reloadTokens() : log.warn('SIGHUP before the server serves: ignored')));
   let signalled: NodeJS.Signals | null = null;
   const stop = (): void => {
     srv!.stop().then(
@@ -150,7 +166,7 @@ async function main(): Promise<void> {
     srv = await startServer(opts);
   } catch (e) {
     log.fatal({ err: e }, `cannot start: ${(e as Error).message}`);
-    process.exit(1);
+    process.exit(e instanceof SecurityConfigError ? 2 : 1);
   }
   if (signalled) stop();
 }

@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
+import type * as tls from 'node:tls';
 import { FAST_CODECS } from '../proto/fast-codec';
 
 export const PULL_PATH = '/pmemps.v1.ParameterServer/Pull';
@@ -68,8 +69,13 @@ export class RawSession {
   isClosed = false;
   closedByUs = false;
 
-  constructor(endpoint: string, settings: http2.Settings = {}) {
-    this.session = http2.connect(`http://${endpoint}`, { settings });
+  /** With `o.tls`, the connection speaks TLS; `o.headers` go on every request (e.g. authorization). */
+  constructor(
+    endpoint: string,
+    settings: http2.Settings = {},
+    private readonly o: { tls?: tls.ConnectionOptions; headers?: Record<string, string> } = {},
+  ) {
+    this.session = http2.connect(`${o.tls ? 'https' : 'http'}://${endpoint}`, { settings, ...o.tls });
     this.session.on('error', () => {});
     this.session.on('goaway', (code) => (this.goaway = code));
     this.closed = new Promise((r) =>
@@ -89,7 +95,7 @@ export class RawSession {
   }
 
   request(path: string, body: Buffer | null, end = true): { stream: http2.ClientHttp2Stream; done: Promise<StreamEnd> } {
-    const stream = this.session.request({ ...GRPC_HEADERS, ':path': path }, { endStream: false });
+    const stream = this.session.request({ ...GRPC_HEADERS, ...this.o.headers, ':path': path }, { endStream: false });
     const done = streamEnd(stream);
     if (body && end) stream.end(body);
     else if (body) stream.write(body);
@@ -109,8 +115,14 @@ export class RawSession {
  * resolves when the server has started a reply (its response headers
  * arrived: the rows are computed and queued).
  */
-export function slowReader(endpoint: string, table: string, keys: Buffer, pulls: number): { raw: RawSession; ends: Promise<StreamEnd[]>; replying: Promise<void> } {
-  const raw = new RawSession(endpoint, { initialWindowSize: 0 });
+export function slowReader(
+  endpoint: string,
+  table: string,
+  keys: Buffer,
+  pulls: number,
+  o: ConstructorParameters<typeof RawSession>[2] = {},
+): { raw: RawSession; ends: Promise<StreamEnd[]>; replying: Promise<void> } {
+  const raw = new RawSession(endpoint, { initialWindowSize: 0 }, o);
   const frame = pullFrame(table, keys);
   const ends: Promise<StreamEnd>[] = [];
   let replying!: () => void;

@@ -26,7 +26,7 @@ const file = (name: string, text: string): string => {
 const CERT = file('server.crt', 'not read by the config; AUTH reads it\n');
 const KEY = file('server.key', 'x\n');
 const CA = file('ca.crt', 'x\n');
-const TOKENS = file('tokens', 'tok-7f3a9c admin ops\n');
+const TOKENS = file('tokens', 'tok-7f3a9c5e21b4d8aa admin ops\n');
 const MISSING = path.join(dir, 'missing.pem');
 const BASE = ['--bind', '127.0.0.1:7000', '--pmem', path.join(dir, 'never')];
 

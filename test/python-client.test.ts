@@ -10,8 +10,10 @@ import * as assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { PsClient, shardOfKey } from '../worker';
+import { makeCerts } from './certs.lib';
 import { poolDirs } from './helpers';
 
 const ROOT = path.join(__dirname, '..', '..'); // dist/test -> repository root
@@ -160,6 +162,36 @@ describe('a Python grpcio client, from the proto alone', () => {
       } finally {
         ps.close();
       }
+    } finally {
+      await c.stop();
+    }
+  });
+
+  test('TLS with a client certificate and a token: the example checks itself; without the token it is refused', async () => {
+    needStubs();
+    const dir = dirs('py-tls');
+    const certs = makeCerts(path.join(dir, 'certs'));
+    const tokenFile = path.join(dir, 'token');
+    fs.writeFileSync(tokenFile, 'py-trainer-token-3e1f0a9c\n');
+    fs.writeFileSync(path.join(dir, 'tokens'), 'py-trainer-token-3e1f0a9c trainer python\n');
+    const c = await LocalCluster.start({
+      dir: path.join(dir, 'cluster'),
+      shards: 1,
+      cacheMb: 16,
+      poolSize: '64M',
+      logLevel: 'warn',
+      env: { PMEMPS_TLS_CERT: certs.serverCert, PMEMPS_TLS_KEY: certs.serverKey, PMEMPS_TLS_CLIENT_CA: certs.caFile, PMEMPS_AUTH_TOKENS: path.join(dir, 'tokens') },
+      probe: { credentials: grpc.credentials.createSsl(certs.pem(certs.caFile), certs.pem(certs.clientKey), certs.pem(certs.clientCert)), token: 'py-trainer-token-3e1f0a9c' },
+    });
+    clusters.push(c);
+    try {
+      const tls = ['--ca', certs.caFile, '--cert', certs.clientCert, '--key', certs.clientKey];
+      const ok = await run(PYTHON, [EXAMPLE, '--stubs', stubs, '--check', ...tls, '--token-file', tokenFile, ...c.endpoints]);
+      assert.equal(ok.code, 0, `python_client.py over TLS failed (exit ${ok.code}):\n${ok.stdout}\n${ok.stderr}`);
+      assert.match(ok.stdout, /^check: ok$/m);
+      const none = await run(PYTHON, [EXAMPLE, '--stubs', stubs, ...tls, ...c.endpoints]);
+      assert.equal(none.code, 1);
+      assert.match(none.stderr, /failed: UNAUTHENTICATED \(reason unauthenticated\): this server requires a token/);
     } finally {
       await c.stop();
     }

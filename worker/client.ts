@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { OptimizerSpec, TableInfo, TableSpec } from '../native/types';
 import { failpoint, persistCheckpoint, rejoinCheckpoint, restoreCheckpoint, type PersistInput, type RestoreResult } from './checkpoint';
-import { ShardConnection } from './connection';
+import { ShardConnection, type TlsOptions } from './connection';
 import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
 import { optimizerToWire } from '../proto/load';
 import { splitBatch } from './batch';
@@ -45,6 +45,10 @@ export interface ConnectOptions {
    * one (a replaced, empty pool): their rows start from the initializer.
    */
   adoptNewShards?: boolean;
+  /** TLS to every shard: the CA of the servers' certificates, and for mutual TLS this client's certificate and key (PEM). Plaintext without it. */
+  tls?: TlsOptions;
+  /** Bearer token sent on every call (servers started with --auth-tokens); its role must cover the calls made (README "Security"). */
+  token?: string;
 }
 
 export interface ShardStatus {
@@ -111,7 +115,7 @@ export class PsClient {
     if (new Set(opts.endpoints).size !== opts.endpoints.length) throw new PsError('endpoints lists a server twice');
     this.workerId = opts.workerId ?? `w-${randomBytes(8).toString('hex')}`;
     const defaults = { deadlineMs: opts.deadlineMs ?? 30_000, retryForMs: opts.retryForMs ?? 60_000, maxMessageMb: opts.maxMessageMb };
-    this.shards = opts.endpoints.map((e, i) => new ShardConnection(i, e, defaults, this.stall));
+    this.shards = opts.endpoints.map((e, i) => new ShardConnection(i, e, defaults, this.stall, { tls: opts.tls, token: opts.token }));
     // Seqs start from the clock (microseconds), not 0: a restarted process
     // that reuses its workerId must not send seqs the shards already
     // recorded as applied (its pushes would be taken for retries).

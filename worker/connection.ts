@@ -4,7 +4,7 @@
 // (worker_id, seq), checkpoint phases are idempotent per id).
 import * as grpc from '@grpc/grpc-js';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
-import { PsError } from './errors';
+import { AccessDeniedError, PsError } from './errors';
 import type { StallMeter } from './stall';
 
 /** Codes after which the same call may succeed: the server was down, restarting, or slow. */
@@ -18,8 +18,47 @@ export interface CallOptions {
   onUncertain?: () => void;
 }
 
+/** TLS of the channels: the CA that signed the servers' certificates; a client certificate and key for mutual TLS. */
+export interface TlsOptions {
+  ca: Buffer | string;
+  cert?: Buffer | string;
+  key?: Buffer | string;
+  /**
+   * The name to check the servers' certificates against, when the endpoints
+   * are IP addresses (Node deprecates IPs as TLS server names: DEP0123).
+   */
+  serverName?: string;
+}
+
+/** How a connection proves who it is: TLS (optional) and a bearer token (optional). */
+export interface Access {
+  tls?: TlsOptions;
+  token?: string;
+}
+
+const pem = (v: Buffer | string): Buffer => (Buffer.isBuffer(v) ? v : Buffer.from(v));
+
+/** The channel credentials of `access`; throws PsError on a client certificate without its key (or the reverse). */
+export function channelCredentials(access: Access): grpc.ChannelCredentials {
+  const t = access.tls;
+  if (!t) return grpc.credentials.createInsecure();
+  if (!t.ca) throw new PsError('tls.ca is required: the PEM of the CA that signed the servers\' certificates');
+  if (!t.cert !== !t.key) throw new PsError('tls.cert and tls.key go together (mutual TLS): give both or neither');
+  return grpc.credentials.createSsl(pem(t.ca), t.key ? pem(t.key) : null, t.cert ? pem(t.cert) : null);
+}
+
+/** The authorization metadata of a token, checked once (not on every call). */
+function bearer(token: string | undefined): grpc.Metadata | null {
+  if (token === undefined) return null;
+  if (typeof token !== 'string' || !/^[\x21-\x7e]{1,1024}$/.test(token)) throw new PsError('token must be 1..1024 printable ASCII characters without spaces');
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${token}`);
+  return md;
+}
+
 export class ShardConnection {
   private readonly client: grpc.Client & Record<string, any>;
+  private readonly auth: grpc.Metadata | null;
   /** Incarnation and lineage of the server as this worker last saw them. */
   incarnation = 0;
   lineage = 0;
@@ -29,16 +68,21 @@ export class ShardConnection {
     readonly endpoint: string,
     private readonly defaults: { deadlineMs: number; retryForMs: number; maxMessageMb?: number },
     private readonly stall: StallMeter,
+    access: Access = {},
   ) {
     const Ctor = parameterServerService();
     const maxBytes = (defaults.maxMessageMb ?? DEFAULT_MAX_MESSAGE_MB) * 2 ** 20;
-    this.client = new Ctor(endpoint, grpc.credentials.createInsecure(), {
+    // Metadata on each call rather than call credentials: grpc-js composes
+    // those only with TLS, and a token over plaintext loopback is allowed.
+    this.auth = bearer(access.token);
+    this.client = new Ctor(endpoint, channelCredentials(access), {
       'grpc.max_receive_message_length': maxBytes,
       'grpc.max_send_message_length': maxBytes,
       'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
       // Reconnect quickly after a server restart.
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 1000,
+      ...(access.tls?.serverName ? { 'grpc.ssl_target_name_override': access.tls.serverName } : {}),
     }) as grpc.Client & Record<string, any>;
   }
 
@@ -62,11 +106,16 @@ export class ShardConnection {
   private once<T>(method: string, req: unknown, deadlineMs: number): Promise<T> {
     this.stall.enter();
     return new Promise<T>((resolve, reject) => {
-      this.client[method](req, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) => {
+      const md = this.auth ? this.auth.clone() : new grpc.Metadata();
+      this.client[method](req, md, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) => {
         this.stall.leave();
         if (err) {
           const reason = err.metadata?.get('pmemps-reason')?.[0];
-          const pe = new PsError(`${method} on shard ${this.index} (${this.endpoint}): ${err.details || err.message}`, err.code, this.index, reason ? String(reason) : undefined);
+          const msg = `${method} on shard ${this.index} (${this.endpoint}): ${err.details || err.message}`;
+          const pe =
+            err.code === grpc.status.UNAUTHENTICATED || err.code === grpc.status.PERMISSION_DENIED
+              ? new AccessDeniedError(msg, err.code, this.index)
+              : new PsError(msg, err.code, this.index, reason ? String(reason) : undefined);
           const next = err.metadata?.get('pmemps-next-seq')?.[0];
           if (next !== undefined) pe.nextSeq = Number(next);
           reject(pe);

@@ -21,6 +21,18 @@ export class PsError extends Error {
 }
 
 /**
+ * The server refused the caller: UNAUTHENTICATED (no token, or one it does
+ * not know: check the token option) or PERMISSION_DENIED (the token's role
+ * is too low for the call: README's "Security" table). Never retried.
+ */
+export class AccessDeniedError extends PsError {
+  constructor(message: string, code: grpc.status.UNAUTHENTICATED | grpc.status.PERMISSION_DENIED, shard?: number) {
+    super(message, code, shard, code === grpc.status.UNAUTHENTICATED ? 'unauthenticated' : 'permission_denied');
+    this.name = 'AccessDeniedError';
+  }
+}
+
+/**
  * A server's state is no longer what this worker pushed into: it came back
  * after a crash at its last committed checkpoint, or another worker restored
  * the cluster. Call restore() (one worker), or rejoin() when another worker
