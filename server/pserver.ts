@@ -15,6 +15,7 @@ import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { Barriers } from './barrier';
 import { log } from './log';
+import { Metrics, MetricsBindError, parseMetricsBind } from './metrics';
 import { makeHandlers, serverDefinition, VERSION } from './service';
 import { Shard } from './shard';
 import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard, type TransportLimits } from './transport-limits';
@@ -29,6 +30,8 @@ export interface ServerOptions {
   maxMessageMb: number;
   drainSeconds: number;
   limits: TransportLimits;
+  /** HOST:PORT of the Prometheus /metrics endpoint (server/metrics.ts); none when unset. */
+  metricsBind?: string;
 }
 
 export function parseOptions(argv: string[]): ServerOptions {
@@ -56,6 +59,8 @@ export function parseOptions(argv: string[]): ServerOptions {
     .option('request-seconds', { type: 'number', default: num('request-seconds', D.requestSeconds), describe: 'refuse and reset a request whose body has not fully arrived after this long' })
     .option('recv-mb-per-connection', { type: 'number', default: num('recv-mb-per-connection', D.recvMbPerConnection), describe: 'bytes of requests not yet fully arrived one connection may have sent, MiB (above --max-message-mb); over it its newest such requests are refused (UNAVAILABLE)' })
     .option('recv-mb', { type: 'number', default: num('recv-mb', D.recvMb), describe: 'bytes of requests not yet fully arrived all connections may have sent, MiB; over it the newest such requests of the connection holding the most are refused (UNAVAILABLE)' })
+    // METRICS (issue 8): --metrics-bind
+    .option('metrics-bind', { type: 'string', default: env('metrics-bind'), describe: 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, logged); unset: no metrics' })
     .option('log-level', { type: 'string', default: env('log-level') ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'], describe: 'log level' })
     .version(VERSION)
     .strict()
@@ -73,6 +78,7 @@ export function parseOptions(argv: string[]): ServerOptions {
   if (!(a['recv-mb-per-connection'] > a['max-message-mb']))
     throw new Error(`--recv-mb-per-connection (${a['recv-mb-per-connection']}) must be above --max-message-mb (${a['max-message-mb']}), or no request of the largest size could arrive`);
   if (!(a['recv-mb'] >= a['recv-mb-per-connection'])) throw new Error(`--recv-mb (${a['recv-mb']}) must be at least --recv-mb-per-connection (${a['recv-mb-per-connection']})`);
+  if (a['metrics-bind'] !== undefined) parseMetricsBind(a['metrics-bind']);
   log.level = a['log-level'];
   return {
     bind: a.bind as string,
@@ -92,6 +98,7 @@ export function parseOptions(argv: string[]): ServerOptions {
       recvMbPerConnection: a['recv-mb-per-connection'],
       recvMb: a['recv-mb'],
     },
+    metricsBind: a['metrics-bind'],
   };
 }
 
@@ -120,9 +127,19 @@ function widenServerWindow(server: grpc.Server): void {
     });
 }
 
-export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number }> {
+export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number; metricsPort?: number }> {
+  // Bound before the pool is opened: a port in use stops the start with nothing opened.
+  const metrics = o.metricsBind !== undefined ? await Metrics.listen(o.metricsBind, VERSION) : null;
+  if (metrics) log.info({ metricsBind: o.metricsBind, metricsPort: metrics.port }, 'serving metrics at /metrics');
   fs.mkdirSync(o.pmem, { recursive: true });
-  const shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
+  let shard: Shard;
+  try {
+    shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
+  metrics?.watch(shard);
   const oi = shard.engine.openInfo;
   log.info(
     {
@@ -146,14 +163,17 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
 
   const maxBytes = o.maxMessageMb * 2 ** 20;
   const transport = new TransportGuard(o.limits);
+  const transportOptions = transport.serverOptions();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxBytes,
     'grpc.max_send_message_length': maxBytes,
     'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
-    ...transport.serverOptions(),
+    ...transportOptions,
+    // The metrics interceptor first: nearest the wire, it sees the statuses the others send.
+    interceptors: [...(metrics ? [metrics.interceptor] : []), ...(transportOptions.interceptors ?? [])],
   } as grpc.ServerOptions);
   const barriers = new Barriers();
-  server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport) as grpc.UntypedServiceImplementation);
+  server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport, metrics ?? undefined) as grpc.UntypedServiceImplementation);
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
 
@@ -183,12 +203,13 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
           resolve();
         });
       });
+      await metrics?.close();
       await shard.close();
       log.info('pool closed cleanly');
     })();
     return stopping;
   };
-  return { stop, port };
+  return { stop, port, metricsPort: metrics?.port };
 }
 
 async function main(): Promise<void> {
@@ -203,6 +224,10 @@ async function main(): Promise<void> {
   try {
     srv = await startServer(opts);
   } catch (e) {
+    if (e instanceof MetricsBindError) {
+      process.stderr.write(`pserver: ${e.message}\n`);
+      process.exit(2);
+    }
     log.fatal({ err: e }, `cannot start: ${(e as Error).message}`);
     process.exit(1);
   }
