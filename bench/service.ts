@@ -761,10 +761,17 @@ function driverMain(): void {
   function metricsOverhead(): string[] {
     const L: string[] = [];
     const pct = (r: number): string => `${((1 - r) * 100).toFixed(1)}%`;
-    const pairs = (S: number, W: number, mode: Mode): number[] => {
+    const pairsOf = (S: number, W: number, mode: Mode, f: (with_: Sample, without: Sample) => number): number[] => {
       const a = results.get(key(S, W, mode, 'pmemps')) ?? [];
       const b = results.get(key(S, W, mode, 'pmemps-metrics')) ?? [];
-      return a.slice(0, b.length).map((x, i) => b[i].rowsPerSec / x.rowsPerSec);
+      return a.slice(0, b.length).map((x, i) => f(b[i], x));
+    };
+    const pairs = (S: number, W: number, mode: Mode): number[] => pairsOf(S, W, mode, (w, o) => w.rowsPerSec / o.rowsPerSec);
+    // Server CPU per step is less sensitive than throughput to what else runs on the machine.
+    const cpuPairs = (S: number, W: number, mode: Mode): number[] => pairsOf(S, W, mode, (w, o) => w.serverCpuMsPerStep / o.serverCpuMsPerStep);
+    const cpuMs = (S: number, W: number, mode: Mode, sys: SystemName): string => {
+      const xs = results.get(key(S, W, mode, sys));
+      return xs?.length ? median(xs.map((x) => x.serverCpuMsPerStep)).toFixed(2) : '-';
     };
     L.push(
       `Metrics overhead (\`--metrics-overhead\`): pmemps twice, on two identical server sets, one started with \`--metrics-bind 127.0.0.1:0\` and scraped once after each of its cells ` +
@@ -772,23 +779,33 @@ function driverMain(): void {
         `Per repetition the two cells of a step run back to back; the ratio is the median over the ${opts.reps} repetitions of with / without. Target (issue 8): metrics cost at most 2% of pull+push throughput.`,
     );
     L.push('');
-    L.push('| servers | workers | step | pmemps | pmemps + metrics | with / without, median (min..max) | cost |');
-    L.push('|---|---|---|---|---|---|---|');
+    L.push('| servers | workers | step | pmemps | pmemps + metrics | with / without, median (min..max) | cost | server CPU ms per step, without / with | CPU with / without, median |');
+    L.push('|---|---|---|---|---|---|---|---|---|');
     const all: number[] = [];
+    const allCpu: number[] = [];
     for (const S of opts.servers)
       for (const W of opts.workers)
         for (const mode of opts.modes) {
           const r = pairs(S, W, mode);
-          if (mode === 'pullpush') all.push(...r);
+          const c = cpuPairs(S, W, mode);
+          if (mode === 'pullpush') {
+            all.push(...r);
+            allCpu.push(...c);
+          }
           const m = r.length ? median(r) : undefined;
           L.push(
             `| ${S} | ${W} | ${MODE_LABEL[mode]} | ${rateCell(med(S, W, mode, 'pmemps'), mode)} | ${rateCell(med(S, W, mode, 'pmemps-metrics'), mode)} | ` +
-              `${m === undefined ? 'n/a' : `${m.toFixed(3)} (${Math.min(...r).toFixed(3)}..${Math.max(...r).toFixed(3)})`} | ${m === undefined ? '' : pct(m)} |`,
+              `${m === undefined ? 'n/a' : `${m.toFixed(3)} (${Math.min(...r).toFixed(3)}..${Math.max(...r).toFixed(3)})`} | ${m === undefined ? '' : pct(m)} | ` +
+              `${cpuMs(S, W, mode, 'pmemps')} / ${cpuMs(S, W, mode, 'pmemps-metrics')} | ${c.length ? median(c).toFixed(3) : 'n/a'} |`,
           );
         }
     if (all.length) {
       const m = median(all);
-      L.push('', `pull+push over every cell and repetition (${all.length} pairs): with / without median ${m.toFixed(3)}, a cost of ${pct(m)}; ${1 - m <= 0.02 ? 'within' : '**above**'} the 2% target.`);
+      L.push(
+        '',
+        `pull+push over every cell and repetition (${all.length} pairs): with / without median ${m.toFixed(3)}, a cost of ${pct(m)}; ${1 - m <= 0.02 ? 'within' : '**above**'} the 2% target. ` +
+          `Server CPU per pull+push step, with / without: median ${median(allCpu).toFixed(3)}.`,
+      );
     }
     return L;
   }
