@@ -22,7 +22,8 @@ import { Rng, emit, log, percentile } from './lib';
 import { RedisPeer } from './redis-peer';
 import { TcpPeer } from './tcp-ceiling';
 
-export type SystemName = 'pmemps' | 'redis-sgd' | 'redis-adagrad' | 'tcp';
+// pmemps-metrics: the same servers with --metrics-bind (bench/service.ts --metrics-overhead).
+export type SystemName = 'pmemps' | 'pmemps-metrics' | 'redis-sgd' | 'redis-adagrad' | 'tcp';
 export type Mode = 'pull' | 'push' | 'pullpush';
 
 export interface WorkerConfig {
@@ -85,7 +86,8 @@ async function connect(cfg: WorkerConfig): Promise<Peer> {
       const init = initRows(cfg, 4096);
       return { pull: (k) => p.pull(k), push: (k, g) => p.push(k, g), fill: (from, to) => p.fill(from, to, init, cfg.batch, 4), close: () => p.close() };
     }
-    case 'pmemps': {
+    case 'pmemps':
+    case 'pmemps-metrics': {
       const c = await PsClient.connect({ endpoints: cfg.endpoints });
       await c.createTable({
         name: cfg.table,

@@ -12,6 +12,9 @@
 //            SGD and Adagrad
 //   ceiling  the same bytes over a plain TCP socket between Node processes
 //            (bench/tcp-ceiling.ts)
+// With --metrics-overhead, pmemps runs twice on identical servers, one set
+// with --metrics-bind (scraped after each of its cells), the cells of both
+// interleaved, and a table of the throughput ratio is added.
 // One markdown table of every figure, written to
 // bench/results/service-latest.md. Each worker is a separate process
 // (bench/service-worker.ts); the workers of a cell start together on a
@@ -21,6 +24,7 @@
 
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -73,7 +77,7 @@ function driverMain(): void {
   // ---------------------------------------------------------------- options
 
   const USAGE = `usage: node dist/bench/service.js [--quick] [--systems pmemps,redis,tcp] [--servers 1,2] [--workers 1,2,4]
-                              [--keys N] [--dur-ms N] [--warm-ms N] [--reps N] [--out FILE]
+                              [--keys N] [--dur-ms N] [--warm-ms N] [--reps N] [--out FILE] [--metrics-overhead]
   --quick          smoke run: 100k keys, 1 repetition of 400 ms per cell
   --systems LIST   systems to run (default pmemps,redis,tcp; redis = SGD and Adagrad)
   --servers LIST   server counts (default 1,2)
@@ -83,7 +87,9 @@ function driverMain(): void {
   --warm-ms N      warm-up before each cell (default 300, quick 150)
   --reps N         repetitions of every cell, interleaved; the table shows the median (default 3, quick 1)
   --redis-server P redis-server binary (default: redis-server on the PATH)
-  --out FILE       results file (default bench/results/service-latest.md)`;
+  --out FILE       results file (default bench/results/service-latest.md)
+  --metrics-overhead  also run pmemps with --metrics-bind on a second, identical set of servers,
+                   interleaved with plain pmemps; adds a table of the throughput ratio`;
 
   const CLI_OPTIONS = {
     quick: { type: 'boolean', default: false },
@@ -97,6 +103,7 @@ function driverMain(): void {
     reps: { type: 'string' },
     'redis-server': { type: 'string' },
     out: { type: 'string' },
+    'metrics-overhead': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   } as const;
 
@@ -132,6 +139,10 @@ function driverMain(): void {
   for (const s of wanted) if (!['pmemps', 'redis', 'tcp'].includes(s)) usage(`unknown system "${s}"`);
   const systems: SystemName[] = [];
   if (wanted.includes('pmemps')) systems.push('pmemps');
+  if (argv['metrics-overhead']) {
+    if (!wanted.includes('pmemps')) usage('--metrics-overhead compares pmemps with and without metrics: --systems must include pmemps');
+    systems.push('pmemps-metrics');
+  }
   if (wanted.includes('redis')) systems.push('redis-sgd', 'redis-adagrad');
   if (wanted.includes('tcp')) systems.push('tcp');
   const opts = {
@@ -165,7 +176,7 @@ function driverMain(): void {
   const SHM = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
 
   const rowBytes = opts.dim * 4;
-  const LABEL: Record<SystemName, string> = { pmemps: 'pmemps', 'redis-sgd': 'Redis SGD', 'redis-adagrad': 'Redis Adagrad', tcp: 'TCP ceiling' };
+  const LABEL: Record<SystemName, string> = { pmemps: 'pmemps', 'pmemps-metrics': 'pmemps + metrics', 'redis-sgd': 'Redis SGD', 'redis-adagrad': 'Redis Adagrad', tcp: 'TCP ceiling' };
   const MODE_LABEL: Record<Mode, string> = { pull: 'pull', push: 'push', pullpush: 'pull+push' };
 
   function findOnPath(bin: string): string {
@@ -357,6 +368,8 @@ function driverMain(): void {
     endpoints: Partial<Record<SystemName, string[]>>;
     /** Server process ids per system, for CPU accounting. */
     pids: Partial<Record<SystemName, number[]>>;
+    /** The /metrics ports of the pmemps-metrics servers. */
+    metricsPorts: number[];
     stop: () => Promise<void>;
   }
 
@@ -377,32 +390,38 @@ function driverMain(): void {
 
   const redisVersion = { v: '?' };
 
-  async function startPmemps(count: number): Promise<{ endpoints: string[]; pids: number[]; stop: () => Promise<void> }> {
+  async function startPmemps(count: number, metrics = false): Promise<{ endpoints: string[]; pids: number[]; metricsPorts: number[]; stop: () => Promise<void> }> {
     const base = ownDir(fs.mkdtempSync(path.join(SHM, `pmemps-svcbench-${process.pid}-`)));
     const procs: Array<{ proc: ChildProcess; out: string[] }> = [];
     const endpoints: string[] = [];
+    const metricsPorts: number[] = [];
     try {
       for (let i = 0; i < count; i++) {
         const dir = path.join(base, `shard${i}`);
         fs.mkdirSync(dir);
         const port = await freePort();
         const args = [PSERVER, '--bind', `127.0.0.1:${port}`, '--pmem', dir, '--cache-mb', String(opts.cacheMb), '--pool-size', `${opts.poolSizeMb}M`];
-        const proc = track(spawn(process.execPath, args, { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1' }, stdio: ['ignore', 'pipe', 'pipe'] }));
+        if (metrics) args.push('--metrics-bind', '127.0.0.1:0');
+        const proc = track(spawn(process.execPath, args, { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_LOG_PRETTY: '0' }, stdio: ['ignore', 'pipe', 'pipe'] }));
         const out: string[] = [];
+        let metricsPort = 0;
         const keep = (d: Buffer): void => {
-          out.push(...d.toString().split('\n').filter(Boolean));
+          const lines = d.toString().split('\n').filter(Boolean);
+          for (const l of lines) metricsPort ||= Number(/"metricsPort":(\d+)/.exec(l)?.[1] ?? 0);
+          out.push(...lines);
           if (out.length > 30) out.splice(0, out.length - 30);
         };
         proc.stdout!.on('data', keep);
         proc.stderr!.on('data', keep);
         procs.push({ proc, out });
         const t0 = performance.now();
-        while (!(await canConnect(port))) {
+        while (!(await canConnect(port)) || (metrics && !metricsPort)) {
           if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`pserver ${i} exited at start: ${out.slice(-5).join(' / ')}`);
           if (performance.now() - t0 > 60_000) throw new Error(`pserver ${i} did not listen within 60 s: ${out.slice(-5).join(' / ')}`);
           await new Promise((r) => setTimeout(r, 100));
         }
         endpoints.push(`127.0.0.1:${port}`);
+        metricsPorts.push(metricsPort);
       }
     } catch (e) {
       for (const p of procs) p.proc.kill('SIGKILL');
@@ -412,6 +431,7 @@ function driverMain(): void {
     return {
       endpoints,
       pids: procs.map((p) => p.proc.pid!),
+      metricsPorts,
       stop: async () => {
         // graceful: SIGTERM closes the engine cleanly; SIGKILL after 60 s
         await Promise.all(
@@ -498,6 +518,7 @@ function driverMain(): void {
     const stops: Array<() => Promise<void>> = [];
     const endpoints: Servers['endpoints'] = {};
     const pids: Servers['pids'] = {};
+    let metricsPorts: number[] = [];
     const stopAll = async (): Promise<void> => {
       for (const s of stops.splice(0).reverse()) await s();
     };
@@ -507,6 +528,13 @@ function driverMain(): void {
         stops.push(p.stop);
         endpoints.pmemps = p.endpoints;
         pids.pmemps = p.pids;
+      }
+      if (opts.systems.includes('pmemps-metrics')) {
+        const p = await startPmemps(count, true);
+        stops.push(p.stop);
+        endpoints['pmemps-metrics'] = p.endpoints;
+        pids['pmemps-metrics'] = p.pids;
+        metricsPorts = p.metricsPorts;
       }
       if (opts.systems.includes('redis-sgd')) {
         const r = await startRedis(count);
@@ -526,7 +554,7 @@ function driverMain(): void {
       await stopAll().catch(() => undefined);
       throw e;
     }
-    return { endpoints, pids, stop: stopAll };
+    return { endpoints, pids, metricsPorts, stop: stopAll };
   }
 
   // ---------------------------------------------------------------- workers
@@ -551,6 +579,32 @@ function driverMain(): void {
 
   function spawnWorker(system: SystemName, endpoints: string[], index: number, tag: string): Child {
     return new Child(`${system}-${tag}${index}`, [path.join(__dirname, 'service-worker.js'), JSON.stringify(workerConfig(system, endpoints, index))], process.env);
+  }
+
+  // ---------------------------------------------------------------- metrics scrapes
+
+  const scrapes: Array<{ ms: number; bytes: number }> = [];
+
+  /** Scrapes every metrics server once, after a cell (outside its measured time), and checks the rows counter of the cell's mode moved. */
+  async function scrapeAll(ports: number[], mode: Mode): Promise<void> {
+    let rows = 0;
+    for (const port of ports) {
+      const t0 = performance.now();
+      const text = await new Promise<string>((resolve, reject) => {
+        http
+          .get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+            let body = '';
+            res.setEncoding('utf8');
+            res.on('data', (d) => (body += d));
+            res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`/metrics on port ${port}: HTTP ${res.statusCode}`))));
+          })
+          .on('error', reject);
+      });
+      scrapes.push({ ms: performance.now() - t0, bytes: Buffer.byteLength(text) });
+      const name = mode === 'push' ? 'pmemps_rows_pushed_total' : 'pmemps_rows_pulled_total';
+      rows += Number(new RegExp(`^${name}\\{table="bench_emb"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+    }
+    if (rows === 0) throw new Error(`the metrics servers counted no rows after a ${mode} cell: metrics are not live`);
   }
 
   // ---------------------------------------------------------------- results
@@ -632,6 +686,7 @@ function driverMain(): void {
               const line: string[] = [];
               for (const sys of order) {
                 const s = await cell(S, sets.get(sys)!, sys, mode, srv.pids[sys] ?? []);
+                if (sys === 'pmemps-metrics') await scrapeAll(srv.metricsPorts, mode);
                 line.push(`${LABEL[sys]} ${(s.rowsPerSec / 1e3).toFixed(0)}k`);
               }
               progress(`S=${S} W=${W} rep ${rep + 1}/${opts.reps} ${MODE_LABEL[mode]}: ${line.join(', ')} rows/s`);
@@ -699,6 +754,60 @@ function driverMain(): void {
 
   function fmtRows(r: number): string {
     return r >= 1e6 ? `${(r / 1e6).toFixed(2)} M rows/s` : `${(r / 1e3).toFixed(0)} k rows/s`;
+  }
+
+  // Each repetition runs the two variants of a cell back to back (order
+  // rotated), so a repetition's ratio compares them under the same load.
+  function metricsOverhead(): string[] {
+    const L: string[] = [];
+    const pct = (r: number): string => `${((1 - r) * 100).toFixed(1)}%`;
+    const pairsOf = (S: number, W: number, mode: Mode, f: (with_: Sample, without: Sample) => number): number[] => {
+      const a = results.get(key(S, W, mode, 'pmemps')) ?? [];
+      const b = results.get(key(S, W, mode, 'pmemps-metrics')) ?? [];
+      return a.slice(0, b.length).map((x, i) => f(b[i], x));
+    };
+    const pairs = (S: number, W: number, mode: Mode): number[] => pairsOf(S, W, mode, (w, o) => w.rowsPerSec / o.rowsPerSec);
+    // Server CPU per step is less sensitive than throughput to what else runs on the machine.
+    const cpuPairs = (S: number, W: number, mode: Mode): number[] => pairsOf(S, W, mode, (w, o) => w.serverCpuMsPerStep / o.serverCpuMsPerStep);
+    const cpuMs = (S: number, W: number, mode: Mode, sys: SystemName): string => {
+      const xs = results.get(key(S, W, mode, sys));
+      return xs?.length ? median(xs.map((x) => x.serverCpuMsPerStep)).toFixed(2) : '-';
+    };
+    L.push(
+      `Metrics overhead (\`--metrics-overhead\`): pmemps twice, on two identical server sets, one started with \`--metrics-bind 127.0.0.1:0\` and scraped once after each of its cells ` +
+        `(outside the measured time; ${scrapes.length} scrapes, median ${scrapes.length ? median(scrapes.map((x) => x.ms)).toFixed(1) : '-'} ms, ${scrapes.length ? (median(scrapes.map((x) => x.bytes)) / 1024).toFixed(1) : '-'} KiB). ` +
+        `Per repetition the two cells of a step run back to back; the ratio is the median over the ${opts.reps} repetitions of with / without. Target (issue 8): metrics cost at most 2% of pull+push throughput.`,
+    );
+    L.push('');
+    L.push('| servers | workers | step | pmemps | pmemps + metrics | with / without, median (min..max) | cost | server CPU ms per step, without / with | CPU with / without, median |');
+    L.push('|---|---|---|---|---|---|---|---|---|');
+    const all: number[] = [];
+    const allCpu: number[] = [];
+    for (const S of opts.servers)
+      for (const W of opts.workers)
+        for (const mode of opts.modes) {
+          const r = pairs(S, W, mode);
+          const c = cpuPairs(S, W, mode);
+          if (mode === 'pullpush') {
+            all.push(...r);
+            allCpu.push(...c);
+          }
+          const m = r.length ? median(r) : undefined;
+          L.push(
+            `| ${S} | ${W} | ${MODE_LABEL[mode]} | ${rateCell(med(S, W, mode, 'pmemps'), mode)} | ${rateCell(med(S, W, mode, 'pmemps-metrics'), mode)} | ` +
+              `${m === undefined ? 'n/a' : `${m.toFixed(3)} (${Math.min(...r).toFixed(3)}..${Math.max(...r).toFixed(3)})`} | ${m === undefined ? '' : pct(m)} | ` +
+              `${cpuMs(S, W, mode, 'pmemps')} / ${cpuMs(S, W, mode, 'pmemps-metrics')} | ${c.length ? median(c).toFixed(3) : 'n/a'} |`,
+          );
+        }
+    if (all.length) {
+      const m = median(all);
+      L.push(
+        '',
+        `pull+push over every cell and repetition (${all.length} pairs): with / without median ${m.toFixed(3)}, a cost of ${pct(m)}; ${1 - m <= 0.02 ? 'within' : '**above**'} the 2% target. ` +
+          `Server CPU per pull+push step, with / without: median ${median(allCpu).toFixed(3)}.`,
+      );
+    }
+    return L;
   }
 
   function render(wallMs: number, status: string, date: string): string {
@@ -777,6 +886,7 @@ function driverMain(): void {
     }
     L.push('');
     L.push(`Rows meeting their targets: ${judged ? `${met} of ${judged}` : 'none judged (pmemps not run)'}.`);
+    if (opts.systems.includes('pmemps-metrics')) L.push('', ...metricsOverhead());
     // where the time of a step goes, with one worker (no contention between workers)
     L.push('');
     L.push(

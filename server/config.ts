@@ -112,7 +112,7 @@ export const OPTIONS: readonly OptionDef[] = [
   { name: 'tls-client-ca', kind: 'string', arg: 'FILE', file: true, describe: 'mutual TLS: only clients with a certificate signed by this PEM CA get in (needs `--tls-cert`)' },
   { name: 'auth-tokens', kind: 'string', arg: 'FILE', file: true, describe: 'tokens and roles, one `token role [name]` per line; calls must carry `authorization: Bearer <token>`; re-read on SIGHUP' },
   { name: 'insecure', kind: 'boolean', default: false, describe: 'allow a non-loopback `--bind` without TLS or tokens (anyone who reaches the port can read and change everything)' },
-  { name: 'metrics-bind', kind: 'string', arg: 'HOST:PORT', hostPort: true, defaultText: 'off', describe: 'serve Prometheus metrics at `http://HOST:PORT/metrics`' },
+  { name: 'metrics-bind', kind: 'string', arg: 'HOST:PORT', hostPort: true, defaultText: 'off', describe: 'serve Prometheus metrics at `http://HOST:PORT/metrics` ([Metrics](#metrics)); port 0 takes a free port, logged as `metricsPort`; a port in use stops the start (exit 2, nothing opened)' },
   { name: 'log-level', kind: 'string', arg: 'L', default: 'info', choices: LOG_LEVELS, describe: 'least level logged' },
   { name: 'log-format', kind: 'string', arg: 'F', defaultText: 'pretty on a terminal, else json', choices: LOG_FORMATS, describe: 'json: pino JSON lines on stdout, one object per event, for log shippers; pretty: one readable line per event' },
 ];

@@ -16,6 +16,7 @@ import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore } f
 import { Barriers } from './barrier';
 import { ConfigError, loadConfig, redactConfig, type PserverConfig } from './config';
 import { initLog, log } from './log';
+import { Metrics, MetricsBindError } from './metrics';
 import { makeHandlers, serverDefinition, VERSION } from './service';
 import { Shard } from './shard';
 import { http2ServersOf, TransportGuard } from './transport-limits';
@@ -41,12 +42,21 @@ function widenServerWindow(server: grpc.Server): void {
     });
 }
 
-export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number; reloadTokens: () => boolean }> {
-  // Before the pool is opened: a bad file changes nothing.
+export async function startServer(o: ServerOptions): Promise<{ stop: () => Promise<void>; port: number; metricsPort?: number; reloadTokens: () => boolean }> {
+  // Before the pool is opened: a bad file or a metrics port in use changes nothing.
   const credentials = serverCredentials(o.tls);
   const tokens = o.authTokensFile ? new TokenStore(o.authTokensFile) : null;
+  const metrics = o.metricsBind !== undefined ? await Metrics.listen(o.metricsBind, VERSION) : null;
+  if (metrics) log.info({ metricsBind: o.metricsBind, metricsPort: metrics.port }, 'serving metrics at /metrics');
   fs.mkdirSync(o.pmem, { recursive: true });
-  const shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
+  let shard: Shard;
+  try {
+    shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
+  metrics?.watch(shard);
   const oi = shard.engine.openInfo;
   log.info(
     {
@@ -70,16 +80,19 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
 
   const maxBytes = o.maxMessageMb * 2 ** 20;
   const transport = new TransportGuard(o.limits);
+  const transportOptions = transport.serverOptions();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxBytes,
     'grpc.max_send_message_length': maxBytes,
     'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW,
-    ...transport.serverOptions(),
-    // The token check last: grpc-js hands a call to the last interceptor first.
-    interceptors: [...(transport.serverOptions().interceptors ?? []), ...(tokens ? [authInterceptor(tokens)] : [])],
+    ...transportOptions,
+    // grpc-js wraps the call in these in order, the first nearest the wire:
+    // metrics first, so it sees every status the others send; the token
+    // check last, so a refused call never reaches a handler.
+    interceptors: [...(metrics ? [metrics.interceptor] : []), ...(transportOptions.interceptors ?? []), ...(tokens ? [authInterceptor(tokens)] : [])],
   } as grpc.ServerOptions);
   const barriers = new Barriers();
-  server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport) as grpc.UntypedServiceImplementation);
+  server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport, metrics ?? undefined) as grpc.UntypedServiceImplementation);
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
 
@@ -112,6 +125,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
           resolve();
         });
       });
+      await metrics?.close();
       await shard.close();
       log.info('pool closed cleanly');
     })();
@@ -122,7 +136,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     log.warn('SIGHUP: no --auth-tokens file to re-read');
     return false;
   };
-  return { stop, port, reloadTokens };
+  return { stop, port, metricsPort: metrics?.port, reloadTokens };
 }
 
 async function main(): Promise<void> {
@@ -165,6 +179,10 @@ async function main(): Promise<void> {
   try {
     srv = await startServer(opts);
   } catch (e) {
+    if (e instanceof MetricsBindError) {
+      process.stderr.write(`pserver: ${e.message}\n`);
+      process.exit(2);
+    }
     log.fatal({ err: e }, `cannot start: ${(e as Error).message}`);
     process.exit(e instanceof SecurityConfigError ? 2 : 1);
   }

@@ -8,6 +8,7 @@ import { optimizerToWire } from '../proto/load';
 import { PULL_REPLY_HEADROOM, pullReplyAround } from '../proto/fast-codec';
 import { Barriers } from './barrier';
 import { log } from './log';
+import { NO_METRICS, type ServiceMetrics } from './metrics';
 import { Shard, ShardError } from './shard';
 import { invalid, toStatus } from './status-codes';
 import { LIMITS, floatsArg, idArg, keysArg, listArg, paramsArg, str, tableName, workerId } from './wire-args';
@@ -83,7 +84,13 @@ function denseToWire(dense: Map<string, Float32Array>): { name: string; values: 
   return [...dense].map(([name, v]) => ({ name, values: Buffer.from(v.buffer, v.byteOffset, v.byteLength) }));
 }
 
-export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: number, transport?: Pick<TransportGuard, 'admitReply'>): Record<string, Unary> {
+export function makeHandlers(
+  shard: Shard,
+  barriers: Barriers,
+  maxMessageBytes: number,
+  transport?: Pick<TransportGuard, 'admitReply'>,
+  metrics: ServiceMetrics = NO_METRICS,
+): Record<string, Unary> {
   const dims = new Map<string, number>();
   const dimOf = (table: string): number | undefined => {
     let d = dims.get(table);
@@ -162,8 +169,10 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
         );
       // Waits while clients hold too many unread replies (server/transport-limits.ts).
       if (dim !== undefined) await transport?.admitReply(call, (keys.length / 8) * dim * 4);
+      const reply = pullReplyAround(await shard.pull(table, keys, PULL_REPLY_HEADROOM), PULL_REPLY_HEADROOM);
+      metrics.pulled(table, keys.length / 8);
       // Encoded around the rows (proto/fast-codec.ts): one copy less of a reply that may be 16 MiB.
-      return pullReplyAround(await shard.pull(table, keys, PULL_REPLY_HEADROOM), PULL_REPLY_HEADROOM);
+      return reply;
     }),
 
     Push: unary('Push', async (req) => {
@@ -171,6 +180,8 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
       const keys = keysArg(req.keys);
       const grads = floatsArg(req.grads, 'grads');
       const duplicate = await shard.push(table, keys, grads, workerId(req.worker_id), idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation'));
+      if (duplicate) metrics.duplicate();
+      else metrics.pushed(table, keys.length / 8);
       return { duplicate };
     }),
 
@@ -182,7 +193,9 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
     PushDense: unary('PushDense', async (req) => {
       const name = str(req.name, 'dense tensor name', LIMITS.denseName);
       const grads = floatsArg(req.grads, 'grads');
-      return { duplicate: await shard.pushDense(name, grads, workerId(req.worker_id), idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation')) };
+      const duplicate = await shard.pushDense(name, grads, workerId(req.worker_id), idArg(req.seq, 'seq'), idArg(req.incarnation, 'incarnation'));
+      if (duplicate) metrics.duplicate();
+      return { duplicate };
     }),
 
     SetDense: unary('SetDense', (req) => {
@@ -197,6 +210,7 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
       if (id === 0) throw invalid('checkpoint id must be positive');
       const ballot = idArg(req.ballot, 'ballot');
       let st;
+      const t0 = performance.now();
       switch (req.phase) {
         case 'PREPARE': {
           const dense = new Map<string, Float32Array>();
@@ -205,11 +219,13 @@ export function makeHandlers(shard: Shard, barriers: Barriers, maxMessageBytes: 
             dense.set(name, asFloats(floatsArg(t.values, 'dense tensor values')).slice());
           }
           st = await shard.prepare(id, ballot, req.meta ?? Buffer.alloc(0), dense, idArg(req.incarnation, 'incarnation'));
+          metrics.checkpointPhase('prepare', t0);
           log.info({ id, ballot }, 'checkpoint prepared');
           break;
         }
         case 'COMMIT':
           st = await shard.commit(id, ballot);
+          metrics.checkpointPhase('commit', t0);
           log.info({ id, ballot }, 'checkpoint committed');
           break;
         case 'ABORT':
