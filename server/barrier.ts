@@ -9,8 +9,7 @@
 // cancelled is dropped (its workers arrive again when they retry), and the
 // released generations of at most MAX_NAMES names are remembered.
 import * as grpc from '@grpc/grpc-js';
-import { EngineError } from '../native/engine';
-import { ShardError } from './shard';
+import { ServerError } from './errors';
 
 interface Round {
   parties: number;
@@ -31,19 +30,19 @@ export class Barriers {
     let r = this.rounds.get(key);
     if (!r) {
       if (this.rounds.size >= MAX_OPEN_ROUNDS)
-        return Promise.reject(new EngineError('OUT_OF_SPACE', `${MAX_OPEN_ROUNDS} barriers are waiting on this server, its limit; finish or cancel some first`));
+        return Promise.reject(new ServerError('OUT_OF_SPACE', `${MAX_OPEN_ROUNDS} barriers are waiting on this server, its limit; finish or cancel some first`));
       r = { parties, arrived: new Set(), waiters: [] };
       this.rounds.set(key, r);
     }
     if (r.parties !== parties)
-      return Promise.reject(new EngineError('INVALID_ARGUMENT', `barrier "${name}" generation ${generation} has ${r.parties} parties; this call says ${parties}`));
+      return Promise.reject(new ServerError('INVALID_ARGUMENT', `barrier "${name}" generation ${generation} has ${r.parties} parties; this call says ${parties}`));
     r.arrived.add(worker);
     const round = r;
     const p = new Promise<Record<string, never>>((resolve, reject) => {
       const waiter = { resolve: () => resolve({}), reject };
       round.waiters.push(waiter);
       call?.on('cancelled', () => {
-        reject(new ShardError('UNAVAILABLE', 'barrier call cancelled'));
+        reject(new ServerError('UNAVAILABLE', 'barrier call cancelled'));
         round.waiters = round.waiters.filter((w) => w !== waiter);
         if (round.waiters.length === 0 && this.rounds.get(key) === round) this.rounds.delete(key);
       });
@@ -61,7 +60,7 @@ export class Barriers {
 
   /** Fails every waiting call (the server is stopping). */
   failAll(): void {
-    for (const r of this.rounds.values()) for (const w of r.waiters) w.reject(new ShardError('UNAVAILABLE', 'the server is stopping'));
+    for (const r of this.rounds.values()) for (const w of r.waiters) w.reject(new ServerError('UNAVAILABLE', 'the server is stopping'));
     this.rounds.clear();
   }
 }

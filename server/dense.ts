@@ -6,7 +6,8 @@
 // Dense tensors are small next to the tables (the dense layers of a CTR
 // model), so they live in DRAM and are written whole into each checkpoint
 // and into the clean-close record, at the same boundary as the rows.
-import { denseOptimizer, EngineError, type OptimizerSpec } from '../native/engine';
+import { denseOptimizer, type OptimizerSpec } from '../native/engine';
+import { ServerError } from './errors';
 
 interface DenseEntry {
   opt: OptimizerSpec;
@@ -36,15 +37,15 @@ export class DenseStore {
   /** Creates or overwrites a tensor: values as given, optimizer state at its initial values. */
   set(name: string, values: Float32Array, opt: OptimizerSpec): void {
     checkName(name);
-    if (values.length === 0) throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}" has no values`);
+    if (values.length === 0) throw new ServerError('INVALID_ARGUMENT', `dense tensor "${name}" has no values`);
     for (let i = 0; i < values.length; i++)
-      if (!Number.isFinite(values[i])) throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}": element ${i} is not finite`);
+      if (!Number.isFinite(values[i])) throw new ServerError('INVALID_ARGUMENT', `dense tensor "${name}": element ${i} is not finite`);
     const floats = denseOptimizer.rowFloats(opt, values.length);
     const old = this.tensors.get(name);
     if (!old && this.tensors.size >= MAX_DENSE_TENSORS)
-      throw new EngineError('OUT_OF_SPACE', `this shard already holds ${MAX_DENSE_TENSORS} dense tensors, its limit; overwrite an existing one instead`);
+      throw new ServerError('OUT_OF_SPACE', `this shard already holds ${MAX_DENSE_TENSORS} dense tensors, its limit; overwrite an existing one instead`);
     if (this.floats - (old?.row.length ?? 0) + floats > MAX_DENSE_FLOATS)
-      throw new EngineError('OUT_OF_SPACE', `dense tensors on this shard would take more than ${(MAX_DENSE_FLOATS * 4) / 2 ** 20} MiB with their optimizer state`);
+      throw new ServerError('OUT_OF_SPACE', `dense tensors on this shard would take more than ${(MAX_DENSE_FLOATS * 4) / 2 ** 20} MiB with their optimizer state`);
     const row = new Float32Array(floats);
     denseOptimizer.initRow(opt, row);
     row.set(values, 0);
@@ -78,14 +79,14 @@ export class DenseStore {
   push(name: string, grads: Float32Array): void {
     const e = this.entry(name);
     if (grads.length !== e.n)
-      throw new EngineError('INVALID_ARGUMENT', `dense tensor "${name}" has ${e.n} values; the gradient has ${grads.length}`);
+      throw new ServerError('INVALID_ARGUMENT', `dense tensor "${name}" has ${e.n} values; the gradient has ${grads.length}`);
     // Applied to a copy and kept only when every value stays finite: a pull
     // must never return a non-finite value.
     const row = e.row.slice();
     const step = denseOptimizer.apply(e.opt, row, e.step, grads);
     for (let i = 0; i < row.length; i++)
       if (!Number.isFinite(row[i]))
-        throw new EngineError('INVALID_ARGUMENT', `this gradient would make dense tensor "${name}" non-finite (element ${i % e.n}); it was refused and nothing changed`);
+        throw new ServerError('INVALID_ARGUMENT', `this gradient would make dense tensor "${name}" non-finite (element ${i % e.n}); it was refused and nothing changed`);
     e.row = row;
     e.step = step;
   }
@@ -127,12 +128,12 @@ export class DenseStore {
 
   private entry(name: string): DenseEntry {
     const e = this.tensors.get(name);
-    if (!e) throw new EngineError('NOT_FOUND', `no dense tensor "${name}" on this shard; create it with SetDense`);
+    if (!e) throw new ServerError('NOT_FOUND', `no dense tensor "${name}" on this shard; create it with SetDense`);
     return e;
   }
 }
 
 function checkName(name: string): void {
   if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name) > MAX_DENSE_NAME)
-    throw new EngineError('INVALID_ARGUMENT', `dense tensor names must be 1..${MAX_DENSE_NAME} bytes`);
+    throw new ServerError('INVALID_ARGUMENT', `dense tensor names must be 1..${MAX_DENSE_NAME} bytes`);
 }

@@ -269,8 +269,8 @@ export class Metrics implements ServiceMetrics {
     const shard = this.shard;
     if (!shard || shard.closed) return (this.sampled = null);
     return (this.sampled = {
-      stats: shard.engine.stats(),
-      tables: new Set(shard.engine.listTables().map((t) => t.name)),
+      stats: shard.stats(),
+      tables: new Set(shard.listTables().map((t) => t.name)),
       incarnation: shard.incarnation,
       needsRestore: shard.needsRestore,
     });

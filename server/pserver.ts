@@ -57,7 +57,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     throw e;
   }
   metrics?.watch(shard);
-  const oi = shard.engine.openInfo;
+  const oi = shard.openInfo;
   log.info(
     {
       pmem: o.pmem,

@@ -9,7 +9,8 @@ import { PULL_REPLY_HEADROOM, pullReplyAround } from '../proto/fast-codec';
 import { Barriers } from './barrier';
 import { log } from './log';
 import { NO_METRICS, type ServiceMetrics } from './metrics';
-import { Shard, ShardError } from './shard';
+import { ServerError } from './errors';
+import { Shard } from './shard';
 import { invalid, toStatus } from './status-codes';
 import { LIMITS, floatsArg, idArg, keysArg, listArg, paramsArg, str, tableName, workerId } from './wire-args';
 import type { TransportGuard } from './transport-limits';
@@ -95,7 +96,7 @@ export function makeHandlers(
   const dimOf = (table: string): number | undefined => {
     let d = dims.get(table);
     if (d === undefined) {
-      for (const t of shard.engine.listTables()) dims.set(t.name, t.dim);
+      for (const t of shard.listTables()) dims.set(t.name, t.dim);
       d = dims.get(table);
     }
     return d;
@@ -142,13 +143,12 @@ export function makeHandlers(
     UpdateTable: unary('UpdateTable', (req) => {
       const name = tableName(req.name);
       const params = paramsArg(req.params, 'params');
-      shard.engine.updateTable(name, params);
-      const t = shard.engine.listTables().find((x) => x.name === name)!;
+      const t = shard.updateTable(name, params);
       log.info({ table: name, params }, 'table hyperparameters updated');
       return { spec: (tableToWire(t) as { spec: unknown }).spec };
     }),
 
-    ListTables: unary('ListTables', () => ({ tables: shard.engine.listTables().map(tableToWire) })),
+    ListTables: unary('ListTables', () => ({ tables: shard.listTables().map(tableToWire) })),
 
     DropTable: unary('DropTable', async (req) => {
       const name = tableName(req.name);
@@ -163,7 +163,7 @@ export function makeHandlers(
       const keys = keysArg(req.keys);
       const dim = dimOf(table);
       if (dim !== undefined && (keys.length / 8) * dim * 4 + 64 > maxMessageBytes)
-        throw new ShardError(
+        throw new ServerError(
           'TOO_LARGE',
           `${keys.length / 8} keys x dim ${dim} is ${(((keys.length / 8) * dim * 4) / 2 ** 20).toFixed(1)} MiB, above the server's --max-message-mb ${maxMessageBytes / 2 ** 20}; split the batch (the SDK does)`,
         );
@@ -252,7 +252,7 @@ export function makeHandlers(
     ReadCheckpoint: unary('ReadCheckpoint', () => checkpointReply(shard.readCheckpoint())),
 
     Status: unary('Status', () => {
-      const st = shard.engine.stats();
+      const st = shard.stats();
       const id = shard.identity();
       const lookups = st.hits + st.misses;
       return {
@@ -262,13 +262,13 @@ export function makeHandlers(
         committed_id: st.committed ?? 0,
         prepared_id: st.prepared ?? 0,
         pushes_blocked: shard.blockedBy !== 0,
-        tables: shard.engine.listTables().map(tableToWire),
+        tables: shard.listTables().map(tableToWire),
         cache_hit_ratio: lookups ? st.hits / lookups : 0,
         cache_bytes: st.cacheBytes,
         cache_budget_bytes: st.cacheBudget,
         pool_bytes: st.poolBytes,
         pool_used_bytes: st.poolUsedBytes,
-        pmem: shard.engine.openInfo.isPmem,
+        pmem: shard.openInfo.isPmem,
         lineage: shard.lineage,
         ballot: shard.checkpointState().ballot,
         version: VERSION,

@@ -19,10 +19,11 @@
 //  * lineage changes exactly when the state stops being the continuation of
 //    what was acknowledged: a start after a crash, and a restore.
 import { randomInt } from 'node:crypto';
-import { Engine, EngineError, asFloats, type OptimizerSpec, type ShardIdentity, type TableSpec } from '../native/engine';
+import { Engine, EngineError, asFloats, type EngineStats, type OpenInfo, type OptimizerSpec, type ShardIdentity, type TableInfo, type TableSpec } from '../native/engine';
 import { shardOfDense } from '../worker/shard';
 import { DenseStore, type DenseShape } from './dense';
 import { ExactlyOnce, MAX_SEQ_AHEAD_US } from './exactly-once';
+import { ServerError } from './errors';
 import { log } from './log';
 
 export interface ShardOptions {
@@ -32,17 +33,6 @@ export interface ShardOptions {
 }
 
 /** A refusal the service maps to a gRPC code other than the engine's. */
-export class ShardError extends Error {
-  constructor(
-    readonly kind: 'STALE_BALLOT' | 'INCARNATION' | 'UNAVAILABLE' | 'TOO_OLD' | 'WRONG_SHARD' | 'TOO_LARGE' | 'NEEDS_RESTORE' | 'BALLOT_STEP' | 'ID_STEP',
-    message: string,
-    /** Extra trailers a client acts on (e.g. pmemps-next-seq with TOO_OLD). */
-    readonly trailers: Record<string, string> = {},
-  ) {
-    super(message);
-    this.name = 'ShardError';
-  }
-}
 
 // Envelope of the engine's checkpoint meta and of the close record: a small
 // JSON header with section lengths, then the sections.
@@ -82,14 +72,14 @@ export const MAX_BALLOT_STEP = 2 ** 20;
 function checkNewId(id: number, st: CheckpointState): void {
   const last = Math.max(st.lastId, st.committedId);
   if (id <= last)
-    throw new EngineError('FAILED_PRECONDITION', `checkpoint id ${id} must be greater than ${last} (ids strictly increase; an aborted id never comes back)`);
+    throw new ServerError('FAILED_PRECONDITION', `checkpoint id ${id} must be greater than ${last} (ids strictly increase; an aborted id never comes back)`);
   if (id > last + MAX_ID_STEP)
-    throw new ShardError('ID_STEP', `checkpoint id ${id} is more than 2^20 above this shard's last id ${last}; take the next id (max over the shards of last_checkpoint_id, + 1)`);
+    throw new ServerError('ID_STEP', `checkpoint id ${id} is more than 2^20 above this shard's last id ${last}; take the next id (max over the shards of last_checkpoint_id, + 1)`);
 }
 
 function checkBallotStep(b: number, cur: number): void {
   if (b > cur + MAX_BALLOT_STEP)
-    throw new ShardError('BALLOT_STEP', `ballot ${b} is more than 2^20 above this shard's ballot ${cur}; raise it in steps of at most 2^20 (the SDK does)`);
+    throw new ServerError('BALLOT_STEP', `ballot ${b} is more than 2^20 above this shard's ballot ${cur}; raise it in steps of at most 2^20 (the SDK does)`);
 }
 
 // The close record's size for sections of these sizes: lineage and
@@ -116,7 +106,9 @@ export interface CheckpointState {
 }
 
 export class Shard {
-  readonly engine: Engine;
+  // Private: the handlers reach the engine only through the Shard, so that
+  // validation, limits and bookkeeping of every operation live here.
+  private readonly engine: Engine;
   incarnation: number;
   lineage: number;
   readonly lastStopClean: boolean;
@@ -169,6 +161,27 @@ export class Shard {
     const before = this.engine.listTables().some((t) => t.name === spec.name);
     this.engine.createTable(spec);
     return !before;
+  }
+
+  listTables(): TableInfo[] {
+    return this.engine.listTables();
+  }
+
+  /** Changes hyperparameters of the table's optimizer (taking effect with the next push); its spec after the change. */
+  updateTable(name: string, params: Record<string, number>): TableInfo {
+    this.live();
+    this.engine.updateTable(name, params);
+    return this.engine.listTables().find((t) => t.name === name)!;
+  }
+
+  /** The engine's counters and sizes (Status, metrics). */
+  stats(): EngineStats {
+    return this.engine.stats();
+  }
+
+  /** What the pool was at open: created, last stop clean, on persistent memory, checkpoints. */
+  get openInfo(): OpenInfo {
+    return this.engine.openInfo;
   }
 
   /** Drops a table; a restore of a checkpoint from before the drop brings it back. */
@@ -226,7 +239,7 @@ export class Shard {
       this.checkIncarnation(incarnation);
       this.writable();
       if (st.preparedId !== 0)
-        throw new EngineError(
+        throw new ServerError(
           'FAILED_PRECONDITION',
           `checkpoint ${st.preparedId} is prepared here and unresolved; COMMIT or ABORT it first (the SDK's restore() does) before preparing ${id}`,
         );
@@ -260,7 +273,7 @@ export class Shard {
       const st = this.checkpointState();
       if (st.committedId === id) return st;
       if (st.preparedId !== id)
-        throw new EngineError('FAILED_PRECONDITION', `checkpoint ${id} is not prepared on this shard (committed ${st.committedId}, prepared ${st.preparedId || 'none'})`);
+        throw new ServerError('FAILED_PRECONDITION', `checkpoint ${id} is not prepared on this shard (committed ${st.committedId}, prepared ${st.preparedId || 'none'})`);
       adopt();
       await this.engine.commit(id);
       if (this.blockedBy === id) {
@@ -276,7 +289,7 @@ export class Shard {
   abort(id: number, ballot: number): Promise<CheckpointState> {
     return this.protocol(ballot, async (adopt) => {
       const st = this.checkpointState();
-      if (st.committedId === id) throw new EngineError('FAILED_PRECONDITION', `checkpoint ${id} is already committed on this shard; it cannot be aborted`);
+      if (st.committedId === id) throw new ServerError('FAILED_PRECONDITION', `checkpoint ${id} is already committed on this shard; it cannot be aborted`);
       // An id at or below last_id is already aborted or superseded: nothing to do.
       if (id !== st.preparedId && id > st.lastId) checkNewId(id, st);
       adopt();
@@ -307,9 +320,9 @@ export class Shard {
     return this.protocol(ballot, async (adopt) => {
       const st = this.checkpointState();
       if (st.preparedId !== 0)
-        throw new EngineError('FAILED_PRECONDITION', `checkpoint ${st.preparedId} is prepared and unresolved; commit or abort it before restoring`);
+        throw new ServerError('FAILED_PRECONDITION', `checkpoint ${st.preparedId} is prepared and unresolved; commit or abort it before restoring`);
       if (expectId && st.committedId !== expectId)
-        throw new EngineError('FAILED_PRECONDITION', `this shard's committed checkpoint is ${st.committedId || 'none'}, not ${expectId}`);
+        throw new ServerError('FAILED_PRECONDITION', `this shard's committed checkpoint is ${st.committedId || 'none'}, not ${expectId}`);
       adopt();
       let open!: () => void;
       this.gate = new Promise<void>((r) => (open = r));
@@ -345,7 +358,7 @@ export class Shard {
 
   setIdentity(clusterId: string, shardIndex: number, shardCount: number, sealed = false): ShardIdentity {
     this.live();
-    if (!/^[0-9a-f]{32}$/.test(clusterId)) throw new EngineError('INVALID_ARGUMENT', 'cluster_id must be 32 lowercase hex digits');
+    if (!/^[0-9a-f]{32}$/.test(clusterId)) throw new ServerError('INVALID_ARGUMENT', 'cluster_id must be 32 lowercase hex digits');
     return this.engine.setIdentity({ clusterId, shardIndex, shardCount, sealed });
   }
 
@@ -367,7 +380,7 @@ export class Shard {
 
   private checkIncarnation(incarnation: number): void {
     if (incarnation !== 0 && incarnation !== this.incarnation)
-      throw new ShardError(
+      throw new ServerError(
         'INCARNATION',
         `this call expects server incarnation ${incarnation} but the server is at ${this.incarnation} (it started, restarted or was restored since); read Status: the same lineage means nothing acknowledged was lost (retry with the new incarnation), another lineage means the state is a checkpoint (restore)`,
       );
@@ -375,9 +388,9 @@ export class Shard {
 
   private writable(): void {
     if (this.needsRestore)
-      throw new ShardError('NEEDS_RESTORE', 'this shard came back after a crash at its last committed checkpoint and has not been restored since; restore the cluster (the SDK\'s restore()) before writing');
+      throw new ServerError('NEEDS_RESTORE', 'this shard came back after a crash at its last committed checkpoint and has not been restored since; restore the cluster (the SDK\'s restore()) before writing');
     if (this.blockedBy)
-      throw new EngineError('FAILED_PRECONDITION', `checkpoint ${this.blockedBy} was prepared before the restart and is unresolved; commit or abort it first`);
+      throw new ServerError('FAILED_PRECONDITION', `checkpoint ${this.blockedBy} was prepared before the restart and is unresolved; commit or abort it first`);
   }
 
   // Every push and dense push: gate, then count, then dedup and apply, then
@@ -388,9 +401,9 @@ export class Shard {
   private async exactlyOnce(worker: string, seq: number, incarnation: number, apply: () => Promise<void>): Promise<boolean> {
     this.live();
     this.checkIncarnation(incarnation);
-    if (worker && (!Number.isSafeInteger(seq) || seq <= 0)) throw new EngineError('INVALID_ARGUMENT', 'seq must be a positive integer when worker_id is set');
+    if (worker && (!Number.isSafeInteger(seq) || seq <= 0)) throw new ServerError('INVALID_ARGUMENT', 'seq must be a positive integer when worker_id is set');
     if (worker && seq > Date.now() * 1000 + MAX_SEQ_AHEAD_US)
-      throw new EngineError(
+      throw new ServerError(
         'INVALID_ARGUMENT',
         `seq ${seq} is more than an hour ahead of this server's clock in microseconds; seqs start from the worker's clock (check the hosts' clocks)`,
       );
@@ -409,7 +422,7 @@ export class Shard {
         const s = this.dedup.state(worker, seq);
         if (s === 'applied') return true;
         if (s === 'too-old')
-          throw new ShardError(
+          throw new ServerError(
             'TOO_OLD',
             `push ${seq} of this worker is older than what the shard's exactly-once record can judge (it may have been applied and forgotten); nothing was applied. A push never sent before may be sent again with seq >= ${this.dedup.nextSeq(worker)}`,
             { 'pmemps-next-seq': String(this.dedup.nextSeq(worker)) },
@@ -450,7 +463,7 @@ export class Shard {
         this.closeRoom = this.engine.reserveCloseRecord(need);
       } catch (e) {
         if (!(e instanceof EngineError && e.code === 'OUT_OF_SPACE')) throw e;
-        throw new EngineError(
+        throw new ServerError(
           'OUT_OF_SPACE',
           `refused, nothing changed: the pool is full and cannot hold the ${need}-byte record a clean stop would then write (${dense ? `dense tensor "${dense.name}"` : `exactly-once entry of new worker "${worker}"`}); free space (DropTable, then a checkpoint) or use a larger pool`,
         );
@@ -495,7 +508,7 @@ export class Shard {
   private checkBallot(ballot: number): void {
     const cur = this.engine.raiseBallot(0);
     if (ballot < cur)
-      throw new ShardError('STALE_BALLOT', `ballot ${ballot} is below this shard's ${cur}: another coordinator (a restore) took over; this call changed nothing`);
+      throw new ServerError('STALE_BALLOT', `ballot ${ballot} is below this shard's ${cur}: another coordinator (a restore) took over; this call changed nothing`);
   }
 
   private ownDense(name: string): void {
@@ -503,7 +516,7 @@ export class Shard {
     if (id.clusterId && id.shardCount > 1) {
       const owner = shardOfDense(name, id.shardCount);
       if (owner !== id.shardIndex)
-        throw new ShardError('WRONG_SHARD', `dense tensor "${name}" belongs to shard ${owner}, this is shard ${id.shardIndex} of ${id.shardCount}`);
+        throw new ServerError('WRONG_SHARD', `dense tensor "${name}" belongs to shard ${owner}, this is shard ${id.shardIndex} of ${id.shardCount}`);
     }
   }
 
@@ -523,7 +536,7 @@ export class Shard {
   }
 
   private live(): void {
-    if (this.closing) throw new ShardError('UNAVAILABLE', 'the server is stopping');
+    if (this.closing) throw new ServerError('UNAVAILABLE', 'the server is stopping');
   }
 }
 

@@ -3,7 +3,7 @@
 // where a client must tell two causes with the same code apart.
 import * as grpc from '@grpc/grpc-js';
 import { EngineError } from '../native/engine';
-import { ShardError } from './shard';
+import { ServerError } from './errors';
 import { OverloadError } from './transport-limits';
 
 const ENGINE_CODES: Record<EngineError['code'], grpc.status> = {
@@ -19,7 +19,11 @@ const ENGINE_CODES: Record<EngineError['code'], grpc.status> = {
   INTERNAL: grpc.status.INTERNAL,
 };
 
-const SHARD_CODES: Record<ShardError['kind'], grpc.status> = {
+const SERVER_CODES: Record<ServerError['kind'], grpc.status> = {
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
+  OUT_OF_SPACE: grpc.status.RESOURCE_EXHAUSTED,
   STALE_BALLOT: grpc.status.ABORTED,
   INCARNATION: grpc.status.FAILED_PRECONDITION,
   UNAVAILABLE: grpc.status.UNAVAILABLE,
@@ -41,10 +45,10 @@ function bounded(details: string): string {
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
   const metadata = new grpc.Metadata();
-  if (err instanceof ShardError) {
+  if (err instanceof ServerError) {
     metadata.set('pmemps-reason', err.kind.toLowerCase());
     for (const [k, v] of Object.entries(err.trailers)) metadata.set(k, v);
-    return { code: SHARD_CODES[err.kind], details: bounded(err.message), metadata };
+    return { code: SERVER_CODES[err.kind], details: bounded(err.message), metadata };
   }
   if (err instanceof OverloadError) {
     metadata.set('pmemps-reason', 'overloaded');
@@ -57,6 +61,4 @@ export function toStatus(err: unknown): Partial<grpc.StatusObject> {
   return { code: grpc.status.INTERNAL, details: bounded(err instanceof Error ? err.message : String(err)), metadata };
 }
 
-export function invalid(message: string): EngineError {
-  return new EngineError('INVALID_ARGUMENT', message);
-}
+export { invalid } from './errors';
