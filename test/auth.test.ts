@@ -14,7 +14,7 @@ import { service as healthService } from 'grpc-health-check';
 import { LocalCluster } from '../examples/local-cluster';
 import { FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { AUTH_LIMITS, METHOD_ROLES, PS_SERVICE, parseTokens, requiredRole, SecurityConfigError } from '../server/auth';
-import { AccessDeniedError, PsClient } from '../worker';
+import { AccessDeniedError, PsClient, TlsError } from '../worker';
 import { slowReader, within } from './abuse.lib';
 import { makeCerts, type Certs } from './certs.lib';
 import { poolDirs } from './helpers';
@@ -334,6 +334,18 @@ describe('TLS and tokens on one server', () => {
       reader.close();
     }
     await assert.rejects(PsClient.connect({ endpoints: [endpoint], tls }), (e: Error) => e instanceof AccessDeniedError && e.code === grpc.status.UNAUTHENTICATED);
+    // A certificate the SDK cannot trust, or a name it does not hold, is a
+    // TlsError at once, not an UNAVAILABLE retried for retryForMs (as if the
+    // server were down): retrying cannot fix it.
+    for (const [what, bad] of [
+      ['a CA that did not sign the server', { ...tls, ca: certs.pem(certs.foreignCaFile) }],
+      ['a server name the certificate does not hold', { ...tls, serverName: 'not-the-server.example' }],
+    ] as const)
+      await assert.rejects(PsClient.connect({ endpoints: [endpoint], tls: bad, token: T.trainer, retryForMs: 5000 }), (e: Error) => {
+        assert.ok(e instanceof TlsError, `${what}: ${e}`);
+        assert.match(e.message, /check the tls options/);
+        return true;
+      });
   });
 
   // Last: it changes the tokens.

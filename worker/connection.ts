@@ -4,11 +4,18 @@
 // (worker_id, seq), checkpoint phases are idempotent per id).
 import * as grpc from '@grpc/grpc-js';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
-import { AccessDeniedError, PsError } from './errors';
+import { AccessDeniedError, PsError, TlsError } from './errors';
 import type { StallMeter } from './stall';
 
 /** Codes after which the same call may succeed: the server was down, restarting, or slow. */
 const TRANSIENT = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED]);
+
+// What Node's TLS says (inside an UNAVAILABLE) when a handshake fails on a
+// certificate: retrying cannot fix it. A connection cut during a handshake
+// ("...before secure TLS connection was established", a server restarting)
+// names no certificate and stays transient. A client certificate the
+// server refuses reads only "Failed to connect" and cannot be told apart.
+const TLS_REFUSAL = /certificate|altnames|alert (?:unknown ca|bad certificate|certificate required|handshake failure|decrypt error)/i;
 
 export interface CallOptions {
   /** Retry transient failures until `retryForMs` has passed (default: the connection's). 0: no retry. */
@@ -95,6 +102,7 @@ export class ShardConnection {
         return await this.once<T>(method, req, o.deadlineMs ?? this.defaults.deadlineMs);
       } catch (e) {
         const err = e as PsError;
+        if (err instanceof TlsError) throw err; // the handshake failed: the call never reached the server
         if (TRANSIENT.has(err.code as grpc.status)) o.onUncertain?.();
         if (!TRANSIENT.has(err.code as grpc.status) || Date.now() + backoff > until) throw err;
         await new Promise((r) => setTimeout(r, backoff));
@@ -115,7 +123,9 @@ export class ShardConnection {
           const pe =
             err.code === grpc.status.UNAUTHENTICATED || err.code === grpc.status.PERMISSION_DENIED
               ? new AccessDeniedError(msg, err.code, this.index)
-              : new PsError(msg, err.code, this.index, reason ? String(reason) : undefined);
+              : err.code === grpc.status.UNAVAILABLE && TLS_REFUSAL.test(err.details ?? '')
+                ? new TlsError(`${msg}; check the tls options (ca, cert, key, serverName)`, this.index)
+                : new PsError(msg, err.code, this.index, reason ? String(reason) : undefined);
           const next = err.metadata?.get('pmemps-next-seq')?.[0];
           if (next !== undefined) pe.nextSeq = Number(next);
           reject(pe);

@@ -33,6 +33,20 @@ export class AccessDeniedError extends PsError {
 }
 
 /**
+ * The TLS handshake with a server failed on its certificate or ours (an
+ * untrusted or expired certificate, a name that does not match, a client
+ * certificate missing or refused): check the tls options (ca, cert, key,
+ * serverName). Not retried, since retrying cannot fix it; gRPC reports it
+ * as UNAVAILABLE, like a server that is down.
+ */
+export class TlsError extends PsError {
+  constructor(message: string, shard?: number) {
+    super(message, grpc.status.UNAVAILABLE, shard, 'tls');
+    this.name = 'TlsError';
+  }
+}
+
+/**
  * A server's state is no longer what this worker pushed into: it came back
  * after a crash at its last committed checkpoint, or another worker restored
  * the cluster. Call restore() (one worker), or rejoin() when another worker
