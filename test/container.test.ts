@@ -38,9 +38,12 @@ function lap(what: string, since: number): void {
 after(async () => {
   worker?.kill();
   const since = Date.now();
-  await docker?.close();
-  lap('cleanup', since);
-  console.log(`container test timings: ${timings.join(', ')}; total ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  try {
+    await docker?.close();
+  } finally {
+    lap('cleanup', since);
+    console.log(`container test timings: ${timings.join(', ')}; total ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
 });
 
 function d(): PrivateDocker {

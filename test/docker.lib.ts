@@ -281,8 +281,13 @@ export class PrivateDocker {
         if (vs.length) this.docker(['volume', 'rm', '-f', ...vs]);
       });
       attempt('images', () => {
-        const ims = [...new Set(list(['images', '-aq']))];
-        if (ims.length) this.docker(['rmi', '-f', ...ims]);
+        // Tagged images first; removing one removes its parent layers, so the
+        // prune that follows finds only what no tag led to.
+        const tagged = [...new Set(list(['images', '-q']))];
+        if (tagged.length) this.docker(['rmi', '-f', ...tagged]);
+        this.docker(['image', 'prune', '-a', '-f']);
+        const left = list(['images', '-aq']);
+        if (left.length) throw new Error(`images left: ${left.join(' ')}`);
       });
     }
     await stopDaemon(this.dockerd, 30_000);
