@@ -352,12 +352,16 @@ describe('a full pool', () => {
       // PREPARE may be refused now (its record grew with the new workers);
       // if so, nothing is prepared and the next PREPARE is not refused for
       // being stuck behind it.
-      const prepared = await h.prepare(6);
-      if (prepared) await h.resolve(6, 'COMMIT');
-      else {
+      let prepared = await h.prepare(6);
+      if (!prepared) {
         t.diagnostic('PREPARE 6 was refused: the pool has no room for its larger record');
-        assert.equal(await h.prepare(6), false);
+        // Not stuck behind the refused one (h.prepare checked nothing is
+        // prepared): refused for room again, or prepared if the record
+        // shrank meanwhile (exactly-once entries behind the watermark age
+        // out with the clock, so on a slow machine it may).
+        prepared = await h.prepare(6);
       }
+      if (prepared) await h.resolve(6, 'COMMIT');
 
       await h.stopAndRestart();
       await h.expectSame(embKeys, 'after SIGTERM and the restart');
