@@ -15,6 +15,8 @@ setup() {
   command -v g++ >/dev/null 2>&1 || pkgs+=(g++ make python3)
   # The access tests make their certificates with the openssl CLI.
   command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+  # The test command checks the C++ format (npm run lint).
+  command -v clang-format >/dev/null 2>&1 || pkgs+=(clang-format)
   # The Python client test drives the service with Debian's grpcio.
   /usr/bin/python3 -c 'import grpc, grpc_tools' 2>/dev/null || pkgs+=(python3-grpcio python3-grpc-tools)
   if [ "${PMEMPS_NEED_REDIS:-0}" = 1 ]; then command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server); fi

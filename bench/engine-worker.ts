@@ -61,7 +61,7 @@ export interface LargeConfig {
 
 type Config = Phase1Config | LargeConfig;
 
-// eslint-disable-next-line @typescript-eslint/no-var-requires
+// eslint-disable-next-line @typescript-eslint/no-require-imports
 const { Engine }: typeof import('../native/engine') = require('../native/engine');
 
 const grads = gradBuffers(7);

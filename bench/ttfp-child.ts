@@ -60,6 +60,7 @@ function hashRows(buf: Buffer): { hash: string; finite: boolean; nonzero: number
 }
 
 async function writer(cfg: WriterConfig): Promise<never> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded after the failpoint environment is set
   const { Engine }: typeof import('../native/engine') = require('../native/engine');
   const e = Engine.open({ dir: cfg.dir, poolMb: cfg.poolMb, cacheMb: cfg.cacheMb });
   if (e.openInfo.prepared !== null) await e.abort(e.openInfo.prepared);
@@ -102,6 +103,7 @@ async function writer(cfg: WriterConfig): Promise<never> {
 
 async function reader(cfg: ReaderConfig): Promise<void> {
   const tStart = performance.now();
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded after the failpoint environment is set
   const { Engine }: typeof import('../native/engine') = require('../native/engine');
   const tLoaded = performance.now();
   const e = Engine.open({ dir: cfg.dir, poolMb: cfg.poolMb, cacheMb: cfg.cacheMb });

@@ -25,7 +25,7 @@ import type {
 export * from './types';
 export { EngineError } from './errors';
 
-// eslint-disable-next-line @typescript-eslint/no-var-requires
+// eslint-disable-next-line @typescript-eslint/no-require-imports
 const addon = require(path.join(__dirname, '..', '..', 'build', 'Release', 'pmemps_native.node'));
 
 /** Hyperparameter names of each optimizer, in the order the native code stores them, with defaults. */
@@ -217,7 +217,7 @@ export class Engine {
 
   /** Creates a table; idempotent when the spec is identical, ALREADY_EXISTS when it differs. */
   createTable(spec: TableSpec): void {
-    if (typeof spec?.name !== 'string' || !/^[A-Za-z0-9_.\-]{1,64}$/.test(spec.name))
+    if (typeof spec?.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(spec.name))
       throw invalid('table name must be 1..64 characters of A-Z a-z 0-9 _ . -');
     if (!Number.isInteger(spec.dim) || spec.dim < 1 || spec.dim > 4096) throw invalid(`dim must be an integer in 1..4096, got ${spec.dim}`);
     if (!Number.isSafeInteger(spec.seed) || spec.seed < 0) throw invalid('seed must be a non-negative integer below 2^53');

@@ -9,12 +9,13 @@ import { log } from './log';
 
 function parseArgs(argv: string[]): { dir: string; steps: number; cacheMb: number; poolMb: number } {
   const out = { dir: path.resolve('data', 'demo'), steps: 40, cacheMb: 16, poolMb: 256 };
-  for (let i = 0; i < argv.length; i++) {
+  // Every option takes a value.
+  for (let i = 0; i < argv.length; i += 2) {
     const [k, v] = [argv[i], argv[i + 1]];
-    if (k === '--pmem') out.dir = path.resolve(v), i++;
-    else if (k === '--steps') out.steps = Number(v), i++;
-    else if (k === '--cache-mb') out.cacheMb = Number(v), i++;
-    else if (k === '--pool-mb') out.poolMb = Number(v), i++;
+    if (k === '--pmem') out.dir = path.resolve(v);
+    else if (k === '--steps') out.steps = Number(v);
+    else if (k === '--cache-mb') out.cacheMb = Number(v);
+    else if (k === '--pool-mb') out.poolMb = Number(v);
     else throw new Error(`unknown option ${k}; use --pmem DIR --steps N --cache-mb N --pool-mb N`);
   }
   return out;

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { hideBin } from 'yargs/helpers';
-import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
+import { FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore } from './auth';
 import { Barriers } from './barrier';
 import { ConfigError, loadConfig, redactConfig, type PserverConfig } from './config';

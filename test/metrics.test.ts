@@ -135,7 +135,7 @@ function keysFrom(from: number, n: number): BigUint64Array {
 }
 
 function unary<T>(client: grpc.Client, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => (client as unknown as Record<string, Function>)[method](req, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
+  return new Promise((resolve, reject) => (client as unknown as Record<string, (req: unknown, cb: (err: Error | null, res: T) => void) => void>)[method](req, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
 }
 
 describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {

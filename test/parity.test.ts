@@ -20,7 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Engine as EngineT, InitializerSpec, OptimizerSpec } from '../native/engine';
 
-// eslint-disable-next-line @typescript-eslint/no-var-requires
+// eslint-disable-next-line @typescript-eslint/no-require-imports
 const { Engine, packKeys, asFloats, floatsToBuffer } = require('../native/engine') as typeof import('../native/engine');
 
 // Tolerance: |got - expected| <= ABS_TOL + REL_TOL * |expected|.
