@@ -19,6 +19,8 @@ setup() {
   command -v clang-format >/dev/null 2>&1 || pkgs+=(clang-format)
   # The Python client test drives the service with Debian's grpcio.
   /usr/bin/python3 -c 'import grpc, grpc_tools' 2>/dev/null || pkgs+=(python3-grpcio python3-grpc-tools)
+  # The Kubernetes manifest test renders deploy/k8s with kubectl's built-in kustomize.
+  command -v kubectl >/dev/null 2>&1 || pkgs+=(kubernetes-client)
   if [ "${PMEMPS_NEED_REDIS:-0}" = 1 ]; then command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server); fi
   if [ ${#pkgs[@]} -gt 0 ]; then
     echo "run.sh: installing ${pkgs[*]}" >&2

@@ -4,15 +4,39 @@
   python3 -m grpc_tools.protoc -I proto --python_out=gen --grpc_python_out=gen proto/pmemps.proto
   python3 examples/python_client.py --stubs gen [--check] [--json] HOST:PORT [HOST:PORT ...]
   ... [--ca ca.pem [--cert client.pem --key client.key]] [--token-file FILE]
+  python3 examples/python_client.py --statefulset pmemps --namespace ml --replicas 2 [--port 7000] ...
 
-The endpoints are the shards in shard order. Without --stubs the stubs are
-generated into a temp dir (needs grpc_tools). --check asserts exact values,
---json prints a summary line. Exits 1 on any failure. docs/python-client.md.
+The endpoints are the shards in shard order; --statefulset builds them from a
+Kubernetes StatefulSet (deploy/k8s), --print-endpoints prints them and exits.
+Without --stubs the stubs are generated into a temp dir (needs grpc_tools).
+--check asserts exact values, --json prints a summary line. Exits 1 on any failure. docs/python-client.md.
 """
-import argparse, array, atexit, json, math, os, random, shutil, subprocess, sys, tempfile, time, uuid
+import argparse, array, atexit, json, math, os, random, re, shutil, subprocess, sys, tempfile, time, uuid
+
+LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')
+DOMAIN = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+
+def statefulset_endpoints(name, service, namespace, replicas, port, cluster_domain='cluster.local'):
+    """Pod N of a StatefulSet is shard N: name-N.service.namespace.svc.domain:port in shard order
+    (the same list as statefulSetEndpoints in worker/k8s.ts). Raises ValueError on a name
+    Kubernetes would not give a DNS record."""
+    if not isinstance(replicas, int) or replicas < 1: raise ValueError(f'replicas must be a whole number of at least 1, got {replicas}')
+    if not isinstance(port, int) or not 1 <= port <= 65535: raise ValueError(f'port must be 1..65535, got {port}')
+    for what, v in (('service', service), ('namespace', namespace)):
+        if not LABEL.match(v): raise ValueError(f'{what} "{v}" is not a DNS label')
+    if not LABEL.match(f'{name}-{replicas - 1}'): raise ValueError(f'pod name "{name}-{replicas - 1}" is not a DNS label')
+    if not DOMAIN.match(cluster_domain): raise ValueError(f'cluster domain "{cluster_domain}" is not a DNS name')
+    return [f'{name}-{i}.{service}.{namespace}.svc.{cluster_domain}:{port}' for i in range(replicas)]
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument('endpoints', nargs='+')
+ap.add_argument('endpoints', nargs='*')
+ap.add_argument('--statefulset', metavar='NAME', help='endpoints from this StatefulSet instead: NAME-0.SERVICE.NAMESPACE.svc...:PORT, ...')
+ap.add_argument('--service', help='its headless Service (default: NAME)')
+ap.add_argument('--namespace', default='default')
+ap.add_argument('--replicas', type=int, help='its replicas: the number of shards')
+ap.add_argument('--port', type=int, default=7000)
+ap.add_argument('--cluster-domain', default='cluster.local')
+ap.add_argument('--print-endpoints', action='store_true', help='print the endpoints, one a line, and exit')
 ap.add_argument('--stubs', default=os.environ.get('PMEMPS_PY_STUBS'), help='dir with pmemps_pb2*.py')
 ap.add_argument('--check', action='store_true')
 ap.add_argument('--json', action='store_true')
@@ -21,6 +45,17 @@ ap.add_argument('--cert', help='client certificate, PEM (mutual TLS: servers wit
 ap.add_argument('--key', help='private key of --cert, PEM')
 ap.add_argument('--token-file', help='file holding the bearer token (servers with --auth-tokens); or PMEMPS_TOKEN')
 args = ap.parse_args()
+if args.statefulset:
+    if args.endpoints: ap.error('give endpoints or --statefulset, not both')
+    if args.replicas is None: ap.error('--statefulset needs --replicas')
+    try:
+        args.endpoints = statefulset_endpoints(args.statefulset, args.service or args.statefulset, args.namespace, args.replicas, args.port, args.cluster_domain)
+    except ValueError as e:
+        ap.error(str(e))
+if not args.endpoints: ap.error('no endpoints: list them (HOST:PORT, in shard order) or give --statefulset')
+if args.print_endpoints:
+    print('\n'.join(args.endpoints))
+    sys.exit(0)
 if bool(args.cert) != bool(args.key): ap.error('--cert and --key go together')
 if args.cert and not args.ca: ap.error('--cert needs --ca (mutual TLS is TLS first)')
 try:

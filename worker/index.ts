@@ -7,4 +7,5 @@ export { type TlsOptions } from './connection';
 export { PeriodicPersist, type PeriodicOptions } from './periodic';
 export { StallMeter, type StepStall } from './stall';
 export { shardOfKey, shardOfDense, shardsOf, splitmix64, fnv1a64 } from './shard';
+export { statefulSetEndpoints, type StatefulSetEndpointsOptions } from './k8s';
 export type { TableSpec, OptimizerSpec, InitializerSpec } from '../native/types';
