@@ -32,7 +32,11 @@ const args = yargs(hideBin(process.argv))
   .scriptName('abuse-slow-readers')
   .option('pairs', { type: 'number', default: 3, describe: 'pairs of phases (unloaded, abused)' })
   .option('seconds', { type: 'number', default: 8, describe: 'length of a phase, s' })
-  .option('round-seconds', { type: 'number', default: 0, describe: 'the abusers disconnect and start over after this long if the server has not closed them (0: they wait for the server)' })
+  .option('round-seconds', {
+    type: 'number',
+    default: 0,
+    describe: 'the abusers disconnect and start over after this long if the server has not closed them (0: they wait for the server)',
+  })
   .option('stall-seconds', { type: 'number', default: 20, describe: "the server's --stall-seconds (its default is 20)" })
   .option('keys', { type: 'number', default: 64, describe: 'keys per pull of the well-behaved client (x dim 4096 x 4 B)' })
   .option('rate', { type: 'number', default: 50, describe: 'pulls per second of the well-behaved client' })
@@ -62,7 +66,11 @@ function machine(): string {
 function commit(): string {
   try {
     const h = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], {
+      cwd: REPO,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
     return dirty ? `${h} + uncommitted changes` : h;
   } catch {
     return '?';
@@ -120,7 +128,11 @@ async function abuse(endpoint: string, stopped: Promise<void>, ends: StreamEnd[]
   return rounds;
 }
 
-const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50);
+const median = (xs: number[]): number =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
 const f2 = (x: number): string => x.toFixed(2);
 
 async function main(): Promise<void> {
@@ -167,8 +179,12 @@ async function main(): Promise<void> {
   const L: string[] = [];
   L.push('# pmemps: a well-behaved client under slow-reader abuse (issue 7, defect 9)', '');
   L.push(`- machine: ${machine()}`);
-  L.push(`- date: ${started.toISOString()}; commit ${commit()}; took ${((Date.now() - started.getTime()) / 1000).toFixed(0)} s; load average (1, 5, 15 min) ${loadStart} at the start, ${loadavg()} at the end`);
-  L.push(`- server: one pserver, defaults (reply budget 16 MiB per connection, 256 MiB in all) except --stall-seconds ${args['stall-seconds']}, cache 256 MB, pool on emulated PMEM in the temp dir`);
+  L.push(
+    `- date: ${started.toISOString()}; commit ${commit()}; took ${((Date.now() - started.getTime()) / 1000).toFixed(0)} s; load average (1, 5, 15 min) ${loadStart} at the start, ${loadavg()} at the end`,
+  );
+  L.push(
+    `- server: one pserver, defaults (reply budget 16 MiB per connection, 256 MiB in all) except --stall-seconds ${args['stall-seconds']}, cache 256 MB, pool on emulated PMEM in the temp dir`,
+  );
   L.push(
     `- well-behaved client: the SDK pulling ${args.keys} keys x dim ${DIM} (${((args.keys * DIM * 4) / 2 ** 20).toFixed(2)} MiB replies), ${args.rate} pulls/s at fixed times (latency from the time a pull was due), ${args.seconds} s per phase`,
   );
@@ -176,7 +192,9 @@ async function main(): Promise<void> {
     `- abuse (phases A): rounds of ${args.readers} raw HTTP/2 connections with initial window 0, ${args.pulls} pulls of 1,024 keys (16 MiB replies) each, never read; a round ends when the server has closed its connections${args['round-seconds'] > 0 ? ` or after ${args['round-seconds']} s (the abusers disconnect)` : ''}`,
   );
   L.push(`- phases: ${args.pairs} pairs, alternating order (U A, A U, ...); server RSS idle (after the warm-up) ${idleRss.toFixed(0)} MiB`, '');
-  L.push('| phase | kind | load1 | pulls | p50 ms | p99 ms | max ms | server RSS peak MiB | abuse rounds | abusive pulls: refused / cut with their connection |');
+  L.push(
+    '| phase | kind | load1 | pulls | p50 ms | p99 ms | max ms | server RSS peak MiB | abuse rounds | abusive pulls: refused / cut with their connection |',
+  );
   L.push('|---|---|---|---|---|---|---|---|---|---|');
   phases.forEach((p, i) => {
     const refused = p.ends.filter((e) => e.grpcStatus === 8).length;

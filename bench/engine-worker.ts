@@ -156,7 +156,11 @@ async function phase1(cfg: Phase1Config): Promise<unknown> {
       e.createTable(TABLE);
       const p = await populate(e, cfg.rows, cfg.inflight, Infinity, `${name}: `);
       // one full pull pass so every row has been read through the cache as well
-      const pullAll = await drive(cfg.inflight, (i) => e.pull(TABLE.name, rangeBatch(i * BATCH, Math.min(BATCH, cfg.rows - i * BATCH))), (n) => n * BATCH >= cfg.rows);
+      const pullAll = await drive(
+        cfg.inflight,
+        (i) => e.pull(TABLE.name, rangeBatch(i * BATCH, Math.min(BATCH, cfg.rows - i * BATCH))),
+        (n) => n * BATCH >= cfg.rows,
+      );
       const s = e.stats();
       warm[name] = { populateRowsPerSec: p.rows / p.secs, pullAllRowsPerSec: cfg.rows / pullAll.secs, stats: s };
       log(`${name}: populated ${cfg.rows} rows in ${p.secs.toFixed(1)} s; cacheRows ${s.cacheRows}, evictions ${s.evictions}`);
@@ -237,11 +241,23 @@ async function large(cfg: LargeConfig): Promise<unknown> {
       const pulls = Array.from({ length: cfg.measureBatches }, make);
       const pushes = Array.from({ length: cfg.measureBatches }, make);
       const genMs = performance.now() - tg;
-      await drive(cfg.inflight, (i) => e.pull(TABLE.name, warm[i]), (n) => n >= warm.length);
+      await drive(
+        cfg.inflight,
+        (i) => e.pull(TABLE.name, warm[i]),
+        (n) => n >= warm.length,
+      );
       const s0 = e.stats();
-      const pr = await drive(cfg.inflight, (i) => e.pull(TABLE.name, pulls[i]), (n) => n >= pulls.length);
+      const pr = await drive(
+        cfg.inflight,
+        (i) => e.pull(TABLE.name, pulls[i]),
+        (n) => n >= pulls.length,
+      );
       const s1 = e.stats();
-      const ps = await drive(cfg.inflight, (i) => e.push(TABLE.name, pushes[i], gradFor(i, BATCH)), (n) => n >= pushes.length);
+      const ps = await drive(
+        cfg.inflight,
+        (i) => e.push(TABLE.name, pushes[i], gradFor(i, BATCH)),
+        (n) => n >= pushes.length,
+      );
       const s2 = e.stats();
       const dPull = statsDelta(s0, s1);
       const dPush = statsDelta(s1, s2);
@@ -338,7 +354,11 @@ async function large(cfg: LargeConfig): Promise<unknown> {
     // The pusher cycles over 64 batches (~262k keys, they fit the cache): one
     // pass first, so both windows see cache-resident pushes and differ only by
     // the checkpoint.
-    await drive(1, (i) => e.push(TABLE.name, pushKeys[i], gradFor(i, BATCH)), (n) => n >= pushKeys.length);
+    await drive(
+      1,
+      (i) => e.push(TABLE.name, pushKeys[i], gradFor(i, BATCH)),
+      (n) => n >= pushKeys.length,
+    );
     const window = Math.min(10_000, Math.max(cfg.latencyWindowMs, (phase3.dirty10 as { prepareMs: number }).prepareMs + 400));
     const noCk = await latencyRun(false, window);
     const waitBefore = e.stats().maxPushWaitUs;

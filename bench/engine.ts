@@ -91,7 +91,9 @@ if (argv.help) {
 }
 function intArg(v: string | undefined, def: number, name: string): number {
   if (v === undefined) return def;
-  const n = Number(v.replace(/_/g, '').replace(/^(\d+(?:\.\d+)?)([kKmM])$/, (_m, a: string, u: string) => String(Number(a) * (u.toLowerCase() === 'k' ? 1e3 : 1e6))));
+  const n = Number(
+    v.replace(/_/g, '').replace(/^(\d+(?:\.\d+)?)([kKmM])$/, (_m, a: string, u: string) => String(Number(a) * (u.toLowerCase() === 'k' ? 1e3 : 1e6))),
+  );
   if (!Number.isSafeInteger(n) || n <= 0) {
     console.error(`--${name} needs a positive integer, got "${v}"\n${USAGE}`);
     process.exit(2);
@@ -463,13 +465,32 @@ async function phase1(m: Medium): Promise<{ dir: string; rows: number; poolMb: n
     const ratio = v.pool / v.dram;
     const spread = (xs: number[]): string => `${fmtRate(Math.min(...xs)).replace(' rows/s', '')}..${fmtRate(Math.max(...xs)).replace(' rows/s', '')}`;
     const s = r.samples[k];
-    add('1', `${label[k]} (median of ${opts.reps})`, m.label, rows, `${fmtRate(v.pool)} / ${fmtRate(v.dram)} = **${ratioStr(ratio)}** (ranges ${spread(s.pool)} / ${spread(s.dram)})`, '≥ 0.95x', ratio >= 0.95);
+    add(
+      '1',
+      `${label[k]} (median of ${opts.reps})`,
+      m.label,
+      rows,
+      `${fmtRate(v.pool)} / ${fmtRate(v.dram)} = **${ratioStr(ratio)}** (ranges ${spread(s.pool)} / ${spread(s.dram)})`,
+      '≥ 0.95x',
+      ratio >= 0.95,
+    );
   }
   const w = r.warm;
-  add('1', 'warm-up: first push of every row (row creation), pool / DRAM', m.label, rows, `${fmtRate(w.pool.populateRowsPerSec)} / ${fmtRate(w.dram.populateRowsPerSec)}`);
+  add(
+    '1',
+    'warm-up: first push of every row (row creation), pool / DRAM',
+    m.label,
+    rows,
+    `${fmtRate(w.pool.populateRowsPerSec)} / ${fmtRate(w.dram.populateRowsPerSec)}`,
+  );
   const pd = r.measureDelta.pool;
-  notes.push(`phase 1 (${m.label}): after the warm-up the pool files were fsynced (${fmtMs(r.settleMs)}) so that no write-back of it overlaps the measurements`);
-  if (pd.misses > 0 || pd.evictions > 0) notes.push(`phase 1 (${m.label}): the table was meant to stay cached, yet the pool engine saw ${pd.misses} misses and ${pd.evictions} evictions while measuring`);
+  notes.push(
+    `phase 1 (${m.label}): after the warm-up the pool files were fsynced (${fmtMs(r.settleMs)}) so that no write-back of it overlaps the measurements`,
+  );
+  if (pd.misses > 0 || pd.evictions > 0)
+    notes.push(
+      `phase 1 (${m.label}): the table was meant to stay cached, yet the pool engine saw ${pd.misses} misses and ${pd.evictions} evictions while measuring`,
+    );
   notes.push(
     `phase 1 (${m.label}): pool openInfo.isPmem=${r.isPmem}; pool used ${fmtBytes(r.poolStats.poolUsedBytes)} for ${fmtRows(rows)} rows = ${r.poolUsedPerRow.toFixed(0)} B/row ` +
       `(estimate ${poolBytesPerRow() + INDEX_BYTES_PER_ROW} B/row); cache ${fmtBytes(r.poolStats.cacheBytes)} for ${r.poolStats.cacheRows} rows; DRAM engine cache ${fmtBytes(r.dramStats.cacheBytes)}; pool close ${fmtMs(r.poolCloseMs)}`,
@@ -495,7 +516,8 @@ interface RestartResult {
  */
 async function restart(m: Medium, dir: string, rows: number, poolMb: number, tag: string): Promise<RestartResult> {
   const a = available();
-  if (a.ram < (SMALL_CACHE_MB + 512) * MiB) throw new Error(`not enough RAM left for the phase 4/5 children (${m.label}, ${tag}): ${fmtBytes(a.ram)} free after the reserve`);
+  if (a.ram < (SMALL_CACHE_MB + 512) * MiB)
+    throw new Error(`not enough RAM left for the phase 4/5 children (${m.label}, ${tag}): ${fmtBytes(a.ram)} free after the reserve`);
   const runs: Array<{ ttfpMs: number; first: any }> = [];
   let mem: any = null;
   let hashOk = true;
@@ -592,7 +614,15 @@ function renderRestarts(m: Medium, smallRows: number, smallRestart: RestartResul
   }
   if (smallRestart && largeRestart) {
     const q = largeRestart.ttfpMs / smallRestart.ttfpMs;
-    add('4', `time to first pull, ${fmtRows(lr)} / ${fmtRows(smallRows)} rows`, ml, `${fmtRows(lr)} / ${fmtRows(smallRows)}`, `**${ratioStr(q)}**`, '≤ 1.5x', q <= 1.5);
+    add(
+      '4',
+      `time to first pull, ${fmtRows(lr)} / ${fmtRows(smallRows)} rows`,
+      ml,
+      `${fmtRows(lr)} / ${fmtRows(smallRows)}`,
+      `**${ratioStr(q)}**`,
+      '≤ 1.5x',
+      q <= 1.5,
+    );
   }
   const limit = SMALL_CACHE_MB * MiB + 64 * MiB;
   for (const [, n, r] of restarts) {
@@ -617,7 +647,15 @@ function renderRestarts(m: Medium, smallRows: number, smallRestart: RestartResul
   }
   if (smallRestart && largeRestart) {
     const diff = largeRestart.mem.nonPoolRss - smallRestart.mem.nonPoolRss;
-    add('5', `Rss outside the pool, ${fmtRows(lr)} minus ${fmtRows(smallRows)} rows`, ml, `${fmtRows(lr)} / ${fmtRows(smallRows)}`, `${diff >= 0 ? '+' : ''}${fmtBytes(diff)}`, 'about equal (±32 MiB)', Math.abs(diff) <= 32 * MiB);
+    add(
+      '5',
+      `Rss outside the pool, ${fmtRows(lr)} minus ${fmtRows(smallRows)} rows`,
+      ml,
+      `${fmtRows(lr)} / ${fmtRows(smallRows)}`,
+      `${diff >= 0 ? '+' : ''}${fmtBytes(diff)}`,
+      'about equal (±32 MiB)',
+      Math.abs(diff) <= 32 * MiB,
+    );
   }
   if (smallRestart && smallRestart.mem.workingSetRows <= cacheRowsEst) {
     notes.push(`phase 5 (${ml}): the ${fmtRows(smallRows)}-row table is smaller than the cache, so its working set could not exceed the cache`);
@@ -679,7 +717,13 @@ async function runMedium(m: Medium): Promise<void> {
     const name = dist === 'uniform' ? 'uniform keys' : `Zipf(${opts.zipfS}) keys`;
     add('2', `${name}: pull rows/s, ${opts.inflight} in flight; cache hit ratio`, ml, lr, `${fmtRate(d.pullRowsPerSec)}; hits ${pct(d.pullHitRatio)}`);
     const pushHits = d.pushDelta.hits + d.pushDelta.misses > 0 ? `hits ${pct(d.pushHitRatio)}` : `hits not counted by stats() for pushes`;
-    add('2', `${name}: push rows/s, ${opts.inflight} in flight; cache hit ratio`, ml, lr, `${fmtRate(d.pushRowsPerSec)}; ${pushHits}; ${d.pushDelta.evictions} evictions, ${d.pushDelta.writebacks} write-backs`);
+    add(
+      '2',
+      `${name}: push rows/s, ${opts.inflight} in flight; cache hit ratio`,
+      ml,
+      lr,
+      `${fmtRate(d.pushRowsPerSec)}; ${pushHits}; ${d.pushDelta.evictions} evictions, ${d.pushDelta.writebacks} write-backs`,
+    );
   }
   notes.push(
     `phase 2 (${ml}): ${warmBatches} warm-up pulls, then ${opts.measureBatches} pulls and ${opts.measureBatches} pushes of ${BATCH} keys per distribution, keys made before timing; ` +
@@ -700,10 +744,16 @@ async function runMedium(m: Medium): Promise<void> {
     `full dump: ${fmtRows(lr)} x ${DIM * 2} float32 (weights + Adagrad state), write + fsync`,
     ml,
     lr,
-    `${fmtMs(D.ms)} (median of ${D.runs}; ${fmtBytes(D.bytes)}, ${((D.bytes / MiB) / (D.ms / 1000)).toFixed(0)} MiB/s${D.extrapolated ? `; measured on ${fmtBytes(D.measuredBytes)} and scaled` : ''})`,
+    `${fmtMs(D.ms)} (median of ${D.runs}; ${fmtBytes(D.bytes)}, ${(D.bytes / MiB / (D.ms / 1000)).toFixed(0)} MiB/s${D.extrapolated ? `; measured on ${fmtBytes(D.measuredBytes)} and scaled` : ''})`,
   );
   const fc = L.firstCheckpoint;
-  add('3', 'first checkpoint after populating (every row dirty): prepare + commit', ml, lr, `${fmtMs(fc.totalMs)} (prepare ${fmtMs(fc.prepareMs)}, commit ${fmtMs(fc.commitMs)}) = ${pct(fc.totalMs / D.ms)} of the dump`);
+  add(
+    '3',
+    'first checkpoint after populating (every row dirty): prepare + commit',
+    ml,
+    lr,
+    `${fmtMs(fc.totalMs)} (prepare ${fmtMs(fc.prepareMs)}, commit ${fmtMs(fc.commitMs)}) = ${pct(fc.totalMs / D.ms)} of the dump`,
+  );
   for (const [k, frac] of [
     ['dirty1', '1%'],
     ['dirty10', '10%'],
@@ -751,7 +801,10 @@ function cpuTicks(): { busy: number; ours: number; load1: string } {
   const idle = cpu[3] + cpu[4];
   // fields after the ")" of /proc/self/stat: utime stime cutime cstime are the 12th..15th
   const st = fs.readFileSync('/proc/self/stat', 'utf8');
-  const f = st.slice(st.lastIndexOf(')') + 2).split(' ').map(Number);
+  const f = st
+    .slice(st.lastIndexOf(')') + 2)
+    .split(' ')
+    .map(Number);
   const ours = f[11] + f[12] + f[13] + f[14];
   return { busy: total - idle, ours, load1: fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0] };
 }
@@ -807,7 +860,10 @@ function render(machine: Record<string, string>, wallMs: number, status: string)
   lines.push('| # | measurement | medium | rows | value | target | met |');
   lines.push('|---|---|---|---|---|---|---|');
   // grouped by phase; within a phase, in the order measured (shm before disk)
-  const byPhase = table.map((r, i) => ({ r, i })).sort((a, b) => parseInt(a.r.phase, 10) - parseInt(b.r.phase, 10) || a.i - b.i).map((x) => x.r);
+  const byPhase = table
+    .map((r, i) => ({ r, i }))
+    .sort((a, b) => parseInt(a.r.phase, 10) - parseInt(b.r.phase, 10) || a.i - b.i)
+    .map((x) => x.r);
   for (const r of byPhase) lines.push(`| ${r.phase} | ${esc(r.what)} | ${r.medium} | ${r.rows} | ${esc(r.value)} | ${esc(r.target)} | ${r.met} |`);
   if (notes.length) {
     lines.push('', 'Notes:', '');
@@ -828,7 +884,8 @@ async function main(): Promise<void> {
   for (const f of ['engine-worker.js', 'ttfp-child.js']) {
     if (!fs.existsSync(path.join(__dirname, f))) throw new Error(`${f} is missing next to this script; run npx tsc -p tsconfig.json`);
   }
-  if (!fs.existsSync(path.join(REPO, 'build', 'Release', 'pmemps_native.node'))) throw new Error('build/Release/pmemps_native.node is missing; build the addon first');
+  if (!fs.existsSync(path.join(REPO, 'build', 'Release', 'pmemps_native.node')))
+    throw new Error('build/Release/pmemps_native.node is missing; build the addon first');
 
   let status = 'completed';
   let err: unknown = null;

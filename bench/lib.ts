@@ -146,7 +146,7 @@ export class Scatter {
     this.p = p;
   }
   at(i: number): number {
-    return (((i % this.n) * this.p) % this.n + this.off) % this.n;
+    return ((((i % this.n) * this.p) % this.n) + this.off) % this.n;
   }
 }
 

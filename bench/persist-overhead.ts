@@ -42,7 +42,7 @@ const BATCH = 512; // train-ctr's default; passed explicitly so the math here ho
 const args = yargs(hideBin(process.argv))
   .scriptName('persist-overhead')
   .option('pairs', { type: 'number', default: 3, describe: 'alternating pairs of runs (at least 3 for the target)' })
-  .option('seconds', { type: 'number', default: 60, describe: 'target length of a run\'s training loop, s (sets --steps by calibration)' })
+  .option('seconds', { type: 'number', default: 60, describe: "target length of a run's training loop, s (sets --steps by calibration)" })
   .option('steps', { type: 'number', describe: 'training steps per run (skips the calibration)' })
   .option('calibration-steps', { type: 'number', default: 800, describe: 'steps of the calibration run' })
   .option('persist-seconds', { type: 'number', default: 10, describe: 'persist period of the A runs, s' })
@@ -73,7 +73,10 @@ function cpuSnap(): { busy: number; children: number } {
   const total = cpu.reduce((s, x) => s + x, 0);
   const idle = cpu[3] + (cpu[4] ?? 0);
   const self = fs.readFileSync('/proc/self/stat', 'utf8');
-  const f = self.slice(self.lastIndexOf(')') + 2).split(' ').map(Number); // f[0] is field 3 (state)
+  const f = self
+    .slice(self.lastIndexOf(')') + 2)
+    .split(' ')
+    .map(Number); // f[0] is field 3 (state)
   return { busy: total - idle, children: f[13] + f[14] }; // cutime, cstime
 }
 const HZ = 100;
@@ -139,13 +142,30 @@ process.on('SIGTERM', () => {
 });
 
 function configArgs(c: Config, steps: number): string[] {
-  return c === 'A' ? ['--persist-every', '0', '--persist-seconds', String(args['persist-seconds'])] : ['--persist-every', String(steps + 1), '--persist-seconds', '0'];
+  return c === 'A'
+    ? ['--persist-every', '0', '--persist-seconds', String(args['persist-seconds'])]
+    : ['--persist-every', String(steps + 1), '--persist-seconds', '0'];
 }
 
 async function runOnce(label: string, config: Config, pair: number, steps: number): Promise<Run> {
   const dir = path.join(workDir, label);
   const json = path.join(workDir, `${label}.json`);
-  const argv = [TRAIN, '--kill-at', '0', '--servers', String(args.servers), '--batch', String(BATCH), '--steps', String(steps), '--dir', dir, '--json', json, ...configArgs(config, steps)];
+  const argv = [
+    TRAIN,
+    '--kill-at',
+    '0',
+    '--servers',
+    String(args.servers),
+    '--batch',
+    String(BATCH),
+    '--steps',
+    String(steps),
+    '--dir',
+    dir,
+    '--json',
+    json,
+    ...configArgs(config, steps),
+  ];
   const load1 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
   const c0 = cpuSnap();
   const intervals: { steps: number; exs: number }[] = [];
@@ -184,7 +204,8 @@ async function runOnce(label: string, config: Config, pair: number, steps: numbe
   fs.rmSync(dir, { recursive: true, force: true });
   fs.rmSync(json, { force: true });
   const covered = intervals.reduce((n, i) => n + i.steps, 0);
-  if (covered !== s.stepsExecuted || s.restores !== 0) throw new Error(`${label}: progress lines cover ${covered} steps of ${s.stepsExecuted} (restores ${s.restores})`);
+  if (covered !== s.stepsExecuted || s.restores !== 0)
+    throw new Error(`${label}: progress lines cover ${covered} steps of ${s.stepsExecuted} (restores ${s.restores})`);
   const loopSeconds = intervals.reduce((t, i) => t + (i.steps * BATCH) / i.exs, 0);
   const ours = (c1.children - c0.children) / HZ;
   return {
@@ -232,7 +253,9 @@ async function main(): Promise<void> {
     const tail = calib.intervals.slice(-3);
     const rate = median(tail) / BATCH; // steps/s once most rows exist
     steps = Math.max(300, Math.round((rate * args.seconds) / 100) * 100);
-    log(`calibration: ${calib.stepsExecuted} steps in ${calib.loopSeconds.toFixed(1)} s, last intervals ${tail.join(', ')} ex/s -> ${rate.toFixed(1)} steps/s -> ${steps} steps per run`);
+    log(
+      `calibration: ${calib.stepsExecuted} steps in ${calib.loopSeconds.toFixed(1)} s, last intervals ${tail.join(', ')} ex/s -> ${rate.toFixed(1)} steps/s -> ${steps} steps per run`,
+    );
   }
 
   const runs: Run[] = [];
@@ -253,19 +276,34 @@ async function main(): Promise<void> {
   const pairs = Array.from({ length: args.pairs }, (_, i) => {
     const a = runs.find((r) => r.pair === i + 1 && r.config === 'A')!;
     const b = runs.find((r) => r.pair === i + 1 && r.config === 'B')!;
-    return { pair: i + 1, order: i % 2 === 0 ? 'A B' : 'B A', a, b, ratio: a.loopExamplesPerSecond / b.loopExamplesPerSecond, ratioCtr: a.examplesPerSecond / b.examplesPerSecond };
+    return {
+      pair: i + 1,
+      order: i % 2 === 0 ? 'A B' : 'B A',
+      a,
+      b,
+      ratio: a.loopExamplesPerSecond / b.loopExamplesPerSecond,
+      ratioCtr: a.examplesPerSecond / b.examplesPerSecond,
+    };
   });
   const medRatio = median(pairs.map((p) => p.ratio));
   const medRatioCtr = median(pairs.map((p) => p.ratioCtr));
   const met = medRatio >= 0.98;
   const aRuns = runs.filter((r) => r.config === 'A');
   const bRuns = runs.filter((r) => r.config === 'B');
-  const msPerPersist = aRuns.reduce((s, r) => s + r.persistMs, 0) / Math.max(1, aRuns.reduce((s, r) => s + r.persists, 0));
+  const msPerPersist =
+    aRuns.reduce((s, r) => s + r.persistMs, 0) /
+    Math.max(
+      1,
+      aRuns.reduce((s, r) => s + r.persists, 0),
+    );
   // Where the A runs' extra time goes: the time inside persist() against the
   // loop time above B's, at B's rate (pair by pair, median).
   const extra = pairs.map((p) => {
     const bTime = (p.a.stepsExecuted * BATCH) / p.b.loopExamplesPerSecond;
-    return { extraS: p.a.loopSeconds - bTime, persistS: p.a.persistMs / 1000, exPersist: (p.a.stepsExecuted * BATCH) / (p.a.loopSeconds - p.a.persistMs / 1000) / p.b.loopExamplesPerSecond,
+    return {
+      extraS: p.a.loopSeconds - bTime,
+      persistS: p.a.persistMs / 1000,
+      exPersist: (p.a.stepsExecuted * BATCH) / (p.a.loopSeconds - p.a.persistMs / 1000) / p.b.loopExamplesPerSecond,
       cpu: p.a.cpuOurs / p.a.stepsExecuted / (p.b.cpuOurs / p.b.stepsExecuted),
     };
   });
@@ -274,7 +312,9 @@ async function main(): Promise<void> {
   L.push('# pmemps: persist overhead of the training run');
   L.push('');
   L.push(`- machine: ${machine()}; node ${process.version}`);
-  L.push(`- date: ${started.toISOString()}; commit ${commitStart} at the start${headEnd !== commitStart.split(' ')[0] ? ` (HEAD moved to ${headEnd} during the run; the runs used dist/ as built at the start)` : ''}; took ${took.toFixed(0)} s`);
+  L.push(
+    `- date: ${started.toISOString()}; commit ${commitStart} at the start${headEnd !== commitStart.split(' ')[0] ? ` (HEAD moved to ${headEnd} during the run; the runs used dist/ as built at the start)` : ''}; took ${took.toFixed(0)} s`,
+  );
   L.push(
     `- machine load: load average (1, 5, 15 min) ${loadStart} at the start, ${loadEnd} at the end; per run, the 1-min load average at its start and the CPU-seconds used during the run by this run (train-ctr + its pservers) and by everything else on the machine are in the table`,
   );
@@ -292,11 +332,13 @@ async function main(): Promise<void> {
     }`,
   );
   L.push(
-    '- throughput: examples/s over the training loop = steps x 512 / loop time, the loop time summed from train-ctr\'s progress lines (every 100 steps it prints the interval\'s ex/s, timed inside train-ctr; the first interval starts right before the loop), so cluster start, connect, CreateTable, the held-out evaluations and shutdown are out, and the persists are in. train-ctr\'s own `examplesPerSecond` (summary JSON) is shown too: it excludes the cluster\'s start but includes the client\'s connect, CreateTable, generating the 4,096-example held-out batch, two held-out evaluations and a Status',
+    "- throughput: examples/s over the training loop = steps x 512 / loop time, the loop time summed from train-ctr's progress lines (every 100 steps it prints the interval's ex/s, timed inside train-ctr; the first interval starts right before the loop), so cluster start, connect, CreateTable, the held-out evaluations and shutdown are out, and the persists are in. train-ctr's own `examplesPerSecond` (summary JSON) is shown too: it excludes the cluster's start but includes the client's connect, CreateTable, generating the 4,096-example held-out batch, two held-out evaluations and a Status",
   );
   L.push(`- target (issue 3): with persist every ${args['persist-seconds']} s at most 2% slower, i.e. median over the pairs of A/B ≥ 0.98`);
   L.push('');
-  L.push('| run | pair | config | steps | loop s | ex/s (loop) | train-ctr ex/s (wall s) | rows at end | persists | ms in persist | ms / persist | share of loop in persist | CPU s: run / others | load1 at start |');
+  L.push(
+    '| run | pair | config | steps | loop s | ex/s (loop) | train-ctr ex/s (wall s) | rows at end | persists | ms in persist | ms / persist | share of loop in persist | CPU s: run / others | load1 at start |',
+  );
   L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   runs.forEach((r, i) =>
     L.push(
@@ -304,14 +346,18 @@ async function main(): Promise<void> {
     ),
   );
   L.push('');
-  L.push('| pair | order | A ex/s (loop) | B ex/s (loop) | A / B (loop) | A / B (train-ctr ex/s) | A\'s extra loop time over B\'s rate | of it inside persist() | A / B with persist() time taken out | CPU s per step, A / B |');
+  L.push(
+    "| pair | order | A ex/s (loop) | B ex/s (loop) | A / B (loop) | A / B (train-ctr ex/s) | A's extra loop time over B's rate | of it inside persist() | A / B with persist() time taken out | CPU s per step, A / B |",
+  );
   L.push('|---|---|---|---|---|---|---|---|---|---|');
   pairs.forEach((p, i) =>
     L.push(
       `| ${p.pair} | ${p.order} | ${fmt(p.a.loopExamplesPerSecond)} | ${fmt(p.b.loopExamplesPerSecond)} | ${p.ratio.toFixed(4)} | ${p.ratioCtr.toFixed(4)} | ${extra[i].extraS.toFixed(2)} s | ${extra[i].persistS.toFixed(2)} s | ${extra[i].exPersist.toFixed(4)} | ${extra[i].cpu.toFixed(4)} |`,
     ),
   );
-  L.push(`| **median** | | ${fmt(median(aRuns.map((r) => r.loopExamplesPerSecond)))} | ${fmt(median(bRuns.map((r) => r.loopExamplesPerSecond)))} | **${medRatio.toFixed(4)}** | ${medRatioCtr.toFixed(4)} | ${median(extra.map((e) => e.extraS)).toFixed(2)} s | ${median(extra.map((e) => e.persistS)).toFixed(2)} s | ${median(extra.map((e) => e.exPersist)).toFixed(4)} | ${median(extra.map((e) => e.cpu)).toFixed(4)} |`);
+  L.push(
+    `| **median** | | ${fmt(median(aRuns.map((r) => r.loopExamplesPerSecond)))} | ${fmt(median(bRuns.map((r) => r.loopExamplesPerSecond)))} | **${medRatio.toFixed(4)}** | ${medRatioCtr.toFixed(4)} | ${median(extra.map((e) => e.extraS)).toFixed(2)} s | ${median(extra.map((e) => e.persistS)).toFixed(2)} s | ${median(extra.map((e) => e.exPersist)).toFixed(4)} | ${median(extra.map((e) => e.cpu)).toFixed(4)} |`,
+  );
   L.push('');
   L.push(
     'CPU s per step: CPU-seconds of the run (train-ctr and its pservers, startup and shutdown included) per step executed; it depends much less than time on how much of the 2 cores other processes took, so it shows whether persist costs work or only time.',

@@ -292,7 +292,24 @@ export interface RedisServer {
  * until it answers PING.
  */
 export async function startRedisServer(bin: string, port: number, dir: string, onSpawn?: (p: ChildProcess) => void): Promise<RedisServer> {
-  const args = ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1', '--dir', dir, '--daemonize', 'no', '--loglevel', 'warning', '--protected-mode', 'yes'];
+  const args = [
+    '--port',
+    String(port),
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--bind',
+    '127.0.0.1',
+    '--dir',
+    dir,
+    '--daemonize',
+    'no',
+    '--loglevel',
+    'warning',
+    '--protected-mode',
+    'yes',
+  ];
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
   onSpawn?.(proc);
   let out = '';

@@ -199,11 +199,13 @@ async function main(): Promise<void> {
   };
   const rl = readline.createInterface({ input: process.stdin });
   rl.on('line', (line) => {
-    queue = queue.then(() => handle(line)).catch((e) => {
-      log(`${cfg.system} worker ${cfg.workerIndex}: ${(e as Error)?.stack ?? e}`);
-      emit('ERROR', { message: String((e as Error)?.message ?? e) });
-      process.exit(1);
-    });
+    queue = queue
+      .then(() => handle(line))
+      .catch((e) => {
+        log(`${cfg.system} worker ${cfg.workerIndex}: ${(e as Error)?.stack ?? e}`);
+        emit('ERROR', { message: String((e as Error)?.message ?? e) });
+        process.exit(1);
+      });
   });
   rl.on('close', () => process.exit(70));
 }

@@ -64,10 +64,13 @@ if (process.argv[2] === '--reaper') {
       }
     }
     // give the killed processes a moment to release their files
-    setTimeout(() => {
-      for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-      process.exit(0);
-    }, pids.size ? 300 : 0);
+    setTimeout(
+      () => {
+        for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+        process.exit(0);
+      },
+      pids.size ? 300 : 0,
+    );
   });
 } else {
   driverMain();
@@ -125,12 +128,17 @@ function driverMain(): void {
   };
   function intArg(v: string | undefined, def: number, name: string): number {
     if (v === undefined) return def;
-    const n = Number(v.replace(/_/g, '').replace(/^(\d+(?:\.\d+)?)([kKmM])$/, (_m, a: string, u: string) => String(Number(a) * (u.toLowerCase() === 'k' ? 1e3 : 1e6))));
+    const n = Number(
+      v.replace(/_/g, '').replace(/^(\d+(?:\.\d+)?)([kKmM])$/, (_m, a: string, u: string) => String(Number(a) * (u.toLowerCase() === 'k' ? 1e3 : 1e6))),
+    );
     if (!Number.isSafeInteger(n) || n <= 0) usage(`--${name} needs a positive integer, got "${v}"`);
     return n;
   }
   function listArg(v: string, name: string): number[] {
-    const xs = v.split(',').filter(Boolean).map((x) => intArg(x, 0, name));
+    const xs = v
+      .split(',')
+      .filter(Boolean)
+      .map((x) => intArg(x, 0, name));
     if (xs.length === 0) usage(`--${name} needs a list`);
     return xs;
   }
@@ -176,7 +184,13 @@ function driverMain(): void {
   const SHM = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
 
   const rowBytes = opts.dim * 4;
-  const LABEL: Record<SystemName, string> = { pmemps: 'pmemps', 'pmemps-metrics': 'pmemps + metrics', 'redis-sgd': 'Redis SGD', 'redis-adagrad': 'Redis Adagrad', tcp: 'TCP ceiling' };
+  const LABEL: Record<SystemName, string> = {
+    pmemps: 'pmemps',
+    'pmemps-metrics': 'pmemps + metrics',
+    'redis-sgd': 'Redis SGD',
+    'redis-adagrad': 'Redis Adagrad',
+    tcp: 'TCP ceiling',
+  };
   const MODE_LABEL: Record<Mode, string> = { pull: 'pull', push: 'push', pullpush: 'pull+push' };
 
   function findOnPath(bin: string): string {
@@ -290,7 +304,11 @@ function driverMain(): void {
       this.exit = new Promise((resolve) => {
         this.proc.on('exit', (code, signal) => {
           resolve({ code, signal });
-          this.fail(new Error(`${name} exited (${code !== null ? `code ${code}` : `signal ${signal}`})${this.tail.length ? `; last output: ${this.tail.slice(-3).join(' / ')}` : ''}`));
+          this.fail(
+            new Error(
+              `${name} exited (${code !== null ? `code ${code}` : `signal ${signal}`})${this.tail.length ? `; last output: ${this.tail.slice(-3).join(' / ')}` : ''}`,
+            ),
+          );
         });
         this.proc.on('error', (e) => this.fail(e));
       });
@@ -379,7 +397,10 @@ function driverMain(): void {
     for (const pid of pids) {
       try {
         const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-        const f = st.slice(st.lastIndexOf(')') + 2).split(' ').map(Number);
+        const f = st
+          .slice(st.lastIndexOf(')') + 2)
+          .split(' ')
+          .map(Number);
         t += ((f[11] + f[12]) * 1000) / 100;
       } catch {
         /* gone */
@@ -390,7 +411,10 @@ function driverMain(): void {
 
   const redisVersion = { v: '?' };
 
-  async function startPmemps(count: number, metrics = false): Promise<{ endpoints: string[]; pids: number[]; metricsPorts: number[]; stop: () => Promise<void> }> {
+  async function startPmemps(
+    count: number,
+    metrics = false,
+  ): Promise<{ endpoints: string[]; pids: number[]; metricsPorts: number[]; stop: () => Promise<void> }> {
     const base = ownDir(fs.mkdtempSync(path.join(SHM, `pmemps-svcbench-${process.pid}-`)));
     const procs: Array<{ proc: ChildProcess; out: string[] }> = [];
     const endpoints: string[] = [];
@@ -402,7 +426,9 @@ function driverMain(): void {
         const port = await freePort();
         const args = [PSERVER, '--bind', `127.0.0.1:${port}`, '--pmem', dir, '--cache-mb', String(opts.cacheMb), '--pool-size', `${opts.poolSizeMb}M`];
         if (metrics) args.push('--metrics-bind', '127.0.0.1:0');
-        const proc = track(spawn(process.execPath, args, { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_LOG_PRETTY: '0' }, stdio: ['ignore', 'pipe', 'pipe'] }));
+        const proc = track(
+          spawn(process.execPath, args, { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_LOG_PRETTY: '0' }, stdio: ['ignore', 'pipe', 'pipe'] }),
+        );
         const out: string[] = [];
         let metricsPort = 0;
         const keep = (d: Buffer): void => {
@@ -578,7 +604,11 @@ function driverMain(): void {
   }
 
   function spawnWorker(system: SystemName, endpoints: string[], index: number, tag: string): Child {
-    return new Child(`${system}-${tag}${index}`, [path.join(__dirname, 'service-worker.js'), JSON.stringify(workerConfig(system, endpoints, index))], process.env);
+    return new Child(
+      `${system}-${tag}${index}`,
+      [path.join(__dirname, 'service-worker.js'), JSON.stringify(workerConfig(system, endpoints, index))],
+      process.env,
+    );
   }
 
   // ---------------------------------------------------------------- metrics scrapes
@@ -722,7 +752,10 @@ function driverMain(): void {
     const total = cpu.slice(0, 8).reduce((a, b) => a + b, 0);
     const idle = cpu[3] + cpu[4];
     const st = fs.readFileSync('/proc/self/stat', 'utf8');
-    const f = st.slice(st.lastIndexOf(')') + 2).split(' ').map(Number);
+    const f = st
+      .slice(st.lastIndexOf(')') + 2)
+      .split(' ')
+      .map(Number);
     return { busy: total - idle, ours: f[11] + f[12] + f[13] + f[14], load1: fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0] };
   }
   const CPU0 = cpuTicks();
@@ -749,7 +782,12 @@ function driverMain(): void {
   function machine(): { nproc: string; model: string; mem: string; kernel: string } {
     const model = /Model name:\s*(.*)/.exec(sh('lscpu', []))?.[1]?.trim() ?? os.cpus()[0]?.model ?? '?';
     const memKb = Number(/^MemTotal:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? NaN);
-    return { nproc: sh('nproc', []) || String(os.availableParallelism()), model, mem: `${((memKb * 1024) / GiB).toFixed(1)} GiB`, kernel: `${os.type()} ${os.release()}` };
+    return {
+      nproc: sh('nproc', []) || String(os.availableParallelism()),
+      model,
+      mem: `${((memKb * 1024) / GiB).toFixed(1)} GiB`,
+      kernel: `${os.type()} ${os.release()}`,
+    };
   }
 
   function fmtRows(r: number): string {
@@ -779,7 +817,9 @@ function driverMain(): void {
         `Per repetition the two cells of a step run back to back; the ratio is the median over the ${opts.reps} repetitions of with / without. Target (issue 8): metrics cost at most 2% of pull+push throughput.`,
     );
     L.push('');
-    L.push('| servers | workers | step | pmemps | pmemps + metrics | with / without, median (min..max) | cost | server CPU ms per step, without / with | CPU with / without, median |');
+    L.push(
+      '| servers | workers | step | pmemps | pmemps + metrics | with / without, median (min..max) | cost | server CPU ms per step, without / with | CPU with / without, median |',
+    );
     L.push('|---|---|---|---|---|---|---|---|---|');
     const all: number[] = [];
     const allCpu: number[] = [];
@@ -818,7 +858,9 @@ function driverMain(): void {
     const W1 = Math.min(...opts.workers);
     const L: string[] = [];
     L.push('# pmemps service benchmark', '');
-    L.push(`- machine: ${m.model}, nproc ${m.nproc}, ${m.mem} RAM, ${m.kernel}; node ${process.version}; redis-server ${redisVersion.v}; ioredis ${pkgVersion('ioredis')}; @grpc/grpc-js ${pkgVersion('@grpc/grpc-js')}`);
+    L.push(
+      `- machine: ${m.model}, nproc ${m.nproc}, ${m.mem} RAM, ${m.kernel}; node ${process.version}; redis-server ${redisVersion.v}; ioredis ${pkgVersion('ioredis')}; @grpc/grpc-js ${pkgVersion('@grpc/grpc-js')}`,
+    );
     L.push(`- date: ${date}; commit ${gitDescribe()}; ${opts.quick ? '**quick run** (`--quick`)' : 'full run'}; took ${fmtMs(wallMs)}; ${status}`);
     L.push(
       `- machine load: 1-min load average ${CPU0.load1} at the start, ${now.load1} at the end; everything outside this benchmark's processes used ` +
@@ -850,7 +892,9 @@ function driverMain(): void {
     );
     L.push(`- targets (issue 3): pmemps ≥ 3x Redis (SGD and Adagrad) on pull+push in every cell; pmemps ≥ 0.5x the TCP ceiling (judged in every row)`);
     L.push('');
-    L.push('| servers | workers | step | pmemps | Redis SGD | Redis Adagrad | TCP ceiling | pmemps / Redis Adagrad | pmemps / Redis SGD | pmemps / ceiling | met |');
+    L.push(
+      '| servers | workers | step | pmemps | Redis SGD | Redis Adagrad | TCP ceiling | pmemps / Redis Adagrad | pmemps / Redis SGD | pmemps / ceiling | met |',
+    );
     L.push('|---|---|---|---|---|---|---|---|---|---|---|');
     let met = 0;
     let judged = 0;

@@ -146,7 +146,9 @@ export class TcpPeer {
     const out = Buffer.allocUnsafe(n * rowBytes);
     await Promise.all(
       this.ranges(n).map(([from, to], s) =>
-        to > from ? this.conns[s].request([header(OP_PULL, to - from, (to - from) * 8), keys.subarray(from * 8, to * 8)], out.subarray(from * rowBytes, to * rowBytes)) : undefined,
+        to > from
+          ? this.conns[s].request([header(OP_PULL, to - from, (to - from) * 8), keys.subarray(from * 8, to * 8)], out.subarray(from * rowBytes, to * rowBytes))
+          : undefined,
       ),
     );
     return new Float32Array(out.buffer, out.byteOffset, n * this.dim);

@@ -80,7 +80,11 @@ async function writer(cfg: WriterConfig): Promise<never> {
     );
   }
   const rng = new Rng(cfg.probeSeed + 1);
-  await drive(cfg.inflight, (i) => e.push(TABLE.name, uniformBatch(rng, cfg.rows), grads[i % grads.length]), (n) => n >= cfg.dirtyBatches);
+  await drive(
+    cfg.inflight,
+    (i) => e.push(TABLE.name, uniformBatch(rng, cfg.rows), grads[i % grads.length]),
+    (n) => n >= cfg.dirtyBatches,
+  );
   const probe = probeKeys(cfg.probeSeed, cfg.rows);
   const rowsAtCheckpoint = hashRows(await e.pull(TABLE.name, probe));
   const id = (e.stats().committed ?? 0) + 1;
@@ -125,7 +129,11 @@ async function reader(cfg: ReaderConfig): Promise<void> {
     const sc = new Scatter(cfg.rows, new Rng(cfg.probeSeed + 2).int(cfg.rows));
     const grads = gradBuffers(13);
     const t0 = performance.now();
-    await drive(cfg.inflight, (i) => e.pull(TABLE.name, scatterBatch(sc, i * BATCH, Math.min(BATCH, w - i * BATCH))), (n) => n * BATCH >= w);
+    await drive(
+      cfg.inflight,
+      (i) => e.pull(TABLE.name, scatterBatch(sc, i * BATCH, Math.min(BATCH, w - i * BATCH))),
+      (n) => n * BATCH >= w,
+    );
     const pullSecs = (performance.now() - t0) / 1000;
     const pw = Math.floor(w * cfg.mem.pushFraction);
     const pushesBlocked = e.openInfo.pushesBlocked;

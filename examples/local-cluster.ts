@@ -39,8 +39,11 @@ export async function freePort(): Promise<number> {
 function statusOnce(endpoint: string, probe: ClusterOptions['probe'] = {}): Promise<void> {
   const Ctor = parameterServerService();
   // Certificates for loopback name localhost: Node deprecates an IP as the TLS server name.
-  const c = new Ctor(endpoint, probe.credentials ?? grpc.credentials.createInsecure(), probe.credentials ? { 'grpc.ssl_target_name_override': 'localhost' } : {}) as grpc.Client &
-    Record<string, any>;
+  const c = new Ctor(
+    endpoint,
+    probe.credentials ?? grpc.credentials.createInsecure(),
+    probe.credentials ? { 'grpc.ssl_target_name_override': 'localhost' } : {},
+  ) as grpc.Client & Record<string, any>;
   const md = new grpc.Metadata();
   if (probe.token) md.set('authorization', `Bearer ${probe.token}`);
   return new Promise<void>((resolve, reject) =>

@@ -40,7 +40,9 @@ interface Args {
 function parseArgs(): Args {
   const a = yargs(hideBin(process.argv))
     .scriptName('train-ctr')
-    .usage('$0 [options]\n\nTrains a factorization machine on a synthetic Criteo-like data set against a local pmemps cluster, kills a server mid-run, restores and finishes.')
+    .usage(
+      '$0 [options]\n\nTrains a factorization machine on a synthetic Criteo-like data set against a local pmemps cluster, kills a server mid-run, restores and finishes.',
+    )
     .option('servers', { type: 'number', default: 2, describe: 'pservers to start' })
     .option('steps', { type: 'number', default: 1200, describe: 'training steps' })
     .option('batch', { type: 'number', default: 512, describe: 'examples per step' })
@@ -51,7 +53,7 @@ function parseArgs(): Args {
     .option('persist-seconds', { type: 'number', default: 0, describe: 'also persist every T seconds (0: off)' })
     .option('kill-at', { type: 'number', default: 750, describe: 'kill -9 the last server at this step, restart it, restore (0: no kill)' })
     .option('compute-ms', { type: 'number', default: 0, describe: 'emulated trainer compute per step (e.g. a GPU forward/backward), ms' })
-    .option('dir', { type: 'string', default: path.join('data', 'train'), describe: 'directory of the servers\' pools and logs (emptied first)' })
+    .option('dir', { type: 'string', default: path.join('data', 'train'), describe: "directory of the servers' pools and logs (emptied first)" })
     .option('endpoints', { type: 'string', describe: 'use running servers (comma-separated host:port) instead of starting them; no kill' })
     .option('seed', { type: 'number', default: 1 })
     .option('quiet', { type: 'boolean', default: false, describe: 'only the summary' })
@@ -208,10 +210,15 @@ async function main(): Promise<void> {
   const evaluate = async (bias: number): Promise<number> => fmStep(await ps.pull('fm', evalBatch.keys), evalBatch.labels, a.k, bias, null).loss;
 
   let bias = 0;
-  const periodic = a.persistEvery || a.persistSeconds ? new PeriodicPersist(ps, { everySteps: a.persistEvery || undefined, everySeconds: a.persistSeconds || undefined }) : null;
+  const periodic =
+    a.persistEvery || a.persistSeconds
+      ? new PeriodicPersist(ps, { everySteps: a.persistEvery || undefined, everySeconds: a.persistSeconds || undefined })
+      : null;
   const startLoss = await evaluate(bias);
   say(`held-out log loss before training: ${startLoss.toFixed(4)}  (a constant predictor scores ~0.69)`);
-  say(`training: ${a.steps} steps x ${a.batch} examples x ${FIELDS} fields, FM k=${a.k}, persist every ${a.persistEvery || '-'} steps${a.persistSeconds ? ` / ${a.persistSeconds} s` : ''}${cluster && a.killAt ? `, kill -9 of server ${a.servers - 1} at step ${a.killAt}` : ''}`);
+  say(
+    `training: ${a.steps} steps x ${a.batch} examples x ${FIELDS} fields, FM k=${a.k}, persist every ${a.persistEvery || '-'} steps${a.persistSeconds ? ` / ${a.persistSeconds} s` : ''}${cluster && a.killAt ? `, kill -9 of server ${a.servers - 1} at step ${a.killAt}` : ''}`,
+  );
 
   let step = 0;
   let executed = 0;

@@ -30,11 +30,39 @@ const addon = require(path.join(__dirname, '..', '..', 'build', 'Release', 'pmem
 
 /** Hyperparameter names of each optimizer, in the order the native code stores them, with defaults. */
 export const OPTIMIZER_PARAMS: Record<OptimizerType, ReadonlyArray<[string, number | boolean | undefined]>> = {
-  sgd: [['lr', undefined], ['momentum', 0], ['dampening', 0], ['nesterov', false], ['weightDecay', 0]],
-  adagrad: [['lr', undefined], ['initialAccumulator', 0], ['eps', 1e-10]],
-  adam: [['lr', undefined], ['beta1', 0.9], ['beta2', 0.999], ['eps', 1e-8]],
-  rmsprop: [['lr', undefined], ['alpha', 0.99], ['eps', 1e-8], ['momentum', 0], ['centered', false]],
-  ftrl: [['lr', undefined], ['lrPower', -0.5], ['initialAccumulator', 0.1], ['l1', 0], ['l2', 0], ['l2Shrinkage', 0]],
+  sgd: [
+    ['lr', undefined],
+    ['momentum', 0],
+    ['dampening', 0],
+    ['nesterov', false],
+    ['weightDecay', 0],
+  ],
+  adagrad: [
+    ['lr', undefined],
+    ['initialAccumulator', 0],
+    ['eps', 1e-10],
+  ],
+  adam: [
+    ['lr', undefined],
+    ['beta1', 0.9],
+    ['beta2', 0.999],
+    ['eps', 1e-8],
+  ],
+  rmsprop: [
+    ['lr', undefined],
+    ['alpha', 0.99],
+    ['eps', 1e-8],
+    ['momentum', 0],
+    ['centered', false],
+  ],
+  ftrl: [
+    ['lr', undefined],
+    ['lrPower', -0.5],
+    ['initialAccumulator', 0.1],
+    ['l1', 0],
+    ['l2', 0],
+    ['l2Shrinkage', 0],
+  ],
 };
 const OPT_CODES: OptimizerType[] = ['sgd', 'adagrad', 'adam', 'rmsprop', 'ftrl'];
 const INIT_CODES: InitializerSpec['type'][] = ['zeros', 'constant', 'uniform', 'normal'];
@@ -217,8 +245,7 @@ export class Engine {
 
   /** Creates a table; idempotent when the spec is identical, ALREADY_EXISTS when it differs. */
   createTable(spec: TableSpec): void {
-    if (typeof spec?.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(spec.name))
-      throw invalid('table name must be 1..64 characters of A-Z a-z 0-9 _ . -');
+    if (typeof spec?.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(spec.name)) throw invalid('table name must be 1..64 characters of A-Z a-z 0-9 _ . -');
     if (!Number.isInteger(spec.dim) || spec.dim < 1 || spec.dim > 4096) throw invalid(`dim must be an integer in 1..4096, got ${spec.dim}`);
     if (!Number.isSafeInteger(spec.seed) || spec.seed < 0) throw invalid('seed must be a non-negative integer below 2^53');
     const hyper = hyperArray(spec.optimizer);

@@ -125,7 +125,10 @@ export function parseTokens(text: string, file = 'tokens file'): TokenEntry[] {
   const lines = text.split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {
     const at = `${file}:${i + 1}`;
-    let fields = lines[i].trim().split(/\s+/).filter((f) => f !== '');
+    let fields = lines[i]
+      .trim()
+      .split(/\s+/)
+      .filter((f) => f !== '');
     const comment = fields.findIndex((f) => f.startsWith('#'));
     if (comment >= 0) fields = fields.slice(0, comment);
     if (fields.length === 0) continue;
@@ -214,18 +217,30 @@ export function authorize(store: TokenStore, path: string, md: grpc.Metadata): R
   if (need === null) return null;
   const values = md.get('authorization');
   if (values.length === 0)
-    return refusal(grpc.status.UNAUTHENTICATED, 'this server requires a token: send metadata "authorization: Bearer <token>" (the SDK\'s token option)', 'unauthenticated');
+    return refusal(
+      grpc.status.UNAUTHENTICATED,
+      'this server requires a token: send metadata "authorization: Bearer <token>" (the SDK\'s token option)',
+      'unauthenticated',
+    );
   if (values.length > 1) return refusal(grpc.status.UNAUTHENTICATED, 'send one authorization header, not several', 'unauthenticated');
   const v = values[0];
   if (typeof v !== 'string' || v.length > AUTH_LIMITS.headerBytes)
-    return refusal(grpc.status.UNAUTHENTICATED, `the authorization header must be "Bearer <token>" of at most ${AUTH_LIMITS.headerBytes} bytes`, 'unauthenticated');
+    return refusal(
+      grpc.status.UNAUTHENTICATED,
+      `the authorization header must be "Bearer <token>" of at most ${AUTH_LIMITS.headerBytes} bytes`,
+      'unauthenticated',
+    );
   const m = /^Bearer +(\S+)$/i.exec(v);
   if (!m) return refusal(grpc.status.UNAUTHENTICATED, 'the authorization header must be "Bearer <token>"', 'unauthenticated');
   const who = store.lookup(m[1]);
   if (!who) return refusal(grpc.status.UNAUTHENTICATED, 'the token is not known to this server (mistyped, revoked, or for another server)', 'unauthenticated');
   if (RANK[who.role] < RANK[need]) {
     log.warn({ rpc: path, caller: who.name, role: who.role, needs: need }, 'call refused: role too low');
-    return refusal(grpc.status.PERMISSION_DENIED, `${path.split('/').pop()} needs role ${need} or above; this token's role is ${who.role}`, 'permission_denied');
+    return refusal(
+      grpc.status.PERMISSION_DENIED,
+      `${path.split('/').pop()} needs role ${need} or above; this token's role is ${who.role}`,
+      'permission_denied',
+    );
   }
   return null;
 }
@@ -260,7 +275,8 @@ function parseCert(pem: Buffer, what: string, file: string): X509Certificate {
   }
   const now = Date.now();
   if (Date.parse(cert.validTo) < now) throw new SecurityConfigError(`${what} ${file} expired on ${cert.validTo}; issue a new one`);
-  if (Date.parse(cert.validFrom) > now) throw new SecurityConfigError(`${what} ${file} is not valid before ${cert.validFrom}; check the clock or the certificate`);
+  if (Date.parse(cert.validFrom) > now)
+    throw new SecurityConfigError(`${what} ${file} is not valid before ${cert.validFrom}; check the clock or the certificate`);
   return cert;
 }
 

@@ -30,12 +30,16 @@ export class Barriers {
     let r = this.rounds.get(key);
     if (!r) {
       if (this.rounds.size >= MAX_OPEN_ROUNDS)
-        return Promise.reject(new ServerError('OUT_OF_SPACE', `${MAX_OPEN_ROUNDS} barriers are waiting on this server, its limit; finish or cancel some first`));
+        return Promise.reject(
+          new ServerError('OUT_OF_SPACE', `${MAX_OPEN_ROUNDS} barriers are waiting on this server, its limit; finish or cancel some first`),
+        );
       r = { parties, arrived: new Set(), waiters: [] };
       this.rounds.set(key, r);
     }
     if (r.parties !== parties)
-      return Promise.reject(new ServerError('INVALID_ARGUMENT', `barrier "${name}" generation ${generation} has ${r.parties} parties; this call says ${parties}`));
+      return Promise.reject(
+        new ServerError('INVALID_ARGUMENT', `barrier "${name}" generation ${generation} has ${r.parties} parties; this call says ${parties}`),
+      );
     r.arrived.add(worker);
     const round = r;
     const p = new Promise<Record<string, never>>((resolve, reject) => {

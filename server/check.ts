@@ -22,7 +22,20 @@ async function main(): Promise<number> {
   const file = checkPoolFile(path.join(dir, 'pmemps.pool'));
   const ok = report.badEpochs === 0 && file.consistent;
   process.stdout.write(
-    JSON.stringify({ ok, dir: path.resolve(dir), committed: info.committed, prepared: info.prepared, ...report, tables, pmemobjCheck: file.message, seconds: (Date.now() - t0) / 1000 }, null, 2) + '\n',
+    JSON.stringify(
+      {
+        ok,
+        dir: path.resolve(dir),
+        committed: info.committed,
+        prepared: info.prepared,
+        ...report,
+        tables,
+        pmemobjCheck: file.message,
+        seconds: (Date.now() - t0) / 1000,
+      },
+      null,
+      2,
+    ) + '\n',
   );
   return ok ? 0 : 1;
 }

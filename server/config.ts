@@ -92,29 +92,190 @@ const TIMER_MAX_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 const MB_MAX = 16 * 2 ** 20;
 
 export const OPTIONS: readonly OptionDef[] = [
-  { name: 'bind', kind: 'string', arg: 'HOST:PORT', required: true, hostPort: true, describe: 'address to serve on; a non-loopback host needs TLS or tokens, or `--insecure`' },
-  { name: 'pmem', kind: 'string', arg: 'DIR', required: true, describe: 'directory of the pool (`DIR/pmemps.pool`, locked while open): a DAX mount, CXL memory, /dev/shm or any filesystem' },
+  {
+    name: 'bind',
+    kind: 'string',
+    arg: 'HOST:PORT',
+    required: true,
+    hostPort: true,
+    describe: 'address to serve on; a non-loopback host needs TLS or tokens, or `--insecure`',
+  },
+  {
+    name: 'pmem',
+    kind: 'string',
+    arg: 'DIR',
+    required: true,
+    describe: 'directory of the pool (`DIR/pmemps.pool`, locked while open): a DAX mount, CXL memory, /dev/shm or any filesystem',
+  },
   { name: 'cache-mb', kind: 'number', arg: 'N', default: 1024, min: 1, max: MB_MAX, describe: 'hard DRAM budget of the row cache, MiB' },
-  { name: 'pool-size', kind: 'string', arg: 'S', default: '16G', describe: 'size when the pool is created (`512M`, `64G`; a bare number is MiB; 16M to 1P); ignored for an existing pool' },
-  { name: 'max-message-mb', kind: 'number', arg: 'N', default: DEFAULT_MAX_MESSAGE_MB, min: 1, max: 2047, describe: 'largest request or response, MiB (a 65,536-key x dim-128 batch is 32 MiB; the SDK splits larger batches)' },
-  { name: 'drain-seconds', kind: 'number', arg: 'N', default: 30, min: 0, max: TIMER_MAX_SECONDS, describe: 'on SIGTERM, how long calls in flight may take before they are cancelled' },
-  { name: 'max-connections', kind: 'integer', arg: 'N', default: D.maxConnections, min: 1, max: 2 ** 31 - 1, describe: 'connections served at once; more are closed on accept' },
-  { name: 'max-streams', kind: 'integer', arg: 'N', default: D.maxStreams, min: 1, max: 2 ** 31 - 1, describe: 'concurrent calls per connection (HTTP/2 `MAX_CONCURRENT_STREAMS`; the SDK uses up to 256 pushes plus pull chunks per server)' },
-  { name: 'idle-seconds', kind: 'number', arg: 'N', default: D.idleSeconds, min: 0, above: true, max: TIMER_MAX_SECONDS, describe: 'a connection without a call for this long is closed (GOAWAY; gRPC clients reconnect on their next call)' },
-  { name: 'reply-mb-per-connection', kind: 'number', arg: 'N', default: D.replyMbPerConnection, min: 0, above: true, max: MB_MAX, describe: 'reply bytes one connection may have unsent, MiB; its further pulls wait (one reply always goes, whatever its size)' },
-  { name: 'reply-mb', kind: 'number', arg: 'N', default: D.replyMb, min: 0, above: true, max: MB_MAX, describe: 'reply bytes all connections together may have unsent, MiB; further pulls wait' },
-  { name: 'stall-seconds', kind: 'number', arg: 'N', default: D.stallSeconds, min: 0, above: true, max: TIMER_MAX_SECONDS, describe: 'a connection whose unsent replies make no progress for this long is closed (`ENHANCE_YOUR_CALM`); a pull waits at most twice this long for reply budget' },
-  { name: 'request-seconds', kind: 'number', arg: 'N', default: D.requestSeconds, min: 0, above: true, max: TIMER_MAX_SECONDS, describe: 'a request whose body has not fully arrived after this long is answered `DEADLINE_EXCEEDED` and its stream reset' },
-  { name: 'recv-mb-per-connection', kind: 'number', arg: 'N', default: D.recvMbPerConnection, min: 0, above: true, max: MB_MAX, describe: 'bytes of requests not yet fully arrived one connection may have sent, MiB (above `--max-message-mb`); over it its newest such requests are refused `UNAVAILABLE` (never processed; the SDK retries) and reset' },
-  { name: 'recv-mb', kind: 'number', arg: 'N', default: D.recvMb, min: 0, above: true, max: MB_MAX, describe: 'bytes of requests not yet fully arrived all connections together may have sent, MiB; over it the newest such requests of the connection holding the most are refused `UNAVAILABLE` and reset' },
-  { name: 'tls-cert', kind: 'string', arg: 'FILE', file: true, describe: 'PEM certificate chain of the gRPC port; with `--tls-key` the port speaks TLS only ([Security](#security))' },
-  { name: 'tls-key', kind: 'string', arg: 'FILE', file: true, describe: 'PEM private key of `--tls-cert`, unencrypted; checked against the certificate at start' },
-  { name: 'tls-client-ca', kind: 'string', arg: 'FILE', file: true, describe: 'mutual TLS: only clients with a certificate signed by this PEM CA get in (needs `--tls-cert`)' },
-  { name: 'auth-tokens', kind: 'string', arg: 'FILE', file: true, describe: 'tokens and roles, one `token role [name]` per line; calls must carry `authorization: Bearer <token>`; re-read on SIGHUP' },
-  { name: 'insecure', kind: 'boolean', default: false, describe: 'allow a non-loopback `--bind` without TLS or tokens (anyone who reaches the port can read and change everything)' },
-  { name: 'metrics-bind', kind: 'string', arg: 'HOST:PORT', hostPort: true, defaultText: 'off', describe: 'serve Prometheus metrics at `http://HOST:PORT/metrics` ([Metrics](#metrics)); port 0 takes a free port, logged as `metricsPort`; a port in use stops the start (exit 2, nothing opened)' },
+  {
+    name: 'pool-size',
+    kind: 'string',
+    arg: 'S',
+    default: '16G',
+    describe: 'size when the pool is created (`512M`, `64G`; a bare number is MiB; 16M to 1P); ignored for an existing pool',
+  },
+  {
+    name: 'max-message-mb',
+    kind: 'number',
+    arg: 'N',
+    default: DEFAULT_MAX_MESSAGE_MB,
+    min: 1,
+    max: 2047,
+    describe: 'largest request or response, MiB (a 65,536-key x dim-128 batch is 32 MiB; the SDK splits larger batches)',
+  },
+  {
+    name: 'drain-seconds',
+    kind: 'number',
+    arg: 'N',
+    default: 30,
+    min: 0,
+    max: TIMER_MAX_SECONDS,
+    describe: 'on SIGTERM, how long calls in flight may take before they are cancelled',
+  },
+  {
+    name: 'max-connections',
+    kind: 'integer',
+    arg: 'N',
+    default: D.maxConnections,
+    min: 1,
+    max: 2 ** 31 - 1,
+    describe: 'connections served at once; more are closed on accept',
+  },
+  {
+    name: 'max-streams',
+    kind: 'integer',
+    arg: 'N',
+    default: D.maxStreams,
+    min: 1,
+    max: 2 ** 31 - 1,
+    describe: 'concurrent calls per connection (HTTP/2 `MAX_CONCURRENT_STREAMS`; the SDK uses up to 256 pushes plus pull chunks per server)',
+  },
+  {
+    name: 'idle-seconds',
+    kind: 'number',
+    arg: 'N',
+    default: D.idleSeconds,
+    min: 0,
+    above: true,
+    max: TIMER_MAX_SECONDS,
+    describe: 'a connection without a call for this long is closed (GOAWAY; gRPC clients reconnect on their next call)',
+  },
+  {
+    name: 'reply-mb-per-connection',
+    kind: 'number',
+    arg: 'N',
+    default: D.replyMbPerConnection,
+    min: 0,
+    above: true,
+    max: MB_MAX,
+    describe: 'reply bytes one connection may have unsent, MiB; its further pulls wait (one reply always goes, whatever its size)',
+  },
+  {
+    name: 'reply-mb',
+    kind: 'number',
+    arg: 'N',
+    default: D.replyMb,
+    min: 0,
+    above: true,
+    max: MB_MAX,
+    describe: 'reply bytes all connections together may have unsent, MiB; further pulls wait',
+  },
+  {
+    name: 'stall-seconds',
+    kind: 'number',
+    arg: 'N',
+    default: D.stallSeconds,
+    min: 0,
+    above: true,
+    max: TIMER_MAX_SECONDS,
+    describe:
+      'a connection whose unsent replies make no progress for this long is closed (`ENHANCE_YOUR_CALM`); a pull waits at most twice this long for reply budget',
+  },
+  {
+    name: 'request-seconds',
+    kind: 'number',
+    arg: 'N',
+    default: D.requestSeconds,
+    min: 0,
+    above: true,
+    max: TIMER_MAX_SECONDS,
+    describe: 'a request whose body has not fully arrived after this long is answered `DEADLINE_EXCEEDED` and its stream reset',
+  },
+  {
+    name: 'recv-mb-per-connection',
+    kind: 'number',
+    arg: 'N',
+    default: D.recvMbPerConnection,
+    min: 0,
+    above: true,
+    max: MB_MAX,
+    describe:
+      'bytes of requests not yet fully arrived one connection may have sent, MiB (above `--max-message-mb`); over it its newest such requests are refused `UNAVAILABLE` (never processed; the SDK retries) and reset',
+  },
+  {
+    name: 'recv-mb',
+    kind: 'number',
+    arg: 'N',
+    default: D.recvMb,
+    min: 0,
+    above: true,
+    max: MB_MAX,
+    describe:
+      'bytes of requests not yet fully arrived all connections together may have sent, MiB; over it the newest such requests of the connection holding the most are refused `UNAVAILABLE` and reset',
+  },
+  {
+    name: 'tls-cert',
+    kind: 'string',
+    arg: 'FILE',
+    file: true,
+    describe: 'PEM certificate chain of the gRPC port; with `--tls-key` the port speaks TLS only ([Security](#security))',
+  },
+  {
+    name: 'tls-key',
+    kind: 'string',
+    arg: 'FILE',
+    file: true,
+    describe: 'PEM private key of `--tls-cert`, unencrypted; checked against the certificate at start',
+  },
+  {
+    name: 'tls-client-ca',
+    kind: 'string',
+    arg: 'FILE',
+    file: true,
+    describe: 'mutual TLS: only clients with a certificate signed by this PEM CA get in (needs `--tls-cert`)',
+  },
+  {
+    name: 'auth-tokens',
+    kind: 'string',
+    arg: 'FILE',
+    file: true,
+    describe: 'tokens and roles, one `token role [name]` per line; calls must carry `authorization: Bearer <token>`; re-read on SIGHUP',
+  },
+  {
+    name: 'insecure',
+    kind: 'boolean',
+    default: false,
+    describe: 'allow a non-loopback `--bind` without TLS or tokens (anyone who reaches the port can read and change everything)',
+  },
+  {
+    name: 'metrics-bind',
+    kind: 'string',
+    arg: 'HOST:PORT',
+    hostPort: true,
+    defaultText: 'off',
+    describe:
+      'serve Prometheus metrics at `http://HOST:PORT/metrics` ([Metrics](#metrics)); port 0 takes a free port, logged as `metricsPort`; a port in use stops the start (exit 2, nothing opened)',
+  },
   { name: 'log-level', kind: 'string', arg: 'L', default: 'info', choices: LOG_LEVELS, describe: 'least level logged' },
-  { name: 'log-format', kind: 'string', arg: 'F', defaultText: 'pretty on a terminal, else json', choices: LOG_FORMATS, describe: 'json: pino JSON lines on stdout, one object per event, for log shippers; pretty: one readable line per event' },
+  {
+    name: 'log-format',
+    kind: 'string',
+    arg: 'F',
+    defaultText: 'pretty on a terminal, else json',
+    choices: LOG_FORMATS,
+    describe: 'json: pino JSON lines on stdout, one object per event, for log shippers; pretty: one readable line per event',
+  },
 ];
 
 const CONFIG_OPTION = 'config';
@@ -229,7 +390,8 @@ function readConfigFile(file: string, source: Source): Record<string, unknown> {
   const from = `(--config ${file}, from ${where(source, CONFIG_OPTION)})`;
   const why = fileProblem(file);
   if (why) throw new ConfigError(`the config file ${file} ${why} ${from}`, CONFIG_OPTION, source);
-  if (fs.statSync(file).size > CONFIG_FILE_MAX_BYTES) throw new ConfigError(`the config file ${file} is over ${CONFIG_FILE_MAX_BYTES} bytes: is it the right file? ${from}`, CONFIG_OPTION, source);
+  if (fs.statSync(file).size > CONFIG_FILE_MAX_BYTES)
+    throw new ConfigError(`the config file ${file} is over ${CONFIG_FILE_MAX_BYTES} bytes: is it the right file? ${from}`, CONFIG_OPTION, source);
   let doc: unknown;
   try {
     // JSON is YAML too; YAML refuses duplicate keys, which JSON.parse would let the last one win.
@@ -239,7 +401,11 @@ function readConfigFile(file: string, source: Source): Record<string, unknown> {
   }
   if (doc === null || doc === undefined) return {};
   if (typeof doc !== 'object' || Array.isArray(doc))
-    throw new ConfigError(`the config file ${file} must be a mapping of option names to values (e.g. "cache-mb: 4096"), not a ${Array.isArray(doc) ? 'list' : typeof doc}`, CONFIG_OPTION, 'file');
+    throw new ConfigError(
+      `the config file ${file} must be a mapping of option names to values (e.g. "cache-mb: 4096"), not a ${Array.isArray(doc) ? 'list' : typeof doc}`,
+      CONFIG_OPTION,
+      'file',
+    );
   const known = new Set(OPTIONS.map((o) => o.name));
   const unknown = Object.keys(doc).filter((k) => !known.has(k));
   if (unknown.length)
@@ -262,7 +428,13 @@ function parseArgv(argv: string[], version: string | undefined): Record<string, 
     // Last of a repeated flag wins, as in most tools; no camelCase or dotted
     // aliases, so the names are exactly those of the table.
     // Values stay strings (coerce() reads every source alike).
-    .parserConfiguration({ 'duplicate-arguments-array': false, 'camel-case-expansion': false, 'dot-notation': false, 'parse-numbers': false, 'parse-positional-numbers': false })
+    .parserConfiguration({
+      'duplicate-arguments-array': false,
+      'camel-case-expansion': false,
+      'dot-notation': false,
+      'parse-numbers': false,
+      'parse-positional-numbers': false,
+    })
     .option(CONFIG_OPTION, { type: 'string', requiresArg: true, describe: 'YAML or JSON file of options (keys: the option names, e.g. cache-mb: 4096)' });
   for (const o of OPTIONS) {
     y = y.option(o.name, {
@@ -302,10 +474,16 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
   const args = parseArgv(argv, opts.version);
   let configFile: string | undefined;
   let fileValues: Record<string, unknown> = {};
-  const cfgRaw: Raw | undefined = args[CONFIG_OPTION] !== undefined ? { value: args[CONFIG_OPTION], source: 'argv' } : env[envName(CONFIG_OPTION)] !== undefined ? { value: env[envName(CONFIG_OPTION)], source: 'env' } : undefined;
+  const cfgRaw: Raw | undefined =
+    args[CONFIG_OPTION] !== undefined
+      ? { value: args[CONFIG_OPTION], source: 'argv' }
+      : env[envName(CONFIG_OPTION)] !== undefined
+        ? { value: env[envName(CONFIG_OPTION)], source: 'env' }
+        : undefined;
   if (cfgRaw) {
     configFile = String(cfgRaw.value);
-    if (configFile.trim() === '') throw new ConfigError(`--config is empty (from ${where(cfgRaw.source, CONFIG_OPTION)}): give a file or leave it unset`, CONFIG_OPTION, cfgRaw.source);
+    if (configFile.trim() === '')
+      throw new ConfigError(`--config is empty (from ${where(cfgRaw.source, CONFIG_OPTION)}): give a file or leave it unset`, CONFIG_OPTION, cfgRaw.source);
     fileValues = readConfigFile(configFile, cfgRaw.source);
   }
 
@@ -314,7 +492,13 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
   for (const o of OPTIONS) {
     const e = env[envName(o.name)];
     const raw: Raw | undefined =
-      args[o.name] !== undefined ? { value: args[o.name], source: 'argv' } : e !== undefined ? { value: e, source: 'env' } : o.name in fileValues ? { value: fileValues[o.name], source: 'file' } : undefined;
+      args[o.name] !== undefined
+        ? { value: args[o.name], source: 'argv' }
+        : e !== undefined
+          ? { value: e, source: 'env' }
+          : o.name in fileValues
+            ? { value: fileValues[o.name], source: 'file' }
+            : undefined;
     if (raw) {
       v[o.name] = coerce(o, raw, configFile);
       sources[o.name] = raw.source;
@@ -341,11 +525,13 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
       'recv-mb-per-connection',
       `--recv-mb-per-connection (${num('recv-mb-per-connection')}) must be above --max-message-mb (${num('max-message-mb')}), or no request of the largest size could arrive`,
     );
-  if (!(num('recv-mb') >= num('recv-mb-per-connection'))) fail('recv-mb', `--recv-mb (${num('recv-mb')}) must be at least --recv-mb-per-connection (${num('recv-mb-per-connection')})`);
+  if (!(num('recv-mb') >= num('recv-mb-per-connection')))
+    fail('recv-mb', `--recv-mb (${num('recv-mb')}) must be at least --recv-mb-per-connection (${num('recv-mb-per-connection')})`);
   const cert = str('tls-cert');
   const key = str('tls-key');
   const ca = str('tls-client-ca');
-  if (ca !== undefined && cert === undefined) fail('tls-client-ca', '--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates');
+  if (ca !== undefined && cert === undefined)
+    fail('tls-client-ca', '--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates');
   if (cert !== undefined && key === undefined) fail('tls-cert', '--tls-cert needs --tls-key (the private key of the certificate)');
   if (key !== undefined && cert === undefined) fail('tls-key', '--tls-key needs --tls-cert (the certificate of the key)');
 

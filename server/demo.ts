@@ -37,13 +37,22 @@ async function main(): Promise<void> {
   fs.mkdirSync(opts.dir, { recursive: true });
   let engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb });
   const oi = engine.openInfo;
-  log.info({ dir: opts.dir, ...oi, closeRecord: undefined }, oi.isPmem ? 'pool is on persistent memory (or PMEM_IS_PMEM_FORCE)' : 'pool is NOT on persistent memory: flushes use msync, batched');
+  log.info(
+    { dir: opts.dir, ...oi, closeRecord: undefined },
+    oi.isPmem ? 'pool is on persistent memory (or PMEM_IS_PMEM_FORCE)' : 'pool is NOT on persistent memory: flushes use msync, batched',
+  );
   if (oi.pushesBlocked && oi.prepared) {
     log.warn({ prepared: oi.prepared }, 'a checkpoint prepared before the last crash is unresolved; aborting it');
     await engine.abort(oi.prepared);
   }
   const dim = 16;
-  engine.createTable({ name: 'demo', dim, optimizer: { type: 'adagrad', lr: 0.05, initialAccumulator: 0.1 }, initializer: { type: 'normal', mean: 0, std: 0.01 }, seed: 42 });
+  engine.createTable({
+    name: 'demo',
+    dim,
+    optimizer: { type: 'adagrad', lr: 0.05, initialAccumulator: 0.1 },
+    initializer: { type: 'normal', mean: 0, std: 0.01 },
+    seed: 42,
+  });
   const next = rng(7n);
   const batch = 4096;
   const universe = 200_000n;
@@ -66,7 +75,17 @@ async function main(): Promise<void> {
       await engine.prepare(ckpt, { meta: Buffer.from(JSON.stringify({ step })), dense: { bias: new Float32Array([step]) } });
       await engine.commit(ckpt);
       const s = engine.stats();
-      log.info({ step, loss: +(loss / rows.length).toFixed(5), checkpoint: ckpt, cacheMiB: +(s.cacheBytes / 2 ** 20).toFixed(1), hitRatio: +(s.hits / Math.max(1, s.hits + s.misses)).toFixed(3), evictions: s.evictions }, 'step');
+      log.info(
+        {
+          step,
+          loss: +(loss / rows.length).toFixed(5),
+          checkpoint: ckpt,
+          cacheMiB: +(s.cacheBytes / 2 ** 20).toFixed(1),
+          hitRatio: +(s.hits / Math.max(1, s.hits + s.misses)).toFixed(3),
+          evictions: s.evictions,
+        },
+        'step',
+      );
       ckpt++;
     }
   }
@@ -76,11 +95,17 @@ async function main(): Promise<void> {
   await engine.push('demo', probe, Buffer.from(new Float32Array(3 * dim).fill(100).buffer));
   await engine.rollback();
   const after = asFloats(await engine.pull('demo', probe)).slice(0, 3);
-  log.info({ before: Array.from(before), after: Array.from(after), same: before.every((v, i) => v === after[i]) }, 'a bad push rolled back to the last checkpoint');
+  log.info(
+    { before: Array.from(before), after: Array.from(after), same: before.every((v, i) => v === after[i]) },
+    'a bad push rolled back to the last checkpoint',
+  );
   await engine.close();
   engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb });
   const cc = engine.committedCheckpoint();
-  log.info({ ...engine.openInfo, closeRecord: undefined, tables: engine.listTables().map((t) => ({ name: t.name, rows: t.rows })), meta: cc?.meta.toString() }, 'reopened after a clean close');
+  log.info(
+    { ...engine.openInfo, closeRecord: undefined, tables: engine.listTables().map((t) => ({ name: t.name, rows: t.rows })), meta: cc?.meta.toString() },
+    'reopened after a clean close',
+  );
   await engine.close();
 }
 

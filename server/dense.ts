@@ -45,7 +45,10 @@ export class DenseStore {
     if (!old && this.tensors.size >= MAX_DENSE_TENSORS)
       throw new ServerError('OUT_OF_SPACE', `this shard already holds ${MAX_DENSE_TENSORS} dense tensors, its limit; overwrite an existing one instead`);
     if (this.floats - (old?.row.length ?? 0) + floats > MAX_DENSE_FLOATS)
-      throw new ServerError('OUT_OF_SPACE', `dense tensors on this shard would take more than ${(MAX_DENSE_FLOATS * 4) / 2 ** 20} MiB with their optimizer state`);
+      throw new ServerError(
+        'OUT_OF_SPACE',
+        `dense tensors on this shard would take more than ${(MAX_DENSE_FLOATS * 4) / 2 ** 20} MiB with their optimizer state`,
+      );
     const row = new Float32Array(floats);
     denseOptimizer.initRow(opt, row);
     row.set(values, 0);
@@ -78,15 +81,17 @@ export class DenseStore {
 
   push(name: string, grads: Float32Array): void {
     const e = this.entry(name);
-    if (grads.length !== e.n)
-      throw new ServerError('INVALID_ARGUMENT', `dense tensor "${name}" has ${e.n} values; the gradient has ${grads.length}`);
+    if (grads.length !== e.n) throw new ServerError('INVALID_ARGUMENT', `dense tensor "${name}" has ${e.n} values; the gradient has ${grads.length}`);
     // Applied to a copy and kept only when every value stays finite: a pull
     // must never return a non-finite value.
     const row = e.row.slice();
     const step = denseOptimizer.apply(e.opt, row, e.step, grads);
     for (let i = 0; i < row.length; i++)
       if (!Number.isFinite(row[i]))
-        throw new ServerError('INVALID_ARGUMENT', `this gradient would make dense tensor "${name}" non-finite (element ${i % e.n}); it was refused and nothing changed`);
+        throw new ServerError(
+          'INVALID_ARGUMENT',
+          `this gradient would make dense tensor "${name}" non-finite (element ${i % e.n}); it was refused and nothing changed`,
+        );
     e.row = row;
     e.step = step;
   }

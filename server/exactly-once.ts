@@ -107,7 +107,8 @@ export class ExactlyOnce {
 
   record(worker: string, seq: number): void {
     let r = this.workers.get(worker);
-    if (r) this.workers.delete(worker); // re-insert: Map order is the LRU order
+    if (r)
+      this.workers.delete(worker); // re-insert: Map order is the LRU order
     else {
       r = { high: 0, floor: this.watermark, bits: new Uint8Array(WINDOW / 8) };
       this.bytes += ExactlyOnce.entryBytes(worker);

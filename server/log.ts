@@ -15,7 +15,10 @@ import type { LogFormat, LogLevel } from './config';
 
 function makeLogger(level: LogLevel, format: LogFormat): Logger {
   return format === 'pretty'
-    ? pino({ level, base: { pid: process.pid } }, pinoPretty({ colorize: !!process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'hostname', singleLine: true, sync: true }))
+    ? pino(
+        { level, base: { pid: process.pid } },
+        pinoPretty({ colorize: !!process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'hostname', singleLine: true, sync: true }),
+      )
     : pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
 }
 

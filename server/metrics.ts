@@ -50,7 +50,9 @@ export function parseMetricsBind(s: string): { host: string; port: number } {
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(s);
   const port = m ? Number(m[3]) : NaN;
   if (!m || !(port >= 0 && port <= 65535))
-    throw new MetricsBindError(`--metrics-bind must be HOST:PORT with a port in 0..65535 (0 = any free port, logged at start), e.g. 127.0.0.1:9464; got "${s}"`);
+    throw new MetricsBindError(
+      `--metrics-bind must be HOST:PORT with a port in 0..65535 (0 = any free port, logged at start), e.g. 127.0.0.1:9464; got "${s}"`,
+    );
   return { host: m[1] ?? m[2], port };
 }
 
@@ -87,7 +89,11 @@ export class Metrics implements ServiceMetrics {
   private readonly callChildren = new Map<string, { service: string; method: string; byCode: Observer[] }>();
   private readonly phases: Record<'prepare' | 'commit', Observer>;
 
-  private constructor(private readonly http: http.Server, readonly port: number, version: string) {
+  private constructor(
+    private readonly http: http.Server,
+    readonly port: number,
+    version: string,
+  ) {
     const registers = [this.registry];
     const sample = (): Sample | null => this.sample();
     const stat = (f: (s: Sample) => number) =>
@@ -114,9 +120,25 @@ export class Metrics implements ServiceMetrics {
           }
       };
 
-    this.rowsPulled = new Counter({ name: 'pmemps_rows_pulled_total', help: 'Rows (keys) served by Pull calls that succeeded, per table', labelNames: ['table'], registers, collect: prune(this.pulledBy) });
-    this.rowsPushed = new Counter({ name: 'pmemps_rows_pushed_total', help: 'Rows (keys) of Push calls applied (duplicates not counted), per table', labelNames: ['table'], registers, collect: prune(this.pushedBy) });
-    this.duplicates = new Counter({ name: 'pmemps_duplicate_pushes_total', help: 'Push and PushDense calls the exactly-once record answered as already applied (a retry), nothing applied again', registers });
+    this.rowsPulled = new Counter({
+      name: 'pmemps_rows_pulled_total',
+      help: 'Rows (keys) served by Pull calls that succeeded, per table',
+      labelNames: ['table'],
+      registers,
+      collect: prune(this.pulledBy),
+    });
+    this.rowsPushed = new Counter({
+      name: 'pmemps_rows_pushed_total',
+      help: 'Rows (keys) of Push calls applied (duplicates not counted), per table',
+      labelNames: ['table'],
+      registers,
+      collect: prune(this.pushedBy),
+    });
+    this.duplicates = new Counter({
+      name: 'pmemps_duplicate_pushes_total',
+      help: 'Push and PushDense calls the exactly-once record answered as already applied (a retry), nothing applied again',
+      registers,
+    });
     this.calls = new Histogram({
       name: 'pmemps_rpc_duration_seconds',
       help: 'gRPC calls from arrival to status, per service, method and status code (CANCELLED / DEADLINE_EXCEEDED: the call ended without an answer)',
@@ -124,11 +146,22 @@ export class Metrics implements ServiceMetrics {
       buckets: CALL_BUCKETS,
       registers,
     });
-    const ckpt = new Histogram({ name: 'pmemps_checkpoint_phase_seconds', help: 'Checkpoint phases that succeeded on this shard, per phase', labelNames: ['phase'], buckets: CHECKPOINT_BUCKETS, registers });
+    const ckpt = new Histogram({
+      name: 'pmemps_checkpoint_phase_seconds',
+      help: 'Checkpoint phases that succeeded on this shard, per phase',
+      labelNames: ['phase'],
+      buckets: CHECKPOINT_BUCKETS,
+      registers,
+    });
     this.phases = { prepare: ckpt.labels('prepare'), commit: ckpt.labels('commit') };
 
     new Gauge({ name: 'pmemps_cache_bytes', help: 'Bytes of rows held by the DRAM row cache', registers, collect: stat((s) => s.stats.cacheBytes) });
-    new Gauge({ name: 'pmemps_cache_budget_bytes', help: 'Hard DRAM budget of the row cache (--cache-mb)', registers, collect: stat((s) => s.stats.cacheBudget) });
+    new Gauge({
+      name: 'pmemps_cache_budget_bytes',
+      help: 'Hard DRAM budget of the row cache (--cache-mb)',
+      registers,
+      collect: stat((s) => s.stats.cacheBudget),
+    });
     new Gauge({ name: 'pmemps_cache_rows', help: 'Rows held by the row cache', registers, collect: stat((s) => s.stats.cacheRows) });
     new Gauge({
       name: 'pmemps_cache_hit_ratio',
@@ -137,21 +170,56 @@ export class Metrics implements ServiceMetrics {
       collect: stat((s) => (s.stats.hits + s.stats.misses ? s.stats.hits / (s.stats.hits + s.stats.misses) : 0)),
     });
     new Counter({ name: 'pmemps_cache_hits_total', help: 'Rows a pull found in the cache', registers, collect: engineCounter((s) => s.stats.hits) });
-    new Counter({ name: 'pmemps_cache_misses_total', help: 'Rows a pull did not find in the cache (read from the pool, or initial rows)', registers, collect: engineCounter((s) => s.stats.misses) });
-    new Counter({ name: 'pmemps_cache_evictions_total', help: 'Rows evicted from the cache to stay within its budget', registers, collect: engineCounter((s) => s.stats.evictions) });
-    new Counter({ name: 'pmemps_cache_writebacks_total', help: 'Dirty rows written back from the cache to the pool', registers, collect: engineCounter((s) => s.stats.writebacks) });
+    new Counter({
+      name: 'pmemps_cache_misses_total',
+      help: 'Rows a pull did not find in the cache (read from the pool, or initial rows)',
+      registers,
+      collect: engineCounter((s) => s.stats.misses),
+    });
+    new Counter({
+      name: 'pmemps_cache_evictions_total',
+      help: 'Rows evicted from the cache to stay within its budget',
+      registers,
+      collect: engineCounter((s) => s.stats.evictions),
+    });
+    new Counter({
+      name: 'pmemps_cache_writebacks_total',
+      help: 'Dirty rows written back from the cache to the pool',
+      registers,
+      collect: engineCounter((s) => s.stats.writebacks),
+    });
     new Gauge({ name: 'pmemps_pool_bytes', help: 'Size of the libpmemobj pool', registers, collect: stat((s) => s.stats.poolBytes) });
     new Gauge({ name: 'pmemps_pool_used_bytes', help: 'Bytes of the pool allocated', registers, collect: stat((s) => s.stats.poolUsedBytes) });
-    new Gauge({ name: 'pmemps_checkpoint_committed_id', help: 'Id of the last committed checkpoint (0: none)', registers, collect: stat((s) => s.stats.committed ?? 0) });
-    new Gauge({ name: 'pmemps_checkpoint_prepared_id', help: 'Id of the checkpoint prepared and awaiting commit or abort (0: none)', registers, collect: stat((s) => s.stats.prepared ?? 0) });
+    new Gauge({
+      name: 'pmemps_checkpoint_committed_id',
+      help: 'Id of the last committed checkpoint (0: none)',
+      registers,
+      collect: stat((s) => s.stats.committed ?? 0),
+    });
+    new Gauge({
+      name: 'pmemps_checkpoint_prepared_id',
+      help: 'Id of the checkpoint prepared and awaiting commit or abort (0: none)',
+      registers,
+      collect: stat((s) => s.stats.prepared ?? 0),
+    });
     new Gauge({
       name: 'pmemps_checkpoint_push_wait_max_seconds',
       help: 'Longest time a push waited on a running checkpoint since the start',
       registers,
       collect: stat((s) => s.stats.maxPushWaitUs / 1e6),
     });
-    new Gauge({ name: 'pmemps_needs_restore', help: '1 while the shard came back after a crash and refuses writes until a Restore, else 0', registers, collect: stat((s) => (s.needsRestore ? 1 : 0)) });
-    new Gauge({ name: 'pmemps_incarnation', help: "The shard's incarnation (Status.incarnation): changes at every start and restore", registers, collect: stat((s) => s.incarnation) });
+    new Gauge({
+      name: 'pmemps_needs_restore',
+      help: '1 while the shard came back after a crash and refuses writes until a Restore, else 0',
+      registers,
+      collect: stat((s) => (s.needsRestore ? 1 : 0)),
+    });
+    new Gauge({
+      name: 'pmemps_incarnation',
+      help: "The shard's incarnation (Status.incarnation): changes at every start and restore",
+      registers,
+      collect: stat((s) => s.incarnation),
+    });
     new Gauge({ name: 'pmemps_build_info', help: 'Always 1; the version as a label', labelNames: ['version'], registers }).set({ version }, 1);
     collectDefaultMetrics({ register: this.registry, prefix: 'pmemps_' });
   }

@@ -92,13 +92,14 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
     interceptors: [...(metrics ? [metrics.interceptor] : []), ...(transportOptions.interceptors ?? []), ...(tokens ? [authInterceptor(tokens)] : [])],
   } as grpc.ServerOptions);
   const barriers = new Barriers();
-  server.addService(serverDefinition(parameterServerService().service), makeHandlers(shard, barriers, maxBytes, transport, metrics ?? undefined) as grpc.UntypedServiceImplementation);
+  server.addService(
+    serverDefinition(parameterServerService().service),
+    makeHandlers(shard, barriers, maxBytes, transport, metrics ?? undefined) as grpc.UntypedServiceImplementation,
+  );
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
 
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(o.bind, credentials, (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync(o.bind, credentials, (err, p) => (err ? reject(err) : resolve(p))));
   widenServerWindow(server);
   transport.attach(server);
   log.info(

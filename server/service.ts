@@ -134,7 +134,13 @@ export function makeHandlers(
     CreateTable: unary('CreateTable', (req) => {
       const s = req.spec;
       if (!s) throw invalid('spec is required');
-      const spec: TableSpec = { name: tableName(s.name), dim: s.dim, optimizer: optimizerFromWire(s.optimizer), initializer: initializerFromWire(s.initializer), seed: Number(s.seed) };
+      const spec: TableSpec = {
+        name: tableName(s.name),
+        dim: s.dim,
+        optimizer: optimizerFromWire(s.optimizer),
+        initializer: initializerFromWire(s.initializer),
+        seed: Number(s.seed),
+      };
       const created = shard.createTable(spec);
       if (created) log.info({ table: spec.name, dim: spec.dim, optimizer: spec.optimizer.type }, 'table created');
       return { created };

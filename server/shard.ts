@@ -19,7 +19,17 @@
 //  * lineage changes exactly when the state stops being the continuation of
 //    what was acknowledged: a start after a crash, and a restore.
 import { randomInt } from 'node:crypto';
-import { Engine, EngineError, asFloats, type EngineStats, type OpenInfo, type OptimizerSpec, type ShardIdentity, type TableInfo, type TableSpec } from '../native/engine';
+import {
+  Engine,
+  EngineError,
+  asFloats,
+  type EngineStats,
+  type OpenInfo,
+  type OptimizerSpec,
+  type ShardIdentity,
+  type TableInfo,
+  type TableSpec,
+} from '../native/engine';
 import { shardOfDense } from '../worker/shard';
 import { DenseStore, type DenseShape } from './dense';
 import { ExactlyOnce, MAX_SEQ_AHEAD_US } from './exactly-once';
@@ -74,7 +84,10 @@ function checkNewId(id: number, st: CheckpointState): void {
   if (id <= last)
     throw new ServerError('FAILED_PRECONDITION', `checkpoint id ${id} must be greater than ${last} (ids strictly increase; an aborted id never comes back)`);
   if (id > last + MAX_ID_STEP)
-    throw new ServerError('ID_STEP', `checkpoint id ${id} is more than 2^20 above this shard's last id ${last}; take the next id (max over the shards of last_checkpoint_id, + 1)`);
+    throw new ServerError(
+      'ID_STEP',
+      `checkpoint id ${id} is more than 2^20 above this shard's last id ${last}; take the next id (max over the shards of last_checkpoint_id, + 1)`,
+    );
 }
 
 function checkBallotStep(b: number, cur: number): void {
@@ -273,7 +286,10 @@ export class Shard {
       const st = this.checkpointState();
       if (st.committedId === id) return st;
       if (st.preparedId !== id)
-        throw new ServerError('FAILED_PRECONDITION', `checkpoint ${id} is not prepared on this shard (committed ${st.committedId}, prepared ${st.preparedId || 'none'})`);
+        throw new ServerError(
+          'FAILED_PRECONDITION',
+          `checkpoint ${id} is not prepared on this shard (committed ${st.committedId}, prepared ${st.preparedId || 'none'})`,
+        );
       adopt();
       await this.engine.commit(id);
       if (this.blockedBy === id) {
@@ -388,7 +404,10 @@ export class Shard {
 
   private writable(): void {
     if (this.needsRestore)
-      throw new ServerError('NEEDS_RESTORE', 'this shard came back after a crash at its last committed checkpoint and has not been restored since; restore the cluster (the SDK\'s restore()) before writing');
+      throw new ServerError(
+        'NEEDS_RESTORE',
+        "this shard came back after a crash at its last committed checkpoint and has not been restored since; restore the cluster (the SDK's restore()) before writing",
+      );
     if (this.blockedBy)
       throw new ServerError('FAILED_PRECONDITION', `checkpoint ${this.blockedBy} was prepared before the restart and is unresolved; commit or abort it first`);
   }
@@ -492,15 +511,17 @@ export class Shard {
   // own checks: a refused call moves nothing (a refusal that raised the
   // ballot would fence out the live coordinator for nothing).
   private protocol<T>(ballot: number | null, fn: (adopt: () => void) => Promise<T>): Promise<T> {
-    const run = this.protocolTail.catch(() => undefined).then(() => {
-      this.live();
-      if (ballot === null) return fn(() => undefined);
-      this.checkBallot(ballot);
-      checkBallotStep(ballot, this.engine.raiseBallot(0));
-      return fn(() => {
-        this.engine.raiseBallot(ballot);
+    const run = this.protocolTail
+      .catch(() => undefined)
+      .then(() => {
+        this.live();
+        if (ballot === null) return fn(() => undefined);
+        this.checkBallot(ballot);
+        checkBallotStep(ballot, this.engine.raiseBallot(0));
+        return fn(() => {
+          this.engine.raiseBallot(ballot);
+        });
       });
-    });
     this.protocolTail = run;
     return run;
   }
@@ -508,7 +529,10 @@ export class Shard {
   private checkBallot(ballot: number): void {
     const cur = this.engine.raiseBallot(0);
     if (ballot < cur)
-      throw new ServerError('STALE_BALLOT', `ballot ${ballot} is below this shard's ${cur}: another coordinator (a restore) took over; this call changed nothing`);
+      throw new ServerError(
+        'STALE_BALLOT',
+        `ballot ${ballot} is below this shard's ${cur}: another coordinator (a restore) took over; this call changed nothing`,
+      );
   }
 
   private ownDense(name: string): void {
@@ -539,4 +563,3 @@ export class Shard {
     if (this.closing) throw new ServerError('UNAVAILABLE', 'the server is stopping');
   }
 }
-

@@ -40,7 +40,12 @@ export const MAX_DETAILS = 1024;
 
 function bounded(details: string): string {
   if (Buffer.byteLength(details) <= MAX_DETAILS) return details;
-  return Buffer.from(details).subarray(0, MAX_DETAILS - 20).toString('utf8').replace(/\uFFFD$/, '') + ' ...(truncated)';
+  return (
+    Buffer.from(details)
+      .subarray(0, MAX_DETAILS - 20)
+      .toString('utf8')
+      .replace(/\uFFFD$/, '') + ' ...(truncated)'
+  );
 }
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {

@@ -207,13 +207,19 @@ export class TransportGuard {
   attach(server: grpc.Server): boolean {
     const servers = http2ServersOf(server);
     if (!servers) {
-      log.warn('cannot reach the HTTP/2 connections with this grpc-js version: stalled connections are not closed, incomplete requests not timed out, connections not capped');
+      log.warn(
+        'cannot reach the HTTP/2 connections with this grpc-js version: stalled connections are not closed, incomplete requests not timed out, connections not capped',
+      );
       return false;
     }
     for (const h of servers) {
       (h as unknown as { maxConnections: number }).maxConnections = this.limits.maxConnections;
       h.on('drop', (d: { remoteAddress?: string }) =>
-        this.warn.warn('drop', { remote: d?.remoteAddress, maxConnections: this.limits.maxConnections }, 'connection refused: the server is at --max-connections'),
+        this.warn.warn(
+          'drop',
+          { remote: d?.remoteAddress, maxConnections: this.limits.maxConnections },
+          'connection refused: the server is at --max-connections',
+        ),
       );
       h.on('session', (s: http2.ServerHttp2Session) => this.onSession(s));
       h.on('stream', (st: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.onStream(st, headers[':path']));
@@ -555,7 +561,13 @@ export class TransportGuard {
         : `the server holds ${mib(this.recvTotal)} MiB of requests that have not fully arrived (server limit --recv-mb ${this.limits.recvMb}; this connection ${mib(conn.bytes)} MiB, the most); the server refused this one unprocessed: retry it later`;
     this.warn.warn(
       `recv-${which}`,
-      { remote: conn.session.socket?.remoteAddress, connectionMiB: +mib(conn.bytes), totalMiB: +mib(this.recvTotal), recvMbPerConnection: this.limits.recvMbPerConnection, recvMb: this.limits.recvMb },
+      {
+        remote: conn.session.socket?.remoteAddress,
+        connectionMiB: +mib(conn.bytes),
+        totalMiB: +mib(this.recvTotal),
+        recvMbPerConnection: this.limits.recvMbPerConnection,
+        recvMb: this.limits.recvMb,
+      },
       which === 'connection'
         ? 'refusing requests of a connection over --recv-mb-per-connection of requests still arriving (REFUSED_STREAM)'
         : 'refusing requests of the connection holding the most of --recv-mb of requests still arriving (REFUSED_STREAM)',

@@ -89,17 +89,29 @@ describe('slow readers (defect 9: 2 connections x 8 unread pulls of 1,024 keys x
         peaks.push(Math.max(peak, ...settled.slice(-1)));
         for (const r of readers) r.raw.destroy();
         const where = `idle ${idle.toFixed(0)} MiB; RSS while held ${show(held)}, after ${show(settled)}`;
-        assert.ok(settled[round] < idle + 64, `round ${round}: server RSS ${settled[round].toFixed(0)} MiB once it dealt with the readers, above idle + 64 MiB (${where})`);
+        assert.ok(
+          settled[round] < idle + 64,
+          `round ${round}: server RSS ${settled[round].toFixed(0)} MiB once it dealt with the readers, above idle + 64 MiB (${where})`,
+        );
         // While held: the two replies the budget lets through (2 x 16 MiB)
         // are queued, and the other buffers of their making (rows and
         // encoding, 2 x 2 x 16 MiB) may not be collected yet (V8 collects
         // external memory in batches of about 64 MiB): at most everything
         // those two replies allocated, plus 16 MiB.
-        assert.ok(held[round] < idle + 112, `round ${round}: server RSS ${held[round].toFixed(0)} MiB while holding the readers' replies, above idle + 112 MiB (${where})`);
+        assert.ok(
+          held[round] < idle + 112,
+          `round ${round}: server RSS ${held[round].toFixed(0)} MiB while holding the readers' replies, above idle + 112 MiB (${where})`,
+        );
         assert.ok(ended, `round ${round}: the server left streams of readers that read nothing open for 10 s`);
-        for (const r of readers) assert.equal(r.raw.goaway, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the server closes a connection that reads none of its replies with ENHANCE_YOUR_CALM');
+        for (const r of readers)
+          assert.equal(
+            r.raw.goaway,
+            http2.constants.NGHTTP2_ENHANCE_YOUR_CALM,
+            'the server closes a connection that reads none of its replies with ENHANCE_YOUR_CALM',
+          );
         // What did not get through waited for budget and was refused, or went with the connection.
-        for (const e of ended!.flat()) assert.ok(e.grpcStatus === 8 || e.grpcStatus === null, `a slow reader's pull ended with gRPC status ${e.grpcStatus} (${e.grpcMessage})`);
+        for (const e of ended!.flat())
+          assert.ok(e.grpcStatus === 8 || e.grpcStatus === null, `a slow reader's pull ended with gRPC status ${e.grpcStatus} (${e.grpcMessage})`);
       }
     } finally {
       const { ok, error } = await legit.stop();
@@ -111,7 +123,9 @@ describe('slow readers (defect 9: 2 connections x 8 unread pulls of 1,024 keys x
     const early = Math.max(...settled.slice(0, 5));
     const late = Math.max(...settled.slice(5));
     assert.ok(late <= early + 32, `RSS grows from round to round: while held ${show(held)}, after ${show(settled)} MiB`);
-    console.log(`slow readers: server RSS idle ${idle.toFixed(0)} MiB; per round while held ${show(held)}, after ${show(settled)}, highest sample ${show(peaks)} MiB`);
+    console.log(
+      `slow readers: server RSS idle ${idle.toFixed(0)} MiB; per round while held ${show(held)}, after ${show(settled)}, highest sample ${show(peaks)} MiB`,
+    );
   });
 
   test('MAX_CONCURRENT_STREAMS is advertised and leaves room for the SDK (256 pushes in flight plus pull chunks)', async () => {
@@ -204,7 +218,10 @@ describe('idle, half-sent and flooding connections', () => {
       assert.ok(ok > 0);
     }
     const refused = flood.filter((s) => !s.accepted).length;
-    assert.ok(fdsDuring <= fdsBefore + MAX_CONNECTIONS, `the server held ${fdsDuring} descriptors during a flood of ${flood.length} connections (before: ${fdsBefore}, --max-connections ${MAX_CONNECTIONS})`);
+    assert.ok(
+      fdsDuring <= fdsBefore + MAX_CONNECTIONS,
+      `the server held ${fdsDuring} descriptors during a flood of ${flood.length} connections (before: ${fdsBefore}, --max-connections ${MAX_CONNECTIONS})`,
+    );
     assert.ok(openDuring <= MAX_CONNECTIONS, `${openDuring} flood connections open at once, --max-connections ${MAX_CONNECTIONS}`);
     assert.ok(refused > 0, 'no flood connection was refused');
     assert.equal(cluster.procs[0]!.exitCode, null, 'the server survived the flood');
@@ -246,9 +263,12 @@ describe('reply budget accounting (the guard in a grpc-js server of this process
         );
       },
     });
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    );
     assert.ok(guard.attach(server));
-    for (const h of http2ServersOf(server)!) h.on('session', (s: http2.ServerHttp2Session) => serverClosed.push(new Promise((r) => s.once('close', () => r()))));
+    for (const h of http2ServersOf(server)!)
+      h.on('session', (s: http2.ServerHttp2Session) => serverClosed.push(new Promise((r) => s.once('close', () => r()))));
     endpoint = `127.0.0.1:${port}`;
   });
   after(() => server?.forceShutdown());
@@ -264,7 +284,10 @@ describe('reply budget accounting (the guard in a grpc-js server of this process
     const ends = await within(Promise.all(calls.map((c) => c.done)), 5000, 'the server ending the slow reader');
     assert.equal(raw.goaway, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
     // Closed after --stall-seconds, before the waiting calls' own time limit (twice that): they go with it.
-    assert.deepEqual(ends.map((e) => e.grpcStatus), [null, null, null, null]);
+    assert.deepEqual(
+      ends.map((e) => e.grpcStatus),
+      [null, null, null, null],
+    );
     await Promise.all(serverClosed);
     assert.deepEqual(guard.stats(), { unsentBytes: 0, connections: 0, waiting: 0 });
   });
@@ -273,7 +296,9 @@ describe('reply budget accounting (the guard in a grpc-js server of this process
     const client = new grpc.Client(endpoint, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
     const get = (n: number) =>
       new Promise<number>((resolve, reject) =>
-        client.makeUnaryRequest(method.path, method.requestSerialize, method.responseDeserialize, { n }, (e, r) => (e ? reject(e) : resolve(r!.payload.length))),
+        client.makeUnaryRequest(method.path, method.requestSerialize, method.responseDeserialize, { n }, (e, r) =>
+          e ? reject(e) : resolve(r!.payload.length),
+        ),
       );
     // Two slow readers hold 2 of the 3 MiB in all.
     const slow = [0, 1].map(() => new RawSession(endpoint, { initialWindowSize: 0 }));
@@ -375,7 +400,10 @@ describe('requests that never finish arriving (--recv-mb-per-connection 16, --re
     // Every stream was ended by the server (a few show INTERNAL_ERROR: a reset racing the answer, not yet explained).
     for (const e of ends) assert.ok(e.grpcStatus !== null || e.rstCode !== 0, `an abuser stream ended without status or reset (${counts})`);
     assert.ok(refused.length > 0, `no abuser stream was refused for the budgets (${counts}; ${where})`);
-    assert.ok(timedOut.length >= 1 && timedOut.length <= TOTAL_MB / SENT_MB, `${timedOut.length} abuser streams were let through to the request timeout; the budgets hold ${TOTAL_MB / SENT_MB} (${counts})`);
+    assert.ok(
+      timedOut.length >= 1 && timedOut.length <= TOTAL_MB / SENT_MB,
+      `${timedOut.length} abuser streams were let through to the request timeout; the budgets hold ${TOTAL_MB / SENT_MB} (${counts})`,
+    );
     assert.ok(legitOk > 0, 'the SDK client completed no push and pull during the abuse');
     assert.equal(cluster.procs[0]!.exitCode, null, 'the server survived');
     await ps.push(SMALL.name, keyBuf(64), grads);

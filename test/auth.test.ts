@@ -146,12 +146,15 @@ describe('the role table and the tokens file', () => {
       ['# only comments\n\n', /holds no token/],
     ];
     for (const [text, re] of cases) {
-      assert.throws(() => parseTokens(text, 'tokens'), (e: Error) => {
-        assert.ok(e instanceof SecurityConfigError);
-        assert.match(e.message, re);
-        assert.ok(!e.message.includes(secret) && !e.message.includes('xxxxxxxx'), `the error quotes the token: ${e.message}`);
-        return true;
-      });
+      assert.throws(
+        () => parseTokens(text, 'tokens'),
+        (e: Error) => {
+          assert.ok(e instanceof SecurityConfigError);
+          assert.match(e.message, re);
+          assert.ok(!e.message.includes(secret) && !e.message.includes('xxxxxxxx'), `the error quotes the token: ${e.message}`);
+          return true;
+        },
+      );
     }
   });
 });
@@ -202,7 +205,13 @@ describe('TLS and tokens on one server', () => {
       shards: 1,
       cacheMb: 16,
       poolSize: '64M',
-      env: { PMEMPS_TLS_CERT: certs.serverCert, PMEMPS_TLS_KEY: certs.serverKey, PMEMPS_AUTH_TOKENS: tokensFile, PMEMPS_STALL_SECONDS: '1', PMEMPS_LOG_PRETTY: '0' },
+      env: {
+        PMEMPS_TLS_CERT: certs.serverCert,
+        PMEMPS_TLS_KEY: certs.serverKey,
+        PMEMPS_AUTH_TOKENS: tokensFile,
+        PMEMPS_STALL_SECONDS: '1',
+        PMEMPS_LOG_PRETTY: '0',
+      },
       probe: { credentials: tlsCreds, token: T.reader },
     });
     endpoint = cluster.endpoints[0];
@@ -273,7 +282,9 @@ describe('TLS and tokens on one server', () => {
   test('the health service answers without a token', async () => {
     const Health = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
     const h = new Health(endpoint, tlsCreds, { 'grpc.ssl_target_name_override': 'localhost' }) as Stub;
-    const o = await new Promise<Outcome>((resolve) => h.Check({ service: PS_SERVICE }, { deadline: Date.now() + 5000 }, (err: grpc.ServiceError | null, res: unknown) => resolve({ err, res })));
+    const o = await new Promise<Outcome>((resolve) =>
+      h.Check({ service: PS_SERVICE }, { deadline: Date.now() + 5000 }, (err: grpc.ServiceError | null, res: unknown) => resolve({ err, res })),
+    );
     h.close();
     assert.equal(codeName(o), 'OK', o.err?.details);
     assert.equal(o.res.status, 'SERVING');
@@ -298,10 +309,17 @@ describe('TLS and tokens on one server', () => {
     const tls = { ca: certs.pem(certs.caFile), servername: 'localhost' };
     const s = http2.connect(`https://${endpoint}`, tls);
     s.on('error', () => {});
-    await within(new Promise<void>((r) => s.on('remoteSettings', (st) => st.initialWindowSize === FLOW_CONTROL_WINDOW && r())), 5000, `SETTINGS with the window ${FLOW_CONTROL_WINDOW}`);
+    await within(
+      new Promise<void>((r) => s.on('remoteSettings', (st) => st.initialWindowSize === FLOW_CONTROL_WINDOW && r())),
+      5000,
+      `SETTINGS with the window ${FLOW_CONTROL_WINDOW}`,
+    );
     s.destroy();
 
-    assert.equal(codeName(await call(c, 'CreateTable', { spec: { ...TABLE, name: 'stall', optimizer: { type: 'sgd', params: { lr: 0.5 } } } }, T.trainer)), 'OK');
+    assert.equal(
+      codeName(await call(c, 'CreateTable', { spec: { ...TABLE, name: 'stall', optimizer: { type: 'sgd', params: { lr: 0.5 } } } }, T.trainer)),
+      'OK',
+    );
     const keys = Buffer.from(BigUint64Array.from({ length: 4096 }, (_, i) => BigInt(i)).buffer);
     const reader = slowReader(endpoint, 'stall', keys, 4, { tls, headers: { authorization: `Bearer ${T.reader}` } });
     await within(reader.replying, 5000, 'the server replying to the slow reader');
@@ -318,8 +336,15 @@ describe('TLS and tokens on one server', () => {
       const spec = { ...TABLE, name: 'sdk' };
       await ps.createTable(spec);
       const keys = BigUint64Array.of(10n, 11n);
-      await ps.push('sdk', keys, Float32Array.from({ length: 8 }, (_, i) => i));
-      assert.deepEqual([...(await ps.pull('sdk', keys))], Array.from({ length: 8 }, (_, i) => 1 - 0.5 * i));
+      await ps.push(
+        'sdk',
+        keys,
+        Float32Array.from({ length: 8 }, (_, i) => i),
+      );
+      assert.deepEqual(
+        [...(await ps.pull('sdk', keys))],
+        Array.from({ length: 8 }, (_, i) => 1 - 0.5 * i),
+      );
     } finally {
       ps.close();
     }
@@ -333,7 +358,10 @@ describe('TLS and tokens on one server', () => {
     } finally {
       reader.close();
     }
-    await assert.rejects(PsClient.connect({ endpoints: [endpoint], tls }), (e: Error) => e instanceof AccessDeniedError && e.code === grpc.status.UNAUTHENTICATED);
+    await assert.rejects(
+      PsClient.connect({ endpoints: [endpoint], tls }),
+      (e: Error) => e instanceof AccessDeniedError && e.code === grpc.status.UNAUTHENTICATED,
+    );
     // A certificate the SDK cannot trust, or a name it does not hold, is a
     // TlsError at once, not an UNAVAILABLE retried for retryForMs (as if the
     // server were down): retrying cannot fix it.
@@ -407,9 +435,11 @@ describe('mutual TLS', () => {
       s.close();
       assert.equal(codeName(o), want, `${what}: ${o.err?.details}`);
     }
-    const ps = await PsClient.connect({ endpoints: [endpoint], tls: { ca, cert: certs.pem(certs.clientCert), key: certs.pem(certs.clientKey), serverName: 'localhost' } });
+    const ps = await PsClient.connect({
+      endpoints: [endpoint],
+      tls: { ca, cert: certs.pem(certs.clientCert), key: certs.pem(certs.clientKey), serverName: 'localhost' },
+    });
     assert.equal((await ps.status())[0].version.length > 0, true);
     ps.close();
   });
 });
-

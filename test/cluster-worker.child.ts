@@ -4,7 +4,20 @@
 // crash, and reports events as JSON lines on stdout. Killed by the tests
 // with SIGKILL, or by itself at an SDK failpoint (PMEMPS_SDK_FAILPOINT).
 import { PsClient, PsError, ServerRestartedError, CheckpointError, CoordinatorSupersededError } from '../worker';
-import { DENSE_INIT, DENSE_NAME, DENSE_OPT, TABLE, allKeys, batchKeys, biasAt, denseGrad, digest, gradsFor, type WorkerArgs, type WorkerEvent } from './cluster.lib';
+import {
+  DENSE_INIT,
+  DENSE_NAME,
+  DENSE_OPT,
+  TABLE,
+  allKeys,
+  batchKeys,
+  biasAt,
+  denseGrad,
+  digest,
+  gradsFor,
+  type WorkerArgs,
+  type WorkerEvent,
+} from './cluster.lib';
 
 const args = JSON.parse(process.argv[2]) as WorkerArgs;
 const p = args.plan;

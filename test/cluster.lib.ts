@@ -156,7 +156,11 @@ export interface WorkerRun {
 
 const CHILD = path.join(__dirname, 'cluster-worker.child.js');
 
-export function runWorker(args: WorkerArgs, env: Record<string, string> = {}, onEvent?: (e: WorkerEvent) => void): { done: Promise<WorkerRun>; kill: () => void } {
+export function runWorker(
+  args: WorkerArgs,
+  env: Record<string, string> = {},
+  onEvent?: (e: WorkerEvent) => void,
+): { done: Promise<WorkerRun>; kill: () => void } {
   const child = spawn(process.execPath, [CHILD, JSON.stringify(args)], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const events: WorkerEvent[] = [];
   let stderr = '';

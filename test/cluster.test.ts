@@ -31,7 +31,9 @@ function raw(endpoint: string, maxMb = 256): grpc.Client & Record<string, any> {
 }
 
 function rawCall<T = any>(c: grpc.Client & Record<string, any>, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => c[method](req, { deadline: Date.now() + 20_000 }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res))));
+  return new Promise((resolve, reject) =>
+    c[method](req, { deadline: Date.now() + 20_000 }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res))),
+  );
 }
 
 describe('three servers, SDK and wire', () => {
@@ -132,8 +134,18 @@ describe('three servers, SDK and wire', () => {
       await bad('Pull', { table: 'nope', keys: Buffer.alloc(8) }, grpc.status.NOT_FOUND, /nope/);
       await bad('Pull', { table: 'emb', keys: Buffer.alloc(7) }, grpc.status.INVALID_ARGUMENT, /multiple of 8/);
       await bad('Push', { table: 'emb', keys: Buffer.alloc(8), grads: Buffer.alloc(8) }, grpc.status.INVALID_ARGUMENT, /grad/);
-      await bad('CreateTable', { spec: { name: 'emb', dim: 9, optimizer: { type: 'sgd', params: { lr: 1 } }, initializer: { type: 'zeros' } } }, grpc.status.ALREADY_EXISTS, /emb/);
-      await bad('CreateTable', { spec: { name: 'x', dim: 4, optimizer: { type: 'lion', params: {} }, initializer: { type: 'zeros' } } }, grpc.status.INVALID_ARGUMENT, /lion/);
+      await bad(
+        'CreateTable',
+        { spec: { name: 'emb', dim: 9, optimizer: { type: 'sgd', params: { lr: 1 } }, initializer: { type: 'zeros' } } },
+        grpc.status.ALREADY_EXISTS,
+        /emb/,
+      );
+      await bad(
+        'CreateTable',
+        { spec: { name: 'x', dim: 4, optimizer: { type: 'lion', params: {} }, initializer: { type: 'zeros' } } },
+        grpc.status.INVALID_ARGUMENT,
+        /lion/,
+      );
       await bad('Checkpoint', { id: 1, phase: 'PHASE_UNSPECIFIED' }, grpc.status.INVALID_ARGUMENT, /phase/);
       await bad('DropTable', { name: 'nope' }, grpc.status.NOT_FOUND, /nope/);
       await bad('PullDense', { names: ['nope'] }, grpc.status.NOT_FOUND, /SetDense/);
@@ -192,7 +204,10 @@ describe('three servers, SDK and wire', () => {
       // The wrong shard refuses it.
       const owner = (await import('../worker')).shardOfDense('w.a', 3);
       const cli = raw(c.endpoints[(owner + 1) % 3]);
-      await assert.rejects(rawCall(cli, 'SetDense', { tensor: { name: 'w.a', values: Buffer.alloc(4) }, optimizer: { type: 'sgd', params: { lr: 1 } } }), /belongs to shard/);
+      await assert.rejects(
+        rawCall(cli, 'SetDense', { tensor: { name: 'w.a', values: Buffer.alloc(4) }, optimizer: { type: 'sgd', params: { lr: 1 } } }),
+        /belongs to shard/,
+      );
       cli.close();
       await assert.rejects(ps.pushDense('w.a', Float32Array.of(1)), /has 3 values/);
     } finally {
@@ -215,7 +230,8 @@ describe('keys spread evenly over the shards', () => {
   test('the batch function equals the BigInt definition', () => {
     const r = prng(99);
     const keys = Buffer.alloc(8 * 5000);
-    for (let i = 0; i < 5000; i++) keys.writeBigUInt64LE(i < 1000 ? BigInt(i) : (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)), i * 8);
+    for (let i = 0; i < 5000; i++)
+      keys.writeBigUInt64LE(i < 1000 ? BigInt(i) : (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)), i * 8);
     for (const n of [2, 3, 4, 7, 8, 1000, 1048575]) {
       const got = shardsOf(keys, n);
       for (let i = 0; i < 5000; i++) assert.equal(got[i], shardOfKey(keys.readBigUInt64LE(i * 8), n), `key #${i} over ${n} shards`);
@@ -307,7 +323,8 @@ describe('checkpoint coordinators', () => {
 
       // Coordinator A (ballot 0) prepares checkpoint 2 on two shards, then stalls.
       const incs = await Promise.all(clis.map((x) => rawCall(x, 'Status', {})));
-      for (const i of [0, 1]) await rawCall(clis[i], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: a.ballot, meta: Buffer.from('{"step":2}'), incarnation: incs[i].incarnation });
+      for (const i of [0, 1])
+        await rawCall(clis[i], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: a.ballot, meta: Buffer.from('{"step":2}'), incarnation: incs[i].incarnation });
 
       // Worker B restores: raises the ballot, aborts 2 (not prepared everywhere), rolls back to 1.
       const r = await b.restore();
@@ -396,13 +413,19 @@ describe('after a crash', () => {
       const b = await PsClient.connect({ endpoints: c.endpoints });
       try {
         const st = await b.status();
-        assert.deepEqual(st.map((x) => x.needs_restore), [false, true]);
+        assert.deepEqual(
+          st.map((x) => x.needs_restore),
+          [false, true],
+        );
         await assert.rejects(b.push(TABLE.name, keys, g), ServerRestartedError);
         await assert.rejects(b.persist({ step: 2 }), ServerRestartedError);
         await assert.rejects(a.push(TABLE.name, keys, g), ServerRestartedError);
         const r = await b.restore();
         assert.equal(r.step, 1);
-        assert.deepEqual((await b.status()).map((x) => x.needs_restore), [false, false]);
+        assert.deepEqual(
+          (await b.status()).map((x) => x.needs_restore),
+          [false, false],
+        );
         await b.push(TABLE.name, keys, g);
       } finally {
         b.close();
@@ -426,7 +449,14 @@ describe('after a crash', () => {
       // Updates after the boundary of checkpoint 2:
       await ps.pushDense('w', Float32Array.of(1));
       const rk = Buffer.alloc(8);
-      const rpush = { table: TABLE.name, keys: rk, grads: Buffer.from(new Float32Array(TABLE.dim).fill(1).buffer), worker_id: 'r', seq: 1, incarnation: st.incarnation };
+      const rpush = {
+        table: TABLE.name,
+        keys: rk,
+        grads: Buffer.from(new Float32Array(TABLE.dim).fill(1).buffer),
+        worker_id: 'r',
+        seq: 1,
+        incarnation: st.incarnation,
+      };
       assert.equal((await rawCall(cli, 'Push', rpush)).duplicate, false);
       cli.close();
       await c.stop();
@@ -446,4 +476,3 @@ describe('after a crash', () => {
     }
   });
 });
-

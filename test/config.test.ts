@@ -71,7 +71,10 @@ describe('config: sources and precedence', () => {
   });
 
   it('the issue-8 options land in the typed fields the other modules read', () => {
-    const { config } = loadConfig([...BASE, '--tls-cert', CERT, '--tls-key', KEY, '--tls-client-ca', CA, '--auth-tokens', TOKENS, '--metrics-bind', '127.0.0.1:9100', '--insecure'], {});
+    const { config } = loadConfig(
+      [...BASE, '--tls-cert', CERT, '--tls-key', KEY, '--tls-client-ca', CA, '--auth-tokens', TOKENS, '--metrics-bind', '127.0.0.1:9100', '--insecure'],
+      {},
+    );
     assert.deepEqual(config.tls, { certFile: CERT, keyFile: KEY, clientCaFile: CA });
     assert.equal(config.authTokensFile, TOKENS);
     assert.equal(config.metricsBind, '127.0.0.1:9100');
@@ -230,12 +233,18 @@ describe('config: the --config file', () => {
   });
 
   it('malformed files say where', () => {
-    assert.throws(() => load('cache-mb: [1\n'), (e: unknown) => e instanceof ConfigError && /not valid YAML or JSON/.test(e.message) && /at line \d+, column \d+/.test(e.message));
+    assert.throws(
+      () => load('cache-mb: [1\n'),
+      (e: unknown) => e instanceof ConfigError && /not valid YAML or JSON/.test(e.message) && /at line \d+, column \d+/.test(e.message),
+    );
     assert.throws(() => load('{"cache-mb": 1, "cache-mb": 2}', 'dup.json'), /Map keys must be unique/);
     assert.throws(() => load('- cache-mb\n'), /must be a mapping of option names to values .* not a list/);
     assert.throws(() => load('just text\n'), /not a string/);
     assert.throws(() => load('x'.repeat((1 << 20) + 1)), /is over 1048576 bytes/);
-    assert.throws(() => loadConfig([...BASE, '--config', MISSING], {}), /the config file .*missing\.pem does not exist \(--config .*, from --config on the command line\)/);
+    assert.throws(
+      () => loadConfig([...BASE, '--config', MISSING], {}),
+      /the config file .*missing\.pem does not exist \(--config .*, from --config on the command line\)/,
+    );
     assert.throws(() => loadConfig(BASE, { PMEMPS_CONFIG: dir }), /is not a file .*PMEMPS_CONFIG in the environment/);
   });
 
@@ -276,9 +285,17 @@ describe('config: safe by default', () => {
 
   it('a public bind needs TLS, tokens or --insecure', () => {
     const tls = { certFile: CERT, keyFile: KEY };
-    const decide = (c: Partial<Parameters<typeof publicBindRefusal>[0]>): boolean => publicBindRefusal({ bind: '0.0.0.0:7000', insecure: false, ...c }) === undefined;
+    const decide = (c: Partial<Parameters<typeof publicBindRefusal>[0]>): boolean =>
+      publicBindRefusal({ bind: '0.0.0.0:7000', insecure: false, ...c }) === undefined;
     assert.deepEqual(
-      [decide({}), decide({ insecure: true }), decide({ tls }), decide({ authTokensFile: TOKENS }), decide({ bind: '127.0.0.1:7000' }), decide({ bind: '[::]:7000' })],
+      [
+        decide({}),
+        decide({ insecure: true }),
+        decide({ tls }),
+        decide({ authTokensFile: TOKENS }),
+        decide({ bind: '127.0.0.1:7000' }),
+        decide({ bind: '[::]:7000' }),
+      ],
       [false, true, true, true, true, false],
     );
     const why = publicBindRefusal({ bind: '0.0.0.0:7000', insecure: false })!;
@@ -298,8 +315,20 @@ describe('config: safe by default', () => {
 
 describe('config: start-up line and README', () => {
   it('values of keys naming a secret are redacted; file paths are kept', () => {
-    const out = redactConfig({ bind: 'b', authToken: 's3cret', tls: { keyFile: '/k', certFile: '/c' }, db: { password: 'p', apiKey: 'k', keys: ['a'] }, authTokensFile: '/t' });
-    assert.deepEqual(out, { bind: 'b', authToken: '[redacted]', tls: { keyFile: '/k', certFile: '/c' }, db: { password: '[redacted]', apiKey: '[redacted]', keys: '[redacted]' }, authTokensFile: '/t' });
+    const out = redactConfig({
+      bind: 'b',
+      authToken: 's3cret',
+      tls: { keyFile: '/k', certFile: '/c' },
+      db: { password: 'p', apiKey: 'k', keys: ['a'] },
+      authTokensFile: '/t',
+    });
+    assert.deepEqual(out, {
+      bind: 'b',
+      authToken: '[redacted]',
+      tls: { keyFile: '/k', certFile: '/c' },
+      db: { password: '[redacted]', apiKey: '[redacted]', keys: '[redacted]' },
+      authTokensFile: '/t',
+    });
   });
 
   it("README's options table is the one config.ts generates", () => {
@@ -330,7 +359,12 @@ function runPserver(args: string[], env: Record<string, string> = {}): Promise<R
  * Starts pserver, collects stdout lines until one matches `ready`, then sends
  * `signal` (a SIGTERM sent while it starts is a clean stop once it serves).
  */
-async function startAndStop(args: string[], env: Record<string, string>, ready: RegExp, signal: NodeJS.Signals = 'SIGTERM'): Promise<{ lines: string[]; code: number | null }> {
+async function startAndStop(
+  args: string[],
+  env: Record<string, string>,
+  ready: RegExp,
+  signal: NodeJS.Signals = 'SIGTERM',
+): Promise<{ lines: string[]; code: number | null }> {
   const child = spawn(process.execPath, [PSERVER, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   const lines: string[] = [];
@@ -350,9 +384,21 @@ describe('config: through the real binary', () => {
     const pmem = path.join(dir, 'untouched');
     const bad = file('bad.yaml', 'max-message-mb: 4096\n');
     const runs: [string[], Record<string, string>, RegExp][] = [
-      [['--bind', '127.0.0.1:0', '--pmem', pmem, '--cache-mb', '0'], {}, /^pserver: --cache-mb must be at least 1, got "0" \(from --cache-mb on the command line\)\n$/],
-      [['--bind', '127.0.0.1:0', '--pmem', pmem], { PMEMPS_STALL_SECONDS: 'soon' }, /^pserver: --stall-seconds must be a number, got "soon" \(from PMEMPS_STALL_SECONDS in the environment\)\n$/],
-      [['--bind', '127.0.0.1:0', '--pmem', pmem, '--config', bad], {}, /^pserver: --max-message-mb must be at most 2047, got 4096 \(from key "max-message-mb" of --config .*bad\.yaml\)\n$/],
+      [
+        ['--bind', '127.0.0.1:0', '--pmem', pmem, '--cache-mb', '0'],
+        {},
+        /^pserver: --cache-mb must be at least 1, got "0" \(from --cache-mb on the command line\)\n$/,
+      ],
+      [
+        ['--bind', '127.0.0.1:0', '--pmem', pmem],
+        { PMEMPS_STALL_SECONDS: 'soon' },
+        /^pserver: --stall-seconds must be a number, got "soon" \(from PMEMPS_STALL_SECONDS in the environment\)\n$/,
+      ],
+      [
+        ['--bind', '127.0.0.1:0', '--pmem', pmem, '--config', bad],
+        {},
+        /^pserver: --max-message-mb must be at most 2047, got 4096 \(from key "max-message-mb" of --config .*bad\.yaml\)\n$/,
+      ],
       [['--bind', '0.0.0.0:0', '--pmem', pmem], {}, /^pserver: --bind 0\.0\.0\.0:0 is not a loopback address.*--insecure.*\n$/],
     ];
     for (const [args, env, message] of runs) {
@@ -367,7 +413,11 @@ describe('config: through the real binary', () => {
   it('starts from three sources and logs the merged config once, JSON off a terminal', async () => {
     const pmem = path.join(dir, 'p-json');
     const cfg = file('good.yaml', YAML.stringify({ 'cache-mb': 8, 'pool-size': '64M', 'auth-tokens': TOKENS }));
-    const { lines, code } = await startAndStop(['--bind', '127.0.0.1:0', '--pmem', pmem, '--config', cfg], { PMEM_IS_PMEM_FORCE: '1', PMEMPS_DRAIN_SECONDS: '5' }, /"msg":"serving"/);
+    const { lines, code } = await startAndStop(
+      ['--bind', '127.0.0.1:0', '--pmem', pmem, '--config', cfg],
+      { PMEM_IS_PMEM_FORCE: '1', PMEMPS_DRAIN_SECONDS: '5' },
+      /"msg":"serving"/,
+    );
     assert.equal(code, 0);
     const events = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
     const configs = events.filter((e) => e.msg === 'config');
@@ -375,7 +425,14 @@ describe('config: through the real binary', () => {
     assert.equal(events[0].msg, 'config', 'the first line');
     const c = configs[0].config as Record<string, unknown>;
     assert.deepEqual([c.cacheMb, c.poolSizeMb, c.drainSeconds, c.authTokensFile, c.logFormat], [8, 64, 5, TOKENS, 'json']);
-    assert.deepEqual(configs[0].sources, { bind: 'argv', pmem: 'argv', 'cache-mb': 'file', 'pool-size': 'file', 'auth-tokens': 'file', 'drain-seconds': 'env' });
+    assert.deepEqual(configs[0].sources, {
+      bind: 'argv',
+      pmem: 'argv',
+      'cache-mb': 'file',
+      'pool-size': 'file',
+      'auth-tokens': 'file',
+      'drain-seconds': 'env',
+    });
     assert.ok(!lines.join('\n').includes('tok-7f3a9c'), 'the contents of the token file never reach the log');
   });
 
@@ -383,7 +440,11 @@ describe('config: through the real binary', () => {
     const pmem = path.join(dir, 'p-pretty');
     // Without PMEM_IS_PMEM_FORCE the pool is not on persistent memory: a
     // warning, the only line at level warn before serving.
-    const { lines, code } = await startAndStop(['--bind', '127.0.0.1:0', '--pmem', pmem, '--pool-size', '32M', '--log-level', 'warn'], { PMEM_IS_PMEM_FORCE: '0', PMEMPS_LOG_FORMAT: 'pretty' }, /persistent memory/);
+    const { lines, code } = await startAndStop(
+      ['--bind', '127.0.0.1:0', '--pmem', pmem, '--pool-size', '32M', '--log-level', 'warn'],
+      { PMEM_IS_PMEM_FORCE: '0', PMEMPS_LOG_FORMAT: 'pretty' },
+      /persistent memory/,
+    );
     // SIGTERM came while it started (the warning comes before "serving"): still a clean stop.
     assert.equal(code, 0, 'a SIGTERM during the start stops cleanly once the server is up');
     assert.equal(lines.length, 1, `only the warning: ${lines.join('\n')}`);

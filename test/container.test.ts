@@ -107,7 +107,15 @@ describe('the deploy/Dockerfile image, in containers', { concurrency: false }, (
     // firewall alone), so build steps use the host's network directly.
     d().docker(['build', '--network', 'host', '--force-rm', '-f', path.join('deploy', 'Dockerfile'), '-t', IMAGE, '.'], { timeoutMs: 900_000 });
     lap('image build', since);
-    const probe = d().docker(['run', '--rm', '--entrypoint', 'sh', IMAGE, '-c', 'id -u; for c in g++ gcc cc make; do command -v $c; done; ldconfig -p | grep -c libpmemobj.so.1']);
+    const probe = d().docker([
+      'run',
+      '--rm',
+      '--entrypoint',
+      'sh',
+      IMAGE,
+      '-c',
+      'id -u; for c in g++ gcc cc make; do command -v $c; done; ldconfig -p | grep -c libpmemobj.so.1',
+    ]);
     const [uid, ...rest] = probe.trim().split('\n');
     assert.notEqual(uid, '0', 'the server runs as a non-root user');
     assert.deepEqual(rest, ['1'], 'no compiler in the runtime image, and libpmemobj is there');
@@ -120,18 +128,30 @@ describe('the deploy/Dockerfile image, in containers', { concurrency: false }, (
       s.port = await freePort();
       d().docker(['volume', 'create', s.volume]);
       d().docker([
-        'run', '-d', '--name', s.name,
-        '-v', `${s.volume}:/var/lib/pmemps`,
-        '-p', `127.0.0.1:${s.port}:7000`,
+        'run',
+        '-d',
+        '--name',
+        s.name,
+        '-v',
+        `${s.volume}:/var/lib/pmemps`,
+        '-p',
+        `127.0.0.1:${s.port}:7000`,
         // Plaintext inside the test's own bridge; the pool is on an ordinary
         // volume, so PMEM is emulated as in the other service tests.
-        '-e', 'PMEMPS_INSECURE=1',
-        '-e', 'PMEM_IS_PMEM_FORCE=1',
-        '-e', 'PMEMPS_POOL_SIZE=64M',
-        '-e', 'PMEMPS_CACHE_MB=8',
-        '-e', 'PMEMPS_DRAIN_SECONDS=10',
-        '--health-interval', '1s',
-        '--health-start-period', '30s',
+        '-e',
+        'PMEMPS_INSECURE=1',
+        '-e',
+        'PMEM_IS_PMEM_FORCE=1',
+        '-e',
+        'PMEMPS_POOL_SIZE=64M',
+        '-e',
+        'PMEMPS_CACHE_MB=8',
+        '-e',
+        'PMEMPS_DRAIN_SECONDS=10',
+        '--health-interval',
+        '1s',
+        '--health-start-period',
+        '30s',
         IMAGE,
       ]);
     }
@@ -140,7 +160,8 @@ describe('the deploy/Dockerfile image, in containers', { concurrency: false }, (
     const end = Date.now() + 60_000;
     for (const s of SHARDS) {
       let h = '';
-      while ((h = d().docker(['inspect', '-f', '{{.State.Health.Status}}', s.name]).trim()) !== 'healthy' && Date.now() < end) await new Promise((r) => setTimeout(r, 250));
+      while ((h = d().docker(['inspect', '-f', '{{.State.Health.Status}}', s.name]).trim()) !== 'healthy' && Date.now() < end)
+        await new Promise((r) => setTimeout(r, 250));
       assert.equal(h, 'healthy', `${s.name}: ${d().docker(['inspect', '-f', '{{json .State.Health}}', s.name])}`);
     }
     reached.serving = true;

@@ -529,7 +529,10 @@ export async function snapshot(e: Engine): Promise<Snapshot> {
 
 function fbits(buf: Buffer, i: number): string {
   const v = buf.readFloatLE(i * 4);
-  return `${v} (0x${buf.readUInt32LE(i * 4).toString(16).padStart(8, '0')})`;
+  return `${v} (0x${buf
+    .readUInt32LE(i * 4)
+    .toString(16)
+    .padStart(8, '0')})`;
 }
 
 /** Differences (at most `max`) between the expected and the actual state, one readable line each. */
@@ -567,9 +570,7 @@ export function diffSnapshots(exp: Snapshot, got: Snapshot, max = 8): string[] {
       total++;
       if (n < 4) {
         const k = Math.floor(i / et.dim);
-        out.push(
-          `table ${et.name} key ${keysOf(et.name)[k]} (key #${k} of its universe) element ${i % et.dim}: expected ${fbits(eb, i)}, got ${fbits(gb, i)}`,
-        );
+        out.push(`table ${et.name} key ${keysOf(et.name)[k]} (key #${k} of its universe) element ${i % et.dim}: expected ${fbits(eb, i)}, got ${fbits(gb, i)}`);
         n++;
       }
     }
@@ -635,7 +636,9 @@ export async function expectSame(e: Engine, ref: Engine, ckpt: ExpectedCheckpoin
  * k2 is stateless SGD, its rows were compared in full already: a plain batch.
  */
 export function verificationPushes(tables: string[], seed: number): Op[] {
-  return tables.map((t, i) => (t === 'k2' ? { k: 'push', t, n: 3000, s: mix(seed, i, 0x5eed) } : { k: 'push', t, n: 64, s: mix(seed, i, 0x5eed), full: true }) as Op);
+  return tables.map(
+    (t, i) => (t === 'k2' ? { k: 'push', t, n: 3000, s: mix(seed, i, 0x5eed) } : { k: 'push', t, n: 64, s: mix(seed, i, 0x5eed), full: true }) as Op,
+  );
 }
 
 // ---------------------------------------------------------------------------
@@ -925,7 +928,9 @@ async function expectRejects(p: () => Promise<unknown>, codes: string[], what: s
   }
   if (!err) throw new CrashMismatch(`${ctx}\n  ${what}: expected EngineError ${codes.join(' or ')}, but it succeeded`);
   if (!(err instanceof EngineError) || !codes.includes(err.code))
-    throw new CrashMismatch(`${ctx}\n  ${what}: expected EngineError ${codes.join(' or ')}, got ${(err as Error).name} ${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`);
+    throw new CrashMismatch(
+      `${ctx}\n  ${what}: expected EngineError ${codes.join(' or ')}, got ${(err as Error).name} ${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`,
+    );
 }
 
 /**
@@ -981,10 +986,9 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
         } at ${lastOpDesc}; ${phase}\n  ${reproHint(sc)}`;
       if (ex.timedOut) throw new CrashMismatch(ctx('the child did not finish in time (hung?)') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
       const killed = ex.signal === 'SIGKILL';
-      if (!killed && !(ex.code === 0 && prog.done))
-        throw new CrashMismatch(ctx('the child failed') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
+      if (!killed && !(ex.code === 0 && prog.done)) throw new CrashMismatch(ctx('the child failed') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
       if (killed && kill.mode === 'none') throw new CrashMismatch(ctx('the child died by SIGKILL though no kill was planned'));
-      if (killed && kill.mode === 'op' && prog.lastOp !== (kill.pick % ops.length))
+      if (killed && kill.mode === 'op' && prog.lastOp !== kill.pick % ops.length)
         throw new CrashMismatch(ctx(`the child died before its planned kill at op ${kill.pick % ops.length}`) + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
 
       // What the child saw when it opened the pool.
@@ -992,10 +996,12 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
       const diedInOpen = !o && killed && kill.mode === 'timer' && kill.fromSpawn === true && g > 0;
       if (!o && !diedInOpen) throw new CrashMismatch(ctx('the child never logged its open') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
       if (o) {
-        const wantOpen = g === 0 ? { created: true, committed: null, prepared: null } : { created: false, cleanClose: true, committed, prepared: null, pushesBlocked: false };
+        const wantOpen =
+          g === 0 ? { created: true, committed: null, prepared: null } : { created: false, cleanClose: true, committed, prepared: null, pushesBlocked: false };
         for (const [k, v] of Object.entries(wantOpen)) {
           const gotV = (o as unknown as Record<string, unknown>)[k];
-          if (gotV !== v) throw new CrashMismatch(ctx(`child's openInfo.${k} = ${JSON.stringify(gotV)}, expected ${JSON.stringify(v)}; openInfo ${JSON.stringify(o)}`));
+          if (gotV !== v)
+            throw new CrashMismatch(ctx(`child's openInfo.${k} = ${JSON.stringify(gotV)}, expected ${JSON.stringify(v)}; openInfo ${JSON.stringify(o)}`));
         }
         if (sc.force && o.isPmem !== true) throw new CrashMismatch(ctx(`openInfo.isPmem is ${o.isPmem} under PMEM_IS_PMEM_FORCE=1`));
       }
@@ -1016,7 +1022,8 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
         const infoStr = JSON.stringify(info);
         if (info.created) throw new CrashMismatch(ctx(`reopen created a new pool: ${infoStr}`));
         if (prog.closed && !info.cleanClose) throw new CrashMismatch(ctx(`the child's close() resolved but openInfo.cleanClose is false: ${infoStr}`));
-        if (info.cleanClose && !prog.closeAttempted && !diedInOpen) throw new CrashMismatch(ctx(`openInfo.cleanClose is true but the child never called close(): ${infoStr}`));
+        if (info.cleanClose && !prog.closeAttempted && !diedInOpen)
+          throw new CrashMismatch(ctx(`openInfo.cleanClose is true but the child never called close(): ${infoStr}`));
         if (info.cleanClose && kill.mode === 'failpoint' && killed && kill.fp.startsWith('close.'))
           throw new CrashMismatch(ctx(`openInfo.cleanClose is true after a kill inside close(): ${infoStr}`));
         let ref: Engine;
@@ -1025,18 +1032,36 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
           // Killed inside open before it marked the pool in use: still the
           // cleanly closed state the previous generation's verification left.
           if (info.committed !== committed || info.prepared !== null)
-            throw new CrashMismatch(ctx(`after a kill inside open of a cleanly closed pool, openInfo says committed ${info.committed}, prepared ${info.prepared}; expected committed ${committed}, prepared null`));
+            throw new CrashMismatch(
+              ctx(
+                `after a kill inside open of a cleanly closed pool, openInfo says committed ${info.committed}, prepared ${info.prepared}; expected committed ${committed}, prepared null`,
+              ),
+            );
           ref = await buildReference(history, history.length);
           refs.push(ref);
-          await expectSame(eng, ref, committed === null ? null : { id: committed, s: prepSeed.get(committed) as number }, ctx('state after a kill inside open of a cleanly closed pool (expected: that latest state)'));
+          await expectSame(
+            eng,
+            ref,
+            committed === null ? null : { id: committed, s: prepSeed.get(committed) as number },
+            ctx('state after a kill inside open of a cleanly closed pool (expected: that latest state)'),
+          );
           X = committed;
         } else if (info.cleanClose) {
           // Latest state: everything the child did.
           if (info.committed !== gen.endCommitted || info.prepared !== null)
-            throw new CrashMismatch(ctx(`after a clean close openInfo says committed ${info.committed}, prepared ${info.prepared}; expected committed ${gen.endCommitted}, prepared null`));
+            throw new CrashMismatch(
+              ctx(
+                `after a clean close openInfo says committed ${info.committed}, prepared ${info.prepared}; expected committed ${gen.endCommitted}, prepared null`,
+              ),
+            );
           ref = await buildReference(full, full.length);
           refs.push(ref);
-          await expectSame(eng, ref, info.committed === null ? null : { id: info.committed, s: prepSeed.get(info.committed) as number }, ctx('state after reopening a cleanly closed pool (expected: the latest state)'));
+          await expectSame(
+            eng,
+            ref,
+            info.committed === null ? null : { id: info.committed, s: prepSeed.get(info.committed) as number },
+            ctx('state after reopening a cleanly closed pool (expected: the latest state)'),
+          );
           history = full;
           tables = gen.endTables;
           committedTables = gen.endCommittedTables;
@@ -1046,10 +1071,12 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
           const pair = `(committed ${info.committed}, prepared ${info.prepared})`;
           if (!prog.allowed.some(([c, p]) => c === info.committed && p === info.prepared))
             throw new CrashMismatch(
-              ctx(`reopened pool reports ${pair}; the child's progress allows only ${prog.allowed.map(([c, p]) => `(committed ${c}, prepared ${p})`).join(' or ')}`) +
-                `\n  progress tail: ${prog.lines.slice(-6).join(' | ')}`,
+              ctx(
+                `reopened pool reports ${pair}; the child's progress allows only ${prog.allowed.map(([c, p]) => `(committed ${c}, prepared ${p})`).join(' or ')}`,
+              ) + `\n  progress tail: ${prog.lines.slice(-6).join(' | ')}`,
             );
-          if (info.pushesBlocked !== (info.prepared !== null)) throw new CrashMismatch(ctx(`openInfo.pushesBlocked is ${info.pushesBlocked} with prepared ${info.prepared}`));
+          if (info.pushesBlocked !== (info.prepared !== null))
+            throw new CrashMismatch(ctx(`openInfo.pushesBlocked is ${info.pushesBlocked} with prepared ${info.prepared}`));
           const C = info.committed;
           const refC = await buildReference(C === null ? [] : upToCheckpoint(full, prepIdx, C), Infinity);
           refs.push(refC);
@@ -1063,7 +1090,12 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
             const anyTable = eng.listTables()[0]?.name;
             if (anyTable) {
               const p = pushPayload(anyTable, 5, 1);
-              await expectRejects(() => eng.push(anyTable, p.keys, p.grads), ['FAILED_PRECONDITION'], `push to ${anyTable} with checkpoint ${P} prepared before the restart`, ctx(pair));
+              await expectRejects(
+                () => eng.push(anyTable, p.keys, p.grads),
+                ['FAILED_PRECONDITION'],
+                `push to ${anyTable} with checkpoint ${P} prepared before the restart`,
+                ctx(pair),
+              );
             }
             if (r.chance(0.3)) await eng.prepare(P, prepareInput(P, prepSeed.get(P) as number)); // a retried prepare: no-op
             if (r.chance(0.6)) {
@@ -1077,7 +1109,12 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
               outcome.resolution = 'abort';
               await eng.abort(P);
               if (r.chance(0.5)) await expectRejects(() => eng.commit(P), ['FAILED_PRECONDITION', 'NOT_FOUND'], `commit(${P}) after abort(${P})`, ctx(pair));
-              await expectSame(eng, ref, ckptC, ctx(`state after abort(${P}) of the checkpoint prepared before the crash (expected checkpoint ${C ?? 'none'})`));
+              await expectSame(
+                eng,
+                ref,
+                ckptC,
+                ctx(`state after abort(${P}) of the checkpoint prepared before the crash (expected checkpoint ${C ?? 'none'})`),
+              );
             }
           }
           // The pool now holds exactly checkpoint X; make the reference's history say so.
@@ -1088,7 +1125,10 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
             history.push({ k: 'commit', id: X });
             await ref.commit(X);
           }
-          tables = ref.listTables().map((t) => t.name).sort();
+          tables = ref
+            .listTables()
+            .map((t) => t.name)
+            .sort();
           committedTables = X === null ? null : tables.slice();
           committed = X;
         }
@@ -1103,11 +1143,19 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
           await applyOp(ref, op, undefined, true);
         }
         history = history.concat(extra);
-        await expectSame(eng, ref, X === null ? null : { id: X, s: prepSeed.get(X) as number }, ctx(`state after one more identical push of all keys (optimizer state), restored to checkpoint ${X}`));
+        await expectSame(
+          eng,
+          ref,
+          X === null ? null : { id: X, s: prepSeed.get(X) as number },
+          ctx(`state after one more identical push of all keys (optimizer state), restored to checkpoint ${X}`),
+        );
       } catch (e) {
         if (e instanceof CrashMismatch) throw e;
         const err = e as Error & { code?: string };
-        throw new CrashMismatch(ctx(`unexpected ${err.name}${err.code ? ' ' + err.code : ''} while verifying: ${err.message}`) + `\n  ${(err.stack ?? '').split('\n').slice(1, 6).join('\n  ')}`);
+        throw new CrashMismatch(
+          ctx(`unexpected ${err.name}${err.code ? ' ' + err.code : ''} while verifying: ${err.message}`) +
+            `\n  ${(err.stack ?? '').split('\n').slice(1, 6).join('\n  ')}`,
+        );
       } finally {
         await eng.close();
         for (const r of refs) await r.close().catch(() => undefined);

@@ -57,7 +57,10 @@ async function main(): Promise<number> {
     await killLiveChildren();
     for (const d of dirs) removeDir(d);
   };
-  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  for (const [sig, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
     process.on(sig, () => {
       void cleanup().finally(() => process.exit(code));
     });
@@ -94,7 +97,10 @@ async function main(): Promise<number> {
         if (g.resolution) pendingResolved++;
         if (g.cleanClose) cleanCloses++;
       }
-      if (args.verbose) process.stderr.write(`[run ${i}] ok ${res.gens.map((g) => `${describeKill(g.kill)}:${g.killed ? 'killed' : 'completed'}->${g.restoredTo}`).join(' ')}\n`);
+      if (args.verbose)
+        process.stderr.write(
+          `[run ${i}] ok ${res.gens.map((g) => `${describeKill(g.kill)}:${g.killed ? 'killed' : 'completed'}->${g.restoredTo}`).join(' ')}\n`,
+        );
     } catch (e) {
       const msg = e instanceof CrashMismatch ? e.message : `run ${i} failed: ${(e as Error).stack}\n  ${reproHint(sc)}`;
       failures.push(msg);

@@ -8,18 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it, test } from 'node:test';
-import {
-  FAILPOINT_NAMES,
-  FAILPOINTS,
-  KillSpec,
-  killLiveChildren,
-  mix,
-  removeDir,
-  Rng,
-  runScenario,
-  Scenario,
-  ScenarioResult,
-} from './crash.lib';
+import { FAILPOINT_NAMES, FAILPOINTS, KillSpec, killLiveChildren, mix, removeDir, Rng, runScenario, Scenario, ScenarioResult } from './crash.lib';
 
 const BASE_SEED = 20261125;
 const JOBS = 2;
@@ -95,17 +84,33 @@ describe('crash consistency', { concurrency: JOBS }, () => {
 
   const chains: KillSpec[][] = [
     [{ mode: 'failpoint', fp: 'prepare.after_publish', n: 2 }, { mode: 'op', pick: 77, delay: 'sync' }, { mode: 'none' }],
-    [{ mode: 'op', pick: 1234, delay: 1 }, { mode: 'failpoint', fp: 'commit.after_publish', n: 1 }, { mode: 'failpoint', fp: 'close.mid_writeback', n: 1 }],
+    [
+      { mode: 'op', pick: 1234, delay: 1 },
+      { mode: 'failpoint', fp: 'commit.after_publish', n: 1 },
+      { mode: 'failpoint', fp: 'close.mid_writeback', n: 1 },
+    ],
     [{ mode: 'none' }, { mode: 'failpoint', fp: 'rollback.after_publish', n: 1 }, { mode: 'failpoint', fp: 'evict.after_write', n: 7 }],
-    [{ mode: 'failpoint', fp: 'prepare.before_publish', n: 3 }, { mode: 'failpoint', fp: 'close.before_clean_mark', n: 1 }, { mode: 'op', pick: 4321, delay: 'immediate' }],
+    [
+      { mode: 'failpoint', fp: 'prepare.before_publish', n: 3 },
+      { mode: 'failpoint', fp: 'close.before_clean_mark', n: 1 },
+      { mode: 'op', pick: 4321, delay: 'immediate' },
+    ],
     // Kills that may land before, inside or after open (and its recovery) of an existing pool.
-    [{ mode: 'failpoint', fp: 'commit.before_publish', n: 2 }, { mode: 'timer', ms: 120, fromSpawn: true }, { mode: 'timer', ms: 200, fromSpawn: true }],
+    [
+      { mode: 'failpoint', fp: 'commit.before_publish', n: 2 },
+      { mode: 'timer', ms: 120, fromSpawn: true },
+      { mode: 'timer', ms: 200, fromSpawn: true },
+    ],
   ];
   chains.forEach((gens, i) => {
     const seed = mix(BASE_SEED, 0xc4, i);
-    it(`generations on one pool: ${gens.map((g) => killKey(g) + (g.mode === 'failpoint' ? `:${g.n}` : '')).join(' -> ')} (seed ${seed})`, { timeout: 300_000 }, async () => {
-      await run({ seed, gens, force: true, cacheMb: 1 });
-    });
+    it(
+      `generations on one pool: ${gens.map((g) => killKey(g) + (g.mode === 'failpoint' ? `:${g.n}` : '')).join(' -> ')} (seed ${seed})`,
+      { timeout: 300_000 },
+      async () => {
+        await run({ seed, gens, force: true, cacheMb: 1 });
+      },
+    );
   });
 
   const msync: KillSpec[] = [

@@ -14,9 +14,28 @@ const DASHBOARD = path.join(__dirname, '..', '..', 'deploy', 'grafana', 'pmemps-
 // PromQL functions and aggregations the dashboard may call; anything else
 // followed by "(" is a mistake Prometheus would reject.
 const FUNCTIONS = new Set([
-  'sum', 'avg', 'max', 'min', 'count', 'topk', 'bottomk', 'quantile',
-  'rate', 'irate', 'increase', 'changes', 'resets', 'delta', 'deriv',
-  'histogram_quantile', 'clamp_min', 'clamp_max', 'abs', 'max_over_time', 'min_over_time', 'avg_over_time',
+  'sum',
+  'avg',
+  'max',
+  'min',
+  'count',
+  'topk',
+  'bottomk',
+  'quantile',
+  'rate',
+  'irate',
+  'increase',
+  'changes',
+  'resets',
+  'delta',
+  'deriv',
+  'histogram_quantile',
+  'clamp_min',
+  'clamp_max',
+  'abs',
+  'max_over_time',
+  'min_over_time',
+  'avg_over_time',
 ]);
 const KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'and', 'or', 'unless', 'bool', 'offset']);
 
@@ -98,7 +117,7 @@ function problemsOf(q: Query, served: ReturnType<typeof seriesOf>): string[] {
   const sk = skeleton(q.expr);
   const token = /(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)|([A-Za-z_:][A-Za-z0-9_:]*)/g;
   const metrics: string[] = [];
-  for (let m; (m = token.exec(sk)); ) {
+  for (let m; (m = token.exec(sk));) {
     const id = m[2];
     if (!id) continue;
     const next = sk.slice(token.lastIndex).trimStart()[0];
@@ -159,13 +178,30 @@ describe('Grafana dashboard', () => {
   });
 
   test('the panels cover the metrics an operator watches', () => {
-    const all = queriesOf(dash).map((q) => q.expr).join('\n');
+    const all = queriesOf(dash)
+      .map((q) => q.expr)
+      .join('\n');
     for (const name of [
-      'pmemps_rows_pulled_total', 'pmemps_rows_pushed_total', 'pmemps_rpc_duration_seconds_bucket', 'pmemps_rpc_duration_seconds_count',
-      'pmemps_cache_hit_ratio', 'pmemps_cache_hits_total', 'pmemps_cache_misses_total', 'pmemps_cache_bytes', 'pmemps_cache_budget_bytes',
-      'pmemps_cache_evictions_total', 'pmemps_cache_writebacks_total', 'pmemps_pool_bytes', 'pmemps_pool_used_bytes',
-      'pmemps_checkpoint_phase_seconds_bucket', 'pmemps_checkpoint_committed_id', 'pmemps_checkpoint_push_wait_max_seconds',
-      'pmemps_duplicate_pushes_total', 'pmemps_needs_restore', 'pmemps_process_cpu_seconds_total', 'pmemps_process_resident_memory_bytes',
+      'pmemps_rows_pulled_total',
+      'pmemps_rows_pushed_total',
+      'pmemps_rpc_duration_seconds_bucket',
+      'pmemps_rpc_duration_seconds_count',
+      'pmemps_cache_hit_ratio',
+      'pmemps_cache_hits_total',
+      'pmemps_cache_misses_total',
+      'pmemps_cache_bytes',
+      'pmemps_cache_budget_bytes',
+      'pmemps_cache_evictions_total',
+      'pmemps_cache_writebacks_total',
+      'pmemps_pool_bytes',
+      'pmemps_pool_used_bytes',
+      'pmemps_checkpoint_phase_seconds_bucket',
+      'pmemps_checkpoint_committed_id',
+      'pmemps_checkpoint_push_wait_max_seconds',
+      'pmemps_duplicate_pushes_total',
+      'pmemps_needs_restore',
+      'pmemps_process_cpu_seconds_total',
+      'pmemps_process_resident_memory_bytes',
     ])
       assert.match(all, new RegExp(`\\b${name}\\b`), `no panel uses ${name}`);
     const ids = new Set<number>();
@@ -189,11 +225,23 @@ describe('Grafana dashboard', () => {
       'panel "Cache hit ratio" B: pmemps_cache_hit_ration is not a series server/metrics.ts serves',
     ]);
     const bare = bad('rate(pmemps_rpc_duration_seconds_bucket{', 'rate(pmemps_rpc_duration_seconds{');
-    assert.ok(bare.some((p) => p.includes('pmemps_rpc_duration_seconds is not a series')), bare.join('\n'));
-    assert.ok(bare.some((p) => p.includes('histogram_quantile over no _bucket series')), bare.join('\n'));
+    assert.ok(
+      bare.some((p) => p.includes('pmemps_rpc_duration_seconds is not a series')),
+      bare.join('\n'),
+    );
+    assert.ok(
+      bare.some((p) => p.includes('histogram_quantile over no _bucket series')),
+      bare.join('\n'),
+    );
     const gauge = bad('pmemps_duplicate_pushes_total{', 'pmemps_pool_used_bytes{');
-    assert.ok(gauge.some((p) => p.includes('rate() of pmemps_pool_used_bytes, which is not a counter')), gauge.join('\n'));
+    assert.ok(
+      gauge.some((p) => p.includes('rate() of pmemps_pool_used_bytes, which is not a counter')),
+      gauge.join('\n'),
+    );
     const noLe = bad('sum by (le, method)', 'sum by (method)');
-    assert.ok(noLe.some((p) => p.includes('must aggregate "by (le, ...)"')), noLe.join('\n'));
+    assert.ok(
+      noLe.some((p) => p.includes('must aggregate "by (le, ...)"')),
+      noLe.join('\n'),
+    );
   });
 });

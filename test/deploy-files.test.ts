@@ -17,7 +17,10 @@ after(() => dirs.forEach(removeDir));
 
 function ensure(tool: string, pkg: string): void {
   if (spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0) return;
-  for (const args of [['update', '-qq'], ['install', '-y', '-qq', pkg]]) {
+  for (const args of [
+    ['update', '-qq'],
+    ['install', '-y', '-qq', pkg],
+  ]) {
     const r = spawnSync('apt-get', args, { encoding: 'utf8', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
     assert.equal(r.status, 0, `apt-get ${args.join(' ')}: ${r.stderr}`);
   }

@@ -18,9 +18,16 @@ const IS_ROOT = process.getuid?.() === 0;
 /** Runs a command to completion; throws with its output when it fails. */
 export function sh(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): string {
   const argv = IS_ROOT ? [cmd, ...args] : ['sudo', cmd, ...args];
-  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', input: opts.input, timeout: opts.timeoutMs ?? 600_000, maxBuffer: 64 * 2 ** 20, env: opts.env ?? process.env });
+  const r = spawnSync(argv[0], argv.slice(1), {
+    encoding: 'utf8',
+    input: opts.input,
+    timeout: opts.timeoutMs ?? 600_000,
+    maxBuffer: 64 * 2 ** 20,
+    env: opts.env ?? process.env,
+  });
   if (r.error) throw new Error(`${cmd} ${args.join(' ')}: ${r.error.message}`);
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status ?? r.signal}:\n${(r.stdout ?? '').slice(-3000)}\n${(r.stderr ?? '').slice(-3000)}`);
+  if (r.status !== 0)
+    throw new Error(`${cmd} ${args.join(' ')} exited ${r.status ?? r.signal}:\n${(r.stdout ?? '').slice(-3000)}\n${(r.stderr ?? '').slice(-3000)}`);
   return r.stdout;
 }
 
@@ -151,18 +158,29 @@ export class PrivateDocker {
     const clog = path.join(dir, 'containerd.log');
     this.containerd = daemon(which('containerd', SBIN)!, ['--config', path.join(dir, 'containerd.toml')], clog);
     const cd = this.containerd;
-    await until('containerd', 30_000, () => (fs.existsSync(csock) ? true : null), () => (cd.proc.exitCode !== null ? `exited:\n${tail(clog)}` : null));
+    await until(
+      'containerd',
+      30_000,
+      () => (fs.existsSync(csock) ? true : null),
+      () => (cd.proc.exitCode !== null ? `exited:\n${tail(clog)}` : null),
+    );
 
     const dlog = path.join(dir, 'dockerd.log');
     this.dockerd = daemon(
       which('dockerd', SBIN)!,
       [
-        '--data-root', path.join(dir, 'data'),
-        '--exec-root', path.join(dir, 'exec'),
-        '--pidfile', path.join(dir, 'dockerd.pid'),
-        '--host', `unix://${this.socket}`,
-        '--containerd', csock,
-        '--bridge', this.bridge,
+        '--data-root',
+        path.join(dir, 'data'),
+        '--exec-root',
+        path.join(dir, 'exec'),
+        '--pidfile',
+        path.join(dir, 'dockerd.pid'),
+        '--host',
+        `unix://${this.socket}`,
+        '--containerd',
+        csock,
+        '--bridge',
+        this.bridge,
         '--iptables=false',
         '--ip-forward=false',
         '--ip-masq=false',
@@ -180,9 +198,15 @@ export class PrivateDocker {
 
   /** docker CLI against this daemon; throws on failure. */
   docker(args: string[], opts: { input?: string; timeoutMs?: number } = {}): string {
-    const r = spawnSync(this.client, ['-H', `unix://${this.socket}`, ...args], { encoding: 'utf8', input: opts.input, timeout: opts.timeoutMs ?? 600_000, maxBuffer: 64 * 2 ** 20 });
+    const r = spawnSync(this.client, ['-H', `unix://${this.socket}`, ...args], {
+      encoding: 'utf8',
+      input: opts.input,
+      timeout: opts.timeoutMs ?? 600_000,
+      maxBuffer: 64 * 2 ** 20,
+    });
     if (r.error) throw new Error(`docker ${args.join(' ')}: ${r.error.message}`);
-    if (r.status !== 0) throw new Error(`docker ${args.join(' ')} exited ${r.status ?? r.signal}:\n${(r.stdout ?? '').slice(-4000)}\n${(r.stderr ?? '').slice(-4000)}`);
+    if (r.status !== 0)
+      throw new Error(`docker ${args.join(' ')} exited ${r.status ?? r.signal}:\n${(r.stdout ?? '').slice(-4000)}\n${(r.stderr ?? '').slice(-4000)}`);
     return r.stdout;
   }
 
@@ -239,7 +263,8 @@ export class PrivateDocker {
     sh('chroot', [root, 'useradd', '--uid', '1000', '--gid', 'node', '--shell', '/bin/bash', '--create-home', 'node']);
     // As the official image: no package lists, no downloaded packages.
     for (const d of ['var/lib/apt/lists', 'var/cache/apt/archives'])
-      for (const f of fs.readdirSync(path.join(root, d))) if (f !== 'partial' && f !== 'lock') fs.rmSync(path.join(root, d, f), { recursive: true, force: true });
+      for (const f of fs.readdirSync(path.join(root, d)))
+        if (f !== 'partial' && f !== 'lock') fs.rmSync(path.join(root, d, f), { recursive: true, force: true });
     const changes = [`ENV NODE_VERSION=${process.versions.node}`, 'CMD ["node"]'];
     const extraCa = process.env.NODE_EXTRA_CA_CERTS;
     if (extraCa && fs.existsSync(extraCa)) {
@@ -249,7 +274,9 @@ export class PrivateDocker {
     }
     await new Promise<void>((resolve, reject) => {
       const tar = spawn('tar', ['-C', root, '--numeric-owner', '-c', '.'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      const imp = spawn(this.client, ['-H', `unix://${this.socket}`, 'import', ...changes.flatMap((c) => ['-c', c]), '-', tag], { stdio: ['pipe', 'ignore', 'pipe'] });
+      const imp = spawn(this.client, ['-H', `unix://${this.socket}`, 'import', ...changes.flatMap((c) => ['-c', c]), '-', tag], {
+        stdio: ['pipe', 'ignore', 'pipe'],
+      });
       let err = '';
       imp.stderr.on('data', (d: Buffer) => (err += d.toString()));
       tar.stderr.on('data', (d: Buffer) => (err += d.toString()));

@@ -32,13 +32,19 @@ describe('DropTable', () => {
       await e.dropTable('d');
       await assert.rejects(e.pull('d', KEYS), notFound);
       await assert.rejects(e.push('d', KEYS, G), notFound);
-      assert.deepEqual(e.listTables().map((t) => t.name), []);
+      assert.deepEqual(
+        e.listTables().map((t) => t.name),
+        [],
+      );
       await assert.rejects(e.dropTable('d'), notFound);
       // The name is free: another table of another shape takes it.
       e.createTable({ ...SPEC, dim: 2 });
       assert.equal((await e.pull('d', KEYS)).length, 4 * 2 * 4);
       await e.rollback();
-      assert.deepEqual(e.listTables().map((t) => [t.name, t.dim]), [['d', 4]]);
+      assert.deepEqual(
+        e.listTables().map((t) => [t.name, t.dim]),
+        [['d', 4]],
+      );
       assert.ok((await e.pull('d', KEYS)).equals(at1), 'back at checkpoint 1');
     } finally {
       await e.close();
@@ -107,7 +113,11 @@ describe('DropTable', () => {
     e = open(dir);
     try {
       assert.equal(e.openInfo.cleanClose, false);
-      assert.deepEqual(e.listTables().map((t) => t.name), ['d'], 'the drop after checkpoint 1 died with the crash');
+      assert.deepEqual(
+        e.listTables().map((t) => t.name),
+        ['d'],
+        'the drop after checkpoint 1 died with the crash',
+      );
       assert.ok((await e.pull('d', KEYS)).equals(at1));
     } finally {
       await e.close();
@@ -119,7 +129,10 @@ describe('DropTable', () => {
     const crashAfter = (dir: string, body: string): void => {
       const r = spawnSync(
         process.execPath,
-        ['-e', `(async () => { const { Engine } = require(${eng}); const e = Engine.open({ dir: ${JSON.stringify(dir)}, poolMb: 64, cacheMb: 8 }); ${body}; process.kill(process.pid, 'SIGKILL'); })()`],
+        [
+          '-e',
+          `(async () => { const { Engine } = require(${eng}); const e = Engine.open({ dir: ${JSON.stringify(dir)}, poolMb: 64, cacheMb: 8 }); ${body}; process.kill(process.pid, 'SIGKILL'); })()`,
+        ],
         { env: process.env },
       );
       assert.equal(r.signal, 'SIGKILL', r.stderr.toString());
@@ -129,12 +142,18 @@ describe('DropTable', () => {
     const d0 = dirs('mid');
     const r0 = spawnSync(
       process.execPath,
-      ['-e', `(async () => { const { Engine } = require(${eng}); const e = Engine.open({ dir: ${JSON.stringify(d0)}, poolMb: 64, cacheMb: 8 }); e.createTable(${spec}); await e.prepare(1); await e.commit(1); await e.dropTable('d'); })()`],
+      [
+        '-e',
+        `(async () => { const { Engine } = require(${eng}); const e = Engine.open({ dir: ${JSON.stringify(d0)}, poolMb: 64, cacheMb: 8 }); e.createTable(${spec}); await e.prepare(1); await e.commit(1); await e.dropTable('d'); })()`,
+      ],
       { env: { ...process.env, PMEMPS_FAILPOINT: 'drop_table.mid_tx' } },
     );
     assert.equal(r0.signal, 'SIGKILL', r0.stderr.toString());
     const e0 = open(d0);
-    assert.deepEqual(e0.listTables().map((t) => t.name), ['d']);
+    assert.deepEqual(
+      e0.listTables().map((t) => t.name),
+      ['d'],
+    );
     assert.equal(e0.fullCheck().problems.length, 0);
     await e0.close();
     // Committed after the drop: stays dropped.
@@ -151,14 +170,22 @@ describe('DropTable', () => {
       e = open(d);
       try {
         assert.equal(e.openInfo.prepared, 2);
-        assert.deepEqual(e.listTables().map((t) => t.name), ['d'], 'reads are at checkpoint 1 meanwhile');
+        assert.deepEqual(
+          e.listTables().map((t) => t.name),
+          ['d'],
+          'reads are at checkpoint 1 meanwhile',
+        );
         if (resolve === 'commit') {
           await e.commit(2);
           assert.deepEqual(e.listTables(), []);
           assert.equal(e.fullCheck().tables, 0);
         } else {
           await e.abort(2);
-          assert.deepEqual(e.listTables().map((t) => t.name), ['d'], 'the drop was only in the aborted checkpoint');
+          assert.deepEqual(
+            e.listTables().map((t) => t.name),
+            ['d'],
+            'the drop was only in the aborted checkpoint',
+          );
         }
       } finally {
         await e.close();

@@ -58,7 +58,10 @@ describe('initial rows', () => {
     assert.ok(Math.abs(mean - 1) < 0.02, `normal mean ${mean}`);
     assert.ok(Math.abs(sd - 0.5) < 0.02, `normal std ${sd}`);
     const tv = asFloats(await e.pull('t', keys));
-    assert.ok(tv.every((x) => Math.abs(x) <= 2), 'truncated normal stays within 2 std');
+    assert.ok(
+      tv.every((x) => Math.abs(x) <= 2),
+      'truncated normal stays within 2 std',
+    );
     await e.close();
   });
 });
@@ -136,8 +139,14 @@ describe('hyperparameters', () => {
     await e.commit(1);
     e.updateTable('emb', { lr: 0.01 });
     assert.equal((e.listTables()[0].optimizer as { lr: number }).lr, 0.01);
-    assert.throws(() => e.updateTable('emb', { momentum: 0 }), (err: EngineError) => err.code === 'INVALID_ARGUMENT');
-    assert.throws(() => e.updateTable('emb', { lr: -1 }), (err: EngineError) => err.code === 'INVALID_ARGUMENT');
+    assert.throws(
+      () => e.updateTable('emb', { momentum: 0 }),
+      (err: EngineError) => err.code === 'INVALID_ARGUMENT',
+    );
+    assert.throws(
+      () => e.updateTable('emb', { lr: -1 }),
+      (err: EngineError) => err.code === 'INVALID_ARGUMENT',
+    );
     await e.rollback();
     assert.equal((e.listTables()[0].optimizer as { lr: number }).lr, 0.1, 'rollback restores the checkpoint hyperparameters');
     await e.close();

@@ -6,7 +6,21 @@ import * as http2 from 'node:http2';
 import * as zlib from 'node:zlib';
 import { packKeys } from '../native/engine';
 import { SERVICE_PATH } from '../proto/load';
-import { CONTROL, CURRENT_INCARNATION, Generator, LEDGER, LEDGER_KEYS, MAX_ID, R, U64_EDGES, bigName, cloneObj, edgeValues, type Finding, type FuzzRequest } from './fuzz.gen';
+import {
+  CONTROL,
+  CURRENT_INCARNATION,
+  Generator,
+  LEDGER,
+  LEDGER_KEYS,
+  MAX_ID,
+  R,
+  U64_EDGES,
+  bigName,
+  cloneObj,
+  edgeValues,
+  type Finding,
+  type FuzzRequest,
+} from './fuzz.gen';
 import { Harness, newStats, sendBatch } from './fuzz.lib';
 import { RAW_TAIL, RPCS, WT_I32, WT_I64, WT_LEN, WT_VARINT, encodeRequest, isMap, messageType, requestType, tag, varint, type MessageDesc } from './fuzz.wire';
 
@@ -122,7 +136,13 @@ async function framing(endpoint: string): Promise<{ name: string; answered: bool
   try {
     for (const c of cases) {
       const res = await new Promise<{ answered: boolean; status?: string }>((resolve) => {
-        const s = session.request({ ':method': 'POST', ':path': `/${SERVICE_PATH}/${c.method}`, 'content-type': 'application/grpc', te: 'trailers', ...c.headers });
+        const s = session.request({
+          ':method': 'POST',
+          ':path': `/${SERVICE_PATH}/${c.method}`,
+          'content-type': 'application/grpc',
+          te: 'trailers',
+          ...c.headers,
+        });
         let status: string | undefined;
         s.on('response', (hd) => (status = String(hd['grpc-status'] ?? `http ${hd[':status']}`)));
         s.on('trailers', (t) => (status = String(t['grpc-status'])));
@@ -154,7 +174,8 @@ export const ABUSE_CASES: AbuseCase[] = [
         const t = requestType(rpc);
         const base = neutral(rpc, s, h);
         if (!t.field.length) {
-          for (const v of U64_EDGES.slice(0, 4)) reqs.push({ rpc, kind: `edge:${rpc}.unknown-field`, obj: { [RAW_TAIL]: Buffer.concat([tag(7, WT_VARINT), varint(v)]) } });
+          for (const v of U64_EDGES.slice(0, 4))
+            reqs.push({ rpc, kind: `edge:${rpc}.unknown-field`, obj: { [RAW_TAIL]: Buffer.concat([tag(7, WT_VARINT), varint(v)]) } });
           continue;
         }
         for (const p of paths(t))
@@ -175,10 +196,26 @@ export const ABUSE_CASES: AbuseCase[] = [
       const reqs: FuzzRequest[] = [];
       for (const rpc of RPCS) {
         const t = requestType(rpc);
-        const bodies: Buffer[] = [Buffer.from([0xff]), Buffer.from([0x08]), Buffer.from([0x0a, 0x05, 0x61]), Buffer.from([0x00]), Buffer.alloc(11, 0xff), tag(1, 3), tag(1, 4), tag(1, 7)];
+        const bodies: Buffer[] = [
+          Buffer.from([0xff]),
+          Buffer.from([0x08]),
+          Buffer.from([0x0a, 0x05, 0x61]),
+          Buffer.from([0x00]),
+          Buffer.alloc(11, 0xff),
+          tag(1, 3),
+          tag(1, 4),
+          tag(1, 7),
+        ];
         for (const f of t.field)
           for (const wt of [WT_VARINT, WT_I64, WT_LEN, WT_I32]) {
-            const payload = wt === WT_VARINT ? varint(1) : wt === WT_I64 ? Buffer.alloc(8, 1) : wt === WT_I32 ? Buffer.alloc(4, 1) : Buffer.concat([varint(1), Buffer.from([0xff])]);
+            const payload =
+              wt === WT_VARINT
+                ? varint(1)
+                : wt === WT_I64
+                  ? Buffer.alloc(8, 1)
+                  : wt === WT_I32
+                    ? Buffer.alloc(4, 1)
+                    : Buffer.concat([varint(1), Buffer.from([0xff])]);
             bodies.push(Buffer.concat([tag(f.number, wt), payload]));
           }
         for (let i = 0; i < 4; i++) bodies.push(r.bytes(64));
@@ -201,7 +238,12 @@ export const ABUSE_CASES: AbuseCase[] = [
       const s = await state(h);
       const up = s.B + 100;
       const id = Math.max(s.C, s.last) + 10;
-      const ck = (kind: string, obj: Record<string, unknown>, onlyIfPrepared = false): FuzzRequest => ({ rpc: 'Checkpoint', kind: `Checkpoint/${kind}`, obj, onlyIfPrepared });
+      const ck = (kind: string, obj: Record<string, unknown>, onlyIfPrepared = false): FuzzRequest => ({
+        rpc: 'Checkpoint',
+        kind: `Checkpoint/${kind}`,
+        obj,
+        onlyIfPrepared,
+      });
       await send(h, [
         ck('commit-before-prepare', { id, phase: 'COMMIT', ballot: up }),
         ck('abort-committed', { id: s.C, phase: 'ABORT', ballot: up + 1 }),
@@ -246,9 +288,28 @@ export const ABUSE_CASES: AbuseCase[] = [
   {
     name: 'push-seq-edges',
     async run(h, r) {
-      await send(h, [ledgerPush('seqw', 0), ledgerPush('seqw', 1), ledgerPush('seqw', 1, 1), ledgerPush('seqw', 2n ** 52n), ledgerPush('seqw', 2n ** 53n), ledgerPush('seqw', 2n ** 64n - 1n)], 1);
-      await send(h, Array.from({ length: 6 }, () => ledgerPush('seqw', 5, 2)), 6); // concurrent retries: one applies
-      await send(h, [10, 8, 9, 8, 3000, 1, 2999].map((q, i) => ledgerPush('seqw', q, i % 4)), 1); // out of order, then too old
+      await send(
+        h,
+        [
+          ledgerPush('seqw', 0),
+          ledgerPush('seqw', 1),
+          ledgerPush('seqw', 1, 1),
+          ledgerPush('seqw', 2n ** 52n),
+          ledgerPush('seqw', 2n ** 53n),
+          ledgerPush('seqw', 2n ** 64n - 1n),
+        ],
+        1,
+      );
+      await send(
+        h,
+        Array.from({ length: 6 }, () => ledgerPush('seqw', 5, 2)),
+        6,
+      ); // concurrent retries: one applies
+      await send(
+        h,
+        [10, 8, 9, 8, 3000, 1, 2999].map((q, i) => ledgerPush('seqw', q, i % 4)),
+        1,
+      ); // out of order, then too old
       await send(h, [ledgerPush('far', MAX_ID - 1, 3), ledgerPush('far', 1, 3), ledgerPush('far', MAX_ID - 1, 3)], 1);
       await send(h, [ledgerPush('inc', 1, 4, 1, MAX_ID), ledgerPush('inc', 2, 4, 1, h.incarnation + 1), ledgerPush('inc', 3, 4, 1, CURRENT_INCARNATION)], 1);
       await h.restart('term', r);
@@ -258,7 +319,11 @@ export const ABUSE_CASES: AbuseCase[] = [
     name: 'worker-id-65536-bytes',
     known: 'a 65,536-byte worker_id breaks the close record',
     async run(h, r) {
-      await send(h, [ledgerPush(bigName(65_536, 0x77), 1, 1), ledgerPush(bigName(65_535, 0x77), 1, 2), ledgerPush(bigName(131_072, 0x77), 1, 3), ledgerPush('after', 1, 4)], 1);
+      await send(
+        h,
+        [ledgerPush(bigName(65_536, 0x77), 1, 1), ledgerPush(bigName(65_535, 0x77), 1, 2), ledgerPush(bigName(131_072, 0x77), 1, 3), ledgerPush('after', 1, 4)],
+        1,
+      );
       await h.restart('term', r);
     },
   },
@@ -267,7 +332,11 @@ export const ABUSE_CASES: AbuseCase[] = [
     known: 'invalid-UTF-8 worker ids collide',
     async run(h) {
       const ids = [[0xff], [0xfe], [0xc0, 0x80], [0xc1, 0x80], [0x77, 0xff], [0x77, 0xfe], [0xed, 0xa0, 0x80], [0xed, 0xb0, 0x80]].map((b) => Buffer.from(b));
-      await send(h, ids.map((w, i) => ledgerPush(w, 1, i % 5)), 1);
+      await send(
+        h,
+        ids.map((w, i) => ledgerPush(w, 1, i % 5)),
+        1,
+      );
     },
   },
   {
@@ -278,7 +347,11 @@ export const ABUSE_CASES: AbuseCase[] = [
       const target = h.retryable[h.retryable.length - 1];
       const n = 65_537;
       // Pushes of no rows: cheap, and each one still enters the exactly-once record.
-      const reqs: FuzzRequest[] = Array.from({ length: n }, (_, i) => ({ rpc: 'Push', kind: 'Push/flood', obj: { table: LEDGER, keys: Buffer.alloc(0), grads: Buffer.alloc(0), worker_id: `flood${i}`, seq: 1, incarnation: 0 } }));
+      const reqs: FuzzRequest[] = Array.from({ length: n }, (_, i) => ({
+        rpc: 'Push',
+        kind: 'Push/flood',
+        obj: { table: LEDGER, keys: Buffer.alloc(0), grads: Buffer.alloc(0), worker_id: `flood${i}`, seq: 1, incarnation: 0 },
+      }));
       const st = newStats();
       for (let i = 0; i < reqs.length; i += 2048) await sendBatch(h, reqs.slice(i, i + 2048), st, 32);
       await h.retryAcknowledged(r, 1, [target]);
@@ -296,8 +369,16 @@ export const ABUSE_CASES: AbuseCase[] = [
           { rpc: 'Push', kind: 'Push/huge-name', obj: { table: name, keys: packKeys([1n]), grads: f32([1]), worker_id: '', seq: 0, incarnation: 0 } },
           { rpc: 'DropTable', kind: 'DropTable/huge-name', obj: { name } },
           { rpc: 'UpdateTable', kind: 'UpdateTable/huge-name', obj: { name, params: { lr: 0.1 } } },
-          { rpc: 'CreateTable', kind: 'CreateTable/huge-name', obj: { spec: { name, dim: 1, optimizer: { type: 'sgd', params: { lr: 1 } }, initializer: { type: 'zeros' }, seed: 1 } } },
-          { rpc: 'CreateTable', kind: 'CreateTable/huge-optimizer', obj: { spec: { name: 'hn', dim: 1, optimizer: { type: name, params: { lr: 1 } }, initializer: { type: 'zeros' }, seed: 1 } } },
+          {
+            rpc: 'CreateTable',
+            kind: 'CreateTable/huge-name',
+            obj: { spec: { name, dim: 1, optimizer: { type: 'sgd', params: { lr: 1 } }, initializer: { type: 'zeros' }, seed: 1 } },
+          },
+          {
+            rpc: 'CreateTable',
+            kind: 'CreateTable/huge-optimizer',
+            obj: { spec: { name: 'hn', dim: 1, optimizer: { type: name, params: { lr: 1 } }, initializer: { type: 'zeros' }, seed: 1 } },
+          },
           { rpc: 'PullDense', kind: 'PullDense/huge-name', obj: { names: [name] } },
           { rpc: 'PushDense', kind: 'PushDense/huge-name', obj: { name, grads: f32([1]), worker_id: '', seq: 0, incarnation: 0 } },
           { rpc: 'SetDense', kind: 'SetDense/huge-name', obj: { tensor: { name, values: f32([1]) }, optimizer: { type: 'sgd', params: { lr: 1 } } } },
@@ -320,12 +401,55 @@ export const ABUSE_CASES: AbuseCase[] = [
       const reqs: FuzzRequest[] = [];
       for (const p of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
         reqs.push(
-          { rpc: 'CreateTable', kind: 'CreateTable/proto-optimizer', obj: { spec: { name: 'pt', dim: 2, optimizer: { type: p, params: { lr: 0.1 } }, initializer: { type: 'zeros' }, seed: 1 } } },
-          { rpc: 'CreateTable', kind: 'CreateTable/proto-initializer', obj: { spec: { name: 'pt', dim: 2, optimizer: { type: 'sgd', params: { lr: 0.1 } }, initializer: { type: p }, seed: 1 } } },
-          { rpc: 'CreateTable', kind: 'CreateTable/proto-param', obj: { spec: { name: 'pt', dim: 2, optimizer: { type: 'sgd', params: [['lr', 0.1], [p, 1]] }, initializer: { type: 'zeros' }, seed: 1 } } },
-          { rpc: 'CreateTable', kind: 'CreateTable/proto-name', obj: { spec: { name: p, dim: 2, optimizer: { type: 'sgd', params: { lr: 0.1 } }, initializer: { type: 'zeros' }, seed: 1 } } },
+          {
+            rpc: 'CreateTable',
+            kind: 'CreateTable/proto-optimizer',
+            obj: { spec: { name: 'pt', dim: 2, optimizer: { type: p, params: { lr: 0.1 } }, initializer: { type: 'zeros' }, seed: 1 } },
+          },
+          {
+            rpc: 'CreateTable',
+            kind: 'CreateTable/proto-initializer',
+            obj: { spec: { name: 'pt', dim: 2, optimizer: { type: 'sgd', params: { lr: 0.1 } }, initializer: { type: p }, seed: 1 } },
+          },
+          {
+            rpc: 'CreateTable',
+            kind: 'CreateTable/proto-param',
+            obj: {
+              spec: {
+                name: 'pt',
+                dim: 2,
+                optimizer: {
+                  type: 'sgd',
+                  params: [
+                    ['lr', 0.1],
+                    [p, 1],
+                  ],
+                },
+                initializer: { type: 'zeros' },
+                seed: 1,
+              },
+            },
+          },
+          {
+            rpc: 'CreateTable',
+            kind: 'CreateTable/proto-name',
+            obj: { spec: { name: p, dim: 2, optimizer: { type: 'sgd', params: { lr: 0.1 } }, initializer: { type: 'zeros' }, seed: 1 } },
+          },
           { rpc: 'SetDense', kind: 'SetDense/proto-optimizer', obj: { tensor: { name: 'pd', values: f32([1]) }, optimizer: { type: p } } },
-          { rpc: 'SetDense', kind: 'SetDense/proto-name', obj: { tensor: { name: p, values: f32([1]) }, optimizer: { type: 'sgd', params: [['lr', 0.1], [p, 1]] } } },
+          {
+            rpc: 'SetDense',
+            kind: 'SetDense/proto-name',
+            obj: {
+              tensor: { name: p, values: f32([1]) },
+              optimizer: {
+                type: 'sgd',
+                params: [
+                  ['lr', 0.1],
+                  [p, 1],
+                ],
+              },
+            },
+          },
           { rpc: 'UpdateTable', kind: 'UpdateTable/proto-param', obj: { name: CONTROL, params: [[p, 1]] } },
           { rpc: 'PullDense', kind: 'PullDense/proto-name', obj: { names: [p] } },
           { rpc: 'PushDense', kind: 'PushDense/proto-name', obj: { name: p, grads: f32([1]), worker_id: p, seq: 1, incarnation: 0 } },
@@ -340,8 +464,16 @@ export const ABUSE_CASES: AbuseCase[] = [
     name: 'non-finite-from-finite-inputs',
     known: 'non-finite rows from finite inputs (SGD lr 1e308, constant 1e39, uniform +-1e300, gradients 3e38 summing to inf)',
     async run(h) {
-      const table = (name: string, optimizer: unknown, initializer: unknown): FuzzRequest => ({ rpc: 'CreateTable', kind: 'CreateTable/extreme', obj: { spec: { name, dim: 2, optimizer, initializer, seed: 3 } } });
-      const push = (t: string, keys: bigint[], g: number): FuzzRequest => ({ rpc: 'Push', kind: 'Push/extreme', obj: { table: t, keys: packKeys(keys), grads: f32(new Array(keys.length * 2).fill(g)), worker_id: '', seq: 0, incarnation: 0 } });
+      const table = (name: string, optimizer: unknown, initializer: unknown): FuzzRequest => ({
+        rpc: 'CreateTable',
+        kind: 'CreateTable/extreme',
+        obj: { spec: { name, dim: 2, optimizer, initializer, seed: 3 } },
+      });
+      const push = (t: string, keys: bigint[], g: number): FuzzRequest => ({
+        rpc: 'Push',
+        kind: 'Push/extreme',
+        obj: { table: t, keys: packKeys(keys), grads: f32(new Array(keys.length * 2).fill(g)), worker_id: '', seq: 0, incarnation: 0 },
+      });
       const pull = (t: string): FuzzRequest => ({ rpc: 'Pull', kind: 'Pull/extreme', obj: { table: t, keys: packKeys([1n, 2n, 5n]) } });
       const sgd = (lr: number) => ({ type: 'sgd', params: { lr } });
       const zeros = { type: 'zeros' };
@@ -368,7 +500,14 @@ export const ABUSE_CASES: AbuseCase[] = [
         ],
         1,
       );
-      await send(h, [...['nf-lr', 'nf-const', 'nf-uniform', 'nf-normal', 'nf-sum', 'nf-adagrad'].map(pull), { rpc: 'PullDense', kind: 'PullDense/extreme', obj: { names: ['nf-d'] } }], 1);
+      await send(
+        h,
+        [
+          ...['nf-lr', 'nf-const', 'nf-uniform', 'nf-normal', 'nf-sum', 'nf-adagrad'].map(pull),
+          { rpc: 'PullDense', kind: 'PullDense/extreme', obj: { names: ['nf-d'] } },
+        ],
+        1,
+      );
     },
   },
   {
@@ -376,13 +515,26 @@ export const ABUSE_CASES: AbuseCase[] = [
     known: 'a full pool breaks commit and close',
     poolSize: '32M',
     async run(h, r) {
-      await send(h, [{ rpc: 'CreateTable', kind: 'CreateTable/fill', obj: { spec: { name: 'fill', dim: 256, optimizer: { type: 'sgd', params: { lr: 0.1 } }, initializer: { type: 'zeros' }, seed: 1 } } }], 1);
+      await send(
+        h,
+        [
+          {
+            rpc: 'CreateTable',
+            kind: 'CreateTable/fill',
+            obj: { spec: { name: 'fill', dim: 256, optimizer: { type: 'sgd', params: { lr: 0.1 } }, initializer: { type: 'zeros' }, seed: 1 } },
+          },
+        ],
+        1,
+      );
       // Fill to the last row: batches halve after each refusal, down to one row.
       let refusals = 0;
       let next = 0n;
-      for (let rows = 512; rows >= 1; ) {
+      for (let rows = 512; rows >= 1;) {
         const keys = packKeys(Array.from({ length: rows }, (_, i) => next + BigInt(i)));
-        const o = await h.wire.call('Push', encodeRequest('Push', { table: 'fill', keys, grads: Buffer.alloc(rows * 256 * 4), worker_id: '', seq: 0, incarnation: 0 }));
+        const o = await h.wire.call(
+          'Push',
+          encodeRequest('Push', { table: 'fill', keys, grads: Buffer.alloc(rows * 256 * 4), worker_id: '', seq: 0, incarnation: 0 }),
+        );
         if (o.code === 0) next += BigInt(rows);
         else {
           refusals++;
@@ -396,11 +548,35 @@ export const ABUSE_CASES: AbuseCase[] = [
       await h.checkpoint().catch((e: Error) => h.find('a checkpoint of a steady size fails on a full pool', e.message));
       // State kept in DRAM that checkpoints and the clean-close record must hold: a 1 MiB dense
       // tensor and a thousand new workers. Each write is either refused or has its room.
-      await send(h, [{ rpc: 'SetDense', kind: 'SetDense/big', obj: { tensor: { name: 'big', values: Buffer.alloc(2 ** 20) }, optimizer: { type: 'sgd', params: { lr: 0.1 } } } }], 1);
-      await send(h, Array.from({ length: 1000 }, (_, i) => ledgerPush(`full${i}`, 1, i % 8)), 8);
+      await send(
+        h,
+        [
+          {
+            rpc: 'SetDense',
+            kind: 'SetDense/big',
+            obj: { tensor: { name: 'big', values: Buffer.alloc(2 ** 20) }, optimizer: { type: 'sgd', params: { lr: 0.1 } } },
+          },
+        ],
+        1,
+      );
+      await send(
+        h,
+        Array.from({ length: 1000 }, (_, i) => ledgerPush(`full${i}`, 1, i % 8)),
+        8,
+      );
       // A PREPARE whose record grew may be refused (RESOURCE_EXHAUSTED, nothing prepared); one that succeeds is aborted by the lane.
       const s = await state(h);
-      await send(h, [{ rpc: 'Checkpoint', kind: 'Checkpoint/prepare-grown', obj: { id: Math.max(s.C, s.last) + 1, phase: 'PREPARE', ballot: s.B + 1, meta: bigName(65_536, 0x6d), dense: [], incarnation: 0 } }], 1);
+      await send(
+        h,
+        [
+          {
+            rpc: 'Checkpoint',
+            kind: 'Checkpoint/prepare-grown',
+            obj: { id: Math.max(s.C, s.last) + 1, phase: 'PREPARE', ballot: s.B + 1, meta: bigName(65_536, 0x6d), dense: [], incarnation: 0 },
+          },
+        ],
+        1,
+      );
       await h.check();
       await h.cleanRestart(r); // a clean stop on a full pool, and every acknowledged update back
     },
@@ -419,7 +595,10 @@ export const ABUSE_CASES: AbuseCase[] = [
       if (!(await h.bounce('term'))) return;
       let st = await h.status();
       if (st.prepared_id !== p1 || !st.last_stop_clean || st.lineage !== h.lineage)
-        h.find('a prepared checkpoint did not survive a clean stop as it was', `prepared ${st.prepared_id} (expected ${p1}), last_stop_clean ${st.last_stop_clean}, lineage ${st.lineage} (was ${h.lineage})`);
+        h.find(
+          'a prepared checkpoint did not survive a clean stop as it was',
+          `prepared ${st.prepared_id} (expected ${p1}), last_stop_clean ${st.last_stop_clean}, lineage ${st.lineage} (was ${h.lineage})`,
+        );
       h.incarnation = st.incarnation;
       await send(h, [ledgerPush('pr', 3, 3), ledgerPush('pr', 2, 2)], 1); // refused while blocked, or applied: the model follows the answers
       await h.call('Checkpoint', { id: p1, phase: 'ABORT', ballot: b });
@@ -433,7 +612,10 @@ export const ABUSE_CASES: AbuseCase[] = [
       if (!(await h.bounce('kill'))) return;
       st = await h.status();
       if (st.prepared_id !== p2 || st.committed_id !== h.ck.id || !st.needs_restore)
-        h.find('a prepared checkpoint did not survive kill -9 as it was', `prepared ${st.prepared_id} (expected ${p2}), committed ${st.committed_id}, needs_restore ${st.needs_restore}`);
+        h.find(
+          'a prepared checkpoint did not survive kill -9 as it was',
+          `prepared ${st.prepared_id} (expected ${p2}), committed ${st.committed_id}, needs_restore ${st.needs_restore}`,
+        );
       await h.call('Checkpoint', { id: p2, phase: 'ABORT', ballot: (await h.status()).ballot });
       await h.check({ afterCrash: true });
       if (!(await h.restoreAfterCrash())) return;

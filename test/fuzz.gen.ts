@@ -78,17 +78,64 @@ export const CLASSIFIED = new Set([
 ]);
 
 export const U64_EDGES: bigint[] = [
-  0n, 1n, 2n, 2n ** 31n - 1n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 52n - 2n, 2n ** 52n - 1n, 2n ** 52n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 53n + 1n,
-  2n ** 63n - 1n, 2n ** 63n, U64_MAX,
+  0n,
+  1n,
+  2n,
+  2n ** 31n - 1n,
+  2n ** 32n - 1n,
+  2n ** 32n,
+  2n ** 52n - 2n,
+  2n ** 52n - 1n,
+  2n ** 52n,
+  2n ** 53n - 1n,
+  2n ** 53n,
+  2n ** 53n + 1n,
+  2n ** 63n - 1n,
+  2n ** 63n,
+  U64_MAX,
 ];
 // -1 goes out as the 10-byte varint a negative int64 makes; 2^32 and above overflow a uint32.
 export const U32_EDGES: (number | bigint)[] = [0, 1, 2, 4096, 4097, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, -1, 2 ** 32, U64_MAX];
 export const DOUBLE_EDGES: number[] = [
-  NaN, Infinity, -Infinity, -0, 0, 1, -1, 0.5, 1e39, -1e39, 1e300, -1e300, 1e308, Number.MAX_VALUE, 5e-324, 1e-310, 3.4028235e38,
-  3.4028236e38, 1.401298464324817e-45, 2 ** 53 + 1,
+  NaN,
+  Infinity,
+  -Infinity,
+  -0,
+  0,
+  1,
+  -1,
+  0.5,
+  1e39,
+  -1e39,
+  1e300,
+  -1e300,
+  1e308,
+  Number.MAX_VALUE,
+  5e-324,
+  1e-310,
+  3.4028235e38,
+  3.4028236e38,
+  1.401298464324817e-45,
+  2 ** 53 + 1,
 ];
-export const FLOAT32_EDGES: number[] = [NaN, Infinity, -Infinity, -0, 0, 1, -1, 3.4028234663852886e38, -3.4028234663852886e38, 1.401298464324817e-45, 1.1754943508222875e-38, 16777217, 1e-7];
-const NON_UTF8: Buffer[] = [[0xff], [0xfe], [0xc0, 0x80], [0xc1, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0x80], [0x77, 0xff], [0x77, 0xfe]].map((b) => Buffer.from(b));
+export const FLOAT32_EDGES: number[] = [
+  NaN,
+  Infinity,
+  -Infinity,
+  -0,
+  0,
+  1,
+  -1,
+  3.4028234663852886e38,
+  -3.4028234663852886e38,
+  1.401298464324817e-45,
+  1.1754943508222875e-38,
+  16777217,
+  1e-7,
+];
+const NON_UTF8: Buffer[] = [[0xff], [0xfe], [0xc0, 0x80], [0xc1, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0x80], [0x77, 0xff], [0x77, 0xfe]].map(
+  (b) => Buffer.from(b),
+);
 const PROTO_NAMES = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf', 'prototype', '__defineGetter__'];
 
 const bigCache = new Map<number, Buffer>();
@@ -185,7 +232,12 @@ export function formatFinding(f: Finding): string {
 /** What two findings of the same cause share (the soak counts findings by it). */
 export function signature(f: Finding): string {
   // A status finding is told by its details (one cause answers many RPCs alike); the others by the RPC.
-  const what = f.invariant.startsWith('status ') ? f.detail.replace(/^details: /, '').split(',')[0].slice(0, 60) : `${f.rpc ?? '-'}`;
+  const what = f.invariant.startsWith('status ')
+    ? f.detail
+        .replace(/^details: /, '')
+        .split(',')[0]
+        .slice(0, 60)
+    : `${f.rpc ?? '-'}`;
   return `${f.invariant} | ${what}`.replace(/\d+/g, 'N').replace(/"[^"]*"/g, '"…"');
 }
 
@@ -375,7 +427,9 @@ export function assess(rpc: string, body: Buffer, ctx: GenCtx, prepared = false)
         const refused =
           bad ??
           incRefusal(v.incarnation) ??
-          ((v.dense ?? []) as { name: string; values: Buffer }[]).map((t) => (t.values.length % 4 ? 'dense values not a multiple of 4 bytes' : null)).find(Boolean) ??
+          ((v.dense ?? []) as { name: string; values: Buffer }[])
+            .map((t) => (t.values.length % 4 ? 'dense values not a multiple of 4 bytes' : null))
+            .find(Boolean) ??
           (id === ctx.committed ? null : id <= ctx.lastId ? 'id not above the last one' : prepared ? 'another checkpoint is prepared' : null);
         if (refused) return { refused };
         return id === ctx.committed ? {} : { prepareId: id };
@@ -408,7 +462,8 @@ export function assess(rpc: string, body: Buffer, ctx: GenCtx, prepared = false)
       return same ? {} : { refused: 'another identity' };
     }
     case 'Barrier': {
-      if (!v.name || !v.worker_id || !(v.parties >= 1) || !idOk(v.generation)) return { refused: 'barrier needs name, worker_id, parties >= 1, generation below 2^52' };
+      if (!v.name || !v.worker_id || !(v.parties >= 1) || !idOk(v.generation))
+        return { refused: 'barrier needs name, worker_id, parties >= 1, generation below 2^52' };
       return v.parties > 1 ? { barrierWait: true } : {};
     }
     default:
@@ -569,7 +624,17 @@ export class Generator {
       [10, () => this.protocol(r, ctx)],
       [10, () => [this.garbage(r, ctx, r.pick(RPCS))]],
       [12, () => [this.fieldEdge(r, ctx, r.pick(RPCS))]],
-      [1, () => [{ rpc: 'Status', kind: 'unknown-method', raw: r.bytes(r.int(0, 16)), path: r.pick(['/pmemps.v1.ParameterServer/Nope', '/pmemps.v1.Other/Status', '/pmemps.v1.ParameterServer/status']) }]],
+      [
+        1,
+        () => [
+          {
+            rpc: 'Status',
+            kind: 'unknown-method',
+            raw: r.bytes(r.int(0, 16)),
+            path: r.pick(['/pmemps.v1.ParameterServer/Nope', '/pmemps.v1.Other/Status', '/pmemps.v1.ParameterServer/status']),
+          },
+        ],
+      ],
     ]);
     return what();
   }
@@ -609,12 +674,23 @@ export class Generator {
   }
 
   private optimizer(r: R): Record<string, unknown> {
-    if (r.chance(0.12)) return { type: r.weighted<string | Buffer>([[3, r.pick(PROTO_NAMES)], [1, ''], [1, 'SGD'], [1, 'lion'], [1, r.pick(NON_UTF8)]]), params: { lr: 0.1 } };
+    if (r.chance(0.12))
+      return {
+        type: r.weighted<string | Buffer>([
+          [3, r.pick(PROTO_NAMES)],
+          [1, ''],
+          [1, 'SGD'],
+          [1, 'lion'],
+          [1, r.pick(NON_UTF8)],
+        ]),
+        params: { lr: 0.1 },
+      };
     const type = r.pick(KNOWN_OPTIMIZERS);
     const params: [string | Buffer, number][] = [];
     for (const [name, def] of (OPTIMIZER_PARAMS as Record<string, ReadonlyArray<[string, number | boolean | undefined]>>)[type]) {
       if (name === 'lr') params.push(['lr', r.chance(0.15) ? r.pick([1e308, 1e30, 1e-30, 5e-324, 1e39, 100]) : r.pick([0.01, 0.1, 1])]);
-      else if (r.chance(0.3)) params.push([name, typeof def === 'boolean' ? r.pick([0, 1]) : r.chance(0.2) ? r.pick(DOUBLE_EDGES) : r.pick([0, 0.5, 0.9, 1e-8])]);
+      else if (r.chance(0.3))
+        params.push([name, typeof def === 'boolean' ? r.pick([0, 1]) : r.chance(0.2) ? r.pick(DOUBLE_EDGES) : r.pick([0, 0.5, 0.9, 1e-8])]);
     }
     if (r.chance(0.08)) params.push([r.pick([...PROTO_NAMES, 'mom', '']), 1]);
     if (r.chance(0.05)) params.push([r.pick(NON_UTF8), 1]);
@@ -625,7 +701,15 @@ export class Generator {
     const type = r.chance(0.08) ? r.pick([...PROTO_NAMES, '', 'Zeros']) : r.pick(['zeros', 'constant', 'uniform', 'normal']);
     const edge = () => (r.chance(0.2) ? r.pick(DOUBLE_EDGES) : r.float() * 0.2 - 0.1);
     const lo = edge();
-    return { type, value: edge(), min: lo, max: r.chance(0.8) ? Math.abs(lo) : edge(), mean: edge(), std: r.chance(0.8) ? Math.abs(edge()) : edge(), truncated: r.chance(0.5) };
+    return {
+      type,
+      value: edge(),
+      min: lo,
+      max: r.chance(0.8) ? Math.abs(lo) : edge(),
+      mean: edge(),
+      std: r.chance(0.8) ? Math.abs(edge()) : edge(),
+      truncated: r.chance(0.5),
+    };
   }
 
   private worker(r: R): Buffer {
@@ -689,7 +773,11 @@ export class Generator {
       const ks: bigint[] = Array.from({ length: n }, () => r.pick(LEDGER_KEYS));
       const g = Buffer.alloc(n * LEDGER_SPEC.dim * 4);
       for (let i = 0; i < n * LEDGER_SPEC.dim; i++) g.writeFloatLE(r.int(-3, 3), i * 4);
-      return { rpc: 'Push', kind: 'Push/ledger', obj: { table: LEDGER, keys: packKeys(ks), grads: g, worker_id: w, seq: w.length ? this.seq(r, w) : r.pick([0, 1]), incarnation: this.incarnation(r) } };
+      return {
+        rpc: 'Push',
+        kind: 'Push/ledger',
+        obj: { table: LEDGER, keys: packKeys(ks), grads: g, worker_id: w, seq: w.length ? this.seq(r, w) : r.pick([0, 1]), incarnation: this.incarnation(r) },
+      };
     }
     if (kind === 'scratch') {
       const t = r.chance(0.9) ? r.pick(SCRATCH) : { name: this.string(r), dim: r.int(1, 8) };
@@ -697,7 +785,18 @@ export class Generator {
       let nf = (keys.length / 8) * t.dim;
       if (r.chance(0.08)) nf += r.pick([-1, 1, t.dim]);
       const w = r.chance(0.6) ? this.worker(r) : Buffer.alloc(0);
-      return { rpc: 'Push', kind: 'Push/scratch', obj: { table: t.name, keys, grads: this.floats(r, Math.max(0, nf), 0.05), worker_id: w, seq: w.length ? this.seq(r, w) : 0, incarnation: this.incarnation(r) } };
+      return {
+        rpc: 'Push',
+        kind: 'Push/scratch',
+        obj: {
+          table: t.name,
+          keys,
+          grads: this.floats(r, Math.max(0, nf), 0.05),
+          worker_id: w,
+          seq: w.length ? this.seq(r, w) : 0,
+          incarnation: this.incarnation(r),
+        },
+      };
     }
     return this.controlPoison(r);
   }
@@ -758,7 +857,11 @@ export class Generator {
     ])();
     const dim = r.chance(0.1) ? r.pick(U32_EDGES) : t.dim;
     const seed = r.chance(0.1) ? r.pick(U64_EDGES) : r.int(0, 2 ** 31);
-    return { rpc: 'CreateTable', kind: 'CreateTable', obj: { spec: { name: t.name, dim, optimizer: this.optimizer(r), initializer: this.initializer(r), seed } } };
+    return {
+      rpc: 'CreateTable',
+      kind: 'CreateTable',
+      obj: { spec: { name: t.name, dim, optimizer: this.optimizer(r), initializer: this.initializer(r), seed } },
+    };
   }
 
   updateTable(r: R): FuzzRequest {
@@ -786,14 +889,27 @@ export class Generator {
 
   pullDense(r: R): FuzzRequest {
     const names: (string | Buffer)[] = [];
-    for (let i = r.int(0, 4); i > 0; i--) names.push(r.weighted<() => string | Buffer>([[4, () => r.pick(SCRATCH_DENSE).name], [2, () => CONTROL_DENSE], [2, () => this.string(r)]])());
+    for (let i = r.int(0, 4); i > 0; i--)
+      names.push(
+        r.weighted<() => string | Buffer>([
+          [4, () => r.pick(SCRATCH_DENSE).name],
+          [2, () => CONTROL_DENSE],
+          [2, () => this.string(r)],
+        ])(),
+      );
     if (r.chance(0.03)) for (let i = 0; i < 20_000; i++) names.push(CONTROL_DENSE);
     return { rpc: 'PullDense', kind: 'PullDense', obj: { names } };
   }
 
   pushDense(r: R): FuzzRequest {
     if (r.chance(0.2)) {
-      const obj: Record<string, unknown> = { name: CONTROL_DENSE, grads: this.floats(r, CONTROL_DENSE_LEN, 0), worker_id: this.worker(r), seq: r.int(1, 1000), incarnation: CURRENT_INCARNATION };
+      const obj: Record<string, unknown> = {
+        name: CONTROL_DENSE,
+        grads: this.floats(r, CONTROL_DENSE_LEN, 0),
+        worker_id: this.worker(r),
+        seq: r.int(1, 1000),
+        incarnation: CURRENT_INCARNATION,
+      };
       const poison = r.pick(['nan', 'shape', 'seq', 'incarnation']);
       if (poison === 'nan') (obj.grads as Buffer).writeFloatLE(NaN, 4 * r.int(0, CONTROL_DENSE_LEN - 1));
       if (poison === 'shape') obj.grads = this.floats(r, r.pick([0, 1, CONTROL_DENSE_LEN - 1, CONTROL_DENSE_LEN + 1]), 0);
@@ -807,19 +923,33 @@ export class Generator {
     const t = r.chance(0.9) ? r.pick(SCRATCH_DENSE) : { name: this.string(r), n: 3 };
     const w = r.chance(0.7) ? this.worker(r) : Buffer.alloc(0);
     const n = r.chance(0.1) ? r.int(0, 2 * t.n) : t.n;
-    return { rpc: 'PushDense', kind: 'PushDense/scratch', obj: { name: t.name, grads: this.floats(r, n, 0.05), worker_id: w, seq: w.length ? this.seq(r, w) : 0, incarnation: this.incarnation(r) } };
+    return {
+      rpc: 'PushDense',
+      kind: 'PushDense/scratch',
+      obj: { name: t.name, grads: this.floats(r, n, 0.05), worker_id: w, seq: w.length ? this.seq(r, w) : 0, incarnation: this.incarnation(r) },
+    };
   }
 
   setDense(r: R): FuzzRequest {
     if (r.chance(0.2)) {
       const poison = r.pick(['nan', 'empty', 'odd', 'optimizer', 'lr']);
-      const values = poison === 'empty' ? Buffer.alloc(0) : poison === 'odd' ? r.bytes(4 * CONTROL_DENSE_LEN + r.int(1, 3)) : this.floats(r, CONTROL_DENSE_LEN, 0);
+      const values =
+        poison === 'empty' ? Buffer.alloc(0) : poison === 'odd' ? r.bytes(4 * CONTROL_DENSE_LEN + r.int(1, 3)) : this.floats(r, CONTROL_DENSE_LEN, 0);
       if (poison === 'nan') values.writeFloatLE(r.pick([NaN, Infinity]), 0);
-      const optimizer = poison === 'optimizer' ? { type: r.pick([...PROTO_NAMES, '', 'lion']) } : poison === 'lr' ? { type: 'sgd', params: { lr: r.pick([0, -1, NaN]) } } : { type: 'sgd', params: { lr: 0.1 } };
+      const optimizer =
+        poison === 'optimizer'
+          ? { type: r.pick([...PROTO_NAMES, '', 'lion']) }
+          : poison === 'lr'
+            ? { type: 'sgd', params: { lr: r.pick([0, -1, NaN]) } }
+            : { type: 'sgd', params: { lr: 0.1 } };
       return { rpc: 'SetDense', kind: `SetDense/control-poison-${poison}`, obj: { tensor: { name: CONTROL_DENSE, values }, optimizer } };
     }
     const t = r.chance(0.85) ? r.pick(SCRATCH_DENSE) : { name: this.string(r), n: r.int(0, 4) };
-    return { rpc: 'SetDense', kind: 'SetDense/scratch', obj: { tensor: { name: t.name, values: this.floats(r, t.n, 0.1) }, optimizer: r.chance(0.9) ? this.optimizer(r) : undefined } };
+    return {
+      rpc: 'SetDense',
+      kind: 'SetDense/scratch',
+      obj: { tensor: { name: t.name, values: this.floats(r, t.n, 0.1) }, optimizer: r.chance(0.9) ? this.optimizer(r) : undefined },
+    };
   }
 
   /** The calls with little or nothing in them. */
@@ -828,7 +958,18 @@ export class Generator {
     if (rpc !== 'SetIdentity') return { rpc, kind: rpc, obj: {} };
     const id = r.chance(0.3)
       ? { ...ctx.identity }
-      : { cluster_id: r.pick<string | Buffer>(['', 'ABCDEF0123456789ABCDEF0123456789', 'f'.repeat(32), 'f'.repeat(33), r.pick(NON_UTF8), r.bytes(16).toString('hex')]), shard_index: r.pick(U32_EDGES), shard_count: r.pick(U32_EDGES) };
+      : {
+          cluster_id: r.pick<string | Buffer>([
+            '',
+            'ABCDEF0123456789ABCDEF0123456789',
+            'f'.repeat(32),
+            'f'.repeat(33),
+            r.pick(NON_UTF8),
+            r.bytes(16).toString('hex'),
+          ]),
+          shard_index: r.pick(U32_EDGES),
+          shard_count: r.pick(U32_EDGES),
+        };
     return { rpc, kind: 'SetIdentity', obj: r.chance(0.1) ? {} : { identity: id } };
   }
 
@@ -844,11 +985,29 @@ export class Generator {
     if (mode === 'single') return [{ rpc: 'Barrier', kind: 'Barrier/single', obj: { name, generation: gen, parties: 1, worker_id: this.worker(r) } }];
     if (mode === 'pair') {
       const g = ++this.group;
-      return ['p0', 'p1'].map((w) => ({ rpc: 'Barrier', kind: 'Barrier/pair', group: g, deadlineMs: 10_000, obj: { name: `pair${g}`, generation: 1, parties: 2, worker_id: w } }));
+      return ['p0', 'p1'].map((w) => ({
+        rpc: 'Barrier',
+        kind: 'Barrier/pair',
+        group: g,
+        deadlineMs: 10_000,
+        obj: { name: `pair${g}`, generation: 1, parties: 2, worker_id: w },
+      }));
     }
     if (mode === 'abandoned')
-      return [{ rpc: 'Barrier', kind: 'Barrier/abandoned', obj: { name: `lone${++this.group}`, generation: 1, parties: r.pick([2, 2 ** 32 - 1]), worker_id: 'lonely' } }];
-    return [{ rpc: 'Barrier', kind: 'Barrier/hostile', obj: { name: r.chance(0.5) ? '' : name, generation: r.pick(U64_EDGES), parties: r.pick(U32_EDGES), worker_id: r.chance(0.5) ? '' : this.worker(r) } }];
+      return [
+        {
+          rpc: 'Barrier',
+          kind: 'Barrier/abandoned',
+          obj: { name: `lone${++this.group}`, generation: 1, parties: r.pick([2, 2 ** 32 - 1]), worker_id: 'lonely' },
+        },
+      ];
+    return [
+      {
+        rpc: 'Barrier',
+        kind: 'Barrier/hostile',
+        obj: { name: r.chance(0.5) ? '' : name, generation: r.pick(U64_EDGES), parties: r.pick(U32_EDGES), worker_id: r.chance(0.5) ? '' : this.worker(r) },
+      },
+    ];
   }
 
   /** Out-of-order and hostile protocol calls (one lane, one at a time). */
@@ -857,7 +1016,12 @@ export class Generator {
     const C = ctx.committed;
     const up = () => B + r.int(0, 2 ** 10);
     const later = () => Math.max(C, ctx.lastId) + r.int(1, 50);
-    const ck = (kind: string, obj: Record<string, unknown>, extra: Partial<FuzzRequest> = {}): FuzzRequest => ({ rpc: 'Checkpoint', kind: `Checkpoint/${kind}`, obj, ...extra });
+    const ck = (kind: string, obj: Record<string, unknown>, extra: Partial<FuzzRequest> = {}): FuzzRequest => ({
+      rpc: 'Checkpoint',
+      kind: `Checkpoint/${kind}`,
+      obj,
+      ...extra,
+    });
     const which = r.weighted<string>([
       [3, 'commit-unprepared'],
       [1, 'commit-retry'],
@@ -925,7 +1089,14 @@ export class Generator {
           {
             rpc: 'Restore',
             kind: 'Restore/wrong-id',
-            obj: { ballot: r.chance(0.5) ? up() : r.pick(U64_EDGES), checkpoint_id: r.weighted<number | bigint>([[3, C + r.int(1, 5)], [1, Math.max(1, C - 1)], [1, r.pick(U64_EDGES)]]) },
+            obj: {
+              ballot: r.chance(0.5) ? up() : r.pick(U64_EDGES),
+              checkpoint_id: r.weighted<number | bigint>([
+                [3, C + r.int(1, 5)],
+                [1, Math.max(1, C - 1)],
+                [1, r.pick(U64_EDGES)],
+              ]),
+            },
           },
         ];
     }
@@ -1014,18 +1185,35 @@ export class Generator {
         const f = t.field.length ? r.pick(t.field) : null;
         const no = f ? f.number : r.int(1, 20);
         const wt = r.pick([WT_VARINT, WT_I64, WT_LEN, WT_I32].filter((w) => w !== wireTypeOf(f)));
-        const payload = wt === WT_VARINT ? varint(r.pick(U64_EDGES)) : wt === WT_I64 ? r.bytes(8) : wt === WT_I32 ? r.bytes(4) : Buffer.concat([varint(3), r.bytes(3)]);
+        const payload =
+          wt === WT_VARINT ? varint(r.pick(U64_EDGES)) : wt === WT_I64 ? r.bytes(8) : wt === WT_I32 ? r.bytes(4) : Buffer.concat([varint(3), r.bytes(3)]);
         raw = Buffer.concat([baseBody(), tag(no, wt), payload]);
         break;
       }
       case 'bad-tag':
-        raw = Buffer.concat([baseBody(), r.pick([Buffer.from([0x00, 0x01]), tag(r.int(1, 20), 3), tag(r.int(1, 20), 4), tag(r.int(1, 20), 6), tag(r.int(1, 20), 7), tag(2 ** 29 - 1, WT_VARINT), varint(U64_MAX)]), Buffer.from([1])]);
+        raw = Buffer.concat([
+          baseBody(),
+          r.pick([
+            Buffer.from([0x00, 0x01]),
+            tag(r.int(1, 20), 3),
+            tag(r.int(1, 20), 4),
+            tag(r.int(1, 20), 6),
+            tag(r.int(1, 20), 7),
+            tag(2 ** 29 - 1, WT_VARINT),
+            varint(U64_MAX),
+          ]),
+          Buffer.from([1]),
+        ]);
         break;
       case 'overlong-varint':
         raw = Buffer.concat([tag(t.field[0]?.number ?? 1, WT_VARINT), Buffer.alloc(r.int(10, 12), 0xff), Buffer.from([0x01])]);
         break;
       case 'length-past-end':
-        raw = Buffer.concat([tag(r.pick(t.field.length ? t.field : [{ number: 1 } as FieldDesc]).number, WT_LEN), varint(r.pick([5, 2 ** 31, 2 ** 32 + 5, U64_MAX])), r.bytes(2)]);
+        raw = Buffer.concat([
+          tag(r.pick(t.field.length ? t.field : [{ number: 1 } as FieldDesc]).number, WT_LEN),
+          varint(r.pick([5, 2 ** 31, 2 ** 32 + 5, U64_MAX])),
+          r.bytes(2),
+        ]);
         break;
       default: {
         const mf = t.field.find((f) => f.type === 'TYPE_MESSAGE');
@@ -1079,7 +1267,10 @@ export function edgeValues(t: MessageDesc, f: FieldDesc, g: Generator, r: R): un
           [['__proto__', 1]],
           [['constructor', 0.1]],
           [[NON_UTF8[0], 1]],
-          [['lr', 0.1], ['lr', -1]],
+          [
+            ['lr', 0.1],
+            ['lr', -1],
+          ],
           Array.from({ length: 1000 }, (_, i) => [`k${i}`, i]),
         ];
       return [Buffer.alloc(0), r.bytes(5), new RawField(WT_VARINT, varint(1))];
@@ -1102,7 +1293,13 @@ function setEdge(r: R, t: MessageDesc, obj: Record<string, unknown>, g: Generato
   let v: unknown = r.pick(edges);
   if (f.label === 'LABEL_REPEATED' && !isMap(t, f)) {
     const one = sub ? { name: g.string(r), values: r.bytes(r.pick([0, 3, 8])) } : v;
-    const size = Buffer.isBuffer(one) ? one.length : typeof one === 'string' ? one.length : sub ? Buffer.byteLength(String((one as { name: unknown }).name)) : 8;
+    const size = Buffer.isBuffer(one)
+      ? one.length
+      : typeof one === 'string'
+        ? one.length
+        : sub
+          ? Buffer.byteLength(String((one as { name: unknown }).name))
+          : 8;
     // Many entries, but only of small ones: the request stays a few MiB.
     v = r.pick([[], [one], Array.from({ length: size <= 64 ? r.pick([1000, 50_000]) : 3 }, () => one)]);
   }
@@ -1121,4 +1318,3 @@ export function bodyOf(q: FuzzRequest, incarnation: number): Buffer {
   }
   return encodeRequest(q.rpc, obj);
 }
-

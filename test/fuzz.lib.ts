@@ -257,7 +257,10 @@ export class Harness {
     this.wire = new Wire(this.endpoint);
     this.bigWire = new Wire(this.endpoint);
     this.protoWire = new Wire(this.endpoint);
-    this.ps = new Ctor(this.endpoint, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 64 * 2 ** 20, 'grpc.use_local_subchannel_pool': 1 }) as StdClient;
+    this.ps = new Ctor(this.endpoint, grpc.credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 64 * 2 ** 20,
+      'grpc.use_local_subchannel_pool': 1,
+    }) as StdClient;
   }
 
   private disconnect(): void {
@@ -368,7 +371,13 @@ export class Harness {
   async densePush(): Promise<void> {
     const r = new R(mix(this.opts.seed, 0xde, this.dense.j));
     const g = Float32Array.from({ length: CONTROL_DENSE_LEN }, () => r.float() * 2 - 1);
-    const res = await this.call('PushDense', { name: CONTROL_DENSE, grads: Buffer.from(g.buffer), worker_id: HARNESS_WORKER, seq: ++this.hseq, incarnation: this.incarnation });
+    const res = await this.call('PushDense', {
+      name: CONTROL_DENSE,
+      grads: Buffer.from(g.buffer),
+      worker_id: HARNESS_WORKER,
+      seq: ++this.hseq,
+      incarnation: this.incarnation,
+    });
     if (res.duplicate) throw new Error(`the harness's dense push ${this.hseq} was answered duplicate`);
     this.dense.step = denseOptimizer.apply(CONTROL_DENSE_OPT, this.dense.row, this.dense.step, g);
     this.dense.j++;
@@ -442,7 +451,11 @@ export class Harness {
     }
     for (const name of [CONTROL_DENSE, ...SCRATCH_DENSE.map((d) => d.name)]) {
       const got = await this.call('PullDense', { names: [name] }).then(
-        (res) => createHash('sha256').update((res.tensors[0]?.values as Buffer) ?? Buffer.alloc(0)).digest('hex').slice(0, 16),
+        (res) =>
+          createHash('sha256')
+            .update((res.tensors[0]?.values as Buffer) ?? Buffer.alloc(0))
+            .digest('hex')
+            .slice(0, 16),
         () => 'absent',
       );
       out.set(`dense ${name}`, got);
@@ -453,7 +466,8 @@ export class Harness {
   private compareSnapshots(what: string, want: Map<string, string> | undefined, got: Map<string, string>): void {
     if (!want) return;
     const diffs: string[] = [];
-    for (const k of new Set([...want.keys(), ...got.keys()])) if (want.get(k) !== got.get(k)) diffs.push(`${k}: ${want.get(k) ?? 'absent'} -> ${got.get(k) ?? 'absent'}`);
+    for (const k of new Set([...want.keys(), ...got.keys()]))
+      if (want.get(k) !== got.get(k)) diffs.push(`${k}: ${want.get(k) ?? 'absent'} -> ${got.get(k) ?? 'absent'}`);
     if (diffs.length) this.find(what, `${diffs.length} differ: ${diffs.slice(0, 4).join('; ')}`.slice(0, 1500));
   }
 
@@ -495,7 +509,10 @@ export class Harness {
     if (st.ballot < this.ballotMin) fail('ballot went down', `${st.ballot} < ${this.ballotMin}`);
     if (st.last_checkpoint_id < this.lastIdMin) fail('last checkpoint id went down', `${st.last_checkpoint_id} < ${this.lastIdMin}`);
     if (Math.max(st.committed_id, st.last_checkpoint_id) >= MAX_ID - HEADROOM)
-      fail('checkpoint ids (nearly) exhausted', `last_checkpoint_id ${st.last_checkpoint_id}: fewer than 2^32 ids are left below 2^52 for the checkpoints to come`);
+      fail(
+        'checkpoint ids (nearly) exhausted',
+        `last_checkpoint_id ${st.last_checkpoint_id}: fewer than 2^32 ids are left below 2^52 for the checkpoints to come`,
+      );
     const ct = st.tables.find((t) => t.spec.name === CONTROL);
     eq('control table spec', JSON.stringify(ct?.spec), this.controlSpec);
     eq('control table row count', ct?.rows, CONTROL_KEYS.length);
@@ -511,7 +528,8 @@ export class Harness {
       if (!Buffer.from(led).equals(want.ledger)) fail('ledger rows differ from the acknowledged pushes', firstDiff(led, want.ledger, LEDGER_SPEC.dim));
       const pd = (await this.call('PullDense', { names: [CONTROL_DENSE] })).tensors as { name: string; values: Buffer }[];
       const wantDense = Buffer.from(want.dense.buffer, want.dense.byteOffset, CONTROL_DENSE_LEN * 4);
-      if (pd.length !== 1 || !Buffer.from(pd[0].values).equals(wantDense)) fail('control dense tensor changed', firstDiff(pd[0]?.values ?? Buffer.alloc(0), wantDense, 1));
+      if (pd.length !== 1 || !Buffer.from(pd[0].values).equals(wantDense))
+        fail('control dense tensor changed', firstDiff(pd[0]?.values ?? Buffer.alloc(0), wantDense, 1));
       const rc = await this.call('ReadCheckpoint', {});
       eq('ReadCheckpoint id', rc.checkpoint_id, this.ck.id);
       if (!Buffer.from(rc.meta).equals(this.ck.meta)) fail('checkpoint meta changed', `got ${Buffer.from(rc.meta).toString('hex').slice(0, 80)}`);
@@ -527,7 +545,8 @@ export class Harness {
         fail('a new coordinator cannot take over (ballot fence exhausted)', `${(e as Error).message} (shard ballot ${st.ballot})`);
       }
       const st2 = await this.status().catch(() => st);
-      if (st2.ballot >= MAX_ID - HEADROOM) fail('ballot fence (nearly) exhausted', `shard ballot ${st2.ballot}: fewer than 2^32 ballots are left below 2^52 for the coordinators to come`);
+      if (st2.ballot >= MAX_ID - HEADROOM)
+        fail('ballot fence (nearly) exhausted', `shard ballot ${st2.ballot}: fewer than 2^32 ballots are left below 2^52 for the coordinators to come`);
       this.ballotMin = Math.max(this.ballotMin, st2.ballot);
       this.lastIdMin = Math.max(this.lastIdMin, st2.last_checkpoint_id);
     }
@@ -543,9 +562,21 @@ export class Harness {
       const body = bodyOf(q, this.incarnation);
       const o = await this.wire.call(p.rpc, body);
       if (o.code === grpc.status.OK && !o.res?.duplicate)
-        out.push(this.find('an acknowledged push was applied again (exactly-once record lost)', `retry of ${p.key} answered duplicate=false`, { rpc: p.rpc, kind: q.kind, request: describe(q, body) }));
+        out.push(
+          this.find('an acknowledged push was applied again (exactly-once record lost)', `retry of ${p.key} answered duplicate=false`, {
+            rpc: p.rpc,
+            kind: q.kind,
+            request: describe(q, body),
+          }),
+        );
       else if (o.code !== grpc.status.OK && o.code !== grpc.status.FAILED_PRECONDITION)
-        out.push(this.find('a retry of an acknowledged push failed', `${grpc.status[o.code]}: ${o.details.slice(0, 200)}`, { rpc: p.rpc, kind: q.kind, request: describe(q, body) }));
+        out.push(
+          this.find('a retry of an acknowledged push failed', `${grpc.status[o.code]}: ${o.details.slice(0, 200)}`, {
+            rpc: p.rpc,
+            kind: q.kind,
+            request: describe(q, body),
+          }),
+        );
     }
     return out;
   }
@@ -620,7 +651,8 @@ export class Harness {
     try {
       const b = await this.takeBallot();
       const res = await this.call('Restore', { ballot: b, checkpoint_id: this.ck.id });
-      if (res.checkpoint_id !== this.ck.id || !Buffer.from(res.meta).equals(this.ck.meta)) this.find('Restore answered another checkpoint', `id ${res.checkpoint_id}`);
+      if (res.checkpoint_id !== this.ck.id || !Buffer.from(res.meta).equals(this.ck.meta))
+        this.find('Restore answered another checkpoint', `id ${res.checkpoint_id}`);
     } catch (e) {
       this.find('Restore after kill -9 failed', (e as Error).message);
       return false;
@@ -644,7 +676,8 @@ export class Harness {
 function firstDiff(got: Buffer, want: Buffer, dim: number): string {
   if (got.length !== want.length) return `${got.length} bytes, expected ${want.length}`;
   for (let i = 0; i < got.length; i += 4)
-    if (got.readUInt32LE(i) !== want.readUInt32LE(i)) return `first difference at row ${Math.floor(i / 4 / dim)} element ${(i / 4) % dim}: got ${got.readFloatLE(i)}, expected ${want.readFloatLE(i)}`;
+    if (got.readUInt32LE(i) !== want.readUInt32LE(i))
+      return `first difference at row ${Math.floor(i / 4 / dim)} element ${(i / 4) % dim}: got ${got.readFloatLE(i)}, expected ${want.readFloatLE(i)}`;
   return 'equal';
 }
 
@@ -689,7 +722,8 @@ function judge(h: Harness, s: Sent): void {
           : 'not a classified refusal';
     h.find(`status ${name}: ${why}`, `details: ${o.details.slice(0, 300)}`, at);
   }
-  if (Buffer.byteLength(o.details) > DETAILS_LIMIT) h.find(`error details over ${DETAILS_LIMIT} bytes`, `${Buffer.byteLength(o.details)} bytes: ${o.details.slice(0, 120)}…`, at);
+  if (Buffer.byteLength(o.details) > DETAILS_LIMIT)
+    h.find(`error details over ${DETAILS_LIMIT} bytes`, `${Buffer.byteLength(o.details)} bytes: ${o.details.slice(0, 120)}…`, at);
   if (o.badResponse) h.find('the response does not decode', o.badResponse, at);
   if (o.code === grpc.status.OK && a.refused) h.find('a request that must be refused was accepted', `it must be refused: ${a.refused}`, at);
   if (o.code === grpc.status.OK && a.refusedUnlessDuplicate && o.res?.duplicate === false)
@@ -762,12 +796,24 @@ export async function sendBatch(h: Harness, reqs: FuzzRequest[], stats: Stats, c
       const moved = ['ballot', 'last_checkpoint_id', 'committed_id', 'prepared_id'].filter((k) => (after as any)[k] !== (st as any)[k]);
       const at = { rpc: s.q.rpc, kind: s.q.kind, request: describe(s.q, s.body) };
       if (s.o!.code !== grpc.status.OK && moved.length)
-        h.find(`a refused ${s.q.rpc} changed the protocol state`, `${grpc.status[s.o!.code]} (${s.o!.details.slice(0, 120)}) but ${moved.map((k) => `${k} ${(st as any)[k]} -> ${(after as any)[k]}`).join(', ')}`, at);
+        h.find(
+          `a refused ${s.q.rpc} changed the protocol state`,
+          `${grpc.status[s.o!.code]} (${s.o!.details.slice(0, 120)}) but ${moved.map((k) => `${k} ${(st as any)[k]} -> ${(after as any)[k]}`).join(', ')}`,
+          at,
+        );
       if (after.committed_id !== st.committed_id) h.find("a fuzzer's call changed the committed checkpoint", `${st.committed_id} -> ${after.committed_id}`, at);
       if (after.ballot >= MAX_ID - HEADROOM && st.ballot < MAX_ID - HEADROOM)
-        h.find('this call used up the ballot fence', `ballot ${st.ballot} -> ${after.ballot}: fewer than 2^32 ballots are left below 2^52 for the coordinators to come`, at);
+        h.find(
+          'this call used up the ballot fence',
+          `ballot ${st.ballot} -> ${after.ballot}: fewer than 2^32 ballots are left below 2^52 for the coordinators to come`,
+          at,
+        );
       if (after.last_checkpoint_id >= MAX_ID - HEADROOM && st.last_checkpoint_id < MAX_ID - HEADROOM)
-        h.find('this call used up the checkpoint ids', `last_checkpoint_id ${st.last_checkpoint_id} -> ${after.last_checkpoint_id}: fewer than 2^32 ids are left below 2^52`, at);
+        h.find(
+          'this call used up the checkpoint ids',
+          `last_checkpoint_id ${st.last_checkpoint_id} -> ${after.last_checkpoint_id}: fewer than 2^32 ids are left below 2^52`,
+          at,
+        );
       if (after.prepared_id !== 0 && !s.a.prepareId && !s.q.onlyIfPrepared && st.prepared_id === 0)
         h.find('a checkpoint got prepared by a call that should not prepare one', `prepared_id ${after.prepared_id}`, at);
       // Resolve a prepared checkpoint of the fuzzer's once its hostile followers ran.
@@ -826,8 +872,10 @@ function resolveOnce(h: Harness, sent: Sent[]): void {
     const dups = ss.filter((s) => s.o!.res?.duplicate === true);
     const was = h.applied.has(k);
     const at = (s: Sent) => ({ rpc: s.q.rpc, kind: s.q.kind, request: describe(s.q, s.body) });
-    if (was && applied.length) h.find('a push was applied twice (exactly once broken)', `(worker hex, seq) ${k} was applied before and again now`, at(applied[0]));
-    else if (applied.length > 1) h.find('a push was applied twice (exactly once broken)', `(worker hex, seq) ${k} applied by ${applied.length} requests of one batch`, at(applied[1]));
+    if (was && applied.length)
+      h.find('a push was applied twice (exactly once broken)', `(worker hex, seq) ${k} was applied before and again now`, at(applied[0]));
+    else if (applied.length > 1)
+      h.find('a push was applied twice (exactly once broken)', `(worker hex, seq) ${k} applied by ${applied.length} requests of one batch`, at(applied[1]));
     else if (!was && !applied.length && dups.length)
       h.find('a push was answered duplicate but never applied (update lost)', `(worker hex, seq) ${k} was never applied, yet answered duplicate`, at(dups[0]));
     if (!was && applied.length) {
@@ -879,7 +927,14 @@ export interface FuzzSummary {
 }
 
 export function replayCommand(o: { seed: number; batch: number; restartEvery: number; concurrency: number; skipKnown?: boolean }, batchNo: number): string {
-  const extra = [o.skipKnown ? '--skip-known' : '', o.batch !== 40 ? `--batch ${o.batch}` : '', o.restartEvery !== 10 ? `--restart-every ${o.restartEvery}` : '', o.concurrency !== 4 ? `--concurrency ${o.concurrency}` : ''].filter(Boolean).join(' ');
+  const extra = [
+    o.skipKnown ? '--skip-known' : '',
+    o.batch !== 40 ? `--batch ${o.batch}` : '',
+    o.restartEvery !== 10 ? `--restart-every ${o.restartEvery}` : '',
+    o.concurrency !== 4 ? `--concurrency ${o.concurrency}` : '',
+  ]
+    .filter(Boolean)
+    .join(' ');
   return `node dist/test/fuzz.soak.js --seed ${o.seed} --requests ${(batchNo + 1) * o.batch}${extra ? ' ' + extra : ''}`;
 }
 
@@ -952,7 +1007,19 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
     restarts.kill += h.restarts.kill;
     await h.close();
   }
-  return { seed: o.seed, requests: stats.requests, batches: batchNo, restarts, resets, redrawn: gen.redrawn, stats, findings, knownFindings: known, digest: gen.digest.digest('hex').slice(0, 16), seconds: (Date.now() - t0) / 1000 };
+  return {
+    seed: o.seed,
+    requests: stats.requests,
+    batches: batchNo,
+    restarts,
+    resets,
+    redrawn: gen.redrawn,
+    stats,
+    findings,
+    knownFindings: known,
+    digest: gen.digest.digest('hex').slice(0, 16),
+    seconds: (Date.now() - t0) / 1000,
+  };
 }
 
 /**

@@ -66,7 +66,10 @@ function parseArgs(argv: string[]): Args {
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
-  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const)
+  for (const [sig, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const)
     process.on(sig, () => {
       void closeAllHarnesses().finally(() => process.exit(code)); // no pserver or pool left behind
     });
@@ -96,7 +99,16 @@ async function main(): Promise<number> {
     };
     for (const seed of seeds()) {
       log(`fuzz: seed ${seed}`);
-      const s = await runFuzz({ seed, requests: args.requests, batch: args.batch, restartEvery: args.restartEvery, concurrency: args.concurrency, skipKnown: args.skipKnown, log: args.quiet ? undefined : log, onFinding });
+      const s = await runFuzz({
+        seed,
+        requests: args.requests,
+        batch: args.batch,
+        restartEvery: args.restartEvery,
+        concurrency: args.concurrency,
+        skipKnown: args.skipKnown,
+        log: args.quiet ? undefined : log,
+        onFinding,
+      });
       runs.push(s);
       log(
         `fuzz: seed ${seed}: ${s.requests} requests in ${s.batches} batches (request digest ${s.digest}), ${s.seconds.toFixed(0)} s; restarts ${s.restarts.term} clean + ${s.restarts.kill} kill -9; ${s.resets} fresh servers; ${s.findings.length} findings`,
@@ -114,15 +126,20 @@ async function main(): Promise<number> {
         `fuzz soak: seeds ${runs.map((s) => s.seed).join(',') || '-'}; ${total((s) => s.requests)} requests in ${total((s) => s.batches)} batches, ${((Date.now() - t0) / 1000).toFixed(0)} s`,
         `restarts: ${total((s) => s.restarts.term)} clean (SIGTERM), ${total((s) => s.restarts.kill)} kill -9; fresh servers after a broken invariant: ${total((s) => s.resets)}; requests drawn again as unsafe: ${total((s) => s.redrawn)}`,
         ...(args.skipKnown ? [`known defects skipped: their triggers not drawn, ${total((s) => s.knownFindings)} findings of theirs counted only`] : []),
-        `requests by RPC: ${Object.entries(rpcs).map(([k, n]) => `${k} ${n}`).join(', ')}`,
-        `answers by code: ${Object.entries(codes).map(([k, n]) => `${k} ${n}`).join(', ')}`,
+        `requests by RPC: ${Object.entries(rpcs)
+          .map(([k, n]) => `${k} ${n}`)
+          .join(', ')}`,
+        `answers by code: ${Object.entries(codes)
+          .map(([k, n]) => `${k} ${n}`)
+          .join(', ')}`,
       ].join('\n') + '\n',
     );
   }
   const bySig = new Map<string, Finding[]>();
   for (const f of all) bySig.set(signature(f), [...(bySig.get(signature(f)) ?? []), f]);
   const lines = [all.length ? `FINDINGS: ${all.length}, ${bySig.size} distinct:` : 'no findings'];
-  for (const [sig, fs] of [...bySig].sort((x, y) => y[1].length - x[1].length)) lines.push(`  ${String(fs.length).padStart(5)}  ${sig}  (first: seed ${fs[0].seed}, ${fs[0].where}; ${fs[0].replay})`);
+  for (const [sig, fs] of [...bySig].sort((x, y) => y[1].length - x[1].length))
+    lines.push(`  ${String(fs.length).padStart(5)}  ${sig}  (first: seed ${fs[0].seed}, ${fs[0].where}; ${fs[0].replay})`);
   process.stdout.write(lines.join('\n') + '\n');
   return all.length ? 1 : 0;
 }

@@ -35,7 +35,11 @@ describe('fuzz: seeded hostile requests of every RPC against a real pserver', ()
       );
       assert.deepEqual(s.findings.length, 0, report(s.findings));
       // The run did what it claims (seeded: the same every time).
-      assert.deepEqual(RPCS.filter((r) => !s.stats.byRpc[r]), [], 'every RPC was sent');
+      assert.deepEqual(
+        RPCS.filter((r) => !s.stats.byRpc[r]),
+        [],
+        'every RPC was sent',
+      );
       assert.ok(s.restarts.term >= 2 && s.restarts.kill >= 1, `restarts: ${JSON.stringify(s.restarts)}`);
     });
 });

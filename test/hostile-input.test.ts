@@ -28,7 +28,9 @@ function raw(endpoint: string): Raw {
 }
 
 function call<T = any>(c: Raw, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => c[method](req, { deadline: Date.now() + 30_000 }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res))));
+  return new Promise((resolve, reject) =>
+    c[method](req, { deadline: Date.now() + 30_000 }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res))),
+  );
 }
 
 /** The refusal of a call: its code, details and reason trailer. */
@@ -198,7 +200,14 @@ describe('hostile input through the wire', () => {
   test('defect 8: worker ids that are not UTF-8 are refused, so two of them never share a record', async () => {
     const st = await call(c, 'Status', {});
     const body = (id: Buffer) =>
-      Buffer.concat([lenField(1, Buffer.from('t')), lenField(2, keys(7)), lenField(3, floats(1, 1)), lenField(4, id), intField(5, 1), intField(6, st.incarnation)]);
+      Buffer.concat([
+        lenField(1, Buffer.from('t')),
+        lenField(2, keys(7)),
+        lenField(3, floats(1, 1)),
+        lenField(4, id),
+        intField(5, 1),
+        intField(6, st.incarnation),
+      ]);
     for (const id of [Buffer.from([0x72, 0x74, 0x2d, 0xff]), Buffer.from([0x72, 0x74, 0x2d, 0xfe])]) {
       const r = await refusal(rawPush(c, body(id)));
       assert.equal(r.code, grpc.status.INVALID_ARGUMENT);
@@ -255,10 +264,15 @@ describe('hostile input through the wire', () => {
     ];
     for (const spec of bad) assert.equal((await refusal(call(c, 'CreateTable', { spec }))).code, grpc.status.INVALID_ARGUMENT, JSON.stringify(spec));
     assert.equal((await refusal(call(c, 'UpdateTable', { name: 't', params: { lr: 1e39 } }))).code, grpc.status.INVALID_ARGUMENT);
-    assert.equal((await refusal(call(c, 'SetDense', { tensor: { name: 'd', values: floats(1) }, optimizer: { type: 'sgd', params: { lr: 1e39 } } }))).code, grpc.status.INVALID_ARGUMENT);
+    assert.equal(
+      (await refusal(call(c, 'SetDense', { tensor: { name: 'd', values: floats(1) }, optimizer: { type: 'sgd', params: { lr: 1e39 } } }))).code,
+      grpc.status.INVALID_ARGUMENT,
+    );
 
     // Gradients finite one by one whose sum is not: refused, nothing changed.
-    await call(c, 'CreateTable', { spec: { name: 'big', dim: 2, optimizer: { type: 'sgd', params: { lr: 1e30 } }, initializer: { type: 'constant', value: 1 } } });
+    await call(c, 'CreateTable', {
+      spec: { name: 'big', dim: 2, optimizer: { type: 'sgd', params: { lr: 1e30 } }, initializer: { type: 'constant', value: 1 } },
+    });
     const k4 = keys(3, 3, 3, 3);
     const before = (await call(c, 'Pull', { table: 'big', keys: keys(3, 4) })).values as Buffer;
     let e = await refusal(call(c, 'Push', { table: 'big', keys: k4, grads: floats(3e38, 3e38, 3e38, 3e38, 3e38, 3e38, 3e38, 3e38) }));
@@ -290,8 +304,13 @@ describe('hostile input through the wire', () => {
       for (const body of [Buffer.from([0xff]), Buffer.from([0x0f]), Buffer.from([0x08, 0x80])]) {
         const r = await refusal(
           new Promise((resolve, reject) =>
-            c.makeUnaryRequest(`/pmemps.v1.ParameterServer/${m}`, (b: Buffer) => b, (b: Buffer) => b, body, { deadline: Date.now() + 30_000 }, (err: grpc.ServiceError | null, res?: Buffer) =>
-              err ? reject(err) : resolve(res),
+            c.makeUnaryRequest(
+              `/pmemps.v1.ParameterServer/${m}`,
+              (b: Buffer) => b,
+              (b: Buffer) => b,
+              body,
+              { deadline: Date.now() + 30_000 },
+              (err: grpc.ServiceError | null, res?: Buffer) => (err ? reject(err) : resolve(res)),
             ),
           ),
         );
@@ -312,7 +331,14 @@ describe('hostile input through the wire', () => {
     for (let i = 0; i < n; i += 256)
       await Promise.all(
         Array.from({ length: Math.min(256, n - i) }, (_, j) =>
-          call(c, 'Push', { table: 't', keys: Buffer.alloc(0), grads: Buffer.alloc(0), worker_id: `flood-${i + j}`, seq: seq + 1, incarnation: st.incarnation }),
+          call(c, 'Push', {
+            table: 't',
+            keys: Buffer.alloc(0),
+            grads: Buffer.alloc(0),
+            worker_id: `flood-${i + j}`,
+            seq: seq + 1,
+            incarnation: st.incarnation,
+          }),
         ),
       );
     const r = await refusal(call(c, 'Push', victim));

@@ -220,8 +220,14 @@ describe('a worker killed while it identifies a new cluster', () => {
     {
       fp: 'identity.after_first_seal',
       left: (ids) => {
-        assert.ok(ids.every((x) => x), 'every shard has the identity');
-        assert.ok(ids.some((x) => x!.sealed), 'a shard is sealed');
+        assert.ok(
+          ids.every((x) => x),
+          'every shard has the identity',
+        );
+        assert.ok(
+          ids.some((x) => x!.sealed),
+          'a shard is sealed',
+        );
       },
     },
   ];

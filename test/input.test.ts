@@ -59,19 +59,16 @@ describe('bad input', () => {
     assert.throws(() => e.createTable({ ...spec, name: 'x', dim: 4097 }), code('INVALID_ARGUMENT'));
     assert.throws(() => e.createTable({ ...spec, name: 'bad name!' }), code('INVALID_ARGUMENT'));
     assert.throws(() => e.createTable({ ...spec, name: 'x', optimizer: { type: 'sgd', lr: 0 } }), code('INVALID_ARGUMENT'));
-    assert.throws(
-      () => e.createTable({ ...spec, name: 'x', optimizer: { type: 'sgd', lr: 0.1, mom: 0.9 } as never }),
-      /no hyperparameter "mom"/,
-    );
+    assert.throws(() => e.createTable({ ...spec, name: 'x', optimizer: { type: 'sgd', lr: 0.1, mom: 0.9 } as never }), /no hyperparameter "mom"/);
     assert.throws(() => e.createTable({ ...spec, name: 'x', optimizer: { type: 'lion', lr: 1 } as never }), code('INVALID_ARGUMENT'));
     assert.throws(() => e.createTable({ ...spec, name: 'x', initializer: { type: 'uniform', min: 1, max: 0 } }), code('INVALID_ARGUMENT'));
-    assert.throws(
-      () => e.createTable({ ...spec, name: 'big', dim: 4096, optimizer: { type: 'adam', lr: 0.1 } }),
-      /cache budget is too small/,
-    );
+    assert.throws(() => e.createTable({ ...spec, name: 'big', dim: 4096, optimizer: { type: 'adam', lr: 0.1 } }), /cache budget is too small/);
     await assert.rejects(e.prepare(0), code('INVALID_ARGUMENT'));
     await assert.rejects(e.commit(3), code('FAILED_PRECONDITION'));
-    assert.deepEqual(e.listTables().map((t) => t.name), ['emb']);
+    assert.deepEqual(
+      e.listTables().map((t) => t.name),
+      ['emb'],
+    );
     await e.close();
     await assert.rejects(e.pull('emb', k), code('FAILED_PRECONDITION'));
   });

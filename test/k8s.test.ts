@@ -98,7 +98,17 @@ const pserverHelp = ((): string => execFileSync(process.execPath, [path.join(ROO
 /** MiB in a Kubernetes quantity (binary or decimal suffix). */
 function mib(q: string): number {
   const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(String(q)) ?? assert.fail(`not a quantity: ${q}`);
-  const f: Record<string, number> = { '': 2 ** -20, Ki: 2 ** -10, Mi: 1, Gi: 2 ** 10, Ti: 2 ** 20, k: 1e3 / 2 ** 20, M: 1e6 / 2 ** 20, G: 1e9 / 2 ** 20, T: 1e12 / 2 ** 20 };
+  const f: Record<string, number> = {
+    '': 2 ** -20,
+    Ki: 2 ** -10,
+    Mi: 1,
+    Gi: 2 ** 10,
+    Ti: 2 ** 20,
+    k: 1e3 / 2 ** 20,
+    M: 1e6 / 2 ** 20,
+    G: 1e9 / 2 ** 20,
+    T: 1e12 / 2 ** 20,
+  };
   return Number(m[1]) * f[m[2] ?? ''];
 }
 
@@ -122,7 +132,11 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
   const sub = (sel: Obj | undefined, labels: Obj): boolean => !!sel && Object.keys(sel).length > 0 && Object.entries(sel).every(([k, v]) => labels[k] === v);
   bad(sts.spec.serviceName === svc.metadata.name, `serviceName ${sts.spec.serviceName} is not the Service ${svc.metadata.name}`);
   bad(svc.spec.clusterIP === 'None', 'the Service is not headless');
-  for (const [what, sel] of [['StatefulSet', sts.spec.selector?.matchLabels], ['Service', svc.spec.selector], ['PodDisruptionBudget', pdb.spec.selector?.matchLabels]] as const)
+  for (const [what, sel] of [
+    ['StatefulSet', sts.spec.selector?.matchLabels],
+    ['Service', svc.spec.selector],
+    ['PodDisruptionBudget', pdb.spec.selector?.matchLabels],
+  ] as const)
     bad(sub(sel, pod.metadata.labels ?? {}), `the ${what} selector does not select the pods`);
 
   bad(spec.containers.length === 1, 'one container per pod');
@@ -142,7 +156,10 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
   }
   for (const a of args.filter((a) => a.startsWith('--'))) {
     const name = a.slice(2).split('=')[0];
-    bad(OPTIONS.some((o) => o.name === name), `${a} is not an option of server/config.ts`);
+    bad(
+      OPTIONS.some((o) => o.name === name),
+      `${a} is not an option of server/config.ts`,
+    );
     used.add(name);
   }
   for (const o of used) bad(new RegExp(`--${o}\\b`).test(pserverHelp), `--${o} is not in pserver --help`);
@@ -161,9 +178,17 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
     files.push(...(src.secret.items ? src.secret.items.map((i: Obj) => i.path) : TLS_SECRET_KEYS));
   }
   bad(((sv?.projected?.defaultMode ?? 0o644) & 0o040) !== 0, 'secret files not readable by the group (fsGroup)');
-  for (const n of secretNames) bad(new RegExp(`kubectl create secret \\S+ ${n.replace(/[.-]/g, '\\$&')}\\b`).test(readme), `secret ${n}: deploy/k8s/README.md does not say how to create it`);
+  for (const n of secretNames)
+    bad(
+      new RegExp(`kubectl create secret \\S+ ${n.replace(/[.-]/g, '\\$&')}\\b`).test(readme),
+      `secret ${n}: deploy/k8s/README.md does not say how to create it`,
+    );
   const mapped = entrypointEnv(files);
-  for (const f of files) bad(Object.values(mapped).some((p) => path.basename(p) === f), `the entrypoint does not use the secret file ${f}`);
+  for (const f of files)
+    bad(
+      Object.values(mapped).some((p) => path.basename(p) === f),
+      `the entrypoint does not use the secret file ${f}`,
+    );
   for (const k of Object.keys(mapped)) bad(byEnv.has(k), `the entrypoint sets ${k}, not an option of server/config.ts`);
 
   // The configuration the server will run with: the manifest's variables,
@@ -181,10 +206,16 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
   const grpcPort = splitHostPort(cfg.bind)?.port;
   const metricsPort = cfg.metricsBind ? splitHostPort(cfg.metricsBind)?.port : undefined;
   bad(ports.get('grpc') === grpcPort, `container port grpc ${ports.get('grpc')} is not --bind's ${grpcPort}`);
-  bad(metricsPort !== undefined && ports.get('metrics') === metricsPort, `container port metrics ${ports.get('metrics')} is not --metrics-bind's ${metricsPort}`);
+  bad(
+    metricsPort !== undefined && ports.get('metrics') === metricsPort,
+    `container port metrics ${ports.get('metrics')} is not --metrics-bind's ${metricsPort}`,
+  );
   for (const p of svc.spec.ports ?? []) {
     const target = typeof p.targetPort === 'string' ? ports.get(p.targetPort) : (p.targetPort ?? p.port);
-    bad(target !== undefined && target === p.port && [...ports.values()].includes(target), `Service port ${p.name} ${p.port} -> ${p.targetPort} is not a container port of the same number`);
+    bad(
+      target !== undefined && target === p.port && [...ports.values()].includes(target),
+      `Service port ${p.name} ${p.port} -> ${p.targetPort} is not a container port of the same number`,
+    );
   }
   const ann = pod.metadata.annotations ?? {};
   bad(ann['prometheus.io/scrape'] === 'true', 'no prometheus.io/scrape annotation');
@@ -193,12 +224,21 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
   const probeCmd = [image.entrypoint, ...image.healthCmd, `127.0.0.1:${grpcPort}`];
   for (const kind of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
     const cmd = c[kind]?.exec?.command;
-    bad(JSON.stringify(cmd) === JSON.stringify(probeCmd), `${kind} ${JSON.stringify(cmd)} is not the entrypoint with the image's HEALTHCHECK on the gRPC port (${JSON.stringify(probeCmd)})`);
+    bad(
+      JSON.stringify(cmd) === JSON.stringify(probeCmd),
+      `${kind} ${JSON.stringify(cmd)} is not the entrypoint with the image's HEALTHCHECK on the gRPC port (${JSON.stringify(probeCmd)})`,
+    );
   }
 
-  bad(spec.terminationGracePeriodSeconds >= cfg.drainSeconds + CLOSE_SECONDS, `terminationGracePeriodSeconds ${spec.terminationGracePeriodSeconds} leaves less than ${CLOSE_SECONDS} s after the ${cfg.drainSeconds} s drain for the clean close`);
+  bad(
+    spec.terminationGracePeriodSeconds >= cfg.drainSeconds + CLOSE_SECONDS,
+    `terminationGracePeriodSeconds ${spec.terminationGracePeriodSeconds} leaves less than ${CLOSE_SECONDS} s after the ${cfg.drainSeconds} s drain for the clean close`,
+  );
   const sc = spec.securityContext ?? {};
-  bad(sc.runAsUser === image.uid && sc.runAsGroup === image.gid && sc.fsGroup === image.gid, `runAsUser/runAsGroup/fsGroup ${sc.runAsUser}/${sc.runAsGroup}/${sc.fsGroup} are not the image's ${image.uid}/${image.gid}`);
+  bad(
+    sc.runAsUser === image.uid && sc.runAsGroup === image.gid && sc.fsGroup === image.gid,
+    `runAsUser/runAsGroup/fsGroup ${sc.runAsUser}/${sc.runAsGroup}/${sc.fsGroup} are not the image's ${image.uid}/${image.gid}`,
+  );
 
   // The pool: mounted at --pmem, from exactly one source.
   const poolMount = (c.volumeMounts ?? []).find((m: Obj) => m.mountPath === cfg!.pmem);
@@ -207,7 +247,11 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
   const vol = byName.get(poolMount?.name);
   bad(!!claim !== !!vol, `the pool volume ${poolMount?.name} must be a claim template or a pod volume, not ${claim ? 'both' : 'neither'}`);
   let charged = 0;
-  if (claim) bad(mib(claim.spec.resources.requests.storage) >= VOLUME_OVER_POOL * cfg.poolSizeMb, `claim ${claim.spec.resources.requests.storage} is less than ${VOLUME_OVER_POOL} x --pool-size`);
+  if (claim)
+    bad(
+      mib(claim.spec.resources.requests.storage) >= VOLUME_OVER_POOL * cfg.poolSizeMb,
+      `claim ${claim.spec.resources.requests.storage} is less than ${VOLUME_OVER_POOL} x --pool-size`,
+    );
   if (vol?.emptyDir) {
     bad(vol.emptyDir.medium === 'Memory', 'an emptyDir pool on the node disk: use medium Memory (or a DAX mount)');
     const size = vol.emptyDir.sizeLimit ? mib(vol.emptyDir.sizeLimit) : 0;
@@ -219,7 +263,10 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
   // Memory: the rule, with requests = limits.
   const want = cfg.cacheMb + cfg.limits.replyMb + cfg.limits.recvMb + OVERHEAD_MIB + charged;
   const lim = c.resources?.limits?.memory;
-  bad(lim !== undefined && mib(lim) === want, `memory limit ${lim} is not cache-mb + reply-mb + recv-mb + ${OVERHEAD_MIB}${charged ? ' + the tmpfs pool' : ''} = ${want}Mi`);
+  bad(
+    lim !== undefined && mib(lim) === want,
+    `memory limit ${lim} is not cache-mb + reply-mb + recv-mb + ${OVERHEAD_MIB}${charged ? ' + the tmpfs pool' : ''} = ${want}Mi`,
+  );
   bad(c.resources?.requests?.memory === lim, 'memory requests differ from limits (not Guaranteed)');
   return out;
 }
@@ -231,7 +278,8 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
 
   test(`kubectl is there (${KUBECTL})`, () => {
     const r = spawnSync(KUBECTL, ['version', '--client'], { encoding: 'utf8', timeout: 10_000 });
-    if (r.error || r.status !== 0) assert.fail(`cannot run ${KUBECTL}: ${r.error?.message ?? r.stderr}; run ./run.sh setup (installs Debian's kubernetes-client) or set PMEMPS_KUBECTL`);
+    if (r.error || r.status !== 0)
+      assert.fail(`cannot run ${KUBECTL}: ${r.error?.message ?? r.stderr}; run ./run.sh setup (installs Debian's kubernetes-client) or set PMEMPS_KUBECTL`);
     console.log(r.stdout.trim().split('\n').join('; '));
   });
 
@@ -264,9 +312,15 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
     assert.deepEqual(problems(docs, image, readme), [], 'the unchanged base passes');
     const broken = (what: string, change: (sts: Obj, svc: Obj) => void, expect: RegExp): void => {
       const copy = structuredClone(docs);
-      change(copy.find((d) => d.kind === 'StatefulSet')!, copy.find((d) => d.kind === 'Service')!);
+      change(
+        copy.find((d) => d.kind === 'StatefulSet')!,
+        copy.find((d) => d.kind === 'Service')!,
+      );
       const found = problems(copy, image, readme);
-      assert.ok(found.some((p) => expect.test(p)), `${what}: expected a problem matching ${expect}, got ${JSON.stringify(found)}`);
+      assert.ok(
+        found.some((p) => expect.test(p)),
+        `${what}: expected a problem matching ${expect}, got ${JSON.stringify(found)}`,
+      );
     };
     const c = (sts: Obj): Obj => sts.spec.template.spec.containers[0];
     const setEnv = (sts: Obj, name: string, value: string): void => void (c(sts).env.find((e: Obj) => e.name === name).value = value);
@@ -278,9 +332,21 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
     broken('flag name', (sts) => (c(sts).args = ['--cache-size', '1']), /--cache-size is not an option/);
     broken('option value', (sts) => setEnv(sts, 'PMEMPS_CACHE_MB', 'lots'), /would refuse.*--cache-mb must be a number/);
     broken('cache without memory', (sts) => setEnv(sts, 'PMEMPS_CACHE_MB', '8192'), /memory limit 5376Mi is not .* = 9472Mi/);
-    broken('secret mount', (sts) => (c(sts).volumeMounts.find((m: Obj) => m.name === 'secrets').mountPath = '/etc/pmemps'), /no projected secret volume mounted at the entrypoint's \/run\/secrets\/pmemps/);
-    broken('secret file', (sts) => (sts.spec.template.spec.volumes.find((v: Obj) => v.name === 'secrets').projected.sources[1].secret.items[0].path = 'token'), /does not use the secret file token/);
-    broken('secret name', (sts) => (sts.spec.template.spec.volumes.find((v: Obj) => v.name === 'secrets').projected.sources[0].secret.name = 'tls'), /secret tls: .*README/);
+    broken(
+      'secret mount',
+      (sts) => (c(sts).volumeMounts.find((m: Obj) => m.name === 'secrets').mountPath = '/etc/pmemps'),
+      /no projected secret volume mounted at the entrypoint's \/run\/secrets\/pmemps/,
+    );
+    broken(
+      'secret file',
+      (sts) => (sts.spec.template.spec.volumes.find((v: Obj) => v.name === 'secrets').projected.sources[1].secret.items[0].path = 'token'),
+      /does not use the secret file token/,
+    );
+    broken(
+      'secret name',
+      (sts) => (sts.spec.template.spec.volumes.find((v: Obj) => v.name === 'secrets').projected.sources[0].secret.name = 'tls'),
+      /secret tls: .*README/,
+    );
     broken('probe port', (sts) => (c(sts).readinessProbe.exec.command[3] = '127.0.0.1:7001'), /readinessProbe/);
     broken('service port', (_sts, svc) => (svc.spec.ports[0].port = 7001), /Service port grpc 7001/);
     broken('pool mount', (sts) => setEnv(sts, 'PMEMPS_PMEM', '/pool'), /nothing mounted at --pmem \/pool/);
@@ -321,7 +387,21 @@ describe('endpoints of a StatefulSet (worker/k8s.ts, examples/python_client.py)'
     const py = (o: Obj): ReturnType<typeof spawnSync> =>
       spawnSync(
         PYTHON,
-        [path.join(ROOT, 'examples', 'python_client.py'), '--print-endpoints', '--statefulset', o.name, '--service', o.service, '--namespace', o.namespace, '--replicas', String(o.replicas), '--port', String(o.port), ...(o.clusterDomain ? ['--cluster-domain', o.clusterDomain] : [])],
+        [
+          path.join(ROOT, 'examples', 'python_client.py'),
+          '--print-endpoints',
+          '--statefulset',
+          o.name,
+          '--service',
+          o.service,
+          '--namespace',
+          o.namespace,
+          '--replicas',
+          String(o.replicas),
+          '--port',
+          String(o.port),
+          ...(o.clusterDomain ? ['--cluster-domain', o.clusterDomain] : []),
+        ],
         { encoding: 'utf8', timeout: 10_000, env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' } },
       );
     for (const o of cases) {

@@ -31,7 +31,21 @@ interface Running {
 function startPserver(dir: string): Promise<Running> {
   const proc = spawn(
     process.execPath,
-    [PSERVER, '--bind', '127.0.0.1:0', '--metrics-bind', '127.0.0.1:0', '--pmem', dir, '--pool-size', '64M', '--cache-mb', String(CACHE_MB), '--log-level', 'info'],
+    [
+      PSERVER,
+      '--bind',
+      '127.0.0.1:0',
+      '--metrics-bind',
+      '127.0.0.1:0',
+      '--pmem',
+      dir,
+      '--pool-size',
+      '64M',
+      '--cache-mb',
+      String(CACHE_MB),
+      '--log-level',
+      'info',
+    ],
     { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_LOG_PRETTY: '0' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const exit = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
@@ -128,14 +142,19 @@ async function scrape(port: number): Promise<Samples> {
 }
 
 const v = (s: Samples, name: string, labels?: Record<string, string>): number => s.get(key(name, labels)) ?? 0;
-const calls = (s: Samples, method: string, code: string): number => v(s, 'pmemps_rpc_duration_seconds_count', { service: 'pmemps.v1.ParameterServer', method, code });
+const calls = (s: Samples, method: string, code: string): number =>
+  v(s, 'pmemps_rpc_duration_seconds_count', { service: 'pmemps.v1.ParameterServer', method, code });
 
 function keysFrom(from: number, n: number): BigUint64Array {
   return BigUint64Array.from({ length: n }, (_, i) => BigInt(from + i));
 }
 
 function unary<T>(client: grpc.Client, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => (client as unknown as Record<string, (req: unknown, cb: (err: Error | null, res: T) => void) => void>)[method](req, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
+  return new Promise((resolve, reject) =>
+    (client as unknown as Record<string, (req: unknown, cb: (err: Error | null, res: T) => void) => void>)[method](req, (err: Error | null, res: T) =>
+      err ? reject(err) : resolve(res),
+    ),
+  );
 }
 
 describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {
@@ -181,7 +200,9 @@ describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {
     await ps.pull('u', keysFrom(0, 13));
     // Refused: a missing table (NOT_FOUND) and gradients of the wrong size (INVALID_ARGUMENT).
     await assert.rejects(unary(raw, 'Pull', { table: 'nope', keys: Buffer.from(keysFrom(0, 5).buffer) }), { code: grpc.status.NOT_FOUND });
-    await assert.rejects(unary(raw, 'Push', { table: 't', keys: Buffer.from(keysFrom(0, 5).buffer), grads: Buffer.alloc(4) }), { code: grpc.status.INVALID_ARGUMENT });
+    await assert.rejects(unary(raw, 'Push', { table: 't', keys: Buffer.from(keysFrom(0, 5).buffer), grads: Buffer.alloc(4) }), {
+      code: grpc.status.INVALID_ARGUMENT,
+    });
     // The same push twice under one (worker, seq): applied once, then a duplicate.
     const dup = { table: 't', keys: Buffer.from(keysFrom(9000, 3).buffer), grads: Buffer.alloc(3 * 8 * 4), worker_id: 'metrics-test', seq: 1, incarnation: 0 };
     assert.equal((await unary<{ duplicate: boolean }>(raw, 'Push', dup)).duplicate, false);

@@ -73,7 +73,13 @@ function gradsOf(rand: () => number, n: number): Buffer {
   return Buffer.from(f.buffer);
 }
 
-const SMALL: TableSpec = { name: 'emb', dim: 4, optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.01 }, initializer: { type: 'uniform', min: -0.1, max: 0.1 }, seed: 5 };
+const SMALL: TableSpec = {
+  name: 'emb',
+  dim: 4,
+  optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.01 },
+  initializer: { type: 'uniform', min: -0.1, max: 0.1 },
+  seed: 5,
+};
 const BIG: TableSpec = { name: 'big', dim: 8, optimizer: { type: 'sgd', lr: 0.1 }, initializer: { type: 'zeros' }, seed: 6 };
 
 function specToWire(s: TableSpec): unknown {
@@ -125,7 +131,13 @@ class Harness {
     this.seqs.set(worker, seq);
     const req = { table, keys, grads, worker_id: worker, seq, incarnation: 0 };
     let res: { duplicate: boolean } | undefined;
-    if (!(await okOrFull(`Push to ${table} by ${worker}`, this.call('Push', req).then((r) => (res = r))))) return false;
+    if (
+      !(await okOrFull(
+        `Push to ${table} by ${worker}`,
+        this.call('Push', req).then((r) => (res = r)),
+      ))
+    )
+      return false;
     assert.equal(res!.duplicate, false);
     if (mirror) await this.ref.push(table, keys, grads);
     this.lastPush.set(worker, req);
@@ -232,7 +244,8 @@ class Harness {
   /** Every worker's last acknowledged push, sent again, is recognised as applied: the exactly-once record survived. */
   async expectRetriesDuplicate(): Promise<void> {
     assert.ok(this.lastPush.size > 0);
-    for (const [worker, req] of this.lastPush) assert.equal((await this.call('Push', req)).duplicate, true, `the retried last push of ${worker} was applied again`);
+    for (const [worker, req] of this.lastPush)
+      assert.equal((await this.call('Push', req)).duplicate, true, `the retried last push of ${worker} was applied again`);
   }
 
   close(): void {
@@ -273,108 +286,120 @@ describe('a full pool', () => {
     }
   });
 
-  test('every boundary: pushes, new keys, new workers, SetDense, CreateTable, PREPARE / COMMIT / ABORT, Restore, DropTable; SIGTERM exits 0 and the restart has every acknowledged push', { timeout: 120_000 }, async (t) => {
-    const c = await server('boundaries');
-    const h = new Harness(c);
-    const rand = prng(7);
-    const ADAM: OptimizerSpec = { type: 'adam', lr: 0.01 };
-    const EMB_KEYS = 512;
-    const grads = (n: number) => gradsOf(rand, n);
-    const denseGrads = (n: number) => new Float32Array(grads(n).buffer);
-    const fillers = ['f0', 'f1', 'f2', 'f3'].map((name, i): TableSpec => ({ ...BIG, name, dim: 2 + i, seed: 10 + i }));
-    try {
-      // Before the pool is full: every table, dense tensor and worker the
-      // checkpoints will hold, so that their records keep one size.
-      assert.ok(await h.createTable(SMALL, true));
-      for (const spec of [BIG, ...fillers]) assert.ok(await h.createTable(spec, false));
-      assert.ok(await h.setDense('mlp', Float32Array.from({ length: 16 }, (_, i) => i / 16), ADAM));
-      assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
-      assert.ok(await h.pushDense('mlp', denseGrads(16), 'w0'));
-      assert.ok(await h.push('big', keysOf(0, 1), grads(BIG.dim), 'filler', false));
-      await h.checkpoint(1);
-      await h.checkpoint(2);
-      const empty = await h.poolUsed();
+  test(
+    'every boundary: pushes, new keys, new workers, SetDense, CreateTable, PREPARE / COMMIT / ABORT, Restore, DropTable; SIGTERM exits 0 and the restart has every acknowledged push',
+    { timeout: 120_000 },
+    async (t) => {
+      const c = await server('boundaries');
+      const h = new Harness(c);
+      const rand = prng(7);
+      const ADAM: OptimizerSpec = { type: 'adam', lr: 0.01 };
+      const EMB_KEYS = 512;
+      const grads = (n: number) => gradsOf(rand, n);
+      const denseGrads = (n: number) => new Float32Array(grads(n).buffer);
+      const fillers = ['f0', 'f1', 'f2', 'f3'].map((name, i): TableSpec => ({ ...BIG, name, dim: 2 + i, seed: 10 + i }));
+      try {
+        // Before the pool is full: every table, dense tensor and worker the
+        // checkpoints will hold, so that their records keep one size.
+        assert.ok(await h.createTable(SMALL, true));
+        for (const spec of [BIG, ...fillers]) assert.ok(await h.createTable(spec, false));
+        assert.ok(
+          await h.setDense(
+            'mlp',
+            Float32Array.from({ length: 16 }, (_, i) => i / 16),
+            ADAM,
+          ),
+        );
+        assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
+        assert.ok(await h.pushDense('mlp', denseGrads(16), 'w0'));
+        assert.ok(await h.push('big', keysOf(0, 1), grads(BIG.dim), 'filler', false));
+        await h.checkpoint(1);
+        await h.checkpoint(2);
+        const empty = await h.poolUsed();
 
-      // Fill: pushes of new rows until refused, in every table (the fillers
-      // start with one-chunk slabs: they take what is left between larger ones).
-      let rows = await h.fill('big', BIG.dim, 1, 'filler', false);
-      for (const f of fillers) rows += await h.fill(f.name, f.dim, 0, 'filler', false);
-      t.diagnostic(`pool full after ${rows} rows: ${((await h.poolUsed()) / 2 ** 20).toFixed(1)} MiB used of ${POOL}`);
+        // Fill: pushes of new rows until refused, in every table (the fillers
+        // start with one-chunk slabs: they take what is left between larger ones).
+        let rows = await h.fill('big', BIG.dim, 1, 'filler', false);
+        for (const f of fillers) rows += await h.fill(f.name, f.dim, 0, 'filler', false);
+        t.diagnostic(`pool full after ${rows} rows: ${((await h.poolUsed()) / 2 ** 20).toFixed(1)} MiB used of ${POOL}`);
 
-      // Pushes to existing rows are acknowledged; new keys until refused.
-      for (let i = 0; i < 4; i++) assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true), 'a push to existing rows');
-      const emb = await h.fill('emb', SMALL.dim, EMB_KEYS, 'w0', true);
-      assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
-      const embKeys = keysOf(0, EMB_KEYS + emb + 8);
-      await h.expectSame(embKeys, 'full pool, after the refused pushes');
+        // Pushes to existing rows are acknowledged; new keys until refused.
+        for (let i = 0; i < 4; i++) assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true), 'a push to existing rows');
+        const emb = await h.fill('emb', SMALL.dim, EMB_KEYS, 'w0', true);
+        assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
+        const embKeys = keysOf(0, EMB_KEYS + emb + 8);
+        await h.expectSame(embKeys, 'full pool, after the refused pushes');
 
-      // Checkpoints on the full pool. One whose record cannot fit is refused,
-      // nothing is prepared, and the same id prepares next time.
-      const tooLarge = [{ name: 'w', values: Buffer.alloc(32 * 2 ** 20) }];
-      assert.equal(await h.prepare(3, tooLarge), false, 'PREPARE with a 32 MiB dense tensor on a full 64 MiB pool');
-      await h.checkpoint(3);
-      assert.ok(await h.pushDense('mlp', denseGrads(16), 'w0'));
-      assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
-      assert.ok(await h.prepare(4));
-      await h.resolve(4, 'ABORT');
-      await h.restore();
-      await h.expectSame(embKeys, 'after Restore on the full pool');
-      assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
+        // Checkpoints on the full pool. One whose record cannot fit is refused,
+        // nothing is prepared, and the same id prepares next time.
+        const tooLarge = [{ name: 'w', values: Buffer.alloc(32 * 2 ** 20) }];
+        assert.equal(await h.prepare(3, tooLarge), false, 'PREPARE with a 32 MiB dense tensor on a full 64 MiB pool');
+        await h.checkpoint(3);
+        assert.ok(await h.pushDense('mlp', denseGrads(16), 'w0'));
+        assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
+        assert.ok(await h.prepare(4));
+        await h.resolve(4, 'ABORT');
+        await h.restore();
+        await h.expectSame(embKeys, 'after Restore on the full pool');
+        assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
 
-      // DropTable and a checkpoint free the table's storage.
-      const full = await h.poolUsed();
-      await h.call('DropTable', { name: 'big' });
-      await h.checkpoint(5);
-      const after = await h.poolUsed();
-      t.diagnostic(`pool used: ${(empty / 2 ** 20).toFixed(1)} MiB before the fill, ${(full / 2 ** 20).toFixed(1)} full, ${(after / 2 ** 20).toFixed(1)} once big was dropped and checkpoint 5 committed`);
-      assert.ok(full - after > (full - empty) / 2, 'the commit did not free the dropped table');
+        // DropTable and a checkpoint free the table's storage.
+        const full = await h.poolUsed();
+        await h.call('DropTable', { name: 'big' });
+        await h.checkpoint(5);
+        const after = await h.poolUsed();
+        t.diagnostic(
+          `pool used: ${(empty / 2 ** 20).toFixed(1)} MiB before the fill, ${(full / 2 ** 20).toFixed(1)} full, ${(after / 2 ** 20).toFixed(1)} once big was dropped and checkpoint 5 committed`,
+        );
+        assert.ok(full - after > (full - empty) / 2, 'the commit did not free the dropped table');
 
-      // Full again: new tables, each filled, until CreateTable is refused
-      // (and changes nothing). Then new workers until one is refused: it
-      // changes nothing either.
-      let refills = 0;
-      while (await h.createTable({ ...BIG, name: `refill${refills}` }, false)) await h.fill(`refill${refills++}`, BIG.dim, 0, 'filler', false);
-      assert.ok(refills > 0);
-      const listed = (await h.call('ListTables', {})).tables.map((x: { spec: { name: string } }) => x.spec.name);
-      assert.ok(!listed.includes(`refill${refills}`), 'a refused CreateTable left its table behind');
-      let workers = 0;
-      while (workers < 8000 && (await h.push('emb', keysOf(workers % EMB_KEYS, 4), grads(4 * SMALL.dim), `new-${workers}`, true))) workers++;
-      assert.ok(workers < 8000, 'the pool never refused a new worker');
-      t.diagnostic(`${workers} new workers acknowledged on the full pool before one was refused`);
-      await h.expectSame(embKeys, 'after a new worker was refused');
+        // Full again: new tables, each filled, until CreateTable is refused
+        // (and changes nothing). Then new workers until one is refused: it
+        // changes nothing either.
+        let refills = 0;
+        while (await h.createTable({ ...BIG, name: `refill${refills}` }, false)) await h.fill(`refill${refills++}`, BIG.dim, 0, 'filler', false);
+        assert.ok(refills > 0);
+        const listed = (await h.call('ListTables', {})).tables.map((x: { spec: { name: string } }) => x.spec.name);
+        assert.ok(!listed.includes(`refill${refills}`), 'a refused CreateTable left its table behind');
+        let workers = 0;
+        while (workers < 8000 && (await h.push('emb', keysOf(workers % EMB_KEYS, 4), grads(4 * SMALL.dim), `new-${workers}`, true))) workers++;
+        assert.ok(workers < 8000, 'the pool never refused a new worker');
+        t.diagnostic(`${workers} new workers acknowledged on the full pool before one was refused`);
+        await h.expectSame(embKeys, 'after a new worker was refused');
 
-      // SetDense on the full pool: a tensor larger than the pool is refused and changes nothing.
-      assert.equal(await h.setDense('huge', new Float32Array(2_000_000), ADAM), false);
-      await assert.rejects(h.call('PullDense', { names: ['huge'] }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
-      assert.ok(await h.pushDense('mlp', denseGrads(16), 'w0'));
-      assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
+        // SetDense on the full pool: a tensor larger than the pool is refused and changes nothing.
+        assert.equal(await h.setDense('huge', new Float32Array(2_000_000), ADAM), false);
+        await assert.rejects(h.call('PullDense', { names: ['huge'] }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+        assert.ok(await h.pushDense('mlp', denseGrads(16), 'w0'));
+        assert.ok(await h.push('emb', keysOf(0, EMB_KEYS), grads(EMB_KEYS * SMALL.dim), 'w0', true));
 
-      // PREPARE may be refused now (its record grew with the new workers);
-      // if so, nothing is prepared and the next PREPARE is not refused for
-      // being stuck behind it.
-      let prepared = await h.prepare(6);
-      if (!prepared) {
-        t.diagnostic('PREPARE 6 was refused: the pool has no room for its larger record');
-        // Not stuck behind the refused one (h.prepare checked nothing is
-        // prepared): refused for room again, or prepared if the record
-        // shrank meanwhile (exactly-once entries behind the watermark age
-        // out with the clock, so on a slow machine it may).
-        prepared = await h.prepare(6);
+        // PREPARE may be refused now (its record grew with the new workers);
+        // if so, nothing is prepared and the next PREPARE is not refused for
+        // being stuck behind it.
+        let prepared = await h.prepare(6);
+        if (!prepared) {
+          t.diagnostic('PREPARE 6 was refused: the pool has no room for its larger record');
+          // Not stuck behind the refused one (h.prepare checked nothing is
+          // prepared): refused for room again, or prepared if the record
+          // shrank meanwhile (exactly-once entries behind the watermark age
+          // out with the clock, so on a slow machine it may).
+          prepared = await h.prepare(6);
+        }
+        if (prepared) await h.resolve(6, 'COMMIT');
+
+        await h.stopAndRestart();
+        await h.expectSame(embKeys, 'after SIGTERM and the restart');
+        await h.expectRetriesDuplicate();
+
+        // A table no checkpoint holds is freed by its drop at once: room for the checkpoint.
+        await h.call('DropTable', { name: 'refill0' });
+        await h.checkpoint(prepared ? 7 : 6);
+        await h.expectSame(embKeys, 'after the last checkpoint');
+      } finally {
+        h.close();
       }
-      if (prepared) await h.resolve(6, 'COMMIT');
-
-      await h.stopAndRestart();
-      await h.expectSame(embKeys, 'after SIGTERM and the restart');
-      await h.expectRetriesDuplicate();
-
-      // A table no checkpoint holds is freed by its drop at once: room for the checkpoint.
-      await h.call('DropTable', { name: 'refill0' });
-      await h.checkpoint(prepared ? 7 : 6);
-      await h.expectSame(embKeys, 'after the last checkpoint');
-    } finally {
-      h.close();
-    }
-  });
+    },
+  );
 
   // The storage of a dropped table is freed after the commit that makes the
   // drop final (or at once for a table no checkpoint holds), a bounded
@@ -414,7 +439,10 @@ describe('a full pool', () => {
       const e = Engine.open({ dir, poolMb: 64, cacheMb: 16 });
       try {
         // Dropped, or (killed inside the drop) created after the last checkpoint and so gone with the crash.
-        assert.deepEqual(e.listTables().map((t) => t.name), ['keep']);
+        assert.deepEqual(
+          e.listTables().map((t) => t.name),
+          ['keep'],
+        );
         const st = e.stats();
         assert.equal(st.garbageTables, 0, 'open left storage unfreed');
         // What stays beyond the state before the table: checkpoint records and the like, not the table's ~20 MiB.

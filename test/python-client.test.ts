@@ -75,7 +75,15 @@ describe('a Python grpcio client, from the proto alone', () => {
       assert.fail(`${PYTHON} with the grpc and grpc_tools modules is required (${probe.stderr.trim().split('\n').at(-1) || `exit ${probe.code}`}); ${INSTALL}`);
     console.log(`python grpcio ${probe.stdout.trim()} (${PYTHON})`);
     const dir = dirs('pystubs');
-    const gen = await run(PYTHON, ['-m', 'grpc_tools.protoc', '-I', path.join(ROOT, 'proto'), `--python_out=${dir}`, `--grpc_python_out=${dir}`, path.join(ROOT, 'proto', 'pmemps.proto')]);
+    const gen = await run(PYTHON, [
+      '-m',
+      'grpc_tools.protoc',
+      '-I',
+      path.join(ROOT, 'proto'),
+      `--python_out=${dir}`,
+      `--grpc_python_out=${dir}`,
+      path.join(ROOT, 'proto', 'pmemps.proto'),
+    ]);
     assert.equal(gen.code, 0, `protoc failed:\n${gen.stdout}\n${gen.stderr}`);
     assert.ok(fs.existsSync(path.join(dir, 'pmemps_pb2.py')) && fs.existsSync(path.join(dir, 'pmemps_pb2_grpc.py')), 'stubs generated');
     stubs = dir;
@@ -95,7 +103,11 @@ describe('a Python grpcio client, from the proto alone', () => {
 
       const keys = BigUint64Array.from(summary.keys.map((k) => BigInt(k)));
       // The Python splitmix64 sends each key where the SDK does.
-      assert.deepEqual(summary.shards, [...keys].map((k) => shardOfKey(k, 2)), 'shard of every key, Python vs worker/shard.ts');
+      assert.deepEqual(
+        summary.shards,
+        [...keys].map((k) => shardOfKey(k, 2)),
+        'shard of every key, Python vs worker/shard.ts',
+      );
 
       // The Python client gave the new cluster its identity; the SDK accepts it.
       const ps = await PsClient.connect({ endpoints: c.endpoints });
@@ -117,7 +129,10 @@ describe('a Python grpcio client, from the proto alone', () => {
         // Cross-client agreement, bit for bit: the rows Python pushed and read back.
         const want = Float32Array.from(summary.rows.flat());
         assert.equal(want.length, keys.length * summary.dim);
-        assert.ok(summary.rows.flat().every((v) => Math.fround(v) === v), 'Python printed float32 values');
+        assert.ok(
+          summary.rows.flat().every((v) => Math.fround(v) === v),
+          'Python printed float32 values',
+        );
         assert.deepEqual(await ps.pull(summary.table, keys), want, 'SDK pull = rows pushed from Python');
         // Both shards hold rows of the table (keys are random; 6 keys land on one shard with p = 1/32).
         const onShard = [0, 1].map((s) => summary.shards.filter((x) => x === s).length);
@@ -180,8 +195,16 @@ describe('a Python grpcio client, from the proto alone', () => {
       cacheMb: 16,
       poolSize: '64M',
       logLevel: 'warn',
-      env: { PMEMPS_TLS_CERT: certs.serverCert, PMEMPS_TLS_KEY: certs.serverKey, PMEMPS_TLS_CLIENT_CA: certs.caFile, PMEMPS_AUTH_TOKENS: path.join(dir, 'tokens') },
-      probe: { credentials: grpc.credentials.createSsl(certs.pem(certs.caFile), certs.pem(certs.clientKey), certs.pem(certs.clientCert)), token: 'py-trainer-token-3e1f0a9c' },
+      env: {
+        PMEMPS_TLS_CERT: certs.serverCert,
+        PMEMPS_TLS_KEY: certs.serverKey,
+        PMEMPS_TLS_CLIENT_CA: certs.caFile,
+        PMEMPS_AUTH_TOKENS: path.join(dir, 'tokens'),
+      },
+      probe: {
+        credentials: grpc.credentials.createSsl(certs.pem(certs.caFile), certs.pem(certs.clientKey), certs.pem(certs.clientCert)),
+        token: 'py-trainer-token-3e1f0a9c',
+      },
     });
     clusters.push(c);
     try {

@@ -107,7 +107,13 @@ describe('restart', () => {
 
     const e2 = open(dir);
     assert.deepEqual(
-      { created: e2.openInfo.created, cleanClose: e2.openInfo.cleanClose, committed: e2.openInfo.committed, prepared: e2.openInfo.prepared, pushesBlocked: e2.openInfo.pushesBlocked },
+      {
+        created: e2.openInfo.created,
+        cleanClose: e2.openInfo.cleanClose,
+        committed: e2.openInfo.committed,
+        prepared: e2.openInfo.prepared,
+        pushesBlocked: e2.openInfo.pushesBlocked,
+      },
       { created: false, cleanClose: true, committed: 1, prepared: null, pushesBlocked: false },
     );
     await expectSame(e2, r, ck(1), 'after a clean close and reopen');
@@ -175,7 +181,10 @@ describe('restart', () => {
     assert.deepEqual(e.listTables(), []);
     assert.equal(e.committedCheckpoint(), null);
     // A table created again starts from its initializer: nothing of the lost pushes leaks back.
-    const again: Op[] = [{ k: 'create', t: 'a8' }, { k: 'create', t: 'f64' }];
+    const again: Op[] = [
+      { k: 'create', t: 'a8' },
+      { k: 'create', t: 'f64' },
+    ];
     const r = await ref(again);
     for (const op of again) await applyOp(e, op);
     await expectSame(e, r, null, 'tables re-created after a crash with no checkpoint');
@@ -251,7 +260,12 @@ describe('restart', () => {
     await closeEngine(e2);
   });
 
-  for (const [resolution, closeFirst] of [['commit', false], ['abort', false], ['commit', true], ['abort', true]] as const) {
+  for (const [resolution, closeFirst] of [
+    ['commit', false],
+    ['abort', false],
+    ['commit', true],
+    ['abort', true],
+  ] as const) {
     const how = closeFirst ? ' (after a clean close while still unresolved)' : '';
     it(`a prepared checkpoint survives a kill and blocks pushes until ${resolution}${how}`, async () => {
       const dir = tmp();
@@ -278,7 +292,10 @@ describe('restart', () => {
         e = open(dir);
       }
       const i = e.openInfo;
-      assert.deepEqual({ committed: i.committed, prepared: i.prepared, pushesBlocked: i.pushesBlocked, cleanClose: i.cleanClose }, { committed: 1, prepared: 2, pushesBlocked: true, cleanClose: false });
+      assert.deepEqual(
+        { committed: i.committed, prepared: i.prepared, pushesBlocked: i.pushesBlocked, cleanClose: i.cleanClose },
+        { committed: 1, prepared: 2, pushesBlocked: true, cleanClose: false },
+      );
       const r1 = await ref(ops, 5);
       await expectSame(e, r1, ck(1), 'reopen with checkpoint 2 prepared (expected: checkpoint 1)');
       const p = pushPayload('a8', 10, 46);

@@ -32,7 +32,8 @@ export function splitBatch(kb: Buffer, shards: number): Split {
   const first = new Int32Array(n); // i if first occurrence, else -1
   let dups = 0;
   for (let i = 0; i < n; i++) {
-    const l = words[2 * i], u = words[2 * i + 1];
+    const l = words[2 * i],
+      u = words[2 * i + 1];
     let h = (Math.imul(l, 0x9e3779b1) ^ Math.imul(u + 0x7f4a7c15, 0x85ebca6b)) & mask;
     for (;;) {
       const t = table[h];

@@ -104,7 +104,8 @@ export async function acquireBallot(c: PsClient): Promise<{ ballot: number; stat
     }
     top = Math.max(top, ...sts.map((s) => s.ballot));
     known = sts;
-    if (attempt >= 50) throw new CoordinatorSupersededError('could not take a coordinator ballot: other workers keep raising theirs (several workers restoring at once?)');
+    if (attempt >= 50)
+      throw new CoordinatorSupersededError('could not take a coordinator ballot: other workers keep raising theirs (several workers restoring at once?)');
     await new Promise((r) => setTimeout(r, 10 + Math.random() * 50 * (attempt + 1)));
   }
 }
@@ -122,7 +123,11 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
 
   const sts = await c.all((s) => s.call<{ committed_id: number; prepared_id: number; last_checkpoint_id: number; ballot: number }>('Status', {}));
   const unresolved = sts.find((s) => s.prepared_id !== 0);
-  if (unresolved) throw new CheckpointError(`checkpoint ${unresolved.prepared_id} is prepared and unresolved on some shard (a crash during an earlier persist); call restore()`, unresolved.prepared_id);
+  if (unresolved)
+    throw new CheckpointError(
+      `checkpoint ${unresolved.prepared_id} is prepared and unresolved on some shard (a crash during an earlier persist); call restore()`,
+      unresolved.prepared_id,
+    );
   const id = Math.max(...sts.map((s) => Math.max(s.committed_id, s.last_checkpoint_id))) + 1;
   // This worker's own ballot, taken at its first persist or its restore:
   // never one read back from the shards, or a coordinator that lost to a
@@ -152,7 +157,11 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) {
     const e = failed.reason as Error;
-    if (stale(e)) throw new CoordinatorSupersededError(`persist of checkpoint ${id} was refused: a restore() by another worker raised the ballot; this worker must restore or rejoin`, (e as PsError).shard);
+    if (stale(e))
+      throw new CoordinatorSupersededError(
+        `persist of checkpoint ${id} was refused: a restore() by another worker raised the ballot; this worker must restore or rejoin`,
+        (e as PsError).shard,
+      );
     // Some shard could not prepare: abort everywhere (the shards record the
     // id, so it can never be prepared later; restore() aborts what is left).
     await c.all((s) => s.call('Checkpoint', { id, phase: 'ABORT', ballot }, { retryForMs: 5000 }).catch(() => undefined));
@@ -171,7 +180,11 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
     });
   } catch (e) {
     if (stale(e)) throw new CoordinatorSupersededError(`commit of checkpoint ${id} was refused: a restore() by another worker took over`, (e as PsError).shard);
-    throw new CheckpointError(`checkpoint ${id} is prepared everywhere but not committed on every shard (${(e as Error).message}); restore() will commit it`, id, e as Error);
+    throw new CheckpointError(
+      `checkpoint ${id} is prepared everywhere but not committed on every shard (${(e as Error).message}); restore() will commit it`,
+      id,
+      e as Error,
+    );
   }
   failpoint('persist.after_commit');
   return { id };

@@ -243,7 +243,8 @@ export class PsClient {
     const g = grads instanceof Float32Array ? grads : floatView(grads);
     const n = kb.length / 8;
     const dim = await this.dimOf(table);
-    if (g.length !== n * dim) throw new PsError(`push to "${table}": ${n} keys x dim ${dim} needs ${n * dim} gradient values, got ${g.length}`, grpc.status.INVALID_ARGUMENT);
+    if (g.length !== n * dim)
+      throw new PsError(`push to "${table}": ${n} keys x dim ${dim} needs ${n * dim} gradient values, got ${g.length}`, grpc.status.INVALID_ARGUMENT);
     const split = splitBatch(kb, this.shards.length);
     // Gradients of a key that repeats are summed in the order of the batch,
     // as the engine would sum them (so the result is the same bit for bit).
@@ -347,7 +348,8 @@ export class PsClient {
    * Served by shard 0; idempotent per worker when retried.
    */
   async barrier(name: string, parties: number, generation: number, timeoutMs = 600_000): Promise<void> {
-    if (!Number.isSafeInteger(generation) || generation < 0 || generation >= 2 ** 52) throw new PsError('barrier generation must be a non-negative integer (e.g. the step)', grpc.status.INVALID_ARGUMENT);
+    if (!Number.isSafeInteger(generation) || generation < 0 || generation >= 2 ** 52)
+      throw new PsError('barrier generation must be a non-negative integer (e.g. the step)', grpc.status.INVALID_ARGUMENT);
     if (parties <= 1) return;
     await this.shards[0].call('Barrier', { name, generation, parties, worker_id: this.workerId }, { deadlineMs: timeoutMs, retryForMs: timeoutMs });
   }
@@ -439,7 +441,8 @@ export class PsClient {
     // identity stored, which is never undone); more rounds than that means
     // pools are being replaced under us.
     for (let round = 0; ; round++) {
-      if (round > 2 * n + 2) throw new IdentityMismatchError(`the shard identities kept changing during connect (${describeIdentities(sts)}); are pools being replaced?`);
+      if (round > 2 * n + 2)
+        throw new IdentityMismatchError(`the shard identities kept changing during connect (${describeIdentities(sts)}); are pools being replaced?`);
       const clusterId = this.checkNamed(sts);
       const fresh = sts.filter((s) => !s.identity);
       if (fresh.length > 0 && sts.some((s) => s.identity?.sealed) && !this.opts.adoptNewShards) {
@@ -561,14 +564,16 @@ export type { TableInfo };
 
 export function keyBuffer(keys: KeysLike): Buffer {
   if (Buffer.isBuffer(keys)) {
-    if (keys.length % 8 !== 0) throw new PsError(`keys Buffer must hold packed uint64 (a multiple of 8 bytes), got ${keys.length}`, grpc.status.INVALID_ARGUMENT);
+    if (keys.length % 8 !== 0)
+      throw new PsError(`keys Buffer must hold packed uint64 (a multiple of 8 bytes), got ${keys.length}`, grpc.status.INVALID_ARGUMENT);
     return keys;
   }
   if (keys instanceof BigUint64Array) return Buffer.from(keys.buffer, keys.byteOffset, keys.byteLength);
   const b = Buffer.allocUnsafe(keys.length * 8);
   for (let i = 0; i < keys.length; i++) {
     const k = keys[i];
-    if (typeof k === 'number' && !(Number.isSafeInteger(k) && k >= 0)) throw new PsError(`key #${i} (${k}) is not a non-negative safe integer; pass bigints`, grpc.status.INVALID_ARGUMENT);
+    if (typeof k === 'number' && !(Number.isSafeInteger(k) && k >= 0))
+      throw new PsError(`key #${i} (${k}) is not a non-negative safe integer; pass bigints`, grpc.status.INVALID_ARGUMENT);
     b.writeBigUInt64LE(BigInt(k), i * 8);
   }
   return b;
@@ -596,5 +601,9 @@ function chunk(keys: Buffer, dim: number): Buffer[] {
 }
 
 function describeIdentities(sts: ShardStatus[]): string {
-  return sts.map((s) => `${s.endpoint}=${s.identity ? `${s.identity.cluster_id.slice(0, 8)}/${s.identity.shard_index}${s.identity.sealed ? '' : ' (unsealed)'}` : 'new'}`).join(', ');
+  return sts
+    .map(
+      (s) => `${s.endpoint}=${s.identity ? `${s.identity.cluster_id.slice(0, 8)}/${s.identity.shard_index}${s.identity.sealed ? '' : ' (unsealed)'}` : 'new'}`,
+    )
+    .join(', ');
 }

@@ -49,7 +49,7 @@ const pem = (v: Buffer | string): Buffer => (Buffer.isBuffer(v) ? v : Buffer.fro
 export function channelCredentials(access: Access): grpc.ChannelCredentials {
   const t = access.tls;
   if (!t) return grpc.credentials.createInsecure();
-  if (!t.ca) throw new PsError('tls.ca is required: the PEM of the CA that signed the servers\' certificates');
+  if (!t.ca) throw new PsError("tls.ca is required: the PEM of the CA that signed the servers' certificates");
   if (!t.cert !== !t.key) throw new PsError('tls.cert and tls.key go together (mutual TLS): give both or neither');
   return grpc.credentials.createSsl(pem(t.ca), t.key ? pem(t.key) : null, t.cert ? pem(t.cert) : null);
 }

@@ -41,8 +41,12 @@ export function shardOfDense(name: string, n: number): number {
 
 // High 32 bits of the 64-bit product of two uint32s, exact in doubles.
 function mulhi(a: number, b: number): number {
-  const a0 = a & 0xffff, a1 = a >>> 16, b0 = b & 0xffff, b1 = b >>> 16;
-  const p01 = a0 * b1, p10 = a1 * b0;
+  const a0 = a & 0xffff,
+    a1 = a >>> 16,
+    b0 = b & 0xffff,
+    b1 = b >>> 16;
+  const p01 = a0 * b1,
+    p10 = a1 * b0;
   const mid = ((a0 * b0) >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);
   return (a1 * b1 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16)) >>> 0;
 }

@@ -2,9 +2,8 @@
 // thread pool; key and gradient Buffers are read in place (the wrapper keeps
 // them referenced until the callback) and pulled rows are handed back as an
 // external Buffer, so no row is copied between C++ and JS.
-#include <napi.h>
-
 #include <malloc.h>
+#include <napi.h>
 #include <sys/mman.h>
 
 #include <cmath>
@@ -123,7 +122,9 @@ class RowBuffers {
     static RowBuffers* r = new RowBuffers();  // never destroyed: its thread may outlive static destructors
     return *r;
   }
-  RowBuffers() { std::thread([this] { run(); }).detach(); }
+  RowBuffers() {
+    std::thread([this] { run(); }).detach();
+  }
   void run() {
     std::vector<Buf> batch;
     for (;;) {
@@ -258,8 +259,8 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       o.Set("prepared", i.prepared ? Napi::Number::New(info.Env(), static_cast<double>(i.prepared)) : info.Env().Null());
       o.Set("pushesBlocked", i.pushes_blocked);
       o.Set("opens", static_cast<double>(i.opens));
-      o.Set("closeRecord", i.clean_close ? Napi::Buffer<char>::Copy(info.Env(), i.close_record.data(), i.close_record.size()).As<Napi::Value>()
-                                         : info.Env().Null());
+      o.Set("closeRecord",
+            i.clean_close ? Napi::Buffer<char>::Copy(info.Env(), i.close_record.data(), i.close_record.size()).As<Napi::Value>() : info.Env().Null());
       return o;
     });
   }
@@ -378,8 +379,8 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       const size_t n = keys.Length() / 8;
       const uint32_t dim = engine_->dim_of(name);
       if (grads.Length() / 4 != n * dim)
-        bad("grads hold " + std::to_string(grads.Length() / 4) + " values; " + std::to_string(n) + " keys x dim " + std::to_string(dim) +
-            " = " + std::to_string(n * dim) + " expected");
+        bad("grads hold " + std::to_string(grads.Length() / 4) + " values; " + std::to_string(n) + " keys x dim " + std::to_string(dim) + " = " +
+            std::to_string(n * dim) + " expected");
       auto eng = engine_;
       const uint8_t* kp = keys.Data();
       const uint8_t* gp = grads.Data();
@@ -499,8 +500,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   Napi::Value SetIdentity(const Napi::CallbackInfo& info) {
     return Guard(info, [&]() -> Napi::Value {
       const std::string hex = info[0].As<Napi::String>().Utf8Value();
-      if (hex.size() != 32 || hex.find_first_not_of("0123456789abcdef") != std::string::npos)
-        bad("cluster id must be 32 lowercase hex digits");
+      if (hex.size() != 32 || hex.find_first_not_of("0123456789abcdef") != std::string::npos) bad("cluster id must be 32 lowercase hex digits");
       Engine::Identity id;
       id.cluster_hi = std::stoull(hex.substr(0, 16), nullptr, 16);
       id.cluster_lo = std::stoull(hex.substr(16), nullptr, 16);

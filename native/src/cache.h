@@ -39,7 +39,7 @@ struct Entry {
   uint32_t table;
   uint32_t epoch;
   uint32_t step;
-  uint8_t dirty;  // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
+  uint8_t dirty;   // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
   uint8_t shadow;  // a checkpoint copy: only on `pending`, never in the hash or the LRU
   uint32_t bytes;
   float data[1];
@@ -107,7 +107,10 @@ class Stripe {
   uint64_t applies = 0;
 
   Stripe() { rehash(64); }
-  ~Stripe() { clear(); std::free(buckets_); }
+  ~Stripe() {
+    clear();
+    std::free(buckets_);
+  }
 
   static uint64_t hash(uint32_t table, uint64_t key) { return mix64(key * 0x2545f4914f6cdd1dULL + table); }
 
@@ -229,8 +232,10 @@ class Stripe {
 
   void mark_clean(Entry* e) {
     if (!e->dirty) return;
-    if (is_pending(e)) pending.unlink(e);
-    else dirty.unlink(e);
+    if (is_pending(e))
+      pending.unlink(e);
+    else
+      dirty.unlink(e);
     e->dirty = 0;
   }
 

@@ -12,16 +12,26 @@ namespace pmemps {
 
 const char* Error::code_name() const {
   switch (code_) {
-    case Code::InvalidArgument: return "INVALID_ARGUMENT";
-    case Code::NotFound: return "NOT_FOUND";
-    case Code::AlreadyExists: return "ALREADY_EXISTS";
-    case Code::OutOfSpace: return "OUT_OF_SPACE";
-    case Code::FailedPrecondition: return "FAILED_PRECONDITION";
-    case Code::Locked: return "LOCKED";
-    case Code::Corrupt: return "CORRUPT";
-    case Code::Incompatible: return "INCOMPATIBLE";
-    case Code::Io: return "IO";
-    default: return "INTERNAL";
+    case Code::InvalidArgument:
+      return "INVALID_ARGUMENT";
+    case Code::NotFound:
+      return "NOT_FOUND";
+    case Code::AlreadyExists:
+      return "ALREADY_EXISTS";
+    case Code::OutOfSpace:
+      return "OUT_OF_SPACE";
+    case Code::FailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case Code::Locked:
+      return "LOCKED";
+    case Code::Corrupt:
+      return "CORRUPT";
+    case Code::Incompatible:
+      return "INCOMPATIBLE";
+    case Code::Io:
+      return "IO";
+    default:
+      return "INTERNAL";
   }
 }
 

@@ -19,8 +19,7 @@ inline uint64_t load_key(const uint8_t* p) {
 }
 
 inline uint64_t now_us() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
 }
 
 void atomic_max(std::atomic<uint64_t>& a, uint64_t v) {
@@ -82,8 +81,8 @@ void Engine::validate_root() {
   const std::string& p = pool_->path();
   if (root_->magic != kMagic) fail(Code::Corrupt, "pool " + p + " is not a pmemps pool or its root is damaged");
   if (root_->version != kLayoutVersion)
-    fail(Code::Incompatible, "pool " + p + " has layout version " + std::to_string(root_->version) + "; this build reads version " +
-                                 std::to_string(kLayoutVersion));
+    fail(Code::Incompatible,
+         "pool " + p + " has layout version " + std::to_string(root_->version) + "; this build reads version " + std::to_string(kLayoutVersion));
   if (root_->checksum != Pool::root_sum(root_)) fail(Code::Corrupt, "pool " + p + ": root metadata checksum mismatch (damaged pool)");
   PTable* ts = pool_->at<PTable>(root_->tables_off);
   for (uint32_t i = 0; i < kMaxTables; i++) {
@@ -124,8 +123,10 @@ void Engine::open_pool() {
   root_ = pool_->root();
   info_.created = pool_->created();
   info_.is_pmem = pool_->is_pmem();
-  if (pool_->created()) init_root();
-  else validate_root();
+  if (pool_->created())
+    init_root();
+  else
+    validate_root();
 
   DeadRange* dr = pool_->at<DeadRange>(root_->dead_off);
   dead_.assign(dr, dr + root_->dead_count);
@@ -236,8 +237,8 @@ void Engine::rebuild_names() {
     if (t && visible(*t)) names_[t->name] = t->idx;
 }
 
-void Engine::settle_tables(bool rewind, uint64_t bound, const std::vector<std::pair<uint64_t, uint64_t>>& hyper_from,
-                           std::vector<uint32_t>* removed, std::vector<uint32_t>* undropped) {
+void Engine::settle_tables(bool rewind, uint64_t bound, const std::vector<std::pair<uint64_t, uint64_t>>& hyper_from, std::vector<uint32_t>* removed,
+                           std::vector<uint32_t>* undropped) {
   // Hyperparameters each table gets back: the first record that names it
   // (and whose min_created it meets) wins.
   std::vector<const double*> hyper(kMaxTables, nullptr);
@@ -364,8 +365,10 @@ void Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
   std::sort(v.begin(), v.end(), [](const DeadRange& a, const DeadRange& b) { return a.lo < b.lo; });
   std::vector<DeadRange> merged;
   for (auto& r : v) {
-    if (!merged.empty() && r.lo <= merged.back().hi + 1) merged.back().hi = std::max(merged.back().hi, r.hi);
-    else merged.push_back(r);
+    if (!merged.empty() && r.lo <= merged.back().hi + 1)
+      merged.back().hi = std::max(merged.back().hi, r.hi);
+    else
+      merged.push_back(r);
   }
   if (merged.size() > root_->dead_cap) {
     // Not reached while prepare keeps room for two more ranges (see
@@ -380,8 +383,7 @@ void Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
     // from the first entry that differs, which keeps the snapshot bounded.
     size_t first = 0;
     while (first < merged.size() && first < dead_.size() && merged[first].lo == dead_[first].lo && merged[first].hi == dead_[first].hi) first++;
-    if (first < merged.size())
-      tx.add(pool_->at<DeadRange>(root_->dead_off) + first, sizeof(DeadRange) * (merged.size() - first));
+    if (first < merged.size()) tx.add(pool_->at<DeadRange>(root_->dead_off) + first, sizeof(DeadRange) * (merged.size() - first));
   }
   std::memcpy(pool_->at<DeadRange>(root_->dead_off), merged.data(), sizeof(DeadRange) * merged.size());
   root_->dead_count = merged.size();
@@ -530,8 +532,7 @@ void Engine::make_room(Stripe& s, size_t n) {
   // Nothing needs these bytes durable before a prepare or close does, but the
   // flush set is bounded: past a threshold it is synced as one group, unless
   // another thread is syncing right now (then this push does not wait).
-  if (wrote && pool_->pending_ranges() > kPersistEveryRanges && pool_->persist_ranges_if_idle())
-    failpoint("evict.after_persist");
+  if (wrote && pool_->pending_ranges() > kPersistEveryRanges && pool_->persist_ranges_if_idle()) failpoint("evict.after_persist");
 }
 
 void Engine::alloc_slab(Table& t) {
@@ -599,11 +600,11 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   auto it = names_.find(name);
   if (it != names_.end()) {
     Table& t = *tables_[it->second];
-    const bool same = t.dim == dim && t.opt.type == opt.type && std::memcmp(t.opt.h, opt.h, sizeof opt.h) == 0 &&
-                      t.init.type == init.type && std::memcmp(t.init.p, init.p, sizeof init.p) == 0 && t.init.seed == init.seed;
+    const bool same = t.dim == dim && t.opt.type == opt.type && std::memcmp(t.opt.h, opt.h, sizeof opt.h) == 0 && t.init.type == init.type &&
+                      std::memcmp(t.init.p, init.p, sizeof init.p) == 0 && t.init.seed == init.seed;
     if (same) return;
-    fail(Code::AlreadyExists, "table \"" + name + "\" already exists with dim " + std::to_string(t.dim) + " and optimizer " +
-                                  opt_name(t.opt.type) + " (other settings differ); use another name");
+    fail(Code::AlreadyExists, "table \"" + name + "\" already exists with dim " + std::to_string(t.dim) + " and optimizer " + opt_name(t.opt.type) +
+                                  " (other settings differ); use another name");
   }
   const uint32_t rf = dim * static_cast<uint32_t>(1 + state_blocks(opt));
   const size_t entry = offsetof(Entry, data) + sizeof(float) * rf;
@@ -705,15 +706,19 @@ void Engine::drop_table(const std::string& name) {
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(t->d, sizeof(PTable));
     // A table no durable checkpoint holds is garbage at once.
-    if (in_checkpoint) t->d->dropped_epoch = cur_epoch_;
-    else t->d->state = kTableGarbage;
+    if (in_checkpoint)
+      t->d->dropped_epoch = cur_epoch_;
+    else
+      t->d->state = kTableGarbage;
     t->d->checksum = Pool::table_sum(t->d);
     failpoint("drop_table.mid_tx");
     tx.commit();
   }
   purge_cache(t->idx);  // after the commit: a failed drop loses nothing
-  if (in_checkpoint) t->dropped_epoch = cur_epoch_;
-  else tables_[t->idx].reset();
+  if (in_checkpoint)
+    t->dropped_epoch = cur_epoch_;
+  else
+    tables_[t->idx].reset();
   rebuild_names();
   if (!in_checkpoint) {
     el.unlock();  // nothing reaches a garbage table: pushes need not wait for the frees
@@ -810,8 +815,8 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
   bool during_ckpt = ckpt_active_.load(std::memory_order_relaxed);
   Table* t = find_table(name);
   if (pushes_blocked_)
-    fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) +
-                                       " was prepared before the restart and is unresolved; commit or abort it (restore) before pushing");
+    fail(Code::FailedPrecondition,
+         "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it (restore) before pushing");
   if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the push was queued");
   const uint32_t dim = t->dim;
   const uint32_t rf = t->row_floats;
@@ -881,8 +886,10 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         const uint32_t i = order[j];
         Entry* e = s.find(t->idx, uk[i], hs[i]);
         found[i] = e;
-        if (e) refs[i] = e->ref;
-        else uncached = true;
+        if (e)
+          refs[i] = e->ref;
+        else
+          uncached = true;
       }
     }
     if (uncached) {
@@ -890,8 +897,10 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       for (size_t i = 0; i < u; i++) {
         if (refs[i]) continue;
         const uint64_t r = t->index->lookup(uk[i]);
-        if (valid_ref(*t, r, uk[i])) refs[i] = r;
-        else missing.push_back(i);
+        if (valid_ref(*t, r, uk[i]))
+          refs[i] = r;
+        else
+          missing.push_back(i);
       }
     }
   }
@@ -1078,8 +1087,8 @@ void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::str
     }
     if (id == c_id_) return;  // retried prepare of a checkpoint since committed
     if (id <= last_id_)
-      fail(Code::FailedPrecondition, "checkpoint id " + id_str(id) + " must be greater than " + id_str(last_id_) +
-                                         " (ids strictly increase; an aborted id never comes back)");
+      fail(Code::FailedPrecondition,
+           "checkpoint id " + id_str(id) + " must be greater than " + id_str(last_id_) + " (ids strictly increase; an aborted id never comes back)");
   }
   if (mem_) {
     mem_prepare(id, dense, meta);
@@ -1377,8 +1386,7 @@ void Engine::rollback() {
   wait_prepared(cg);
   std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  if (p_active_)
-    fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " is prepared; commit or abort it before rolling back");
+  if (p_active_) fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " is prepared; commit or abort it before rolling back");
   if (mem_) {
     mem_rollback();
     return;
@@ -1527,7 +1535,8 @@ uint64_t Engine::grow_close_slot(uint64_t bytes) {
       if (e.code() != Code::OutOfSpace) throw;
       if (want == bytes)
         fail(Code::OutOfSpace, "the pool (" + std::to_string(pool_->size() >> 20) + " MiB) has no room to reserve " + std::to_string(bytes) +
-                                   " bytes for the clean-stop record (" + std::to_string(root_->close_cap) + " reserved); free space or use a larger pool");
+                                   " bytes for the clean-stop record (" + std::to_string(root_->close_cap) +
+                                   " reserved); free space or use a larger pool");
     }
   }
   return root_->close_cap;
@@ -1587,8 +1596,10 @@ Engine::CheckReport Engine::check() {
                                  " is beyond the pool's epoch counter");
         }
       }
-      if (pick(*t, row, read_bound_) >= 0) r.rows_live++;
-      else r.rows_without_version++;
+      if (pick(*t, row, read_bound_) >= 0)
+        r.rows_live++;
+      else
+        r.rows_without_version++;
     });
   }
   return r;
@@ -1637,7 +1648,8 @@ Engine::Identity Engine::identity() {
 
 Engine::Identity Engine::set_identity(const Identity& id) {
   if (id.count == 0 || id.index >= id.count)
-    fail(Code::InvalidArgument, "shard index must be below the shard count (got " + std::to_string(id.index) + " of " + std::to_string(id.count) + ")");
+    fail(Code::InvalidArgument,
+         "shard index must be below the shard count (got " + std::to_string(id.index) + " of " + std::to_string(id.count) + ")");
   if (id.count > UINT32_MAX) fail(Code::InvalidArgument, "shard count must be below 2^32 (got " + std::to_string(id.count) + ")");
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);

@@ -43,7 +43,7 @@ struct EngineOptions {
 struct OpenInfo {
   bool created = false, clean_close = false, is_pmem = false, pushes_blocked = false;
   uint64_t committed = 0, prepared = 0;
-  uint64_t opens = 0;       // opens of this pool, this one included
+  uint64_t opens = 0;        // opens of this pool, this one included
   std::string close_record;  // given to the last close(); empty unless clean_close
 };
 
@@ -139,7 +139,7 @@ class Engine {
     InitSpec init{};
     uint64_t created_epoch = 0;
     uint64_t dropped_epoch = 0;
-    uint64_t rows_per_slab = 0;  // rows of a full-size slab
+    uint64_t rows_per_slab = 0;            // rows of a full-size slab
     uint64_t grow_first[kGrowSlabs] = {};  // first row of each growing slab
     uint64_t grow_end = 0;
     std::unique_ptr<Index> index;
@@ -178,9 +178,7 @@ class Engine {
   Table* find_table(const std::string& name);  // caller holds epoch_mu_
   // A table is visible at the read bound when created at or before it and not
   // dropped at or before it (normally the bound is "now": not dropped).
-  bool visible(const Table& t) const {
-    return t.created_epoch <= read_bound_ && (t.dropped_epoch == 0 || t.dropped_epoch > read_bound_);
-  }
+  bool visible(const Table& t) const { return t.created_epoch <= read_bound_ && (t.dropped_epoch == 0 || t.dropped_epoch > read_bound_); }
   // names_ maps each visible table's name to its slot; rebuilt after every
   // change of the set of tables or of the read bound.
   void rebuild_names();
@@ -195,8 +193,8 @@ class Engine {
   //  * hyper_from {record, min_created}: a table the record names (and
   //    created at or after min_created) gets its hyperparameters back.
   // Returns the slots removed and undropped; the caller updates tables_.
-  void settle_tables(bool rewind, uint64_t bound, const std::vector<std::pair<uint64_t, uint64_t>>& hyper_from,
-                     std::vector<uint32_t>* removed, std::vector<uint32_t>* undropped);
+  void settle_tables(bool rewind, uint64_t bound, const std::vector<std::pair<uint64_t, uint64_t>>& hyper_from, std::vector<uint32_t>* removed,
+                     std::vector<uint32_t>* undropped);
   // Deferred frees. A transaction that must not fail for lack of space only
   // marks a table's storage as garbage; reclaim() then frees it
   // kReclaimBatch objects per bounded transaction, each recording its
@@ -204,7 +202,7 @@ class Engine {
   // Freeing needs no space, so it cannot fail on a full pool either.
   void reclaim();
   void reclaim_step(PTable* d);
-  static constexpr uint32_t kReclaimBatch = 16;  // frees per transaction: well inside the lane's redo log
+  static constexpr uint32_t kReclaimBatch = 16;    // frees per transaction: well inside the lane's redo log
   void raise_rows_used(PTable* d, uint64_t rows);  // in its own bounded transaction
   // Keeps a retired checkpoint record's storage as the spare for the next
   // prepare (the larger of it and the current spare), frees the other.
@@ -233,7 +231,10 @@ class Engine {
   void drop_table_object(uint32_t idx);
   void reload_hyper();
   void add_dead(Tx& tx, uint64_t lo, uint64_t hi);
-  void persist_root(Tx& tx) { root_->checksum = Pool::root_sum(root_); (void)tx; }
+  void persist_root(Tx& tx) {
+    root_->checksum = Pool::root_sum(root_);
+    (void)tx;
+  }
   void ensure_epochs(Tx& tx);
   void flush_pending();
   PCkpt* ckpt_at(uint64_t off) const;

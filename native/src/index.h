@@ -29,7 +29,7 @@ struct PTable;
 class Index {
  public:
   static constexpr uint32_t kSegSlots = 16382;  // a segment is one pool chunk
-  static constexpr uint32_t kMaxProbe = 96;  // past this an insert splits the segment
+  static constexpr uint32_t kMaxProbe = 96;     // past this an insert splits the segment
 
   // tx_mu serializes the pool's transactions (one engine-wide mutex).
   Index(Pool& pool, PTable* desc, std::mutex* tx_mu) : pool_(pool), desc_(desc), tx_mu_(tx_mu) {}

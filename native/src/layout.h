@@ -92,7 +92,7 @@ struct PRoot {
   uint64_t c_id, c_epoch, c_rec;  // committed checkpoint; id 0 = none
   uint64_t p_id, p_epoch, p_rec;  // prepared checkpoint; id 0 = none
   uint64_t last_id;               // highest id prepared or aborted
-  uint64_t ballot;  // highest checkpoint-coordinator ballot recorded (cluster protocol)
+  uint64_t ballot;                // highest checkpoint-coordinator ballot recorded (cluster protocol)
   uint64_t dead_off, dead_count, dead_cap;
   uint64_t tables_off;  // PTable[kMaxTables]
   // Shard identity (docs/protocol.md, Identity); all 0 until set, then never

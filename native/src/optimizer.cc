@@ -91,11 +91,16 @@ void validate_init(const InitSpec& init) {
 
 int state_blocks(const OptimizerSpec& s) {
   switch (s.type) {
-    case OptType::Sgd: return s.h[1] != 0 ? 1 : 0;
-    case OptType::Adagrad: return 1;
-    case OptType::Adam: return 2;
-    case OptType::Rmsprop: return 1 + (s.h[3] != 0 ? 1 : 0) + (s.h[4] != 0 ? 1 : 0);
-    case OptType::Ftrl: return 2;
+    case OptType::Sgd:
+      return s.h[1] != 0 ? 1 : 0;
+    case OptType::Adagrad:
+      return 1;
+    case OptType::Adam:
+      return 2;
+    case OptType::Rmsprop:
+      return 1 + (s.h[3] != 0 ? 1 : 0) + (s.h[4] != 0 ? 1 : 0);
+    case OptType::Ftrl:
+      return 2;
   }
   return 0;
 }

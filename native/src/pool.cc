@@ -27,8 +27,7 @@ uint64_t Pool::table_sum(const PTable* t) { return fnv1a(t, offsetof(PTable, che
 Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir + "/pmemps.pool") {
   struct stat st;
   if (stat(dir.c_str(), &st) != 0) {
-    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-      throw Error(Code::Io, "cannot create pool directory " + dir + ": " + strerror(errno));
+    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) throw Error(Code::Io, "cannot create pool directory " + dir + ": " + strerror(errno));
   } else if (!S_ISDIR(st.st_mode)) {
     throw Error(Code::InvalidArgument, dir + " is not a directory");
   }
@@ -208,8 +207,7 @@ Tx::~Tx() {
 
 void Tx::add(void* p, size_t n) {
   if (pmemobj_tx_xadd_range_direct(p, n, POBJ_XADD_NO_ABORT) != 0) {
-    if (bounded_)
-      throw Error(Code::Internal, std::string("a bounded pool transaction outgrew its log (a bug: please report it): ") + pmem_err());
+    if (bounded_) throw Error(Code::Internal, std::string("a bounded pool transaction outgrew its log (a bug: please report it): ") + pmem_err());
     throw Error(errno == ENOMEM ? Code::OutOfSpace : Code::Io, std::string("pool transaction failed: ") + pmem_err());
   }
 }
@@ -217,15 +215,14 @@ void Tx::add(void* p, size_t n) {
 uint64_t Tx::alloc(size_t n, bool zero) {
   PMEMoid o = pmemobj_tx_xalloc(Pool::alloc_size(n), 1, POBJ_XALLOC_NO_ABORT | (zero ? POBJ_XALLOC_ZERO : 0));
   if (OID_IS_NULL(o))
-    throw Error(Code::OutOfSpace, "the pool is full (" + std::to_string(pool_.size() >> 20) +
-                                      " MiB); create it larger with --pool-size / poolMb (" + pmem_err() + ")");
+    throw Error(Code::OutOfSpace,
+                "the pool is full (" + std::to_string(pool_.size() >> 20) + " MiB); create it larger with --pool-size / poolMb (" + pmem_err() + ")");
   return o.off;
 }
 
 void Tx::free(uint64_t off) {
   if (off == 0) return;
-  if (pmemobj_tx_xfree(pool_.oid(off), POBJ_XFREE_NO_ABORT) != 0)
-    throw Error(Code::Io, std::string("pool transaction failed: ") + pmem_err());
+  if (pmemobj_tx_xfree(pool_.oid(off), POBJ_XFREE_NO_ABORT) != 0) throw Error(Code::Io, std::string("pool transaction failed: ") + pmem_err());
 }
 
 void Tx::commit() {

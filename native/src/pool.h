@@ -36,7 +36,9 @@ class Pool {
   const std::string& path() const { return path_; }
 
   template <typename T>
-  T* at(uint64_t off) const { return reinterpret_cast<T*>(base() + off); }
+  T* at(uint64_t off) const {
+    return reinterpret_cast<T*>(base() + off);
+  }
   uint64_t off_of(const void* p) const { return static_cast<uint64_t>(static_cast<const char*>(p) - base()); }
   PMEMoid oid(uint64_t off) const { return PMEMoid{uuid_lo_, off}; }
 
@@ -81,7 +83,7 @@ class Pool {
 
   std::mutex ranges_mu_;
   std::vector<std::pair<const char*, size_t>> ranges_;  // PMEM: ranges to flush
-  const char* env_lo_ = nullptr;                          // msync path: envelope
+  const char* env_lo_ = nullptr;                        // msync path: envelope
   const char* env_hi_ = nullptr;
   std::mutex persist_mu_;
   void persist_locked();
