@@ -526,7 +526,7 @@ export function knownFinding(f: Finding): boolean {
 
 // ------------------------------------------------------------ the generator
 
-const SCRATCH: { name: string; dim: number }[] = [
+export const SCRATCH: { name: string; dim: number }[] = [
   { name: 's0', dim: 1 },
   { name: 's1', dim: 3 },
   { name: 's2', dim: 8 },

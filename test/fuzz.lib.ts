@@ -73,8 +73,14 @@
 // the seed, the batch, the request and the command that replays it; a broken
 // state invariant is narrowed down to one request by replaying its batch one
 // request at a time on a fresh server.
+//
+// Under --auth-tokens (HarnessOptions.auth, test/fuzz.auth.ts) the same
+// requests carry the admin token, a reader's, or no valid authorization; in
+// the last two the door must refuse what it owes and sendBatch compares the
+// server's whole observable state (observe()) before and after every batch.
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { Engine, denseOptimizer, packKeys } from '../native/engine';
@@ -82,7 +88,8 @@ import { optimizerToWire, parameterServerService } from '../proto/load';
 import type { ShardStatus } from '../worker/client';
 import { mix } from './crash.lib';
 import { removeDir, tempDir } from './helpers';
-import { Wire, type Outcome } from './fuzz.wire';
+import { Wire, serverView, type Outcome } from './fuzz.wire';
+import { FUZZ_TOKENS, TOKENS_FILE_TEXT, SplicedWire, bearer, owedRefusal, presentFor, type AuthMode, type Presented } from './fuzz.auth';
 import {
   CLASSIFIED,
   CONTROL,
@@ -101,6 +108,7 @@ import {
   LEDGER_SPEC,
   MAX_ID,
   R,
+  SCRATCH,
   SCRATCH_DENSE,
   TRAINER_DENSE,
   assess,
@@ -187,6 +195,12 @@ export interface HarnessOptions {
   maxMessageMb?: number;
   /** How a finding says it is replayed. */
   replay: (where: string) => string;
+  /**
+   * Start the server with --auth-tokens and send the fuzz requests as this
+   * mode says (test/fuzz.auth.ts); the harness's own calls carry the admin
+   * token. Without it: no tokens, as before issue 8.
+   */
+  auth?: AuthMode;
 }
 
 /**
@@ -199,7 +213,11 @@ export class Harness {
   wire!: Wire;
   bigWire!: Wire;
   protoWire!: Wire;
+  /** Requests whose authorization no grpc-js client sends (repeated, non-ASCII), one at a time. */
+  spliced!: SplicedWire;
   private ps!: StdClient;
+  /** Draws what each fuzz request presents at the door, in request order. */
+  readonly authR: R;
   private readonly dir: string;
   readonly findings: Finding[] = [];
   where = 'setup';
@@ -226,22 +244,45 @@ export class Harness {
 
   private constructor(readonly opts: HarnessOptions) {
     this.dir = tempDir('fuzz');
+    this.authR = new R(mix(opts.seed, 0xa07));
+  }
+
+  get auth(): AuthMode | undefined {
+    return this.opts.auth;
+  }
+
+  /** The harness's metadata: the admin token when the server wants one. */
+  adminMd(): grpc.Metadata {
+    return this.opts.auth ? bearer(FUZZ_TOKENS.admin) : new grpc.Metadata();
+  }
+
+  /** What a fuzz request presents (drawn from authR), or the plain metadata without auth. */
+  present(): Presented {
+    return this.opts.auth ? presentFor(this.opts.auth, this.authR) : { kind: 'no auth', md: new grpc.Metadata() };
   }
 
   static async start(opts: HarnessOptions): Promise<Harness> {
     const h = new Harness(opts);
     live.add(h);
     try {
+      const env: Record<string, string> = { PMEMPS_MAX_MESSAGE_MB: String(opts.maxMessageMb ?? 4), PMEMPS_DRAIN_SECONDS: '10' };
+      if (opts.auth) {
+        env.PMEMPS_AUTH_TOKENS = path.join(h.dir, 'tokens');
+        fs.writeFileSync(env.PMEMPS_AUTH_TOKENS, TOKENS_FILE_TEXT, { mode: 0o600 });
+      }
       h.cluster = await LocalCluster.start({
         dir: h.dir,
         shards: 1,
         cacheMb: opts.cacheMb ?? 32,
         poolSize: opts.poolSize ?? '256M',
         logLevel: 'warn',
-        env: { PMEMPS_MAX_MESSAGE_MB: String(opts.maxMessageMb ?? 4), PMEMPS_DRAIN_SECONDS: '10' },
+        env,
+        probe: opts.auth ? { token: FUZZ_TOKENS.admin } : undefined,
       });
       h.connect();
       await h.setup();
+      // Something for refused requests to change: every scratch table and dense tensor the generator aims at, with rows.
+      if (opts.auth && opts.auth !== 'admin') await h.setupScratch();
     } catch (e) {
       await h.close();
       throw e;
@@ -254,9 +295,11 @@ export class Harness {
   }
 
   private connect(): void {
-    this.wire = new Wire(this.endpoint);
-    this.bigWire = new Wire(this.endpoint);
-    this.protoWire = new Wire(this.endpoint);
+    const md = () => this.present().md;
+    this.wire = new Wire(this.endpoint, md);
+    this.bigWire = new Wire(this.endpoint, md);
+    this.protoWire = new Wire(this.endpoint, md);
+    this.spliced = new SplicedWire(this.endpoint);
     this.ps = new Ctor(this.endpoint, grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': 64 * 2 ** 20,
       'grpc.use_local_subchannel_pool': 1,
@@ -267,6 +310,7 @@ export class Harness {
     this.wire?.close();
     this.bigWire?.close();
     this.protoWire?.close();
+    this.spliced?.close();
     this.ps?.close();
   }
 
@@ -282,7 +326,7 @@ export class Harness {
   /** A harness call: the server must answer it. */
   call<T = any>(method: string, req: unknown, deadlineMs = 15_000): Promise<T> {
     return new Promise((resolve, reject) =>
-      this.ps[method](req, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) => {
+      this.ps[method](req, this.adminMd(), { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) => {
         if (err) reject(Object.assign(new Error(`${method}: ${grpc.status[err.code]}: ${err.details}`), { code: err.code }));
         else resolve(res);
       }),
@@ -397,6 +441,30 @@ export class Harness {
     this.retryable.push({ rpc: 'Push', obj, key });
   }
 
+  /**
+   * Creates the generator's scratch tables (rows in each, so a Push, an
+   * UpdateTable or a DropTable that got through would show) and dense tensors
+   * (a PushDense or SetDense that got through would move their values). No
+   * worker id: nothing enters the exactly-once record.
+   */
+  async setupScratch(): Promise<void> {
+    const r = new R(mix(this.opts.seed, 0x5c));
+    for (const t of SCRATCH) {
+      await this.call('CreateTable', {
+        spec: { name: t.name, dim: t.dim, optimizer: { type: 'adagrad', params: { lr: 0.1 } }, initializer: { type: 'uniform', min: -1, max: 1 }, seed: 7 },
+      });
+      const keys = [...Array.from({ length: 16 }, (_, i) => BigInt(i)), ...EDGE_KEYS];
+      const g = Float32Array.from({ length: keys.length * t.dim }, () => r.float() * 2 - 1);
+      await this.call('Push', { table: t.name, keys: packKeys(keys), grads: Buffer.from(g.buffer), worker_id: '', seq: 0, incarnation: 0 });
+    }
+    for (const d of SCRATCH_DENSE) {
+      const v = Float32Array.from({ length: d.n }, () => r.float());
+      await this.call('SetDense', { tensor: { name: d.name, values: Buffer.from(v.buffer) }, optimizer: { type: 'sgd', params: { lr: 0.5, momentum: 0.9 } } });
+      const g = Float32Array.from({ length: d.n }, () => r.float() - 0.5);
+      await this.call('PushDense', { name: d.name, grads: Buffer.from(g.buffer), worker_id: '', seq: 0, incarnation: 0 });
+    }
+  }
+
   /** Takes a ballot above the shard's the way a new coordinator does; it must be granted. */
   async takeBallot(): Promise<number> {
     const st = await this.status();
@@ -440,7 +508,7 @@ export class Harness {
    * for bit; kill -9 and a restore must bring back what it was at the
    * checkpoint.
    */
-  async snapshotAll(): Promise<Map<string, string>> {
+  async snapshotAll(extraDense: string[] = []): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     const st = await this.status();
     for (const t of st.tables) {
@@ -449,7 +517,7 @@ export class Harness {
       const v = (await this.call('Pull', { table: t.spec.name, keys: packKeys(keys) })).values as Buffer;
       out.set(`table ${t.spec.name}`, `${JSON.stringify(t.spec)} rows ${t.rows} ${createHash('sha256').update(v).digest('hex').slice(0, 16)}`);
     }
-    for (const name of [CONTROL_DENSE, ...SCRATCH_DENSE.map((d) => d.name)]) {
+    for (const name of new Set([CONTROL_DENSE, ...SCRATCH_DENSE.map((d) => d.name), ...extraDense])) {
       const got = await this.call('PullDense', { names: [name] }).then(
         (res) =>
           createHash('sha256')
@@ -463,12 +531,45 @@ export class Harness {
     return out;
   }
 
-  private compareSnapshots(what: string, want: Map<string, string> | undefined, got: Map<string, string>): void {
-    if (!want) return;
+  /**
+   * The server's whole observable state, read with the admin token: every
+   * table and dense tensor as snapshotAll() reads them, ListTables (specs and
+   * row counts), the fields of Status that are state rather than counters,
+   * and the committed checkpoint as ReadCheckpoint returns it. Dense tensors
+   * cannot be listed: `denseNames` adds those a batch aimed at. A request the
+   * door refused must leave all of it as it was.
+   */
+  async observe(denseNames: string[] = []): Promise<Map<string, string>> {
+    const out = await this.snapshotAll(denseNames);
+    const st = (await this.status()) as unknown as Record<string, unknown>;
+    for (const k of [
+      'identity',
+      'incarnation',
+      'lineage',
+      'ballot',
+      'committed_id',
+      'prepared_id',
+      'last_checkpoint_id',
+      'pushes_blocked',
+      'needs_restore',
+      'last_stop_clean',
+    ])
+      out.set(`Status.${k}`, JSON.stringify(st[k]));
+    out.set('ListTables', JSON.stringify((await this.call('ListTables', {})).tables));
+    const rc = await this.call('ReadCheckpoint', {});
+    const dense = (rc.dense as { name: string; values: Buffer }[]).map((t) => `${t.name}=${createHash('sha256').update(t.values).digest('hex')}`);
+    out.set('ReadCheckpoint', `id ${rc.checkpoint_id} meta ${Buffer.from(rc.meta).toString('hex')} dense ${dense.join(',')}`);
+    return out;
+  }
+
+  /** Adds a finding for each piece of `got` that differs from `want`; true if any did. */
+  compareSnapshots(what: string, want: Map<string, string> | undefined, got: Map<string, string>, extra: Partial<Finding> = {}): boolean {
+    if (!want) return false;
     const diffs: string[] = [];
     for (const k of new Set([...want.keys(), ...got.keys()]))
       if (want.get(k) !== got.get(k)) diffs.push(`${k}: ${want.get(k) ?? 'absent'} -> ${got.get(k) ?? 'absent'}`);
-    if (diffs.length) this.find(what, `${diffs.length} differ: ${diffs.slice(0, 4).join('; ')}`.slice(0, 1500));
+    if (diffs.length) this.find(what, `${diffs.length} differ: ${diffs.slice(0, 4).join('; ')}`.slice(0, 1500), extra);
+    return diffs.length > 0;
   }
 
   // ---------------------------------------------------------- the invariants
@@ -476,7 +577,7 @@ export class Harness {
   /** A new connection for big requests, after one of them wedged the last (see sendBatch). */
   renewBigWire(): void {
     this.bigWire.close();
-    this.bigWire = new Wire(this.endpoint);
+    this.bigWire = new Wire(this.endpoint, () => this.present().md);
   }
 
   /** Checks every protected piece; returns the findings (also kept in this.findings). */
@@ -560,7 +661,7 @@ export class Harness {
     for (const p of picks) {
       const q: FuzzRequest = { rpc: p.rpc, kind: `${p.rpc}/retry-acknowledged`, obj: { ...p.obj, incarnation: 0 } };
       const body = bodyOf(q, this.incarnation);
-      const o = await this.wire.call(p.rpc, body);
+      const o = await this.wire.call(p.rpc, body, undefined, undefined, this.adminMd());
       if (o.code === grpc.status.OK && !o.res?.duplicate)
         out.push(
           this.find('an acknowledged push was applied again (exactly-once record lost)', `retry of ${p.key} answered duplicate=false`, {
@@ -689,6 +790,8 @@ export interface Sent {
   a: Assessment;
   o?: Outcome;
   skipped?: boolean;
+  /** The authorization it carried (drawn before the batch went out). */
+  p: Presented;
 }
 
 /** Requests above this go on the big lane. */
@@ -699,10 +802,46 @@ export interface Stats {
   byRpc: Record<string, number>;
   byCode: Record<string, number>;
   skipped: number;
+  /** Requests by the authorization they presented (runs under --auth-tokens). */
+  byAuth: Record<string, number>;
 }
 
 export function newStats(): Stats {
-  return { requests: 0, byRpc: {}, byCode: {}, skipped: 0 };
+  return { requests: 0, byRpc: {}, byCode: {}, skipped: 0, byAuth: {} };
+}
+
+/**
+ * A request the door owed a refusal: that refusal and nothing else (never
+ * OK, never another code), details bounded and without the secret it
+ * presented. Its answer is not judged further: no handler saw it.
+ */
+function judgeRefused(h: Harness, s: Sent, owed: { code: grpc.status; why: string }): void {
+  const { q, o, p } = s;
+  if (!o) return;
+  const at = { rpc: q.rpc, kind: `${q.kind} [auth: ${p.kind}]`, request: describe(q, s.body) };
+  // grpc-js answers a path no service registered before any interceptor runs: nothing ran, so no door was passed.
+  const unregistered = o.code === grpc.status.UNIMPLEMENTED && q.path !== undefined;
+  if (o.code !== owed.code && !unregistered)
+    h.find(
+      `a request the door must refuse got ${grpc.status[o.code] ?? o.code}, not ${grpc.status[owed.code]}`,
+      `${owed.why}; answer: ${o.details.slice(0, 300)}`,
+      at,
+    );
+  if (Buffer.byteLength(o.details) > DETAILS_LIMIT)
+    h.find(`error details over ${DETAILS_LIMIT} bytes`, `${Buffer.byteLength(o.details)} bytes: ${o.details.slice(0, 120)}…`, at);
+  if (p.secret && o.details.includes(p.secret)) h.find('a refusal echoes the presented token', o.details.slice(0, 300), at);
+}
+
+/** Dense tensor names a batch aims at (they cannot be listed: the observation reads them by name). */
+function denseTargets(sent: Sent[]): string[] {
+  const names = new Set<string>();
+  for (const s of sent) {
+    if (s.q.rpc !== 'SetDense' && s.q.rpc !== 'PushDense') continue;
+    const v = serverView(s.q.rpc, s.body);
+    const n = s.q.rpc === 'SetDense' ? v?.tensor?.name : v?.name;
+    if (typeof n === 'string' && n.length > 0 && n.length <= 256) names.add(n);
+  }
+  return [...names].sort();
 }
 
 /** Per-request checks: the status code, the size of error details, refusals, what a read returns. */
@@ -762,20 +901,27 @@ export async function sendBatch(h: Harness, reqs: FuzzRequest[], stats: Stats, c
     const a = assess(q.rpc, body, ctx, !!q.onlyIfPrepared);
     // The last guard: nothing that could change a protected object goes out, whoever made it.
     if (a.unsafe) stats.skipped++;
-    else sent.push({ q, body, a });
+    else sent.push({ q, body, a, p: h.present() });
   }
+  // Under a refusing mode the whole observable state must come through the batch untouched.
+  const refusing = h.auth === 'none' || h.auth === 'reader';
+  const dense = refusing ? denseTargets(sent) : [];
+  const before = refusing ? await h.observe(dense) : undefined;
   const count = (s: Sent) => {
     stats.requests++;
     stats.byRpc[s.q.rpc] = (stats.byRpc[s.q.rpc] ?? 0) + 1;
     const c = grpc.status[s.o!.code] ?? String(s.o!.code);
     stats.byCode[c] = (stats.byCode[c] ?? 0) + 1;
+    if (h.auth) stats.byAuth[s.p.kind] = (stats.byAuth[s.p.kind] ?? 0) + 1;
   };
   const send = async (s: Sent, wire: Wire) => {
     // A barrier that cannot be released: the caller gives up, as a crashed worker would.
     const deadline = s.a.barrierWait && s.q.group === undefined ? 150 : wire === h.bigWire ? 5_000 : (s.q.deadlineMs ?? 15_000);
-    s.o = await wire.call(s.q.rpc, s.body, deadline, s.q.path);
+    s.o = s.p.extra ? await h.spliced.call(s.q.rpc, s.body, deadline, s.q.path, s.p) : await wire.call(s.q.rpc, s.body, deadline, s.q.path, s.p.md);
     count(s);
-    judge(h, s);
+    const owed = h.auth ? owedRefusal(h.auth, s.q.rpc, s.q.path) : null;
+    if (owed) judgeRefused(h, s, owed);
+    else judge(h, s);
   };
 
   const protocolLane = async () => {
@@ -854,6 +1000,22 @@ export async function sendBatch(h: Harness, reqs: FuzzRequest[], stats: Stats, c
   };
   await Promise.all([protocolLane(), bigLane(), ...Array.from({ length: concurrency }, dataLane)]);
   resolveOnce(h, sent);
+  if (before) {
+    const after = await h.observe(dense);
+    // The suspects first: requests the door let through that it owed a refusal.
+    const through = sent.filter(
+      (s) =>
+        s.o && owedRefusal(h.auth!, s.q.rpc, s.q.path) && s.o.code !== owedRefusal(h.auth!, s.q.rpc, s.q.path)!.code && s.o.code !== grpc.status.UNIMPLEMENTED,
+    );
+    const rpcs = [...new Set(sent.filter((s) => !s.skipped).map((s) => s.q.rpc))].join(' ');
+    const request = through.length
+      ? `${through.length} of the batch got past the door: ${through
+          .slice(0, 3)
+          .map((s) => `${grpc.status[s.o!.code]} ${describe(s.q, s.body)} [auth: ${s.p.kind}]`)
+          .join(' | ')}`
+      : `a batch of ${sent.length} requests (${rpcs}), each answered as owed`;
+    h.compareSnapshots(`the server's state changed under requests the door refused (auth ${h.auth})`, before, after, { request: request.slice(0, 1500) });
+  }
   return sent;
 }
 
@@ -908,6 +1070,8 @@ export interface FuzzOptions {
   isolate?: boolean;
   /** Look past the known defects (see KNOWN_DEFECTS): their triggers are not drawn, their harmless findings only counted. */
   skipKnown?: boolean;
+  /** Run against a server with --auth-tokens, the fuzz requests authorized as this mode says (test/fuzz.auth.ts). */
+  auth?: AuthMode;
 }
 
 export interface FuzzSummary {
@@ -926,8 +1090,12 @@ export interface FuzzSummary {
   seconds: number;
 }
 
-export function replayCommand(o: { seed: number; batch: number; restartEvery: number; concurrency: number; skipKnown?: boolean }, batchNo: number): string {
+export function replayCommand(
+  o: { seed: number; batch: number; restartEvery: number; concurrency: number; skipKnown?: boolean; auth?: AuthMode },
+  batchNo: number,
+): string {
   const extra = [
+    o.auth ? `--auth ${o.auth}` : '',
     o.skipKnown ? '--skip-known' : '',
     o.batch !== 40 ? `--batch ${o.batch}` : '',
     o.restartEvery !== 10 ? `--restart-every ${o.restartEvery}` : '',
@@ -940,7 +1108,7 @@ export function replayCommand(o: { seed: number; batch: number; restartEvery: nu
 
 export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
   const t0 = Date.now();
-  const opt = { seed: o.seed, batch: o.batch ?? 40, restartEvery: o.restartEvery ?? 10, concurrency: o.concurrency ?? 4, skipKnown: o.skipKnown };
+  const opt = { seed: o.seed, batch: o.batch ?? 40, restartEvery: o.restartEvery ?? 10, concurrency: o.concurrency ?? 4, skipKnown: o.skipKnown, auth: o.auth };
   const log = o.log ?? (() => undefined);
   const stats = newStats();
   const findings: Finding[] = [];
@@ -950,9 +1118,11 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
   let batchNo = 0;
   let resets = 0;
   const replay = () => replayCommand(opt, batchNo);
-  let h = await Harness.start({ seed: o.seed, runSeed: o.seed, replay });
+  let h = await Harness.start({ seed: o.seed, runSeed: o.seed, replay, auth: o.auth });
   const restarts = { term: 0, kill: 0 };
-  log(`fuzz: seed ${o.seed}, ${nBatches} batches of ${opt.batch}, restart every ${opt.restartEvery} batches, server ${h.endpoint}`);
+  log(
+    `fuzz: seed ${o.seed}, ${nBatches} batches of ${opt.batch}, restart every ${opt.restartEvery} batches, server ${h.endpoint}${o.auth ? `, --auth-tokens, fuzz requests as ${o.auth}` : ''}`,
+  );
   const takeFindings = () => {
     for (const f of h.findings.splice(0)) {
       if (o.skipKnown && knownFinding(f)) {
@@ -970,7 +1140,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
     await h.close();
     resets++;
     log(`fuzz: fresh server and pool after batch ${batchNo} (${why})`);
-    h = await Harness.start({ seed: mix(o.seed, resets), runSeed: o.seed, replay });
+    h = await Harness.start({ seed: mix(o.seed, resets), runSeed: o.seed, replay, auth: o.auth });
   };
   try {
     for (batchNo = 0; batchNo < nBatches; batchNo++) {
@@ -987,7 +1157,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
       const sent = await sendBatch(h, reqs, stats, opt.concurrency);
       const broken = await h.check();
       if (broken.length) {
-        if (o.isolate !== false) await isolate(o.seed, batchNo, sent, broken, log, replay);
+        if (o.isolate !== false) await isolate(o.seed, batchNo, sent, broken, log, replay, o.auth);
         await reset(broken[0].invariant);
         continue;
       }
@@ -1028,8 +1198,16 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzSummary> {
  * one that would now be a valid mutation of a protected object is skipped),
  * the invariants checked after each.
  */
-async function isolate(seed: number, batchNo: number, sent: Sent[], broken: Finding[], log: (l: string) => void, replay: (w: string) => string): Promise<void> {
-  const h = await Harness.start({ seed: mix(seed, 0x150), runSeed: seed, replay }).catch(() => null);
+async function isolate(
+  seed: number,
+  batchNo: number,
+  sent: Sent[],
+  broken: Finding[],
+  log: (l: string) => void,
+  replay: (w: string) => string,
+  auth?: AuthMode,
+): Promise<void> {
+  const h = await Harness.start({ seed: mix(seed, 0x150), runSeed: seed, replay, auth }).catch(() => null);
   if (!h) return;
   try {
     const stats = newStats();

@@ -5,6 +5,11 @@
 //   node dist/test/fuzz.soak.js --minutes 15 --seed 100            (seeds 100, 101, ... until the time is up)
 //   node dist/test/fuzz.soak.js --case worker-id-65536-bytes       (one directed abuse case; --case all: every one)
 //   node dist/test/fuzz.soak.js --minutes 15 --skip-known          (look past the known defects: see KNOWN_DEFECTS in fuzz.lib.ts)
+//   node dist/test/fuzz.soak.js --auth both --seeds 1-4            (under --auth-tokens: each seed with the admin token, then without any)
+//
+// --auth admin|reader|none runs one mode, --auth both admin then none,
+// --auth all admin, reader, none (see test/fuzz.auth.ts for what each checks);
+// the replay command of a finding names its mode.
 //
 // The seed is printed first and with every finding, with the command that
 // replays it. A finding that breaks the protected state ends that server:
@@ -14,6 +19,7 @@
 import { ABUSE_CASES, runCase } from './fuzz.cases';
 import { formatFinding, signature, type Finding } from './fuzz.gen';
 import { closeAllHarnesses, runFuzz, type FuzzSummary } from './fuzz.lib';
+import { AUTH_MODES, type AuthMode } from './fuzz.auth';
 
 interface Args {
   seeds: number[];
@@ -25,10 +31,23 @@ interface Args {
   cases: string[];
   quiet: boolean;
   skipKnown: boolean;
+  /** Modes under --auth-tokens, each seed run in each; [undefined]: no tokens. */
+  auth: (AuthMode | undefined)[];
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { seeds: [1], requests: 20_000, minutes: 0, batch: 40, restartEvery: 10, concurrency: 4, cases: [], quiet: false, skipKnown: false };
+  const a: Args = {
+    seeds: [1],
+    requests: 20_000,
+    minutes: 0,
+    batch: 40,
+    restartEvery: 10,
+    concurrency: 4,
+    cases: [],
+    quiet: false,
+    skipKnown: false,
+    auth: [undefined],
+  };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -53,9 +72,15 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--case') a.cases.push(v());
     else if (k === '--quiet') a.quiet = true;
     else if (k === '--skip-known') a.skipKnown = true;
-    else if (k === '--help' || k === '-h') {
+    else if (k === '--auth') {
+      const m = v();
+      if (m === 'both') a.auth = ['admin', 'none'];
+      else if (m === 'all') a.auth = [...AUTH_MODES];
+      else if ((AUTH_MODES as readonly string[]).includes(m)) a.auth = [m as AuthMode];
+      else throw new Error(`--auth takes ${AUTH_MODES.join(', ')}, both or all; got ${m}`);
+    } else if (k === '--help' || k === '-h') {
       process.stdout.write(
-        'usage: node dist/test/fuzz.soak.js [--seed S | --seeds A-B] [--requests N] [--minutes M] [--batch B] [--restart-every E] [--concurrency C] [--case NAME|all] [--skip-known] [--quiet]\n',
+        'usage: node dist/test/fuzz.soak.js [--seed S | --seeds A-B] [--requests N] [--minutes M] [--batch B] [--restart-every E] [--concurrency C] [--case NAME|all] [--auth admin|reader|none|both|all] [--skip-known] [--quiet]\n',
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (see --help)`);
@@ -83,37 +108,48 @@ async function main(): Promise<number> {
 
   if (args.cases.length) {
     const names = args.cases.includes('all') ? ABUSE_CASES.map((c) => c.name) : args.cases;
-    for (const name of names) {
-      const seed = args.seeds[0];
-      log(`case ${name}, seed ${seed}`);
-      const fs = await runCase(name, seed);
-      fs.forEach(onFinding);
-      log(`case ${name}: ${fs.length ? `${fs.length} findings` : 'no findings'}`);
-    }
+    for (const auth of args.auth)
+      for (const name of names) {
+        const seed = args.seeds[0];
+        const c = ABUSE_CASES.find((x) => x.name === name);
+        const tag = auth ? ` (auth ${auth})` : '';
+        if (c?.needsAccess && (auth === 'none' || auth === 'reader')) {
+          log(`case ${name}${tag}: not run: ${c.needsAccess}`);
+          continue;
+        }
+        log(`case ${name}, seed ${seed}${tag}`);
+        const t = Date.now();
+        const fs = await runCase(name, seed, auth);
+        fs.forEach(onFinding);
+        log(`case ${name}${tag}: ${fs.length ? `${fs.length} findings` : 'no findings'}, ${((Date.now() - t) / 1000).toFixed(1)} s`);
+      }
   } else {
-    const runs: FuzzSummary[] = [];
+    const runs: (FuzzSummary & { auth?: AuthMode })[] = [];
     const deadline = args.minutes ? t0 + args.minutes * 60_000 : Infinity;
     const seeds = function* (): Generator<number> {
       if (!args.minutes) yield* args.seeds;
       else for (let s = args.seeds[0]; Date.now() < deadline; s++) yield s;
     };
-    for (const seed of seeds()) {
-      log(`fuzz: seed ${seed}`);
-      const s = await runFuzz({
-        seed,
-        requests: args.requests,
-        batch: args.batch,
-        restartEvery: args.restartEvery,
-        concurrency: args.concurrency,
-        skipKnown: args.skipKnown,
-        log: args.quiet ? undefined : log,
-        onFinding,
-      });
-      runs.push(s);
-      log(
-        `fuzz: seed ${seed}: ${s.requests} requests in ${s.batches} batches (request digest ${s.digest}), ${s.seconds.toFixed(0)} s; restarts ${s.restarts.term} clean + ${s.restarts.kill} kill -9; ${s.resets} fresh servers; ${s.findings.length} findings`,
-      );
-    }
+    for (const seed of seeds())
+      for (const auth of args.auth) {
+        const tag = auth ? ` (auth ${auth})` : '';
+        log(`fuzz: seed ${seed}${tag}`);
+        const s = await runFuzz({
+          seed,
+          requests: args.requests,
+          batch: args.batch,
+          restartEvery: args.restartEvery,
+          concurrency: args.concurrency,
+          skipKnown: args.skipKnown,
+          auth,
+          log: args.quiet ? undefined : log,
+          onFinding,
+        });
+        runs.push({ ...s, auth });
+        log(
+          `fuzz: seed ${seed}${tag}: ${s.requests} requests in ${s.batches} batches (request digest ${s.digest}), ${s.seconds.toFixed(0)} s; restarts ${s.restarts.term} clean + ${s.restarts.kill} kill -9; ${s.resets} fresh servers; ${s.findings.length} findings`,
+        );
+      }
     const total = (f: (s: FuzzSummary) => number) => runs.reduce((n, s) => n + f(s), 0);
     const codes: Record<string, number> = {};
     const rpcs: Record<string, number> = {};
@@ -132,6 +168,20 @@ async function main(): Promise<number> {
         `answers by code: ${Object.entries(codes)
           .map(([k, n]) => `${k} ${n}`)
           .join(', ')}`,
+        ...args.auth
+          .filter((m) => m !== undefined)
+          .map((m) => {
+            const rs = runs.filter((s) => s.auth === m);
+            const by = (f: (s: FuzzSummary) => Record<string, number>) => {
+              const acc: Record<string, number> = {};
+              for (const s of rs) for (const [k, n] of Object.entries(f(s))) acc[k] = (acc[k] ?? 0) + n;
+              return Object.entries(acc)
+                .map(([k, n]) => `${k} ${n}`)
+                .join(', ');
+            };
+            const secs = rs.reduce((n, s) => n + s.seconds, 0);
+            return `auth ${m}: ${rs.reduce((n, s) => n + s.requests, 0)} requests, ${secs.toFixed(0)} s, ${rs.reduce((n, s) => n + s.findings.length, 0)} findings; codes: ${by((s) => s.stats.byCode)}; presented: ${by((s) => s.stats.byAuth)}`;
+          }),
       ].join('\n') + '\n',
     );
   }

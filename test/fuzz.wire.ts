@@ -261,7 +261,11 @@ export interface Outcome {
  */
 export class Wire {
   private readonly client: grpc.Client;
-  constructor(readonly endpoint: string) {
+  /** `metadata` makes each call's metadata unless the call brings its own (a server with --auth-tokens reads the token from it). */
+  constructor(
+    readonly endpoint: string,
+    private readonly metadata: () => grpc.Metadata = () => new grpc.Metadata(),
+  ) {
     this.client = new grpc.Client(endpoint, grpc.credentials.createInsecure(), {
       'grpc.max_send_message_length': -1,
       'grpc.max_receive_message_length': -1,
@@ -272,7 +276,7 @@ export class Wire {
     });
   }
 
-  call(rpc: string, body: Buffer, deadlineMs = 15_000, path = `/${SERVICE_PATH}/${rpc}`): Promise<Outcome> {
+  call(rpc: string, body: Buffer, deadlineMs = 15_000, path = `/${SERVICE_PATH}/${rpc}`, md: grpc.Metadata = this.metadata()): Promise<Outcome> {
     const t0 = Date.now();
     return new Promise((resolve) => {
       this.client.makeUnaryRequest<Buffer, Buffer>(
@@ -280,7 +284,7 @@ export class Wire {
         (x) => x,
         (x) => x,
         body,
-        new grpc.Metadata(),
+        md,
         { deadline: Date.now() + deadlineMs },
         (err, value) => {
           const ms = Date.now() - t0;
