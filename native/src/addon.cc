@@ -66,7 +66,9 @@ class RowBuffers {
     size_t cap;  // bytes mapped (0: from malloc)
   };
   static constexpr size_t kMapBytes = 256 * 1024;
-  static constexpr size_t kCacheBytes = 32 << 20;
+  // Small against the memory bounds the transport keeps (idle + 64 MiB under
+  // abuse): enough for the 1 MiB replies of a training step to be reused.
+  static constexpr size_t kCacheBytes = 8 << 20;
 
   /** On the pool thread. */
   static Buf alloc(size_t bytes) {
