@@ -506,18 +506,14 @@ void Engine::write_back(Table& t, Entry* e) {
   writebacks_.fetch_add(1, std::memory_order_relaxed);
 }
 
-// Makes room for one entry of n bytes: recycles, else evicts the LRU tail
-// down to 7/8 of the stripe's share (so write-backs come in groups), else
+// Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
+// cache.h) down to 7/8 of the stripe's share (so write-backs come in groups), else
 // frees recycled entries of other sizes.
 void Engine::make_room(Stripe& s, size_t n) {
   if (s.has_room(n)) return;
   const size_t target = s.budget - s.budget / 8;
   std::vector<Entry*> victims;
-  size_t freed = 0;
-  for (Entry* e = s.lru.back(); e && e != &s.lru.head && s.used_bytes() - freed > target; e = e->lprev) {
-    victims.push_back(e);
-    freed += e->bytes;
-  }
+  if (s.used_bytes() > target) s.pick_victims(s.used_bytes() - target, &victims);
   bool wrote = false;
   for (Entry* e : victims) {
     if (e->dirty) {
