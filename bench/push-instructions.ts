@@ -2,7 +2,7 @@
 // callgrind (instruction counts are repeatable whatever else the machine
 // runs, unlike seconds). A script, not a test:
 //
-//   PMEM_IS_PMEM_FORCE=1 valgrind --tool=callgrind --callgrind-out-file=cg.out \
+//   PMEM_IS_PMEM_FORCE=1 PMEMPS_ENGINE_HELPERS=0 valgrind --tool=callgrind --callgrind-out-file=cg.out \
 //     node dist/bench/push-instructions.js [push|pull] [calls]
 //   callgrind_annotate --inclusive=yes cg.out | grep -E 'Engine::(push|pull)\('
 //
@@ -13,9 +13,9 @@
 // row present (a row never pushed would cost an initializer per pull).
 // Per pull: Engine::pull's inclusive count / calls. Per push: the 5
 // populating pushes count too, so take the difference of Engine::push
-// between a run with `calls` and one with 0, divided by `calls`. Work the
-// engine hands to other threads is counted under their own entry points
-// (callgrind follows every thread): add those lines.
+// between a run with `calls` and one with 0, divided by `calls`.
+// PMEMPS_ENGINE_HELPERS=0 keeps each call on its own thread, so that its
+// inclusive count holds all its work (a build before the helpers ignores it).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
