@@ -810,9 +810,10 @@ inline void prefetch_lines(const void* p, size_t bytes) {
 }
 
 // Groups a batch by stripe (counting sort on the hash's top bits): counts
-// gets each stripe's range in order[], kStripes + 1 entries.
+// gets each stripe's range in order[], kStripes + 1 entries; busy the
+// stripes with work, whose number it returns.
 template <int Bits>
-void by_stripe(const uint64_t* hs, size_t n, uint32_t* order, size_t* counts) {
+size_t by_stripe(const uint64_t* hs, size_t n, uint32_t* order, size_t* counts, int* busy) {
   constexpr int kS = 1 << Bits;
   std::fill(counts, counts + kS + 1, size_t{0});
   for (size_t i = 0; i < n; i++) counts[(hs[i] >> (64 - Bits)) + 1]++;
@@ -820,6 +821,10 @@ void by_stripe(const uint64_t* hs, size_t n, uint32_t* order, size_t* counts) {
   size_t pos[kS];
   std::copy(counts, counts + kS, pos);
   for (size_t i = 0; i < n; i++) order[pos[hs[i] >> (64 - Bits)]++] = static_cast<uint32_t>(i);
+  size_t nbusy = 0;
+  for (int s = 0; s < kS; s++)
+    if (counts[s] != counts[s + 1]) busy[nbusy++] = s;
+  return nbusy;
 }
 
 }  // namespace
@@ -835,11 +840,8 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
   uint32_t* order = grab(sc.order, n);
   for (size_t i = 0; i < n; i++) hs[i] = Stripe::hash(t->idx, load_key(keys + 8 * i));
   size_t counts[kStripes + 1];
-  by_stripe<kStripeBits>(hs, n, order, counts);
   int busy[kStripes];
-  size_t nbusy = 0;
-  for (int si = 0; si < kStripes; si++)
-    if (counts[si] != counts[si + 1]) busy[nbusy++] = si;
+  const size_t nbusy = by_stripe<kStripeBits>(hs, n, order, counts, busy);
   std::atomic<uint64_t> hits{0}, misses{0};
   Entry** ents = grab(sc.found, n);
   // The bytes of an entry a pull reads: its header (key) and dim floats.
@@ -980,11 +982,8 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
   }
   uint32_t* order = grab(sc.order, u);
   size_t counts[kStripes + 1];
-  by_stripe<kStripeBits>(hs, u, order, counts);
   int busy[kStripes];
-  size_t nbusy = 0;
-  for (int si = 0; si < kStripes; si++)
-    if (counts[si] != counts[si + 1]) busy[nbusy++] = si;
+  const size_t nbusy = by_stripe<kStripeBits>(hs, u, order, counts, busy);
 
   uint64_t* refs = grab(sc.refs, u);
   // Entries found in phase 1 are reused in phase 3 when their stripe has
