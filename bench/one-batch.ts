@@ -2,7 +2,8 @@
 // line run side by side, each in its own child process with its own pool on
 // /dev/shm (PMEM_IS_PMEM_FORCE=1), and are measured in turns (A B, then B A,
 // ...) so that the load of a shared machine falls on all of them alike.
-// Reports the median rows/s of each build and each build's ratio to the first.
+// Reports the median rows/s and process CPU time per row (every thread) of
+// each build, and each build's ratio to the first.
 // A script, not a test:
 //
 //   node dist/bench/one-batch.js [--build label=DIR ...] [--rows N] [--reps N] [--ms N]
@@ -58,9 +59,12 @@ async function child(cfg: ChildCfg): Promise<void> {
     const call = (i: number): Promise<unknown> =>
       op === 'pull' ? e.pull(TABLE.name, keys[i % keys.length]) : e.push(TABLE.name, keys[i % keys.length], grads[i % grads.length]);
     await drive(inflight, call, (n) => n >= inflight * 2);
+    const c0 = process.cpuUsage();
     const r = await drive(inflight, call, (_n, el) => el >= Number(msS));
-    const s = e.stats();
-    process.stdout.write(`@@RATE ${JSON.stringify({ rate: (r.calls * BATCH) / r.secs, misses: s.misses })}\n`);
+    const c = process.cpuUsage(c0);
+    // CPU time of the whole process (every thread, JavaScript included) per row.
+    const cpuNsPerRow = ((c.user + c.system) * 1000) / (r.calls * BATCH);
+    process.stdout.write(`@@RATE ${JSON.stringify({ rate: (r.calls * BATCH) / r.secs, cpuNsPerRow })}\n`);
   }
   await e.close();
   fs.rmSync(cfg.dir, { recursive: true, force: true });
@@ -95,10 +99,10 @@ class Peer {
     while (this.lines.length === 0) await new Promise<void>((r) => (this.wake = r));
     return this.lines.shift()!;
   }
-  async measure(op: string, inflight: number, ms: number): Promise<number> {
+  async measure(op: string, inflight: number, ms: number): Promise<{ rate: number; cpuNsPerRow: number }> {
     this.proc.stdin!.write(`${op} ${inflight} ${ms}\n`);
     const l = await this.next();
-    return JSON.parse(l.slice('@@RATE '.length)).rate as number;
+    return JSON.parse(l.slice('@@RATE '.length)) as { rate: number; cpuNsPerRow: number };
   }
 }
 
@@ -136,12 +140,15 @@ async function main(): Promise<void> {
     ['push', 8],
   ];
   const samples = new Map<string, number[]>();
+  const cpu = new Map<string, number[]>();
   for (let rep = 0; rep < reps; rep++) {
     for (const [op, inflight] of modes) {
       const order = rep % 2 === 0 ? peers : [...peers].reverse();
       for (const p of order) {
         const key = `${p.label} ${op}@${inflight}`;
-        samples.set(key, [...(samples.get(key) ?? []), await p.measure(op, inflight, ms)]);
+        const r = await p.measure(op, inflight, ms);
+        samples.set(key, [...(samples.get(key) ?? []), r.rate]);
+        cpu.set(key, [...(cpu.get(key) ?? []), r.cpuNsPerRow]);
       }
     }
     process.stderr.write(`repetition ${rep + 1}/${reps}\n`);
@@ -162,17 +169,27 @@ async function main(): Promise<void> {
       .map(() => '---')
       .join('|')}|`,
   );
-  for (const [op, inflight] of modes) {
-    const meds = peers.map((p) => median(samples.get(`${p.label} ${op}@${inflight}`)!));
-    const ranges = peers.map((p) => {
-      const s = samples.get(`${p.label} ${op}@${inflight}`)!;
-      return `${fmtRate(median(s))} (${(Math.min(...s) / 1e6).toFixed(2)}..${(Math.max(...s) / 1e6).toFixed(2)}M)`;
+  const row = (label: string, key: string, m: Map<string, number[]>, fmt: (x: number) => string, lo: (x: number) => string): void => {
+    const meds = peers.map((p) => median(m.get(`${p.label} ${key}`)!));
+    const cells = peers.map((p) => {
+      const s = m.get(`${p.label} ${key}`)!;
+      return `${fmt(median(s))} (${lo(Math.min(...s))}..${lo(Math.max(...s))})`;
     });
     console.log(
-      `| ${op}, ${inflight} in flight | ${ranges.join(' | ')} | ${meds
+      `| ${label} | ${cells.join(' | ')} | ${meds
         .slice(1)
         .map((x) => `**${(x / meds[0]).toFixed(2)}x**`)
         .join(' | ')} |`,
+    );
+  };
+  for (const [op, inflight] of modes) {
+    row(`${op}, ${inflight} in flight: rows/s`, `${op}@${inflight}`, samples, fmtRate, (x) => `${(x / 1e6).toFixed(2)}M`);
+    row(
+      `${op}, ${inflight} in flight: process CPU ns/row`,
+      `${op}@${inflight}`,
+      cpu,
+      (x) => x.toFixed(0),
+      (x) => x.toFixed(0),
     );
   }
 }
