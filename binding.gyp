@@ -14,7 +14,7 @@
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libpmemobj libpmem)"],
+      "cflags_cc": ["-std=c++17", "-O2", "-fno-math-errno", "-ffp-contract=off", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libpmemobj libpmem)"],
       "libraries": ["<!@(pkg-config --libs libpmemobj libpmem)"]
     }
   ]

@@ -1,5 +1,6 @@
 // The DRAM row cache: striped, each stripe a chained hash of entries with an
-// intrusive LRU list and two dirty lists, under one mutex.
+// intrusive CLOCK list (second-chance LRU) and two dirty lists, under one
+// mutex.
 //
 // Invariants:
 //  * At most one entry per (table, key), always in the stripe chosen by
@@ -13,6 +14,12 @@
 //    memory at the budget: glibc's per-thread arenas would otherwise each
 //    keep their own peak. Copy-on-write copies made for a running prepare
 //    (shadows) count like any entry.
+//  * Eviction is CLOCK over the `lru` list: a hit only sets the entry's
+//    `used` bit (no list links move, so a hit touches no other entry's
+//    cache lines); the eviction scan from the tail gives a used entry a
+//    second chance (clears the bit, moves it to the front) and takes unused
+//    ones. Each move is paid for by a hit since the last one, so the scan is
+//    amortized O(1) per access.
 //  * An entry is on `dirty` when modified in the current epoch, on `pending`
 //    when modified in an epoch a running prepare must flush, on neither when
 //    clean. `epoch` is the epoch of its last modification.
@@ -23,6 +30,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <vector>
 
 #include "common.h"
 
@@ -41,6 +49,7 @@ struct Entry {
   uint32_t step;
   uint8_t dirty;   // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
   uint8_t shadow;  // a checkpoint copy: only on `pending`, never in the hash or the LRU
+  uint8_t used;    // CLOCK reference bit: hit since the eviction scan last passed
   uint32_t bytes;
   float data[1];
 };
@@ -94,7 +103,7 @@ using DirtyList = EntryList<&Entry::dprev, &Entry::dnext>;
 class Stripe {
  public:
   std::mutex mu;
-  LruList lru;  // front = most recently used
+  LruList lru;  // CLOCK order: the eviction scan starts at the back
   DirtyList dirty;
   DirtyList pending;
   size_t bytes = 0;
@@ -222,10 +231,35 @@ class Stripe {
     recycle(e);
   }
 
+  // Reads before it writes: a hit on an entry already marked leaves its
+  // cache line clean.
   void touch(Entry* e) {
-    if (lru.front() == e) return;
-    lru.unlink(e);
-    lru.push_front(e);
+    if (!e->used) e->used = 1;
+  }
+
+  // Where h's chain starts, for a prefetch ahead of find().
+  Entry* const* bucket_of(uint64_t h) const { return &buckets_[h & mask_]; }
+
+  // The CLOCK scan: appends entries to `out`, from the back, until they hold
+  // more than `excess` bytes; a used entry met on the way is cleared and
+  // moved to the front instead. The victims stay linked (the caller erases
+  // them after their write-back). Returns the bytes of the victims.
+  size_t pick_victims(size_t excess, std::vector<Entry*>* out) {
+    size_t freed = 0;
+    Entry* e = lru.back();
+    while (e && e != &lru.head && freed < excess) {
+      Entry* prev = e->lprev;
+      if (e->used) {
+        e->used = 0;
+        lru.unlink(e);
+        lru.push_front(e);
+      } else {
+        out->push_back(e);
+        freed += e->bytes;
+      }
+      e = prev;
+    }
+    return freed;
   }
 
   bool is_pending(const Entry* e) const { return e->dirty && e->epoch <= pending_epoch; }

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <thread>
 
 #include "common.h"
 
@@ -46,6 +48,14 @@ std::string id_str(uint64_t id) { return std::to_string(id); }
 // ================================================================= open
 
 Engine::Engine(const EngineOptions& o) : opts_(o), mem_(o.memory_only) {
+  // One helper per further core, up to 3: one batch in flight uses them
+  // (parallel.h); with many in flight the callers keep every core busy.
+  // PMEMPS_ENGINE_HELPERS=n overrides the count (0: each call on its own
+  // thread, as bench/push-instructions.ts counts instructions).
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  unsigned helpers = std::min(hw, 4u) - 1;
+  if (const char* v = std::getenv("PMEMPS_ENGINE_HELPERS")) helpers = static_cast<unsigned>(std::min(std::strtoul(v, nullptr, 10), 64ul));
+  helpers_ = std::make_unique<Helpers>(helpers);
   tables_.resize(kMaxTables);
   const size_t per = mem_ ? SIZE_MAX : static_cast<size_t>(o.cache_bytes / kStripes);
   for (auto& s : stripes_) s.budget = per;
@@ -506,18 +516,14 @@ void Engine::write_back(Table& t, Entry* e) {
   writebacks_.fetch_add(1, std::memory_order_relaxed);
 }
 
-// Makes room for one entry of n bytes: recycles, else evicts the LRU tail
-// down to 7/8 of the stripe's share (so write-backs come in groups), else
+// Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
+// cache.h) down to 7/8 of the stripe's share (so write-backs come in groups), else
 // frees recycled entries of other sizes.
 void Engine::make_room(Stripe& s, size_t n) {
   if (s.has_room(n)) return;
   const size_t target = s.budget - s.budget / 8;
   std::vector<Entry*> victims;
-  size_t freed = 0;
-  for (Entry* e = s.lru.back(); e && e != &s.lru.head && s.used_bytes() - freed > target; e = e->lprev) {
-    victims.push_back(e);
-    freed += e->bytes;
-  }
+  if (s.used_bytes() > target) s.pick_victims(s.used_bytes() - target, &victims);
   bool wrote = false;
   for (Entry* e : victims) {
     if (e->dirty) {
@@ -744,41 +750,136 @@ uint32_t Engine::dim_of(const std::string& name) {
 
 // ========================================================= pull / push
 
+namespace {
+
+// A call's working arrays, kept per thread between calls: a batch's dozen
+// arrays were allocated (and zeroed) anew by every call. Up to
+// kKeepScratchBytes stay allocated per thread; a larger call's are released
+// when it ends, so the process's memory outside the cache stays bounded.
+struct CallScratch {
+  std::vector<uint64_t> hs, uk, refs;
+  std::vector<uint32_t> order, slots;
+  std::vector<const float*> gp;
+  std::vector<Entry*> found;
+  std::vector<uint8_t> missing;
+  std::vector<float> acc, grads, rows;
+  std::vector<uint32_t> steps;
+  size_t bytes() const {
+    return 8 * (hs.capacity() + uk.capacity() + refs.capacity() + gp.capacity() + found.capacity()) +
+           4 * (order.capacity() + slots.capacity() + acc.capacity() + grads.capacity() + rows.capacity() + steps.capacity()) + missing.capacity();
+  }
+};
+constexpr size_t kKeepScratchBytes = 8u << 20;
+
+CallScratch& call_scratch() {
+  thread_local CallScratch s;
+  return s;
+}
+
+struct ScratchRelease {
+  ~ScratchRelease() {
+    CallScratch& s = call_scratch();
+    if (s.bytes() > kKeepScratchBytes) s = CallScratch();
+  }
+};
+
+// n elements of v, grown (never shrunk) as needed; contents are whatever the
+// last call left.
+template <typename T>
+T* grab(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// One row's buffer per thread for rows computed outside the call's arrays.
+float* row_tmp(uint32_t floats) {
+  thread_local std::vector<float> v;
+  return grab(v, floats);
+}
+
+// Keys ahead of the one being read whose bucket, then entry, are prefetched:
+// a cached row costs a few dependent cache misses (bucket, entry header,
+// data), so issuing the next rows' loads early overlaps them.
+constexpr size_t kPrefetchBucket = 16;
+constexpr size_t kPrefetchEntry = 8;
+constexpr size_t kPrefetchRow = 3;
+
+inline void prefetch_lines(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+}
+
+// Groups a batch by stripe (counting sort on the hash's top bits): counts
+// gets each stripe's range in order[], kStripes + 1 entries; busy the
+// stripes with work, whose number it returns.
+template <int Bits>
+size_t by_stripe(const uint64_t* hs, size_t n, uint32_t* order, size_t* counts, int* busy) {
+  constexpr int kS = 1 << Bits;
+  std::fill(counts, counts + kS + 1, size_t{0});
+  for (size_t i = 0; i < n; i++) counts[(hs[i] >> (64 - Bits)) + 1]++;
+  for (int s = 0; s < kS; s++) counts[s + 1] += counts[s];
+  size_t pos[kS];
+  std::copy(counts, counts + kS, pos);
+  for (size_t i = 0; i < n; i++) order[pos[hs[i] >> (64 - Bits)]++] = static_cast<uint32_t>(i);
+  size_t nbusy = 0;
+  for (int s = 0; s < kS; s++)
+    if (counts[s] != counts[s + 1]) busy[nbusy++] = s;
+  return nbusy;
+}
+
+}  // namespace
+
 void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
   std::shared_lock<RwLock> el(epoch_mu_);
   Table* t = find_table(name);
   if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the pull was queued");
   const uint32_t dim = t->dim;
-  std::vector<uint64_t> hs(n);
-  std::vector<uint32_t> order(n);
-  size_t counts[kStripes + 1] = {0};
-  for (size_t i = 0; i < n; i++) {
-    hs[i] = Stripe::hash(t->idx, load_key(keys + 8 * i));
-    counts[(hs[i] >> (64 - kStripeBits)) + 1]++;
-  }
-  for (int s = 0; s < kStripes; s++) counts[s + 1] += counts[s];
-  {
-    size_t pos[kStripes];
-    std::copy(counts, counts + kStripes, pos);
-    for (size_t i = 0; i < n; i++) order[pos[hs[i] >> (64 - kStripeBits)]++] = static_cast<uint32_t>(i);
-  }
-  std::vector<float> tmp(t->row_floats);
-  uint64_t hit = 0, miss = 0;
-  for (int si = 0; si < kStripes; si++) {
-    if (counts[si] == counts[si + 1]) continue;
+  ScratchRelease release;
+  CallScratch& sc = call_scratch();
+  uint64_t* hs = grab(sc.hs, n);
+  uint32_t* order = grab(sc.order, n);
+  for (size_t i = 0; i < n; i++) hs[i] = Stripe::hash(t->idx, load_key(keys + 8 * i));
+  size_t counts[kStripes + 1];
+  int busy[kStripes];
+  const size_t nbusy = by_stripe<kStripeBits>(hs, n, order, counts, busy);
+  std::atomic<uint64_t> hits{0}, misses{0};
+  Entry** ents = grab(sc.found, n);
+  // The bytes of an entry a pull reads: its header (key) and dim floats.
+  const size_t rbytes = offsetof(Entry, data) + sizeof(float) * dim;
+  helpers_->run(nbusy, [&](size_t b) {
+    const int si = busy[b];
     Stripe& s = stripes_[si];
+    uint64_t hit = 0, miss = 0;
     std::lock_guard<std::mutex> g(s.mu);
     std::shared_lock<RwLock> il;
-    for (size_t j = counts[si]; j < counts[si + 1]; j++) {
+    const size_t begin = counts[si], end = counts[si + 1];
+    // Two passes, each with loads issued a few keys ahead: first the
+    // entries (bucket, then the entry's first line), then the rows' bytes.
+    for (size_t j = begin; j < end; j++) {
+      if (j + kPrefetchBucket < end) __builtin_prefetch(s.bucket_of(hs[order[j + kPrefetchBucket]]));
+      if (j + kPrefetchEntry < end) {
+        const Entry* pe = *s.bucket_of(hs[order[j + kPrefetchEntry]]);
+        if (pe) __builtin_prefetch(pe);
+      }
       const uint32_t i = order[j];
-      const uint64_t key = load_key(keys + 8 * i);
-      Entry* e = s.find(t->idx, key, hs[i]);
+      ents[j] = s.find(t->idx, load_key(keys + 8 * i), hs[i]);
+    }
+    // A miss below may evict (then entries of the first pass may dangle)
+    // or insert (a key repeated in the batch is then cached): both are
+    // looked up again.
+    const uint64_t gen = s.generation();
+    for (size_t j = begin; j < end; j++) {
+      if (j + kPrefetchRow < end && ents[j + kPrefetchRow]) prefetch_lines(ents[j + kPrefetchRow], rbytes);
+      const uint32_t i = order[j];
+      Entry* e = ents[j];
+      if (!e || s.generation() != gen) e = s.find(t->idx, load_key(keys + 8 * i), hs[i]);
       if (e) {
         std::memcpy(out + static_cast<size_t>(i) * dim, e->data, sizeof(float) * dim);
         s.touch(e);
         hit++;
         continue;
       }
+      const uint64_t key = load_key(keys + 8 * i);
       miss++;
       bool found = false;
       if (!mem_) {
@@ -799,20 +900,23 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
       }
       if (!found) {
         // Never pushed (or only in a dead epoch): the initial row, stored nowhere.
-        init_row(t->init, t->opt, key, dim, tmp.data());
-        std::memcpy(out + static_cast<size_t>(i) * dim, tmp.data(), sizeof(float) * dim);
+        float* tmp = row_tmp(t->row_floats);
+        init_row(t->init, t->opt, key, dim, tmp);
+        std::memcpy(out + static_cast<size_t>(i) * dim, tmp, sizeof(float) * dim);
       }
     }
-  }
-  hits_.fetch_add(hit, std::memory_order_relaxed);
-  misses_.fetch_add(miss, std::memory_order_relaxed);
+    hits.fetch_add(hit, std::memory_order_relaxed);
+    misses.fetch_add(miss, std::memory_order_relaxed);
+  });
+  hits_.fetch_add(hits.load(), std::memory_order_relaxed);
+  misses_.fetch_add(misses.load(), std::memory_order_relaxed);
 }
 
 void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
   const uint64_t t0 = now_us();
   std::shared_lock<RwLock> el(epoch_mu_);
-  uint64_t waited = now_us() - t0;
-  bool during_ckpt = ckpt_active_.load(std::memory_order_relaxed);
+  std::atomic<uint64_t> waited{now_us() - t0};
+  std::atomic<bool> during_ckpt{ckpt_active_.load(std::memory_order_relaxed)};
   Table* t = find_table(name);
   if (pushes_blocked_)
     fail(Code::FailedPrecondition,
@@ -820,34 +924,55 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
   if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the push was queued");
   const uint32_t dim = t->dim;
   const uint32_t rf = t->row_floats;
-  std::vector<float> g(n * dim);
-  std::memcpy(g.data(), grads_bytes, sizeof(float) * g.size());
+  ScratchRelease release;
+  CallScratch& sc = call_scratch();
 
-  // Sum the gradients of duplicate keys, in the order they appear.
-  std::vector<uint32_t> idx(n);
-  std::iota(idx.begin(), idx.end(), 0u);
-  std::vector<uint64_t> k(n);
-  for (size_t i = 0; i < n; i++) k[i] = load_key(keys + 8 * i);
-  std::stable_sort(idx.begin(), idx.end(), [&](uint32_t a, uint32_t b) { return k[a] < k[b]; });
-  std::vector<uint64_t> uk;
-  std::vector<float> ug;
-  uk.reserve(n);
-  ug.reserve(n * dim);
-  for (size_t j = 0; j < n; j++) {
-    const uint32_t i = idx[j];
-    const float* gi = &g[static_cast<size_t>(i) * dim];
-    if (!uk.empty() && uk.back() == k[i]) {
-      float* acc = &ug[ug.size() - dim];
-      for (uint32_t d = 0; d < dim; d++) acc[d] += gi[d];
-    } else {
-      uk.push_back(k[i]);
-      ug.insert(ug.end(), gi, gi + dim);
-    }
+  // The caller's gradients are read in place when aligned for floats.
+  const float* grads = reinterpret_cast<const float*>(grads_bytes);
+  if (reinterpret_cast<uintptr_t>(grads_bytes) % alignof(float)) {
+    float* g = grab(sc.grads, n * dim);
+    std::memcpy(g, grads_bytes, sizeof(float) * n * dim);
+    grads = g;
   }
-  const size_t u = uk.size();
+
+  // Distinct keys in the order they first appear, found through an
+  // open-addressing table on the stripe hash (no sort); the gradients of a
+  // key's duplicates are summed in the order they appear, into `acc`.
+  size_t cap = 16;
+  while (cap < 2 * n) cap <<= 1;
+  uint32_t* slots = grab(sc.slots, cap);
+  std::fill(slots, slots + cap, 0u);
+  uint64_t* uk = grab(sc.uk, n);
+  uint64_t* hs = grab(sc.hs, n);
+  const float** gp = grab(sc.gp, n);
+  float* acc = grab(sc.acc, n * dim);
+  size_t u = 0, nacc = 0;
+  for (size_t i = 0; i < n; i++) {
+    const uint64_t key = load_key(keys + 8 * i);
+    const uint64_t h = Stripe::hash(t->idx, key);
+    size_t pos = h & (cap - 1);
+    while (slots[pos] && uk[slots[pos] - 1] != key) pos = (pos + 1) & (cap - 1);
+    const float* gi = grads + i * dim;
+    if (!slots[pos]) {
+      slots[pos] = static_cast<uint32_t>(++u);
+      uk[u - 1] = key;
+      hs[u - 1] = h;
+      gp[u - 1] = gi;
+      continue;
+    }
+    const size_t j = slots[pos] - 1;
+    float* a = const_cast<float*>(gp[j]);
+    const uintptr_t at = reinterpret_cast<uintptr_t>(gp[j]);
+    if (at < reinterpret_cast<uintptr_t>(acc) || at >= reinterpret_cast<uintptr_t>(acc + nacc * dim)) {
+      a = acc + nacc++ * dim;
+      std::memcpy(a, gp[j], sizeof(float) * dim);
+      gp[j] = a;
+    }
+    for (uint32_t d = 0; d < dim; d++) a[d] += gi[d];
+  }
   // Checked after the sum: finite duplicates may add up to infinity.
   for (size_t i = 0; i < u; i++) {
-    const float* gi = &ug[i * dim];
+    const float* gi = gp[i];
     if (row_finite(gi, dim)) continue;
     uint32_t d = 0;
     while (std::isfinite(gi[d])) d++;
@@ -855,106 +980,84 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
                                     (std::isnan(gi[d]) ? "NaN" : "infinite") +
                                     " (after summing the gradients of its duplicates in the batch); the whole batch was refused");
   }
-  std::vector<uint64_t> hs(u);
-  for (size_t i = 0; i < u; i++) hs[i] = Stripe::hash(t->idx, uk[i]);
-  std::vector<uint64_t> refs(u, 0);
+  uint32_t* order = grab(sc.order, u);
+  size_t counts[kStripes + 1];
+  int busy[kStripes];
+  const size_t nbusy = by_stripe<kStripeBits>(hs, u, order, counts, busy);
 
-  std::vector<uint32_t> order(u);
-  size_t counts[kStripes + 1] = {0};
-  for (size_t i = 0; i < u; i++) counts[(hs[i] >> (64 - kStripeBits)) + 1]++;
-  for (int s = 0; s < kStripes; s++) counts[s + 1] += counts[s];
-  {
-    size_t pos[kStripes];
-    std::copy(counts, counts + kStripes, pos);
-    for (size_t i = 0; i < u; i++) order[pos[hs[i] >> (64 - kStripeBits)]++] = static_cast<uint32_t>(i);
-  }
-  // Entries found earlier are reused later when their stripe has erased
-  // nothing in between (its generation is unchanged).
-  std::vector<Entry*> found(u, nullptr);
+  uint64_t* refs = grab(sc.refs, u);
+  // Entries found in phase 1 are reused in phase 3 when their stripe has
+  // erased nothing in between (its generation is unchanged).
+  Entry** found = grab(sc.found, u);
+  uint8_t* missing = grab(sc.missing, u);
   uint64_t gen[kStripes] = {0};
-  std::vector<size_t> missing;
-
-  if (!mem_) {
-    // Phase 1: the rows the batch touches: cached entries, else index slots.
-    bool uncached = false;
-    for (int si = 0; si < kStripes; si++) {
-      if (counts[si] == counts[si + 1]) continue;
-      Stripe& s = stripes_[si];
-      std::lock_guard<std::mutex> sg(s.mu);
-      gen[si] = s.generation();
-      for (size_t j = counts[si]; j < counts[si + 1]; j++) {
-        const uint32_t i = order[j];
-        Entry* e = s.find(t->idx, uk[i], hs[i]);
-        found[i] = e;
-        if (e)
-          refs[i] = e->ref;
-        else
-          uncached = true;
-      }
-    }
-    if (uncached) {
-      std::shared_lock<RwLock> il(t->index->mu());
-      for (size_t i = 0; i < u; i++) {
-        if (refs[i]) continue;
-        const uint64_t r = t->index->lookup(uk[i]);
-        if (valid_ref(*t, r, uk[i]))
-          refs[i] = r;
-        else
-          missing.push_back(i);
-      }
-    }
-  }
-
-  // Phase 2: every update computed and checked before any is stored, so an
-  // update that would make a row non-finite refuses the whole batch and
-  // changes nothing. Results are kept (up to kPushScratchBytes) for phase 4.
-  const size_t scratch_rows = std::min(u, std::max<size_t>(1, kPushScratchBytes / (sizeof(float) * rf)));
-  // Not zeroed: phase 2 writes every row of it before phase 4 reads it.
-  std::unique_ptr<float[]> scratch(new float[scratch_rows * rf]);
-  std::unique_ptr<uint32_t[]> scratch_step(new uint32_t[scratch_rows]);
-  std::vector<float> tmp(rf);
   uint64_t seen[kStripes] = {0};
-  for (int si = 0; si < kStripes; si++) {
-    if (counts[si] == counts[si + 1]) continue;
+
+  // Phase 1: every update computed and checked before any is stored, so an
+  // update that would make a row non-finite refuses the whole batch and
+  // changes nothing. A row's current value comes from the cache, else from
+  // its pool record (the index names it), else from the initializer; a key
+  // with no record yet is marked missing. Results are kept (up to
+  // kPushScratchBytes) for phase 3. Stripes run in parallel (Helpers).
+  const size_t scratch_rows = std::min(u, std::max<size_t>(1, kPushScratchBytes / (sizeof(float) * rf)));
+  float* scratch = grab(sc.rows, scratch_rows * rf);
+  uint32_t* scratch_step = grab(sc.steps, scratch_rows);
+  const size_t ebytes = Stripe::entry_bytes(rf);
+  helpers_->run(nbusy, [&](size_t b) {
+    const int si = busy[b];
     Stripe& s = stripes_[si];
     std::lock_guard<std::mutex> sg(s.mu);
-    if (s.generation() != gen[si]) {
-      for (size_t j = counts[si]; j < counts[si + 1]; j++) found[order[j]] = nullptr;
-      gen[si] = s.generation();
-    }
+    gen[si] = s.generation();
     seen[si] = s.applies;
     std::shared_lock<RwLock> il;
-    for (size_t j = counts[si]; j < counts[si + 1]; j++) {
+    const size_t end = counts[si + 1];
+    for (size_t j = counts[si]; j < end; j++) {
+      if (j + kPrefetchBucket < end) __builtin_prefetch(s.bucket_of(hs[order[j + kPrefetchBucket]]));
+      if (j + kPrefetchEntry < end) {
+        const Entry* pe = *s.bucket_of(hs[order[j + kPrefetchEntry]]);
+        if (pe) prefetch_lines(pe, ebytes);
+      }
       const uint32_t i = order[j];
-      Entry* e = found[i] ? found[i] : s.find(t->idx, uk[i], hs[i]);
+      Entry* e = s.find(t->idx, uk[i], hs[i]);
       found[i] = e;
-      float* out = i < scratch_rows ? &scratch[static_cast<size_t>(i) * rf] : tmp.data();
+      missing[i] = 0;
+      refs[i] = 0;
+      float* out = i < scratch_rows ? scratch + static_cast<size_t>(i) * rf : row_tmp(rf);
       uint32_t step = 0;
       if (e) {
         std::memcpy(out, e->data, sizeof(float) * rf);
         step = e->step;
+        refs[i] = e->ref;
       } else {
         bool loaded = false;
-        if (!mem_ && refs[i]) {
+        if (!mem_) {
           if (!il.owns_lock()) il = std::shared_lock<RwLock>(t->index->mu());
-          loaded = load_row(*t, refs[i], uk[i], out, &step);
+          const uint64_t r = t->index->lookup(uk[i]);
+          if (valid_ref(*t, r, uk[i])) {
+            refs[i] = r;
+            loaded = load_row(*t, r, uk[i], out, &step);
+          } else {
+            missing[i] = 1;
+          }
         }
         if (!loaded) init_row(t->init, t->opt, uk[i], dim, out), step = 0;
       }
-      apply_update(t->opt, dim, out, &step, &ug[static_cast<size_t>(i) * dim]);
+      apply_update(t->opt, dim, out, &step, gp[i]);
       if (!row_finite(out, rf))
         fail(Code::InvalidArgument, "the update of key " + std::to_string(uk[i]) +
                                         " would make its row or optimizer state non-finite (gradient or learning rate too large for float32); "
                                         "the whole batch was refused and nothing changed");
       if (i < scratch_rows) scratch_step[i] = step;
     }
-  }
+  });
 
-  if (!missing.empty()) {
-    // Phase 3: a row and an index slot for every new key before any update
+  if (!mem_) {
+    // Phase 2: a row and an index slot for every new key before any update
     // is stored, so a full pool refuses the whole push and changes nothing.
-    std::unique_lock<RwLock> il(t->index->mu());
-    for (size_t i : missing) {
+    std::unique_lock<RwLock> il;
+    for (size_t i = 0; i < u; i++) {
+      if (!missing[i]) continue;
+      if (!il.owns_lock()) il = std::unique_lock<RwLock>(t->index->mu());
       const uint64_t r = t->index->lookup(uk[i]);
       if (valid_ref(*t, r, uk[i])) {
         refs[i] = r;
@@ -966,20 +1069,25 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     }
   }
 
-  // Phase 4: store the updates in the cache, stripe by stripe. A stripe that
-  // no other push changed since phase 2 takes the results computed there;
-  // otherwise each row is computed again from its current value.
+  // Phase 3: store the updates in the cache, stripe by stripe (in
+  // parallel). A stripe that no other push changed since phase 1 takes the
+  // results computed there; otherwise each row is computed again from its
+  // current value.
   const uint32_t epoch = static_cast<uint32_t>(cur_epoch_);
-  uint64_t created = 0, skipped = 0;
-  for (int si = 0; si < kStripes; si++) {
-    if (counts[si] == counts[si + 1]) continue;
+  std::atomic<uint64_t> created{0}, skipped{0};
+  helpers_->run(nbusy, [&](size_t b) {
+    const int si = busy[b];
     Stripe& s = stripes_[si];
     const uint64_t l0 = now_us();
     std::lock_guard<std::mutex> sg(s.mu);
-    waited += now_us() - l0;
+    uint64_t wait = now_us() - l0;
     const bool same = s.applies == seen[si];
-    for (size_t j = counts[si]; j < counts[si + 1]; j++) {
+    uint64_t made = 0, skip = 0;
+    const size_t end = counts[si + 1];
+    for (size_t j = counts[si]; j < end; j++) {
       const uint32_t i = order[j];
+      if (j + kPrefetchEntry < end && found[order[j + kPrefetchEntry]] && s.generation() == gen[si])
+        prefetch_lines(found[order[j + kPrefetchEntry]], ebytes);
       // Checked per row: making room for a new entry below may evict others.
       Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
       const bool computed = same && i < scratch_rows;
@@ -987,7 +1095,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         if (!mem_) make_room(s, Stripe::entry_bytes(rf));
         e = s.make(t->idx, uk[i], rf);
         if (!computed) {
-          // Its current value, for the update below (phase 2's result, when
+          // Its current value, for the update below (phase 1's result, when
           // it holds, replaces the whole row anyway).
           bool loaded = false;
           if (!mem_) {
@@ -998,24 +1106,25 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         }
         e->ref = refs[i];
         s.insert(e, hs[i]);
-        created++;
+        made++;
       }
       const float* result;
       uint32_t step;
       if (computed) {
-        result = &scratch[static_cast<size_t>(i) * rf];
+        result = scratch + static_cast<size_t>(i) * rf;
         step = scratch_step[i];
       } else {
-        std::memcpy(tmp.data(), e->data, sizeof(float) * rf);
+        float* tmp = row_tmp(rf);
+        std::memcpy(tmp, e->data, sizeof(float) * rf);
         step = e->step;
-        apply_update(t->opt, dim, tmp.data(), &step, &ug[static_cast<size_t>(i) * dim]);
+        apply_update(t->opt, dim, tmp, &step, gp[i]);
         // Only another push's update in between can make this differ from
-        // phase 2's checked result: that row keeps its value, never a NaN.
-        if (!row_finite(tmp.data(), rf)) {
-          skipped++;
+        // phase 1's checked result: that row keeps its value, never a NaN.
+        if (!row_finite(tmp, rf)) {
+          skip++;
           continue;
         }
-        result = tmp.data();
+        result = tmp;
       }
       if (s.is_pending(e)) {
         // Copy-on-write for a running prepare: this row's checkpoint version
@@ -1029,8 +1138,8 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
           write_back(*t, e);
           s.mark_clean(e);
         }
-        waited += now_us() - w0;
-        during_ckpt = true;
+        wait += now_us() - w0;
+        during_ckpt.store(true, std::memory_order_relaxed);
       }
       std::memcpy(e->data, result, sizeof(float) * rf);
       e->step = step;
@@ -1038,10 +1147,13 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       s.touch(e);
     }
     s.applies++;
-  }
-  if (skipped) raced_nonfinite_.fetch_add(skipped, std::memory_order_relaxed);
-  if (mem_) t->r_next.fetch_add(created, std::memory_order_relaxed);
-  if (during_ckpt || ckpt_active_.load(std::memory_order_relaxed)) atomic_max(max_wait_us_, waited);
+    waited.fetch_add(wait, std::memory_order_relaxed);
+    created.fetch_add(made, std::memory_order_relaxed);
+    skipped.fetch_add(skip, std::memory_order_relaxed);
+  });
+  if (skipped.load()) raced_nonfinite_.fetch_add(skipped.load(), std::memory_order_relaxed);
+  if (mem_) t->r_next.fetch_add(created.load(), std::memory_order_relaxed);
+  if (during_ckpt.load() || ckpt_active_.load(std::memory_order_relaxed)) atomic_max(max_wait_us_, waited.load());
   failpoint("push.after_apply");
 }
 

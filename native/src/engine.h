@@ -4,7 +4,10 @@
 //
 // Concurrency: pull and push hold epoch_mu_ shared for their whole batch, so
 // a checkpoint boundary (epoch_mu_ exclusive, O(stripes)) falls between
-// pushes and each push is wholly inside or outside a checkpoint. Lock order:
+// pushes and each push is wholly inside or outside a checkpoint. A call may
+// hand some of its stripes to helper threads (parallel.h); they work under
+// the caller's shared epoch_mu_ and the call returns after they are done, so
+// this holds for the whole call. Lock order:
 // ckpt_mu_ -> epoch_mu_ -> stripe -> table index -> table alloc -> tx_mu_ ->
 // pool ranges.
 //
@@ -29,6 +32,7 @@
 #include "index.h"
 #include "layout.h"
 #include "optimizer.h"
+#include "parallel.h"
 #include "pool.h"
 
 namespace pmemps {
@@ -246,6 +250,9 @@ class Engine {
 
   EngineOptions opts_;
   bool mem_;
+  // Runs parts of one pull or push (their stripes) on further cores; idle
+  // whenever no call runs, as at destruction.
+  std::unique_ptr<Helpers> helpers_;
   std::unique_ptr<Pool> pool_;
   PRoot* root_ = nullptr;
   OpenInfo info_;

@@ -20,6 +20,49 @@ void need(bool ok, const char* opt, const char* what) {
 // Uniform in [0, 1) from the top 24 bits: exactly representable in float32.
 inline double unit(uint64_t r) { return static_cast<double>(r >> 40) * (1.0 / 16777216.0); }
 
+// The common optimizers' loops, vectorized: blocks of 8 that -O2 turns into
+// SIMD (AVX2 where the CPU has it, chosen once at load by target_clones,
+// SSE2 otherwise). Each element sees the same float32 operations in the
+// same order as the scalar loop (sqrt and division are correctly rounded in
+// SIMD too, and the build forbids FMA contraction), so results are bitwise
+// those of torch's formulas, which test/parity.test.ts checks. __restrict:
+// weights, state and gradient never overlap (a row's blocks are disjoint;
+// the gradient is the caller's buffer).
+#define PMEMPS_SIMD __attribute__((target_clones("avx2", "default")))
+
+PMEMPS_SIMD void sgd_plain(float* __restrict w, const float* __restrict g, uint32_t dim, float lr) {
+  uint32_t i = 0;
+  for (; i + 8 <= dim; i += 8)
+    for (uint32_t j = i; j < i + 8; j++) w[j] = w[j] + (-lr) * g[j];
+  for (; i < dim; i++) w[i] = w[i] + (-lr) * g[i];
+}
+
+PMEMPS_SIMD void adagrad(float* __restrict w, float* __restrict sum, const float* __restrict g, uint32_t dim, float lr, float eps) {
+  auto one = [&](uint32_t j) {
+    sum[j] = sum[j] + g[j] * g[j];
+    const float std = std::sqrt(sum[j]) + eps;
+    w[j] = w[j] + (-lr) * (g[j] / std);
+  };
+  uint32_t i = 0;
+  for (; i + 8 <= dim; i += 8)
+    for (uint32_t j = i; j < i + 8; j++) one(j);
+  for (; i < dim; i++) one(i);
+}
+
+PMEMPS_SIMD void adam(float* __restrict w, float* __restrict m, float* __restrict v, const float* __restrict g, uint32_t dim, float step_size,
+                      float bc2_sqrt, float fb1, float fb2, float c1, float c2, float eps) {
+  auto one = [&](uint32_t j) {
+    m[j] = m[j] * fb1 + c1 * g[j];
+    v[j] = v[j] * fb2 + c2 * (g[j] * g[j]);
+    const float denom = std::sqrt(v[j]) / bc2_sqrt + eps;
+    w[j] = w[j] + (-step_size) * (m[j] / denom);
+  };
+  uint32_t i = 0;
+  for (; i + 8 <= dim; i += 8)
+    for (uint32_t j = i; j < i + 8; j++) one(j);
+  for (; i < dim; i++) one(i);
+}
+
 }  // namespace
 
 // The arithmetic is float32: a value finite as a double but not as a float
@@ -165,6 +208,10 @@ void apply_update(const OptimizerSpec& s, uint32_t dim, float* w, uint32_t* step
       const float lr = static_cast<float>(h[0]), mom = static_cast<float>(h[1]);
       const float damp1 = static_cast<float>(1.0 - h[2]), wd = static_cast<float>(h[4]);
       const bool nesterov = h[3] != 0;
+      if (mom == 0 && wd == 0) {
+        sgd_plain(w, g, dim, lr);
+        break;
+      }
       for (uint32_t i = 0; i < dim; i++) {
         float d = g[i];
         if (wd != 0) d = d + wd * w[i];
@@ -177,16 +224,9 @@ void apply_update(const OptimizerSpec& s, uint32_t dim, float* w, uint32_t* step
       }
       break;
     }
-    case OptType::Adagrad: {
-      const float lr = static_cast<float>(h[0]), eps = static_cast<float>(h[2]);
-      for (uint32_t i = 0; i < dim; i++) {
-        float& sum = st[i];
-        sum = sum + g[i] * g[i];
-        const float std = std::sqrt(sum) + eps;
-        w[i] = w[i] + (-lr) * (g[i] / std);
-      }
+    case OptType::Adagrad:
+      adagrad(w, st, g, dim, static_cast<float>(h[0]), static_cast<float>(h[2]));
       break;
-    }
     case OptType::Adam: {
       const double b1 = h[1], b2 = h[2];
       const double bc1 = 1.0 - std::pow(b1, static_cast<double>(*step));
@@ -196,14 +236,7 @@ void apply_update(const OptimizerSpec& s, uint32_t dim, float* w, uint32_t* step
       const float fb1 = static_cast<float>(b1), fb2 = static_cast<float>(b2);
       const float c1 = static_cast<float>(1.0 - b1), c2 = static_cast<float>(1.0 - b2);
       const float eps = static_cast<float>(h[3]);
-      float* m = st;
-      float* v = st + dim;
-      for (uint32_t i = 0; i < dim; i++) {
-        m[i] = m[i] * fb1 + c1 * g[i];
-        v[i] = v[i] * fb2 + c2 * (g[i] * g[i]);
-        const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
-        w[i] = w[i] + (-step_size) * (m[i] / denom);
-      }
+      adam(w, st, st + dim, g, dim, step_size, bc2_sqrt, fb1, fb2, c1, c2, eps);
       break;
     }
     case OptType::Rmsprop: {
