@@ -18,6 +18,7 @@ import type { AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { EngineStats } from '../native/engine';
+import { splitHostPort } from './config';
 import { log } from './log';
 import type { Shard } from './shard';
 
@@ -43,17 +44,6 @@ export const NO_METRICS: ServiceMetrics = {
 /** --metrics-bind could not be served (a bad address or a port in use): pserver exits with code 2, nothing opened. */
 export class MetricsBindError extends Error {
   override name = 'MetricsBindError';
-}
-
-/** Parses HOST:PORT (IPv6 as [HOST]:PORT); port 0 takes a free port, logged at start. */
-export function parseMetricsBind(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || !(port >= 0 && port <= 65535))
-    throw new MetricsBindError(
-      `--metrics-bind must be HOST:PORT with a port in 0..65535 (0 = any free port, logged at start), e.g. 127.0.0.1:9464; got "${s}"`,
-    );
-  return { host: m[1] ?? m[2], port };
 }
 
 // Seconds; a 4,096-key pull on loopback takes about a millisecond, a
@@ -226,7 +216,10 @@ export class Metrics implements ServiceMetrics {
 
   /** Serves /metrics on HOST:PORT; rejects with MetricsBindError (nothing left open) when it cannot. Answers 503 until watch(). */
   static async listen(bind: string, version: string): Promise<Metrics> {
-    const { host, port } = parseMetricsBind(bind);
+    // --metrics-bind was checked with the rest of the configuration.
+    const hp = splitHostPort(bind);
+    if (!hp) throw new MetricsBindError(`--metrics-bind must be HOST:PORT, got "${bind}"`);
+    const { host, port } = hp;
     let self: Metrics | null = null;
     const server = http.createServer((req, res) => {
       if (self) self.serve(req, res);
