@@ -175,9 +175,9 @@ export function makeHandlers(
         );
       // Waits while clients hold too many unread replies (server/transport-limits.ts).
       if (dim !== undefined) await transport?.admitReply(call, (keys.length / 8) * dim * 4);
+      // Encoded around the rows (proto/fast-codec.ts): one copy less of a reply that may be 16 MiB.
       const reply = pullReplyAround(await shard.pull(table, keys, PULL_REPLY_HEADROOM), PULL_REPLY_HEADROOM);
       metrics.pulled(table, keys.length / 8);
-      // Encoded around the rows (proto/fast-codec.ts): one copy less of a reply that may be 16 MiB.
       return reply;
     }),
 
