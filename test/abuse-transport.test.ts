@@ -92,7 +92,8 @@ describe('slow readers (defect 9: 2 connections x 8 unread pulls of 1,024 keys x
         const readers = [0, 1].map(() => slowReader(cluster.endpoints[0], WIDE.name, keys, 8));
         // While the server holds the readers' replies...
         await within(Promise.all(readers.map((r) => r.replying)), 10_000, 'the server replying to the slow readers');
-        held.push(rssMiB(pid));
+        // Within the 1 s the server waits before closing them: their replies stay queued throughout.
+        held.push(await rssFloor(pid, 300));
         // ... and once it has dealt with them.
         const ended = await within(Promise.all(readers.map((r) => r.ends)), 10_000, 'the server ending every stream of the slow readers').then(
           (ends) => ends,
