@@ -148,26 +148,71 @@ function codec(fields: [string, number, Field['kind']][]): { encode: (m: any) =>
 
 /**
  * Bytes the server has the engine leave free before a pull's rows
- * (Engine.pull's headroom): PullResponse's header, a tag and the length as a
- * varint, takes at most 6, and 16 keeps the rows aligned.
+ * (Engine.pull's headroom, a multiple of 8): the gRPC frame header (5), the
+ * padding field (at most 9) and PullResponse's header, a tag and the length
+ * as a varint (at most 6), fit in 32.
  */
-export const PULL_REPLY_HEADROOM = 16;
+export const PULL_REPLY_HEADROOM = 32;
+
+/** gRPC's frame header before every message: a compressed flag and a uint32 length. */
+export const GRPC_FRAME_HEADER = 5;
+
+/**
+ * Field number of PullResponse's padding (reserved in proto/pmemps.proto):
+ * a length-delimited field no decoder knows, so every one skips it.
+ */
+export const PULL_PAD_FIELD = 15;
+
+// Replies whose bytes before the view are free for the gRPC frame header
+// (frameInPlace).
+const framable = new WeakSet<Buffer>();
 
 /**
  * A PullResponse encoded around rows that start at byte `headroom` of `buf`:
  * the header is written into the bytes before them and the message is a view
- * of `buf`. The Pull serializer passes an encoded Buffer through, so a reply's
- * rows are copied once on the event loop (by grpc-js's framing), not twice.
+ * of `buf`. The Pull serializer passes an encoded Buffer through, and the
+ * server frames it in place (frameInPlace), so a reply's rows are not copied
+ * on the event loop at all.
+ *
+ * A padding field before the rows puts them at a multiple of 8 from the
+ * start of the gRPC frame. grpc-js receives a message at byte 5 of a buffer
+ * of its own (the frame, joined), so there the rows are aligned and the SDK
+ * views them as a Float32Array instead of copying a megabyte to align them.
  */
 export function pullReplyAround(buf: Buffer, headroom: number): Buffer {
   const len = buf.length - headroom;
   if (len === 0) return EMPTY; // proto3 leaves an empty bytes field out
   const header = 1 + varintSize(len);
-  if (header > headroom) throw new Error(`pull reply header needs ${header} bytes, the buffer leaves ${headroom}`);
-  const start = headroom - header;
-  buf[start] = 1 * 8 + WIRE_LEN;
-  writeVarint(buf, start + 1, len);
-  return buf.subarray(start);
+  let pad = (8 - ((GRPC_FRAME_HEADER + header) % 8)) % 8;
+  if (pad === 1) pad = 9; // the smallest padding field is 2 bytes (tag, length 0)
+  if (header + pad > headroom) throw new Error(`pull reply header needs ${header + pad} bytes, the buffer leaves ${headroom}`);
+  let off = headroom - header - pad;
+  const start = off;
+  if (pad) {
+    buf[off++] = PULL_PAD_FIELD * 8 + WIRE_LEN;
+    buf[off++] = pad - 2;
+    buf.fill(0, off, off + pad - 2);
+    off += pad - 2;
+  }
+  buf[off] = 1 * 8 + WIRE_LEN;
+  writeVarint(buf, off + 1, len);
+  const msg = buf.subarray(start);
+  if (start >= GRPC_FRAME_HEADER) framable.add(msg);
+  return msg;
+}
+
+/**
+ * The gRPC frame of a message from pullReplyAround, written into the bytes
+ * before it: a view of the same memory, or null for any other message
+ * (which the caller frames by copying, as grpc-js does).
+ */
+export function frameInPlace(msg: Buffer): Buffer | null {
+  if (!framable.has(msg)) return null;
+  framable.delete(msg); // a message is framed once: its header bytes are then in use
+  const f = Buffer.from(msg.buffer, msg.byteOffset - GRPC_FRAME_HEADER, msg.length + GRPC_FRAME_HEADER);
+  f[0] = 0; // not compressed
+  f.writeUInt32BE(msg.length, 1);
+  return f;
 }
 
 /** The codec, except that a Buffer is taken as the message already encoded (pullReplyAround). */

@@ -3,7 +3,7 @@
 // encodes, unknown fields are skipped, and bytes come out unchanged.
 import { describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { PULL_REPLY_HEADROOM, pullReplyAround } from '../proto/fast-codec';
+import { GRPC_FRAME_HEADER, PULL_PAD_FIELD, PULL_REPLY_HEADROOM, frameInPlace, pullReplyAround } from '../proto/fast-codec';
 import { parameterServerService } from '../proto/load';
 import { prng } from './helpers';
 
@@ -48,7 +48,7 @@ describe('fast Pull/Push codecs', () => {
     }
   });
 
-  test('a Pull reply encoded around the rows in place equals protobufjs encoding of the same values', () => {
+  test('a Pull reply encoded around the rows in place is protobufjs encoding of the same values, with a padding field that aligns the rows', () => {
     const r = prng(7);
     // Lengths across every varint size the header can take (1 to 4 bytes here), and 0.
     for (const len of [0, 4, 124, 128, 16380, 16384, 2 ** 21 - 4, 2 ** 21, 4 * 1024 * 64]) {
@@ -58,13 +58,31 @@ describe('fast Pull/Push codecs', () => {
       const buf = Buffer.alloc(PULL_REPLY_HEADROOM + len, 0xee);
       rows.copy(buf, PULL_REPLY_HEADROOM);
       const framed = pullReplyAround(buf, PULL_REPLY_HEADROOM);
-      // (protobufjs writes an empty bytes field it was given; proto3 leaves it out, as the fast encoder does)
-      assert.ok(framed.equals(len ? slow.Pull.responseSerialize({ values: rows }) : fast.Pull.responseSerialize({ values: rows })), `length ${len}`);
       // The serializer passes an encoded reply through unchanged, without a copy.
       assert.equal(fast.Pull.responseSerialize(framed), framed);
-      assert.ok(Buffer.from(slow.Pull.responseDeserialize(framed).values).equals(rows));
-      if (len > 0) assert.equal(framed.buffer, buf.buffer);
+      // Every decoder skips the padding field: protobufjs (plain grpc-js clients) and the SDK's.
+      assert.ok(Buffer.from(slow.Pull.responseDeserialize(framed).values).equals(rows), `length ${len}`);
+      assert.ok(Buffer.from(fast.Pull.responseDeserialize(framed).values).equals(rows), `length ${len}`);
+      if (len === 0) {
+        assert.equal(framed.length, 0); // proto3 leaves an empty bytes field out
+        continue;
+      }
+      assert.equal(framed.buffer, buf.buffer);
+      // Rows at a multiple of 8 from the start of the gRPC frame (where grpc-js's receiver puts them).
+      const before = PULL_REPLY_HEADROOM - (framed.byteOffset - buf.byteOffset);
+      assert.equal((GRPC_FRAME_HEADER + before) % 8, 0, `length ${len}`);
+      // Without the padding field the bytes are protobufjs's encoding.
+      const pad = framed[0] === PULL_PAD_FIELD * 8 + 2 ? 2 + framed[1] : 0;
+      assert.ok(framed.subarray(pad).equals(slow.Pull.responseSerialize({ values: rows })), `length ${len}`);
+      // The gRPC frame is written into the bytes before the message, once.
+      const frame = frameInPlace(framed)!;
+      assert.equal(frame.buffer, buf.buffer);
+      assert.equal(frame.readUInt32BE(1), framed.length);
+      assert.equal(frame[0], 0);
+      assert.ok(frame.subarray(GRPC_FRAME_HEADER).equals(framed));
+      assert.equal(frameInPlace(framed), null);
     }
+    assert.equal(frameInPlace(Buffer.alloc(64)), null); // any other message is framed by grpc-js
     assert.throws(() => pullReplyAround(Buffer.alloc(2 + 200), 2), /header needs 3 bytes/);
   });
 
