@@ -4,14 +4,16 @@
 // during the measured steps only (bench/profile-hook.ts), every sample put
 // in a bucket by the innermost frame that names a part of the stack:
 //
-//   npx tsc -p tsconfig.json && node dist/bench/wire-profile.js [--steps N] [--reps N] [--build LABEL=DIR ...]
+//   npx tsc -p tsconfig.json && node dist/bench/wire-profile.js [--servers N] [--steps N] [--reps N] [--build LABEL=DIR ...]
+//                                  [--server-flags 'LABEL=--node-flag ...']
 //
 // CPU of the threads other than the main one (the engine's thread pool, V8's
 // GC helpers and compiler) comes from /proc/PID/task/*/stat (10 ms ticks):
 // the profiler sees only the main thread. Several --build options compare
 // builds of the repository (e.g. the commit before a change, exported and
 // built elsewhere) in the same run: their servers and workers run one after
-// the other, the order rotated per repetition, and the table gives medians.
+// the other, the order rotated per repetition, and the table gives medians;
+// --server-flags runs a build's pserver with node flags (e.g. GC sizes).
 // The result goes to bench/results/wire-profile-latest.md.
 
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -31,8 +33,8 @@ const MODES = ['pull', 'push'] as const;
 type Mode = (typeof MODES)[number];
 
 interface ClientConfig {
-  endpoint: string;
-  serverPid: number;
+  endpoints: string[];
+  serverPids: number[];
   repo: string;
   keys: number;
   steps: number;
@@ -139,6 +141,16 @@ function threadCpu(pid: number): { main: number; other: number } {
   return { main, other };
 }
 
+function serversCpu(pids: number[]): { main: number; other: number } {
+  const t = { main: 0, other: 0 };
+  for (const pid of pids) {
+    const c = threadCpu(pid);
+    t.main += c.main;
+    t.other += c.other;
+  }
+  return t;
+}
+
 async function waitFile(file: string, ms: number): Promise<Profile> {
   const t0 = Date.now();
   while (!fs.existsSync(file)) {
@@ -154,7 +166,7 @@ async function clientMain(cfg: ClientConfig): Promise<void> {
   // The SDK of the build under test, not necessarily this one.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { PsClient } = require(path.join(cfg.repo, 'dist', 'worker')) as typeof import('../worker');
-  const c = await PsClient.connect({ endpoints: [cfg.endpoint] });
+  const c = await PsClient.connect({ endpoints: cfg.endpoints });
   await c.createTable({ name: TABLE, dim: DIM, optimizer: { type: 'adagrad', lr: 0.01 }, initializer: { type: 'uniform', min: -0.01, max: 0.01 }, seed: 1 });
   const rng = new Rng(7);
   const batches = Array.from({ length: 16 }, () => {
@@ -182,20 +194,23 @@ async function clientMain(cfg: ClientConfig): Promise<void> {
   const results: ModeResult[] = [];
   for (const mode of MODES) {
     for (let i = 0; i < cfg.warmSteps; i++) await step(mode, i);
-    const s0 = threadCpu(cfg.serverPid);
+    const s0 = serversCpu(cfg.serverPids);
     const c0 = threadCpu(process.pid);
-    process.kill(cfg.serverPid, 'SIGUSR2');
+    for (const pid of cfg.serverPids) process.kill(pid, 'SIGUSR2');
     process.kill(process.pid, 'SIGUSR2');
     await new Promise((r) => setTimeout(r, 20)); // both profilers started
     const t0 = performance.now();
     for (let i = 0; i < cfg.steps; i++) await step(mode, i);
     const wall = performance.now() - t0;
     process.kill(process.pid, 'SIGUSR2');
-    process.kill(cfg.serverPid, 'SIGUSR2');
-    const s1 = threadCpu(cfg.serverPid);
+    for (const pid of cfg.serverPids) process.kill(pid, 'SIGUSR2');
+    const s1 = serversCpu(cfg.serverPids);
     const c1 = threadCpu(process.pid);
     const mine = await waitFile(`${out}/prof.client.${n}.cpuprofile`, 30_000);
-    const theirs = await waitFile(`${out}/prof.server.${n}.cpuprofile`, 30_000);
+    // The servers' buckets summed: the CPU a step costs on all of them.
+    const theirs: Record<string, number> = {};
+    for (let i = 0; i < cfg.serverPids.length; i++)
+      for (const [k, v] of Object.entries(bucketsOf(await waitFile(`${out}/prof.server${i}.${n}.cpuprofile`, 30_000)))) theirs[k] = (theirs[k] ?? 0) + v;
     n++;
     const per = (x: Record<string, number>): Record<string, number> => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, v / cfg.steps]));
     // The profile's samples are wall time of the main thread, including
@@ -214,7 +229,7 @@ async function clientMain(cfg: ClientConfig): Promise<void> {
         otherCpu: (c1.other - c0.other) / cfg.steps,
       },
       server: {
-        buckets: scaled(per(bucketsOf(theirs)), (s1.main - s0.main) / cfg.steps),
+        buckets: scaled(per(theirs), (s1.main - s0.main) / cfg.steps),
         mainCpu: (s1.main - s0.main) / cfg.steps,
         otherCpu: (s1.other - s0.other) / cfg.steps,
       },
@@ -260,38 +275,60 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const)
     process.exit(130);
   });
 
-async function runOnce(label: string, repo: string, o: { keys: number; steps: number; warm: number; cacheMb: number }): Promise<ModeResult[]> {
+async function runOnce(
+  label: string,
+  repo: string,
+  flags: string[],
+  o: { keys: number; steps: number; warm: number; cacheMb: number; servers: number },
+): Promise<ModeResult[]> {
   const shm = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
   const base = fs.mkdtempSync(path.join(shm, `pmemps-wireprof-${process.pid}-`));
   dirs.add(base);
-  const port = await freePort();
   const env = { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_LOG_PRETTY: '0' };
-  const server = spawn(
-    process.execPath,
-    [
-      '-r',
-      HOOK,
-      path.join(repo, 'dist', 'server', 'pserver.js'),
-      '--bind',
-      `127.0.0.1:${port}`,
-      '--pmem',
-      base,
-      '--cache-mb',
-      String(o.cacheMb),
-      '--pool-size',
-      '1024M',
-    ],
-    { env: { ...env, PMEMPS_PROFILE_OUT: path.join(base, 'prof.server') }, stdio: ['ignore', 'ignore', 'inherit'] },
-  );
-  live.add(server);
+  const servers: ChildProcess[] = [];
+  const ports: number[] = [];
+  for (let i = 0; i < o.servers; i++) {
+    const port = await freePort();
+    const dir = path.join(base, `shard${i}`);
+    fs.mkdirSync(dir);
+    ports.push(port);
+    const server = spawn(
+      process.execPath,
+      [
+        ...flags,
+        '-r',
+        HOOK,
+        path.join(repo, 'dist', 'server', 'pserver.js'),
+        '--bind',
+        `127.0.0.1:${port}`,
+        '--pmem',
+        dir,
+        '--cache-mb',
+        String(o.cacheMb),
+        '--pool-size',
+        '1024M',
+      ],
+      { env: { ...env, PMEMPS_PROFILE_OUT: path.join(base, `prof.server${i}`) }, stdio: ['ignore', 'ignore', 'inherit'] },
+    );
+    live.add(server);
+    servers.push(server);
+  }
   try {
     const t0 = Date.now();
-    while (!(await canConnect(port))) {
-      if (server.exitCode !== null) throw new Error(`${label}: pserver exited at start`);
-      if (Date.now() - t0 > 60_000) throw new Error(`${label}: pserver did not listen`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const cfg: ClientConfig = { endpoint: `127.0.0.1:${port}`, serverPid: server.pid!, repo, keys: o.keys, steps: o.steps, warmSteps: o.warm };
+    for (const [i, port] of ports.entries())
+      while (!(await canConnect(port))) {
+        if (servers[i].exitCode !== null) throw new Error(`${label}: pserver ${i} exited at start`);
+        if (Date.now() - t0 > 60_000) throw new Error(`${label}: pserver ${i} did not listen`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    const cfg: ClientConfig = {
+      endpoints: ports.map((p) => `127.0.0.1:${p}`),
+      serverPids: servers.map((x) => x.pid!),
+      repo,
+      keys: o.keys,
+      steps: o.steps,
+      warmSteps: o.warm,
+    };
     const client = spawn(process.execPath, ['-r', HOOK, __filename, '--client', JSON.stringify(cfg)], {
       env: { ...env, PMEMPS_PROFILE_OUT: path.join(base, 'prof.client') },
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -305,9 +342,11 @@ async function runOnce(label: string, repo: string, o: { keys: number; steps: nu
     if (code !== 0 || !m) throw new Error(`${label}: the client failed (exit ${code})`);
     return JSON.parse(m[1]) as ModeResult[];
   } finally {
-    server.kill('SIGTERM');
-    await new Promise((r) => (server.exitCode !== null ? r(null) : server.once('exit', r)));
-    live.delete(server);
+    for (const server of servers) {
+      server.kill('SIGTERM');
+      await new Promise((r) => (server.exitCode !== null ? r(null) : server.once('exit', r)));
+      live.delete(server);
+    }
     fs.rmSync(base, { recursive: true, force: true });
     dirs.delete(base);
   }
@@ -329,24 +368,43 @@ async function driverMain(): Promise<void> {
       reps: { type: 'string', default: '3' },
       keys: { type: 'string', default: '100000' },
       'cache-mb': { type: 'string', default: '512' },
+      servers: { type: 'string', default: '1' },
       build: { type: 'string', multiple: true },
+      'server-flags': { type: 'string', multiple: true },
       out: { type: 'string' },
     },
     strict: true,
   });
-  const o = { steps: Number(values.steps), warm: Number(values.warm), keys: Number(values.keys), cacheMb: Number(values['cache-mb']) };
+  const o = {
+    steps: Number(values.steps),
+    warm: Number(values.warm),
+    keys: Number(values.keys),
+    cacheMb: Number(values['cache-mb']),
+    servers: Number(values.servers),
+  };
   const reps = Number(values.reps);
   const builds = (values.build?.length ? values.build : [`this=${REPO}`]).map((b) => {
     const i = b.indexOf('=');
     if (i <= 0) throw new Error(`--build takes LABEL=DIR, got "${b}"`);
-    return { label: b.slice(0, i), repo: path.resolve(b.slice(i + 1)) };
+    const label = b.slice(0, i);
+    const flags = (values['server-flags'] ?? []).find((f) => f.startsWith(`${label}=`));
+    return {
+      label,
+      repo: path.resolve(b.slice(i + 1)),
+      flags: flags
+        ? flags
+            .slice(label.length + 1)
+            .split(' ')
+            .filter(Boolean)
+        : [],
+    };
   });
   const load0 = os.loadavg()[0].toFixed(2);
   const all = new Map<string, ModeResult[][]>();
   for (let rep = 0; rep < reps; rep++) {
     for (let j = 0; j < builds.length; j++) {
       const b = builds[(j + rep) % builds.length];
-      const r = await runOnce(b.label, b.repo, o);
+      const r = await runOnce(b.label, b.repo, b.flags, o);
       all.set(b.label, [...(all.get(b.label) ?? []), r]);
       const total = (s: ProcShare): number => s.mainCpu + s.otherCpu;
       process.stderr.write(
@@ -362,9 +420,12 @@ async function driverMain(): Promise<void> {
   L.push(
     `- machine: ${os.cpus()[0]?.model ?? '?'}, nproc ${os.availableParallelism()}, node ${process.version}; 1-min load ${load0} at the start, ${load1} at the end; ${new Date().toISOString()}`,
   );
-  for (const b of builds) L.push(`- build "${b.label}": commit ${sh('git', ['rev-parse', '--short', 'HEAD'], b.repo) || 'exported tree'}`);
+  for (const b of builds)
+    L.push(
+      `- build "${b.label}": commit ${sh('git', ['rev-parse', '--short', 'HEAD'], b.repo) || 'exported tree'}${b.flags.length ? `; pserver run with node ${b.flags.join(' ')}` : ''}`,
+    );
   L.push(
-    `- one pserver (pool on /dev/shm, PMEM_IS_PMEM_FORCE=1, --cache-mb ${o.cacheMb}) and one SDK worker (PsClient) on 127.0.0.1, one call in flight; ` +
+    `- ${o.servers === 1 ? 'one pserver' : `${o.servers} pservers (the server figures are their sum)`} (pools on /dev/shm, PMEM_IS_PMEM_FORCE=1, --cache-mb ${o.cacheMb}) and one SDK worker (PsClient) on 127.0.0.1, one call in flight; ` +
       `table Adagrad dim ${DIM}, ${o.keys.toLocaleString('en-US')} rows filled first; steps of ${BATCH} uniform random keys; ${o.warm} warm-up steps, then ${o.steps} measured steps per mode; ` +
       `medians of ${reps} repetitions (a fresh server and worker each), builds interleaved`,
   );
@@ -378,7 +439,7 @@ async function driverMain(): Promise<void> {
   const labels = builds.map((b) => b.label);
   for (const mode of MODES) {
     for (const side of ['client', 'server'] as const) {
-      L.push(`${mode}, ${side === 'client' ? 'worker (SDK) process' : 'pserver process'}:`, '');
+      L.push(`${mode}, ${side === 'client' ? 'worker (SDK) process' : o.servers === 1 ? 'pserver process' : `${o.servers} pserver processes, summed`}:`, '');
       L.push(`| ms per ${mode} | ${labels.join(' | ')} |`);
       L.push(`|---|${labels.map(() => '---|').join('')}`);
       const val = (label: string, g: (r: ModeResult) => number): number => median(all.get(label)!.map((rs) => g(rs.find((r) => r.mode === mode)!)));

@@ -15,6 +15,13 @@ const WIRE_I64 = 1;
 const WIRE_LEN = 2;
 const WIRE_I32 = 5;
 
+/** gRPC's frame header before every message: a compressed flag and a uint32 length. */
+export const GRPC_FRAME_HEADER = 5;
+
+// Messages whose bytes before the view are free for the gRPC frame header
+// (frameInPlace).
+const framable = new WeakSet<Buffer>();
+
 function varintSize(v: number): number {
   let n = 1;
   while (v >= 128) {
@@ -35,11 +42,43 @@ function writeVarint(b: Buffer, off: number, v: number): number {
 
 type Field = { no: number; kind: 'string' | 'bytes' | 'uint64' | 'bool' };
 
-/** Encodes the fields of `msg` in field order; empty strings/bytes and zeros are omitted, as proto3 does. */
+// Bytes fields with free room before them (withRoomBefore): an encoder may
+// write the rest of the message there and the field last, in place.
+const roomBefore = new WeakMap<Buffer, number>();
+
+/**
+ * A Buffer of `n` bytes for a bytes field, with `room` bytes (a multiple of
+ * 8, so the field stays aligned) free before it: encoded as the last field
+ * of a message whose other fields and gRPC frame header fit in the room, it
+ * becomes the end of the message without being copied. Once only: a second
+ * encoding of the same Buffer copies it, so that an earlier message still
+ * being written is never overwritten.
+ */
+export function withRoomBefore(n: number, room: number): Buffer {
+  const b = Buffer.allocUnsafe(room + n).subarray(room);
+  roomBefore.set(b, room);
+  return b;
+}
+
+/** Room (withRoomBefore) a PushRequest needs before its grads for the other fields and the gRPC frame header. */
+export function pushRoom(table: string, keyBytes: number, workerId: string): number {
+  const str = (s: string): number => 1 + 5 + Buffer.byteLength(s, 'utf8');
+  // table, keys, worker_id, seq and incarnation (varints of at most 10 bytes), the grads' tag and length
+  const need = GRPC_FRAME_HEADER + str(table) + 1 + 5 + keyBytes + str(workerId) + 2 * 11 + 1 + 5;
+  return Math.ceil(need / 8) * 8;
+}
+
+/**
+ * Encodes the fields of `msg` in field order; empty strings/bytes and zeros
+ * are omitted, as proto3 does. A bytes field with room before it
+ * (withRoomBefore) goes last instead — any field order is valid protobuf —
+ * and the message ends with it in place.
+ */
 function encoder(fields: Field[]): (msg: Record<string, unknown>, names: string[]) => Buffer {
   return (msg, names) => {
     const vals: (Buffer | number | null)[] = [];
     let size = 0;
+    let tail = -1;
     fields.forEach((f, i) => {
       const v = msg[names[i]];
       let enc: Buffer | number | null = null;
@@ -49,6 +88,7 @@ function encoder(fields: Field[]): (msg: Record<string, unknown>, names: string[
       } else if (f.kind === 'bytes') {
         const b = v as Buffer | undefined;
         if (b && b.length) enc = b;
+        if (b && tail < 0 && roomBefore.has(b)) tail = i;
       } else if (f.kind === 'uint64') {
         const n = Number(v ?? 0);
         if (n) enc = n;
@@ -58,21 +98,39 @@ function encoder(fields: Field[]): (msg: Record<string, unknown>, names: string[
       const tag = f.no * 8 + (typeof enc === 'number' ? WIRE_VARINT : WIRE_LEN);
       size += varintSize(tag) + (typeof enc === 'number' ? varintSize(enc) : varintSize(enc.length) + enc.length);
     });
-    const out = Buffer.allocUnsafe(size);
-    let off = 0;
-    fields.forEach((f, i) => {
+    const write = (out: Buffer, off: number, i: number): number => {
       const enc = vals[i];
-      if (enc === null) return;
+      if (enc === null) return off;
+      const no = fields[i].no;
       if (typeof enc === 'number') {
-        off = writeVarint(out, off, f.no * 8 + WIRE_VARINT);
-        off = writeVarint(out, off, enc);
-      } else {
-        off = writeVarint(out, off, f.no * 8 + WIRE_LEN);
-        off = writeVarint(out, off, enc.length);
-        enc.copy(out, off);
-        off += enc.length;
+        off = writeVarint(out, off, no * 8 + WIRE_VARINT);
+        return writeVarint(out, off, enc);
       }
-    });
+      off = writeVarint(out, off, no * 8 + WIRE_LEN);
+      off = writeVarint(out, off, enc.length);
+      if (out.buffer !== enc.buffer || out.byteOffset + off !== enc.byteOffset) enc.copy(out, off);
+      return off + enc.length;
+    };
+    if (tail >= 0) {
+      const t = vals[tail] as Buffer;
+      const room = roomBefore.get(t)!;
+      const start = room - (size - t.length);
+      roomBefore.delete(t);
+      if (start >= GRPC_FRAME_HEADER) {
+        const out = Buffer.from(t.buffer, t.byteOffset - room + start, size);
+        framable.add(out);
+        let off = 0;
+        for (let i = 0; i < fields.length; i++) if (i !== tail) off = write(out, off, i);
+        write(out, off, tail); // the header only: the bytes are already in place
+        return out;
+      }
+    }
+    // Room for the gRPC frame header before the message, so grpc-frames.ts
+    // frames it without copying it (grpc-js's own path copies it instead).
+    const out = Buffer.allocUnsafe(GRPC_FRAME_HEADER + size).subarray(GRPC_FRAME_HEADER);
+    framable.add(out);
+    let off = 0;
+    for (let i = 0; i < fields.length; i++) off = write(out, off, i);
     return out;
   };
 }
@@ -154,18 +212,11 @@ function codec(fields: [string, number, Field['kind']][]): { encode: (m: any) =>
  */
 export const PULL_REPLY_HEADROOM = 32;
 
-/** gRPC's frame header before every message: a compressed flag and a uint32 length. */
-export const GRPC_FRAME_HEADER = 5;
-
 /**
  * Field number of PullResponse's padding (reserved in proto/pmemps.proto):
  * a length-delimited field no decoder knows, so every one skips it.
  */
 export const PULL_PAD_FIELD = 15;
-
-// Replies whose bytes before the view are free for the gRPC frame header
-// (frameInPlace).
-const framable = new WeakSet<Buffer>();
 
 /**
  * A PullResponse encoded around rows that start at byte `headroom` of `buf`:
@@ -202,9 +253,9 @@ export function pullReplyAround(buf: Buffer, headroom: number): Buffer {
 }
 
 /**
- * The gRPC frame of a message from pullReplyAround, written into the bytes
- * before it: a view of the same memory, or null for any other message
- * (which the caller frames by copying, as grpc-js does).
+ * The gRPC frame of a message from pullReplyAround or an encoder here,
+ * written into the bytes before it: a view of the same memory, or null for
+ * any other message (which the caller frames by copying, as grpc-js does).
  */
 export function frameInPlace(msg: Buffer): Buffer | null {
   if (!framable.has(msg)) return null;

@@ -12,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { hideBin } from 'yargs/helpers';
 import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, parameterServerService } from '../proto/load';
-import { installFrameInPlace } from './frame-in-place';
+import { installServerFrameInPlace } from '../proto/grpc-frames';
 import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore } from './auth';
 import { Barriers } from './barrier';
 import { ConfigError, loadConfig, redactConfig, type PserverConfig } from './config';
@@ -103,7 +103,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
 
   const port = await new Promise<number>((resolve, reject) => server.bindAsync(o.bind, credentials, (err, p) => (err ? reject(err) : resolve(p))));
   widenServerWindow(server);
-  if (!installFrameInPlace()) log.warn('cannot frame pull replies in place with this grpc-js version: each reply is copied once more');
+  if (!installServerFrameInPlace()) log.warn('cannot frame pull replies in place with this grpc-js version: each reply is copied once more');
   transport.attach(server);
   log.info(
     { bind: o.bind, port, version: VERSION, limits: o.limits, tls: o.tls ? (o.tls.clientCaFile ? 'mutual' : 'server') : 'off', tokens: tokens?.size ?? 'off' },

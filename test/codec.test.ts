@@ -3,7 +3,7 @@
 // encodes, unknown fields are skipped, and bytes come out unchanged.
 import { describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { GRPC_FRAME_HEADER, PULL_PAD_FIELD, PULL_REPLY_HEADROOM, frameInPlace, pullReplyAround } from '../proto/fast-codec';
+import { GRPC_FRAME_HEADER, PULL_PAD_FIELD, PULL_REPLY_HEADROOM, frameInPlace, pullReplyAround, pushRoom, withRoomBefore } from '../proto/fast-codec';
 import { parameterServerService } from '../proto/load';
 import { prng } from './helpers';
 
@@ -45,6 +45,40 @@ describe('fast Pull/Push codecs', () => {
         assert.ok(Buffer.from(dec.Pull.responseDeserialize(enc.Pull.responseSerialize(vals)).values).equals(vals.values));
         for (const duplicate of [true, false]) assert.equal(dec.Push.responseDeserialize(enc.Push.responseSerialize({ duplicate })).duplicate, duplicate);
       }
+    }
+  });
+
+  test('a Push whose grads have room before them is encoded around them in place, and decodes as any other', () => {
+    const r = prng(9);
+    for (let i = 0; i < 50; i++) {
+      const table = i % 5 ? `t${i}é` : '';
+      const worker_id = i % 3 ? `w-${i}`.repeat(i % 7) : '';
+      const keys = randBytes(r, (1 + Math.floor(r() * 64)) * 8);
+      const values = randBytes(r, (1 + Math.floor(r() * 300)) * 4);
+      const grads = withRoomBefore(values.length, pushRoom(table, keys.length, worker_id));
+      assert.equal(grads.byteOffset % 8, 0);
+      values.copy(grads);
+      const push = { table, keys, grads, worker_id, seq: i % 4 ? Math.floor(r() * 2 ** 53) : 0, incarnation: Math.floor(r() * 2 ** 52) };
+      const msg = fast.Push.requestSerialize(push) as Buffer;
+      assert.equal(msg.buffer, grads.buffer, 'no copy of the grads');
+      assert.equal(msg.byteOffset + msg.length, grads.byteOffset + grads.length, 'grads last');
+      for (const got of [slow.Push.requestDeserialize(msg), fast.Push.requestDeserialize(msg)]) {
+        assert.equal(got.table, table);
+        assert.ok(Buffer.from(got.keys).equals(keys));
+        assert.ok(Buffer.from(got.grads).equals(values));
+        assert.equal(got.worker_id, worker_id);
+        assert.equal(Number(got.seq), push.seq);
+        assert.equal(Number(got.incarnation), push.incarnation);
+      }
+      const frame = frameInPlace(msg)!;
+      assert.equal(frame.buffer, grads.buffer);
+      assert.ok(frame.subarray(GRPC_FRAME_HEADER).equals(msg));
+      // A second encoding (a retry) copies: the first message may still be on its way.
+      const again = fast.Push.requestSerialize({ ...push, seq: 7 }) as Buffer;
+      const apart = again.buffer !== frame.buffer || again.byteOffset >= frame.byteOffset + frame.length || again.byteOffset + again.length <= frame.byteOffset;
+      assert.ok(apart, 'the retry is encoded elsewhere');
+      assert.ok(Buffer.from(slow.Push.requestDeserialize(again).grads).equals(values));
+      assert.ok(msg.equals(frame.subarray(GRPC_FRAME_HEADER)), 'the first message is unchanged');
     }
   });
 

@@ -2,9 +2,9 @@
 // on every call, and retries with exponential backoff for the calls that are
 // safe to repeat (all of them are, when the caller says so: pushes carry
 // (worker_id, seq), checkpoint phases are idempotent per id).
-import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
-import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, parameterServerService } from '../proto/load';
+import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
+import { advertiseWideFrames, installClientFrameInPlace } from '../proto/grpc-frames';
 import { AccessDeniedError, PsError, TlsError } from './errors';
 import type { StallMeter } from './stall';
 
@@ -64,30 +64,6 @@ function bearer(token: string | undefined): grpc.Metadata | null {
   return md;
 }
 
-// grpc-js opens its HTTP/2 sessions with http2.connect and passes only the
-// receive window as a setting, so the server may send a pull reply in
-// frames of 16 KiB only. The SDK's channels are recognised by their window
-// (grpc-node.flow_control_window, below) and also advertise MAX_FRAME_SIZE;
-// any other session is opened as asked. Larger frames are a receiver's
-// offer any HTTP/2 peer may use or not.
-const WIDE_FRAMES = Symbol.for('pmemps.wideFrames');
-function advertiseWideFrames(): void {
-  const h = http2 as unknown as Record<string | symbol, unknown>;
-  if (h[WIDE_FRAMES]) return;
-  const connect = http2.connect;
-  try {
-    h.connect = function (authority: unknown, options?: http2.ClientSessionOptions, listener?: unknown) {
-      const settings = options?.settings;
-      if (settings && settings.initialWindowSize === FLOW_CONTROL_WINDOW && settings.maxFrameSize === undefined)
-        options = { ...options, settings: { ...settings, maxFrameSize: MAX_FRAME_SIZE } };
-      return (connect as (...a: unknown[]) => http2.ClientHttp2Session)(authority, options, listener);
-    };
-    h[WIDE_FRAMES] = true;
-  } catch {
-    /* a frozen module namespace: frames stay at 16 KiB */
-  }
-}
-
 export class ShardConnection {
   private readonly client: grpc.Client & Record<string, any>;
   private readonly auth: grpc.Metadata | null;
@@ -102,7 +78,9 @@ export class ShardConnection {
     private readonly stall: StallMeter,
     access: Access = {},
   ) {
+    // Fewer copies and frames per call (proto/grpc-frames.ts); without them the wire is slower, not wrong.
     advertiseWideFrames();
+    installClientFrameInPlace();
     const Ctor = parameterServerService();
     const maxBytes = (defaults.maxMessageMb ?? DEFAULT_MAX_MESSAGE_MB) * 2 ** 20;
     // Metadata on each call rather than call credentials: grpc-js composes
