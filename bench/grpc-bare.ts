@@ -21,6 +21,8 @@ import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { http2ServersOf } from '../server/transport-limits';
+import { childServerArgs } from './lib';
+import { contiguousRanges } from './tcp-ceiling';
 
 const MAX_BYTES = DEFAULT_MAX_MESSAGE_MB * 2 ** 20;
 
@@ -51,8 +53,7 @@ export class GrpcBarePeer {
   }
 
   private ranges(n: number): Array<[number, number]> {
-    const S = this.clients.length;
-    return Array.from({ length: S }, (_, s) => [Math.floor((s * n) / S), Math.floor(((s + 1) * n) / S)]);
+    return contiguousRanges(n, this.clients.length);
   }
 
   async pull(keys: Buffer): Promise<Float32Array> {
@@ -130,25 +131,12 @@ export async function serve(dim: number, maxKeys: number): Promise<{ port: numbe
 }
 
 if (require.main === module) {
-  const args = process.argv.slice(2);
-  if (!args.includes('--serve')) {
-    process.stderr.write('usage: node dist/bench/grpc-bare.js --serve [--dim 64] [--max-keys 65536]\n');
-    process.exit(2);
-  }
-  const opt = (name: string, def: number): number => {
-    const i = args.indexOf(name);
-    return i >= 0 ? Number(args[i + 1]) : def;
-  };
-  serve(opt('--dim', 64), opt('--max-keys', 65536)).then(
+  const { dim, maxKeys } = childServerArgs('grpc-bare.js');
+  serve(dim, maxKeys).then(
     ({ port }) => process.stdout.write(`@@LISTEN ${JSON.stringify({ port })}\n`),
     (e) => {
       process.stderr.write(`grpc-bare: ${(e as Error)?.stack ?? e}\n`);
       process.exit(1);
     },
   );
-  // Exit with the parent: its end of our stdin closes.
-  process.stdin.on('end', () => process.exit(0));
-  process.stdin.on('close', () => process.exit(0));
-  process.stdin.on('error', () => process.exit(0));
-  process.stdin.resume();
 }

@@ -28,12 +28,11 @@
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { parseArgs } from 'node:util';
-import { GiB, fmtMs, median } from './lib';
+import { GiB, canConnect, fmtMs, median } from './lib';
 import { freePort } from '../examples/local-cluster';
 import { startRedisServer } from './redis-peer';
 import type { Mode, SystemName, WorkerConfig } from './service-worker';
@@ -373,16 +372,6 @@ function driverMain(): void {
       await this.exit;
       clearTimeout(t);
     }
-  }
-
-  function canConnect(port: number): Promise<boolean> {
-    return new Promise((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
   }
 
   // ---------------------------------------------------------------- servers

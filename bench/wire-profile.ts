@@ -18,11 +18,11 @@
 
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { Rng, median } from './lib';
+import { Rng, canConnect, median } from './lib';
+import { freePort } from '../examples/local-cluster';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const HOOK = path.join(__dirname, 'profile-hook.js');
@@ -240,27 +240,6 @@ async function clientMain(cfg: ClientConfig): Promise<void> {
 }
 
 // ---------------------------------------------------------------- driver
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port }, () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.on('error', () => resolve(false));
-  });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-    s.on('error', reject);
-  });
-}
 
 const live = new Set<ChildProcess>();
 const dirs = new Set<string>();
