@@ -401,7 +401,7 @@ async function driverMain(): Promise<void> {
   );
   for (const b of builds)
     L.push(
-      `- build "${b.label}": commit ${sh('git', ['rev-parse', '--short', 'HEAD'], b.repo) || 'exported tree'}${b.flags.length ? `; pserver run with node ${b.flags.join(' ')}` : ''}`,
+      `- build "${b.label}": commit ${sh('git', ['rev-parse', '--short', 'HEAD'], b.repo) || 'none (an exported tree)'}${sh('git', ['status', '--porcelain'], b.repo) ? ' + uncommitted changes' : ''}${b.flags.length ? `; pserver run with node ${b.flags.join(' ')}` : ''}`,
     );
   L.push(
     `- ${o.servers === 1 ? 'one pserver' : `${o.servers} pservers (the server figures are their sum)`} (pools on /dev/shm, PMEM_IS_PMEM_FORCE=1, --cache-mb ${o.cacheMb}) and one SDK worker (PsClient) on 127.0.0.1, one call in flight; ` +

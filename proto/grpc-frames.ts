@@ -15,7 +15,10 @@
 // it has the shape this was written against (grpc-js 1.14), and otherwise
 // leaves grpc-js alone and returns false, the caller logging that the wire
 // is slower, not wrong. Installing twice is a no-op.
-import * as http2 from 'node:http2';
+// The module object itself, not an import-star copy of it: the copy's
+// properties are getters, and grpc-js calls connect on the real one.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+import http2 = require('node:http2');
 import { frameInPlace } from './fast-codec';
 import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE } from './load';
 

@@ -4,7 +4,10 @@
 import { describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { GRPC_FRAME_HEADER, PULL_PAD_FIELD, PULL_REPLY_HEADROOM, frameInPlace, pullReplyAround, pushRoom, withRoomBefore } from '../proto/fast-codec';
-import { parameterServerService } from '../proto/load';
+import * as http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { advertiseWideFrames, installClientFrameInPlace, installServerFrameInPlace } from '../proto/grpc-frames';
+import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, parameterServerService } from '../proto/load';
 import { prng } from './helpers';
 
 const fast = parameterServerService(true).service as any;
@@ -133,5 +136,34 @@ describe('fast Pull/Push codecs', () => {
     // seq above 2^53 decodes as NaN (the server refuses it)
     const big = Buffer.from([0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
     assert.ok(Number.isNaN(fast.Push.requestDeserialize(big).seq));
+  });
+});
+
+describe('grpc-js framing hooks (proto/grpc-frames.ts)', () => {
+  test('install on this grpc-js version', () => {
+    // false means a grpc-js upgrade moved what they wrap: the wire would be slower, not wrong.
+    assert.ok(installServerFrameInPlace());
+    assert.ok(installClientFrameInPlace());
+    assert.ok(advertiseWideFrames());
+  });
+
+  test("the SDK's HTTP/2 sessions advertise MAX_FRAME_SIZE; others are opened as asked", async () => {
+    advertiseWideFrames();
+    const server = http2.createServer();
+    const seen: number[] = [];
+    server.on('session', (s) => s.on('remoteSettings', (r) => seen.push(r.maxFrameSize ?? 0)));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      for (const settings of [{ initialWindowSize: FLOW_CONTROL_WINDOW }, { initialWindowSize: 65535 }]) {
+        const c = http2.connect(url, { settings });
+        await new Promise<void>((r) => c.once('remoteSettings', () => r()));
+        await new Promise((r) => setTimeout(r, 50));
+        c.close();
+      }
+      assert.deepEqual(seen, [MAX_FRAME_SIZE, 16384]);
+    } finally {
+      server.close();
+    }
   });
 });
