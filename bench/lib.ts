@@ -4,6 +4,7 @@
 // (bench/engine.ts) and its children. Nothing here loads the native addon.
 
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 
 export const MiB = 1024 * 1024;
@@ -358,4 +359,37 @@ export function dieWithParent(): void {
   process.stdin.on('close', () => process.exit(70));
   process.stdin.on('error', () => process.exit(70));
   process.stdin.resume();
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:port (a child server is up). */
+export function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port }, () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.on('error', () => resolve(false));
+  });
+}
+
+/**
+ * The command line of a benchmark's child server (`SCRIPT --serve [--dim N]
+ * [--max-keys N]`): its dim and key limit; exits 2 with the usage otherwise.
+ * The process exits when its stdin closes (the parent went away).
+ */
+export function childServerArgs(script: string): { dim: number; maxKeys: number } {
+  const args = process.argv.slice(2);
+  if (!args.includes('--serve')) {
+    process.stderr.write(`usage: node dist/bench/${script} --serve [--dim 64] [--max-keys 65536]\n`);
+    process.exit(2);
+  }
+  const opt = (name: string, def: number): number => {
+    const i = args.indexOf(name);
+    return i >= 0 ? Number(args[i + 1]) : def;
+  };
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('close', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+  return { dim: opt('--dim', 64), maxKeys: opt('--max-keys', 65536) };
 }

@@ -21,9 +21,10 @@ import { PsClient } from '../worker';
 import { Rng, emit, log, percentile } from './lib';
 import { RedisPeer } from './redis-peer';
 import { TcpPeer } from './tcp-ceiling';
+import { GrpcBarePeer } from './grpc-bare';
 
 // pmemps-metrics: the same servers with --metrics-bind (bench/service.ts --metrics-overhead).
-export type SystemName = 'pmemps' | 'pmemps-metrics' | 'redis-sgd' | 'redis-adagrad' | 'tcp';
+export type SystemName = 'pmemps' | 'pmemps-metrics' | 'redis-sgd' | 'redis-adagrad' | 'grpc-bare' | 'tcp';
 export type Mode = 'pull' | 'push' | 'pullpush';
 
 export interface WorkerConfig {
@@ -77,6 +78,10 @@ async function connect(cfg: WorkerConfig): Promise<Peer> {
   switch (cfg.system) {
     case 'tcp': {
       const p = await TcpPeer.connect(cfg.endpoints, cfg.dim);
+      return { pull: (k) => p.pull(k), push: (k, g) => p.push(k, g), fill: async () => 0, close: () => p.close() };
+    }
+    case 'grpc-bare': {
+      const p = await GrpcBarePeer.connect(cfg.endpoints, cfg.dim);
       return { pull: (k) => p.pull(k), push: (k, g) => p.push(k, g), fill: async () => 0, close: () => p.close() };
     }
     case 'redis-sgd':

@@ -19,6 +19,12 @@
 // caller's order, which costs about 0.5 ms per 4,096 rows in JS here.
 
 import * as net from 'node:net';
+import { childServerArgs } from './lib';
+
+/** Row ranges [from, to) of a batch of n keys over S servers: contiguous, as equal as they come. */
+export function contiguousRanges(n: number, S: number): Array<[number, number]> {
+  return Array.from({ length: S }, (_, s) => [Math.floor((s * n) / S), Math.floor(((s + 1) * n) / S)]);
+}
 
 export const OP_PULL = 1;
 export const OP_PUSH = 2;
@@ -133,10 +139,8 @@ export class TcpPeer {
     return new TcpPeer(await Promise.all(endpoints.map((e) => Conn.open(e))), dim);
   }
 
-  /** Row ranges [from, to) of a batch of n keys per server: contiguous, as equal as they come. */
   private ranges(n: number): Array<[number, number]> {
-    const S = this.conns.length;
-    return Array.from({ length: S }, (_, s) => [Math.floor((s * n) / S), Math.floor(((s + 1) * n) / S)]);
+    return contiguousRanges(n, this.conns.length);
   }
 
   /** keys: packed LE uint64. Returns keys x dim float32 (server s's answer lands in place in its range). */
@@ -241,23 +245,10 @@ export function serve(dim: number, maxKeys: number): net.Server {
 }
 
 if (require.main === module) {
-  const args = process.argv.slice(2);
-  if (!args.includes('--serve')) {
-    process.stderr.write('usage: node dist/bench/tcp-ceiling.js --serve [--dim 64] [--max-keys 65536]\n');
-    process.exit(2);
-  }
-  const opt = (name: string, def: number): number => {
-    const i = args.indexOf(name);
-    return i >= 0 ? Number(args[i + 1]) : def;
-  };
-  const server = serve(opt('--dim', 64), opt('--max-keys', 65536));
+  const { dim, maxKeys } = childServerArgs('tcp-ceiling.js');
+  const server = serve(dim, maxKeys);
   server.listen(0, '127.0.0.1', () => {
     const addr = server.address() as net.AddressInfo;
     process.stdout.write(`@@LISTEN ${JSON.stringify({ port: addr.port })}\n`);
   });
-  // Exit with the parent: its end of our stdin closes.
-  process.stdin.on('end', () => process.exit(0));
-  process.stdin.on('close', () => process.exit(0));
-  process.stdin.on('error', () => process.exit(0));
-  process.stdin.resume();
 }

@@ -46,6 +46,14 @@ export const DEFAULT_MAX_MESSAGE_MB = 64;
  */
 export const FLOW_CONTROL_WINDOW = 16 * 2 ** 20;
 
+/**
+ * Largest HTTP/2 DATA frame each side advertises it accepts (the protocol's
+ * default is 16 KiB, its maximum 16 MiB - 1). A sender splits a message into
+ * frames of at most this size, each its own header, nghttp2 callback and
+ * write vector entry: a 1 MiB pull reply is 64 frames at the default.
+ */
+export const MAX_FRAME_SIZE = 2 ** 20;
+
 /** An optimizer spec as the wire's Optimizer message (booleans as 0/1). */
 export function optimizerToWire(o: { type: string }): { type: string; params: Record<string, number> } {
   const params: Record<string, number> = {};

@@ -11,7 +11,8 @@ import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { hideBin } from 'yargs/helpers';
-import { FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
+import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, parameterServerService } from '../proto/load';
+import { installServerFrameInPlace } from '../proto/grpc-frames';
 import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore } from './auth';
 import { Barriers } from './barrier';
 import { ConfigError, loadConfig, redactConfig, type PserverConfig } from './config';
@@ -28,7 +29,8 @@ export type ServerOptions = PserverConfig;
 
 // grpc-js has no server option for the HTTP/2 receive window; its http2
 // servers are reachable only through a private field. Without it the server
-// receives at 64 KiB per round trip (see FLOW_CONTROL_WINDOW).
+// receives at 64 KiB per round trip (see FLOW_CONTROL_WINDOW), in frames of
+// 16 KiB (see MAX_FRAME_SIZE).
 function widenServerWindow(server: grpc.Server): void {
   const servers = http2ServersOf(server);
   if (!servers) {
@@ -38,7 +40,7 @@ function widenServerWindow(server: grpc.Server): void {
   for (const h of servers)
     h.on('session', (session: import('node:http2').ServerHttp2Session) => {
       session.setLocalWindowSize(FLOW_CONTROL_WINDOW);
-      session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW });
+      session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW, maxFrameSize: MAX_FRAME_SIZE });
     });
 }
 
@@ -101,6 +103,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
 
   const port = await new Promise<number>((resolve, reject) => server.bindAsync(o.bind, credentials, (err, p) => (err ? reject(err) : resolve(p))));
   widenServerWindow(server);
+  if (!installServerFrameInPlace()) log.warn('cannot frame pull replies in place with this grpc-js version: each reply is copied once more');
   transport.attach(server);
   log.info(
     { bind: o.bind, port, version: VERSION, limits: o.limits, tls: o.tls ? (o.tls.clientCaFile ? 'mutual' : 'server') : 'off', tokens: tokens?.size ?? 'off' },

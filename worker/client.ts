@@ -19,6 +19,7 @@ import { ShardConnection, type TlsOptions } from './connection';
 import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
 import { optimizerToWire } from '../proto/load';
 import { splitBatch } from './batch';
+import { pushRoom, withRoomBefore } from '../proto/fast-codec';
 import { shardOfDense } from './shard';
 import { StallMeter } from './stall';
 
@@ -248,7 +249,18 @@ export class PsClient {
     const split = splitBatch(kb, this.shards.length);
     // Gradients of a key that repeats are summed in the order of the batch,
     // as the engine would sum them (so the result is the same bit for bit).
-    const sums = split.identity ? [g] : split.keys.map((sk) => new Float32Array((sk.length / 8) * dim));
+    // A shard's sums are written where the encoder wants them: at the end of
+    // its PushRequest, the other fields going into the room before them
+    // (proto/fast-codec.ts withRoomBefore), so they are not copied again.
+    const whole: (Buffer | null)[] = split.keys.map(() => null);
+    const sums = split.identity
+      ? [g]
+      : split.keys.map((sk, s) => {
+          const n = (sk.length / 8) * dim;
+          if (chunk(sk, dim).length > 1) return new Float32Array(n);
+          const b = (whole[s] = withRoomBefore(n * 4, pushRoom(table, sk.length, this.workerId)));
+          return new Float32Array(b.buffer, b.byteOffset, n);
+        });
     if (!split.identity) {
       const seen = split.keys.map((sk) => new Uint8Array(sk.length / 8));
       for (let i = 0; i < n; i++) {
@@ -266,13 +278,22 @@ export class PsClient {
       split.keys.map(async (sk, s) => {
         if (sk.length === 0) return;
         const kc = chunk(sk, dim);
-        let off = 0;
-        for (const ck of kc) {
-          const rows = ck.length / 8;
-          const gb = Buffer.from(sums[s].buffer, sums[s].byteOffset + off * dim * 4, rows * dim * 4);
-          off += rows;
-          await this.pushOnce(s, 'Push', { table, keys: ck, grads: gb });
+        if (kc.length === 1) {
+          // The Buffer the encoder knows (withRoomBefore), not a new view of its memory.
+          const gb = whole[s] ?? Buffer.from(sums[s].buffer, sums[s].byteOffset, sums[s].byteLength);
+          await this.pushOnce(s, 'Push', { table, keys: sk, grads: gb });
+          return;
         }
+        // The chunks of a shard's part hold distinct keys: they go in parallel.
+        let off = 0;
+        await Promise.all(
+          kc.map((ck) => {
+            const rows = ck.length / 8;
+            const gb = Buffer.from(sums[s].buffer, sums[s].byteOffset + off * dim * 4, rows * dim * 4);
+            off += rows;
+            return this.pushOnce(s, 'Push', { table, keys: ck, grads: gb });
+          }),
+        );
       }),
     );
   }

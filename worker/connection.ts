@@ -4,6 +4,7 @@
 // (worker_id, seq), checkpoint phases are idempotent per id).
 import * as grpc from '@grpc/grpc-js';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
+import { advertiseWideFrames, installClientFrameInPlace } from '../proto/grpc-frames';
 import { AccessDeniedError, PsError, TlsError } from './errors';
 import type { StallMeter } from './stall';
 
@@ -77,6 +78,9 @@ export class ShardConnection {
     private readonly stall: StallMeter,
     access: Access = {},
   ) {
+    // Fewer copies and frames per call (proto/grpc-frames.ts); without them the wire is slower, not wrong.
+    advertiseWideFrames();
+    installClientFrameInPlace();
     const Ctor = parameterServerService();
     const maxBytes = (defaults.maxMessageMb ?? DEFAULT_MAX_MESSAGE_MB) * 2 ** 20;
     // Metadata on each call rather than call credentials: grpc-js composes
