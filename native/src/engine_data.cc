@@ -9,6 +9,10 @@
 //  * Everything a push stores is computed and checked first (phase 1) and
 //    every new row is reserved (phase 2) before anything is stored (phase 3):
 //    a refused push (non-finite update, full pool) changes nothing.
+//  * Per row, the data path makes no virtual call and tests no engine mode:
+//    what lies behind the cache (the pool's rows, or nothing in the
+//    memory-only reference) is a compile-time Rows policy (PoolRows,
+//    MemRows), chosen once per call.
 //  * A stripe's cache never holds more than its budget: make_room runs
 //    before every entry made (the pool's policy), and a push's copy-on-write
 //    copy is made only when it fits.
@@ -300,7 +304,94 @@ size_t by_stripe(const uint64_t* hs, size_t n, uint32_t* order, size_t* counts, 
 
 }  // namespace
 
+// The pool behind the cache: a row the cache lacks is read from its slot
+// through the table's index, a new key gets a row reserved, and entries are
+// made only after make_room.
+struct Engine::PoolRows {
+  Engine& en;
+
+  // pull's miss: the row's stored version, now cached; null when it has none
+  // (never pushed, or only in a dead epoch). il: the index lock, taken on
+  // the first miss and held for the rest of the stripe.
+  Entry* cache_stored(Stripe& s, const Table& t, uint64_t key, uint64_t h, std::shared_lock<RwLock>& il) {
+    if (!il.owns_lock()) il = std::shared_lock<RwLock>(t.index->mu());
+    const uint64_t ref = t.index->lookup(key);
+    if (!ref) return nullptr;
+    en.make_room(s, Stripe::entry_bytes(t.row_floats));
+    Entry* ne = s.make(t.idx, key, t.row_floats);
+    if (!en.load_row(t, ref, key, ne->data, &ne->step)) {
+      s.recycle(ne);
+      return nullptr;
+    }
+    ne->ref = ref;
+    s.insert(ne, h);
+    return ne;
+  }
+  // push's phase 1 miss: the row's stored version into out, its record into
+  // *ref; *missing when the key has no record yet (phase 2 reserves one).
+  bool read(const Table& t, uint64_t key, std::shared_lock<RwLock>& il, float* out, uint32_t* step, uint64_t* ref, uint8_t* missing) {
+    if (!il.owns_lock()) il = std::shared_lock<RwLock>(t.index->mu());
+    const uint64_t r = t.index->lookup(key);
+    if (!en.valid_ref(t, r, key)) {
+      *missing = 1;
+      return false;
+    }
+    *ref = r;
+    return en.load_row(t, r, key, out, step);
+  }
+  void reserve(Table& t, size_t u, const uint64_t* uk, const uint8_t* missing, uint64_t* refs) {
+    std::unique_lock<RwLock> il;
+    for (size_t i = 0; i < u; i++) {
+      if (!missing[i]) continue;
+      if (!il.owns_lock()) il = std::unique_lock<RwLock>(t.index->mu());
+      const uint64_t r = t.index->lookup(uk[i]);
+      if (en.valid_ref(t, r, uk[i])) {
+        refs[i] = r;
+        continue;
+      }
+      const uint64_t nr = en.reserve_row(t, uk[i]);
+      t.index->upsert(uk[i], nr);
+      refs[i] = nr;
+    }
+  }
+  void make_room(Stripe& s, size_t bytes) { en.make_room(s, bytes); }
+  // push's phase 3, a row phase 1 did not compute: its stored version.
+  bool reload(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) {
+    std::shared_lock<RwLock> il(t.index->mu());
+    return en.load_row(t, ref, key, out, step);
+  }
+  // r_next already counts the rows reserve() made.
+  void created(Table&, uint64_t) {}
+};
+
+// The memory-only reference: nothing behind the cache, whose budget is
+// unbounded, so every row ever pushed is an entry and a miss is a row never
+// pushed. r_next counts the entries made (the table's row count).
+struct Engine::MemRows {
+  Entry* cache_stored(Stripe&, const Table&, uint64_t, uint64_t, std::shared_lock<RwLock>&) { return nullptr; }
+  bool read(const Table&, uint64_t, std::shared_lock<RwLock>&, float*, uint32_t*, uint64_t*, uint8_t*) { return false; }
+  void reserve(Table&, size_t, const uint64_t*, const uint8_t*, uint64_t*) {}
+  void make_room(Stripe&, size_t) {}
+  bool reload(const Table&, uint64_t, uint64_t, float*, uint32_t*) { return false; }
+  void created(Table& t, uint64_t n) { t.r_next.fetch_add(n, std::memory_order_relaxed); }
+};
+
 void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
+  if (mem_)
+    pull_with(MemRows{}, name, keys, n, out, expect_dim);
+  else
+    pull_with(PoolRows{*this}, name, keys, n, out, expect_dim);
+}
+
+void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
+  if (mem_)
+    push_with(MemRows{}, name, keys, n, grads_bytes, expect_dim);
+  else
+    push_with(PoolRows{*this}, name, keys, n, grads_bytes, expect_dim);
+}
+
+template <class Rows>
+void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
   std::shared_lock<RwLock> el(epoch_mu_);
   Table* t = find_table(name);
   if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the pull was queued");
@@ -352,24 +443,9 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
       }
       const uint64_t key = load_key(keys + 8 * i);
       miss++;
-      bool found = false;
-      if (!mem_) {
-        if (!il.owns_lock()) il = std::shared_lock<RwLock>(t->index->mu());
-        const uint64_t ref = t->index->lookup(key);
-        if (ref) {
-          make_room(s, Stripe::entry_bytes(t->row_floats));
-          Entry* ne = s.make(t->idx, key, t->row_floats);
-          if (load_row(*t, ref, key, ne->data, &ne->step)) {
-            ne->ref = ref;
-            s.insert(ne, hs[i]);
-            std::memcpy(out + static_cast<size_t>(i) * dim, ne->data, sizeof(float) * dim);
-            found = true;
-          } else {
-            s.recycle(ne);
-          }
-        }
-      }
-      if (!found) {
+      if (const Entry* ne = rows.cache_stored(s, *t, key, hs[i], il)) {
+        std::memcpy(out + static_cast<size_t>(i) * dim, ne->data, sizeof(float) * dim);
+      } else {
         // Never pushed (or only in a dead epoch): the initial row, stored nowhere.
         float* tmp = row_tmp(t->row_floats);
         init_row(t->init, t->opt, key, dim, tmp);
@@ -383,7 +459,8 @@ void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float*
   misses_.fetch_add(misses.load(), std::memory_order_relaxed);
 }
 
-void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
+template <class Rows>
+void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
   const uint64_t t0 = now_us();
   std::shared_lock<RwLock> el(epoch_mu_);
   std::atomic<uint64_t> waited{now_us() - t0};
@@ -500,17 +577,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         step = e->step;
         refs[i] = e->ref;
       } else {
-        bool loaded = false;
-        if (!mem_) {
-          if (!il.owns_lock()) il = std::shared_lock<RwLock>(t->index->mu());
-          const uint64_t r = t->index->lookup(uk[i]);
-          if (valid_ref(*t, r, uk[i])) {
-            refs[i] = r;
-            loaded = load_row(*t, r, uk[i], out, &step);
-          } else {
-            missing[i] = 1;
-          }
-        }
+        const bool loaded = rows.read(*t, uk[i], il, out, &step, &refs[i], &missing[i]);
         if (!loaded) init_row(t->init, t->opt, uk[i], dim, out), step = 0;
       }
       apply_update(t->opt, dim, out, &step, gp[i]);
@@ -522,23 +589,9 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     }
   });
 
-  if (!mem_) {
-    // Phase 2: a row and an index slot for every new key before any update
-    // is stored, so a full pool refuses the whole push and changes nothing.
-    std::unique_lock<RwLock> il;
-    for (size_t i = 0; i < u; i++) {
-      if (!missing[i]) continue;
-      if (!il.owns_lock()) il = std::unique_lock<RwLock>(t->index->mu());
-      const uint64_t r = t->index->lookup(uk[i]);
-      if (valid_ref(*t, r, uk[i])) {
-        refs[i] = r;
-        continue;
-      }
-      const uint64_t nr = reserve_row(*t, uk[i]);
-      t->index->upsert(uk[i], nr);
-      refs[i] = nr;
-    }
-  }
+  // Phase 2: a row and an index slot for every new key before any update
+  // is stored, so a full pool refuses the whole push and changes nothing.
+  rows.reserve(*t, u, uk, missing, refs);
 
   // Phase 3: store the updates in the cache, stripe by stripe (in
   // parallel). A stripe that no other push changed since phase 1 takes the
@@ -563,16 +616,12 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
       const bool computed = same && i < scratch_rows;
       if (!e) {
-        if (!mem_) make_room(s, Stripe::entry_bytes(rf));
+        rows.make_room(s, Stripe::entry_bytes(rf));
         e = s.make(t->idx, uk[i], rf);
         if (!computed) {
           // Its current value, for the update below (phase 1's result, when
           // it holds, replaces the whole row anyway).
-          bool loaded = false;
-          if (!mem_) {
-            std::shared_lock<RwLock> il(t->index->mu());
-            loaded = load_row(*t, refs[i], uk[i], e->data, &e->step);
-          }
+          const bool loaded = rows.reload(*t, refs[i], uk[i], e->data, &e->step);
           if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data), e->step = 0;
         }
         e->ref = refs[i];
@@ -623,7 +672,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     skipped.fetch_add(skip, std::memory_order_relaxed);
   });
   if (skipped.load()) raced_nonfinite_.fetch_add(skipped.load(), std::memory_order_relaxed);
-  if (mem_) t->r_next.fetch_add(created.load(), std::memory_order_relaxed);
+  rows.created(*t, created.load());
   if (during_ckpt.load() || ckpt_active_.load(std::memory_order_relaxed)) atomic_max(max_wait_us_, waited.load());
   failpoint("push.after_apply");
 }
