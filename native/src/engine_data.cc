@@ -312,8 +312,9 @@ struct Engine::PoolRows {
 
   // pull's miss: the row's stored version, now cached; null when it has none
   // (never pushed, or only in a dead epoch). il: the index lock, taken on
-  // the first miss and held for the rest of the stripe.
-  Entry* cache_stored(Stripe& s, const Table& t, uint64_t key, uint64_t h, std::shared_lock<RwLock>& il) {
+  // the first miss and held for the rest of the stripe. Out of line: inlined,
+  // it cost the loop of cache hits around it 4% more instructions.
+  __attribute__((noinline)) Entry* cache_stored(Stripe& s, const Table& t, uint64_t key, uint64_t h, std::shared_lock<RwLock>& il) {
     if (!il.owns_lock()) il = std::shared_lock<RwLock>(t.index->mu());
     const uint64_t ref = t.index->lookup(key);
     if (!ref) return nullptr;
