@@ -4,7 +4,12 @@
       "target_name": "pmemps_native",
       "sources": [
         "native/src/addon.cc",
-        "native/src/engine.cc",
+        "native/src/engine_open.cc",
+        "native/src/engine_tables.cc",
+        "native/src/engine_data.cc",
+        "native/src/engine_checkpoint.cc",
+        "native/src/engine_cluster.cc",
+        "native/src/engine_mem.cc",
         "native/src/index.cc",
         "native/src/pool.cc",
         "native/src/optimizer.cc",

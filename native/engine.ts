@@ -28,6 +28,22 @@ export { EngineError } from './errors';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const addon = require(path.join(__dirname, '..', '..', 'build', 'Release', 'pmemps_native.node'));
 
+/** The engine's error codes (PMEMPS_ERROR_CODES in native/src/common.h), as the addon lists them. */
+const ERROR_CODES: ReadonlySet<string> = new Set<string>(addon.errorCodes);
+
+/** The codes an EngineError may carry: the engine's own list. */
+export function engineErrorCodes(): string[] {
+  return [...ERROR_CODES];
+}
+
+/**
+ * The engine's failpoint names (PMEMPS_FAILPOINTS in native/src/failpoints.h):
+ * PMEMPS_FAILPOINT="name[:n]" kills the process the n-th time one is reached.
+ */
+export function failpoints(): string[] {
+  return [...(addon.failpoints as string[])];
+}
+
 /** Hyperparameter names of each optimizer, in the order the native code stores them, with defaults. */
 export const OPTIMIZER_PARAMS: Record<OptimizerType, ReadonlyArray<[string, number | boolean | undefined]>> = {
   sgd: [
@@ -184,9 +200,9 @@ export function decodeDense(buf: Buffer): Map<string, Float32Array> {
 function callAsync<T>(fn: (cb: (err: Error | null, res?: T) => void) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     try {
-      fn((err, res) => (err ? reject(fromNative(err)) : resolve(res as T)));
+      fn((err, res) => (err ? reject(fromNative(err, ERROR_CODES)) : resolve(res as T)));
     } catch (e) {
-      reject(fromNative(e));
+      reject(fromNative(e, ERROR_CODES));
     }
   });
 }
@@ -195,7 +211,7 @@ function sync<T>(fn: () => T): T {
   try {
     return fn();
   } catch (e) {
-    throw fromNative(e);
+    throw fromNative(e, ERROR_CODES);
   }
 }
 

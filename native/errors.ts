@@ -1,6 +1,9 @@
 // Error classes of the engine. The addon throws plain Errors whose message
 // starts with "CODE: "; the wrapper turns them into these classes so callers
 // (and the gRPC layer, which maps codes to status codes) can branch on them.
+// The codes are the engine's list (PMEMPS_ERROR_CODES in native/src/common.h,
+// exported by the addon); the type below restates it for the compiler, and
+// test/engine.test.ts checks the two agree.
 
 export type EngineErrorCode =
   | 'INVALID_ARGUMENT' // bad buffer lengths, NaN/Inf gradients, bad specs
@@ -14,19 +17,6 @@ export type EngineErrorCode =
   | 'IO' // the filesystem refused something
   | 'INTERNAL';
 
-const CODES = new Set<EngineErrorCode>([
-  'INVALID_ARGUMENT',
-  'NOT_FOUND',
-  'ALREADY_EXISTS',
-  'OUT_OF_SPACE',
-  'FAILED_PRECONDITION',
-  'LOCKED',
-  'CORRUPT',
-  'INCOMPATIBLE',
-  'IO',
-  'INTERNAL',
-]);
-
 export class EngineError extends Error {
   readonly code: EngineErrorCode;
   constructor(code: EngineErrorCode, message: string) {
@@ -36,11 +26,11 @@ export class EngineError extends Error {
   }
 }
 
-/** Converts an error thrown by the addon ("CODE: message") into an EngineError. */
-export function fromNative(err: unknown): Error {
+/** Converts an error thrown by the addon ("CODE: message", CODE one of `codes`, the addon's list) into an EngineError. */
+export function fromNative(err: unknown, codes: ReadonlySet<string>): Error {
   if (!(err instanceof Error)) return new EngineError('INTERNAL', String(err));
   const m = /^([A-Z_]+): ([\s\S]*)$/.exec(err.message);
-  if (m && CODES.has(m[1] as EngineErrorCode)) {
+  if (m && codes.has(m[1])) {
     const e = new EngineError(m[1] as EngineErrorCode, m[2]);
     e.stack = `EngineError: ${m[2]}\n` + (err.stack ?? '').split('\n').slice(1).join('\n');
     return e;

@@ -6,7 +6,7 @@
 //   node dist/scripts/pool-sizing.js --measure    # plus a real pserver: ~20 s, a 4 GiB pool file in the temp dir
 //
 // The arithmetic restates native/src/layout.h (row_bytes_for), optimizer.cc
-// (state_blocks) and engine.cc (init_geometry): if those change, --measure
+// (state_blocks) and engine_data.cc (init_geometry): if those change, --measure
 // shows the disagreement in its "model" column.
 import * as fs from 'node:fs';
 import * as os from 'node:os';

@@ -1,7 +1,7 @@
 // The gRPC face of a shard: one handler per RPC of proto/pmemps.proto.
 // Handlers validate the wire input, call the Shard, and map failures with
 // status-codes.ts; the data path of a pull is Pull -> Shard.pull ->
-// Engine.pull (native/engine.ts) -> Engine::pull (native/src/engine.cc).
+// Engine.pull (native/engine.ts) -> Engine::pull (native/src/engine_data.cc).
 import * as grpc from '@grpc/grpc-js';
 import { OPTIMIZER_PARAMS, asFloats, type InitializerSpec, type OptimizerSpec, type OptimizerType, type TableInfo, type TableSpec } from '../native/engine';
 import { optimizerToWire } from '../proto/load';

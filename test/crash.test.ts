@@ -7,8 +7,23 @@
 // long-running variant.
 
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { after, describe, it, test } from 'node:test';
-import { FAILPOINT_NAMES, FAILPOINTS, KillSpec, killLiveChildren, mix, removeDir, Rng, runScenario, Scenario, ScenarioResult } from './crash.lib';
+import { failpoints } from '../native/engine';
+import {
+  FAILPOINT_NAMES,
+  FAILPOINTS,
+  FAILPOINTS_ELSEWHERE,
+  KillSpec,
+  killLiveChildren,
+  mix,
+  removeDir,
+  Rng,
+  runScenario,
+  Scenario,
+  ScenarioResult,
+} from './crash.lib';
 
 const BASE_SEED = 20261125;
 const JOBS = 2;
@@ -44,6 +59,18 @@ async function run(sc: Scenario): Promise<ScenarioResult> {
 }
 
 const OP_DELAYS = ['sync', 'immediate', 0, 1, 3] as const;
+
+test('every failpoint of the engine is killed at here, or by the test named for it', () => {
+  const engine = failpoints();
+  const stale = [...Object.keys(FAILPOINTS), ...Object.keys(FAILPOINTS_ELSEWHERE)].filter((fp) => !engine.includes(fp));
+  assert.deepEqual(stale, [], `listed in crash.lib.ts but not failpoints of the engine: ${stale.join(', ')}`);
+  const uncovered = engine.filter((fp) => !(fp in FAILPOINTS) && !(fp in FAILPOINTS_ELSEWHERE));
+  assert.deepEqual(uncovered, [], `failpoints of the engine no crash test kills at (add them to FAILPOINTS in crash.lib.ts): ${uncovered.join(', ')}`);
+  for (const [fp, file] of Object.entries(FAILPOINTS_ELSEWHERE)) {
+    const src = fs.readFileSync(path.join(__dirname, file), 'utf8');
+    assert.ok(src.includes(`'${fp}`), `${file} is said to kill at ${fp} but does not name it`);
+  }
+});
 
 describe('crash consistency', { concurrency: JOBS }, () => {
   FAILPOINT_NAMES.forEach((fp, fi) => {

@@ -5,7 +5,8 @@ process.env.PMEM_IS_PMEM_FORCE ??= '1';
 
 import { after, describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { Engine, EngineError, asFloats, packKeys, type TableSpec } from '../native/engine';
+import { Engine, EngineError, asFloats, engineErrorCodes, packKeys, type TableSpec } from '../native/engine';
+import { ENGINE_CODES, toStatus } from '../server/status-codes';
 import { f32, poolDirs, prng, randomGrads } from './helpers';
 
 const pool = poolDirs(after);
@@ -223,5 +224,32 @@ describe('checkpoints', () => {
     assert.deepEqual(c.dense.get('bias'), new Float32Array([0.5]));
     assert.equal(c.meta.toString(), '{"step":100}');
     await e.close();
+  });
+});
+
+describe('error codes', () => {
+  it("are the engine's list, each mapped to a gRPC status", () => {
+    const codes = engineErrorCodes();
+    assert.ok(codes.includes('INTERNAL') && codes.includes('OUT_OF_SPACE'), `unexpected list: ${codes.join(', ')}`);
+    // ENGINE_CODES is keyed by EngineErrorCode (native/errors.ts): equal key
+    // sets mean the TypeScript type restates the engine's list exactly.
+    assert.deepEqual(Object.keys(ENGINE_CODES).sort(), [...codes].sort());
+    for (const c of codes) {
+      const st = toStatus(new EngineError(c as EngineError['code'], 'm'));
+      assert.equal(st.code, ENGINE_CODES[c as EngineError['code']], c);
+      assert.equal(st.metadata?.get('pmemps-reason')[0], c.toLowerCase());
+    }
+  });
+  it('reach JavaScript as EngineErrors with the code the engine gave', async () => {
+    const e = Engine.open({ memoryOnly: true });
+    try {
+      await assert.rejects(e.pull('nope', packKeys([1])), (err: unknown) => err instanceof EngineError && err.code === 'NOT_FOUND');
+      assert.throws(
+        () => e.createTable(spec({ dim: 0 })),
+        (err: unknown) => err instanceof EngineError && err.code === 'INVALID_ARGUMENT',
+      );
+    } finally {
+      await e.close();
+    }
   });
 });

@@ -614,6 +614,12 @@ Napi::Value CheckPoolFile(const Napi::CallbackInfo& info) {
   return o;
 }
 
+Napi::Array names(Napi::Env env, const char* const* list, size_t n) {
+  auto a = Napi::Array::New(env, n);
+  for (size_t i = 0; i < n; i++) a.Set(static_cast<uint32_t>(i), list[i]);
+  return a;
+}
+
 Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   // Batch buffers (1 MiB and more) are malloc'd on pool threads and freed on
   // the JS thread. With glibc's adaptive mmap threshold they would settle in
@@ -625,6 +631,10 @@ Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("rowFloats", Napi::Function::New(env, RowFloats));
   exports.Set("initRow", Napi::Function::New(env, InitRow));
   exports.Set("applyUpdate", Napi::Function::New(env, ApplyUpdate));
+  // The engine's own lists, so the TypeScript side and the tests read them
+  // instead of copies (common.h, failpoints.h).
+  exports.Set("errorCodes", names(env, kCodeNames, kCodeCount));
+  exports.Set("failpoints", names(env, kFailpoints, kFailpointCount));
   return exports;
 }
 

@@ -1,5 +1,6 @@
 // Small shared pieces of the engine: its error type (turned into a JS
-// EngineError by the addon), key hashing, and failpoints for crash tests.
+// EngineError by the addon) and its codes, key hashing, a writer-preferring
+// lock, and (failpoints.h) failpoints for crash tests.
 #pragma once
 #include <pthread.h>
 
@@ -7,16 +8,40 @@
 #include <stdexcept>
 #include <string>
 
+#include "failpoints.h"
+
 namespace pmemps {
 
-// Codes mirror native/errors.ts; the addon prefixes messages with them.
-enum class Code { InvalidArgument, NotFound, AlreadyExists, OutOfSpace, FailedPrecondition, Locked, Corrupt, Incompatible, Io, Internal };
+// The engine's error codes, the one list of them: the addon prefixes
+// messages with the name ("CODE: msg") and exports the names (errorCodes()),
+// from which native/errors.ts parses them; test/engine.test.ts checks that
+// the TypeScript side and the gRPC mapping (server/status-codes.ts) know
+// every one.
+#define PMEMPS_ERROR_CODES(X)                  \
+  X(InvalidArgument, "INVALID_ARGUMENT")       \
+  X(NotFound, "NOT_FOUND")                     \
+  X(AlreadyExists, "ALREADY_EXISTS")           \
+  X(OutOfSpace, "OUT_OF_SPACE")                \
+  X(FailedPrecondition, "FAILED_PRECONDITION") \
+  X(Locked, "LOCKED")                          \
+  X(Corrupt, "CORRUPT")                        \
+  X(Incompatible, "INCOMPATIBLE")              \
+  X(Io, "IO")                                  \
+  X(Internal, "INTERNAL")
+
+#define PMEMPS_CODE_ENUM(id, name) id,
+enum class Code { PMEMPS_ERROR_CODES(PMEMPS_CODE_ENUM) };
+#undef PMEMPS_CODE_ENUM
+#define PMEMPS_CODE_NAME(id, name) name,
+inline constexpr const char* kCodeNames[] = {PMEMPS_ERROR_CODES(PMEMPS_CODE_NAME)};
+#undef PMEMPS_CODE_NAME
+inline constexpr size_t kCodeCount = sizeof kCodeNames / sizeof kCodeNames[0];
 
 class Error : public std::runtime_error {
  public:
   Error(Code code, const std::string& msg) : std::runtime_error(msg), code_(code) {}
   Code code() const { return code_; }
-  const char* code_name() const;
+  const char* code_name() const { return kCodeNames[static_cast<size_t>(code_)]; }
 
  private:
   Code code_;
@@ -66,10 +91,5 @@ class RwLock {
  private:
   pthread_rwlock_t l_;
 };
-
-// Failpoints: PMEMPS_FAILPOINT="name[:n]" makes the process SIGKILL itself on
-// the n-th time execution reaches failpoint(name). Crash tests use it to stop
-// the engine at the exact instants where crash safety is argued.
-void failpoint(const char* name);
 
 }  // namespace pmemps

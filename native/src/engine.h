@@ -243,6 +243,18 @@ class Engine {
   void flush_pending();
   PCkpt* ckpt_at(uint64_t off) const;
 
+  // What lies behind the cache, a compile-time policy of the data path
+  // (engine_data.cc): PoolRows, the pool's rows through the table's index;
+  // MemRows, nothing (the memory-only reference holds every row in its
+  // cache). pull and push choose one per call, so no row pays for a virtual
+  // call or a test of the engine's mode.
+  struct PoolRows;
+  struct MemRows;
+  template <class Rows>
+  void pull_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim);
+  template <class Rows>
+  void push_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads, uint32_t expect_dim);
+
   void mem_prepare(uint64_t id, const std::string& dense, const std::string& meta);
   void mem_rollback();
 

@@ -1,0 +1,463 @@
+// Checkpoints: prepare (boundary, flush, publish), commit, abort,
+// rollback, and the dead-epoch list they maintain.
+//
+// Invariants:
+//  * A decision (publish, commit, abort, rollback) is one bounded
+//    transaction on the root; the tables' side follows in bounded
+//    transactions that open would redo (settle_tables), so every decision
+//    works on a full pool and survives a crash halfway.
+//  * Rows and index slots a checkpoint names are durable before the record
+//    that names them (persist_ranges before the publish).
+//  * dead_ mirrors the pool's dead-range list: sorted, disjoint, and a
+//    version whose epoch falls in it is never read.
+//  * A prepare between prepare_begin and prepare_finish is marked by
+//    preparing_; commit, abort, rollback, drop and close wait for it.
+#include <algorithm>
+#include <cstring>
+
+#include "engine_impl.h"
+
+namespace pmemps {
+
+namespace {
+
+constexpr uint32_t kFlushChunk = 32;  // rows per stripe-lock hold in the flush: pushes interleave
+
+}  // namespace
+
+// ============================================================ epochs
+
+void Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
+  if (lo > hi) return;
+  std::vector<DeadRange> v = dead_;
+  v.push_back({lo, hi});
+  std::sort(v.begin(), v.end(), [](const DeadRange& a, const DeadRange& b) { return a.lo < b.lo; });
+  std::vector<DeadRange> merged;
+  for (auto& r : v) {
+    if (!merged.empty() && r.lo <= merged.back().hi + 1)
+      merged.back().hi = std::max(merged.back().hi, r.hi);
+    else
+      merged.push_back(r);
+  }
+  if (merged.size() > root_->dead_cap) {
+    // Not reached while prepare keeps room for two more ranges (see
+    // prepare_finish); kept so that an older pool still records its dead epochs.
+    const uint64_t cap = std::max<uint64_t>(root_->dead_cap * 2, merged.size());
+    const uint64_t off = tx.alloc(sizeof(DeadRange) * cap, true);
+    tx.free(root_->dead_off);
+    root_->dead_off = off;
+    root_->dead_cap = cap;
+  } else {
+    // Only the tail changes (new ranges are above all old ones): snapshot
+    // from the first entry that differs, which keeps the snapshot bounded.
+    size_t first = 0;
+    while (first < merged.size() && first < dead_.size() && merged[first].lo == dead_[first].lo && merged[first].hi == dead_[first].hi) first++;
+    if (first < merged.size()) tx.add(pool_->at<DeadRange>(root_->dead_off) + first, sizeof(DeadRange) * (merged.size() - first));
+  }
+  std::memcpy(pool_->at<DeadRange>(root_->dead_off), merged.data(), sizeof(DeadRange) * merged.size());
+  root_->dead_count = merged.size();
+  dead_ = std::move(merged);
+}
+
+void Engine::ensure_epochs(Tx& tx) {
+  // The next epoch must be below the persisted next_epoch before any version
+  // is written in it, so that a crash records it dead.
+  if (cur_epoch_ + 1 < root_->next_epoch) return;
+  if (cur_epoch_ + 2 >= kMaxEpoch) fail(Code::FailedPrecondition, "the pool has used up its epoch numbers");
+  tx.add(root_, sizeof(PRoot));
+  root_->next_epoch = cur_epoch_ + 2;
+  persist_root(tx);
+}
+
+// ======================================================== checkpoints
+
+void Engine::flush_pending() {
+  for (int i = 0; i < kStripes; i++) {
+    if (i == kStripes / 2) failpoint("prepare.mid_flush");
+    Stripe& s = stripes_[i];
+    for (;;) {
+      // Short lock holds, so pushes to this stripe interleave with the flush.
+      std::lock_guard<std::mutex> g(s.mu);
+      for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
+        Entry* e = s.pending.back();
+        write_back(*tables_[e->table], e);
+        s.flushed(e);
+      }
+      if (s.pending.empty()) break;
+    }
+  }
+}
+
+void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {
+  ckpt_cv_.wait(ck, [&] { return !preparing_; });
+}
+
+void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::string& meta, uint64_t ballot) {
+  std::unique_lock<std::mutex> ck(ckpt_mu_);
+  {
+    std::shared_lock<RwLock> el(epoch_mu_);
+    if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+    if (p_active_) {
+      if (p_id_ == id) return;  // retried prepare (finish joins the running one)
+      fail(Code::FailedPrecondition,
+           "checkpoint " + id_str(p_id_) + " is prepared and unresolved; commit or abort it before preparing " + id_str(id));
+    }
+    if (id == c_id_) return;  // retried prepare of a checkpoint since committed
+    if (id <= last_id_)
+      fail(Code::FailedPrecondition,
+           "checkpoint id " + id_str(id) + " must be greater than " + id_str(last_id_) + " (ids strictly increase; an aborted id never comes back)");
+  }
+  if (mem_) {
+    mem_prepare(id, dense, meta);
+    mem_ballot_ = std::max(mem_ballot_, ballot);
+    return;
+  }
+  // The boundary: pushes that started before it are in the checkpoint,
+  // pushes that start after it are not. It runs on the caller's thread so
+  // that "after prepare() was called" means "outside". O(stripes + tables);
+  // pushes wait only for this block.
+  std::unique_lock<RwLock> el(epoch_mu_);
+  if (cur_epoch_ + 1 >= epoch_limit_) {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_, TxLog::Bounded);
+    ensure_epochs(tx);
+    tx.commit();
+    epoch_limit_ = root_->next_epoch;
+  }
+  ckpt_active_ = true;
+  preparing_ = true;
+  prep_dense_ = dense;
+  prep_meta_ = meta;
+  prep_ballot_ = ballot;
+  prep_snap_.clear();
+  p_epoch_ = cur_epoch_;
+  cur_epoch_++;
+  p_active_ = true;
+  p_id_ = id;
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    s.start_pending(static_cast<uint32_t>(p_epoch_));
+  }
+  for (auto& t : tables_) {
+    if (!t) continue;
+    PrepSnap sn{t->idx, t->r_next.load(), {}};
+    std::memcpy(sn.hyper, t->opt.h, sizeof sn.hyper);
+    prep_snap_.push_back(sn);
+  }
+  failpoint("prepare.after_boundary");
+}
+
+void Engine::prepare_finish(uint64_t id) {
+  {
+    std::unique_lock<std::mutex> ck(ckpt_mu_);
+    if (!preparing_ || finishing_ || p_id_ != id) {
+      // Another call finishes (or finished) this prepare: wait for it and
+      // report how it ended.
+      wait_prepared(ck);
+      std::shared_lock<RwLock> el(epoch_mu_);
+      if ((p_active_ && p_id_ == id) || c_id_ == id) return;
+      fail(Code::FailedPrecondition, "prepare of checkpoint " + id_str(id) + " did not complete");
+    }
+    finishing_ = true;
+  }
+  auto done = [&] {
+    std::lock_guard<std::mutex> ck(ckpt_mu_);
+    preparing_ = false;
+    finishing_ = false;
+    ckpt_active_ = false;
+    prep_dense_.clear();
+    prep_meta_.clear();
+    ckpt_cv_.notify_all();
+  };
+  try {
+    // No epoch lock here: what write_back reads (C, P, dead epochs) changes
+    // only in commit/abort/rollback, which wait for this prepare; so pushes
+    // and a hyperparameter change never queue behind the flush.
+    flush_pending();
+    // Rows, their index slots and new rows' headers reach the media before
+    // the record that makes them part of a checkpoint.
+    pool_->persist_ranges();
+    // Every row the checkpoint may name is below rows_used before it is
+    // published. A raised rows_used is safe on its own (rows below it may
+    // hold dead versions only), so each table is raised in its own bounded
+    // transaction and the publish snapshots the root alone.
+    for (auto& sn : prep_snap_) raise_rows_used(tables_[sn.idx]->d, sn.rows);
+    failpoint("prepare.before_publish");
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_, TxLog::Bounded);
+    tx.add(root_, sizeof(PRoot));
+    const std::string& dense = prep_dense_;
+    const std::string& meta = prep_meta_;
+    const size_t body = sizeof(PCkptTable) * prep_snap_.size() + dense.size() + meta.size();
+    uint64_t off;
+    if (root_->spare_rec && root_->spare_cap >= sizeof(PCkpt) + body) {
+      // The spare is referenced by nothing but spare_rec: writing it before
+      // the publish commits is harmless if the publish never does.
+      off = root_->spare_rec;
+      root_->spare_rec = root_->spare_cap = 0;
+    } else {
+      off = tx.alloc(sizeof(PCkpt) + body, false);
+    }
+    PCkpt* c = pool_->at<PCkpt>(off);
+    std::memset(c, 0, sizeof(PCkpt));
+    c->id = id;
+    c->epoch = p_epoch_;
+    c->ntables = static_cast<uint32_t>(prep_snap_.size());
+    c->dense_len = dense.size();
+    c->meta_len = meta.size();
+    PCkptTable* ct = reinterpret_cast<PCkptTable*>(c + 1);
+    for (size_t i = 0; i < prep_snap_.size(); i++) {
+      std::memset(&ct[i], 0, sizeof(PCkptTable));
+      ct[i].idx = prep_snap_[i].idx;
+      std::memcpy(ct[i].hyper, prep_snap_[i].hyper, sizeof ct[i].hyper);
+    }
+    char* payload = reinterpret_cast<char*>(ct + prep_snap_.size());
+    std::memcpy(payload, dense.data(), dense.size());
+    std::memcpy(payload + dense.size(), meta.data(), meta.size());
+    uint64_t sum = fnv1a(c, sizeof(PCkpt));
+    c->checksum = fnv1a(c + 1, body, sum);
+    pool_->persist(c, sizeof(PCkpt) + body);
+    if (root_->dead_count + 2 > root_->dead_cap) {
+      // Until the next publish, dead ranges can start only above C or above
+      // P (every other one merges with them): with room for two more, no
+      // abort, rollback or recovery needs to grow the list on a full pool.
+      const uint64_t cap = std::max<uint64_t>(root_->dead_cap * 2, root_->dead_count + 2);
+      const uint64_t nd = tx.alloc(sizeof(DeadRange) * cap, true);
+      std::memcpy(pool_->at<DeadRange>(nd), pool_->at<DeadRange>(root_->dead_off), sizeof(DeadRange) * root_->dead_count);
+      pool_->persist(pool_->at<DeadRange>(nd), sizeof(DeadRange) * root_->dead_count);
+      tx.free(root_->dead_off);
+      root_->dead_off = nd;
+      root_->dead_cap = cap;
+    }
+    root_->p_id = id;
+    root_->p_epoch = p_epoch_;
+    root_->p_rec = off;
+    root_->last_id = id;
+    if (prep_ballot_ > root_->ballot) root_->ballot = prep_ballot_;
+    if (root_->next_epoch < cur_epoch_ + 2) root_->next_epoch = cur_epoch_ + 2;
+    persist_root(tx);
+    tx.commit();  // the publish: one transaction sets p_id
+    epoch_limit_ = root_->next_epoch;
+    last_id_ = id;
+    failpoint("prepare.after_publish");
+  } catch (...) {
+    {
+      std::unique_lock<RwLock> el(epoch_mu_);
+      p_active_ = false;
+      p_id_ = 0;
+      p_epoch_ = 0;
+    }
+    done();
+    throw;
+  }
+  done();
+}
+
+void Engine::commit(uint64_t id) {
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);
+  std::unique_lock<RwLock> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (!p_active_ || p_id_ != id) {
+    if (!p_active_ && id == c_id_) return;  // retried commit
+    if (id <= last_id_ && !(p_active_ && p_id_ == id))
+      fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " was aborted or superseded; it can never commit");
+    fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " is not prepared");
+  }
+  if (mem_) {
+    mem_c_ = std::move(mem_p_);
+    c_id_ = p_id_;
+    c_epoch_ = p_epoch_;
+    p_active_ = false;
+    p_id_ = p_epoch_ = 0;
+    return;
+  }
+  failpoint("commit.before_publish");
+  {
+    // The decision: the root alone, at most two frees (the old record or
+    // the spare). Bounded, so a commit works on a full pool.
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_, TxLog::Bounded);
+    tx.add(root_, sizeof(PRoot));
+    const uint64_t old = root_->c_rec;
+    root_->c_id = root_->p_id;
+    root_->c_epoch = root_->p_epoch;
+    root_->c_rec = root_->p_rec;
+    root_->p_id = root_->p_epoch = root_->p_rec = 0;
+    if (old) retire_record(tx, old);
+    persist_root(tx);
+    tx.commit();
+  }
+  failpoint("commit.after_publish");
+  // No durable checkpoint is older than this one any more: tables dropped
+  // before its boundary can never come back and become garbage. After a
+  // crash the committed checkpoint's hyperparameters are the live ones.
+  // (A crash before this is done: open settles the same way.)
+  std::vector<uint32_t> freed, none;
+  std::vector<std::pair<uint64_t, uint64_t>> hyper;
+  if (recovering_) hyper.emplace_back(root_->c_rec, 0);
+  settle_tables(false, root_->c_epoch, hyper, &freed, &none);
+  c_id_ = p_id_;
+  c_epoch_ = p_epoch_;
+  p_active_ = false;
+  p_id_ = p_epoch_ = 0;
+  if (recovering_) {
+    // Rows cached while reads were held at the old checkpoint are stale now.
+    reload_hyper();
+    drop_cache();
+    read_bound_ = UINT64_MAX;
+    recovering_ = false;
+  }
+  for (uint32_t i : freed) tables_[i].reset();
+  rebuild_names();
+  pushes_blocked_ = false;
+  if (!freed.empty()) {
+    el.unlock();
+    reclaim();
+  }
+}
+
+void Engine::raise_rows_used(PTable* d, uint64_t rows) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  if (d->rows_used >= rows) return;
+  Tx tx(*pool_, TxLog::Bounded);
+  tx.add(d, sizeof(PTable));
+  d->rows_used = rows;
+  d->checksum = Pool::table_sum(d);
+  tx.commit();
+}
+
+void Engine::retire_record(Tx& tx, uint64_t off) {
+  const uint64_t cap = usable(off);
+  if (cap <= root_->spare_cap) {
+    tx.free(off);
+    return;
+  }
+  if (root_->spare_rec) tx.free(root_->spare_rec);
+  root_->spare_rec = off;
+  root_->spare_cap = cap;
+}
+
+void Engine::abort(uint64_t id) {
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);
+  std::unique_lock<RwLock> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (!p_active_ || p_id_ != id) {
+    if (id == c_id_) fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " is committed; it cannot be aborted");
+    if (id <= last_id_) return;  // already aborted or superseded
+    // Never prepared here: remember the id so a late prepare of it is refused.
+    if (!mem_) {
+      std::lock_guard<std::mutex> g(tx_mu_);
+      Tx tx(*pool_, TxLog::Bounded);
+      tx.add(root_, sizeof(PRoot));
+      root_->last_id = id;
+      persist_root(tx);
+      tx.commit();
+    }
+    last_id_ = id;
+    return;
+  }
+  if (mem_) {
+    mem_p_.reset();
+    p_active_ = false;
+    p_id_ = p_epoch_ = 0;
+    return;
+  }
+  failpoint("abort.before_publish");
+  std::vector<uint32_t> removed, undropped;
+  {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_, TxLog::Bounded);
+    tx.add(root_, sizeof(PRoot));
+    const uint64_t rec = root_->p_rec;
+    root_->p_id = root_->p_epoch = root_->p_rec = 0;
+    // After a crash the prepared epochs hold the only versions above the
+    // committed checkpoint: dropping the checkpoint makes them dead.
+    if (recovering_) add_dead(tx, c_epoch_ + 1, p_epoch_);
+    retire_record(tx, rec);
+    persist_root(tx);
+    tx.commit();
+  }
+  // The tables go back to C as well (a crash first: open does the same).
+  if (recovering_) settle_tables(true, c_epoch_, {}, &removed, &undropped);
+  for (uint32_t i : removed) tables_[i].reset();
+  for (uint32_t i : undropped)
+    if (tables_[i]) tables_[i]->dropped_epoch = 0;
+  p_active_ = false;
+  p_id_ = p_epoch_ = 0;
+  if (recovering_) {
+    read_bound_ = UINT64_MAX;
+    recovering_ = false;
+  }
+  rebuild_names();
+  pushes_blocked_ = false;
+  if (!removed.empty()) {
+    el.unlock();
+    reclaim();
+  }
+}
+
+void Engine::rollback() {
+  std::unique_lock<std::mutex> cg(ckpt_mu_);
+  wait_prepared(cg);
+  std::unique_lock<RwLock> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (p_active_) fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " is prepared; commit or abort it before rolling back");
+  if (mem_) {
+    mem_rollback();
+    return;
+  }
+  failpoint("rollback.before_publish");
+  {
+    // Everything written since the committed checkpoint becomes dead: a cost
+    // of one small transaction plus dropping the (bounded) cache.
+    std::lock_guard<std::mutex> g(tx_mu_);
+    Tx tx(*pool_, TxLog::Bounded);
+    tx.add(root_, sizeof(PRoot));
+    add_dead(tx, c_epoch_ + 1, root_->next_epoch - 1);
+    cur_epoch_ = root_->next_epoch;
+    root_->next_epoch = cur_epoch_ + 2;
+    persist_root(tx);
+    tx.commit();
+  }
+  epoch_limit_ = root_->next_epoch;
+  failpoint("rollback.after_publish");
+  // Tables back to how C had them, one bounded transaction each; a crash
+  // before this is done ends at C too (open settles the same way).
+  std::vector<uint32_t> removed, undropped;
+  std::vector<std::pair<uint64_t, uint64_t>> hyper;
+  if (root_->c_rec) hyper.emplace_back(root_->c_rec, 0);
+  settle_tables(true, c_epoch_, hyper, &removed, &undropped);
+  for (uint32_t i : removed) tables_[i].reset();
+  for (uint32_t i : undropped)
+    if (tables_[i]) tables_[i]->dropped_epoch = 0;
+  rebuild_names();
+  reload_hyper();
+  drop_cache();
+  if (!removed.empty()) {
+    el.unlock();
+    reclaim();
+  }
+}
+
+bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta) {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  if (mem_) {
+    if (!mem_c_) return false;
+    *id = mem_c_->id;
+    *dense = mem_c_->dense;
+    *meta = mem_c_->meta;
+    return true;
+  }
+  if (!root_->c_rec) return false;
+  PCkpt* c = ckpt_at(root_->c_rec);
+  const char* payload = reinterpret_cast<const char*>(reinterpret_cast<PCkptTable*>(c + 1) + c->ntables);
+  *id = c->id;
+  dense->assign(payload, c->dense_len);
+  meta->assign(payload + c->dense_len, c->meta_len);
+  return true;
+}
+
+}  // namespace pmemps

@@ -1,0 +1,729 @@
+// The data path: rows in the pool's slabs, the cache in front of them, and
+// pull / push.
+//
+// Invariants:
+//  * A row has kSlots versions tagged with their epoch; a reader takes the
+//    newest live one at its bound (pick), and write_back never overwrites the
+//    version the committed or the prepared checkpoint needs, storing the
+//    epoch tag last, so a torn write-back is never read after a crash.
+//  * Everything a push stores is computed and checked first (phase 1) and
+//    every new row is reserved (phase 2) before anything is stored (phase 3):
+//    a refused push (non-finite update, full pool) changes nothing.
+//  * Per row, the data path makes no virtual call and tests no engine mode:
+//    what lies behind the cache (the pool's rows, or nothing in the
+//    memory-only reference) is a compile-time Rows policy (PoolRows,
+//    MemRows), chosen once per call.
+//  * A stripe's cache never holds more than its budget: make_room runs
+//    before every entry made (the pool's policy), and a push's copy-on-write
+//    copy is made only when it fits.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "engine_impl.h"
+
+namespace pmemps {
+
+namespace {
+
+inline uint64_t load_key(const uint8_t* p) {
+  uint64_t k;
+  std::memcpy(&k, p, 8);  // little-endian host (x86-64, aarch64)
+  return k;
+}
+
+inline uint64_t now_us() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+
+void atomic_max(std::atomic<uint64_t>& a, uint64_t v) {
+  uint64_t cur = a.load(std::memory_order_relaxed);
+  while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
+}
+
+constexpr size_t kPersistEveryRanges = 4096;
+
+}  // namespace
+
+// ============================================================== rows
+
+// Slabs are whole pool chunks and grow geometrically (1, 2, 4 .. 32
+// chunks, then 32 each), so a small pool is not eaten by one large slab and
+// a large table still allocates thousands of rows per libpmemobj call.
+void Engine::init_geometry(Table& t) {
+  uint64_t first = 0;
+  for (uint32_t i = 0; i < kGrowSlabs; i++) {
+    t.grow_first[i] = first;
+    first += (Pool::kChunk * (1ULL << i) - Pool::kHugeHeader) / t.row_bytes;
+  }
+  t.grow_end = first;
+  t.rows_per_slab = (Pool::kChunk * (1ULL << (kGrowSlabs - 1)) - Pool::kHugeHeader) / t.row_bytes;
+}
+
+void Engine::slab_of(const Table& t, uint64_t r, uint64_t* slab, uint64_t* off) const {
+  if (r < t.grow_end) {
+    uint32_t i = kGrowSlabs - 1;
+    while (t.grow_first[i] > r) i--;
+    *slab = i;
+    *off = r - t.grow_first[i];
+  } else {
+    *slab = kGrowSlabs + (r - t.grow_end) / t.rows_per_slab;
+    *off = (r - t.grow_end) % t.rows_per_slab;
+  }
+}
+
+uint64_t Engine::slab_bytes(const Table& t, uint64_t slab) const {
+  (void)t;
+  return Pool::kChunk * (1ULL << std::min<uint64_t>(slab, kGrowSlabs - 1)) - Pool::kHugeHeader;
+}
+
+char* Engine::row_ptr(const Table& t, uint64_t ref) const {
+  uint64_t slab, off;
+  slab_of(t, ref - 1, &slab, &off);
+  const uint64_t* top = pool_->at<uint64_t>(t.d->slab_top);
+  const uint64_t* chunk = pool_->at<uint64_t>(top[slab / kSlabChunk]);
+  return pool_->base() + chunk[slab % kSlabChunk] + off * t.row_bytes;
+}
+
+int Engine::pick(const Table& t, char* row, uint64_t bound) const {
+  int best = -1;
+  uint32_t be = 0;
+  for (uint32_t s = 0; s < kSlots; s++) {
+    const uint32_t e = __atomic_load_n(&slot_hdr(t, row, s)->epoch, __ATOMIC_ACQUIRE);
+    if (e > bound || e <= be || !live(e)) continue;
+    be = e;
+    best = static_cast<int>(s);
+  }
+  return best;
+}
+
+bool Engine::valid_ref(const Table& t, uint64_t ref, uint64_t key) const {
+  if (ref == 0 || ref - 1 >= t.r_next.load(std::memory_order_acquire)) return false;
+  uint64_t k;
+  std::memcpy(&k, row_ptr(t, ref), 8);
+  return k == key;
+}
+
+bool Engine::load_row(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) const {
+  if (!valid_ref(t, ref, key)) return false;
+  char* row = row_ptr(t, ref);
+  const int s = pick(t, row, read_bound_);
+  if (s < 0) return false;
+  const SlotHdr* h = slot_hdr(t, row, static_cast<uint32_t>(s));
+  std::memcpy(out, h + 1, sizeof(float) * t.row_floats);
+  *step = h->step;
+  return true;
+}
+
+// Writes the entry's version into a slot that neither the committed nor the
+// prepared checkpoint needs. Crash safety: the slot chosen holds nothing a
+// restart can read (its version is older than the pinned ones, or from an
+// epoch that dies with a crash), so a torn or unpersisted write here is
+// harmless; the epoch tag is stored last. The range joins the pool's flush
+// set, which prepare and close make durable before they publish anything
+// that refers to this version.
+void Engine::write_back(Table& t, Entry* e) {
+  char* row = row_ptr(t, e->ref);
+  const int pc = c_id_ ? pick(t, row, c_epoch_) : -1;
+  const int pp = (p_active_ && e->epoch > p_epoch_) ? pick(t, row, p_epoch_) : -1;
+  int s = -1;
+  for (int i = 0; i < static_cast<int>(kSlots) && s < 0; i++)
+    if (i != pc && i != pp && slot_hdr(t, row, i)->epoch == e->epoch) s = i;
+  for (int i = 0; i < static_cast<int>(kSlots) && s < 0; i++)
+    if (i != pc && i != pp && !live(slot_hdr(t, row, i)->epoch)) s = i;
+  uint32_t me = UINT32_MAX;
+  if (s < 0) {
+    for (int i = 0; i < static_cast<int>(kSlots); i++) {
+      if (i == pc || i == pp) continue;
+      const uint32_t ep = slot_hdr(t, row, i)->epoch;
+      if (ep < me) {
+        me = ep;
+        s = i;
+      }
+    }
+  }
+  SlotHdr* h = slot_hdr(t, row, static_cast<uint32_t>(s));
+  __atomic_store_n(&h->epoch, 0u, __ATOMIC_RELAXED);
+  std::memcpy(h + 1, e->data, sizeof(float) * t.row_floats);
+  h->step = e->step;
+  __atomic_store_n(&h->epoch, e->epoch, __ATOMIC_RELEASE);
+  pool_->add_range(h, t.slot_bytes);
+  writebacks_.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
+// cache.h) down to 7/8 of the stripe's share (so write-backs come in groups), else
+// frees recycled entries of other sizes.
+void Engine::make_room(Stripe& s, size_t n) {
+  if (s.has_room(n)) return;
+  const size_t target = s.budget - s.budget / 8;
+  std::vector<Entry*> victims;
+  if (s.used_bytes() > target) s.pick_victims(s.used_bytes() - target, &victims);
+  bool wrote = false;
+  for (Entry* e : victims) {
+    if (e->dirty) {
+      write_back(*tables_[e->table], e);
+      wrote = true;
+    }
+  }
+  if (wrote) failpoint("evict.after_write");
+  for (Entry* e : victims) s.erase(e, Stripe::hash(e->table, e->key));
+  evictions_.fetch_add(victims.size(), std::memory_order_relaxed);
+  if (!s.has_room(n)) s.trim_free(n);
+  // Nothing needs these bytes durable before a prepare or close does, but the
+  // flush set is bounded: past a threshold it is synced as one group, unless
+  // another thread is syncing right now (then this push does not wait).
+  if (wrote && pool_->pending_ranges() > kPersistEveryRanges && pool_->persist_ranges_if_idle()) failpoint("evict.after_persist");
+}
+
+void Engine::alloc_slab(Table& t) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  PTable* d = t.d;
+  const uint64_t n = d->slab_count;
+  if (n / kSlabChunk >= kSlabTop) fail(Code::OutOfSpace, "table " + t.name + " reached its maximum number of slabs");
+  Tx tx(*pool_);
+  uint64_t* top = pool_->at<uint64_t>(d->slab_top);
+  if (top[n / kSlabChunk] == 0) {
+    const uint64_t c = tx.alloc(sizeof(uint64_t) * kSlabChunk, true);
+    tx.add(&top[n / kSlabChunk], sizeof(uint64_t));
+    top[n / kSlabChunk] = c;
+  }
+  // Slab memory is not zeroed: reserve_row initializes each row's key and
+  // slot headers before anything can refer to it.
+  const uint64_t slab = tx.alloc(slab_bytes(t, n), false);
+  uint64_t* chunk = pool_->at<uint64_t>(top[n / kSlabChunk]);
+  tx.add(&chunk[n % kSlabChunk], sizeof(uint64_t));
+  chunk[n % kSlabChunk] = slab;
+  tx.add(d, sizeof(PTable));
+  d->slab_count = n + 1;
+  d->checksum = Pool::table_sum(d);
+  tx.commit();
+  failpoint("slab.after_alloc");
+}
+
+uint64_t Engine::reserve_row(Table& t, uint64_t key) {
+  std::lock_guard<std::mutex> g(t.alloc_mu);
+  const uint64_t r = t.r_next.load(std::memory_order_relaxed);
+  uint64_t slab, off;
+  slab_of(t, r, &slab, &off);
+  if (slab >= t.d->slab_count) alloc_slab(t);
+  const uint64_t ref = r + 1;
+  char* row = row_ptr(t, ref);
+  std::memcpy(row, &key, 8);
+  for (uint32_t s = 0; s < kSlots; s++) {
+    SlotHdr* h = slot_hdr(t, row, s);
+    h->epoch = 0;
+    h->step = 0;
+  }
+  pool_->add_range(row, t.row_bytes);
+  t.r_next.store(r + 1, std::memory_order_release);
+  return ref;
+}
+
+// ========================================================= pull / push
+
+namespace {
+
+// A call's working arrays, kept per thread between calls: a batch's dozen
+// arrays were allocated (and zeroed) anew by every call. Up to
+// kKeepScratchBytes stay allocated per thread; a larger call's are released
+// when it ends, so the process's memory outside the cache stays bounded.
+struct CallScratch {
+  std::vector<uint64_t> hs, uk, refs;
+  std::vector<uint32_t> order, slots;
+  std::vector<const float*> gp;
+  std::vector<Entry*> found;
+  std::vector<uint8_t> missing;
+  std::vector<float> acc, grads, rows;
+  std::vector<uint32_t> steps;
+  size_t bytes() const {
+    return 8 * (hs.capacity() + uk.capacity() + refs.capacity() + gp.capacity() + found.capacity()) +
+           4 * (order.capacity() + slots.capacity() + acc.capacity() + grads.capacity() + rows.capacity() + steps.capacity()) + missing.capacity();
+  }
+};
+constexpr size_t kKeepScratchBytes = 8u << 20;
+
+CallScratch& call_scratch() {
+  thread_local CallScratch s;
+  return s;
+}
+
+struct ScratchRelease {
+  ~ScratchRelease() {
+    CallScratch& s = call_scratch();
+    if (s.bytes() > kKeepScratchBytes) s = CallScratch();
+  }
+};
+
+// n elements of v, grown (never shrunk) as needed; contents are whatever the
+// last call left.
+template <typename T>
+T* grab(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// One row's buffer per thread for rows computed outside the call's arrays.
+float* row_tmp(uint32_t floats) {
+  thread_local std::vector<float> v;
+  return grab(v, floats);
+}
+
+// Keys ahead of the one being read whose bucket, then entry, are prefetched:
+// a cached row costs a few dependent cache misses (bucket, entry header,
+// data), so issuing the next rows' loads early overlaps them.
+constexpr size_t kPrefetchBucket = 16;
+constexpr size_t kPrefetchEntry = 8;
+constexpr size_t kPrefetchRow = 3;
+
+inline void prefetch_lines(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+}
+
+// Groups a batch by stripe (counting sort on the hash's top bits): counts
+// gets each stripe's range in order[], kStripes + 1 entries; busy the
+// stripes with work, whose number it returns.
+template <int Bits>
+size_t by_stripe(const uint64_t* hs, size_t n, uint32_t* order, size_t* counts, int* busy) {
+  constexpr int kS = 1 << Bits;
+  std::fill(counts, counts + kS + 1, size_t{0});
+  for (size_t i = 0; i < n; i++) counts[(hs[i] >> (64 - Bits)) + 1]++;
+  for (int s = 0; s < kS; s++) counts[s + 1] += counts[s];
+  size_t pos[kS];
+  std::copy(counts, counts + kS, pos);
+  for (size_t i = 0; i < n; i++) order[pos[hs[i] >> (64 - Bits)]++] = static_cast<uint32_t>(i);
+  size_t nbusy = 0;
+  for (int s = 0; s < kS; s++)
+    if (counts[s] != counts[s + 1]) busy[nbusy++] = s;
+  return nbusy;
+}
+
+}  // namespace
+
+// The pool behind the cache: a row the cache lacks is read from its slot
+// through the table's index, a new key gets a row reserved, and entries are
+// made only after make_room.
+struct Engine::PoolRows {
+  Engine& en;
+
+  // pull's miss: the row's stored version, now cached; null when it has none
+  // (never pushed, or only in a dead epoch). il: the index lock, taken on
+  // the first miss and held for the rest of the stripe. Out of line: inlined,
+  // it cost the loop of cache hits around it 4% more instructions.
+  __attribute__((noinline)) Entry* cache_stored(Stripe& s, const Table& t, uint64_t key, uint64_t h, std::shared_lock<RwLock>& il) {
+    if (!il.owns_lock()) il = std::shared_lock<RwLock>(t.index->mu());
+    const uint64_t ref = t.index->lookup(key);
+    if (!ref) return nullptr;
+    en.make_room(s, Stripe::entry_bytes(t.row_floats));
+    Entry* ne = s.make(t.idx, key, t.row_floats);
+    if (!en.load_row(t, ref, key, ne->data, &ne->step)) {
+      s.recycle(ne);
+      return nullptr;
+    }
+    ne->ref = ref;
+    s.insert(ne, h);
+    return ne;
+  }
+  // push's phase 1 miss: the row's stored version into out, its record into
+  // *ref; *missing when the key has no record yet (phase 2 reserves one).
+  bool read(const Table& t, uint64_t key, std::shared_lock<RwLock>& il, float* out, uint32_t* step, uint64_t* ref, uint8_t* missing) {
+    if (!il.owns_lock()) il = std::shared_lock<RwLock>(t.index->mu());
+    const uint64_t r = t.index->lookup(key);
+    if (!en.valid_ref(t, r, key)) {
+      *missing = 1;
+      return false;
+    }
+    *ref = r;
+    return en.load_row(t, r, key, out, step);
+  }
+  void reserve(Table& t, size_t u, const uint64_t* uk, const uint8_t* missing, uint64_t* refs) {
+    std::unique_lock<RwLock> il;
+    for (size_t i = 0; i < u; i++) {
+      if (!missing[i]) continue;
+      if (!il.owns_lock()) il = std::unique_lock<RwLock>(t.index->mu());
+      const uint64_t r = t.index->lookup(uk[i]);
+      if (en.valid_ref(t, r, uk[i])) {
+        refs[i] = r;
+        continue;
+      }
+      const uint64_t nr = en.reserve_row(t, uk[i]);
+      t.index->upsert(uk[i], nr);
+      refs[i] = nr;
+    }
+  }
+  void make_room(Stripe& s, size_t bytes) { en.make_room(s, bytes); }
+  // push's phase 3, a row phase 1 did not compute: its stored version.
+  bool reload(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) {
+    std::shared_lock<RwLock> il(t.index->mu());
+    return en.load_row(t, ref, key, out, step);
+  }
+  // r_next already counts the rows reserve() made.
+  void created(Table&, uint64_t) {}
+};
+
+// The memory-only reference: nothing behind the cache, whose budget is
+// unbounded, so every row ever pushed is an entry and a miss is a row never
+// pushed. r_next counts the entries made (the table's row count).
+struct Engine::MemRows {
+  Entry* cache_stored(Stripe&, const Table&, uint64_t, uint64_t, std::shared_lock<RwLock>&) { return nullptr; }
+  bool read(const Table&, uint64_t, std::shared_lock<RwLock>&, float*, uint32_t*, uint64_t*, uint8_t*) { return false; }
+  void reserve(Table&, size_t, const uint64_t*, const uint8_t*, uint64_t*) {}
+  void make_room(Stripe&, size_t) {}
+  bool reload(const Table&, uint64_t, uint64_t, float*, uint32_t*) { return false; }
+  void created(Table& t, uint64_t n) { t.r_next.fetch_add(n, std::memory_order_relaxed); }
+};
+
+void Engine::pull(const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
+  if (mem_)
+    pull_with(MemRows{}, name, keys, n, out, expect_dim);
+  else
+    pull_with(PoolRows{*this}, name, keys, n, out, expect_dim);
+}
+
+void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
+  if (mem_)
+    push_with(MemRows{}, name, keys, n, grads_bytes, expect_dim);
+  else
+    push_with(PoolRows{*this}, name, keys, n, grads_bytes, expect_dim);
+}
+
+template <class Rows>
+void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  Table* t = find_table(name);
+  if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the pull was queued");
+  const uint32_t dim = t->dim;
+  ScratchRelease release;
+  CallScratch& sc = call_scratch();
+  uint64_t* hs = grab(sc.hs, n);
+  uint32_t* order = grab(sc.order, n);
+  for (size_t i = 0; i < n; i++) hs[i] = Stripe::hash(t->idx, load_key(keys + 8 * i));
+  size_t counts[kStripes + 1];
+  int busy[kStripes];
+  const size_t nbusy = by_stripe<kStripeBits>(hs, n, order, counts, busy);
+  std::atomic<uint64_t> hits{0}, misses{0};
+  Entry** ents = grab(sc.found, n);
+  // The bytes of an entry a pull reads: its header (key) and dim floats.
+  const size_t rbytes = offsetof(Entry, data) + sizeof(float) * dim;
+  helpers_->run(nbusy, [&](size_t b) {
+    const int si = busy[b];
+    Stripe& s = stripes_[si];
+    uint64_t hit = 0, miss = 0;
+    std::lock_guard<std::mutex> g(s.mu);
+    std::shared_lock<RwLock> il;
+    const size_t begin = counts[si], end = counts[si + 1];
+    // Two passes, each with loads issued a few keys ahead: first the
+    // entries (bucket, then the entry's first line), then the rows' bytes.
+    for (size_t j = begin; j < end; j++) {
+      if (j + kPrefetchBucket < end) __builtin_prefetch(s.bucket_of(hs[order[j + kPrefetchBucket]]));
+      if (j + kPrefetchEntry < end) {
+        const Entry* pe = *s.bucket_of(hs[order[j + kPrefetchEntry]]);
+        if (pe) __builtin_prefetch(pe);
+      }
+      const uint32_t i = order[j];
+      ents[j] = s.find(t->idx, load_key(keys + 8 * i), hs[i]);
+    }
+    // A miss below may evict (then entries of the first pass may dangle)
+    // or insert (a key repeated in the batch is then cached): both are
+    // looked up again.
+    const uint64_t gen = s.generation();
+    for (size_t j = begin; j < end; j++) {
+      if (j + kPrefetchRow < end && ents[j + kPrefetchRow]) prefetch_lines(ents[j + kPrefetchRow], rbytes);
+      const uint32_t i = order[j];
+      Entry* e = ents[j];
+      if (!e || s.generation() != gen) e = s.find(t->idx, load_key(keys + 8 * i), hs[i]);
+      if (e) {
+        std::memcpy(out + static_cast<size_t>(i) * dim, e->data, sizeof(float) * dim);
+        s.touch(e);
+        hit++;
+        continue;
+      }
+      const uint64_t key = load_key(keys + 8 * i);
+      miss++;
+      if (const Entry* ne = rows.cache_stored(s, *t, key, hs[i], il)) {
+        std::memcpy(out + static_cast<size_t>(i) * dim, ne->data, sizeof(float) * dim);
+      } else {
+        // Never pushed (or only in a dead epoch): the initial row, stored nowhere.
+        float* tmp = row_tmp(t->row_floats);
+        init_row(t->init, t->opt, key, dim, tmp);
+        std::memcpy(out + static_cast<size_t>(i) * dim, tmp, sizeof(float) * dim);
+      }
+    }
+    hits.fetch_add(hit, std::memory_order_relaxed);
+    misses.fetch_add(miss, std::memory_order_relaxed);
+  });
+  hits_.fetch_add(hits.load(), std::memory_order_relaxed);
+  misses_.fetch_add(misses.load(), std::memory_order_relaxed);
+}
+
+template <class Rows>
+void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
+  const uint64_t t0 = now_us();
+  std::shared_lock<RwLock> el(epoch_mu_);
+  std::atomic<uint64_t> waited{now_us() - t0};
+  std::atomic<bool> during_ckpt{ckpt_active_.load(std::memory_order_relaxed)};
+  Table* t = find_table(name);
+  if (pushes_blocked_)
+    fail(Code::FailedPrecondition,
+         "checkpoint " + id_str(p_id_) + " was prepared before the restart and is unresolved; commit or abort it (restore) before pushing");
+  if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the push was queued");
+  const uint32_t dim = t->dim;
+  const uint32_t rf = t->row_floats;
+  ScratchRelease release;
+  CallScratch& sc = call_scratch();
+
+  // The caller's gradients are read in place when aligned for floats.
+  const float* grads = reinterpret_cast<const float*>(grads_bytes);
+  if (reinterpret_cast<uintptr_t>(grads_bytes) % alignof(float)) {
+    float* g = grab(sc.grads, n * dim);
+    std::memcpy(g, grads_bytes, sizeof(float) * n * dim);
+    grads = g;
+  }
+
+  // Distinct keys in the order they first appear, found through an
+  // open-addressing table on the stripe hash (no sort); the gradients of a
+  // key's duplicates are summed in the order they appear, into `acc`.
+  size_t cap = 16;
+  while (cap < 2 * n) cap <<= 1;
+  uint32_t* slots = grab(sc.slots, cap);
+  std::fill(slots, slots + cap, 0u);
+  uint64_t* uk = grab(sc.uk, n);
+  uint64_t* hs = grab(sc.hs, n);
+  const float** gp = grab(sc.gp, n);
+  float* acc = grab(sc.acc, n * dim);
+  size_t u = 0, nacc = 0;
+  for (size_t i = 0; i < n; i++) {
+    const uint64_t key = load_key(keys + 8 * i);
+    const uint64_t h = Stripe::hash(t->idx, key);
+    size_t pos = h & (cap - 1);
+    while (slots[pos] && uk[slots[pos] - 1] != key) pos = (pos + 1) & (cap - 1);
+    const float* gi = grads + i * dim;
+    if (!slots[pos]) {
+      slots[pos] = static_cast<uint32_t>(++u);
+      uk[u - 1] = key;
+      hs[u - 1] = h;
+      gp[u - 1] = gi;
+      continue;
+    }
+    const size_t j = slots[pos] - 1;
+    float* a = const_cast<float*>(gp[j]);
+    const uintptr_t at = reinterpret_cast<uintptr_t>(gp[j]);
+    if (at < reinterpret_cast<uintptr_t>(acc) || at >= reinterpret_cast<uintptr_t>(acc + nacc * dim)) {
+      a = acc + nacc++ * dim;
+      std::memcpy(a, gp[j], sizeof(float) * dim);
+      gp[j] = a;
+    }
+    for (uint32_t d = 0; d < dim; d++) a[d] += gi[d];
+  }
+  // Checked after the sum: finite duplicates may add up to infinity.
+  for (size_t i = 0; i < u; i++) {
+    const float* gi = gp[i];
+    if (row_finite(gi, dim)) continue;
+    uint32_t d = 0;
+    while (std::isfinite(gi[d])) d++;
+    fail(Code::InvalidArgument, "gradient of key " + std::to_string(uk[i]) + " element " + std::to_string(d) + " is " +
+                                    (std::isnan(gi[d]) ? "NaN" : "infinite") +
+                                    " (after summing the gradients of its duplicates in the batch); the whole batch was refused");
+  }
+  uint32_t* order = grab(sc.order, u);
+  size_t counts[kStripes + 1];
+  int busy[kStripes];
+  const size_t nbusy = by_stripe<kStripeBits>(hs, u, order, counts, busy);
+
+  uint64_t* refs = grab(sc.refs, u);
+  // Entries found in phase 1 are reused in phase 3 when their stripe has
+  // erased nothing in between (its generation is unchanged).
+  Entry** found = grab(sc.found, u);
+  uint8_t* missing = grab(sc.missing, u);
+  uint64_t gen[kStripes] = {0};
+  uint64_t seen[kStripes] = {0};
+
+  // Phase 1: every update computed and checked before any is stored, so an
+  // update that would make a row non-finite refuses the whole batch and
+  // changes nothing. A row's current value comes from the cache, else from
+  // its pool record (the index names it), else from the initializer; a key
+  // with no record yet is marked missing. Results are kept (up to
+  // kPushScratchBytes) for phase 3. Stripes run in parallel (Helpers).
+  const size_t scratch_rows = std::min(u, std::max<size_t>(1, kPushScratchBytes / (sizeof(float) * rf)));
+  float* scratch = grab(sc.rows, scratch_rows * rf);
+  uint32_t* scratch_step = grab(sc.steps, scratch_rows);
+  const size_t ebytes = Stripe::entry_bytes(rf);
+  helpers_->run(nbusy, [&](size_t b) {
+    const int si = busy[b];
+    Stripe& s = stripes_[si];
+    std::lock_guard<std::mutex> sg(s.mu);
+    gen[si] = s.generation();
+    seen[si] = s.applies;
+    std::shared_lock<RwLock> il;
+    const size_t end = counts[si + 1];
+    for (size_t j = counts[si]; j < end; j++) {
+      if (j + kPrefetchBucket < end) __builtin_prefetch(s.bucket_of(hs[order[j + kPrefetchBucket]]));
+      if (j + kPrefetchEntry < end) {
+        const Entry* pe = *s.bucket_of(hs[order[j + kPrefetchEntry]]);
+        if (pe) prefetch_lines(pe, ebytes);
+      }
+      const uint32_t i = order[j];
+      Entry* e = s.find(t->idx, uk[i], hs[i]);
+      found[i] = e;
+      missing[i] = 0;
+      refs[i] = 0;
+      float* out = i < scratch_rows ? scratch + static_cast<size_t>(i) * rf : row_tmp(rf);
+      uint32_t step = 0;
+      if (e) {
+        std::memcpy(out, e->data, sizeof(float) * rf);
+        step = e->step;
+        refs[i] = e->ref;
+      } else {
+        const bool loaded = rows.read(*t, uk[i], il, out, &step, &refs[i], &missing[i]);
+        if (!loaded) init_row(t->init, t->opt, uk[i], dim, out), step = 0;
+      }
+      apply_update(t->opt, dim, out, &step, gp[i]);
+      if (!row_finite(out, rf))
+        fail(Code::InvalidArgument, "the update of key " + std::to_string(uk[i]) +
+                                        " would make its row or optimizer state non-finite (gradient or learning rate too large for float32); "
+                                        "the whole batch was refused and nothing changed");
+      if (i < scratch_rows) scratch_step[i] = step;
+    }
+  });
+
+  // Phase 2: a row and an index slot for every new key before any update
+  // is stored, so a full pool refuses the whole push and changes nothing.
+  rows.reserve(*t, u, uk, missing, refs);
+
+  // Phase 3: store the updates in the cache, stripe by stripe (in
+  // parallel). A stripe that no other push changed since phase 1 takes the
+  // results computed there; otherwise each row is computed again from its
+  // current value.
+  const uint32_t epoch = static_cast<uint32_t>(cur_epoch_);
+  std::atomic<uint64_t> created{0}, skipped{0};
+  helpers_->run(nbusy, [&](size_t b) {
+    const int si = busy[b];
+    Stripe& s = stripes_[si];
+    const uint64_t l0 = now_us();
+    std::lock_guard<std::mutex> sg(s.mu);
+    uint64_t wait = now_us() - l0;
+    const bool same = s.applies == seen[si];
+    uint64_t made = 0, skip = 0;
+    const size_t end = counts[si + 1];
+    for (size_t j = counts[si]; j < end; j++) {
+      const uint32_t i = order[j];
+      if (j + kPrefetchEntry < end && found[order[j + kPrefetchEntry]] && s.generation() == gen[si])
+        prefetch_lines(found[order[j + kPrefetchEntry]], ebytes);
+      // Checked per row: making room for a new entry below may evict others.
+      Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
+      const bool computed = same && i < scratch_rows;
+      if (!e) {
+        rows.make_room(s, Stripe::entry_bytes(rf));
+        e = s.make(t->idx, uk[i], rf);
+        if (!computed) {
+          // Its current value, for the update below (phase 1's result, when
+          // it holds, replaces the whole row anyway).
+          const bool loaded = rows.reload(*t, refs[i], uk[i], e->data, &e->step);
+          if (!loaded) init_row(t->init, t->opt, uk[i], dim, e->data), e->step = 0;
+        }
+        e->ref = refs[i];
+        s.insert(e, hs[i]);
+        made++;
+      }
+      const float* result;
+      uint32_t step;
+      if (computed) {
+        result = scratch + static_cast<size_t>(i) * rf;
+        step = scratch_step[i];
+      } else {
+        float* tmp = row_tmp(rf);
+        std::memcpy(tmp, e->data, sizeof(float) * rf);
+        step = e->step;
+        apply_update(t->opt, dim, tmp, &step, gp[i]);
+        // Only another push's update in between can make this differ from
+        // phase 1's checked result: that row keeps its value, never a NaN.
+        if (!row_finite(tmp, rf)) {
+          skip++;
+          continue;
+        }
+        result = tmp;
+      }
+      if (s.is_pending(e)) {
+        // Copy-on-write for a running prepare: this row's checkpoint version
+        // is still only in DRAM. It is copied aside for the flusher (a DRAM
+        // copy, counted in the budget); only when the budget has no room for
+        // the copy is it written to its pool slot first.
+        const uint64_t w0 = now_us();
+        if (s.has_room(e->bytes)) {
+          s.shadow_of(e, rf);
+        } else {
+          write_back(*t, e);
+          s.mark_clean(e);
+        }
+        wait += now_us() - w0;
+        during_ckpt.store(true, std::memory_order_relaxed);
+      }
+      std::memcpy(e->data, result, sizeof(float) * rf);
+      e->step = step;
+      s.mark_dirty(e, epoch);
+      s.touch(e);
+    }
+    s.applies++;
+    waited.fetch_add(wait, std::memory_order_relaxed);
+    created.fetch_add(made, std::memory_order_relaxed);
+    skipped.fetch_add(skip, std::memory_order_relaxed);
+  });
+  if (skipped.load()) raced_nonfinite_.fetch_add(skipped.load(), std::memory_order_relaxed);
+  rows.created(*t, created.load());
+  if (during_ckpt.load() || ckpt_active_.load(std::memory_order_relaxed)) atomic_max(max_wait_us_, waited.load());
+  failpoint("push.after_apply");
+}
+
+void Engine::drop_cache() {
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    s.clear();
+  }
+}
+
+void Engine::purge_cache(uint32_t table) {
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    std::vector<Entry*> gone;
+    s.for_each([&](Entry* e) {
+      if (e->table == table) gone.push_back(e);
+    });
+    for (Entry* e : gone) s.erase(e, Stripe::hash(table, e->key));
+  }
+}
+
+Stats Engine::stats() {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+  Stats st{};
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    st.cache_bytes += s.bytes;
+    st.cache_rows += s.count();
+  }
+  st.cache_budget = mem_ ? 0 : opts_.cache_bytes;
+  st.hits = hits_;
+  st.misses = misses_;
+  st.evictions = evictions_;
+  st.writebacks = writebacks_;
+  st.flushes = mem_ ? 0 : pool_->flush_calls();
+  st.pool_bytes = mem_ ? 0 : pool_->size();
+  st.pool_used = mem_ ? 0 : pool_->used_bytes();
+  st.committed = c_id_;
+  st.prepared = p_active_ ? p_id_ : 0;
+  st.last_id = last_id_;
+  st.epoch = cur_epoch_;
+  st.max_push_wait_us = max_wait_us_;
+  if (!mem_) {
+    std::lock_guard<std::mutex> g(tx_mu_);
+    const PTable* ts = pool_->at<PTable>(root_->tables_off);
+    for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;
+  }
+  return st;
+}
+
+}  // namespace pmemps
