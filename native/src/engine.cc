@@ -33,7 +33,6 @@ void atomic_max(std::atomic<uint64_t>& a, uint64_t v) {
 [[noreturn]] void fail(Code c, const std::string& m) { throw Error(c, m); }
 
 constexpr uint64_t kMaxEpoch = 0xfffffff0ULL;  // slot headers hold 32-bit epochs
-constexpr size_t kPersistEveryRanges = 4096;
 constexpr uint32_t kFlushChunk = 32;  // rows per stripe-lock hold in the flush: pushes interleave
 
 const char* opt_name(OptType t) {
@@ -531,14 +530,15 @@ void Engine::make_room(Stripe& s, size_t n) {
       wrote = true;
     }
   }
-  if (wrote) failpoint("evict.after_write");
+  if (wrote) {
+    // Durable before the stripe is released: a prepare that finds this
+    // stripe without the entry relies on its version being in the pool.
+    pool_->drain();
+    failpoint("evict.after_write");
+  }
   for (Entry* e : victims) s.erase(e, Stripe::hash(e->table, e->key));
   evictions_.fetch_add(victims.size(), std::memory_order_relaxed);
   if (!s.has_room(n)) s.trim_free(n);
-  // Nothing needs these bytes durable before a prepare or close does, but the
-  // flush set is bounded: past a threshold it is synced as one group, unless
-  // another thread is syncing right now (then this push does not wait).
-  if (wrote && pool_->pending_ranges() > kPersistEveryRanges && pool_->persist_ranges_if_idle()) failpoint("evict.after_persist");
 }
 
 void Engine::alloc_slab(Table& t) {
@@ -1067,6 +1067,8 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       t->index->upsert(uk[i], nr);
       refs[i] = nr;
     }
+    // The new rows' headers and index slots, before anything refers to them.
+    if (il.owns_lock()) pool_->drain();
   }
 
   // Phase 3: store the updates in the cache, stripe by stripe (in
@@ -1083,6 +1085,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
     uint64_t wait = now_us() - l0;
     const bool same = s.applies == seen[si];
     uint64_t made = 0, skip = 0;
+    bool cow_wrote = false;
     const size_t end = counts[si + 1];
     for (size_t j = counts[si]; j < end; j++) {
       const uint32_t i = order[j];
@@ -1137,6 +1140,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
         } else {
           write_back(*t, e);
           s.mark_clean(e);
+          cow_wrote = true;
         }
         wait += now_us() - w0;
         during_ckpt.store(true, std::memory_order_relaxed);
@@ -1146,6 +1150,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
       s.mark_dirty(e, epoch);
       s.touch(e);
     }
+    if (cow_wrote) pool_->drain();  // before the flusher can find the stripe without them
     s.applies++;
     waited.fetch_add(wait, std::memory_order_relaxed);
     created.fetch_add(made, std::memory_order_relaxed);
@@ -1178,6 +1183,7 @@ void Engine::flush_pending() {
         write_back(*tables_[e->table], e);
         s.flushed(e);
       }
+      pool_->drain();
       if (s.pending.empty()) break;
     }
   }
