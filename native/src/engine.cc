@@ -33,7 +33,7 @@ void atomic_max(std::atomic<uint64_t>& a, uint64_t v) {
 [[noreturn]] void fail(Code c, const std::string& m) { throw Error(c, m); }
 
 constexpr uint64_t kMaxEpoch = 0xfffffff0ULL;  // slot headers hold 32-bit epochs
-constexpr uint32_t kFlushChunk = 32;  // rows per stripe-lock hold in the flush: pushes interleave
+constexpr uint32_t kFlushChunk = 32;           // rows per stripe-lock hold in the flush: pushes interleave
 
 const char* opt_name(OptType t) {
   static const char* n[] = {"sgd", "adagrad", "adam", "rmsprop", "ftrl"};
