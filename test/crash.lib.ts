@@ -835,7 +835,6 @@ export const FAILPOINTS: Readonly<Record<string, number>> = {
   'create_table.mid_tx': 3,
   'push.after_apply': 40,
   'evict.after_write': 20,
-  'evict.after_persist': 20,
   'index.mid_split': 2,
   'slab.after_alloc': 5,
   'prepare.after_boundary': 4,

@@ -142,7 +142,7 @@ describe('crash consistency', { concurrency: JOBS }, () => {
 
   const msync: KillSpec[] = [
     { mode: 'failpoint', fp: 'prepare.mid_flush', n: 2 },
-    { mode: 'failpoint', fp: 'evict.after_persist', n: 3 },
+    { mode: 'failpoint', fp: 'evict.after_write', n: 3 },
     { mode: 'failpoint', fp: 'commit.before_publish', n: 2 },
     { mode: 'op', pick: 99, delay: 'sync' },
     { mode: 'op', pick: 555, delay: 1 },

@@ -44,8 +44,6 @@ void atomic_max(std::atomic<uint64_t>& a, uint64_t v) {
   }
 }
 
-constexpr size_t kPersistEveryRanges = 4096;
-
 }  // namespace
 
 // ============================================================== rows
@@ -169,14 +167,15 @@ void Engine::make_room(Stripe& s, size_t n) {
       wrote = true;
     }
   }
-  if (wrote) failpoint("evict.after_write");
+  if (wrote) {
+    // Durable before the stripe is released: a prepare that finds this
+    // stripe without the entry relies on its version being in the pool.
+    pool_->drain();
+    failpoint("evict.after_write");
+  }
   for (Entry* e : victims) s.erase(e, Stripe::hash(e->table, e->key));
   evictions_.fetch_add(victims.size(), std::memory_order_relaxed);
   if (!s.has_room(n)) s.trim_free(n);
-  // Nothing needs these bytes durable before a prepare or close does, but the
-  // flush set is bounded: past a threshold it is synced as one group, unless
-  // another thread is syncing right now (then this push does not wait).
-  if (wrote && pool_->pending_ranges() > kPersistEveryRanges && pool_->persist_ranges_if_idle()) failpoint("evict.after_persist");
 }
 
 void Engine::alloc_slab(Table& t) {
@@ -354,6 +353,8 @@ struct Engine::PoolRows {
       t.index->upsert(uk[i], nr);
       refs[i] = nr;
     }
+    // The new rows' headers and index slots, before anything refers to them.
+    if (il.owns_lock()) en.pool_->drain();
   }
   void make_room(Stripe& s, size_t bytes) { en.make_room(s, bytes); }
   // push's phase 3, a row phase 1 did not compute: its stored version.
@@ -608,6 +609,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
     uint64_t wait = now_us() - l0;
     const bool same = s.applies == seen[si];
     uint64_t made = 0, skip = 0;
+    bool cow_wrote = false;
     const size_t end = counts[si + 1];
     for (size_t j = counts[si]; j < end; j++) {
       const uint32_t i = order[j];
@@ -658,6 +660,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
         } else {
           write_back(*t, e);
           s.mark_clean(e);
+          cow_wrote = true;
         }
         wait += now_us() - w0;
         during_ckpt.store(true, std::memory_order_relaxed);
@@ -667,6 +670,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
       s.mark_dirty(e, epoch);
       s.touch(e);
     }
+    if (cow_wrote) pool_->drain();  // before the flusher can find the stripe without them
     s.applies++;
     waited.fetch_add(wait, std::memory_order_relaxed);
     created.fetch_add(made, std::memory_order_relaxed);

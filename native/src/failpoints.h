@@ -20,7 +20,6 @@ namespace pmemps {
   X("drop_table.mid_tx")       \
   X("push.after_apply")        \
   X("evict.after_write")       \
-  X("evict.after_persist")     \
   X("index.mid_split")         \
   X("slab.after_alloc")        \
   X("prepare.after_boundary")  \

@@ -110,69 +110,34 @@ Pool::~Pool() {
 }
 
 void Pool::add_range(const void* p, size_t n) {
-  const char* c = static_cast<const char*>(p);
-  std::lock_guard<std::mutex> g(ranges_mu_);
   if (is_pmem_) {
-    ranges_.emplace_back(c, n);
-  } else {
-    // msync path: only the envelope matters (one sync, the kernel writes the
-    // dirty pages inside it), so no list grows and nothing forces early syncs.
-    if (!env_lo_ || c < env_lo_) env_lo_ = c;
-    if (c + n > env_hi_) env_hi_ = c + n;
+    pmemobj_flush(pop_, p, n);
+    return;
   }
-}
-
-size_t Pool::pending_ranges() {
-  std::lock_guard<std::mutex> g(ranges_mu_);
-  return ranges_.size();
-}
-
-bool Pool::persist_ranges_if_idle() {
-  std::unique_lock<std::mutex> pg(persist_mu_, std::try_to_lock);
-  if (!pg.owns_lock()) return false;
-  persist_locked();
-  return true;
+  // msync path: only the envelope matters (one sync, the kernel writes the
+  // dirty pages inside it), so no list grows and nothing forces early syncs.
+  const char* c = static_cast<const char*>(p);
+  std::lock_guard<std::mutex> g(env_mu_);
+  if (!env_lo_ || c < env_lo_) env_lo_ = c;
+  if (c + n > env_hi_) env_hi_ = c + n;
 }
 
 void Pool::persist_ranges() {
-  std::lock_guard<std::mutex> pg(persist_mu_);
-  persist_locked();
-}
-
-void Pool::persist_locked() {
-  std::vector<std::pair<const char*, size_t>> rs;
-  const char* lo = nullptr;
-  const char* hi = nullptr;
-  {
-    std::lock_guard<std::mutex> g(ranges_mu_);
-    rs.swap(ranges_);
-    std::swap(lo, env_lo_);
-    std::swap(hi, env_hi_);
-  }
-  if (!is_pmem_) {
-    if (!lo) return;
-    pmemobj_persist(pop_, lo, static_cast<size_t>(hi - lo));
+  if (is_pmem_) {
+    pmemobj_drain(pop_);
     flush_calls_++;
     return;
   }
-  if (rs.empty()) return;
-  std::sort(rs.begin(), rs.end());
+  std::lock_guard<std::mutex> pg(persist_mu_);
+  const char* lo = nullptr;
+  const char* hi = nullptr;
   {
-    // Merge overlapping and touching ranges, flush each, drain once.
-    const char* s = rs[0].first;
-    const char* e = s + rs[0].second;
-    for (size_t i = 1; i < rs.size(); i++) {
-      if (rs[i].first <= e) {
-        e = std::max(e, rs[i].first + rs[i].second);
-      } else {
-        pmemobj_flush(pop_, s, static_cast<size_t>(e - s));
-        s = rs[i].first;
-        e = s + rs[i].second;
-      }
-    }
-    pmemobj_flush(pop_, s, static_cast<size_t>(e - s));
-    pmemobj_drain(pop_);
+    std::lock_guard<std::mutex> g(env_mu_);
+    std::swap(lo, env_lo_);
+    std::swap(hi, env_hi_);
   }
+  if (!lo) return;
+  pmemobj_persist(pop_, lo, static_cast<size_t>(hi - lo));
   flush_calls_++;
 }
 

@@ -2,18 +2,22 @@
 // C++ error handling, and the batched flusher.
 //
 // Flushing: on real PMEM (or PMEM_IS_PMEM_FORCE) a persist is a few cache
-// line write-backs, so each dirty range is flushed and one drain follows.
-// Anywhere else libpmemobj falls back to msync, which costs a syscall and a
-// page write per call (~0.6 ms on ext4), so the flusher never persists a row
-// at a time: it collects ranges and syncs their envelope once; the kernel
-// writes only the dirty pages inside it.
+// line write-backs, so a range is flushed as it is added (no list to keep,
+// sort or bound) and a drain makes the thread's flushes durable. A drain
+// orders only the flushes of the thread that issues it, so each writer
+// drains its own before it releases the lock that lets anyone rely on them
+// (the engine does, per stripe hold and per push). Anywhere else libpmemobj
+// falls back to msync, which costs a syscall and a page write per call
+// (~0.6 ms on ext4), so the flusher never persists a row at a time: it
+// collects ranges and syncs their envelope once; the kernel writes only the
+// dirty pages inside it, whichever thread dirtied them.
 #pragma once
 #include <libpmemobj.h>
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "layout.h"
 
@@ -44,14 +48,18 @@ class Pool {
 
   void persist(const void* p, size_t n) { pmemobj_persist(pop_, p, n); }
 
-  // Batched flushing of ranges written outside transactions.
+  // Ranges written outside transactions. PMEM: flushed now, durable after
+  // the writing thread's drain(); msync path: joins the envelope.
   void add_range(const void* p, size_t n);
-  size_t pending_ranges();
-  // Makes every range added before the call durable. Serialized: a caller
-  // never returns while another caller still persists ranges it took.
+  // PMEM: waits for this thread's flushes; the msync path has nothing to wait for.
+  void drain() {
+    if (is_pmem_) pmemobj_drain(pop_);
+  }
+  // Makes durable every range added before the call by this thread, and by
+  // any thread that drained since (PMEM), or by any thread (msync path).
+  // Serialized: a caller never returns while another caller still syncs an
+  // envelope it took.
   void persist_ranges();
-  // The same, unless another thread is persisting now; returns whether it ran.
-  bool persist_ranges_if_idle();
 
   uint64_t flush_calls() const { return flush_calls_; }
   // Bytes in use by allocated objects (walks the allocation list: for stats only).
@@ -81,13 +89,11 @@ class Pool {
   bool created_ = false;
   bool is_pmem_ = false;
 
-  std::mutex ranges_mu_;
-  std::vector<std::pair<const char*, size_t>> ranges_;  // PMEM: ranges to flush
-  const char* env_lo_ = nullptr;                        // msync path: envelope
+  std::mutex env_mu_;  // msync path: the envelope of the ranges added
+  const char* env_lo_ = nullptr;
   const char* env_hi_ = nullptr;
   std::mutex persist_mu_;
-  void persist_locked();
-  uint64_t flush_calls_ = 0;
+  std::atomic<uint64_t> flush_calls_{0};
 };
 
 // Bounded: the transaction's snapshots fit in the lane's own undo log
