@@ -33,7 +33,7 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import { GiB, canConnect, fmtMs, median } from './lib';
-import { freePort } from '../examples/local-cluster';
+import { freePorts } from '../examples/local-cluster';
 import { startRedisServer } from './redis-peer';
 import type { Mode, SystemName, WorkerConfig } from './service-worker';
 
@@ -414,10 +414,11 @@ function driverMain(): void {
     const endpoints: string[] = [];
     const metricsPorts: number[] = [];
     try {
+      const ports = await freePorts(count);
       for (let i = 0; i < count; i++) {
         const dir = path.join(base, `shard${i}`);
         fs.mkdirSync(dir);
-        const port = await freePort();
+        const port = ports[i];
         const args = [PSERVER, '--bind', `127.0.0.1:${port}`, '--pmem', dir, '--cache-mb', String(opts.cacheMb), '--pool-size', `${opts.poolSizeMb}M`];
         if (metrics) args.push('--metrics-bind', '127.0.0.1:0');
         const proc = track(
@@ -477,10 +478,11 @@ function driverMain(): void {
     const procs: ChildProcess[] = [];
     const endpoints: string[] = [];
     try {
+      const ports = await freePorts(count);
       for (let i = 0; i < count; i++) {
         const dir = path.join(base, `r${i}`);
         fs.mkdirSync(dir);
-        const r = await startRedisServer(redisBin, await freePort(), dir, (p) => {
+        const r = await startRedisServer(redisBin, ports[i], dir, (p) => {
           track(p);
           procs.push(p);
         });

@@ -25,15 +25,30 @@ export interface ClusterOptions {
   probe?: { credentials?: grpc.ChannelCredentials; token?: string };
 }
 
+/**
+ * n distinct free loopback ports. All n sockets are held open until every
+ * port is known: a port released before the next is asked for may be handed
+ * out again, and a cluster then lists one server twice.
+ */
+export async function freePorts(n: number): Promise<number[]> {
+  const held: net.Server[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const s = net.createServer();
+      held.push(s);
+      await new Promise<void>((resolve, reject) => {
+        s.once('error', reject);
+        s.listen(0, '127.0.0.1', () => resolve());
+      });
+    }
+    return held.map((s) => (s.address() as net.AddressInfo).port);
+  } finally {
+    await Promise.all(held.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))));
+  }
+}
+
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
+  return (await freePorts(1))[0];
 }
 
 function statusOnce(endpoint: string, probe: ClusterOptions['probe'] = {}): Promise<void> {
@@ -73,7 +88,7 @@ export class LocalCluster {
   static async start(opts: ClusterOptions): Promise<LocalCluster> {
     const c = new LocalCluster(opts);
     fs.mkdirSync(opts.dir, { recursive: true });
-    for (let i = 0; i < opts.shards; i++) c.ports.push(await freePort());
+    c.ports.push(...(await freePorts(opts.shards)));
     try {
       await Promise.all(c.ports.map((_, i) => c.startShard(i, opts.shardEnv?.[i])));
     } catch (e) {

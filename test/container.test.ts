@@ -10,7 +10,7 @@
 import { after, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { freePort } from '../examples/local-cluster';
+import { freePorts } from '../examples/local-cluster';
 import { check } from '../server/healthcheck';
 import { PsClient, type ShardStatus } from '../worker';
 import { PLAN, allKeys, DENSE_NAME, reference, referenceDigest, runWorker, TABLE, type Plan } from './cluster.lib';
@@ -124,8 +124,9 @@ describe('the deploy/Dockerfile image, in containers', { concurrency: false }, (
 
   test('two shard containers on named volumes become healthy through grpc.health.v1', async () => {
     assert.ok(reached.image, 'the image was built');
-    for (const s of SHARDS) {
-      s.port = await freePort();
+    const ports = await freePorts(SHARDS.length);
+    for (const [i, s] of SHARDS.entries()) {
+      s.port = ports[i];
       d().docker(['volume', 'create', s.volume]);
       d().docker([
         'run',
