@@ -7,7 +7,10 @@
 //    transactions that open would redo (settle_tables), so every decision
 //    works on a full pool and survives a crash halfway.
 //  * Rows and index slots a checkpoint names are durable before the record
-//    that names them (persist_ranges before the publish).
+//    that names them: on PMEM every writer drains its own flushes before it
+//    releases the stripe or index lock that exposes them (pool.h), and the
+//    flusher has taken every stripe's lock after the boundary; on the msync
+//    path persist_ranges syncs every writer's pages before the publish.
 //  * dead_ mirrors the pool's dead-range list: sorted, disjoint, and a
 //    version whose epoch falls in it is never read.
 //  * A prepare between prepare_begin and prepare_finish is marked by
