@@ -150,31 +150,37 @@ class Engine {
     std::mutex alloc_mu;
     std::atomic<uint64_t> r_next{0};  // rows reserved (pool) or created (memory)
   };
-  struct MemRow {
-    std::vector<float> data;
-    uint32_t step;
-  };
-  struct MemTable {
-    std::string name;
-    uint32_t dim;
-    OptimizerSpec opt;
-    InitSpec init;
-    uint64_t created_epoch;
-  };
-  // Memory mode's checkpoint: a full copy (it is the baseline and the crash
-  // tests' reference, not the product's persistence).
-  struct MemSnap {
-    uint64_t id = 0, epoch = 0;
-    std::map<std::pair<uint32_t, uint64_t>, MemRow> rows;
-    std::map<uint32_t, MemTable> tables;
-    std::string dense, meta;
-  };
-
   static constexpr int kStripeBits = 4;
   static constexpr int kStripes = 1 << kStripeBits;
 
+  // The durable side, chosen once at construction: PoolStore (the pool's
+  // checkpoint records, root fields and clean mark; engine_open.cc) or
+  // MemStore (the memory-only reference's copies in DRAM; engine_mem.cc).
+  // Called once per engine call, after that call's checks and with its
+  // locks held, never per row, so a virtual call costs nothing measurable.
+  // Declared in engine_impl.h.
+  struct Store;
+  struct PoolStore;
+  struct MemStore;
+  static std::unique_ptr<Store> make_mem_store(Engine& e);
+
+  // The pool's side of the calls of the same name (PoolStore forwards).
   void open_pool();
-  Identity stored_identity() const;  // caller holds tx_mu_
+  void table_created_pool(Table& t);
+  void hyper_changed_pool(Table& t, const OptimizerSpec& opt);
+  void drop_table_pool(const std::string& name);
+  void prepare_begin_pool(uint64_t id, const std::string& dense, const std::string& meta, uint64_t ballot);
+  void commit_pool(std::unique_lock<RwLock>& el);  // may release el early
+  void abort_unprepared_pool(uint64_t id);
+  void abort_pool(std::unique_lock<RwLock>& el);     // may release el early
+  void rollback_pool(std::unique_lock<RwLock>& el);  // may release el early
+  bool committed_pool(uint64_t* id, std::string* dense, std::string* meta);
+  void close_pool(const std::string& record);
+  void check_pool(CheckReport& r);
+  void stats_pool(Stats& st);
+  uint64_t raise_ballot_pool(uint64_t b);
+  Identity identity_pool() const;  // caller holds tx_mu_
+  void set_identity_pool(const Identity& id);
   void init_root();
   void validate_root();
   void recover_after_crash();
@@ -255,13 +261,13 @@ class Engine {
   template <class Rows>
   void push_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads, uint32_t expect_dim);
 
-  void mem_prepare(uint64_t id, const std::string& dense, const std::string& meta);
-  void mem_rollback();
-
   Stripe& stripe_for(uint64_t h) { return stripes_[h >> (64 - kStripeBits)]; }
 
   EngineOptions opts_;
+  // Picks the data path's Rows policy in pull and push, once per call; the
+  // rest of what differs in memory mode is behind store_.
   bool mem_;
+  std::unique_ptr<Store> store_;
   // Runs parts of one pull or push (their stripes) on further cores; idle
   // whenever no call runs, as at destruction.
   std::unique_ptr<Helpers> helpers_;
@@ -304,10 +310,6 @@ class Engine {
   bool pushes_blocked_ = false;
   bool recovering_ = false;  // opened after a crash and a prepared checkpoint is unresolved
   std::vector<DeadRange> dead_;
-
-  std::unique_ptr<MemSnap> mem_c_, mem_p_;
-  uint64_t mem_ballot_ = 0;
-  Identity mem_identity_;
 
   std::atomic<bool> ckpt_active_{false};
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0};

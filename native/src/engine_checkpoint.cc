@@ -117,11 +117,10 @@ void Engine::prepare_begin(uint64_t id, const std::string& dense, const std::str
       fail(Code::FailedPrecondition,
            "checkpoint id " + id_str(id) + " must be greater than " + id_str(last_id_) + " (ids strictly increase; an aborted id never comes back)");
   }
-  if (mem_) {
-    mem_prepare(id, dense, meta);
-    mem_ballot_ = std::max(mem_ballot_, ballot);
-    return;
-  }
+  store_->prepare_begin(id, dense, meta, ballot);
+}
+
+void Engine::prepare_begin_pool(uint64_t id, const std::string& dense, const std::string& meta, uint64_t ballot) {
   // The boundary: pushes that started before it are in the checkpoint,
   // pushes that start after it are not. It runs on the caller's thread so
   // that "after prepare() was called" means "outside". O(stripes + tables);
@@ -274,14 +273,10 @@ void Engine::commit(uint64_t id) {
       fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " was aborted or superseded; it can never commit");
     fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " is not prepared");
   }
-  if (mem_) {
-    mem_c_ = std::move(mem_p_);
-    c_id_ = p_id_;
-    c_epoch_ = p_epoch_;
-    p_active_ = false;
-    p_id_ = p_epoch_ = 0;
-    return;
-  }
+  store_->commit(el);
+}
+
+void Engine::commit_pool(std::unique_lock<RwLock>& el) {
   failpoint("commit.before_publish");
   {
     // The decision: the root alone, at most two frees (the old record or
@@ -357,23 +352,23 @@ void Engine::abort(uint64_t id) {
     if (id == c_id_) fail(Code::FailedPrecondition, "checkpoint " + id_str(id) + " is committed; it cannot be aborted");
     if (id <= last_id_) return;  // already aborted or superseded
     // Never prepared here: remember the id so a late prepare of it is refused.
-    if (!mem_) {
-      std::lock_guard<std::mutex> g(tx_mu_);
-      Tx tx(*pool_, TxLog::Bounded);
-      tx.add(root_, sizeof(PRoot));
-      root_->last_id = id;
-      persist_root(tx);
-      tx.commit();
-    }
+    store_->abort_unprepared(id);
     last_id_ = id;
     return;
   }
-  if (mem_) {
-    mem_p_.reset();
-    p_active_ = false;
-    p_id_ = p_epoch_ = 0;
-    return;
-  }
+  store_->abort(el);
+}
+
+void Engine::abort_unprepared_pool(uint64_t id) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  Tx tx(*pool_, TxLog::Bounded);
+  tx.add(root_, sizeof(PRoot));
+  root_->last_id = id;
+  persist_root(tx);
+  tx.commit();
+}
+
+void Engine::abort_pool(std::unique_lock<RwLock>& el) {
   failpoint("abort.before_publish");
   std::vector<uint32_t> removed, undropped;
   {
@@ -414,10 +409,10 @@ void Engine::rollback() {
   std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (p_active_) fail(Code::FailedPrecondition, "checkpoint " + id_str(p_id_) + " is prepared; commit or abort it before rolling back");
-  if (mem_) {
-    mem_rollback();
-    return;
-  }
+  store_->rollback(el);
+}
+
+void Engine::rollback_pool(std::unique_lock<RwLock>& el) {
   failpoint("rollback.before_publish");
   {
     // Everything written since the committed checkpoint becomes dead: a cost
@@ -454,13 +449,10 @@ void Engine::rollback() {
 bool Engine::committed_checkpoint(uint64_t* id, std::string* dense, std::string* meta) {
   std::shared_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  if (mem_) {
-    if (!mem_c_) return false;
-    *id = mem_c_->id;
-    *dense = mem_c_->dense;
-    *meta = mem_c_->meta;
-    return true;
-  }
+  return store_->committed(id, dense, meta);
+}
+
+bool Engine::committed_pool(uint64_t* id, std::string* dense, std::string* meta) {
   if (!root_->c_rec) return false;
   PCkpt* c = ckpt_at(root_->c_rec);
   const char* payload = reinterpret_cast<const char*>(reinterpret_cast<PCkptTable*>(c + 1) + c->ntables);

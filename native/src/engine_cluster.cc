@@ -1,5 +1,6 @@
 // Cluster bookkeeping kept durably in the pool root: the ballot and the
-// shard identity.
+// shard identity (a memory-only engine keeps them in its MemStore; these
+// calls' checks are the same for both).
 //
 // Invariants:
 //  * The ballot only grows; the identity, once stored, never changes, and
@@ -17,10 +18,10 @@ uint64_t Engine::raise_ballot(uint64_t b) {
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  if (mem_) {
-    mem_ballot_ = std::max(mem_ballot_, b);
-    return mem_ballot_;
-  }
+  return store_->raise_ballot(b);
+}
+
+uint64_t Engine::raise_ballot_pool(uint64_t b) {
   if (b > root_->ballot) {
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
@@ -35,11 +36,10 @@ uint64_t Engine::ballot() {
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  return mem_ ? mem_ballot_ : root_->ballot;
+  return store_->ballot();
 }
 
-Engine::Identity Engine::stored_identity() const {
-  if (mem_) return mem_identity_;
+Engine::Identity Engine::identity_pool() const {
   return Identity{root_->cluster_id[0], root_->cluster_id[1], root_->shard_index, root_->shard_count, root_->identity_sealed != 0};
 }
 
@@ -47,7 +47,7 @@ Engine::Identity Engine::identity() {
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  return stored_identity();
+  return store_->identity();
 }
 
 Engine::Identity Engine::set_identity(const Identity& id) {
@@ -58,7 +58,7 @@ Engine::Identity Engine::set_identity(const Identity& id) {
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  const Identity cur = stored_identity();
+  const Identity cur = store_->identity();
   if (cur.count != 0) {
     if (cur.cluster_hi != id.cluster_hi || cur.cluster_lo != id.cluster_lo || cur.index != id.index || cur.count != id.count)
       fail(Code::FailedPrecondition, "this pool belongs to shard " + std::to_string(cur.index) + " of " + std::to_string(cur.count) +
@@ -71,10 +71,11 @@ Engine::Identity Engine::set_identity(const Identity& id) {
     // without one lost its pool since, and must not be adopted silently.
     fail(Code::FailedPrecondition, "this shard has no identity to seal: its pool is new (replaced since the cluster was identified?)");
   }
-  if (mem_) {
-    mem_identity_ = id;
-    return id;
-  }
+  store_->set_identity(id);
+  return id;
+}
+
+void Engine::set_identity_pool(const Identity& id) {
   Tx tx(*pool_, TxLog::Bounded);
   tx.add(root_, sizeof(PRoot));
   root_->cluster_id[0] = id.cluster_hi;
@@ -84,7 +85,6 @@ Engine::Identity Engine::set_identity(const Identity& id) {
   root_->identity_sealed = id.sealed ? 1 : 0;
   persist_root(tx);
   tx.commit();
-  return id;
 }
 
 }  // namespace pmemps

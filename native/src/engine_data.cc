@@ -709,25 +709,27 @@ Stats Engine::stats() {
     st.cache_bytes += s.bytes;
     st.cache_rows += s.count();
   }
-  st.cache_budget = mem_ ? 0 : opts_.cache_bytes;
   st.hits = hits_;
   st.misses = misses_;
   st.evictions = evictions_;
   st.writebacks = writebacks_;
-  st.flushes = mem_ ? 0 : pool_->flush_calls();
-  st.pool_bytes = mem_ ? 0 : pool_->size();
-  st.pool_used = mem_ ? 0 : pool_->used_bytes();
   st.committed = c_id_;
   st.prepared = p_active_ ? p_id_ : 0;
   st.last_id = last_id_;
   st.epoch = cur_epoch_;
   st.max_push_wait_us = max_wait_us_;
-  if (!mem_) {
-    std::lock_guard<std::mutex> g(tx_mu_);
-    const PTable* ts = pool_->at<PTable>(root_->tables_off);
-    for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;
-  }
+  store_->stats(st);  // the cache's budget and the pool's figures: 0 in memory mode
   return st;
+}
+
+void Engine::stats_pool(Stats& st) {
+  st.cache_budget = opts_.cache_bytes;
+  st.flushes = pool_->flush_calls();
+  st.pool_bytes = pool_->size();
+  st.pool_used = pool_->used_bytes();
+  std::lock_guard<std::mutex> g(tx_mu_);
+  const PTable* ts = pool_->at<PTable>(root_->tables_off);
+  for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;
 }
 
 }  // namespace pmemps

@@ -13,6 +13,9 @@
 //  * close writes back every dirty row, then raises rows_used, then sets the
 //    clean mark, each durable before the next: a crash in between leaves the
 //    pool as after any crash.
+//  * The engine picks its durable side once, here: PoolStore, a forwarder
+//    to the *_pool methods of each concern's file, or the memory-only
+//    reference's MemStore (engine_mem.cc).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +24,32 @@
 #include "engine_impl.h"
 
 namespace pmemps {
+
+struct Engine::PoolStore final : Store {
+  Engine& e;
+  explicit PoolStore(Engine& en) : e(en) {}
+  void open() override { e.open_pool(); }
+  bool slot_reusable(uint32_t idx) const override { return e.pool_->at<PTable>(e.root_->tables_off)[idx].state == kTableFree; }
+  void table_created(Table& t) override { e.table_created_pool(t); }
+  void hyper_changed(Table& t, const OptimizerSpec& opt) override { e.hyper_changed_pool(t, opt); }
+  void drop_table(const std::string& name) override { e.drop_table_pool(name); }
+  void prepare_begin(uint64_t id, const std::string& dense, const std::string& meta, uint64_t ballot) override {
+    e.prepare_begin_pool(id, dense, meta, ballot);
+  }
+  void commit(std::unique_lock<RwLock>& el) override { e.commit_pool(el); }
+  void abort(std::unique_lock<RwLock>& el) override { e.abort_pool(el); }
+  void abort_unprepared(uint64_t id) override { e.abort_unprepared_pool(id); }
+  void rollback(std::unique_lock<RwLock>& el) override { e.rollback_pool(el); }
+  bool committed(uint64_t* id, std::string* dense, std::string* meta) override { return e.committed_pool(id, dense, meta); }
+  void close(const std::string& record) override { e.close_pool(record); }
+  uint64_t reserve_close_record(uint64_t bytes) override { return e.grow_close_slot(bytes); }
+  void check(CheckReport& r) override { e.check_pool(r); }
+  void stats(Stats& st) override { e.stats_pool(st); }
+  uint64_t raise_ballot(uint64_t b) override { return e.raise_ballot_pool(b); }
+  uint64_t ballot() const override { return e.root_->ballot; }
+  Identity identity() const override { return e.identity_pool(); }
+  void set_identity(const Identity& id) override { e.set_identity_pool(id); }
+};
 
 Engine::Engine(const EngineOptions& o) : opts_(o), mem_(o.memory_only) {
   // One helper per further core, up to 3: one batch in flight uses them
@@ -34,11 +63,8 @@ Engine::Engine(const EngineOptions& o) : opts_(o), mem_(o.memory_only) {
   tables_.resize(kMaxTables);
   const size_t per = mem_ ? SIZE_MAX : static_cast<size_t>(o.cache_bytes / kStripes);
   for (auto& s : stripes_) s.budget = per;
-  if (mem_) {
-    info_.created = true;
-    return;
-  }
-  open_pool();
+  store_ = mem_ ? make_mem_store(*this) : std::make_unique<PoolStore>(*this);
+  store_->open();
 }
 
 // Without close() the pool is left as after a crash: the next open comes
@@ -327,11 +353,10 @@ void Engine::close(const std::string& record) {
   wait_prepared(cg);
   std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) return;
-  if (mem_) {
-    drop_cache();
-    closed_ = true;
-    return;
-  }
+  store_->close(record);
+}
+
+void Engine::close_pool(const std::string& record) {
   if (record.size() > root_->close_cap) {
     // Normally reserved ahead (the server does, before acknowledging what
     // makes its record grow); failing here leaves the pool as after a crash.
@@ -388,8 +413,7 @@ uint64_t Engine::reserve_close_record(uint64_t bytes) {
   std::shared_lock<RwLock> el(epoch_mu_);
   std::lock_guard<std::mutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
-  if (mem_) return 1ULL << 53;  // nothing is written at close
-  return grow_close_slot(bytes);
+  return store_->reserve_close_record(bytes);
 }
 
 uint64_t Engine::grow_close_slot(uint64_t bytes) {
@@ -424,7 +448,11 @@ uint64_t Engine::grow_close_slot(uint64_t bytes) {
 Engine::CheckReport Engine::check() {
   std::unique_lock<RwLock> el(epoch_mu_);
   CheckReport r;
-  if (mem_ || closed_) return r;
+  if (!closed_) store_->check(r);
+  return r;
+}
+
+void Engine::check_pool(CheckReport& r) {
   for (auto& t : tables_) {
     if (!t) continue;
     r.tables++;
@@ -451,7 +479,6 @@ Engine::CheckReport Engine::check() {
         r.rows_without_version++;
     });
   }
-  return r;
 }
 
 }  // namespace pmemps

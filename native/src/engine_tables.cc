@@ -51,7 +51,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   }
   const uint32_t rf = dim * static_cast<uint32_t>(1 + state_blocks(opt));
   const size_t entry = offsetof(Entry, data) + sizeof(float) * rf;
-  if (!mem_ && stripes_[0].budget < 8 * entry) {
+  if (stripes_[0].budget < 8 * entry) {  // never in memory mode: its budget is unbounded
     const uint64_t need_mb = (static_cast<uint64_t>(8) * entry * kStripes + (1 << 20) - 1) >> 20;
     fail(Code::InvalidArgument, "the cache budget is too small for rows of dim " + std::to_string(dim) + " with " + opt_name(opt.type) +
                                     ": raise the cache size to at least " + std::to_string(need_mb + 1) + " MiB");
@@ -60,9 +60,8 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   {
     // A garbage slot (storage still being freed) is not free yet.
     std::lock_guard<std::mutex> g(tx_mu_);
-    const PTable* ts = mem_ ? nullptr : pool_->at<PTable>(root_->tables_off);
     for (uint32_t i = 0; i < kMaxTables; i++)
-      if (!tables_[i] && (!ts || ts[i].state == kTableFree)) {
+      if (!tables_[i] && store_->slot_reusable(i)) {
         idx = i;
         break;
       }
@@ -80,35 +79,39 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   t->init = init;
   t->created_epoch = cur_epoch_;
   init_geometry(*t);
-  if (!mem_) {
-    std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_);
-    PTable* d = pool_->at<PTable>(root_->tables_off) + idx;
-    tx.add(d, sizeof(PTable));
-    std::memset(d, 0, sizeof(PTable));
-    d->state = 1;
-    d->dim = dim;
-    d->opt = static_cast<uint32_t>(opt.type);
-    d->init = static_cast<uint32_t>(init.type);
-    d->row_floats = rf;
-    d->row_bytes = t->row_bytes;
-    d->created_epoch = cur_epoch_;
-    d->seed = init.seed;
-    std::memcpy(d->hyper, opt.h, sizeof d->hyper);
-    std::memcpy(d->init_params, init.p, sizeof d->init_params);
-    std::memcpy(d->name, name.data(), name.size());
-    d->rows_per_slab = t->rows_per_slab;
-    d->slab_top = tx.alloc(sizeof(uint64_t) * kSlabTop, true);
-    d->index_dir = Index::create(*pool_, tx);
-    d->salt = mix64(init.seed ^ (static_cast<uint64_t>(idx) << 32) ^ cur_epoch_);
-    d->checksum = Pool::table_sum(d);
-    failpoint("create_table.mid_tx");
-    tx.commit();
-    t->d = d;
-    t->index = std::make_unique<Index>(*pool_, d, &tx_mu_);
-  }
+  store_->table_created(*t);
   names_[name] = idx;
   tables_[idx] = std::move(t);
+}
+
+// The descriptor, in one transaction with its checksum; the table becomes
+// reachable (names_, tables_) only after it commits.
+void Engine::table_created_pool(Table& t) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  Tx tx(*pool_);
+  PTable* d = pool_->at<PTable>(root_->tables_off) + t.idx;
+  tx.add(d, sizeof(PTable));
+  std::memset(d, 0, sizeof(PTable));
+  d->state = 1;
+  d->dim = t.dim;
+  d->opt = static_cast<uint32_t>(t.opt.type);
+  d->init = static_cast<uint32_t>(t.init.type);
+  d->row_floats = t.row_floats;
+  d->row_bytes = t.row_bytes;
+  d->created_epoch = cur_epoch_;
+  d->seed = t.init.seed;
+  std::memcpy(d->hyper, t.opt.h, sizeof d->hyper);
+  std::memcpy(d->init_params, t.init.p, sizeof d->init_params);
+  std::memcpy(d->name, t.name.data(), t.name.size());
+  d->rows_per_slab = t.rows_per_slab;
+  d->slab_top = tx.alloc(sizeof(uint64_t) * kSlabTop, true);
+  d->index_dir = Index::create(*pool_, tx);
+  d->salt = mix64(t.init.seed ^ (static_cast<uint64_t>(t.idx) << 32) ^ cur_epoch_);
+  d->checksum = Pool::table_sum(d);
+  failpoint("create_table.mid_tx");
+  tx.commit();
+  t.d = d;
+  t.index = std::make_unique<Index>(*pool_, d, &tx_mu_);
 }
 
 void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
@@ -121,19 +124,23 @@ void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
     fail(Code::InvalidArgument, "table \"" + name +
                                     "\": this change alters the optimizer state layout (optimizer type, SGD momentum on/off, RMSprop "
                                     "momentum on/off or centered); create a new table instead");
-  if (!mem_) {
-    std::lock_guard<std::mutex> g(tx_mu_);
-    Tx tx(*pool_, TxLog::Bounded);
-    tx.add(t->d, sizeof(PTable));
-    std::memcpy(t->d->hyper, opt.h, sizeof t->d->hyper);
-    t->d->checksum = Pool::table_sum(t->d);
-    tx.commit();
-  }
+  store_->hyper_changed(*t, opt);
   t->opt = opt;
 }
 
-void Engine::drop_table(const std::string& name) {
-  if (mem_) fail(Code::FailedPrecondition, "tables cannot be dropped in a memory-only engine");
+void Engine::hyper_changed_pool(Table& t, const OptimizerSpec& opt) {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  Tx tx(*pool_, TxLog::Bounded);
+  tx.add(t.d, sizeof(PTable));
+  std::memcpy(t.d->hyper, opt.h, sizeof t.d->hyper);
+  t.d->checksum = Pool::table_sum(t.d);
+  tx.commit();
+}
+
+// The memory side refuses every drop before any lock or name lookup.
+void Engine::drop_table(const std::string& name) { store_->drop_table(name); }
+
+void Engine::drop_table_pool(const std::string& name) {
   std::unique_lock<std::mutex> cg(ckpt_mu_);
   wait_prepared(cg);  // a running prepare still flushes this table's rows
   std::unique_lock<RwLock> el(epoch_mu_);
