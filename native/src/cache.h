@@ -74,6 +74,13 @@ struct EntryList {
     head.*Next = e;
     size++;
   }
+  void push_back(Entry* e) {
+    e->*Prev = head.*Prev;
+    e->*Next = &head;
+    (head.*Prev)->*Next = e;
+    head.*Prev = e;
+    size++;
+  }
   void unlink(Entry* e) {
     (e->*Prev)->*Next = e->*Next;
     (e->*Next)->*Prev = e->*Prev;
@@ -187,7 +194,9 @@ class Stripe {
     pending.unlink(e);
     e->dirty = 0;
     c->dirty = 1;
-    pending.push_front(c);
+    // At the back, where the flusher takes the next entry: a copy's bytes
+    // are the first it gives back.
+    pending.push_back(c);
     return c;
   }
 

@@ -24,7 +24,8 @@ namespace pmemps {
 
 namespace {
 
-constexpr uint32_t kFlushChunk = 32;  // rows per stripe-lock hold in the flush: pushes interleave
+constexpr uint32_t kFlushChunk = 32;
+constexpr size_t kCowRoom = 16;  // 1/16 of a stripe's share kept free during a prepare  // rows per stripe-lock hold in the flush: pushes interleave
 
 }  // namespace
 
@@ -90,7 +91,13 @@ void Engine::flush_pending() {
       for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
         Entry* e = s.pending.back();
         write_back(*tables_[e->table], e);
+        const bool copy = e->shadow;
         s.flushed(e);
+        // Room for the copies that pushes make of rows still pending (a
+        // copy costs a third of writing the row back on the push's time):
+        // a stripe within kCowRoom of its share drops the rows it has just
+        // made clean, the least recently dirtied first.
+        if (!copy && s.used_bytes() + s.budget / kCowRoom > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
       }
       pool_->drain();
       left |= !s.pending.empty();

@@ -652,8 +652,9 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
       if (s.is_pending(e)) {
         // Copy-on-write for a running prepare: this row's checkpoint version
         // is still only in DRAM. It is copied aside for the flusher (a DRAM
-        // copy, counted in the budget); only when the budget has no room for
-        // the copy is it written to its pool slot first.
+        // copy, counted in the budget, which the flusher keeps room in: see
+        // flush_pending); only when the budget has no room for the copy is
+        // it written to its pool slot first (~3x the copy's time).
         const uint64_t w0 = now_us();
         if (s.has_room(e->bytes)) {
           s.shadow_of(e, rf);
