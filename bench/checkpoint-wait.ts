@@ -23,7 +23,23 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { BATCH, DIM, Rng, Scatter, TABLE, drive, gradBuffers, machineInfo, median, percentile, poolMbFor, rangeBatch, scatterBatch, uniformBatch } from './lib';
+import {
+  BATCH,
+  DIM,
+  Rng,
+  Scatter,
+  TABLE,
+  drive,
+  gradBuffers,
+  machineInfo,
+  median,
+  percentile,
+  poolMbFor,
+  rangeBatch,
+  scatterBatch,
+  uniformBatch,
+  parseBuilds,
+} from './lib';
 
 interface ChildCfg {
   root: string;
@@ -160,10 +176,7 @@ async function main(): Promise<void> {
     },
   });
   if (a.child) return child(JSON.parse(a.child) as ChildCfg);
-  const builds = (a.build ?? [`this=${path.resolve(__dirname, '..', '..')}`]).map((b) => {
-    const i = b.indexOf('=');
-    return { label: b.slice(0, i), root: path.resolve(b.slice(i + 1)) };
-  });
+  const builds = parseBuilds(a.build, path.resolve(__dirname, '..', '..'));
   const rows = Number(a.rows);
   const cacheMb = Number(a['cache-mb']);
   const rounds = Number(a.rounds);

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
+import * as path from 'node:path';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -392,4 +393,16 @@ export function childServerArgs(script: string): { dim: number; maxKeys: number 
   process.stdin.on('error', () => process.exit(0));
   process.stdin.resume();
   return { dim: opt('--dim', 64), maxKeys: opt('--max-keys', 65536) };
+}
+
+/**
+ * `--build LABEL=DIR` values (DIR: a directory holding this repository's
+ * dist/ and build/), resolved; `self` is the build used when none is given.
+ */
+export function parseBuilds(values: string[] | undefined, self: string): Array<{ label: string; root: string }> {
+  return (values?.length ? values : [`this=${self}`]).map((b) => {
+    const i = b.indexOf('=');
+    if (i <= 0) throw new Error(`--build takes LABEL=DIR, got "${b}"`);
+    return { label: b.slice(0, i), root: path.resolve(b.slice(i + 1)) };
+  });
 }

@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { parseArgs } from 'node:util';
-import { BATCH, DIM, Rng, TABLE, drive, fmtRate, gradBuffers, machineInfo, median, rangeBatch, uniformBatch } from './lib';
+import { BATCH, DIM, Rng, TABLE, drive, fmtRate, gradBuffers, machineInfo, median, rangeBatch, uniformBatch, parseBuilds } from './lib';
 
 interface ChildCfg {
   root: string;
@@ -117,10 +117,7 @@ async function main(): Promise<void> {
     },
   });
   if (a.child) return child(JSON.parse(a.child) as ChildCfg);
-  const builds = (a.build ?? [`this=${path.resolve(__dirname, '..', '..')}`]).map((b) => {
-    const i = b.indexOf('=');
-    return { label: b.slice(0, i), root: path.resolve(b.slice(i + 1)) };
-  });
+  const builds = parseBuilds(a.build, path.resolve(__dirname, '..', '..'));
   const rows = Number(a.rows);
   const reps = Number(a.reps);
   const ms = Number(a.ms);

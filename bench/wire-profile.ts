@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { Rng, canConnect, median } from './lib';
+import { Rng, canConnect, median, parseBuilds } from './lib';
 import { freePort } from '../examples/local-cluster';
 
 const REPO = path.resolve(__dirname, '..', '..');
@@ -362,14 +362,11 @@ async function driverMain(): Promise<void> {
     servers: Number(values.servers),
   };
   const reps = Number(values.reps);
-  const builds = (values.build?.length ? values.build : [`this=${REPO}`]).map((b) => {
-    const i = b.indexOf('=');
-    if (i <= 0) throw new Error(`--build takes LABEL=DIR, got "${b}"`);
-    const label = b.slice(0, i);
+  const builds = parseBuilds(values.build, REPO).map(({ label, root }) => {
     const flags = (values['server-flags'] ?? []).find((f) => f.startsWith(`${label}=`));
     return {
       label,
-      repo: path.resolve(b.slice(i + 1)),
+      repo: root,
       flags: flags
         ? flags
             .slice(label.length + 1)
