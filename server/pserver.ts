@@ -13,6 +13,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import { hideBin } from 'yargs/helpers';
 import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, parameterServerService } from '../proto/load';
 import { installServerFrameInPlace } from '../proto/grpc-frames';
+import { keepGcHeadroom } from '../proto/gc-headroom';
 import { authInterceptor, SecurityConfigError, serverCredentials, TokenStore } from './auth';
 import { Barriers } from './barrier';
 import { ConfigError, loadConfig, redactConfig, type PserverConfig } from './config';
@@ -156,6 +157,9 @@ async function main(): Promise<void> {
     process.stderr.write(`pserver: ${e.message}\n`);
     process.exit(2);
   }
+  // Each call's megabyte of buffers would otherwise start a full collection
+  // every few calls (proto/gc-headroom.ts).
+  if (!keepGcHeadroom()) log.info('--heap-growing-percent given to node: its own setting is kept');
   // Handlers go in before the pool opens: a SIGTERM during the start (the
   // default action would kill the process with the pool open) is honoured
   // as a clean stop once the server is up.

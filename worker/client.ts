@@ -20,6 +20,7 @@ import { IdentityMismatchError, PsError, ServerRestartedError } from './errors';
 import { optimizerToWire } from '../proto/load';
 import { splitBatch } from './batch';
 import { pushRoom, withRoomBefore } from '../proto/fast-codec';
+import { GC_HEADROOM_BYTES, keepGcHeadroom } from '../proto/gc-headroom';
 import { shardOfDense } from './shard';
 import { StallMeter } from './stall';
 
@@ -50,6 +51,14 @@ export interface ConnectOptions {
   tls?: TlsOptions;
   /** Bearer token sent on every call (servers started with --auth-tokens); its role must cover the calls made (README "Security"). */
   token?: string;
+  /**
+   * Room kept above this process's live JS heap before V8 runs a full
+   * collection, MiB (default 64; 0 leaves V8's own policy). Without it each
+   * call's megabyte of buffers starts one every few calls (README
+   * "Performance notes"). Process-wide; a node started with
+   * --heap-growing-percent keeps its own setting.
+   */
+  gcHeadroomMb?: number;
 }
 
 export interface ShardStatus {
@@ -114,6 +123,9 @@ export class PsClient {
   private constructor(readonly opts: ConnectOptions) {
     if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) throw new PsError('endpoints must list at least one server (host:port)');
     if (new Set(opts.endpoints).size !== opts.endpoints.length) throw new PsError('endpoints lists a server twice');
+    const gcMb = opts.gcHeadroomMb ?? GC_HEADROOM_BYTES / 2 ** 20;
+    if (typeof gcMb !== 'number' || !Number.isFinite(gcMb) || gcMb < 0 || gcMb > 4096)
+      throw new PsError(`gcHeadroomMb must be a number of MiB from 0 to 4096 (0: V8's own policy), not ${String(opts.gcHeadroomMb)}`);
     this.workerId = opts.workerId ?? `w-${randomBytes(8).toString('hex')}`;
     const defaults = { deadlineMs: opts.deadlineMs ?? 30_000, retryForMs: opts.retryForMs ?? 60_000, maxMessageMb: opts.maxMessageMb };
     this.shards = opts.endpoints.map((e, i) => new ShardConnection(i, e, defaults, this.stall, { tls: opts.tls, token: opts.token }));
@@ -123,6 +135,7 @@ export class PsClient {
     const base = Date.now() * 1000;
     this.seqs = opts.endpoints.map(() => base);
     this.pushSlots = opts.endpoints.map(() => new Semaphore(MAX_PUSHES_IN_FLIGHT));
+    keepGcHeadroom(gcMb * 2 ** 20);
   }
 
   /**
