@@ -21,7 +21,7 @@ import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { DEFAULT_MAX_MESSAGE_MB, FLOW_CONTROL_WINDOW, parameterServerService } from '../proto/load';
 import { http2ServersOf } from '../server/transport-limits';
-import { childServerArgs } from './lib';
+import { childServerArgs, peerGcHeadroom } from './lib';
 import { contiguousRanges } from './tcp-ceiling';
 
 const MAX_BYTES = DEFAULT_MAX_MESSAGE_MB * 2 ** 20;
@@ -131,6 +131,7 @@ export async function serve(dim: number, maxKeys: number): Promise<{ port: numbe
 }
 
 if (require.main === module) {
+  peerGcHeadroom();
   const { dim, maxKeys } = childServerArgs('grpc-bare.js');
   serve(dim, maxKeys).then(
     ({ port }) => process.stdout.write(`@@LISTEN ${JSON.stringify({ port })}\n`),

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { keepGcHeadroom } from '../proto/gc-headroom';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -405,4 +406,9 @@ export function parseBuilds(values: string[] | undefined, self: string): Array<{
     if (i <= 0) throw new Error(`--build takes LABEL=DIR, got "${b}"`);
     return { label: b.slice(0, i), root: path.resolve(b.slice(i + 1)) };
   });
+}
+
+/** In a peer's process of the service benchmark: the SDK's GC headroom when the run asked for it (--gc-headroom-peers). */
+export function peerGcHeadroom(): void {
+  if (process.env.PMEMPS_BENCH_PEER_GC_HEADROOM === '1') keepGcHeadroom();
 }

@@ -18,7 +18,7 @@
 
 import * as readline from 'node:readline';
 import { PsClient } from '../worker';
-import { Rng, emit, log, percentile } from './lib';
+import { Rng, emit, log, peerGcHeadroom, percentile } from './lib';
 import { RedisPeer } from './redis-peer';
 import { TcpPeer } from './tcp-ceiling';
 import { GrpcBarePeer } from './grpc-bare';
@@ -126,6 +126,7 @@ async function connect(cfg: WorkerConfig): Promise<Peer> {
 }
 
 async function main(): Promise<void> {
+  peerGcHeadroom(); // pmemps's SDK keeps it anyway
   const cfg = JSON.parse(process.argv[2]) as WorkerConfig;
   const { dim, batch } = cfg;
 

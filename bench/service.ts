@@ -94,7 +94,9 @@ function driverMain(): void {
   --redis-server P redis-server binary (default: redis-server on the PATH)
   --out FILE       results file (default bench/results/service-latest.md)
   --metrics-overhead  also run pmemps with --metrics-bind on a second, identical set of servers,
-                   interleaved with plain pmemps; adds a table of the throughput ratio`;
+                   interleaved with plain pmemps; adds a table of the throughput ratio
+  --gc-headroom-peers  give the peers' node processes (bare grpc-js server and workers, Redis and TCP
+                   workers) the GC headroom that pserver and the SDK keep (proto/gc-headroom.ts)`;
 
   const CLI_OPTIONS = {
     quick: { type: 'boolean', default: false },
@@ -109,6 +111,7 @@ function driverMain(): void {
     'redis-server': { type: 'string' },
     out: { type: 'string' },
     'metrics-overhead': { type: 'boolean', default: false },
+    'gc-headroom-peers': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   } as const;
 
@@ -156,8 +159,11 @@ function driverMain(): void {
   if (wanted.includes('redis')) systems.push('redis-sgd', 'redis-adagrad');
   if (wanted.includes('grpc')) systems.push('grpc-bare');
   if (wanted.includes('tcp')) systems.push('tcp');
+  // Read by the peers' processes (service-worker.ts, grpc-bare.ts, tcp-ceiling.ts).
+  if (argv['gc-headroom-peers']) process.env.PMEMPS_BENCH_PEER_GC_HEADROOM = '1';
   const opts = {
     quick,
+    gcHeadroomPeers: argv['gc-headroom-peers'] === true,
     systems,
     servers: listArg(argv.servers!, 'servers'),
     workers: listArg(argv.workers!, 'workers'),
@@ -882,6 +888,11 @@ function driverMain(): void {
         `**bare grpc-js** = the same Pull and Push messages between a plain grpc-js client and server built from proto/ (proto-loader's protobufjs codecs, the same message limits and 16 MiB HTTP/2 windows as pmemps), ` +
         `the server answering Pull from a preallocated buffer of the size asked and Push with an empty reply, the client cutting the batch into contiguous ranges per server (bench/grpc-bare.ts); ` +
         `**TCP ceiling** = the same key, value and gradient bytes over one plain TCP connection per server between Node processes, length-prefixed frames, the server answering from a preallocated buffer and acknowledging pushes; no per-key work on either side (with 2 servers the batch is cut into two contiguous halves, answers land in place), so it is the raw transport bound (bench/tcp-ceiling.ts)`,
+    );
+    L.push(
+      opts.gcHeadroomPeers
+        ? `- GC: every node process of the run keeps 64 MiB of old-generation headroom (proto/gc-headroom.ts): pserver and the SDK by default, the peers' servers and workers because of --gc-headroom-peers`
+        : `- GC: pserver and the SDK keep 64 MiB of old-generation headroom by default (proto/gc-headroom.ts); the peers' node processes (bare grpc-js, the Redis and TCP workers) run with V8's own policy, as plain grpc-js and ioredis do (--gc-headroom-peers gives it to them too)`,
     );
     L.push(
       `- servers: 1 or 2 of each system on 127.0.0.1; with 2, key k lives on server splitmix64(k) mod 2 for pmemps and Redis (the SDK's function, worker/shard.ts); ` +

@@ -19,7 +19,7 @@
 // caller's order, which costs about 0.5 ms per 4,096 rows in JS here.
 
 import * as net from 'node:net';
-import { childServerArgs } from './lib';
+import { childServerArgs, peerGcHeadroom } from './lib';
 
 /** Row ranges [from, to) of a batch of n keys over S servers: contiguous, as equal as they come. */
 export function contiguousRanges(n: number, S: number): Array<[number, number]> {
@@ -245,6 +245,7 @@ export function serve(dim: number, maxKeys: number): net.Server {
 }
 
 if (require.main === module) {
+  peerGcHeadroom();
   const { dim, maxKeys } = childServerArgs('tcp-ceiling.js');
   const server = serve(dim, maxKeys);
   server.listen(0, '127.0.0.1', () => {

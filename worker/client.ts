@@ -54,8 +54,8 @@ export interface ConnectOptions {
   /**
    * Room kept above this process's live JS heap before V8 runs a full
    * collection, MiB (default 64; 0 leaves V8's own policy). Without it each
-   * call's megabyte of buffers starts one every few calls (README
-   * "Performance notes"). Process-wide; a node started with
+   * call's megabyte of buffers starts one every few calls (README, "The
+   * worker SDK"). Process-wide; a node started with
    * --heap-growing-percent keeps its own setting.
    */
   gcHeadroomMb?: number;
