@@ -40,12 +40,12 @@
 namespace {
 
 constexpr size_t kPage = 4096;
-constexpr size_t kValues = 512;               // dim 64 x (weight + accumulator) x 4 B
-constexpr size_t kSlot = 8 + kValues;         // {epoch u32, step u32} + values
-constexpr size_t kRowInPlace = 8 + 3 * kSlot; // key + 3 slots = 1,568 B
-constexpr size_t kLogRecord = 16 + kValues;   // key, epoch, step, values = 528 B
-constexpr size_t kRowSlots = 8 + 3 * 16;      // key + 3 x {epoch, offset} = 56 B
-constexpr size_t kRunEntry = 16;              // row, offset
+constexpr size_t kValues = 512;                // dim 64 x (weight + accumulator) x 4 B
+constexpr size_t kSlot = 8 + kValues;          // {epoch u32, step u32} + values
+constexpr size_t kRowInPlace = 8 + 3 * kSlot;  // key + 3 slots = 1,568 B
+constexpr size_t kLogRecord = 16 + kValues;    // key, epoch, step, values = 528 B
+constexpr size_t kRowSlots = 8 + 3 * 16;       // key + 3 x {epoch, offset} = 56 B
+constexpr size_t kRunEntry = 16;               // row, offset
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
