@@ -55,6 +55,16 @@ export function splitBatch(kb: Buffer, shards: number): Split {
   }
   if (dups === 0 && shards === 1) return { keys: [kb], shard, pos, identity: true };
   const keys = Array.from(counts, (c) => Buffer.allocUnsafe(c * 8));
-  for (let i = 0; i < n; i++) if (first[i] >= 0) kb.copy(keys[shard[i]], pos[i] * 8, i * 8, i * 8 + 8);
+  // Two word stores a key (a Buffer.copy call per key costs ~0.1 us); node
+  // aligns its buffers, the copy is there for one it did not.
+  const out = keys.map((k) => (k.byteOffset % 4 === 0 ? new Uint32Array(k.buffer, k.byteOffset, k.length / 4) : null));
+  for (let i = 0; i < n; i++) {
+    if (first[i] < 0) continue;
+    const w = out[shard[i]];
+    if (w) {
+      w[2 * pos[i]] = words[2 * i];
+      w[2 * pos[i] + 1] = words[2 * i + 1];
+    } else kb.copy(keys[shard[i]], pos[i] * 8, i * 8, i * 8 + 8);
+  }
   return { keys, shard, pos, identity: false };
 }
