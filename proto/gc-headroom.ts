@@ -39,8 +39,9 @@ let headroom = 0;
 let current = -1;
 let observer: PerformanceObserver | null = null;
 
+// Only on node's command line: NODE_OPTIONS refuses V8 flags of this kind.
 function userOwnsFlag(): boolean {
-  return [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => /^--heap[-_]growing[-_]percent\b/.test(a));
+  return process.execArgv.some((a) => /^--heap[-_]growing[-_]percent\b/.test(a));
 }
 
 /** The growth percentage that puts the limit `room` above a live heap of `live` bytes (0: V8's own factor, which gives at least 10%). */
