@@ -23,6 +23,12 @@
 //  * An entry is on `dirty` when modified in the current epoch, on `pending`
 //    when modified in an epoch a running prepare must flush, on neither when
 //    clean. `epoch` is the epoch of its last modification.
+//  * An entry marked `flushing` is on no dirty list, but its pool row may
+//    not hold its version yet: the flusher took a copy of it and writes
+//    that outside the stripe's lock. Eviction passes over it (an erased
+//    entry would be reloaded from a pool row still being written, and the
+//    flusher still refers to it), and nothing else writes its row until the
+//    flusher clears the mark.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -47,9 +53,10 @@ struct Entry {
   uint32_t table;
   uint32_t epoch;
   uint32_t step;
-  uint8_t dirty;   // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
-  uint8_t shadow;  // a checkpoint copy: only on `pending`, never in the hash or the LRU
-  uint8_t used;    // CLOCK reference bit: hit since the eviction scan last passed
+  uint8_t dirty;     // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
+  uint8_t shadow;    // a checkpoint copy: only on `pending`, never in the hash or the LRU
+  uint8_t used;      // CLOCK reference bit: hit since the eviction scan last passed
+  uint8_t flushing;  // the flusher is writing its checkpoint version (see the invariants)
   uint32_t bytes;
   float data[1];
 };
@@ -251,14 +258,14 @@ class Stripe {
 
   // The CLOCK scan: appends entries to `out`, from the back, until they hold
   // more than `excess` bytes; a used entry met on the way is cleared and
-  // moved to the front instead. The victims stay linked (the caller erases
+  // moved to the front instead, and so is one being flushed. The victims stay linked (the caller erases
   // them after their write-back). Returns the bytes of the victims.
   size_t pick_victims(size_t excess, std::vector<Entry*>* out) {
     size_t freed = 0;
     Entry* e = lru.back();
     while (e && e != &lru.head && freed < excess) {
       Entry* prev = e->lprev;
-      if (e->used) {
+      if (e->used || e->flushing) {
         e->used = 0;
         lru.unlink(e);
         lru.push_front(e);

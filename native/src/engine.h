@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "cache.h"
+#include "idle_thread.h"
 #include "index.h"
 #include "layout.h"
 #include "optimizer.h"
@@ -227,6 +228,11 @@ class Engine {
   void slab_of(const Table& t, uint64_t r, uint64_t* slab, uint64_t* off) const;
   uint64_t slab_bytes(const Table& t, uint64_t slab) const;
   void init_geometry(Table& t);
+  // Prefetches the headers of a row's slots, which a write-back reads.
+  void prefetch_slots(const Table& t, uint64_t ref) const {
+    char* row = row_ptr(t, ref);
+    for (uint32_t i = 0; i < kSlots; i++) __builtin_prefetch(slot_hdr(t, row, i));
+  }
   SlotHdr* slot_hdr(const Table& t, char* row, uint32_t s) const {
     return reinterpret_cast<SlotHdr*>(row + 8 + static_cast<size_t>(s) * t.slot_bytes);
   }
@@ -247,6 +253,12 @@ class Engine {
   }
   void ensure_epochs(Tx& tx);
   void flush_pending();
+  struct FlushCursor {
+    int stripe = 0, empty = 0, rounds = 0;
+    std::vector<char> buf;                         // copies of the chunk's entries
+    std::vector<std::pair<Entry*, size_t>> taken;  // entry, offset of its copy (SIZE_MAX: a shadow)
+  };
+  bool flush_step(bool polite, FlushCursor& c);
   PCkpt* ckpt_at(uint64_t off) const;
 
   // What lies behind the cache, a compile-time policy of the data path
@@ -271,6 +283,8 @@ class Engine {
   // Runs parts of one pull or push (their stripes) on further cores; idle
   // whenever no call runs, as at destruction.
   std::unique_ptr<Helpers> helpers_;
+  // Runs a prepare's flush at the lowest CPU priority (idle_thread.h).
+  IdleThread idle_;
   std::unique_ptr<Pool> pool_;
   PRoot* root_ = nullptr;
   OpenInfo info_;
@@ -312,6 +326,7 @@ class Engine {
   std::vector<DeadRange> dead_;
 
   std::atomic<bool> ckpt_active_{false};
+  std::atomic<int> pushes_running_{0};  // pushes between their start and their return
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0};
   // Rows a push left unchanged because a concurrent push made its checked
   // update non-finite (see push, phase 4); expected to stay 0.

@@ -8,15 +8,19 @@
 //    works on a full pool and survives a crash halfway.
 //  * Rows and index slots a checkpoint names are durable before the record
 //    that names them: on PMEM every writer drains its own flushes before it
-//    releases the stripe or index lock that exposes them (pool.h), and the
-//    flusher has taken every stripe's lock after the boundary; on the msync
-//    path persist_ranges syncs every writer's pages before the publish.
+//    releases the stripe or index lock that exposes them (pool.h; the
+//    flusher, which writes outside the stripe's lock, before it clears the
+//    rows' `flushing` marks under it), and the flush returns only after
+//    every stripe's pending list was found empty and every step that took
+//    rows from one has drained (idle_thread.h); on the msync path
+//    persist_ranges syncs every writer's pages before the publish.
 //  * dead_ mirrors the pool's dead-range list: sorted, disjoint, and a
 //    version whose epoch falls in it is never read.
 //  * A prepare between prepare_begin and prepare_finish is marked by
 //    preparing_; commit, abort, rollback, drop and close wait for it.
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "engine_impl.h"
 
@@ -24,8 +28,8 @@ namespace pmemps {
 
 namespace {
 
-constexpr uint32_t kFlushChunk = 32;
-constexpr size_t kCowRoom = 16;  // 1/16 of a stripe's share kept free during a prepare  // rows per stripe-lock hold in the flush: pushes interleave
+constexpr uint32_t kFlushChunk = 32;  // rows per stripe-lock hold in the flush: pushes interleave
+constexpr size_t kCowRoom = 16;       // 1/16 of a stripe's share kept free during a prepare
 
 }  // namespace
 
@@ -76,33 +80,66 @@ void Engine::ensure_epochs(Tx& tx) {
 // ======================================================== checkpoints
 
 void Engine::flush_pending() {
-  // One chunk per stripe in turn, never two holds of one stripe in a row: a
-  // mutex hands itself back to the thread that just released it before a
-  // woken waiter runs, so a push waiting on the stripe being flushed waited
-  // for the whole stripe (~12 ms at 30k pending rows).
-  bool left = true;
-  for (int round = 0; left; round++) {
-    left = false;
-    for (int i = 0; i < kStripes; i++) {
-      if (round == 0 && i == kStripes / 2) failpoint("prepare.mid_flush");
-      Stripe& s = stripes_[i];
-      std::lock_guard<std::mutex> g(s.mu);
-      if (s.pending.empty()) continue;
-      for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
-        Entry* e = s.pending.back();
-        write_back(*tables_[e->table], e);
-        const bool copy = e->shadow;
-        s.flushed(e);
-        // Room for the copies that pushes make of rows still pending (a
-        // copy costs a third of writing the row back on the push's time):
-        // a stripe within kCowRoom of its share drops the rows it has just
-        // made clean, the least recently dirtied first.
-        if (!copy && s.used_bytes() + s.budget / kCowRoom > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
+  idle_.run<FlushCursor>([this](bool polite, FlushCursor& c) { return flush_step(polite, c); });
+}
+
+// One chunk of one stripe, the stripes in turn: never two holds of one
+// stripe in a row, since a mutex hands itself back to the thread that just
+// released it before a woken waiter runs (a push waiting on the stripe
+// being flushed waited for the whole stripe, ~12 ms at 30k pending rows).
+// The chunk's versions are copied under the stripe's lock and written to
+// the pool outside it, so a push waits at most for kFlushChunk copies.
+// Returns false after a whole round of stripes found nothing to flush.
+bool Engine::flush_step(bool polite, FlushCursor& c) {
+  if (polite) {
+    // The idle thread also stands aside while pushes run: the copies a push
+    // makes of pending rows are cheaper than waiting for a core.
+    while (pushes_running_.load(std::memory_order_acquire) > 0 && !idle_.stopping()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  const int i = c.stripe;
+  c.stripe = (c.stripe + 1) % kStripes;
+  if (polite && c.rounds == 0 && i == kStripes / 2) failpoint("prepare.mid_flush");
+  if (c.stripe == 0) c.rounds++;
+  Stripe& s = stripes_[i];
+  c.taken.clear();
+  size_t used = 0;
+  {
+    std::lock_guard<std::mutex> g(s.mu);
+    for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
+      Entry* e = s.pending.back();
+      size_t off = SIZE_MAX;  // a shadow is written as it is: nothing else refers to it
+      if (!e->shadow) {
+        if (c.buf.size() < used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, used + e->bytes));
+        off = used;
+        std::memcpy(c.buf.data() + off, e, e->bytes);
+        used += e->bytes;
+        e->flushing = 1;
       }
-      pool_->drain();
-      left |= !s.pending.empty();
+      s.mark_clean(e);
+      c.taken.push_back({e, off});
     }
   }
+  if (c.taken.empty()) return ++c.empty < kStripes;
+  c.empty = 0;
+  auto copy_of = [&](Entry* e, size_t off) { return off == SIZE_MAX ? e : reinterpret_cast<Entry*>(c.buf.data() + off); };
+  for (auto& [e, off] : c.taken) prefetch_slots(*tables_[e->table], copy_of(e, off)->ref);
+  for (auto& [e, off] : c.taken) write_back(*tables_[e->table], copy_of(e, off));
+  pool_->drain();
+  writebacks_.fetch_add(c.taken.size(), std::memory_order_relaxed);
+  std::lock_guard<std::mutex> g(s.mu);
+  for (auto& [e, off] : c.taken) {
+    if (e->shadow) {
+      s.recycle(e);
+      continue;
+    }
+    e->flushing = 0;
+    // Room for the copies that pushes make of rows still pending (a copy
+    // costs less than writing the row back on the push's time): a stripe
+    // within kCowRoom of its share drops the rows it has just made clean,
+    // the least recently dirtied first.
+    if (!e->dirty && s.used_bytes() + s.budget / kCowRoom > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
+  }
+  return true;
 }
 
 void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {

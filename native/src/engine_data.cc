@@ -34,10 +34,6 @@ inline uint64_t load_key(const uint8_t* p) {
   return k;
 }
 
-inline uint64_t now_us() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
-
 void atomic_max(std::atomic<uint64_t>& a, uint64_t v) {
   uint64_t cur = a.load(std::memory_order_relaxed);
   while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
@@ -120,9 +116,10 @@ bool Engine::load_row(const Table& t, uint64_t ref, uint64_t key, float* out, ui
 // prepared checkpoint needs. Crash safety: the slot chosen holds nothing a
 // restart can read (its version is older than the pinned ones, or from an
 // epoch that dies with a crash), so a torn or unpersisted write here is
-// harmless; the epoch tag is stored last. The range joins the pool's flush
-// set, which prepare and close make durable before they publish anything
-// that refers to this version.
+// harmless, whatever order its bytes reach the media in. The range joins the
+// pool's flush set, which prepare and close make durable before they publish
+// anything that refers to this version. Callers count their write-backs
+// (one shared counter bumped per row cost as much as the write on two cores).
 void Engine::write_back(Table& t, Entry* e) {
   char* row = row_ptr(t, e->ref);
   const int pc = c_id_ ? pick(t, row, c_epoch_) : -1;
@@ -143,13 +140,15 @@ void Engine::write_back(Table& t, Entry* e) {
       }
     }
   }
-  SlotHdr* h = slot_hdr(t, row, static_cast<uint32_t>(s));
-  __atomic_store_n(&h->epoch, 0u, __ATOMIC_RELAXED);
-  std::memcpy(h + 1, e->data, sizeof(float) * t.row_floats);
-  h->step = e->step;
-  __atomic_store_n(&h->epoch, e->epoch, __ATOMIC_RELEASE);
-  pool_->add_range(h, t.slot_bytes);
-  writebacks_.fetch_add(1, std::memory_order_relaxed);
+  // The slot is composed aside and written in one go: on PMEM one run of
+  // non-temporal stores, none of them reading the line it replaces.
+  thread_local std::vector<char> slot;
+  if (slot.size() < t.slot_bytes) slot.resize(t.slot_bytes);
+  SlotHdr* c = reinterpret_cast<SlotHdr*>(slot.data());
+  c->epoch = e->epoch;
+  c->step = e->step;
+  std::memcpy(c + 1, e->data, sizeof(float) * t.row_floats);
+  pool_->write(slot_hdr(t, row, static_cast<uint32_t>(s)), c, sizeof(SlotHdr) + sizeof(float) * t.row_floats);
 }
 
 // Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
@@ -160,14 +159,15 @@ void Engine::make_room(Stripe& s, size_t n) {
   const size_t target = s.budget - s.budget / 8;
   std::vector<Entry*> victims;
   if (s.used_bytes() > target) s.pick_victims(s.used_bytes() - target, &victims);
-  bool wrote = false;
+  uint64_t wrote = 0;
   for (Entry* e : victims) {
     if (e->dirty) {
       write_back(*tables_[e->table], e);
-      wrote = true;
+      wrote++;
     }
   }
   if (wrote) {
+    writebacks_.fetch_add(wrote, std::memory_order_relaxed);
     // Durable before the stripe is released: a prepare that finds this
     // stripe without the entry relies on its version being in the pool.
     pool_->drain();
@@ -277,6 +277,7 @@ float* row_tmp(uint32_t floats) {
 constexpr size_t kPrefetchBucket = 16;
 constexpr size_t kPrefetchEntry = 8;
 constexpr size_t kPrefetchRow = 3;
+constexpr size_t kPrefetchSlots = 4;
 
 inline void prefetch_lines(const void* p, size_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -464,6 +465,12 @@ void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, 
 template <class Rows>
 void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
   const uint64_t t0 = now_us();
+  // Seen by the checkpoint's flusher, which stands aside while pushes run.
+  pushes_running_.fetch_add(1, std::memory_order_relaxed);
+  struct Running {
+    std::atomic<int>& n;
+    ~Running() { n.fetch_sub(1, std::memory_order_release); }
+  } running{pushes_running_};
   std::shared_lock<RwLock> el(epoch_mu_);
   std::atomic<uint64_t> waited{now_us() - t0};
   std::atomic<bool> during_ckpt{ckpt_active_.load(std::memory_order_relaxed)};
@@ -609,12 +616,18 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
     uint64_t wait = now_us() - l0;
     const bool same = s.applies == seen[si];
     uint64_t made = 0, skip = 0;
-    bool cow_wrote = false;
+    uint64_t cow_wrote = 0;
     const size_t end = counts[si + 1];
     for (size_t j = counts[si]; j < end; j++) {
       const uint32_t i = order[j];
       if (j + kPrefetchEntry < end && found[order[j + kPrefetchEntry]] && s.generation() == gen[si])
         prefetch_lines(found[order[j + kPrefetchEntry]], ebytes);
+      if (j + kPrefetchSlots < end && s.generation() == gen[si]) {
+        // A pending row that finds no room for its copy is written back
+        // below, which reads its pool slots' headers: cold, one per slot.
+        const Entry* pe = found[order[j + kPrefetchSlots]];
+        if (pe && pe->ref && s.is_pending(pe) && !s.has_room(pe->bytes)) prefetch_slots(*t, pe->ref);
+      }
       // Checked per row: making room for a new entry below may evict others.
       Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
       const bool computed = same && i < scratch_rows;
@@ -661,7 +674,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
         } else {
           write_back(*t, e);
           s.mark_clean(e);
-          cow_wrote = true;
+          cow_wrote++;
         }
         wait += now_us() - w0;
         during_ckpt.store(true, std::memory_order_relaxed);
@@ -671,7 +684,10 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
       s.mark_dirty(e, epoch);
       s.touch(e);
     }
-    if (cow_wrote) pool_->drain();  // before the flusher can find the stripe without them
+    if (cow_wrote) {
+      pool_->drain();  // before the flusher can find the stripe without them
+      writebacks_.fetch_add(cow_wrote, std::memory_order_relaxed);
+    }
     s.applies++;
     waited.fetch_add(wait, std::memory_order_relaxed);
     created.fetch_add(made, std::memory_order_relaxed);

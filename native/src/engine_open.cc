@@ -371,6 +371,7 @@ void Engine::close_pool(const std::string& record) {
         Entry* e = l->back();
         write_back(*tables_[e->table], e);
         s.flushed(e);
+        writebacks_.fetch_add(1, std::memory_order_relaxed);
       }
     }
     if (i == kStripes / 2) failpoint("close.mid_writeback");

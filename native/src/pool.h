@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <string>
 
@@ -51,6 +52,17 @@ class Pool {
   // Ranges written outside transactions. PMEM: flushed now, durable after
   // the writing thread's drain(); msync path: joins the envelope.
   void add_range(const void* p, size_t n);
+  // Copies n bytes into the pool as a range of add_range. PMEM:
+  // non-temporal stores, so the destination's lines are neither read first
+  // nor left to flush (the writer's drain() orders them).
+  void write(void* dst, const void* src, size_t n) {
+    if (is_pmem_) {
+      pmemobj_memcpy(pop_, dst, src, n, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
+      return;
+    }
+    std::memcpy(dst, src, n);
+    add_range(dst, n);
+  }
   // PMEM: waits for this thread's flushes; the msync path has nothing to wait for.
   void drain() {
     if (is_pmem_) pmemobj_drain(pop_);
