@@ -48,11 +48,11 @@ class Error : public std::runtime_error {
   Code code_;
 };
 
-// splitmix64 finalizer: a bijective mix, so sequential and hashed ids spread alike.
 inline uint64_t now_us() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
 }
 
+// splitmix64 finalizer: a bijective mix, so sequential and hashed ids spread alike.
 inline uint64_t mix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
