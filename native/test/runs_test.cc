@@ -9,14 +9,9 @@
 #include <map>
 #include <random>
 
-using namespace pmemps;
+#include "check.h"
 
-static int failures = 0;
-// The first failures are printed; a broken lookup fails thousands of checks.
-#define CHECK(c)                                                                                            \
-  do {                                                                                                      \
-    if (!(c) && failures++ < 20) std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-  } while (0)
+using namespace pmemps;
 
 static std::vector<char> build(std::vector<RunEntry> v) {
   std::sort(v.begin(), v.end(), run_order);
@@ -128,7 +123,5 @@ int main() {
   rows_spanning_a_fence();
   merges_keep_what_slots_keep();
   bad_runs_refused();
-  if (failures) return 1;
-  std::printf("runs: ok\n");
-  return 0;
+  return pmemps_test::check_result("runs");
 }

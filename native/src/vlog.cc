@@ -1,0 +1,163 @@
+#include "vlog.h"
+
+#include <cstring>
+
+#include "common.h"
+
+namespace pmemps {
+
+namespace {
+
+uint32_t crc32c_table(const unsigned char* b, size_t n, uint32_t crc) {
+  static const auto table = [] {
+    std::vector<uint32_t> t(256);
+    for (uint32_t i = 0; i < 256; i++) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1)));
+      t[i] = c;
+    }
+    return t;
+  }();
+  for (size_t i = 0; i < n; i++) crc = table[(crc ^ b[i]) & 0xff] ^ (crc >> 8);
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32c_hw(const unsigned char* b, size_t n, uint32_t crc) {
+  uint64_t c = crc;
+  for (; n >= 8; n -= 8, b += 8) {
+    uint64_t w;
+    std::memcpy(&w, b, 8);
+    c = __builtin_ia32_crc32di(c, w);
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  for (; n > 0; n--, b++) c32 = __builtin_ia32_crc32qi(c32, *b);
+  return c32;
+}
+#endif
+
+}  // namespace
+
+// CRC-32C (Castagnoli), as iSCSI and ext4 use it: the SSE4.2 instruction
+// where the CPU has it (8 bytes a cycle), a table otherwise.
+uint32_t crc32c(const void* p, size_t n, uint32_t crc) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  crc = ~crc;
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  crc = hw ? crc32c_hw(b, n, crc) : crc32c_table(b, n, crc);
+#else
+  crc = crc32c_table(b, n, crc);
+#endif
+  return ~crc;
+}
+
+uint64_t VLog::sum(const PVLog* d) { return fnv1a(d, offsetof(PVLog, checksum)); }
+
+uint64_t VLog::create(Tx& tx, Pool& pool, uint64_t seg_bytes) {
+  const uint64_t off = tx.alloc(sizeof(PVLog), true);
+  PVLog* d = pool.at<PVLog>(off);
+  d->magic = kVLogMagic;
+  d->seg_bytes = Pool::alloc_size(seg_bytes);
+  d->cap = 16;
+  d->segs_off = tx.alloc(sizeof(uint64_t) * d->cap, true);
+  d->checksum = sum(d);
+  pool.persist(pool.at<uint64_t>(d->segs_off), sizeof(uint64_t) * d->cap);
+  pool.persist(d, sizeof(PVLog));
+  return off;
+}
+
+VLog::VLog(Pool& pool, uint64_t desc_off) : pool_(pool), d_(pool.at<PVLog>(desc_off)) {
+  if (d_->magic != kVLogMagic || d_->checksum != sum(d_) || d_->nsegs > d_->cap || d_->tail_seg > d_->nsegs || d_->tail_off > d_->seg_bytes)
+    throw Error(Code::Corrupt, "the version log's descriptor is damaged; check the pool with `pmemps-check`");
+  seg_ = d_->tail_seg;
+  off_ = d_->tail_off;
+  if (seg_ < d_->nsegs) synced_from_ = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
+}
+
+void VLog::next_segment() {
+  if (seg_ < d_->nsegs) {
+    char* base = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]);
+    if (base + off_ > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(base + off_ - synced_from_)});
+    seg_++;
+    off_ = 0;
+  }
+  if (seg_ >= d_->nsegs) {
+    Tx tx(pool_);
+    tx.add(d_, sizeof(PVLog));
+    if (d_->nsegs == d_->cap) {
+      const uint64_t cap = d_->cap * 2;
+      const uint64_t a = tx.alloc(sizeof(uint64_t) * cap, true);
+      std::memcpy(pool_.at<uint64_t>(a), pool_.at<uint64_t>(d_->segs_off), sizeof(uint64_t) * d_->nsegs);
+      pool_.persist(pool_.at<uint64_t>(a), sizeof(uint64_t) * d_->nsegs);
+      tx.free(d_->segs_off);
+      d_->segs_off = a;
+      d_->cap = cap;
+    }
+    const uint64_t s = tx.alloc(d_->seg_bytes, false);
+    uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
+    tx.add(&segs[d_->nsegs], sizeof(uint64_t));
+    segs[d_->nsegs] = s;
+    d_->nsegs++;
+    d_->checksum = sum(d_);
+    tx.commit();
+  }
+  synced_from_ = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]);
+}
+
+uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n) {
+  const size_t rb = record_bytes(n);
+  if (rb > d_->seg_bytes) throw Error(Code::InvalidArgument, "a row of " + std::to_string(n) + " floats does not fit in a log segment");
+  if (seg_ >= d_->nsegs || off_ + rb > d_->seg_bytes) next_segment();
+  char* dst = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
+  VRecordHdr h{key, table, epoch, step, n, 0, 0};
+  h.crc = crc32c(values, sizeof(float) * n, crc32c(&h, sizeof h));
+  if (pool_.is_pmem()) {
+    // Non-temporal: the log is written once and read rarely; sync() drains.
+    pmemobj_memcpy(pool_.pop(), dst, &h, sizeof h, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
+    pmemobj_memcpy(pool_.pop(), dst + sizeof h, values, sizeof(float) * n, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
+  } else {
+    std::memcpy(dst, &h, sizeof h);
+    std::memcpy(dst + sizeof h, values, sizeof(float) * n);
+  }
+  off_ += rb;
+  appended_ += rb;
+  return pool_.off_of(dst);
+}
+
+void VLog::sync() {
+  if (pool_.is_pmem()) {
+    pmemobj_drain(pool_.pop());
+  } else {
+    // One msync per segment written since the last sync: the kernel writes
+    // the dirty pages inside each range, which are contiguous.
+    for (auto& [p, n] : unsynced_) pool_.persist(p, n);
+    if (seg_ < d_->nsegs) {
+      char* end = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
+      if (end > synced_from_) pool_.persist(synced_from_, static_cast<size_t>(end - synced_from_));
+    }
+  }
+  unsynced_.clear();
+  if (seg_ < d_->nsegs) synced_from_ = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
+}
+
+void VLog::publish_tail(Tx& tx) {
+  tx.add(d_, sizeof(PVLog));
+  d_->tail_seg = seg_;
+  d_->tail_off = off_;
+  d_->checksum = sum(d_);
+}
+
+const VRecordHdr* VLog::read(uint64_t off) const {
+  const VRecordHdr* h = pool_.at<VRecordHdr>(off);
+  if (off < 64 || off + sizeof(VRecordHdr) > pool_.size() || record_bytes(h->n) > d_->seg_bytes || off + record_bytes(h->n) > pool_.size())
+    throw Error(Code::Corrupt, "no version log record at pool offset " + std::to_string(off) + "; check the pool with `pmemps-check`");
+  VRecordHdr c = *h;
+  c.crc = 0;
+  if (crc32c(h + 1, sizeof(float) * h->n, crc32c(&c, sizeof c)) != h->crc)
+    throw Error(Code::Corrupt,
+                "a version log record failed its checksum at pool offset " + std::to_string(off) + "; check the pool with `pmemps-check`");
+  return h;
+}
+
+}  // namespace pmemps
