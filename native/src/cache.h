@@ -258,8 +258,9 @@ class Stripe {
 
   // The CLOCK scan: appends entries to `out`, from the back, until they hold
   // more than `excess` bytes; a used entry met on the way is cleared and
-  // moved to the front instead, and so is one being flushed. The victims stay linked (the caller erases
-  // them after their write-back). Returns the bytes of the victims.
+  // moved to the front instead, and so is one being flushed. The victims
+  // stay linked (the caller erases them after their write-back). Returns the
+  // bytes of the victims.
   size_t pick_victims(size_t excess, std::vector<Entry*>* out) {
     size_t freed = 0;
     Entry* e = lru.back();

@@ -283,7 +283,7 @@ class Engine {
   // Runs parts of one pull or push (their stripes) on further cores; idle
   // whenever no call runs, as at destruction.
   std::unique_ptr<Helpers> helpers_;
-  // Runs a prepare's flush at the lowest CPU priority (idle_thread.h).
+  // Runs a prepare's flush at the lowest CPU priority on PMEM (idle_thread.h).
   IdleThread idle_;
   std::unique_ptr<Pool> pool_;
   PRoot* root_ = nullptr;
