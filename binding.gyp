@@ -12,6 +12,7 @@
         "native/src/engine_mem.cc",
         "native/src/index.cc",
         "native/src/pool.cc",
+        "native/src/vlog.cc",
         "native/src/optimizer.cc",
         "native/src/common.cc"
       ],

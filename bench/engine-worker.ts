@@ -9,7 +9,7 @@
 //           push latency while a checkpoint is prepared).
 
 import * as fs from 'node:fs';
-import type { Engine as EngineT, EngineStats } from '../native/engine';
+import type { Engine as EngineT, EngineStats, PoolLayout } from '../native/engine';
 import {
   BATCH,
   DIM,
@@ -36,6 +36,7 @@ export interface Phase1Config {
   rows: number;
   poolMb: number;
   cacheMb: number;
+  layout: PoolLayout;
   reps: number;
   durMs: number;
   inflight: number;
@@ -48,6 +49,7 @@ export interface LargeConfig {
   rows: number;
   poolMb: number;
   cacheMb: number;
+  layout: PoolLayout;
   inflight: number;
   /** Stop populating after this long and carry on with the rows populated so far. */
   populateBudgetMs: number;
@@ -146,7 +148,7 @@ async function timed<T>(f: () => Promise<T>): Promise<number> {
 }
 
 async function phase1(cfg: Phase1Config): Promise<unknown> {
-  const pool = Engine.open({ dir: cfg.dir, poolMb: cfg.poolMb, cacheMb: cfg.cacheMb });
+  const pool = Engine.open({ dir: cfg.dir, poolMb: cfg.poolMb, cacheMb: cfg.cacheMb, layout: cfg.layout });
   const dram = Engine.open({ memoryOnly: true, cacheMb: cfg.cacheMb });
   const engines = { pool, dram };
   const out: Record<string, unknown> = { isPmem: pool.openInfo.isPmem, created: pool.openInfo.created };
@@ -207,7 +209,7 @@ async function phase1(cfg: Phase1Config): Promise<unknown> {
 }
 
 async function large(cfg: LargeConfig): Promise<unknown> {
-  const e = Engine.open({ dir: cfg.dir, poolMb: cfg.poolMb, cacheMb: cfg.cacheMb });
+  const e = Engine.open({ dir: cfg.dir, poolMb: cfg.poolMb, cacheMb: cfg.cacheMb, layout: cfg.layout });
   const out: Record<string, unknown> = { isPmem: e.openInfo.isPmem };
   let closed = false;
   try {

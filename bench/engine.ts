@@ -23,6 +23,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LargeConfig, Phase1Config } from './engine-worker';
+import type { PoolLayout } from '../native/engine';
 import {
   BATCH,
   DIM,
@@ -59,7 +60,7 @@ const USAGE = `usage: node dist/bench/engine.js [--quick] [--rows-large N] [--ro
   --quick             smoke run: 100k / 1M rows, short measurements
   --rows-large N      rows of the large table (phases 2-5; default 10M, quick 1M)
   --rows-small N      rows of the small table (phases 1, 4, 5; default 1M, quick 100k)
-  --media LIST        media to run, comma separated (default shm,disk)
+  --media LIST        media to run, comma separated: shm, disk, shm-logged, disk-logged (default shm,disk)
   --reps N            phase 1 repetitions per engine (default 5, quick 3)
   --populate-budget S stop populating the large table after S seconds per medium and go on
                       with the rows populated so far (default 900, quick 180)
@@ -118,12 +119,6 @@ const opts = {
   out: path.resolve(argv.out ?? path.join(REPO, 'bench', 'results', 'engine-latest.md')),
 };
 const mediaKeys = (argv.media ?? '').split(',').filter(Boolean);
-for (const m of mediaKeys) {
-  if (m !== 'shm' && m !== 'disk') {
-    console.error(`unknown medium "${m}"\n${USAGE}`);
-    process.exit(2);
-  }
-}
 const cacheRowsEst = Math.floor((SMALL_CACHE_MB * MiB) / cacheBytesPerRow());
 const warmBatches = Math.ceil((1.5 * cacheRowsEst) / BATCH);
 const workingSetRows = 2 * cacheRowsEst;
@@ -131,8 +126,10 @@ const workingSetRows = 2 * cacheRowsEst;
 // ---------------------------------------------------------------- media
 
 interface Medium {
-  key: 'shm' | 'disk';
+  key: MediumKey;
   label: string;
+  /** The row layout of the pools the benchmark creates there. */
+  layout: PoolLayout;
   base: string;
   /** The pool lives in RAM (tmpfs). */
   inRam: boolean;
@@ -146,10 +143,34 @@ function envWith(force: boolean): NodeJS.ProcessEnv {
   return env;
 }
 
-const MEDIA: Record<'shm' | 'disk', Medium> = {
-  shm: { key: 'shm', label: 'shm', base: path.join(SHM, `pmemps-bench-${process.pid}`), inRam: true, env: envWith(true) },
-  disk: { key: 'disk', label: 'disk', base: path.join(REPO, '.bench-data', `run-${process.pid}`), inRam: false, env: envWith(false) },
+type MediumKey = 'shm' | 'disk' | 'shm-logged' | 'disk-logged';
+const MEDIA: Record<MediumKey, Medium> = {
+  shm: { key: 'shm', label: 'shm', layout: 'inplace', base: path.join(SHM, `pmemps-bench-${process.pid}`), inRam: true, env: envWith(true) },
+  disk: { key: 'disk', label: 'disk', layout: 'inplace', base: path.join(REPO, '.bench-data', `run-${process.pid}`), inRam: false, env: envWith(false) },
+  'shm-logged': {
+    key: 'shm-logged',
+    label: 'shm, logged',
+    layout: 'logged',
+    base: path.join(SHM, `pmemps-bench-logged-${process.pid}`),
+    inRam: true,
+    env: envWith(true),
+  },
+  'disk-logged': {
+    key: 'disk-logged',
+    label: 'disk, logged',
+    layout: 'logged',
+    base: path.join(REPO, '.bench-data', `run-logged-${process.pid}`),
+    inRam: false,
+    env: envWith(false),
+  },
 };
+
+for (const m of mediaKeys) {
+  if (!(m in MEDIA)) {
+    console.error(`unknown medium "${m}"\n${USAGE}`);
+    process.exit(2);
+  }
+}
 
 function fsTypeOf(dir: string): string {
   try {
@@ -453,7 +474,18 @@ async function phase1(m: Medium): Promise<{ dir: string; rows: number; poolMb: n
   const poolMb = poolMbFor(rows, opts.headroom);
   const cacheMb = Math.max(opts.phase1CacheMb, Math.ceil((rows * cacheBytesPerRow() * 1.5) / MiB));
   progress(`phase 1 on ${m.label}: ${fmtRows(rows)} rows, pool ${poolMb} MiB, cache ${cacheMb} MiB, ${opts.reps} repetitions`);
-  const cfg: Phase1Config = { mode: 'phase1', dir, rows, poolMb, cacheMb, reps: opts.reps, durMs: opts.durMs, inflight: opts.inflight, keepPool: true };
+  const cfg: Phase1Config = {
+    mode: 'phase1',
+    dir,
+    rows,
+    poolMb,
+    cacheMb,
+    layout: m.layout,
+    reps: opts.reps,
+    durMs: opts.durMs,
+    inflight: opts.inflight,
+    keepPool: true,
+  };
   const r = await runWorker<any>(`phase1-${m.key}`, cfg, m, 60 * 60_000);
   const label: Record<string, string> = {
     'pull@1': 'pull rows/s, 1 in flight: pool / DRAM',
@@ -696,6 +728,7 @@ async function runMedium(m: Medium): Promise<void> {
     rows,
     poolMb,
     cacheMb: SMALL_CACHE_MB,
+    layout: m.layout,
     inflight: opts.inflight,
     populateBudgetMs: opts.populateBudgetMs,
     warmBatches,
@@ -844,7 +877,8 @@ function render(machine: Record<string, string>, wallMs: number, status: string)
   );
   lines.push(
     `- media: **shm** = pool under /dev/shm with PMEM_IS_PMEM_FORCE=1 (emulated PMEM: cache-line flushes, no msync); ` +
-      `**disk** = pool under ./.bench-data on the project's own filesystem (${fsTypeOf(REPO)}), PMEM_IS_PMEM_FORCE unset (msync path)`,
+      `**disk** = pool under ./.bench-data on the project's own filesystem (${fsTypeOf(REPO)}), PMEM_IS_PMEM_FORCE unset (msync path); ` +
+      `**, logged** = the same medium with pools of the logged row layout (versions in the log, 56-byte row records), else in place`,
   );
   lines.push(
     `- sizes: small table ${fmtRows(opts.rowsSmall)} rows (phase 1 cache ${opts.phase1CacheMb} MiB, both engines), large table ${fmtRows(opts.rowsLarge)} rows, ` +
@@ -878,7 +912,7 @@ async function main(): Promise<void> {
   const machine = machineInfo();
   removeStale();
   for (const m of mediaKeys) {
-    const dir = MEDIA[m as 'shm' | 'disk'].base;
+    const dir = MEDIA[m as MediumKey].base;
     fs.mkdirSync(path.dirname(dir), { recursive: true });
   }
   for (const f of ['engine-worker.js', 'ttfp-child.js']) {
@@ -899,7 +933,7 @@ async function main(): Promise<void> {
       '—',
       `${fmtBytes(baseline.nonPoolRss)} = [heap] ${fmtBytes(baseline.split.heap)} + anonymous ${fmtBytes(baseline.split.anon)} + files ${fmtBytes(baseline.split.files)} + other ${fmtBytes(baseline.split.misc)}`,
     );
-    for (const m of mediaKeys) await runMedium(MEDIA[m as 'shm' | 'disk']);
+    for (const m of mediaKeys) await runMedium(MEDIA[m as MediumKey]);
   } catch (e) {
     err = e;
     status = `**FAILED**: ${String((e as Error)?.message ?? e).split('\n')[0]}`;

@@ -15,6 +15,7 @@ import type {
   InitializerSpec,
   OpenInfo,
   OpenOptions,
+  PoolLayout,
   OptimizerSpec,
   OptimizerType,
   PrepareInput,
@@ -81,6 +82,8 @@ export const OPTIMIZER_PARAMS: Record<OptimizerType, ReadonlyArray<[string, numb
   ],
 };
 const OPT_CODES: OptimizerType[] = ['sgd', 'adagrad', 'adam', 'rmsprop', 'ftrl'];
+/** By their code in the pool (layout.h: kLayoutInPlace, kLayoutLogged). */
+const LAYOUTS: PoolLayout[] = ['inplace', 'logged'];
 const INIT_CODES: InitializerSpec['type'][] = ['zeros', 'constant', 'uniform', 'normal'];
 
 function invalid(msg: string): EngineError {
@@ -247,6 +250,8 @@ export class Engine {
     if (!(cacheMb >= 1)) throw invalid('cacheMb must be at least 1');
     if (!opts.memoryOnly && !(poolMb >= 16)) throw invalid('poolMb must be at least 16');
     if (!opts.memoryOnly && !opts.dir) throw invalid('dir is required unless memoryOnly is set');
+    const layout = opts.layout ?? 'inplace';
+    if (!LAYOUTS.includes(layout)) throw invalid(`layout must be one of ${LAYOUTS.join(', ')}, got ${String(layout)}`);
     const native = sync(
       () =>
         new addon.NativeEngine({
@@ -254,6 +259,7 @@ export class Engine {
           poolBytes: Math.floor(poolMb * 1024 * 1024),
           cacheBytes: Math.floor(cacheMb * 1024 * 1024),
           memoryOnly: !!opts.memoryOnly,
+          layout: LAYOUTS.indexOf(layout),
         }),
     );
     return new Engine(native);
@@ -461,6 +467,8 @@ export interface PoolCheck {
   rowsWithoutVersion: number;
   staleSlots: number;
   badEpochs: number;
+  /** Logged pools: live versions whose log record is damaged or names another row. */
+  badRecords: number;
   problems: string[];
 }
 

@@ -54,7 +54,18 @@ export interface OpenOptions {
   cacheMb?: number;
   /** DRAM-only engine with no pool: the benchmark's baseline and the crash test's reference. */
   memoryOnly?: boolean;
+  /**
+   * Where a pool created by this open keeps its rows' versions (an existing
+   * pool keeps its own; openInfo.layout says which): 'inplace', each row's
+   * versions in its record (fastest on PMEM), or 'logged', the versions
+   * appended to a log and the row record naming them, so that write-backs
+   * are sequential (for pools on an SSD or another page-cached file).
+   * Default 'inplace'.
+   */
+  layout?: PoolLayout;
 }
+
+export type PoolLayout = 'inplace' | 'logged';
 
 export interface CheckpointRef {
   id: number;
@@ -73,6 +84,8 @@ export interface OpenInfo {
   pushesBlocked: boolean;
   /** Opens of this pool, this one included. */
   opens: number;
+  /** The pool's row layout, chosen when it was created ('inplace' in memory mode). */
+  layout: PoolLayout;
   /** The record given to the last close(), when that close was clean; else null. */
   closeRecord: Buffer | null;
 }
@@ -97,6 +110,8 @@ export interface EngineStats {
   maxPushWaitUs: number;
   /** Removed tables whose storage is still being freed (normally 0 once the call that removed them returned). */
   garbageTables: number;
+  /** Pool bytes held by the version log's segments (logged pools; else 0). */
+  logBytes: number;
 }
 
 export interface CheckpointContent {

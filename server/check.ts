@@ -20,7 +20,7 @@ async function main(): Promise<number> {
   const tables = engine.listTables().map((t) => ({ name: t.name, dim: t.dim, rows: t.rows }));
   await engine.close();
   const file = checkPoolFile(path.join(dir, 'pmemps.pool'));
-  const ok = report.badEpochs === 0 && file.consistent;
+  const ok = report.badEpochs === 0 && report.badRecords === 0 && file.consistent;
   process.stdout.write(
     JSON.stringify(
       {
@@ -28,6 +28,7 @@ async function main(): Promise<number> {
         dir: path.resolve(dir),
         committed: info.committed,
         prepared: info.prepared,
+        layout: info.layout,
         ...report,
         tables,
         pmemobjCheck: file.message,

@@ -27,7 +27,7 @@ async function run(planFile: string): Promise<void> {
   const log = (line: string) => {
     fs.writeSync(fd, line + '\n');
   };
-  const e = Engine.open({ dir: plan.dir, poolMb: plan.poolMb, cacheMb: plan.cacheMb });
+  const e = Engine.open({ dir: plan.dir, poolMb: plan.poolMb, cacheMb: plan.cacheMb, layout: plan.layout });
   log(`open ${JSON.stringify(e.openInfo)}`);
   process.stdout.write('ready\n');
   for (let i = 0; i < plan.ops.length; i++) {

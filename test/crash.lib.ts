@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Engine, EngineError, failpoints } from '../native/engine';
-import type { CheckpointContent, OpenInfo, PrepareInput, TableInfo, TableSpec } from '../native/engine';
+import type { CheckpointContent, OpenInfo, PoolLayout, PrepareInput, TableInfo, TableSpec } from '../native/engine';
 
 // ---------------------------------------------------------------------------
 // PRNG
@@ -725,6 +725,8 @@ export interface ChildPlan {
   progress: string;
   poolMb: number;
   cacheMb: number;
+  /** The layout a pool created by this child gets (an existing one keeps its own). */
+  layout: PoolLayout;
   ops: Op[];
   /** Kill the process right after issuing ops[op]: in the same tick, on setImmediate, or after `delay` ms. */
   kill?: { op: number; delay: 'sync' | 'immediate' | number };
@@ -855,6 +857,15 @@ export const FAILPOINTS: Readonly<Record<string, number>> = {
   'close.before_clean_mark': 1,
 };
 /**
+ * Failpoints only logged pools reach (the version log's write-back and its
+ * segments), with the same meaning as FAILPOINTS' numbers. Logged
+ * scenarios draw these and FAILPOINTS.
+ */
+export const FAILPOINTS_LOGGED: Readonly<Record<string, number>> = {
+  'writeback.after_append': 200,
+  'log.after_grow': 3,
+};
+/**
  * Failpoints the scenarios cannot reach, each with the compiled test file
  * that kills at it instead (crash.test.ts checks that file names it).
  */
@@ -886,6 +897,8 @@ export interface Scenario {
   /** PMEM_IS_PMEM_FORCE=1 in the child (false: the msync path). */
   force: boolean;
   cacheMb: number;
+  /** The pool's row layout (default 'inplace'). */
+  layout?: PoolLayout;
 }
 
 export function describeKill(k: KillSpec, nOps?: number): string {
@@ -983,7 +996,7 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
       });
       nextId = gen.nextId;
       const progressFile = path.join(root, `progress-${g}.log`);
-      const plan: ChildPlan = { dir: poolDir, progress: progressFile, poolMb: POOL_MB, cacheMb: sc.cacheMb, ops };
+      const plan: ChildPlan = { dir: poolDir, progress: progressFile, poolMb: POOL_MB, cacheMb: sc.cacheMb, layout: sc.layout ?? 'inplace', ops };
       if (kill.mode === 'op') plan.kill = { op: kill.pick % ops.length, delay: kill.delay };
       const planFile = path.join(root, `plan-${g}.json`);
       fs.writeFileSync(planFile, JSON.stringify(plan));
@@ -1018,6 +1031,8 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
             throw new CrashMismatch(ctx(`child's openInfo.${k} = ${JSON.stringify(gotV)}, expected ${JSON.stringify(v)}; openInfo ${JSON.stringify(o)}`));
         }
         if (sc.force && o.isPmem !== true) throw new CrashMismatch(ctx(`openInfo.isPmem is ${o.isPmem} under PMEM_IS_PMEM_FORCE=1`));
+        if (o.layout !== (sc.layout ?? 'inplace'))
+          throw new CrashMismatch(ctx(`openInfo.layout is ${o.layout}, the scenario's pools are ${sc.layout ?? 'inplace'}`));
       }
 
       let eng: Engine;
@@ -1182,16 +1197,17 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
   return result;
 }
 
-/** A seeded random scenario for the soak: 1-3 generations, every kill mode, some msync runs. */
+/** A seeded random scenario for the soak: 1-3 generations, every kill mode, some msync runs, some logged pools. */
 export function randomScenario(seed: number): Scenario {
   const r = new Rng(mix(seed, 0x50a));
+  const layout: PoolLayout = r.chance(0.3) ? 'logged' : 'inplace';
   const gens: KillSpec[] = [];
   const n = r.int(1, 3);
   for (let g = 0; g < n; g++) {
     const x = r.float();
     if (x < 0.55) {
-      const fp = r.pick(FAILPOINT_NAMES);
-      gens.push({ mode: 'failpoint', fp, n: r.int(1, FAILPOINTS[fp]) });
+      const fp = r.pick(FAILPOINT_NAMES.filter((f) => f in FAILPOINTS || (layout === 'logged' && f in FAILPOINTS_LOGGED)));
+      gens.push({ mode: 'failpoint', fp, n: r.int(1, FAILPOINTS[fp] ?? FAILPOINTS_LOGGED[fp]) });
     } else if (x < 0.82) {
       gens.push({ mode: 'op', pick: r.int(0, 1 << 20), delay: r.pick(['sync', 'immediate', 0, 1, 2, 5] as const) });
     } else if (x < 0.94) {
@@ -1201,7 +1217,7 @@ export function randomScenario(seed: number): Scenario {
       gens.push({ mode: 'none' });
     }
   }
-  return { seed, gens, force: !r.chance(0.1), cacheMb: r.chance(0.7) ? 1 : 2 };
+  return { seed, gens, force: !r.chance(0.1), cacheMb: r.chance(0.7) ? 1 : 2, layout };
 }
 
 /** Runs async jobs with at most `limit` at once, in order of the input. */

@@ -10,11 +10,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it, test } from 'node:test';
-import { failpoints } from '../native/engine';
+import { failpoints, type PoolLayout } from '../native/engine';
 import {
   FAILPOINT_NAMES,
   FAILPOINTS,
   FAILPOINTS_ELSEWHERE,
+  FAILPOINTS_LOGGED,
   KillSpec,
   killLiveChildren,
   mix,
@@ -58,13 +59,39 @@ async function run(sc: Scenario): Promise<ScenarioResult> {
   return res;
 }
 
+/**
+ * Runs seeded scenarios that kill at failpoint fp until `wanted` kills
+ * happened (at most `attempts` runs, halving the hit count after a run that
+ * never reached it); fails when none did.
+ */
+async function killAt(
+  t: { diagnostic(msg: string): void },
+  fp: string,
+  o: { seeds: number[]; attempts: number; wanted: number; force: boolean; layout: PoolLayout },
+): Promise<void> {
+  let maxN = FAILPOINTS[fp] ?? FAILPOINTS_LOGGED[fp];
+  const tried: string[] = [];
+  let got = 0;
+  for (let attempt = 0; attempt < o.attempts && got < o.wanted; attempt++) {
+    const seed = mix(BASE_SEED, ...o.seeds, attempt);
+    const r = new Rng(seed);
+    const n = r.int(1, maxN);
+    const res = await run({ seed, gens: [{ mode: 'failpoint', fp, n }], force: o.force, cacheMb: r.chance(0.7) ? 1 : 2, layout: o.layout });
+    tried.push(`${fp}:${n} (seed ${seed}) ${res.gens[0].killed ? 'killed' : 'not reached'}`);
+    if (res.gens[0].killed) got++;
+    else maxN = Math.max(1, Math.floor(n / 2));
+  }
+  t.diagnostic(tried.join('; '));
+  assert.ok(got >= 1, `failpoint ${fp} never killed the child; runs: ${tried.join('; ')}`);
+}
+
 const OP_DELAYS = ['sync', 'immediate', 0, 1, 3] as const;
 
 test('every failpoint of the engine is killed at here, or by the test named for it', () => {
   const engine = failpoints();
-  const stale = [...Object.keys(FAILPOINTS), ...Object.keys(FAILPOINTS_ELSEWHERE)].filter((fp) => !engine.includes(fp));
+  const stale = [...Object.keys(FAILPOINTS), ...Object.keys(FAILPOINTS_LOGGED), ...Object.keys(FAILPOINTS_ELSEWHERE)].filter((fp) => !engine.includes(fp));
   assert.deepEqual(stale, [], `listed in crash.lib.ts but not failpoints of the engine: ${stale.join(', ')}`);
-  const uncovered = engine.filter((fp) => !(fp in FAILPOINTS) && !(fp in FAILPOINTS_ELSEWHERE));
+  const uncovered = engine.filter((fp) => !(fp in FAILPOINTS) && !(fp in FAILPOINTS_LOGGED) && !(fp in FAILPOINTS_ELSEWHERE));
   assert.deepEqual(uncovered, [], `failpoints of the engine no crash test kills at (add them to FAILPOINTS in crash.lib.ts): ${uncovered.join(', ')}`);
   for (const [fp, file] of Object.entries(FAILPOINTS_ELSEWHERE)) {
     const src = fs.readFileSync(path.join(__dirname, file), 'utf8');
@@ -73,22 +100,9 @@ test('every failpoint of the engine is killed at here, or by the test named for 
 });
 
 describe('crash consistency', { concurrency: JOBS }, () => {
-  FAILPOINT_NAMES.forEach((fp, fi) => {
+  FAILPOINT_NAMES.filter((fp) => fp in FAILPOINTS).forEach((fp, fi) => {
     it(`kill at failpoint ${fp}, reopen, compare with the reference`, { timeout: 300_000 }, async (t) => {
-      let got = 0;
-      let maxN = FAILPOINTS[fp];
-      const tried: string[] = [];
-      for (let attempt = 0; attempt < ATTEMPTS_PER_FAILPOINT && got < KILLS_PER_FAILPOINT; attempt++) {
-        const seed = mix(BASE_SEED, fi, attempt);
-        const r = new Rng(seed);
-        const n = r.int(1, maxN);
-        const res = await run({ seed, gens: [{ mode: 'failpoint', fp, n }], force: true, cacheMb: r.chance(0.7) ? 1 : 2 });
-        tried.push(`${fp}:${n} (seed ${seed}) ${res.gens[0].killed ? 'killed' : 'not reached'}`);
-        if (res.gens[0].killed) got++;
-        else maxN = Math.max(1, Math.floor(n / 2));
-      }
-      t.diagnostic(tried.join('; '));
-      assert.ok(got >= 1, `failpoint ${fp} never killed the child; runs: ${tried.join('; ')}`);
+      await killAt(t, fp, { seeds: [fi], attempts: ATTEMPTS_PER_FAILPOINT, wanted: KILLS_PER_FAILPOINT, force: true, layout: 'inplace' });
     });
   });
 
@@ -152,6 +166,46 @@ describe('crash consistency', { concurrency: JOBS }, () => {
     it(`msync path (no PMEM_IS_PMEM_FORCE): ${killKey(k)} (seed ${seed})`, { timeout: 300_000 }, async () => {
       await run({ seed, gens: [k], force: false, cacheMb: 2 });
     });
+  });
+});
+
+// The logged layout (the version log and 56-byte row records), where its
+// users run it: the msync path, a pool on an ordinary file. Every failpoint
+// once (the log's own among them), seeded op and timer kills, and a chain
+// of generations; a few on emulated PMEM, where the log is written with
+// non-temporal stores and drained per writer.
+describe('crash consistency, logged layout', { concurrency: JOBS }, () => {
+  const names = FAILPOINT_NAMES.filter((fp) => fp in FAILPOINTS || fp in FAILPOINTS_LOGGED);
+  names.forEach((fp, fi) => {
+    const force = fi % 4 === 3;
+    it(`logged, ${force ? 'emulated PMEM' : 'msync path'}: kill at failpoint ${fp}, reopen, compare`, { timeout: 300_000 }, async (t) => {
+      await killAt(t, fp, { seeds: [0x106, fi], attempts: 4, wanted: 1, force, layout: 'logged' });
+    });
+  });
+  for (let i = 0; i < 6; i++) {
+    const seed = mix(BASE_SEED, 0x10b, i);
+    const delay = OP_DELAYS[i % OP_DELAYS.length];
+    it(`logged, msync path: self-kill right after issuing a seeded op (seed ${seed}, delay ${delay})`, { timeout: 120_000 }, async () => {
+      const res = await run({ seed, gens: [{ mode: 'op', pick: new Rng(seed).int(0, 1 << 20), delay }], force: false, cacheMb: 1, layout: 'logged' });
+      assert.ok(res.gens[0].killed, 'the child was not killed');
+    });
+  }
+  for (let i = 0; i < 2; i++) {
+    const seed = mix(BASE_SEED, 0x171, i);
+    const ms = new Rng(seed).int(5, 150);
+    it(`logged, msync path: parent SIGKILLs the child ${ms} ms after open (seed ${seed})`, { timeout: 120_000 }, async () => {
+      await run({ seed, gens: [{ mode: 'timer', ms }], force: false, cacheMb: 1, layout: 'logged' });
+    });
+  }
+  const gens: KillSpec[] = [
+    { mode: 'failpoint', fp: 'writeback.after_append', n: 40 },
+    { mode: 'failpoint', fp: 'prepare.after_publish', n: 1 },
+    { mode: 'failpoint', fp: 'close.mid_writeback', n: 1 },
+    { mode: 'none' },
+  ];
+  const seed = mix(BASE_SEED, 0x1c4, 0);
+  it(`logged, msync path: generations on one pool: ${gens.map((g) => killKey(g)).join(' -> ')} (seed ${seed})`, { timeout: 300_000 }, async () => {
+    await run({ seed, gens, force: false, cacheMb: 1, layout: 'logged' });
   });
 });
 

@@ -1,6 +1,7 @@
 // Engine behaviour on real pools: initial rows, duplicate keys, the cache
 // budget and eviction against a DRAM-only reference, live hyperparameters,
-// pushes during a prepare, rollback and clean reopen.
+// pushes during a prepare, rollback and clean reopen; the eviction and
+// checkpoint tests on both row layouts.
 process.env.PMEM_IS_PMEM_FORCE ??= '1';
 
 import { after, describe, it } from 'node:test';
@@ -12,6 +13,8 @@ import { f32, poolDirs, prng, randomGrads } from './helpers';
 const pool = poolDirs(after);
 
 const MAX = 0xffffffffffffffffn;
+// Pool tests that exercise write-back run on both row layouts.
+const LAYOUTS = ['inplace', 'logged'] as const;
 const spec = (over: Partial<TableSpec> = {}): TableSpec => ({
   name: 'emb',
   dim: 8,
@@ -80,37 +83,39 @@ describe('pushes', () => {
     await e.close();
   });
 
-  it('keep the cache within its budget and agree with the DRAM-only engine under eviction', async () => {
-    const dir = pool('evict');
-    let e = Engine.open({ dir, poolMb: 128, cacheMb: 1 });
-    const ref = Engine.open({ memoryOnly: true });
-    const s = spec({ dim: 16, optimizer: { type: 'rmsprop', lr: 0.01, momentum: 0.9, centered: true } });
-    e.createTable(s);
-    ref.createTable(s);
-    const rand = prng(42);
-    for (let step = 0; step < 60; step++) {
-      const keys = packKeys(Array.from({ length: 512 }, () => BigInt(Math.floor(rand() * 20000))));
-      const g = randomGrads(rand, 512 * 16);
-      await Promise.all([e.push('emb', keys, g), ref.push('emb', keys, g)]);
+  for (const layout of LAYOUTS)
+    it(`keep the cache within its budget and agree with the DRAM-only engine under eviction (${layout} pool)`, async () => {
+      const dir = pool(`evict-${layout}`);
+      let e = Engine.open({ dir, poolMb: 128, cacheMb: 1, layout });
+      assert.equal(e.openInfo.layout, layout);
+      const ref = Engine.open({ memoryOnly: true });
+      const s = spec({ dim: 16, optimizer: { type: 'rmsprop', lr: 0.01, momentum: 0.9, centered: true } });
+      e.createTable(s);
+      ref.createTable(s);
+      const rand = prng(42);
+      for (let step = 0; step < 60; step++) {
+        const keys = packKeys(Array.from({ length: 512 }, () => BigInt(Math.floor(rand() * 20000))));
+        const g = randomGrads(rand, 512 * 16);
+        await Promise.all([e.push('emb', keys, g), ref.push('emb', keys, g)]);
+        const st = e.stats();
+        assert.ok(st.cacheBytes <= st.cacheBudget, `cache ${st.cacheBytes} > budget ${st.cacheBudget}`);
+      }
       const st = e.stats();
-      assert.ok(st.cacheBytes <= st.cacheBudget, `cache ${st.cacheBytes} > budget ${st.cacheBudget}`);
-    }
-    const st = e.stats();
-    assert.ok(st.evictions > 0 && st.writebacks > 0, 'the test must exercise eviction');
-    const all = packKeys(Array.from({ length: 20000 }, (_, i) => BigInt(i)));
-    assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all));
-    // The optimizer state survived eviction too: one more identical push agrees.
-    const g = randomGrads(rand, 20000 * 16);
-    await e.push('emb', all, g);
-    await ref.push('emb', all, g);
-    assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all));
-    await e.close();
-    e = Engine.open({ dir, poolMb: 128, cacheMb: 1 });
-    assert.equal(e.openInfo.cleanClose, true);
-    assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all), 'a clean close keeps the latest state');
-    await e.close();
-    await ref.close();
-  });
+      assert.ok(st.evictions > 0 && st.writebacks > 0, 'the test must exercise eviction');
+      const all = packKeys(Array.from({ length: 20000 }, (_, i) => BigInt(i)));
+      assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all));
+      // The optimizer state survived eviction too: one more identical push agrees.
+      const g = randomGrads(rand, 20000 * 16);
+      await e.push('emb', all, g);
+      await ref.push('emb', all, g);
+      assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all));
+      await e.close();
+      e = Engine.open({ dir, poolMb: 128, cacheMb: 1 });
+      assert.equal(e.openInfo.cleanClose, true);
+      assert.deepEqual(await e.pull('emb', all), await ref.pull('emb', all), 'a clean close keeps the latest state');
+      await e.close();
+      await ref.close();
+    });
 
   it('serve cached rows from DRAM: a repeated pull is all hits', async () => {
     const e = Engine.open({ dir: pool('hits'), poolMb: 32, cacheMb: 8 });
@@ -186,63 +191,64 @@ describe('checkpoints', () => {
     await ref.close();
   });
 
-  it('stay exact when pushes never pause and evict rows the flush has not written yet', async () => {
-    // ~190k dirty rows in a 64 MiB cache, then pushes over 300k keys issued
-    // right after prepare(): they evict rows, copy pending rows aside or
-    // write them back for lack of room, and update rows the flusher is
-    // writing. (An eviction of such a row, which the cache must refuse, is
-    // not forced: its window is microseconds.) Three pushes are always in
-    // flight, so the flusher, which stands aside while pushes run, finishes
-    // only because the prepare's caller steps in after its grace
-    // (native/src/idle_thread.h).
-    const e = Engine.open({ dir: pool('cow-evict'), poolMb: 512, cacheMb: 64 });
-    const ref = Engine.open({ memoryOnly: true });
-    const s = spec({ dim: 32 });
-    e.createTable(s);
-    ref.createTable(s);
-    const rand = prng(21);
-    const N = 300000;
-    const B = 2048;
-    const batch = (): [Buffer, Buffer] => [packKeys(Array.from({ length: B }, () => BigInt(Math.floor(rand() * N)))), randomGrads(rand, B * 32)];
-    for (let i = 0; i < 150; i++) {
-      const [k, g] = batch();
-      await e.push('emb', k, g);
-      await ref.push('emb', k, g);
-    }
-    const all = packKeys(Array.from({ length: N }, (_, i) => BigInt(i)));
-    const expected = await ref.pull('emb', all);
-    // Pusher w pushes keys = w (mod 3) only, so the pushers' interleaving
-    // does not change the result and the reference can replay each in turn.
-    const late = [0, 1, 2].map((w) =>
-      Array.from({ length: 8 }, (): [Buffer, Buffer] => [
-        packKeys(Array.from({ length: B }, () => BigInt(Math.floor(rand() * (N / 3)) * 3 + w))),
-        randomGrads(rand, B * 32),
-      ]),
-    );
-    const pushed = [0, 0, 0];
-    const before = e.stats();
-    let done = false;
-    const prep = e.prepare(1);
-    const pushers = [0, 1, 2].map(async (w) => {
-      for (; !done; pushed[w]++) await e.push('emb', ...late[w][pushed[w] % 8]);
+  for (const layout of LAYOUTS)
+    it(`stay exact when pushes never pause and evict rows the flush has not written yet (${layout} pool)`, async () => {
+      // ~190k dirty rows in a 64 MiB cache, then pushes over 300k keys issued
+      // right after prepare(): they evict rows, copy pending rows aside or
+      // write them back for lack of room, and update rows the flusher is
+      // writing. (An eviction of such a row, which the cache must refuse, is
+      // not forced: its window is microseconds.) Three pushes are always in
+      // flight, so the flusher, which stands aside while pushes run, finishes
+      // only because the prepare's caller steps in after its grace
+      // (native/src/idle_thread.h).
+      const e = Engine.open({ dir: pool(`cow-evict-${layout}`), poolMb: 512, cacheMb: 64, layout });
+      const ref = Engine.open({ memoryOnly: true });
+      const s = spec({ dim: 32 });
+      e.createTable(s);
+      ref.createTable(s);
+      const rand = prng(21);
+      const N = 300000;
+      const B = 2048;
+      const batch = (): [Buffer, Buffer] => [packKeys(Array.from({ length: B }, () => BigInt(Math.floor(rand() * N)))), randomGrads(rand, B * 32)];
+      for (let i = 0; i < 150; i++) {
+        const [k, g] = batch();
+        await e.push('emb', k, g);
+        await ref.push('emb', k, g);
+      }
+      const all = packKeys(Array.from({ length: N }, (_, i) => BigInt(i)));
+      const expected = await ref.pull('emb', all);
+      // Pusher w pushes keys = w (mod 3) only, so the pushers' interleaving
+      // does not change the result and the reference can replay each in turn.
+      const late = [0, 1, 2].map((w) =>
+        Array.from({ length: 8 }, (): [Buffer, Buffer] => [
+          packKeys(Array.from({ length: B }, () => BigInt(Math.floor(rand() * (N / 3)) * 3 + w))),
+          randomGrads(rand, B * 32),
+        ]),
+      );
+      const pushed = [0, 0, 0];
+      const before = e.stats();
+      let done = false;
+      const prep = e.prepare(1);
+      const pushers = [0, 1, 2].map(async (w) => {
+        for (; !done; pushed[w]++) await e.push('emb', ...late[w][pushed[w] % 8]);
+      });
+      await prep.finally(() => (done = true));
+      await Promise.all(pushers);
+      assert.ok(e.stats().evictions > before.evictions, 'pushes evicted rows during the prepare');
+      await e.commit(1);
+      // Row counts, not the buffers: a failed deepEqual of 38 MB would print them.
+      const rowsDiffering = (a: Buffer, b: Buffer): number => {
+        let n = 0;
+        for (let r = 0; r < N; r++) n += a.compare(b, r * 128, (r + 1) * 128, r * 128, (r + 1) * 128) === 0 ? 0 : 1;
+        return n;
+      };
+      for (let w = 0; w < 3; w++) for (let i = 0; i < pushed[w]; i++) await ref.push('emb', ...late[w][i % 8]);
+      assert.equal(rowsDiffering(await e.pull('emb', all), await ref.pull('emb', all)), 0, 'every late push was applied once, to the current value');
+      await e.rollback();
+      assert.equal(rowsDiffering(await e.pull('emb', all), expected), 0, 'the checkpoint holds exactly the state at prepare');
+      await e.close();
+      await ref.close();
     });
-    await prep.finally(() => (done = true));
-    await Promise.all(pushers);
-    assert.ok(e.stats().evictions > before.evictions, 'pushes evicted rows during the prepare');
-    await e.commit(1);
-    // Row counts, not the buffers: a failed deepEqual of 38 MB would print them.
-    const rowsDiffering = (a: Buffer, b: Buffer): number => {
-      let n = 0;
-      for (let r = 0; r < N; r++) n += a.compare(b, r * 128, (r + 1) * 128, r * 128, (r + 1) * 128) === 0 ? 0 : 1;
-      return n;
-    };
-    for (let w = 0; w < 3; w++) for (let i = 0; i < pushed[w]; i++) await ref.push('emb', ...late[w][i % 8]);
-    assert.equal(rowsDiffering(await e.pull('emb', all), await ref.pull('emb', all)), 0, 'every late push was applied once, to the current value');
-    await e.rollback();
-    assert.equal(rowsDiffering(await e.pull('emb', all), expected), 0, 'the checkpoint holds exactly the state at prepare');
-    await e.close();
-    await ref.close();
-  });
 
   it('enforce the protocol: increasing ids, idempotent retries, aborted ids never commit', async () => {
     const e = Engine.open({ dir: pool('proto'), poolMb: 32, cacheMb: 4 });

@@ -9,9 +9,10 @@ import * as assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
-import { Engine } from '../native/engine';
+import { Engine, packKeys } from '../native/engine';
 import { parameterServerService } from '../proto/load';
 import { IdentityMismatchError, PsClient } from '../worker';
 import { patchRoots, poolDirs, prng, removeDir } from './helpers';
@@ -327,8 +328,54 @@ describe('pools of an older layout', () => {
     const at = patchRoots(file, 8, () => v3); // the layout version
     const root = (b: Buffer) => b.subarray(at, at + 256);
     const before = Buffer.from(root(fs.readFileSync(file)));
-    for (let i = 0; i < 2; i++) assert.throws(() => Engine.open({ dir, poolMb: 16, cacheMb: 2 }), /layout version 3; this build reads version 4/);
+    for (let i = 0; i < 2; i++) assert.throws(() => Engine.open({ dir, poolMb: 16, cacheMb: 2 }), /layout version 3; this build reads version 5/);
     // (libpmemobj's own open writes its run-time state; pmemps writes nothing.)
     assert.ok(root(fs.readFileSync(file)).equals(before), 'the refused pool root is unchanged');
+  });
+
+  test('of version 4 open as in-place pools of version 5, their state and checkpoint intact', async () => {
+    // test/fixtures/pool-v4.pool.gz: a 16 MiB pool written by the last build
+    // of layout version 4 (PMEM_IS_PMEM_FORCE=1) with exactly these ops, then
+    // closed cleanly.
+    const ops = async (e: Engine): Promise<Buffer> => {
+      e.createTable({
+        name: 'emb',
+        dim: 8,
+        optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.1 },
+        initializer: { type: 'uniform', min: -0.5, max: 0.5 },
+        seed: 11,
+      });
+      const keys = packKeys(Array.from({ length: 500 }, (_, i) => BigInt(i * 3)));
+      const g = Buffer.alloc(500 * 8 * 4);
+      for (let i = 0; i < 500 * 8; i++) g.writeFloatLE(((i * 37) % 101) / 100 - 0.5, 4 * i);
+      await e.push('emb', keys, g);
+      await e.prepare(1);
+      await e.commit(1);
+      const atCheckpoint = await e.pull('emb', keys);
+      await e.push('emb', keys, g);
+      return atCheckpoint;
+    };
+    const ref = Engine.open({ memoryOnly: true });
+    const atCheckpoint = await ops(ref);
+    const keys = packKeys(Array.from({ length: 500 }, (_, i) => BigInt(i * 3)));
+    const latest = await ref.pull('emb', keys);
+    await ref.close();
+    const dir = dirs('v4');
+    const file = path.join(dir, 'pmemps.pool');
+    fs.writeFileSync(file, zlib.gunzipSync(fs.readFileSync(path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'pool-v4.pool.gz'))));
+    for (let round = 0; round < 2; round++) {
+      const e = Engine.open({ dir, poolMb: 16, cacheMb: 2, layout: 'logged' });
+      assert.equal(e.openInfo.layout, 'inplace', 'an upgraded pool keeps its rows in place, whatever a new pool would get');
+      assert.equal(e.openInfo.cleanClose, true);
+      assert.equal(e.openInfo.committed, 1);
+      assert.deepEqual(await e.pull('emb', keys), latest, `round ${round}: the state at the clean close`);
+      const check = e.fullCheck();
+      assert.deepEqual([check.rowsLive, check.badEpochs, check.problems], [500, 0, []]);
+      await e.close();
+    }
+    const e = Engine.open({ dir, poolMb: 16, cacheMb: 2 });
+    await e.rollback();
+    assert.deepEqual(await e.pull('emb', keys), atCheckpoint, 'the checkpoint written by version 4 restores');
+    await e.close();
   });
 });

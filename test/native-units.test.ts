@@ -3,7 +3,7 @@
 // and run twice, on the msync path and with PMEM emulated
 // (PMEM_IS_PMEM_FORCE=1); it exits non-zero naming the failed check. A
 // test's first line may name what it links besides itself:
-// `// build: vlog.cc pool.cc -lpmemobj` (sources under native/src).
+// `// build: vlog.cc pool.cc -lpmemobj -pthread` (sources under native/src; flags as given).
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -22,7 +22,7 @@ function buildArgs(file: string): string[] {
   return m[1]
     .trim()
     .split(/\s+/)
-    .map((a) => (a.startsWith('-l') ? a : path.join(src, a)));
+    .map((a) => (a.startsWith('-') ? a : path.join(src, a)));
 }
 
 describe('native unit tests', () => {
@@ -35,8 +35,8 @@ describe('native unit tests', () => {
         const exe = path.join(tmp, t.replace(/\.cc$/, ''));
         const file = path.join(dir, t);
         const args = buildArgs(file);
-        const libs = args.filter((a) => a.startsWith('-l'));
-        const srcs = args.filter((a) => !a.startsWith('-l'));
+        const libs = args.filter((a) => a.startsWith('-'));
+        const srcs = args.filter((a) => !a.startsWith('-'));
         const cc = spawnSync(
           'g++',
           ['-std=c++17', '-O1', '-Wall', '-Wextra', '-Werror', '-Wno-unused-parameter', '-I', src, file, ...srcs, '-o', exe, ...libs],

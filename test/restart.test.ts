@@ -75,7 +75,15 @@ const ck = (id: number, s = id * 7919) => ({ id, s });
 /** Runs ops in a child on dir and SIGKILLs it right after issuing the last one. */
 async function crashChild(dir: string, ops: Op[]): Promise<void> {
   const root = tmp();
-  const plan: ChildPlan = { dir, progress: path.join(root, 'progress.log'), poolMb: POOL_MB, cacheMb: 1, ops, kill: { op: ops.length - 1, delay: 'sync' } };
+  const plan: ChildPlan = {
+    dir,
+    progress: path.join(root, 'progress.log'),
+    poolMb: POOL_MB,
+    cacheMb: 1,
+    layout: 'inplace',
+    ops,
+    kill: { op: ops.length - 1, delay: 'sync' },
+  };
   fs.writeFileSync(path.join(root, 'plan.json'), JSON.stringify(plan));
   const ex = await runChild([path.join(root, 'plan.json')], childEnv({ force: true }), { timeoutMs: 60_000 });
   assert.equal(ex.signal, 'SIGKILL', `the child should have been killed; exit ${ex.code}, stderr: ${ex.stderr}`);

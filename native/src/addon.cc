@@ -224,6 +224,8 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       opts.pool_bytes = static_cast<uint64_t>(o.Get("poolBytes").As<Napi::Number>().Int64Value());
       opts.cache_bytes = static_cast<uint64_t>(o.Get("cacheBytes").As<Napi::Number>().Int64Value());
       opts.memory_only = o.Get("memoryOnly").As<Napi::Boolean>().Value();
+      opts.layout = o.Get("layout").As<Napi::Number>().Uint32Value();
+      if (opts.layout != kLayoutInPlace && opts.layout != kLayoutLogged) bad("unknown pool layout");
       engine_ = std::make_shared<Engine>(opts);
     } catch (const Error& e) {
       to_js(env, e).ThrowAsJavaScriptException();
@@ -261,6 +263,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       o.Set("prepared", i.prepared ? Napi::Number::New(info.Env(), static_cast<double>(i.prepared)) : info.Env().Null());
       o.Set("pushesBlocked", i.pushes_blocked);
       o.Set("opens", static_cast<double>(i.opens));
+      o.Set("layout", i.layout == kLayoutLogged ? "logged" : "inplace");
       o.Set("closeRecord",
             i.clean_close ? Napi::Buffer<char>::Copy(info.Env(), i.close_record.data(), i.close_record.size()).As<Napi::Value>() : info.Env().Null());
       return o;
@@ -471,6 +474,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       num("epoch", s.epoch);
       num("maxPushWaitUs", s.max_push_wait_us);
       num("garbageTables", s.garbage_tables);
+      num("logBytes", s.log_bytes);
       return o;
     });
   }
@@ -524,6 +528,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       o.Set("rowsWithoutVersion", static_cast<double>(r.rows_without_version));
       o.Set("staleSlots", static_cast<double>(r.stale_slots));
       o.Set("badEpochs", static_cast<double>(r.bad_epochs));
+      o.Set("badRecords", static_cast<double>(r.bad_records));
       auto pr = Napi::Array::New(env, r.problems.size());
       for (size_t i = 0; i < r.problems.size(); i++) pr.Set(static_cast<uint32_t>(i), r.problems[i]);
       o.Set("problems", pr);

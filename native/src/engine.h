@@ -35,6 +35,7 @@
 #include "optimizer.h"
 #include "parallel.h"
 #include "pool.h"
+#include "vlog.h"
 
 namespace pmemps {
 
@@ -43,12 +44,17 @@ struct EngineOptions {
   uint64_t pool_bytes = 1ULL << 30;
   uint64_t cache_bytes = 256ULL << 20;
   bool memory_only = false;
+  // Where a new pool keeps its rows' versions (layout.h): kLayoutInPlace
+  // or kLayoutLogged. Read only when the pool is created; an existing pool
+  // keeps the layout it was made with.
+  uint32_t layout = kLayoutInPlace;
 };
 
 struct OpenInfo {
   bool created = false, clean_close = false, is_pmem = false, pushes_blocked = false;
   uint64_t committed = 0, prepared = 0;
-  uint64_t opens = 0;        // opens of this pool, this one included
+  uint64_t opens = 0;  // opens of this pool, this one included
+  uint32_t layout = kLayoutInPlace;
   std::string close_record;  // given to the last close(); empty unless clean_close
 };
 
@@ -64,6 +70,7 @@ struct Stats {
   uint64_t cache_bytes, cache_budget, cache_rows, hits, misses, evictions, writebacks, flushes;
   uint64_t pool_bytes, pool_used, committed, prepared, last_id, epoch, max_push_wait_us;
   uint64_t garbage_tables;  // removed tables whose storage is still being freed
+  uint64_t log_bytes;       // pool bytes held by the version log's segments (logged pools)
 };
 
 class Engine {
@@ -130,6 +137,7 @@ class Engine {
   // Proportional to the table; never run at open.
   struct CheckReport {
     uint64_t tables = 0, index_slots = 0, rows_live = 0, rows_without_version = 0, stale_slots = 0, bad_epochs = 0;
+    uint64_t bad_records = 0;  // logged pools: live versions whose log record is damaged or another row's
     std::vector<std::string> problems;
   };
   CheckReport check();
@@ -239,8 +247,18 @@ class Engine {
   int pick(const Table& t, char* row, uint64_t bound) const;
   bool valid_ref(const Table& t, uint64_t ref, uint64_t key) const;
   bool load_row(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) const;
-  void write_back(Table& t, Entry* e);
-  void make_room(Stripe& s, size_t n);
+  // res: the calling push's, flush's or close's reservation of log room
+  // (logged pools), so that its write-backs cannot fail halfway for lack
+  // of space; null where a failure is harmless (a pull's eviction: the pull
+  // then serves the row without caching it).
+  void write_back(Table& t, Entry* e, VLog::Reservation* res);
+  void make_room(Stripe& s, size_t n, VLog::Reservation* res);
+  // The most log bytes a push's write-backs can take: rows it may make (a
+  // copy-on-write record and entries that evict others) plus what one
+  // eviction group takes in each stripe it holds.
+  uint64_t log_bound(size_t rows, uint32_t row_floats, size_t stripes) const;
+  // Log bytes the dirty versions need (pending ones only, or all), under each stripe's lock in turn.
+  uint64_t dirty_log_bytes(bool pending_only);
   uint64_t reserve_row(Table& t, uint64_t key);
   void alloc_slab(Table& t);
   void drop_cache();
@@ -287,6 +305,10 @@ class Engine {
   IdleThread idle_;
   std::unique_ptr<Pool> pool_;
   PRoot* root_ = nullptr;
+  // PRoot.layout; vlog_ is the version log of a logged pool, else null.
+  uint32_t layout_ = kLayoutInPlace;
+  std::unique_ptr<VLog> vlog_;
+  VLog::Reservation flush_res_;  // the running prepare's flush (ckpt: one at a time)
   OpenInfo info_;
   bool closed_ = false;
 

@@ -80,6 +80,10 @@ void Engine::ensure_epochs(Tx& tx) {
 // ======================================================== checkpoints
 
 void Engine::flush_pending() {
+  // Log room for every pending version before any is taken: a flush that
+  // failed halfway would leave rows marked clean whose version is nowhere.
+  LogHold hold{vlog_.get(), flush_res_};
+  if (vlog_) vlog_->reserve(flush_res_, dirty_log_bytes(true));
   if (!pool_->is_pmem()) {
     // The msync path: the flush waits on the page cache and the disk, not
     // the CPU, and pushes that find their rows still pending write them back
@@ -137,7 +141,7 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   c.empty = 0;
   auto copy_of = [&](Entry* e, size_t off) { return off == SIZE_MAX ? e : reinterpret_cast<Entry*>(c.buf.data() + off); };
   for (auto& [e, off] : c.taken) prefetch_slots(*tables_[e->table], copy_of(e, off)->ref);
-  for (auto& [e, off] : c.taken) write_back(*tables_[e->table], copy_of(e, off));
+  for (auto& [e, off] : c.taken) write_back(*tables_[e->table], copy_of(e, off), &flush_res_);
   pool_->drain();
   writebacks_.fetch_add(c.taken.size(), std::memory_order_relaxed);
   std::lock_guard<std::mutex> g(s.mu);
@@ -241,8 +245,10 @@ void Engine::prepare_finish(uint64_t id) {
     // only in commit/abort/rollback, which wait for this prepare; so pushes
     // and a hyperparameter change never queue behind the flush.
     flush_pending();
-    // Rows, their index slots and new rows' headers reach the media before
-    // the record that makes them part of a checkpoint.
+    // Rows (their log records first), their index slots and new rows'
+    // headers reach the media before the record that makes them part of a
+    // checkpoint.
+    if (vlog_) vlog_->sync();
     pool_->persist_ranges();
     // Every row the checkpoint may name is below rows_used before it is
     // published. A raised rows_used is safe on its own (rows below it may
@@ -296,6 +302,7 @@ void Engine::prepare_finish(uint64_t id) {
       root_->dead_off = nd;
       root_->dead_cap = cap;
     }
+    if (vlog_) vlog_->publish_tail(tx);
     root_->p_id = id;
     root_->p_epoch = p_epoch_;
     root_->p_rec = off;

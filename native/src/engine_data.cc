@@ -107,7 +107,18 @@ bool Engine::load_row(const Table& t, uint64_t ref, uint64_t key, float* out, ui
   const int s = pick(t, row, read_bound_);
   if (s < 0) return false;
   const SlotHdr* h = slot_hdr(t, row, static_cast<uint32_t>(s));
-  std::memcpy(out, h + 1, sizeof(float) * t.row_floats);
+  if (vlog_) {
+    // The slot names the version's record; the record names its row and
+    // epoch, so a slot that names the wrong record is caught, not read.
+    const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(h);
+    const VRecordHdr* r = vlog_->read(ls->off);
+    if (r->key != key || r->table != t.idx || r->epoch != ls->h.epoch || r->n != t.row_floats)
+      fail(Code::Corrupt, "table " + t.name + " key " + std::to_string(key) +
+                              ": its version names a log record of another row (damaged pool); check it with `pmemps-check`");
+    std::memcpy(out, r + 1, sizeof(float) * t.row_floats);
+  } else {
+    std::memcpy(out, h + 1, sizeof(float) * t.row_floats);
+  }
   *step = h->step;
   return true;
 }
@@ -120,7 +131,7 @@ bool Engine::load_row(const Table& t, uint64_t ref, uint64_t key, float* out, ui
 // pool's flush set, which prepare and close make durable before they publish
 // anything that refers to this version. Callers count their write-backs
 // (one shared counter bumped per row cost as much as the write on two cores).
-void Engine::write_back(Table& t, Entry* e) {
+void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
   char* row = row_ptr(t, e->ref);
   const int pc = c_id_ ? pick(t, row, c_epoch_) : -1;
   const int pp = (p_active_ && e->epoch > p_epoch_) ? pick(t, row, p_epoch_) : -1;
@@ -140,6 +151,15 @@ void Engine::write_back(Table& t, Entry* e) {
       }
     }
   }
+  if (vlog_) {
+    // Logged: the values go to the log, the slot gets their record's
+    // offset. Either may reach the media first: the slot's epoch is not
+    // published before the prepare or close syncs both.
+    LoggedSlot ls{{e->epoch, e->step}, vlog_->append(e->key, t.idx, e->epoch, e->step, e->data, t.row_floats, res)};
+    failpoint("writeback.after_append");
+    pool_->write(slot_hdr(t, row, static_cast<uint32_t>(s)), &ls, sizeof ls);
+    return;
+  }
   // The slot is composed aside and written in one go: on PMEM one run of
   // non-temporal stores, none of them reading the line it replaces.
   thread_local std::vector<char> slot;
@@ -154,7 +174,7 @@ void Engine::write_back(Table& t, Entry* e) {
 // Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
 // cache.h) down to 7/8 of the stripe's share (so write-backs come in groups), else
 // frees recycled entries of other sizes.
-void Engine::make_room(Stripe& s, size_t n) {
+void Engine::make_room(Stripe& s, size_t n, VLog::Reservation* res) {
   if (s.has_room(n)) return;
   const size_t target = s.budget - s.budget / 8;
   std::vector<Entry*> victims;
@@ -162,7 +182,7 @@ void Engine::make_room(Stripe& s, size_t n) {
   uint64_t wrote = 0;
   for (Entry* e : victims) {
     if (e->dirty) {
-      write_back(*tables_[e->table], e);
+      write_back(*tables_[e->table], e, res);
       wrote++;
     }
   }
@@ -176,6 +196,31 @@ void Engine::make_room(Stripe& s, size_t n) {
   for (Entry* e : victims) s.erase(e, Stripe::hash(e->table, e->key));
   evictions_.fetch_add(victims.size(), std::memory_order_relaxed);
   if (!s.has_room(n)) s.trim_free(n);
+}
+
+uint64_t Engine::dirty_log_bytes(bool pending_only) {
+  uint64_t need = 0;
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    for (DirtyList* l : {&s.pending, &s.dirty}) {
+      if (pending_only && l == &s.dirty) continue;
+      for (Entry* e = l->head.dnext; e != &l->head; e = e->dnext) need += VLog::record_bytes(tables_[e->table]->row_floats);
+    }
+  }
+  return need;
+}
+
+uint64_t Engine::log_bound(size_t rows, uint32_t row_floats, size_t stripes) const {
+  // Per stripe hold, make_room evicts at most an eighth of the stripe's
+  // share plus one entry beyond what the hold makes (an entry and a
+  // copy-on-write copy per row); and only dirty entries are written, which
+  // a stripe holds at most its share of, plus the rows the push dirties.
+  // A record is never larger than its entry. Each row may also be written
+  // back once for lack of room for its copy.
+  const uint64_t budget = stripes_[0].budget;
+  const uint64_t entry = Stripe::entry_bytes(row_floats);
+  const uint64_t evicted = std::min(rows * 2 * entry + stripes * (budget / 8 + VLog::kSlack), stripes * (budget + VLog::kSlack) + rows * entry);
+  return evicted + rows * VLog::record_bytes(row_floats);
 }
 
 void Engine::alloc_slab(Table& t) {
@@ -212,11 +257,7 @@ uint64_t Engine::reserve_row(Table& t, uint64_t key) {
   const uint64_t ref = r + 1;
   char* row = row_ptr(t, ref);
   std::memcpy(row, &key, 8);
-  for (uint32_t s = 0; s < kSlots; s++) {
-    SlotHdr* h = slot_hdr(t, row, s);
-    h->epoch = 0;
-    h->step = 0;
-  }
+  for (uint32_t s = 0; s < kSlots; s++) std::memset(slot_hdr(t, row, s), 0, vlog_ ? sizeof(LoggedSlot) : sizeof(SlotHdr));
   pool_->add_range(row, t.row_bytes);
   t.r_next.store(r + 1, std::memory_order_release);
   return ref;
@@ -310,23 +351,37 @@ size_t by_stripe(const uint64_t* hs, size_t n, uint32_t* order, size_t* counts, 
 struct Engine::PoolRows {
   Engine& en;
 
-  // pull's miss: the row's stored version, now cached; null when it has none
-  // (never pushed, or only in a dead epoch). il: the index lock, taken on
-  // the first miss and held for the rest of the stripe. Out of line: inlined,
-  // it cost the loop of cache hits around it 4% more instructions.
-  __attribute__((noinline)) Entry* cache_stored(Stripe& s, const Table& t, uint64_t key, uint64_t h, std::shared_lock<RwLock>& il) {
+  // pull's miss: the row's stored version into out (dim floats), cached
+  // when there is room; false when it has none (never pushed, or only in a
+  // dead epoch). il: the index lock, taken on the first miss and held for
+  // the rest of the stripe. Out of line: inlined, it cost the loop of cache
+  // hits around it 4% more instructions.
+  __attribute__((noinline)) bool stored(Stripe& s, const Table& t, uint64_t key, uint64_t h, std::shared_lock<RwLock>& il, float* out) {
     if (!il.owns_lock()) il = std::shared_lock<RwLock>(t.index->mu());
     const uint64_t ref = t.index->lookup(key);
-    if (!ref) return nullptr;
-    en.make_room(s, Stripe::entry_bytes(t.row_floats));
+    if (!ref) return false;
+    try {
+      en.make_room(s, Stripe::entry_bytes(t.row_floats), nullptr);
+    } catch (const Error& e) {
+      // A logged pool whose log has no room to write evicted rows back: the
+      // row is served from the pool without caching it (a victim written
+      // back before the failure stays dirty, so nothing is lost).
+      if (e.code() != Code::OutOfSpace) throw;
+      float* tmp = row_tmp(t.row_floats);
+      uint32_t step;
+      if (!en.load_row(t, ref, key, tmp, &step)) return false;
+      std::memcpy(out, tmp, sizeof(float) * t.dim);
+      return true;
+    }
     Entry* ne = s.make(t.idx, key, t.row_floats);
     if (!en.load_row(t, ref, key, ne->data, &ne->step)) {
       s.recycle(ne);
-      return nullptr;
+      return false;
     }
     ne->ref = ref;
     s.insert(ne, h);
-    return ne;
+    std::memcpy(out, ne->data, sizeof(float) * t.dim);
+    return true;
   }
   // push's phase 1 miss: the row's stored version into out, its record into
   // *ref; *missing when the key has no record yet (phase 2 reserves one).
@@ -357,7 +412,12 @@ struct Engine::PoolRows {
     // The new rows' headers and index slots, before anything refers to them.
     if (il.owns_lock()) en.pool_->drain();
   }
-  void make_room(Stripe& s, size_t bytes) { en.make_room(s, bytes); }
+  void make_room(Stripe& s, size_t bytes, VLog::Reservation* res) { en.make_room(s, bytes, res); }
+  // Log room for the push's write-backs (logged pools); released by the
+  // caller's LogHold.
+  void reserve_log(VLog::Reservation& res, size_t rows, uint32_t row_floats, size_t stripes) {
+    if (en.vlog_) en.vlog_->reserve(res, en.log_bound(rows, row_floats, stripes));
+  }
   // push's phase 3, a row phase 1 did not compute: its stored version.
   bool reload(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) {
     std::shared_lock<RwLock> il(t.index->mu());
@@ -371,10 +431,11 @@ struct Engine::PoolRows {
 // unbounded, so every row ever pushed is an entry and a miss is a row never
 // pushed. r_next counts the entries made (the table's row count).
 struct Engine::MemRows {
-  Entry* cache_stored(Stripe&, const Table&, uint64_t, uint64_t, std::shared_lock<RwLock>&) { return nullptr; }
+  bool stored(Stripe&, const Table&, uint64_t, uint64_t, std::shared_lock<RwLock>&, float*) { return false; }
   bool read(const Table&, uint64_t, std::shared_lock<RwLock>&, float*, uint32_t*, uint64_t*, uint8_t*) { return false; }
   void reserve(Table&, size_t, const uint64_t*, const uint8_t*, uint64_t*) {}
-  void make_room(Stripe&, size_t) {}
+  void make_room(Stripe&, size_t, VLog::Reservation*) {}
+  void reserve_log(VLog::Reservation&, size_t, uint32_t, size_t) {}
   bool reload(const Table&, uint64_t, uint64_t, float*, uint32_t*) { return false; }
   void created(Table& t, uint64_t n) { t.r_next.fetch_add(n, std::memory_order_relaxed); }
 };
@@ -446,9 +507,7 @@ void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, 
       }
       const uint64_t key = load_key(keys + 8 * i);
       miss++;
-      if (const Entry* ne = rows.cache_stored(s, *t, key, hs[i], il)) {
-        std::memcpy(out + static_cast<size_t>(i) * dim, ne->data, sizeof(float) * dim);
-      } else {
+      if (!rows.stored(s, *t, key, hs[i], il, out + static_cast<size_t>(i) * dim)) {
         // Never pushed (or only in a dead epoch): the initial row, stored nowhere.
         float* tmp = row_tmp(t->row_floats);
         init_row(t->init, t->opt, key, dim, tmp);
@@ -598,8 +657,12 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
     }
   });
 
-  // Phase 2: a row and an index slot for every new key before any update
-  // is stored, so a full pool refuses the whole push and changes nothing.
+  // Phase 2: log room for the write-backs phase 3 may make (logged pools),
+  // then a row and an index slot for every new key, before any update is
+  // stored, so a full pool refuses the whole push and changes nothing.
+  VLog::Reservation res;
+  LogHold hold{vlog_.get(), res};
+  rows.reserve_log(res, u, rf, nbusy);
   rows.reserve(*t, u, uk, missing, refs);
 
   // Phase 3: store the updates in the cache, stripe by stripe (in
@@ -632,7 +695,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
       Entry* e = (found[i] && s.generation() == gen[si]) ? found[i] : s.find(t->idx, uk[i], hs[i]);
       const bool computed = same && i < scratch_rows;
       if (!e) {
-        rows.make_room(s, Stripe::entry_bytes(rf));
+        rows.make_room(s, Stripe::entry_bytes(rf), &res);
         e = s.make(t->idx, uk[i], rf);
         if (!computed) {
           // Its current value, for the update below (phase 1's result, when
@@ -672,7 +735,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
         if (s.has_room(e->bytes)) {
           s.shadow_of(e, rf);
         } else {
-          write_back(*t, e);
+          write_back(*t, e, &res);
           s.mark_clean(e);
           cow_wrote++;
         }
@@ -744,6 +807,7 @@ void Engine::stats_pool(Stats& st) {
   st.flushes = pool_->flush_calls();
   st.pool_bytes = pool_->size();
   st.pool_used = pool_->used_bytes();
+  if (vlog_) st.log_bytes = vlog_->segments() * vlog_->seg_bytes();
   std::lock_guard<std::mutex> g(tx_mu_);
   const PTable* ts = pool_->at<PTable>(root_->tables_off);
   for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;

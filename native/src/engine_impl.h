@@ -72,6 +72,16 @@ struct Engine::Store {
   virtual void set_identity(const Identity& id) = 0;
 };
 
+// Gives a call's unused log room back when the call ends, however it ends
+// (log null: not a logged pool). The log must outlive it.
+struct LogHold {
+  VLog* log;
+  VLog::Reservation& res;
+  ~LogHold() {
+    if (log && res.bytes) log->release(res);
+  }
+};
+
 constexpr uint64_t kMaxEpoch = 0xfffffff0ULL;  // slot headers hold 32-bit epochs
 
 inline bool Engine::is_dead(uint64_t e) const {

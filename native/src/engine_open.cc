@@ -82,6 +82,10 @@ void Engine::init_root() {
   root_->tables_off = tx.alloc(sizeof(PTable) * kMaxTables, true);
   root_->dead_cap = 64;
   root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, true);
+  root_->layout = opts_.layout;
+  // Segments of a 64th of the pool, 1 to 16 MiB: a few hundred msyncs
+  // write a checkpoint of any size, and a small pool keeps its room.
+  if (opts_.layout == kLayoutLogged) root_->vlog_off = VLog::create(tx, *pool_, std::clamp<uint64_t>(pool_->size() / 64, 1 << 20, 16 << 20));
   persist_root(tx);
   tx.commit();
 }
@@ -110,6 +114,12 @@ void Engine::validate_root() {
       (root_->spare_rec && !in_pool(root_->spare_rec, root_->spare_cap)))
     fail(Code::Corrupt, "pool " + p + ": reserved-space metadata is damaged");
   if (root_->next_epoch >= kMaxEpoch) fail(Code::Incompatible, "pool " + p + " has used up its epoch numbers");
+  if ((root_->layout != kLayoutInPlace && root_->layout != kLayoutLogged) || (root_->layout == kLayoutLogged) != (root_->vlog_off != 0))
+    fail(Code::Corrupt, "pool " + p + ": its row layout field is damaged");
+  for (uint32_t i = 0; i < kMaxTables; i++) {
+    if (ts[i].state != 0 && ts[i].row_bytes != row_bytes_for(root_->layout, ts[i].row_floats))
+      fail(Code::Corrupt, "pool " + p + ": table slot " + std::to_string(i) + " has rows of another size than its layout's (damaged pool)");
+  }
 }
 
 PCkpt* Engine::ckpt_at(uint64_t off) const {
@@ -138,6 +148,9 @@ void Engine::open_pool() {
     init_root();
   else
     validate_root();
+  layout_ = root_->layout;
+  info_.layout = layout_;
+  if (layout_ == kLayoutLogged) vlog_ = std::make_unique<VLog>(*pool_, root_->vlog_off);
 
   DeadRange* dr = pool_->at<DeadRange>(root_->dead_off);
   dead_.assign(dr, dr + root_->dead_count);
@@ -218,7 +231,7 @@ void Engine::load_tables() {
     t->dim = d->dim;
     t->row_floats = d->row_floats;
     t->row_bytes = d->row_bytes;
-    t->slot_bytes = slot_bytes_for(d->row_floats);
+    t->slot_bytes = slot_bytes_for(layout_, d->row_floats);
     t->opt.type = static_cast<OptType>(d->opt);
     std::memcpy(t->opt.h, d->hyper, sizeof t->opt.h);
     t->init.type = static_cast<InitType>(d->init);
@@ -363,19 +376,27 @@ void Engine::close_pool(const std::string& record) {
     std::lock_guard<std::mutex> g(tx_mu_);
     grow_close_slot(record.size());
   }
-  for (int i = 0; i < kStripes; i++) {
-    Stripe& s = stripes_[i];
-    std::lock_guard<std::mutex> g(s.mu);
-    for (DirtyList* l : {&s.pending, &s.dirty}) {
-      while (!l->empty()) {
-        Entry* e = l->back();
-        write_back(*tables_[e->table], e);
-        s.flushed(e);
-        writebacks_.fetch_add(1, std::memory_order_relaxed);
+  {
+    // Log room for every dirty version first: a close that fails for lack
+    // of it fails before it writes anything (the pool as after a crash).
+    VLog::Reservation res;
+    LogHold hold{vlog_.get(), res};
+    if (vlog_) vlog_->reserve(res, dirty_log_bytes(false));
+    for (int i = 0; i < kStripes; i++) {
+      Stripe& s = stripes_[i];
+      std::lock_guard<std::mutex> g(s.mu);
+      for (DirtyList* l : {&s.pending, &s.dirty}) {
+        while (!l->empty()) {
+          Entry* e = l->back();
+          write_back(*tables_[e->table], e, &res);
+          s.flushed(e);
+          writebacks_.fetch_add(1, std::memory_order_relaxed);
+        }
       }
+      if (i == kStripes / 2) failpoint("close.mid_writeback");
     }
-    if (i == kStripes / 2) failpoint("close.mid_writeback");
   }
+  if (vlog_) vlog_->sync();
   pool_->persist_ranges();
   if (!record.empty()) {
     // The slot is read only when clean == 1, which is 0 while the pool is open.
@@ -396,6 +417,8 @@ void Engine::close_pool(const std::string& record) {
     // unresolved): the next open must recover again, so the stop does not
     // count as clean. Nothing was written meanwhile (pushes were refused).
     root_->clean = recovering_ ? 0 : 1;
+    // The versions written back above are part of the pool from here.
+    if (vlog_) vlog_->publish_tail(tx);
     // The record is only read when clean == 1, which this same transaction
     // sets: a crash anywhere before the commit leaves the old clean == 0.
     root_->close_len = record.size();
@@ -405,6 +428,7 @@ void Engine::close_pool(const std::string& record) {
   drop_cache();
   for (auto& t : tables_) t.reset();
   names_.clear();
+  vlog_.reset();
   pool_.reset();
   root_ = nullptr;
   closed_ = true;
@@ -474,7 +498,23 @@ void Engine::check_pool(CheckReport& r) {
                                  " is beyond the pool's epoch counter");
         }
       }
-      if (pick(*t, row, read_bound_) >= 0)
+      const int live_slot = pick(*t, row, read_bound_);
+      if (live_slot >= 0 && vlog_) {
+        const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(slot_hdr(*t, row, static_cast<uint32_t>(live_slot)));
+        std::string why;
+        try {
+          const VRecordHdr* rec = vlog_->read(ls->off);
+          if (rec->key != key || rec->table != t->idx || rec->epoch != ls->h.epoch || rec->n != t->row_floats)
+            why = "names a log record of another row";
+        } catch (const Error& e) {
+          why = e.what();
+        }
+        if (!why.empty()) {
+          r.bad_records++;
+          if (r.problems.size() < 20) r.problems.push_back("table " + t->name + " key " + std::to_string(key) + ": its live version " + why);
+        }
+      }
+      if (live_slot >= 0)
         r.rows_live++;
       else
         r.rows_without_version++;

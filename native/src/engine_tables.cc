@@ -73,8 +73,8 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   t->name = name;
   t->dim = dim;
   t->row_floats = rf;
-  t->slot_bytes = slot_bytes_for(rf);
-  t->row_bytes = row_bytes_for(rf);
+  t->slot_bytes = slot_bytes_for(layout_, rf);
+  t->row_bytes = row_bytes_for(layout_, rf);
   t->opt = opt;
   t->init = init;
   t->created_epoch = cur_epoch_;

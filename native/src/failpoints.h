@@ -34,7 +34,9 @@ namespace pmemps {
   X("settle.step")             \
   X("reclaim.step")            \
   X("close.mid_writeback")     \
-  X("close.before_clean_mark")
+  X("close.before_clean_mark") \
+  X("writeback.after_append")  \
+  X("log.after_grow")
 
 #define PMEMPS_FAILPOINT_NAME(name) name,
 inline constexpr const char* kFailpoints[] = {PMEMPS_FAILPOINTS(PMEMPS_FAILPOINT_NAME)};

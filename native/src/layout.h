@@ -34,8 +34,11 @@ constexpr const char* kLayoutName = "pmemps-v1";
 constexpr uint64_t kMagic = 0x31304d4550534d50ULL;  // "PMSPEM01"
 // Version 4: the shard identity's seal (PRoot.identity_sealed), the close
 // record's reserved slot, the spare checkpoint record and garbage table
-// descriptors freed in bounded steps. Older pools are refused, unchanged.
-constexpr uint32_t kLayoutVersion = 4;
+// descriptors freed in bounded steps. Version 5: the row layout
+// (PRoot.layout) and the version log (PRoot.vlog_off); a version-4 pool is
+// upgraded at open to an in-place one (Pool::upgrade_root), older ones are
+// refused, unchanged.
+constexpr uint32_t kLayoutVersion = 5;
 constexpr uint32_t kMaxTables = 256;
 constexpr uint32_t kSlots = 3;
 constexpr uint32_t kMaxHyperP = 8;
@@ -114,6 +117,10 @@ struct PRoot {
   // prepare to write into (0 = none): checkpoints of a steady size never
   // allocate, so they keep working on a full pool.
   uint64_t spare_rec, spare_cap;
+  // kLayoutInPlace or kLayoutLogged, chosen at creation and never changed.
+  uint32_t layout;
+  uint32_t pad5;
+  uint64_t vlog_off;  // the version log's descriptor (logged pools), else 0
   uint64_t checksum;
 };
 
@@ -134,13 +141,28 @@ struct PCkptTable {
   double hyper[kMaxHyperP];
 };
 
+// PRoot.layout: where a row's versions live (docs/design.md, "Writing back
+// on a disk").
+//  * In place: a slot holds the version's values after its header.
+//  * Logged: a slot holds the pool offset of the version's record in the
+//    version log (vlog.h) after its header, so a row record is 56 bytes and
+//    a write-back is an append to the log plus 16 bytes in place.
+constexpr uint32_t kLayoutInPlace = 0;
+constexpr uint32_t kLayoutLogged = 1;
+
 // Row record in a slab: the key, then kSlots slots.
 struct SlotHdr {
   uint32_t epoch;  // 0 = empty
   uint32_t step;   // optimizer step count of this version
 };
+struct LoggedSlot {
+  SlotHdr h;
+  uint64_t off;  // the version's record in the log
+};
 
-inline uint32_t slot_bytes_for(uint32_t row_floats) { return (8 + 4 * row_floats + 7) & ~7u; }
-inline uint32_t row_bytes_for(uint32_t row_floats) { return 8 + kSlots * slot_bytes_for(row_floats); }
+inline uint32_t slot_bytes_for(uint32_t layout, uint32_t row_floats) {
+  return layout == kLayoutLogged ? sizeof(LoggedSlot) : (8 + 4 * row_floats + 7) & ~7u;
+}
+inline uint32_t row_bytes_for(uint32_t layout, uint32_t row_floats) { return 8 + kSlots * slot_bytes_for(layout, row_floats); }
 
 }  // namespace pmemps

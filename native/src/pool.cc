@@ -72,6 +72,7 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir +
         throw Error(Code::Corrupt, "cannot open pool " + path_ + ": " + m + "; check it with `pmemps-check`");
       }
     }
+    if (!created_) upgrade_root();
     if (!created_ && pmemobj_root_size(pop_) != sizeof(PRoot)) {
       // Another layout version: say which, without pmemobj_root() growing
       // (and so changing) the old pool's root to this build's size.
@@ -102,6 +103,36 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir +
     lock_fd_ = -1;
     throw;
   }
+}
+
+// Version 4's root is version 5's up to `layout`, where version 4 kept its
+// checksum. pmemobj_root grows the root atomically, keeping the old bytes
+// and zeroing the new ones; one transaction then makes it an in-place
+// version-5 root. A crash in between leaves a grown version-4 root, which
+// the next open upgrades the same way.
+void Pool::upgrade_root() {
+  constexpr size_t kV4Size = offsetof(PRoot, layout) + sizeof(uint64_t);
+  static_assert(kV4Size + 16 == sizeof(PRoot), "version 5 adds layout, pad5 and vlog_off to version 4's root");
+  const size_t rs = pmemobj_root_size(pop_);
+  if (rs != kV4Size && rs != sizeof(PRoot)) return;
+  const char* p = static_cast<const char*>(pmemobj_direct(pmemobj_root(pop_, rs)));
+  uint64_t magic, v4sum;
+  uint32_t version;
+  std::memcpy(&magic, p, 8);
+  std::memcpy(&version, p + 8, 4);
+  std::memcpy(&v4sum, p + offsetof(PRoot, layout), 8);
+  if (magic != kMagic || version != 4 || fnv1a(p, offsetof(PRoot, layout)) != v4sum) return;  // validate_root says what is wrong
+  PMEMoid r = pmemobj_root(pop_, sizeof(PRoot));
+  if (OID_IS_NULL(r)) throw Error(Code::OutOfSpace, "pool " + path_ + " has no room to upgrade its root to layout version 5: " + pmem_err());
+  PRoot* root = static_cast<PRoot*>(pmemobj_direct(r));
+  Tx tx(*this, TxLog::Bounded);
+  tx.add(root, sizeof(PRoot));
+  root->layout = kLayoutInPlace;
+  root->pad5 = 0;
+  root->vlog_off = 0;
+  root->version = kLayoutVersion;
+  root->checksum = root_sum(root);
+  tx.commit();
 }
 
 Pool::~Pool() {

@@ -92,6 +92,8 @@ class Pool {
   static uint64_t table_sum(const PTable* t);
 
  private:
+  void upgrade_root();
+
   std::string dir_, path_;
   int lock_fd_ = -1;
   PMEMobjpool* pop_ = nullptr;

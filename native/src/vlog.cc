@@ -1,5 +1,6 @@
 #include "vlog.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common.h"
@@ -58,7 +59,7 @@ uint64_t VLog::create(Tx& tx, Pool& pool, uint64_t seg_bytes) {
   const uint64_t off = tx.alloc(sizeof(PVLog), true);
   PVLog* d = pool.at<PVLog>(off);
   d->magic = kVLogMagic;
-  d->seg_bytes = Pool::alloc_size(seg_bytes);
+  d->seg_bytes = Pool::alloc_size(std::max<uint64_t>(seg_bytes, 8 * kSlack));
   d->cap = 16;
   d->segs_off = tx.alloc(sizeof(uint64_t) * d->cap, true);
   d->checksum = sum(d);
@@ -68,52 +69,81 @@ uint64_t VLog::create(Tx& tx, Pool& pool, uint64_t seg_bytes) {
 }
 
 VLog::VLog(Pool& pool, uint64_t desc_off) : pool_(pool), d_(pool.at<PVLog>(desc_off)) {
-  if (d_->magic != kVLogMagic || d_->checksum != sum(d_) || d_->nsegs > d_->cap || d_->tail_seg > d_->nsegs || d_->tail_off > d_->seg_bytes)
+  if (desc_off < sizeof(PRoot) || desc_off > pool.size() - sizeof(PVLog) || d_->magic != kVLogMagic || d_->checksum != sum(d_) ||
+      d_->nsegs > d_->cap || d_->tail_seg > d_->nsegs || d_->tail_off > d_->seg_bytes || d_->seg_bytes < 8 * kSlack ||
+      d_->segs_off > pool.size() - sizeof(uint64_t) * d_->cap)
     throw Error(Code::Corrupt, "the version log's descriptor is damaged; check the pool with `pmemps-check`");
   seg_ = d_->tail_seg;
   off_ = d_->tail_off;
-  if (seg_ < d_->nsegs) synced_from_ = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
+  if (seg_ < d_->nsegs) synced_from_ = seg_base(seg_) + off_;
 }
 
-void VLog::next_segment() {
-  if (seg_ < d_->nsegs) {
-    char* base = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]);
-    if (base + off_ > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(base + off_ - synced_from_)});
+uint64_t VLog::room() const {
+  if (seg_ >= d_->nsegs) return 0;
+  const uint64_t u = d_->seg_bytes - kSlack;
+  return (off_ < u ? u - off_ : 0) + (d_->nsegs - seg_ - 1) * u;
+}
+
+void VLog::grow() {
+  Tx tx(pool_);
+  tx.add(d_, sizeof(PVLog));
+  if (d_->nsegs == d_->cap) {
+    const uint64_t cap = d_->cap * 2;
+    const uint64_t a = tx.alloc(sizeof(uint64_t) * cap, true);
+    std::memcpy(pool_.at<uint64_t>(a), pool_.at<uint64_t>(d_->segs_off), sizeof(uint64_t) * d_->nsegs);
+    pool_.persist(pool_.at<uint64_t>(a), sizeof(uint64_t) * d_->nsegs);
+    tx.free(d_->segs_off);
+    d_->segs_off = a;
+    d_->cap = cap;
+  }
+  const uint64_t s = tx.alloc(d_->seg_bytes, false);
+  uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
+  tx.add(&segs[d_->nsegs], sizeof(uint64_t));
+  segs[d_->nsegs] = s;
+  d_->nsegs++;
+  d_->checksum = sum(d_);
+  tx.commit();
+  failpoint("log.after_grow");
+  if (!synced_from_ && seg_ < d_->nsegs) synced_from_ = seg_base(seg_) + off_;
+}
+
+void VLog::reserve(Reservation& r, uint64_t bytes) {
+  std::lock_guard<std::mutex> g(mu_);
+  while (room() < reserved_ + bytes) grow();
+  reserved_ += bytes;
+  r.bytes += bytes;
+}
+
+void VLog::release(Reservation& r) {
+  std::lock_guard<std::mutex> g(mu_);
+  reserved_ -= r.bytes;
+  r.bytes = 0;
+}
+
+uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r) {
+  const size_t rb = record_bytes(n);
+  if (rb > kSlack) throw Error(Code::InvalidArgument, "a row of " + std::to_string(n) + " floats does not fit in a log record");
+  std::lock_guard<std::mutex> g(mu_);
+  if (r && r->bytes >= rb) {
+    r->bytes -= rb;
+    reserved_ -= rb;
+  } else {
+    while (room() < reserved_ + rb) grow();
+  }
+  if (off_ + rb > d_->seg_bytes) {
+    // room() counted this segment's end as wasted, so the next one exists.
+    char* end = seg_base(seg_) + off_;
+    if (end > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
     seg_++;
     off_ = 0;
+    synced_from_ = seg_base(seg_);
   }
-  if (seg_ >= d_->nsegs) {
-    Tx tx(pool_);
-    tx.add(d_, sizeof(PVLog));
-    if (d_->nsegs == d_->cap) {
-      const uint64_t cap = d_->cap * 2;
-      const uint64_t a = tx.alloc(sizeof(uint64_t) * cap, true);
-      std::memcpy(pool_.at<uint64_t>(a), pool_.at<uint64_t>(d_->segs_off), sizeof(uint64_t) * d_->nsegs);
-      pool_.persist(pool_.at<uint64_t>(a), sizeof(uint64_t) * d_->nsegs);
-      tx.free(d_->segs_off);
-      d_->segs_off = a;
-      d_->cap = cap;
-    }
-    const uint64_t s = tx.alloc(d_->seg_bytes, false);
-    uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
-    tx.add(&segs[d_->nsegs], sizeof(uint64_t));
-    segs[d_->nsegs] = s;
-    d_->nsegs++;
-    d_->checksum = sum(d_);
-    tx.commit();
-  }
-  synced_from_ = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]);
-}
-
-uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n) {
-  const size_t rb = record_bytes(n);
-  if (rb > d_->seg_bytes) throw Error(Code::InvalidArgument, "a row of " + std::to_string(n) + " floats does not fit in a log segment");
-  if (seg_ >= d_->nsegs || off_ + rb > d_->seg_bytes) next_segment();
-  char* dst = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
+  char* dst = seg_base(seg_) + off_;
   VRecordHdr h{key, table, epoch, step, n, 0, 0};
   h.crc = crc32c(values, sizeof(float) * n, crc32c(&h, sizeof h));
   if (pool_.is_pmem()) {
-    // Non-temporal: the log is written once and read rarely; sync() drains.
+    // Non-temporal: the log is written once and read rarely; the writer's
+    // drain orders it.
     pmemobj_memcpy(pool_.pop(), dst, &h, sizeof h, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
     pmemobj_memcpy(pool_.pop(), dst + sizeof h, values, sizeof(float) * n, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
   } else {
@@ -126,31 +156,51 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
 }
 
 void VLog::sync() {
+  std::lock_guard<std::mutex> sg(sync_mu_);
   if (pool_.is_pmem()) {
     pmemobj_drain(pool_.pop());
-  } else {
-    // One msync per segment written since the last sync: the kernel writes
-    // the dirty pages inside each range, which are contiguous.
-    for (auto& [p, n] : unsynced_) pool_.persist(p, n);
-    if (seg_ < d_->nsegs) {
-      char* end = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
-      if (end > synced_from_) pool_.persist(synced_from_, static_cast<size_t>(end - synced_from_));
+    return;
+  }
+  std::vector<std::pair<char*, size_t>> ranges;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ranges.swap(unsynced_);
+    if (seg_ < d_->nsegs && synced_from_) {
+      char* end = seg_base(seg_) + off_;
+      if (end > synced_from_) ranges.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
+      synced_from_ = end;
     }
   }
-  unsynced_.clear();
-  if (seg_ < d_->nsegs) synced_from_ = pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[seg_]) + off_;
+  // One msync per segment written since the last sync, outside mu_ so that
+  // appends go on meanwhile: the kernel writes the dirty pages inside each
+  // range, which are contiguous.
+  for (auto& [p, n] : ranges) pool_.persist(p, n);
 }
 
 void VLog::publish_tail(Tx& tx) {
+  // Appends after the caller's sync() may lie before the tail published
+  // here: harmless, since only a slot or run published with a later sync
+  // can name them, and none is read unless it is.
+  std::lock_guard<std::mutex> g(mu_);
   tx.add(d_, sizeof(PVLog));
   d_->tail_seg = seg_;
   d_->tail_off = off_;
   d_->checksum = sum(d_);
 }
 
+uint64_t VLog::segments() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return d_->nsegs;
+}
+
+uint64_t VLog::appended_bytes() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return appended_;
+}
+
 const VRecordHdr* VLog::read(uint64_t off) const {
   const VRecordHdr* h = pool_.at<VRecordHdr>(off);
-  if (off < 64 || off + sizeof(VRecordHdr) > pool_.size() || record_bytes(h->n) > d_->seg_bytes || off + record_bytes(h->n) > pool_.size())
+  if (off < 64 || off + sizeof(VRecordHdr) > pool_.size() || record_bytes(h->n) > kSlack || off + record_bytes(h->n) > pool_.size())
     throw Error(Code::Corrupt, "no version log record at pool offset " + std::to_string(off) + "; check the pool with `pmemps-check`");
   VRecordHdr c = *h;
   c.crc = 0;

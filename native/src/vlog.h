@@ -18,10 +18,16 @@
 //  * sync() makes every record appended so far durable; the caller syncs
 //    before the transaction that publishes runs naming them and the tail
 //    (publish_tail, in that same transaction).
-//  * One appender at a time (the caller serializes append/sync/publish);
-//    read() may run concurrently with appends to other records.
+//  * Appends, reservations, syncs and the tail's publish are safe from any
+//    thread (mu_); read() runs concurrently with appends to other records.
+//  * Room: the bytes left in the current and the spare segments, each
+//    counted short by kSlack (what a segment's end can waste, since a record
+//    never straddles two). reserved_ <= room() always: a holder of a
+//    reservation appends up to its bytes without allocating, so a caller
+//    that reserved first cannot fail halfway for lack of space.
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "common.h"
@@ -50,7 +56,16 @@ uint32_t crc32c(const void* p, size_t n, uint32_t crc = 0);
 
 class VLog {
  public:
+  // Room one call holds for its appends (reserve / release).
+  struct Reservation {
+    uint64_t bytes = 0;
+  };
+  // What a segment's end can waste: the largest record (a row of dim 4096
+  // with three state blocks) and its header.
+  static constexpr uint64_t kSlack = 4 * 4096 * 4 + 64;
+
   // A new, empty log's descriptor, allocated in tx; returns its offset.
+  // seg_bytes is raised to hold at least 8 times kSlack.
   static uint64_t create(Tx& tx, Pool& pool, uint64_t seg_bytes);
 
   // Opens the log described at desc_off, resuming appends at its published
@@ -59,12 +74,22 @@ class VLog {
 
   static size_t record_bytes(uint32_t n) { return (sizeof(VRecordHdr) + sizeof(float) * n + 7) & ~size_t{7}; }
 
-  // Appends a record and returns its pool offset. Takes the next segment,
-  // allocating one (a transaction of its own) when none is left: fails with
-  // OutOfSpace when the pool is full, the record not appended.
-  uint64_t append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n);
+  // Makes room for `bytes` more bytes of appends held by r, allocating
+  // segments (each a transaction of its own); OutOfSpace when the pool has
+  // no room, r unchanged.
+  void reserve(Reservation& r, uint64_t bytes);
+  // Gives back what r holds and has not used.
+  void release(Reservation& r);
 
-  // Makes every record appended so far durable.
+  // Appends a record and returns its pool offset. With r holding enough,
+  // the record takes r's room and never allocates; otherwise it allocates a
+  // segment when the room not reserved is short, and fails with OutOfSpace
+  // when the pool is full, the record not appended.
+  uint64_t append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r = nullptr);
+
+  // Makes every record appended before the call durable (on PMEM: the
+  // caller's own; every appender there drains its own before it lets anyone
+  // rely on a record, as the engine's writers do).
   void sync();
 
   // Records the current end of the log as its published tail (in the
@@ -74,16 +99,22 @@ class VLog {
   // The record at off; fails with Corrupt when its crc does not match.
   const VRecordHdr* read(uint64_t off) const;
 
-  uint64_t segments() const { return d_->nsegs; }
-  uint64_t appended_bytes() const { return appended_; }
+  uint64_t segments() const;
+  uint64_t seg_bytes() const { return d_->seg_bytes; }
+  uint64_t appended_bytes() const;
 
  private:
-  void next_segment();
+  uint64_t room() const;  // mu_ held
+  void grow();            // mu_ held: one more spare segment
+  char* seg_base(uint64_t i) const { return pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[i]); }
   static uint64_t sum(const PVLog* d);
 
   Pool& pool_;
   PVLog* d_;
+  mutable std::mutex mu_;
+  std::mutex sync_mu_;                              // a sync returns only after every earlier one's msyncs
   uint64_t seg_ = 0, off_ = 0;                      // where the next record goes (segment index, byte offset)
+  uint64_t reserved_ = 0;                           // room held by reservations
   char* synced_from_ = nullptr;                     // start of the bytes appended since the last sync, in the current segment
   std::vector<std::pair<char*, size_t>> unsynced_;  // whole ranges of segments left since the last sync
   uint64_t appended_ = 0;

@@ -1,0 +1,104 @@
+// The logged row layout (layout.h, vlog.h) where users of an SSD run it, the
+// msync path: a pool keeps the layout it was made with, a damaged log record
+// is refused rather than read, and a pool whose log cannot grow refuses
+// pushes whole, keeping every acknowledged one. (Eviction, checkpoints under
+// pushes and crashes on this layout: engine.test.ts and crash.test.ts.)
+process.env.PMEM_IS_PMEM_FORCE ??= '0';
+
+import { after, describe, it } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Engine, EngineError, packKeys, type TableSpec } from '../native/engine';
+import { f32, poolDirs, prng, randomGrads } from './helpers';
+
+const pool = poolDirs(after);
+
+const SGD: TableSpec = { name: 'emb', dim: 16, optimizer: { type: 'sgd', lr: 1 }, initializer: { type: 'zeros' }, seed: 3 };
+const keysOf = (from: number, n: number) => packKeys(Array.from({ length: n }, (_, i) => BigInt(from + i)));
+
+describe('the logged layout', () => {
+  it('is kept by the pool that was made with it; an unknown layout is refused', async () => {
+    const dir = pool('keep');
+    let e = Engine.open({ dir, poolMb: 32, cacheMb: 2, layout: 'logged' });
+    assert.equal(e.openInfo.layout, 'logged');
+    e.createTable(SGD);
+    await e.push('emb', keysOf(0, 100), f32(new Array(1600).fill(0.25)));
+    await e.close();
+    e = Engine.open({ dir, poolMb: 32, cacheMb: 2, layout: 'inplace' });
+    assert.equal(e.openInfo.layout, 'logged', 'an existing pool keeps its layout');
+    assert.equal((await e.pull('emb', keysOf(0, 100))).readFloatLE(0), -0.25);
+    assert.ok(e.stats().logBytes > 0);
+    await e.close();
+    assert.throws(
+      () => Engine.open({ dir: pool('bad'), poolMb: 32, cacheMb: 2, layout: 'columnar' as never }),
+      (err: EngineError) => err.code === 'INVALID_ARGUMENT' && /layout must be one of inplace, logged/.test(err.message),
+    );
+  });
+
+  it('refuses a version whose log record is damaged, and the full check counts it', async () => {
+    const dir = pool('damaged');
+    let e = Engine.open({ dir, poolMb: 32, cacheMb: 2, layout: 'logged' });
+    e.createTable(SGD);
+    // One row with values no other row has: SGD at lr 1 from zeros stores -grad.
+    await e.push('emb', keysOf(0, 50), f32(new Array(800).fill(0.5)));
+    await e.push('emb', keysOf(100, 1), f32(Array.from({ length: 16 }, (_, i) => -1000.25 - i)));
+    await e.close();
+    const file = path.join(dir, 'pmemps.pool');
+    const bytes = fs.readFileSync(file);
+    const needle = f32(Array.from({ length: 16 }, (_, i) => 1000.25 + i));
+    const at = bytes.indexOf(needle);
+    assert.ok(at > 0 && bytes.indexOf(needle, at + 1) < 0, 'the row is stored once, in the log');
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, Buffer.from([bytes[at + 20] ^ 0x40]), 0, 1, at + 20);
+    fs.closeSync(fd);
+    e = Engine.open({ dir, poolMb: 32, cacheMb: 2 });
+    await assert.rejects(e.pull('emb', keysOf(100, 1)), (err: EngineError) => err.code === 'CORRUPT' && /failed its checksum/.test(err.message));
+    assert.equal((await e.pull('emb', keysOf(8, 1))).readFloatLE(0), -0.5, 'other rows still read');
+    const check = e.fullCheck();
+    assert.equal(check.badRecords, 1);
+    assert.match(check.problems.join('\n'), /key 100: its live version .*checksum/);
+    await e.close();
+  });
+
+  it('on a pool whose log cannot grow, refuses pushes whole and keeps every acknowledged one', { timeout: 120_000 }, async () => {
+    const dir = pool('full');
+    const spec: TableSpec = { ...SGD, dim: 64, optimizer: { type: 'adagrad', lr: 0.05, initialAccumulator: 0.1 } };
+    const e = Engine.open({ dir, poolMb: 16, cacheMb: 1, layout: 'logged' });
+    const ref = Engine.open({ memoryOnly: true });
+    e.createTable(spec);
+    ref.createTable(spec);
+    const rand = prng(5);
+    const N = 6000;
+    let refused = 0;
+    let acked = 0;
+    let checkpoints = 0;
+    // Uniform pushes over more rows than the cache holds: every one evicts
+    // dirty rows, so the log grows until the pool has no room left for it.
+    for (let step = 0; step < 400 && refused < 20; step++) {
+      const keys = packKeys(Array.from({ length: 256 }, () => BigInt(Math.floor(rand() * N))));
+      const g = randomGrads(rand, 256 * 64);
+      try {
+        await e.push('emb', keys, g);
+        await ref.push('emb', keys, g);
+        acked++;
+      } catch (err) {
+        assert.equal((err as EngineError).code, 'OUT_OF_SPACE', String(err));
+        refused++;
+      }
+      if (step % 50 === 49) {
+        try {
+          await e.prepare(++checkpoints);
+          await e.commit(checkpoints);
+        } catch (err) {
+          assert.equal((err as EngineError).code, 'OUT_OF_SPACE', String(err));
+        }
+      }
+    }
+    assert.ok(refused > 0 && acked > 50, `the pool filled up (${acked} pushes acknowledged, ${refused} refused)`);
+    const all = keysOf(0, N);
+    assert.ok((await e.pull('emb', all)).equals(await ref.pull('emb', all)), 'the live state is exactly the acknowledged pushes');
+    await e.close().catch((err: EngineError) => assert.equal(err.code, 'OUT_OF_SPACE'));
+    await ref.close();
+  });
+});
