@@ -112,6 +112,10 @@ export interface EngineStats {
   garbageTables: number;
   /** Pool bytes held by the version log's segments (logged pools; else 0). */
   logBytes: number;
+  /** Log segments compaction freed since open. */
+  logSegmentsFreed: number;
+  /** Bytes of live versions compaction copied forward since open (what reclaiming the rest cost). */
+  logBytesCopied: number;
 }
 
 export interface CheckpointContent {

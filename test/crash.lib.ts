@@ -768,6 +768,9 @@ export function childEnv(opts: { failpoint?: string; force: boolean }): NodeJS.P
   delete env.PMEM_IS_PMEM_FORCE;
   if (opts.failpoint) env.PMEMPS_FAILPOINT = opts.failpoint;
   if (opts.force) env.PMEM_IS_PMEM_FORCE = '1';
+  // Logged pools compact their log at every wake, so that the small pools
+  // of the scenarios reach compaction (and its failpoints).
+  env.PMEMPS_LOG_COMPACT = 'eager';
   return env;
 }
 
@@ -864,6 +867,9 @@ export const FAILPOINTS: Readonly<Record<string, number>> = {
 export const FAILPOINTS_LOGGED: Readonly<Record<string, number>> = {
   'writeback.after_append': 200,
   'log.after_grow': 3,
+  // The children run with PMEMPS_LOG_COMPACT=eager (see childEnv).
+  'compact.after_copy': 3,
+  'compact.before_free': 3,
 };
 /**
  * Failpoints the scenarios cannot reach, each with the compiled test file

@@ -1,6 +1,7 @@
 // The logged row layout (layout.h, vlog.h) where users of an SSD run it, the
 // msync path: a pool keeps the layout it was made with, a damaged log record
-// is refused rather than read, and a pool whose log cannot grow refuses
+// is refused rather than read, compaction keeps the log's space bounded
+// without changing a version, and a pool whose log cannot grow refuses
 // pushes whole, keeping every acknowledged one. (Eviction, checkpoints under
 // pushes and crashes on this layout: engine.test.ts and crash.test.ts.)
 process.env.PMEM_IS_PMEM_FORCE ??= '0';
@@ -59,6 +60,52 @@ describe('the logged layout', () => {
     assert.equal(check.badRecords, 1);
     assert.match(check.problems.join('\n'), /key 100: its live version .*checksum/);
     await e.close();
+  });
+
+  it('compacts its log in the background: space stays bounded, every version and the checkpoint exact', { timeout: 120_000 }, async () => {
+    const dir = pool('compact');
+    let e = Engine.open({ dir, poolMb: 96, cacheMb: 1, layout: 'logged' });
+    const ref = Engine.open({ memoryOnly: true });
+    const spec: TableSpec = { ...SGD, optimizer: { type: 'adagrad', lr: 0.05, initialAccumulator: 0.1 } };
+    e.createTable(spec);
+    ref.createTable(spec);
+    const rand = prng(9);
+    const N = 20000;
+    const all = keysOf(0, N);
+    const need = N * (32 + 4 * 32); // rows x one record (header + weights and accumulators)
+    // The compactor's threshold (twice the rows' records and 4 segments of
+    // 1.5 MiB, a 64th of the pool), the spare segments pushes reserve, and
+    // one segment being compacted.
+    const bound = 2 * need + 8 * 1.5 * 2 ** 20;
+    let atCommit: Buffer = Buffer.alloc(0);
+    // Uniform pushes over 20x the rows the cache holds: nearly every row
+    // pushed is written back at once, ~60 times over in all.
+    for (let step = 0; step < 300; step++) {
+      const keys = packKeys(Array.from({ length: 4096 }, () => BigInt(Math.floor(rand() * N))));
+      const g = randomGrads(rand, 4096 * 16);
+      await e.push('emb', keys, g);
+      await ref.push('emb', keys, g);
+      if (step % 30 === 29) {
+        await e.prepare(step);
+        await e.commit(step);
+        atCommit = await ref.pull('emb', all);
+      }
+    }
+    const deadline = Date.now() + 30_000;
+    while (e.stats().logBytes > bound && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const st = e.stats();
+    // ~950k write-backs of 160 bytes went through a 96 MiB pool.
+    assert.ok(st.writebacks * 160 > 96 * 2 ** 20 && st.logSegmentsFreed > 50, `${st.writebacks} write-backs, ${st.logSegmentsFreed} segments freed`);
+    assert.ok(st.logBytes <= bound, `the log holds ${st.logBytes} bytes for ${need} bytes of rows`);
+    assert.ok((await e.pull('emb', all)).equals(await ref.pull('emb', all)), 'the live state survived compaction');
+    await e.close();
+    e = Engine.open({ dir, poolMb: 96, cacheMb: 1 });
+    assert.ok((await e.pull('emb', all)).equals(await ref.pull('emb', all)), 'and a clean close and reopen');
+    assert.deepEqual(e.fullCheck().problems, []);
+    await e.rollback();
+    assert.ok((await e.pull('emb', all)).equals(atCommit), 'the committed checkpoint survived compaction');
+    await e.close();
+    await ref.close();
   });
 
   it('on a pool whose log cannot grow, refuses pushes whole and keeps every acknowledged one', { timeout: 120_000 }, async () => {

@@ -475,6 +475,8 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       num("maxPushWaitUs", s.max_push_wait_us);
       num("garbageTables", s.garbage_tables);
       num("logBytes", s.log_bytes);
+      num("logSegmentsFreed", s.log_freed);
+      num("logBytesCopied", s.log_copied);
       return o;
     });
   }

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -71,6 +72,8 @@ struct Stats {
   uint64_t pool_bytes, pool_used, committed, prepared, last_id, epoch, max_push_wait_us;
   uint64_t garbage_tables;  // removed tables whose storage is still being freed
   uint64_t log_bytes;       // pool bytes held by the version log's segments (logged pools)
+  uint64_t log_freed;       // log segments compaction freed since open
+  uint64_t log_copied;      // bytes of live records compaction copied forward since open
 };
 
 class Engine {
@@ -157,6 +160,13 @@ class Engine {
     uint64_t grow_end = 0;
     std::unique_ptr<Index> index;
     std::mutex alloc_mu;
+    // Tells this table from a later one in the same slot (the compactor
+    // remembers rows across its lock holds). Unique in the process.
+    const uint64_t gen = next_table_gen();
+    static uint64_t next_table_gen() {
+      static std::atomic<uint64_t> g{0};
+      return ++g;
+    }
     std::atomic<uint64_t> r_next{0};  // rows reserved (pool) or created (memory)
   };
   static constexpr int kStripeBits = 4;
@@ -277,6 +287,22 @@ class Engine {
     std::vector<std::pair<Entry*, size_t>> taken;  // entry, offset of its copy (SIZE_MAX: a shadow)
   };
   bool flush_step(bool polite, FlushCursor& c);
+
+  // Compaction of a logged pool's version log (engine_compact.cc): a
+  // thread of its own copies the live records of the oldest segments to the
+  // log's end and frees the segments, while the log holds more than twice
+  // what the tables' rows need. Started at open, stopped before close.
+  void start_compactor();
+  void stop_compactor();
+  void wake_compactor();
+  void compact_loop();
+  bool compact_due();
+  bool compact_segment(uint64_t seg_off);
+  std::thread compactor_;
+  std::mutex compact_mu_;
+  std::condition_variable compact_cv_;
+  bool compact_stop_ = false, compact_wake_ = false;
+  std::atomic<uint64_t> log_freed_{0}, log_copied_{0};
   PCkpt* ckpt_at(uint64_t off) const;
 
   // What lies behind the cache, a compile-time policy of the data path

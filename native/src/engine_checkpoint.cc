@@ -302,7 +302,8 @@ void Engine::prepare_finish(uint64_t id) {
       root_->dead_off = nd;
       root_->dead_cap = cap;
     }
-    if (vlog_) vlog_->publish_tail(tx);
+    std::unique_lock<std::mutex> tail;
+    if (vlog_) tail = vlog_->publish_tail(tx);
     root_->p_id = id;
     root_->p_epoch = p_epoch_;
     root_->p_rec = off;
@@ -381,6 +382,7 @@ void Engine::commit_pool(std::unique_lock<RwLock>& el) {
   for (uint32_t i : freed) tables_[i].reset();
   rebuild_names();
   pushes_blocked_ = false;
+  wake_compactor();  // versions the new committed checkpoint superseded are dead now
   if (!freed.empty()) {
     el.unlock();
     reclaim();

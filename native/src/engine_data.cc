@@ -808,6 +808,8 @@ void Engine::stats_pool(Stats& st) {
   st.pool_bytes = pool_->size();
   st.pool_used = pool_->used_bytes();
   if (vlog_) st.log_bytes = vlog_->segments() * vlog_->seg_bytes();
+  st.log_freed = log_freed_.load();
+  st.log_copied = log_copied_.load();
   std::lock_guard<std::mutex> g(tx_mu_);
   const PTable* ts = pool_->at<PTable>(root_->tables_off);
   for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;

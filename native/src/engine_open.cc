@@ -69,7 +69,7 @@ Engine::Engine(const EngineOptions& o) : opts_(o), mem_(o.memory_only) {
 
 // Without close() the pool is left as after a crash: the next open comes
 // back at the last committed checkpoint, which is the safe default.
-Engine::~Engine() = default;
+Engine::~Engine() { stop_compactor(); }
 
 void Engine::init_root() {
   std::lock_guard<std::mutex> g(tx_mu_);
@@ -217,6 +217,7 @@ void Engine::open_pool() {
   // Storage of tables that died with a crash, or whose freeing a crash
   // interrupted: proportional to their slabs and index segments, not rows.
   reclaim();
+  start_compactor();
 }
 
 void Engine::load_tables() {
@@ -362,6 +363,8 @@ void Engine::reclaim_step(PTable* d) {
 }
 
 void Engine::close(const std::string& record) {
+  // First, and without a lock: the compactor takes epoch_mu_ shared.
+  stop_compactor();
   std::unique_lock<std::mutex> cg(ckpt_mu_);
   wait_prepared(cg);
   std::unique_lock<RwLock> el(epoch_mu_);
@@ -418,7 +421,8 @@ void Engine::close_pool(const std::string& record) {
     // count as clean. Nothing was written meanwhile (pushes were refused).
     root_->clean = recovering_ ? 0 : 1;
     // The versions written back above are part of the pool from here.
-    if (vlog_) vlog_->publish_tail(tx);
+    std::unique_lock<std::mutex> tail;
+    if (vlog_) tail = vlog_->publish_tail(tx);
     // The record is only read when clean == 1, which this same transaction
     // sets: a crash anywhere before the commit leaves the old clean == 0.
     root_->close_len = record.size();

@@ -36,7 +36,9 @@ namespace pmemps {
   X("close.mid_writeback")     \
   X("close.before_clean_mark") \
   X("writeback.after_append")  \
-  X("log.after_grow")
+  X("log.after_grow")          \
+  X("compact.after_copy")      \
+  X("compact.before_free")
 
 #define PMEMPS_FAILPOINT_NAME(name) name,
 inline constexpr const char* kFailpoints[] = {PMEMPS_FAILPOINTS(PMEMPS_FAILPOINT_NAME)};

@@ -59,7 +59,9 @@ uint64_t VLog::create(Tx& tx, Pool& pool, uint64_t seg_bytes) {
   const uint64_t off = tx.alloc(sizeof(PVLog), true);
   PVLog* d = pool.at<PVLog>(off);
   d->magic = kVLogMagic;
-  d->seg_bytes = Pool::alloc_size(std::max<uint64_t>(seg_bytes, 8 * kSlack));
+  // Whole chunks, the allocation header included (alloc_size would round
+  // a request of whole chunks up by one).
+  d->seg_bytes = Pool::alloc_size(std::max<uint64_t>(seg_bytes, 8 * kSlack) - Pool::kHugeHeader);
   d->cap = 16;
   d->segs_off = tx.alloc(sizeof(uint64_t) * d->cap, true);
   d->checksum = sum(d);
@@ -76,6 +78,9 @@ VLog::VLog(Pool& pool, uint64_t desc_off) : pool_(pool), d_(pool.at<PVLog>(desc_
   seg_ = d_->tail_seg;
   off_ = d_->tail_off;
   if (seg_ < d_->nsegs) synced_from_ = seg_base(seg_) + off_;
+  const uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
+  for (uint64_t i = 0; i < d_->nsegs; i++) holes_ += segs[i] == 0;
+  if (seg_ < d_->nsegs && segs[seg_] == 0) throw Error(Code::Corrupt, "the version log's tail is in a freed segment (damaged pool)");
 }
 
 uint64_t VLog::room() const {
@@ -88,13 +93,30 @@ void VLog::grow() {
   Tx tx(pool_);
   tx.add(d_, sizeof(PVLog));
   if (d_->nsegs == d_->cap) {
-    const uint64_t cap = d_->cap * 2;
+    // A new list without the holes (twice as long when they are few): the
+    // current segment's index and the published tail's shift with the
+    // holes before them, in this same transaction.
+    const uint64_t* old = pool_.at<uint64_t>(d_->segs_off);
+    const uint64_t cap = holes_ >= d_->nsegs / 2 ? d_->cap : d_->cap * 2;
     const uint64_t a = tx.alloc(sizeof(uint64_t) * cap, true);
-    std::memcpy(pool_.at<uint64_t>(a), pool_.at<uint64_t>(d_->segs_off), sizeof(uint64_t) * d_->nsegs);
-    pool_.persist(pool_.at<uint64_t>(a), sizeof(uint64_t) * d_->nsegs);
+    uint64_t* nl = pool_.at<uint64_t>(a);
+    uint64_t n = 0, seg = seg_, tail = d_->tail_seg;
+    for (uint64_t i = 0; i < d_->nsegs; i++) {
+      if (old[i]) {
+        nl[n++] = old[i];
+        continue;
+      }
+      if (i < seg_) seg--;
+      if (i < d_->tail_seg) tail--;
+    }
+    pool_.persist(nl, sizeof(uint64_t) * n);
     tx.free(d_->segs_off);
     d_->segs_off = a;
     d_->cap = cap;
+    d_->nsegs = n;
+    d_->tail_seg = tail;
+    seg_ = seg;
+    holes_ = 0;
   }
   const uint64_t s = tx.alloc(d_->seg_bytes, false);
   uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
@@ -177,20 +199,51 @@ void VLog::sync() {
   for (auto& [p, n] : ranges) pool_.persist(p, n);
 }
 
-void VLog::publish_tail(Tx& tx) {
+std::unique_lock<std::mutex> VLog::publish_tail(Tx& tx) {
   // Appends after the caller's sync() may lie before the tail published
-  // here: harmless, since only a slot or run published with a later sync
-  // can name them, and none is read unless it is.
-  std::lock_guard<std::mutex> g(mu_);
+  // here: harmless, since only a slot published with a later sync can name
+  // them, and none is read unless it is.
+  std::unique_lock<std::mutex> g(mu_);
   tx.add(d_, sizeof(PVLog));
   d_->tail_seg = seg_;
   d_->tail_off = off_;
   d_->checksum = sum(d_);
+  return g;
 }
 
 uint64_t VLog::segments() const {
   std::lock_guard<std::mutex> g(mu_);
-  return d_->nsegs;
+  return d_->nsegs - holes_;
+}
+
+uint64_t VLog::oldest_full_segment() const {
+  std::lock_guard<std::mutex> g(mu_);
+  const uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
+  for (uint64_t i = 0; i < d_->tail_seg; i++)
+    if (segs[i]) return segs[i];
+  return 0;
+}
+
+void VLog::free_segment(uint64_t seg_off) {
+  std::lock_guard<std::mutex> g(mu_);
+  uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
+  uint64_t i = 0;
+  while (i < d_->tail_seg && segs[i] != seg_off) i++;
+  if (i >= d_->tail_seg) throw Error(Code::Internal, "free_segment: not a whole segment of the log (a bug: please report it)");
+  Tx tx(pool_, TxLog::Bounded);
+  tx.add(&segs[i], sizeof(uint64_t));
+  segs[i] = 0;
+  tx.free(seg_off);
+  tx.commit();
+  holes_++;
+}
+
+const VRecordHdr* VLog::parse(uint64_t off) const {
+  const VRecordHdr* h = pool_.at<VRecordHdr>(off);
+  if (h->n == 0 || record_bytes(h->n) > kSlack || off + record_bytes(h->n) > pool_.size()) return nullptr;
+  VRecordHdr c = *h;
+  c.crc = 0;
+  return crc32c(h + 1, sizeof(float) * h->n, crc32c(&c, sizeof c)) == h->crc ? h : nullptr;
 }
 
 uint64_t VLog::appended_bytes() const {

@@ -20,6 +20,11 @@
 //    (publish_tail, in that same transaction).
 //  * Appends, reservations, syncs and the tail's publish are safe from any
 //    thread (mu_); read() runs concurrently with appends to other records.
+//  * A freed segment leaves a hole (offset 0) in the list until the list
+//    is packed, which happens when it is full; indices before the current
+//    segment only ever shift down with the tail's, in one transaction.
+//    Only segments before the published tail's are freed (free_segment), so
+//    a restart, which resumes at the tail, never meets a hole.
 //  * Room: the bytes left in the current and the spare segments, each
 //    counted short by kSlack (what a segment's end can waste, since a record
 //    never straddles two). reserved_ <= room() always: a holder of a
@@ -93,19 +98,43 @@ class VLog {
   void sync();
 
   // Records the current end of the log as its published tail (in the
-  // caller's transaction, after sync()).
-  void publish_tail(Tx& tx);
+  // caller's transaction, after sync()). The caller holds the returned lock
+  // until that transaction has committed: a segment's allocation committed
+  // in between would be undone with it if it aborted.
+  [[nodiscard]] std::unique_lock<std::mutex> publish_tail(Tx& tx);
 
   // The record at off; fails with Corrupt when its crc does not match.
   const VRecordHdr* read(uint64_t off) const;
 
+  // Segments holding records (holes not counted) and their usable bytes each.
   uint64_t segments() const;
   uint64_t seg_bytes() const { return d_->seg_bytes; }
   uint64_t appended_bytes() const;
 
+  // The pool offset of the oldest segment before the published tail's
+  // (whole: nothing is appended to it any more, and a restart resumes past
+  // it), 0 when there is none.
+  uint64_t oldest_full_segment() const;
+  // Calls fn(offset, record) for the records of the segment at seg_off, from
+  // its start while they parse and pass their checksum (what follows the
+  // last one is garbage). The segment must be one oldest_full_segment gave.
+  template <class F>
+  void for_each_record(uint64_t seg_off, F fn) const {
+    for (uint64_t o = 0; o + sizeof(VRecordHdr) <= d_->seg_bytes;) {
+      const VRecordHdr* h = parse(seg_off + o);
+      if (!h || o + record_bytes(h->n) > d_->seg_bytes) return;
+      fn(seg_off + o, h);
+      o += record_bytes(h->n);
+    }
+  }
+  // Frees a whole segment no live slot names any more (in a transaction of
+  // its own, which also lists it as a hole).
+  void free_segment(uint64_t seg_off);
+
  private:
-  uint64_t room() const;  // mu_ held
-  void grow();            // mu_ held: one more spare segment
+  const VRecordHdr* parse(uint64_t off) const;  // the record at off when it is one, else null
+  uint64_t room() const;                        // mu_ held
+  void grow();                                  // mu_ held: one more spare segment
   char* seg_base(uint64_t i) const { return pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[i]); }
   static uint64_t sum(const PVLog* d);
 
@@ -118,6 +147,7 @@ class VLog {
   char* synced_from_ = nullptr;                     // start of the bytes appended since the last sync, in the current segment
   std::vector<std::pair<char*, size_t>> unsynced_;  // whole ranges of segments left since the last sync
   uint64_t appended_ = 0;
+  uint64_t holes_ = 0;  // freed entries in the list, counted at open (O(list)) and kept since
 };
 
 }  // namespace pmemps

@@ -52,7 +52,7 @@ int main() {
     log.sync();
     {
       Tx tx(*pool);
-      log.publish_tail(tx);
+      auto held = log.publish_tail(tx);
       tx.commit();
     }
     for (auto& r : recs) CHECK(same(log.read(r.off), r));

@@ -1,0 +1,217 @@
+// Compaction of the version log of a logged pool (docs/design.md, "Writing
+// back on a disk"): the live records of the oldest segment are copied to
+// the log's end, the slots that named them are pointed at the copies, and
+// the segment is freed.
+//
+// Invariants:
+//  * A record is live when a slot of its row with a live epoch names it
+//    (same offset, same epoch). Dead epochs never come back, and no new
+//    slot ever names a record of an old segment, so what is dead in a
+//    segment stays dead.
+//  * A slot is repointed only after its copy is durable and lies before
+//    the published tail (the chunk's sync, then a transaction that
+//    publishes the tail): a restart resumes appending after the copy, so
+//    a slot never names bytes a later append overwrites.
+//  * A segment is freed only after every slot repointed from it is durable
+//    (persist_ranges), and only when every live record of it was
+//    repointed; a row the flusher is writing (its entry `flushing`) makes
+//    the segment wait for another pass. Only segments before the published
+//    tail's are candidates (vlog.h), so a restart never meets a hole.
+//  * Slots are read and repointed under the row's stripe lock and its
+//    table's index lock, as every write-back writes them (the flusher
+//    excepted, whose rows are `flushing`), and under epoch_mu_ shared, held
+//    per chunk of records only: a checkpoint's boundary waits for one chunk
+//    at most. A table is looked up again in each hold and recognized by
+//    its gen: a dropped table's storage is freed only after its Table is.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine_impl.h"
+
+namespace pmemps {
+
+namespace {
+
+constexpr size_t kCompactChunk = 2048;  // records per epoch_mu_ hold and per published tail
+
+}  // namespace
+
+void Engine::start_compactor() {
+  if (!vlog_) return;
+  compactor_ = std::thread([this] { compact_loop(); });
+}
+
+void Engine::stop_compactor() {
+  {
+    std::lock_guard<std::mutex> g(compact_mu_);
+    compact_stop_ = true;
+  }
+  compact_cv_.notify_all();
+  if (compactor_.joinable()) compactor_.join();
+}
+
+void Engine::wake_compactor() {
+  if (!vlog_) return;
+  {
+    std::lock_guard<std::mutex> g(compact_mu_);
+    compact_wake_ = true;
+  }
+  compact_cv_.notify_all();
+}
+
+// Twice the rows' versions, plus four segments of slack: a row keeps up to
+// three versions (committed, prepared, newest), mostly one, so the log then
+// has at least about half dead bytes to reclaim on average.
+bool Engine::compact_due() {
+  std::shared_lock<RwLock> el(epoch_mu_);
+  if (closed_) return false;
+  uint64_t need = 0;
+  for (auto& t : tables_)
+    if (t) need += t->r_next.load(std::memory_order_relaxed) * VLog::record_bytes(t->row_floats);
+  const uint64_t have = vlog_->segments() * vlog_->seg_bytes();
+  return have > 2 * need + 4 * vlog_->seg_bytes();
+}
+
+void Engine::compact_loop() {
+  // PMEMPS_LOG_COMPACT=eager (tests): every whole segment before the
+  // published tail is compacted at every wake, however live, so that the
+  // crash tests' small pools reach compaction.
+  const char* mode = std::getenv("PMEMPS_LOG_COMPACT");
+  const bool eager = mode && std::strcmp(mode, "eager") == 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> g(compact_mu_);
+      compact_cv_.wait_for(g, std::chrono::seconds(1), [&] { return compact_stop_ || compact_wake_; });
+      if (compact_stop_) return;
+      compact_wake_ = false;
+    }
+    try {
+      if (eager) {
+        // The copies land after the tail, so this ends with the segments
+        // that were before it.
+        while (const uint64_t seg = vlog_->oldest_full_segment()) {
+          {
+            std::lock_guard<std::mutex> g(compact_mu_);
+            if (compact_stop_) return;
+          }
+          if (!compact_segment(seg)) break;
+        }
+        continue;
+      }
+      while (compact_due()) {
+        {
+          std::lock_guard<std::mutex> g(compact_mu_);
+          if (compact_stop_) return;
+        }
+        uint64_t seg = vlog_->oldest_full_segment();
+        if (!seg) {
+          // Every whole segment is after the published tail (no checkpoint
+          // for a while): publish it, which is safe at any time once the
+          // log is synced, so that they become candidates.
+          vlog_->sync();
+          {
+            std::lock_guard<std::mutex> g(tx_mu_);
+            Tx tx(*pool_, TxLog::Bounded);
+            auto tail = vlog_->publish_tail(tx);
+            tx.commit();
+          }
+          seg = vlog_->oldest_full_segment();
+          if (!seg) break;
+        }
+        const uint64_t before = log_copied_.load();
+        if (!compact_segment(seg)) break;
+        // A segment nearly all live gains little: wait for more to die.
+        if (log_copied_.load() - before > vlog_->seg_bytes() - vlog_->seg_bytes() / 8) break;
+      }
+    } catch (const Error&) {
+      // A full pool (no room for the copies) or a closing engine: the next
+      // wake tries again; nothing was freed that a slot still names.
+    }
+  }
+}
+
+bool Engine::compact_segment(uint64_t seg_off) {
+  std::vector<uint64_t> recs;
+  vlog_->for_each_record(seg_off, [&](uint64_t off, const VRecordHdr*) { recs.push_back(off); });
+  struct Move {
+    Table* t;
+    uint64_t gen, key, ref, from, to;
+    uint32_t slot, epoch;
+  };
+  std::vector<Move> moves;
+  bool blocked = false;
+  for (size_t c0 = 0; c0 < recs.size(); c0 += kCompactChunk) {
+    const size_t c1 = std::min(recs.size(), c0 + kCompactChunk);
+    moves.clear();
+    {
+      // Copy the chunk's live records to the log's end.
+      std::shared_lock<RwLock> el(epoch_mu_);
+      if (closed_) return false;
+      for (size_t i = c0; i < c1; i++) {
+        const VRecordHdr* h = pool_->at<VRecordHdr>(recs[i]);
+        Table* t = h->table < kMaxTables ? tables_[h->table].get() : nullptr;
+        if (!t || !t->d || h->n != t->row_floats) continue;
+        const uint64_t hash = Stripe::hash(t->idx, h->key);
+        Stripe& s = stripe_for(hash);
+        std::lock_guard<std::mutex> sg(s.mu);
+        const Entry* e = s.find(t->idx, h->key, hash);
+        if (e && e->flushing) {
+          blocked = true;
+          continue;
+        }
+        std::shared_lock<RwLock> il(t->index->mu());
+        const uint64_t ref = t->index->lookup(h->key);
+        if (!valid_ref(*t, ref, h->key)) continue;
+        char* row = row_ptr(*t, ref);
+        for (uint32_t k = 0; k < kSlots; k++) {
+          const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(slot_hdr(*t, row, k));
+          if (ls->off != recs[i] || ls->h.epoch != h->epoch || !live(ls->h.epoch)) continue;
+          const uint64_t to = vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n);
+          moves.push_back({t, t->gen, h->key, ref, recs[i], to, k, h->epoch});
+          log_copied_.fetch_add(VLog::record_bytes(h->n), std::memory_order_relaxed);
+        }
+      }
+    }
+    if (moves.empty()) continue;
+    // The copies durable and before the published tail, then the slots.
+    vlog_->sync();
+    {
+      std::lock_guard<std::mutex> g(tx_mu_);
+      Tx tx(*pool_, TxLog::Bounded);
+      auto tail = vlog_->publish_tail(tx);
+      tx.commit();
+    }
+    failpoint("compact.after_copy");
+    std::shared_lock<RwLock> el(epoch_mu_);
+    if (closed_) return false;
+    for (const Move& m : moves) {
+      if (tables_[m.t->idx].get() != m.t || m.t->gen != m.gen) continue;  // dropped since: its records are dead
+      const uint64_t hash = Stripe::hash(m.t->idx, m.key);
+      Stripe& s = stripe_for(hash);
+      std::lock_guard<std::mutex> sg(s.mu);
+      const Entry* e = s.find(m.t->idx, m.key, hash);
+      if (e && e->flushing) {
+        blocked = true;
+        continue;
+      }
+      std::shared_lock<RwLock> il(m.t->index->mu());
+      LoggedSlot* ls = reinterpret_cast<LoggedSlot*>(slot_hdr(*m.t, row_ptr(*m.t, m.ref), m.slot));
+      // A write-back since may have reused the slot for a newer version.
+      if (ls->off != m.from || ls->h.epoch != m.epoch) continue;
+      pool_->write(&ls->off, &m.to, sizeof m.to);
+      pool_->drain();
+    }
+  }
+  if (blocked) return false;  // the flusher is writing one of its rows: another pass
+  // Every slot that named the segment names its copy, durably, before the
+  // segment goes.
+  pool_->persist_ranges();
+  failpoint("compact.before_free");
+  vlog_->free_segment(seg_off);
+  log_freed_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+}  // namespace pmemps
