@@ -144,6 +144,8 @@ function envWith(force: boolean): NodeJS.ProcessEnv {
 }
 
 type MediumKey = 'shm' | 'disk' | 'shm-logged' | 'disk-logged';
+/** Pool bytes per row after phase 3's ten checkpoint cycles, by medium (the logged media compare with the in-place ones run before them). */
+const spacePerRow: Record<string, number> = {};
 const MEDIA: Record<MediumKey, Medium> = {
   shm: { key: 'shm', label: 'shm', layout: 'inplace', base: path.join(SHM, `pmemps-bench-${process.pid}`), inRam: true, env: envWith(true) },
   disk: { key: 'disk', label: 'disk', layout: 'inplace', base: path.join(REPO, '.bench-data', `run-${process.pid}`), inRam: false, env: envWith(false) },
@@ -812,6 +814,21 @@ async function runMedium(m: Medium): Promise<void> {
     lr,
     `max ${fmtMs(lat.duringPrepare.maxMs)}, p99 ${fmtMs(lat.duringPrepare.p99Ms)} (${lat.duringPrepare.overlapping} pushes over a ${fmtMs(lat.duringPrepare.prepareMs)} prepare) vs ` +
       `max ${fmtMs(lat.noCheckpoint.maxMs)}, p99 ${fmtMs(lat.noCheckpoint.p99Ms)} without; stats().maxPushWaitUs ${lat.maxPushWaitUsAfter} µs`,
+  );
+  const sp = p3.space;
+  spacePerRow[m.key] = sp.poolUsedBytes / lr;
+  const inPlace = m.layout === 'logged' ? spacePerRow[m.key.replace('-logged', '')] : undefined;
+  add(
+    '3',
+    `pool space after 10 checkpoint cycles of 10% dirty rows (bytes in use per row)`,
+    ml,
+    lr,
+    `${fmtBytes(sp.poolUsedBytes)} = ${(sp.poolUsedBytes / lr).toFixed(0)} B/row` +
+      (m.layout === 'logged' ? `; log ${fmtBytes(sp.logBytes)}, compaction freed ${sp.logSegmentsFreed} segments, copied ${fmtBytes(sp.logBytesCopied)}` : '') +
+      (inPlace ? `; **${(sp.poolUsedBytes / lr / inPlace).toFixed(2)}x** the in-place pool's of this run` : '') +
+      `; the 10 checkpoints took ${sp.checkpointMs.map((x: number) => fmtMs(x)).join(', ')}`,
+    m.layout === 'logged' && inPlace ? '≤ 1.5x in place' : '',
+    m.layout === 'logged' && inPlace ? sp.poolUsedBytes / lr / inPlace <= 1.5 : null,
   );
   notes.push(
     `phase 3 (${ml}): the latency pusher has 1 push in flight and cycles over 64 batches of uniform keys (~262k rows, cache-resident after one warm pass), ` +

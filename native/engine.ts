@@ -83,7 +83,7 @@ export const OPTIMIZER_PARAMS: Record<OptimizerType, ReadonlyArray<[string, numb
 };
 const OPT_CODES: OptimizerType[] = ['sgd', 'adagrad', 'adam', 'rmsprop', 'ftrl'];
 /** By their code in the pool (layout.h: kLayoutInPlace, kLayoutLogged). */
-const LAYOUTS: PoolLayout[] = ['inplace', 'logged'];
+const LAYOUTS: (PoolLayout | 'auto')[] = ['inplace', 'logged', 'auto'];
 const INIT_CODES: InitializerSpec['type'][] = ['zeros', 'constant', 'uniform', 'normal'];
 
 function invalid(msg: string): EngineError {

@@ -59,10 +59,11 @@ export interface OpenOptions {
    * pool keeps its own; openInfo.layout says which): 'inplace', each row's
    * versions in its record (fastest on PMEM), or 'logged', the versions
    * appended to a log and the row record naming them, so that write-backs
-   * are sequential (for pools on an SSD or another page-cached file).
+   * are sequential (for pools on an SSD or another page-cached file), or
+   * 'auto': in place when the pool is on persistent memory, else logged.
    * Default 'inplace'.
    */
-  layout?: PoolLayout;
+  layout?: PoolLayout | 'auto';
 }
 
 export type PoolLayout = 'inplace' | 'logged';

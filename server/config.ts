@@ -20,6 +20,8 @@ export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] a
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export const LOG_FORMATS = ['json', 'pretty'] as const;
 export type LogFormat = (typeof LOG_FORMATS)[number];
+export const POOL_LAYOUTS = ['auto', 'inplace', 'logged'] as const;
+export type PoolLayoutOption = (typeof POOL_LAYOUTS)[number];
 
 export interface TlsFiles {
   certFile: string;
@@ -33,6 +35,7 @@ export interface PserverConfig {
   pmem: string;
   cacheMb: number;
   poolSizeMb: number;
+  poolLayout: PoolLayoutOption;
   maxMessageMb: number;
   drainSeconds: number;
   limits: TransportLimits;
@@ -114,6 +117,15 @@ export const OPTIONS: readonly OptionDef[] = [
     arg: 'S',
     default: '16G',
     describe: 'size when the pool is created (`512M`, `64G`; a bare number is MiB; 16M to 1P); ignored for an existing pool',
+  },
+  {
+    name: 'pool-layout',
+    kind: 'string',
+    arg: 'L',
+    default: 'auto',
+    choices: POOL_LAYOUTS,
+    describe:
+      'row layout of a pool being created: `inplace` (versions in the row records; fastest on persistent memory), `logged` (versions appended to a log: sequential writes for SSDs and other page-cached files) or `auto` (inplace on persistent memory, else logged); an existing pool keeps its own',
   },
   {
     name: 'max-message-mb',
@@ -540,6 +552,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
     pmem: str('pmem')!,
     cacheMb: num('cache-mb'),
     poolSizeMb: poolSizeMb!,
+    poolLayout: str('pool-layout') as PoolLayoutOption,
     maxMessageMb: num('max-message-mb'),
     drainSeconds: num('drain-seconds'),
     limits: {

@@ -54,7 +54,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
   fs.mkdirSync(o.pmem, { recursive: true });
   let shard: Shard;
   try {
-    shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb });
+    shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb, layout: o.poolLayout });
   } catch (e) {
     await metrics?.close();
     throw e;
@@ -67,6 +67,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
       created: oi.created,
       lastStopClean: shard.lastStopClean,
       isPmem: oi.isPmem,
+      layout: oi.layout,
       committed: oi.committed,
       prepared: oi.prepared,
       incarnation: shard.incarnation,

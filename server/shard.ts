@@ -26,6 +26,7 @@ import {
   type EngineStats,
   type OpenInfo,
   type OptimizerSpec,
+  type PoolLayout,
   type ShardIdentity,
   type TableInfo,
   type TableSpec,
@@ -40,6 +41,8 @@ export interface ShardOptions {
   dir: string;
   cacheMb: number;
   poolMb: number;
+  /** Row layout of a pool created here (default 'auto'). */
+  layout?: PoolLayout | 'auto';
 }
 
 /** A refusal the service maps to a gRPC code other than the engine's. */
@@ -143,7 +146,7 @@ export class Shard {
   private admittedBytes = 0;
 
   constructor(opts: ShardOptions) {
-    this.engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb });
+    this.engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb, layout: opts.layout ?? 'auto' });
     const oi = this.engine.openInfo;
     this.lastStopClean = oi.cleanClose;
     this.blockedBy = oi.pushesBlocked ? (oi.prepared ?? 0) : 0;

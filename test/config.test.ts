@@ -105,6 +105,10 @@ const BAD: Record<string, { value: string; says: string; extra?: string[] }[]> =
     { value: '2P', says: '16M to 1P' },
     { value: 'big', says: 'like 512M' },
   ],
+  'pool-layout': [
+    { value: 'columnar', says: 'one of auto, inplace, logged' },
+    { value: 'LOGGED', says: 'one of auto, inplace, logged' },
+  ],
   'max-message-mb': [
     { value: '0', says: 'at least 1' },
     { value: '2048', says: 'at most 2047' },
@@ -400,6 +404,11 @@ describe('config: through the real binary', () => {
         /^pserver: --max-message-mb must be at most 2047, got 4096 \(from key "max-message-mb" of --config .*bad\.yaml\)\n$/,
       ],
       [['--bind', '0.0.0.0:0', '--pmem', pmem], {}, /^pserver: --bind 0\.0\.0\.0:0 is not a loopback address.*--insecure.*\n$/],
+      [
+        ['--bind', '127.0.0.1:0', '--pmem', pmem, '--pool-layout', 'columnar'],
+        {},
+        /^pserver: --pool-layout must be one of auto, inplace, logged, got "columnar" \(from --pool-layout on the command line\)\n$/,
+      ],
     ];
     for (const [args, env, message] of runs) {
       const r = await runPserver(args, env);
@@ -434,6 +443,24 @@ describe('config: through the real binary', () => {
       'drain-seconds': 'env',
     });
     assert.ok(!lines.join('\n').includes('tok-7f3a9c'), 'the contents of the token file never reach the log');
+  });
+
+  it('--pool-layout auto makes a logged pool off persistent memory and an in-place one on it; a pool keeps its layout', async () => {
+    const created = async (pmem: string, env: Record<string, string>, extra: string[] = []): Promise<Record<string, unknown>> => {
+      const { lines, code } = await startAndStop(
+        ['--bind', '127.0.0.1:0', '--pmem', pmem, '--pool-size', '32M', ...extra],
+        { PMEMPS_LOG_FORMAT: 'json', PMEMPS_DRAIN_SECONDS: '5', ...env },
+        /"msg":"serving"/,
+      );
+      assert.equal(code, 0);
+      return lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((e) => typeof e.isPmem === 'boolean')!;
+    };
+    const disk = path.join(dir, 'p-layout-disk');
+    assert.deepEqual(await created(disk, { PMEM_IS_PMEM_FORCE: '0' }).then((e) => [e.isPmem, e.layout, e.created]), [false, 'logged', true]);
+    const pm = path.join(dir, 'p-layout-pmem');
+    assert.deepEqual(await created(pm, { PMEM_IS_PMEM_FORCE: '1' }).then((e) => [e.isPmem, e.layout]), [true, 'inplace']);
+    const kept = await created(disk, { PMEM_IS_PMEM_FORCE: '0' }, ['--pool-layout', 'inplace']);
+    assert.deepEqual([kept.layout, kept.created], ['logged', false], 'an existing pool keeps the layout it was made with');
   });
 
   it('--log-level and --log-format make the one logger', async () => {

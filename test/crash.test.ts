@@ -205,11 +205,7 @@ describe('crash consistency, logged layout', { concurrency: JOBS }, () => {
   ];
   // After a compaction repointed slots at its copies: the next generation
   // appends (over the copies, were the tail not published with them).
-  const afterCompaction: KillSpec[] = [
-    { mode: 'failpoint', fp: 'compact.before_free', n: 1 },
-    { mode: 'op', pick: 4242, delay: 1 },
-    { mode: 'none' },
-  ];
+  const afterCompaction: KillSpec[] = [{ mode: 'failpoint', fp: 'compact.before_free', n: 1 }, { mode: 'op', pick: 4242, delay: 1 }, { mode: 'none' }];
   [gens, afterCompaction].forEach((g, i) => {
     const seed = mix(BASE_SEED, 0x1c4, i);
     it(`logged, msync path: generations on one pool: ${g.map((k) => killKey(k)).join(' -> ')} (seed ${seed})`, { timeout: 300_000 }, async () => {

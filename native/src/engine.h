@@ -45,9 +45,9 @@ struct EngineOptions {
   uint64_t pool_bytes = 1ULL << 30;
   uint64_t cache_bytes = 256ULL << 20;
   bool memory_only = false;
-  // Where a new pool keeps its rows' versions (layout.h): kLayoutInPlace
-  // or kLayoutLogged. Read only when the pool is created; an existing pool
-  // keeps the layout it was made with.
+  // Where a new pool keeps its rows' versions (layout.h): kLayoutInPlace,
+  // kLayoutLogged or kLayoutAuto. Read only when the pool is created; an
+  // existing pool keeps the layout it was made with.
   uint32_t layout = kLayoutInPlace;
 };
 
@@ -263,6 +263,10 @@ class Engine {
   // then serves the row without caching it).
   void write_back(Table& t, Entry* e, VLog::Reservation* res);
   void make_room(Stripe& s, size_t n, VLog::Reservation* res);
+  // Bytes an eviction frees beyond what it must: an eighth of the stripe's
+  // share; at most 1 MiB in a logged pool, where every push reserves log
+  // room for one group per stripe it holds.
+  size_t evict_group(size_t budget) const { return vlog_ ? std::min<size_t>(budget / 8, 1 << 20) : budget / 8; }
   // The most log bytes a push's write-backs can take: rows it may make (a
   // copy-on-write record and entries that evict others) plus what one
   // eviction group takes in each stripe it holds.

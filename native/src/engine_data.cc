@@ -172,11 +172,11 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
 }
 
 // Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
-// cache.h) down to 7/8 of the stripe's share (so write-backs come in groups), else
-// frees recycled entries of other sizes.
+// cache.h) a group (evict_group) below the stripe's share, so write-backs
+// come in groups, else frees recycled entries of other sizes.
 void Engine::make_room(Stripe& s, size_t n, VLog::Reservation* res) {
   if (s.has_room(n)) return;
-  const size_t target = s.budget - s.budget / 8;
+  const size_t target = s.budget - evict_group(s.budget);
   std::vector<Entry*> victims;
   if (s.used_bytes() > target) s.pick_victims(s.used_bytes() - target, &victims);
   uint64_t wrote = 0;
@@ -219,7 +219,8 @@ uint64_t Engine::log_bound(size_t rows, uint32_t row_floats, size_t stripes) con
   // back once for lack of room for its copy.
   const uint64_t budget = stripes_[0].budget;
   const uint64_t entry = Stripe::entry_bytes(row_floats);
-  const uint64_t evicted = std::min(rows * 2 * entry + stripes * (budget / 8 + VLog::kSlack), stripes * (budget + VLog::kSlack) + rows * entry);
+  const uint64_t evicted =
+      std::min(rows * 2 * entry + stripes * (evict_group(budget) + VLog::kSlack), stripes * (budget + VLog::kSlack) + rows * entry);
   return evicted + rows * VLog::record_bytes(row_floats);
 }
 

@@ -82,10 +82,10 @@ void Engine::init_root() {
   root_->tables_off = tx.alloc(sizeof(PTable) * kMaxTables, true);
   root_->dead_cap = 64;
   root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, true);
-  root_->layout = opts_.layout;
+  root_->layout = opts_.layout == kLayoutAuto ? (pool_->is_pmem() ? kLayoutInPlace : kLayoutLogged) : opts_.layout;
   // Segments of a 64th of the pool, 1 to 16 MiB: a few hundred msyncs
   // write a checkpoint of any size, and a small pool keeps its room.
-  if (opts_.layout == kLayoutLogged) root_->vlog_off = VLog::create(tx, *pool_, std::clamp<uint64_t>(pool_->size() / 64, 1 << 20, 16 << 20));
+  if (root_->layout == kLayoutLogged) root_->vlog_off = VLog::create(tx, *pool_, std::clamp<uint64_t>(pool_->size() / 64, 1 << 20, 16 << 20));
   persist_root(tx);
   tx.commit();
 }

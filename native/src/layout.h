@@ -149,6 +149,9 @@ struct PCkptTable {
 //    a write-back is an append to the log plus 16 bytes in place.
 constexpr uint32_t kLayoutInPlace = 0;
 constexpr uint32_t kLayoutLogged = 1;
+// Not stored: asks a pool being created for in place on PMEM (a flush costs
+// cache lines), logged anywhere else (a flush costs pages).
+constexpr uint32_t kLayoutAuto = 2;
 
 // Row record in a slab: the key, then kSlots slots.
 struct SlotHdr {
