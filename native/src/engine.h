@@ -307,6 +307,9 @@ class Engine {
   std::condition_variable compact_cv_;
   bool compact_stop_ = false, compact_wake_ = false;
   std::atomic<uint64_t> log_freed_{0}, log_copied_{0};
+  // Room for one segment's copies, held for the compactor so that pushes
+  // cannot take the last of the pool from the one thing that frees it.
+  VLog::Reservation compact_res_;
   PCkpt* ckpt_at(uint64_t off) const;
 
   // What lies behind the cache, a compile-time policy of the data path

@@ -50,6 +50,7 @@ void Engine::stop_compactor() {
   }
   compact_cv_.notify_all();
   if (compactor_.joinable()) compactor_.join();
+  if (vlog_) vlog_->release(compact_res_);  // the clean close may need it
 }
 
 void Engine::wake_compactor() {
@@ -133,6 +134,17 @@ void Engine::compact_loop() {
 }
 
 bool Engine::compact_segment(uint64_t seg_off) {
+  // Top the compactor's room up to a whole segment's records (a freed
+  // segment makes room for it again); on a full pool go on with what is
+  // held: copies beyond it allocate, or fail and free nothing.
+  const uint64_t room = vlog_->seg_bytes() - VLog::kSlack;
+  if (compact_res_.bytes < room) {
+    try {
+      vlog_->reserve(compact_res_, room - compact_res_.bytes);
+    } catch (const Error& e) {
+      if (e.code() != Code::OutOfSpace) throw;
+    }
+  }
   std::vector<uint64_t> recs;
   vlog_->for_each_record(seg_off, [&](uint64_t off, const VRecordHdr*) { recs.push_back(off); });
   struct Move {
@@ -168,7 +180,7 @@ bool Engine::compact_segment(uint64_t seg_off) {
         for (uint32_t k = 0; k < kSlots; k++) {
           const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(slot_hdr(*t, row, k));
           if (ls->off != recs[i] || ls->h.epoch != h->epoch || !live(ls->h.epoch)) continue;
-          const uint64_t to = vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n);
+          const uint64_t to = vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n, &compact_res_);
           moves.push_back({t, t->gen, h->key, ref, recs[i], to, k, h->epoch});
           log_copied_.fetch_add(VLog::record_bytes(h->n), std::memory_order_relaxed);
         }
