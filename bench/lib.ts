@@ -265,12 +265,31 @@ export function fsAvailable(dir: string): number {
   return Number(s.bavail) * Number(s.bsize);
 }
 
+/** The memory limit of this process's cgroup-v1 memory group (page cache included), when below the machine's RAM; else null. */
+export function memcgLimit(): number | null {
+  try {
+    const group = fs
+      .readFileSync('/proc/self/cgroup', 'utf8')
+      .split('\n')
+      .find((l) => /^\d+:memory:/.test(l))
+      ?.split(':')[2];
+    if (group === undefined) return null;
+    const limit = Number(fs.readFileSync(`/sys/fs/cgroup/memory${group}/memory.limit_in_bytes`, 'utf8'));
+    return limit < memInfoBytes('MemTotal') ? limit : null;
+  } catch {
+    return null;
+  }
+}
+
 export function machineInfo(): Record<string, string> {
   const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? os.cpus()[0]?.model ?? '?';
+  const limit = memcgLimit();
   return {
     cpu,
     cores: String(os.availableParallelism?.() ?? os.cpus().length),
-    ram: `${(memInfoBytes('MemTotal') / GiB).toFixed(1)} GiB`,
+    ram:
+      `${(memInfoBytes('MemTotal') / GiB).toFixed(1)} GiB` +
+      (limit !== null ? ` (this run in a memory cgroup of ${(limit / GiB).toFixed(1)} GiB, page cache included: scripts/memcg-run.sh)` : ''),
     kernel: `${os.type()} ${os.release()}`,
     node: process.version,
     date: new Date().toISOString(),

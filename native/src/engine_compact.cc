@@ -126,8 +126,8 @@ void Engine::compact_loop() {
         // A segment nearly all live gains little: wait for more to die.
         if (log_copied_.load() - before > vlog_->seg_bytes() - vlog_->seg_bytes() / 8) break;
       }
-    } catch (const Error&) {
-      // A full pool (no room for the copies) or a closing engine: the next
+    } catch (const std::exception&) {
+      // A full pool (no room for the copies), a damaged record: the next
       // wake tries again; nothing was freed that a slot still names.
     }
   }

@@ -75,8 +75,8 @@ VLog::VLog(Pool& pool, uint64_t desc_off) : pool_(pool), d_(pool.at<PVLog>(desc_
       d_->nsegs > d_->cap || d_->tail_seg > d_->nsegs || d_->tail_off > d_->seg_bytes || d_->seg_bytes < 8 * kSlack ||
       d_->segs_off > pool.size() - sizeof(uint64_t) * d_->cap)
     throw Error(Code::Corrupt, "the version log's descriptor is damaged; check the pool with `pmemps-check`");
-  seg_ = d_->tail_seg;
-  off_ = d_->tail_off;
+  seg_ = synced_seg_ = d_->tail_seg;
+  off_ = synced_off_ = d_->tail_off;
   if (seg_ < d_->nsegs) synced_from_ = seg_base(seg_) + off_;
   const uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
   for (uint64_t i = 0; i < d_->nsegs; i++) holes_ += segs[i] == 0;
@@ -100,7 +100,7 @@ void VLog::grow() {
     const uint64_t cap = holes_ >= d_->nsegs / 2 ? d_->cap : d_->cap * 2;
     const uint64_t a = tx.alloc(sizeof(uint64_t) * cap, true);
     uint64_t* nl = pool_.at<uint64_t>(a);
-    uint64_t n = 0, seg = seg_, tail = d_->tail_seg;
+    uint64_t n = 0, seg = seg_, tail = d_->tail_seg, synced = synced_seg_;
     for (uint64_t i = 0; i < d_->nsegs; i++) {
       if (old[i]) {
         nl[n++] = old[i];
@@ -108,6 +108,7 @@ void VLog::grow() {
       }
       if (i < seg_) seg--;
       if (i < d_->tail_seg) tail--;
+      if (i < synced_seg_) synced--;
     }
     pool_.persist(nl, sizeof(uint64_t) * n);
     tx.free(d_->segs_off);
@@ -115,6 +116,7 @@ void VLog::grow() {
     d_->cap = cap;
     d_->nsegs = n;
     d_->tail_seg = tail;
+    synced_seg_ = synced;
     seg_ = seg;
     holes_ = 0;
   }
@@ -145,22 +147,32 @@ void VLog::release(Reservation& r) {
 uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r) {
   const size_t rb = record_bytes(n);
   if (rb > kSlack) throw Error(Code::InvalidArgument, "a row of " + std::to_string(n) + " floats does not fit in a log record");
-  std::lock_guard<std::mutex> g(mu_);
-  if (r && r->bytes >= rb) {
-    r->bytes -= rb;
-    reserved_ -= rb;
-  } else {
-    while (room() < reserved_ + rb) grow();
+  char* dst;
+  int gen;
+  {
+    // Only the place is taken under mu_: the copy may fault a page in
+    // (on ext4, wait for the journal), and must not hold up other appenders.
+    std::lock_guard<std::mutex> g(mu_);
+    if (r && r->bytes >= rb) {
+      r->bytes -= rb;
+      reserved_ -= rb;
+    } else {
+      while (room() < reserved_ + rb) grow();
+    }
+    if (off_ + rb > d_->seg_bytes) {
+      // room() counted this segment's end as wasted, so the next one exists.
+      char* end = seg_base(seg_) + off_;
+      if (end > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
+      seg_++;
+      off_ = 0;
+      synced_from_ = seg_base(seg_);
+    }
+    dst = seg_base(seg_) + off_;
+    off_ += rb;
+    appended_ += rb;
+    gen = static_cast<int>(gen_ & 1);
+    inflight_[gen]++;
   }
-  if (off_ + rb > d_->seg_bytes) {
-    // room() counted this segment's end as wasted, so the next one exists.
-    char* end = seg_base(seg_) + off_;
-    if (end > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
-    seg_++;
-    off_ = 0;
-    synced_from_ = seg_base(seg_);
-  }
-  char* dst = seg_base(seg_) + off_;
   VRecordHdr h{key, table, epoch, step, n, 0, 0};
   h.crc = crc32c(values, sizeof(float) * n, crc32c(&h, sizeof h));
   if (pool_.is_pmem()) {
@@ -172,26 +184,34 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
     std::memcpy(dst, &h, sizeof h);
     std::memcpy(dst + sizeof h, values, sizeof(float) * n);
   }
-  off_ += rb;
-  appended_ += rb;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (--inflight_[gen] == 0) copied_.notify_all();
+  }
   return pool_.off_of(dst);
 }
 
 void VLog::sync() {
   std::lock_guard<std::mutex> sg(sync_mu_);
-  if (pool_.is_pmem()) {
-    pmemobj_drain(pool_.pop());
-    return;
-  }
   std::vector<std::pair<char*, size_t>> ranges;
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::unique_lock<std::mutex> g(mu_);
     ranges.swap(unsynced_);
     if (seg_ < d_->nsegs && synced_from_) {
       char* end = seg_base(seg_) + off_;
       if (end > synced_from_) ranges.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
       synced_from_ = end;
     }
+    synced_seg_ = seg_;
+    synced_off_ = off_;
+    // Appends placed before this point may still be copying: wait for
+    // them (later ones count in the other generation).
+    const int gen = static_cast<int>(gen_++ & 1);
+    copied_.wait(g, [&] { return inflight_[gen] == 0; });
+  }
+  if (pool_.is_pmem()) {
+    pmemobj_drain(pool_.pop());
+    return;
   }
   // One msync per segment written since the last sync, outside mu_ so that
   // appends go on meanwhile: the kernel writes the dirty pages inside each
@@ -200,13 +220,13 @@ void VLog::sync() {
 }
 
 std::unique_lock<std::mutex> VLog::publish_tail(Tx& tx) {
-  // Appends after the caller's sync() may lie before the tail published
-  // here: harmless, since only a slot published with a later sync can name
-  // them, and none is read unless it is.
+  // Appends after the last sync() lie after the tail published here: a
+  // restart overwrites them, and only slots of epochs that die with that
+  // crash can name them (every publish syncs first).
   std::unique_lock<std::mutex> g(mu_);
   tx.add(d_, sizeof(PVLog));
-  d_->tail_seg = seg_;
-  d_->tail_off = off_;
+  d_->tail_seg = synced_seg_;
+  d_->tail_off = synced_off_;
   d_->checksum = sum(d_);
   return g;
 }

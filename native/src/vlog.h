@@ -20,6 +20,9 @@
 //    (publish_tail, in that same transaction).
 //  * Appends, reservations, syncs and the tail's publish are safe from any
 //    thread (mu_); read() runs concurrently with appends to other records.
+//    An append takes its place under mu_ and copies outside it; sync()
+//    waits for the copies placed before it, and the tail published is where
+//    the last sync() stopped, so the published log holds whole records.
 //  * A freed segment leaves a hole (offset 0) in the list until the list
 //    is packed, which happens when it is full; indices before the current
 //    segment only ever shift down with the tail's, in one transaction.
@@ -31,6 +34,7 @@
 //    reservation appends up to its bytes without allocating, so a caller
 //    that reserved first cannot fail halfway for lack of space.
 #pragma once
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <vector>
@@ -97,8 +101,8 @@ class VLog {
   // rely on a record, as the engine's writers do).
   void sync();
 
-  // Records the current end of the log as its published tail (in the
-  // caller's transaction, after sync()). The caller holds the returned lock
+  // Records where the last sync() stopped as the log's published tail (in
+  // the caller's transaction). The caller holds the returned lock
   // until that transaction has committed: a segment's allocation committed
   // in between would be undone with it if it aborted.
   [[nodiscard]] std::unique_lock<std::mutex> publish_tail(Tx& tx);
@@ -147,7 +151,14 @@ class VLog {
   char* synced_from_ = nullptr;                     // start of the bytes appended since the last sync, in the current segment
   std::vector<std::pair<char*, size_t>> unsynced_;  // whole ranges of segments left since the last sync
   uint64_t appended_ = 0;
-  uint64_t holes_ = 0;  // freed entries in the list, counted at open (O(list)) and kept since
+  uint64_t holes_ = 0;
+  // Where the last sync() stopped: the tail publish_tail records, so the
+  // published log holds only whole, durable records.
+  uint64_t synced_seg_ = 0, synced_off_ = 0;
+  // Appends placed but still copying, by generation: sync() starts a new
+  // generation and waits for the old one's to finish.
+  uint64_t gen_ = 0, inflight_[2] = {0, 0};
+  std::condition_variable copied_;  // freed entries in the list, counted at open (O(list)) and kept since
 };
 
 }  // namespace pmemps
