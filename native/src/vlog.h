@@ -78,7 +78,9 @@ class VLog {
   static uint64_t create(Tx& tx, Pool& pool, uint64_t seg_bytes);
 
   // Opens the log described at desc_off, resuming appends at its published
-  // tail. O(1): reads the descriptor only. Fails with Corrupt on a bad one.
+  // tail. Reads the descriptor and its list of segments (about twice the
+  // segments in use at most, each 1-16 MiB), nothing else: no record.
+  // Fails with Corrupt on a bad one.
   VLog(Pool& pool, uint64_t desc_off);
 
   static size_t record_bytes(uint32_t n) { return (sizeof(VRecordHdr) + sizeof(float) * n + 7) & ~size_t{7}; }
