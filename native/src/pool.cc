@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <libpmem.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -96,6 +97,11 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir +
     root_ = static_cast<PRoot*>(pmemobj_direct(r));
     if (stat(path_.c_str(), &st) == 0) size_ = static_cast<uint64_t>(st.st_size);
     is_pmem_ = pmem_is_pmem(root_, sizeof(PRoot)) != 0;
+    // Off PMEM the pool is read through the page cache a row or a record
+    // at a time, at random: the default readahead read 128 KiB for each
+    // 0.5 KiB record once the pool outgrew memory (~950 MB/s of reads
+    // measured in a memory cgroup smaller than the pool).
+    if (!is_pmem_) posix_madvise(pop_, size_, POSIX_MADV_RANDOM);
   } catch (...) {
     if (pop_) pmemobj_close(pop_);
     pop_ = nullptr;
