@@ -301,6 +301,8 @@ class Engine {
   void wake_compactor();
   void compact_loop();
   bool compact_due();
+  bool compact_stopping();
+  void publish_log();
   bool compact_segment(uint64_t seg_off);
   std::thread compactor_;
   std::mutex compact_mu_;

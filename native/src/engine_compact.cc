@@ -62,6 +62,22 @@ void Engine::wake_compactor() {
   compact_cv_.notify_all();
 }
 
+bool Engine::compact_stopping() {
+  std::lock_guard<std::mutex> g(compact_mu_);
+  return compact_stop_;
+}
+
+// Syncs the log and publishes the tail in a transaction of its own: safe at
+// any time, since only slots published with a later sync can name what
+// follows (vlog.h).
+void Engine::publish_log() {
+  vlog_->sync();
+  std::lock_guard<std::mutex> g(tx_mu_);
+  Tx tx(*pool_, TxLog::Bounded);
+  auto tail = vlog_->publish_tail(tx);
+  tx.commit();
+}
+
 // Twice the rows' versions, plus four segments of slack: a row keeps up to
 // three versions (committed, prepared, newest), mostly one, so the log then
 // has at least about half dead bytes to reclaim on average.
@@ -93,31 +109,18 @@ void Engine::compact_loop() {
         // The copies land after the tail, so this ends with the segments
         // that were before it.
         while (const uint64_t seg = vlog_->oldest_full_segment()) {
-          {
-            std::lock_guard<std::mutex> g(compact_mu_);
-            if (compact_stop_) return;
-          }
+          if (compact_stopping()) return;
           if (!compact_segment(seg)) break;
         }
         continue;
       }
       while (compact_due()) {
-        {
-          std::lock_guard<std::mutex> g(compact_mu_);
-          if (compact_stop_) return;
-        }
+        if (compact_stopping()) return;
         uint64_t seg = vlog_->oldest_full_segment();
         if (!seg) {
           // Every whole segment is after the published tail (no checkpoint
-          // for a while): publish it, which is safe at any time once the
-          // log is synced, so that they become candidates.
-          vlog_->sync();
-          {
-            std::lock_guard<std::mutex> g(tx_mu_);
-            Tx tx(*pool_, TxLog::Bounded);
-            auto tail = vlog_->publish_tail(tx);
-            tx.commit();
-          }
+          // for a while): publish it, so that they become candidates.
+          publish_log();
           seg = vlog_->oldest_full_segment();
           if (!seg) break;
         }
@@ -188,13 +191,7 @@ bool Engine::compact_segment(uint64_t seg_off) {
     }
     if (moves.empty()) continue;
     // The copies durable and before the published tail, then the slots.
-    vlog_->sync();
-    {
-      std::lock_guard<std::mutex> g(tx_mu_);
-      Tx tx(*pool_, TxLog::Bounded);
-      auto tail = vlog_->publish_tail(tx);
-      tx.commit();
-    }
+    publish_log();
     failpoint("compact.after_copy");
     std::shared_lock<RwLock> el(epoch_mu_);
     if (closed_) return false;

@@ -169,7 +169,6 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
     }
     dst = seg_base(seg_) + off_;
     off_ += rb;
-    appended_ += rb;
     gen = static_cast<int>(gen_ & 1);
     inflight_[gen]++;
   }
@@ -258,26 +257,27 @@ void VLog::free_segment(uint64_t seg_off) {
   holes_++;
 }
 
+namespace {
+
+bool crc_matches(const VRecordHdr* h) {
+  VRecordHdr c = *h;
+  c.crc = 0;
+  return crc32c(h + 1, sizeof(float) * h->n, crc32c(&c, sizeof c)) == h->crc;
+}
+
+}  // namespace
+
 const VRecordHdr* VLog::parse(uint64_t off) const {
   const VRecordHdr* h = pool_.at<VRecordHdr>(off);
   if (h->n == 0 || record_bytes(h->n) > kSlack || off + record_bytes(h->n) > pool_.size()) return nullptr;
-  VRecordHdr c = *h;
-  c.crc = 0;
-  return crc32c(h + 1, sizeof(float) * h->n, crc32c(&c, sizeof c)) == h->crc ? h : nullptr;
-}
-
-uint64_t VLog::appended_bytes() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return appended_;
+  return crc_matches(h) ? h : nullptr;
 }
 
 const VRecordHdr* VLog::read(uint64_t off) const {
   const VRecordHdr* h = pool_.at<VRecordHdr>(off);
   if (off < 64 || off + sizeof(VRecordHdr) > pool_.size() || record_bytes(h->n) > kSlack || off + record_bytes(h->n) > pool_.size())
     throw Error(Code::Corrupt, "no version log record at pool offset " + std::to_string(off) + "; check the pool with `pmemps-check`");
-  VRecordHdr c = *h;
-  c.crc = 0;
-  if (crc32c(h + 1, sizeof(float) * h->n, crc32c(&c, sizeof c)) != h->crc)
+  if (!crc_matches(h))
     throw Error(Code::Corrupt,
                 "a version log record failed its checksum at pool offset " + std::to_string(off) + "; check the pool with `pmemps-check`");
   return h;

@@ -115,7 +115,6 @@ class VLog {
   // Segments holding records (holes not counted) and their usable bytes each.
   uint64_t segments() const;
   uint64_t seg_bytes() const { return d_->seg_bytes; }
-  uint64_t appended_bytes() const;
 
   // The pool offset of the oldest segment before the published tail's
   // (whole: nothing is appended to it any more, and a restart resumes past
@@ -152,7 +151,6 @@ class VLog {
   uint64_t reserved_ = 0;                           // room held by reservations
   char* synced_from_ = nullptr;                     // start of the bytes appended since the last sync, in the current segment
   std::vector<std::pair<char*, size_t>> unsynced_;  // whole ranges of segments left since the last sync
-  uint64_t appended_ = 0;
   uint64_t holes_ = 0;
   // Where the last sync() stopped: the tail publish_tail records, so the
   // published log holds only whole, durable records.
