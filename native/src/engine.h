@@ -257,6 +257,9 @@ class Engine {
   int pick(const Table& t, char* row, uint64_t bound) const;
   bool valid_ref(const Table& t, uint64_t ref, uint64_t key) const;
   bool load_row(const Table& t, uint64_t ref, uint64_t key, float* out, uint32_t* step) const;
+  // Logged pools: the record slot h of key's row names; Corrupt when it
+  // fails its checksum or is another row's.
+  const VRecordHdr* record_of(const Table& t, const SlotHdr* h, uint64_t key) const;
   // res: the calling push's, flush's or close's reservation of log room
   // (logged pools), so that its write-backs cannot fail halfway for lack
   // of space; null where a failure is harmless (a pull's eviction: the pull

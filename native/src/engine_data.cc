@@ -108,19 +108,23 @@ bool Engine::load_row(const Table& t, uint64_t ref, uint64_t key, float* out, ui
   if (s < 0) return false;
   const SlotHdr* h = slot_hdr(t, row, static_cast<uint32_t>(s));
   if (vlog_) {
-    // The slot names the version's record; the record names its row and
-    // epoch, so a slot that names the wrong record is caught, not read.
-    const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(h);
-    const VRecordHdr* r = vlog_->read(ls->off);
-    if (r->key != key || r->table != t.idx || r->epoch != ls->h.epoch || r->n != t.row_floats)
-      fail(Code::Corrupt, "table " + t.name + " key " + std::to_string(key) +
-                              ": its version names a log record of another row (damaged pool); check it with `pmemps-check`");
-    std::memcpy(out, r + 1, sizeof(float) * t.row_floats);
+    std::memcpy(out, record_of(t, h, key) + 1, sizeof(float) * t.row_floats);
   } else {
     std::memcpy(out, h + 1, sizeof(float) * t.row_floats);
   }
   *step = h->step;
   return true;
+}
+
+// The slot names the version's record; the record names its row and
+// epoch, so a slot that names the wrong record is caught, not read.
+const VRecordHdr* Engine::record_of(const Table& t, const SlotHdr* h, uint64_t key) const {
+  const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(h);
+  const VRecordHdr* r = vlog_->read(ls->off);
+  if (r->key != key || r->table != t.idx || r->epoch != ls->h.epoch || r->n != t.row_floats)
+    fail(Code::Corrupt, "table " + t.name + " key " + std::to_string(key) +
+                            ": its version names a log record of another row (damaged pool); check it with `pmemps-check`");
+  return r;
 }
 
 // Writes the entry's version into a slot that neither the committed nor the
@@ -211,8 +215,8 @@ uint64_t Engine::dirty_log_bytes(bool pending_only) {
 }
 
 uint64_t Engine::log_bound(size_t rows, uint32_t row_floats, size_t stripes) const {
-  // Per stripe hold, make_room evicts at most an eighth of the stripe's
-  // share plus one entry beyond what the hold makes (an entry and a
+  // Per stripe hold, make_room evicts at most one group (evict_group) plus
+  // one entry beyond what the hold makes (an entry and a
   // copy-on-write copy per row); and only dirty entries are written, which
   // a stripe holds at most its share of, plus the rows the push dirties.
   // A record is never larger than its entry. Each row may also be written

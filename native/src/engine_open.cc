@@ -504,18 +504,11 @@ void Engine::check_pool(CheckReport& r) {
       }
       const int live_slot = pick(*t, row, read_bound_);
       if (live_slot >= 0 && vlog_) {
-        const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(slot_hdr(*t, row, static_cast<uint32_t>(live_slot)));
-        std::string why;
         try {
-          const VRecordHdr* rec = vlog_->read(ls->off);
-          if (rec->key != key || rec->table != t->idx || rec->epoch != ls->h.epoch || rec->n != t->row_floats)
-            why = "names a log record of another row";
+          record_of(*t, slot_hdr(*t, row, static_cast<uint32_t>(live_slot)), key);
         } catch (const Error& e) {
-          why = e.what();
-        }
-        if (!why.empty()) {
           r.bad_records++;
-          if (r.problems.size() < 20) r.problems.push_back("table " + t->name + " key " + std::to_string(key) + ": its live version " + why);
+          if (r.problems.size() < 20) r.problems.push_back("table " + t->name + " key " + std::to_string(key) + ", its live version: " + e.what());
         }
       }
       if (live_slot >= 0)
