@@ -37,6 +37,32 @@ describe('the logged layout', () => {
     );
   });
 
+  it('holds the largest row the engine takes (dim 4096, three optimizer state blocks) in one record', async () => {
+    const dir = pool('largest');
+    const spec: TableSpec = {
+      name: 'wide',
+      dim: 4096,
+      optimizer: { type: 'rmsprop', lr: 0.01, momentum: 0.9, centered: true },
+      initializer: { type: 'zeros' },
+      seed: 5,
+    };
+    let e = Engine.open({ dir, poolMb: 64, cacheMb: 16, layout: 'logged' });
+    const ref = Engine.open({ memoryOnly: true });
+    e.createTable(spec);
+    ref.createTable(spec);
+    assert.equal(e.listTables()[0].rowFloats, 4 * 4096);
+    const keys = keysOf(0, 8);
+    const g = randomGrads(prng(3), 8 * 4096);
+    await e.push('wide', keys, g);
+    await ref.push('wide', keys, g);
+    await e.close();
+    e = Engine.open({ dir, poolMb: 64, cacheMb: 16 });
+    assert.ok((await e.pull('wide', keys)).equals(await ref.pull('wide', keys)), 'the rows came back from their records');
+    assert.deepEqual(e.fullCheck().problems, []);
+    await e.close();
+    await ref.close();
+  });
+
   it('refuses a version whose log record is damaged, and the full check counts it', async () => {
     const dir = pool('damaged');
     let e = Engine.open({ dir, poolMb: 32, cacheMb: 2, layout: 'logged' });
