@@ -19,34 +19,9 @@
 // A build is a directory holding this repository's dist/ and build/; default:
 // this checkout only.
 
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import {
-  BATCH,
-  DIM,
-  Rng,
-  Scatter,
-  TABLE,
-  drive,
-  gradBuffers,
-  machineInfo,
-  median,
-  percentile,
-  poolMbFor,
-  rangeBatch,
-  scatterBatch,
-  uniformBatch,
-  parseBuilds,
-} from './lib';
-
-interface ChildCfg {
-  root: string;
-  dir: string;
-  rows: number;
-  cacheMb: number;
-}
+import { BATCH, DIM, drive, median, percentile, Rng, Scatter, scatterBatch, TABLE, uniformBatch } from './lib';
+import { type AbChildCfg, abRounds, medianRange, populatedEngine, sendResult } from './ab';
 
 interface Result {
   maxPushWaitUs: number;
@@ -56,33 +31,9 @@ interface Result {
   prepareMs: number;
 }
 
-async function child(cfg: ChildCfg): Promise<void> {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { Engine }: typeof import('../native/engine') = require(path.join(cfg.root, 'dist', 'native', 'engine'));
-  const e = Engine.open({ dir: cfg.dir, poolMb: poolMbFor(cfg.rows, 1.3), cacheMb: cfg.cacheMb });
-  await e.createTable(TABLE);
-  const grads = gradBuffers(7);
-  const gradFor = (i: number, n: number): Buffer => grads[i % grads.length].subarray(0, n * DIM * 4);
+async function child(cfg: AbChildCfg): Promise<void> {
+  const { e, gradFor, checkpoint } = await populatedEngine(cfg);
   const T = TABLE.name;
-  let id = 1;
-  const checkpoint = async (): Promise<number> => {
-    const my = id++;
-    const t0 = performance.now();
-    await e.prepare(my);
-    const ms = performance.now() - t0;
-    await e.commit(my);
-    return ms;
-  };
-  const batches = Math.ceil(cfg.rows / BATCH);
-  await drive(
-    8,
-    (i) => {
-      const n = Math.min(BATCH, cfg.rows - i * BATCH);
-      return e.push(T, rangeBatch(i * BATCH, n), gradFor(i, n));
-    },
-    (n) => n >= batches,
-  );
-  await checkpoint();
   const dirty = async (seed: number): Promise<void> => {
     const m = Math.round(cfg.rows * 0.1);
     const sc = new Scatter(cfg.rows, new Rng(seed).int(cfg.rows));
@@ -120,11 +71,8 @@ async function child(cfg: ChildCfg): Promise<void> {
     if (withCheckpoint) {
       await new Promise((r) => setTimeout(r, 200));
       from = performance.now();
-      const my = id++;
-      await e.prepare(my);
-      to = performance.now();
-      prepareMs = to - from;
-      await e.commit(my);
+      prepareMs = await checkpoint();
+      to = from + prepareMs;
       await new Promise((r) => setTimeout(r, 200));
     } else {
       await new Promise((r) => setTimeout(r, 1500));
@@ -146,61 +94,19 @@ async function child(cfg: ChildCfg): Promise<void> {
   if (waitBefore !== 0) throw new Error(`maxPushWaitUs was ${waitBefore} before the measured prepare`);
   await e.close();
   fs.rmSync(cfg.dir, { recursive: true, force: true });
-  process.stdout.write(`@@RESULT ${JSON.stringify(r)}\n`);
-}
-
-function runChild(cfg: ChildCfg): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [__filename, '--child', JSON.stringify(cfg)], {
-      env: { ...process.env, PMEM_IS_PMEM_FORCE: '1' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    p.stdout!.on('data', (d) => (out += d));
-    p.on('exit', (code) => {
-      const line = out.split('\n').find((l) => l.startsWith('@@RESULT '));
-      if (code === 0 && line) resolve(JSON.parse(line.slice('@@RESULT '.length)) as Result);
-      else reject(new Error(`child of ${cfg.root} exited with ${code}`));
-    });
-  });
+  sendResult(r);
 }
 
 async function main(): Promise<void> {
-  const { values: a } = parseArgs({
-    options: {
-      build: { type: 'string', multiple: true },
-      rows: { type: 'string', default: '3000000' },
-      'cache-mb': { type: 'string', default: '256' },
-      rounds: { type: 'string', default: '5' },
-      child: { type: 'string' },
-    },
-  });
-  if (a.child) return child(JSON.parse(a.child) as ChildCfg);
-  const builds = parseBuilds(a.build, path.resolve(__dirname, '..', '..'));
-  const rows = Number(a.rows);
-  const cacheMb = Number(a['cache-mb']);
-  const rounds = Number(a.rounds);
-  const base = fs.mkdtempSync('/dev/shm/pmemps-ckwait-');
-  process.on('exit', () => fs.rmSync(base, { recursive: true, force: true }));
-  const results = new Map<string, Result[]>(builds.map((b) => [b.label, []]));
-  const loads: string[] = [];
-  for (let round = 0; round < rounds; round++) {
-    const order = round % 2 === 0 ? builds : [...builds].reverse();
-    for (const [i, b] of order.entries()) {
-      const r = await runChild({ root: b.root, dir: path.join(base, `${round}-${i}`), rows, cacheMb });
-      results.get(b.label)!.push(r);
-      process.stderr.write(`round ${round + 1}/${rounds} ${b.label}: ${JSON.stringify(r)}\n`);
-    }
-    loads.push(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
-  }
-  const m = machineInfo();
-  console.log(`${m.cpu}, ${m.cores} cores, node ${m.node}, ${m.date}, load after each round ${loads.join(' ')}`);
+  const ab = await abRounds<Result>({ script: __filename, rows: 3000000, rounds: 5, child });
+  if (!ab) return;
+  const { builds, results, rows, cacheMb, rounds } = ab;
   console.log(
     `${rows} rows, dim ${DIM}, Adagrad, ${cacheMb} MiB cache, /dev/shm with PMEM_IS_PMEM_FORCE=1; one push of ${BATCH} keys in flight; medians (ranges) of ${rounds} rounds, builds in turns\n`,
   );
   console.log('| build | maxPushWaitUs | push p99 during the prepare | push p99 without | ratio | pushes during | prepare |');
   console.log('|---|---|---|---|---|---|---|');
-  const cell = (xs: number[], f: (x: number) => string): string => `${f(median(xs))} (${f(Math.min(...xs))}..${f(Math.max(...xs))})`;
+  const cell = medianRange;
   for (const b of builds) {
     const rs = results.get(b.label)!;
     const ms = (x: number): string => `${x.toFixed(2)} ms`;
