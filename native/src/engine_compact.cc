@@ -20,9 +20,13 @@
 //  * Slots are read and repointed under the row's stripe lock and its
 //    table's index lock, as every write-back writes them (the flusher
 //    excepted, whose rows are `flushing`), and under epoch_mu_ shared, held
-//    per chunk of records only: a checkpoint's boundary waits for one chunk
-//    at most. A table is looked up again in each hold and recognized by
-//    its gen: a dropped table's storage is freed only after its Table is.
+//    for one record (one row) at a time. No lock is held while a record is
+//    appended, and a row's page is read before its stripe's lock is taken:
+//    on the msync path either may wait on the disk (a page fault, dirty-page
+//    throttling), and a chunk of 2,048 appends under epoch_mu_ made a
+//    checkpoint's boundary, and every push queued behind it, wait for all
+//    of them. A table is looked up again in each hold and recognized by its
+//    gen: a dropped table's storage is freed only after its Table is.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -34,7 +38,7 @@ namespace pmemps {
 
 namespace {
 
-constexpr size_t kCompactChunk = 2048;  // records per epoch_mu_ hold and per published tail
+constexpr size_t kCompactChunk = 2048;  // records per published tail
 
 }  // namespace
 
@@ -151,23 +155,35 @@ bool Engine::compact_segment(uint64_t seg_off) {
   std::vector<uint64_t> recs;
   vlog_->for_each_record(seg_off, [&](uint64_t off, const VRecordHdr*) { recs.push_back(off); });
   struct Move {
-    Table* t;
+    Table* t;  // compared, not followed, until tables_[idx] is found to still be it
     uint64_t gen, key, ref, from, to;
-    uint32_t slot, epoch;
+    uint32_t idx, slot, epoch;
   };
   std::vector<Move> moves;
   bool blocked = false;
   for (size_t c0 = 0; c0 < recs.size(); c0 += kCompactChunk) {
     const size_t c1 = std::min(recs.size(), c0 + kCompactChunk);
     moves.clear();
-    {
-      // Copy the chunk's live records to the log's end.
-      std::shared_lock<RwLock> el(epoch_mu_);
-      if (closed_) return false;
-      for (size_t i = c0; i < c1; i++) {
-        const VRecordHdr* h = pool_->at<VRecordHdr>(recs[i]);
-        Table* t = h->table < kMaxTables ? tables_[h->table].get() : nullptr;
+    // Copy the chunk's live records to the log's end.
+    for (size_t i = c0; i < c1; i++) {
+      const VRecordHdr* h = pool_->at<VRecordHdr>(recs[i]);
+      uint32_t named[kSlots];
+      uint32_t nnamed = 0;
+      Table* t = nullptr;
+      uint64_t gen = 0, ref = 0;
+      {
+        std::shared_lock<RwLock> el(epoch_mu_);
+        if (closed_) return false;
+        t = h->table < kMaxTables ? tables_[h->table].get() : nullptr;
         if (!t || !t->d || h->n != t->row_floats) continue;
+        gen = t->gen;
+        {
+          std::shared_lock<RwLock> il(t->index->mu());
+          ref = t->index->lookup(h->key);
+        }
+        // The row's page read with no stripe lock held (a fault waits here,
+        // not a push); rows are not freed while epoch_mu_ is held.
+        if (!valid_ref(*t, ref, h->key)) continue;
         const uint64_t hash = Stripe::hash(t->idx, h->key);
         Stripe& s = stripe_for(hash);
         std::lock_guard<std::mutex> sg(s.mu);
@@ -177,26 +193,30 @@ bool Engine::compact_segment(uint64_t seg_off) {
           continue;
         }
         std::shared_lock<RwLock> il(t->index->mu());
-        const uint64_t ref = t->index->lookup(h->key);
-        if (!valid_ref(*t, ref, h->key)) continue;
+        if (t->index->lookup(h->key) != ref) continue;
         char* row = row_ptr(*t, ref);
         for (uint32_t k = 0; k < kSlots; k++) {
           const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(slot_hdr(*t, row, k));
-          if (ls->off != recs[i] || ls->h.epoch != h->epoch || !live(ls->h.epoch)) continue;
-          const uint64_t to = vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n, &compact_res_);
-          moves.push_back({t, t->gen, h->key, ref, recs[i], to, k, h->epoch});
-          log_copied_.fetch_add(VLog::record_bytes(h->n), std::memory_order_relaxed);
+          if (ls->off == recs[i] && ls->h.epoch == h->epoch && live(ls->h.epoch)) named[nnamed++] = k;
         }
+      }
+      // The copy is made with no lock held; the repoint below checks again
+      // that the slot still names this record (a copy it finds superseded
+      // is a dead record that a later pass reclaims).
+      for (uint32_t j = 0; j < nnamed; j++) {
+        const uint64_t to = vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n, &compact_res_);
+        moves.push_back({t, gen, h->key, ref, recs[i], to, h->table, named[j], h->epoch});
+        log_copied_.fetch_add(VLog::record_bytes(h->n), std::memory_order_relaxed);
       }
     }
     if (moves.empty()) continue;
     // The copies durable and before the published tail, then the slots.
     publish_log();
     failpoint("compact.after_copy");
-    std::shared_lock<RwLock> el(epoch_mu_);
-    if (closed_) return false;
     for (const Move& m : moves) {
-      if (tables_[m.t->idx].get() != m.t || m.t->gen != m.gen) continue;  // dropped since: its records are dead
+      std::shared_lock<RwLock> el(epoch_mu_);
+      if (closed_) return false;
+      if (tables_[m.idx].get() != m.t || m.t->gen != m.gen) continue;  // dropped since: its records are dead
       const uint64_t hash = Stripe::hash(m.t->idx, m.key);
       Stripe& s = stripe_for(hash);
       std::lock_guard<std::mutex> sg(s.mu);
