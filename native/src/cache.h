@@ -29,12 +29,15 @@
 //  * An entry is on `dirty` when modified in the current epoch, on `pending`
 //    when modified in an epoch a running prepare must flush, on neither when
 //    clean. `epoch` is the epoch of its last modification.
-//  * An entry marked `flushing` is on no dirty list, but its pool row may
-//    not hold its version yet: the flusher took a copy of it and writes
-//    that outside the stripe's lock. Eviction passes over it (an erased
-//    entry would be reloaded from a pool row still being written, and the
-//    flusher still refers to it), and nothing else writes its row until the
-//    flusher clears the mark.
+//  * An entry is marked `flushing` while the flusher writes a checkpoint
+//    version of its row outside the stripe's lock: either a copy of the
+//    entry itself (taken off `pending`; its pool row may not hold that
+//    version yet) or the row's shadow (the entry then holds a newer
+//    version). Eviction passes over it (an erased entry would be reloaded
+//    from a pool row still being written, and the flusher still refers to
+//    it), and nothing else writes its row until the flusher clears the
+//    mark: two write-backs of one row choosing a slot at once could choose
+//    the same one. A push may update it meanwhile.
 #pragma once
 #include <cstdint>
 #include <cstdlib>

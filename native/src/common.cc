@@ -4,9 +4,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <list>
 #include <mutex>
+#include <string>
+#include <thread>
 
 namespace pmemps {
 
@@ -38,6 +42,35 @@ void failpoint_hit(size_t index) {
     kill(getpid(), SIGKILL);
     pause();
   }
+}
+
+void test_pause(const char* where) {
+  struct Pause {
+    std::string where;
+    long ms = 0;
+    std::atomic<bool> fired{false};
+  };
+  // A list: its elements (each holding an atomic) never move.
+  static std::list<Pause>* const pauses = [] {
+    auto* l = new std::list<Pause>();
+    const char* env = getenv("PMEMPS_TEST_PAUSE");
+    const std::string s = env ? env : "";
+    for (size_t at = 0; at < s.size();) {
+      size_t end = s.find(',', at);
+      if (end == std::string::npos) end = s.size();
+      const std::string item = s.substr(at, end - at);
+      const size_t colon = item.find(':');
+      if (colon != std::string::npos) {
+        Pause& p = l->emplace_back();
+        p.where = item.substr(0, colon);
+        p.ms = strtol(item.c_str() + colon + 1, nullptr, 10);
+      }
+      at = end + 1;
+    }
+    return l;
+  }();
+  for (Pause& p : *pauses)
+    if (p.where == where && !p.fired.exchange(true)) std::this_thread::sleep_for(std::chrono::milliseconds(p.ms));
 }
 
 }  // namespace pmemps

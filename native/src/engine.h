@@ -290,8 +290,13 @@ class Engine {
   void flush_pending();
   struct FlushCursor {
     int stripe = 0, empty = 0, rounds = 0;
-    std::vector<char> buf;                         // copies of the chunk's entries
-    std::vector<std::pair<Entry*, size_t>> taken;  // entry, offset of its copy (SIZE_MAX: a shadow)
+    std::vector<char> buf;  // copies of the chunk's entries
+    struct Taken {
+      Entry* e;
+      size_t off;    // of its copy in buf; SIZE_MAX: a shadow, written as it is
+      Entry* owner;  // a shadow's row's cached entry, marked flushing meanwhile (or null)
+    };
+    std::vector<Taken> taken;
   };
   bool flush_step(bool polite, FlushCursor& c);
 

@@ -80,6 +80,7 @@ void Engine::ensure_epochs(Tx& tx) {
 // ======================================================== checkpoints
 
 void Engine::flush_pending() {
+  test_pause("flush.start");
   // Log room for every pending version before any is taken: a flush that
   // failed halfway would leave rows marked clean whose version is nowhere.
   LogHold hold{vlog_.get(), flush_res_};
@@ -126,27 +127,35 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
     for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
       Entry* e = s.pending.back();
       size_t off = SIZE_MAX;  // a shadow is written as it is: nothing else refers to it
+      Entry* owner = nullptr;
       if (!e->shadow) {
         if (c.buf.size() < used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, used + e->bytes));
         off = used;
         std::memcpy(c.buf.data() + off, e, e->bytes);
         used += e->bytes;
         e->flushing = 1;
+      } else if ((owner = s.find(e->table, e->key, Stripe::hash(e->table, e->key)))) {
+        // The row's newest version, cached: were it evicted while the copy
+        // is written below, two write-backs of one row would choose a slot
+        // at once and could choose the same one (the newer version lost, or
+        // the checkpoint's). Marked, eviction passes over it meanwhile.
+        owner->flushing = 1;
       }
       s.mark_clean(e);
-      c.taken.push_back({e, off});
+      c.taken.push_back({e, off, owner});
     }
   }
   if (c.taken.empty()) return ++c.empty < kStripes;
   c.empty = 0;
-  auto copy_of = [&](Entry* e, size_t off) { return off == SIZE_MAX ? e : reinterpret_cast<Entry*>(c.buf.data() + off); };
-  for (auto& [e, off] : c.taken) prefetch_slots(*tables_[e->table], copy_of(e, off)->ref);
-  for (auto& [e, off] : c.taken) write_back(*tables_[e->table], copy_of(e, off), &flush_res_);
+  auto copy_of = [&](const FlushCursor::Taken& tk) { return tk.off == SIZE_MAX ? tk.e : reinterpret_cast<Entry*>(c.buf.data() + tk.off); };
+  for (auto& tk : c.taken) prefetch_slots(*tables_[tk.e->table], copy_of(tk)->ref);
+  for (auto& tk : c.taken) write_back(*tables_[tk.e->table], copy_of(tk), &flush_res_);
   pool_->drain();
   writebacks_.fetch_add(c.taken.size(), std::memory_order_relaxed);
   std::lock_guard<std::mutex> g(s.mu);
-  for (auto& [e, off] : c.taken) {
+  for (auto& [e, off, owner] : c.taken) {
     if (e->shadow) {
+      if (owner) owner->flushing = 0;
       s.recycle(e);
       continue;
     }

@@ -61,6 +61,13 @@ constexpr size_t failpoint_index(const char* name) {
 // engine at the exact instants where crash safety is argued.
 void failpoint_hit(size_t index);
 
+// PMEMPS_TEST_PAUSE="where:ms[,where:ms...]" makes the first thread that
+// reaches test_pause("where") sleep ms milliseconds there (once per
+// process): tests hold one thread at an instant where a race was argued
+// away and show that no other thread can do what would break it meanwhile.
+// Unset: a scan of an empty list.
+void test_pause(const char* where);
+
 }  // namespace pmemps
 
 // A macro, spelled like the function it replaced, so that a name is checked
