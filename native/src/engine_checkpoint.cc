@@ -121,13 +121,21 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   if (c.stripe == 0) c.rounds++;
   Stripe& s = stripes_[i];
   c.taken.clear();
-  size_t used = 0;
+  size_t used = 0, wrote_here = 0;
   {
     std::lock_guard<std::mutex> g(s.mu);
     for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
       Entry* e = s.pending.back();
       size_t off = SIZE_MAX;  // a shadow is written as it is: nothing else refers to it
       Entry* owner = nullptr;
+      // Nothing else may write a row while its version is written outside
+      // this lock: two writers choosing a slot at once could choose the
+      // same one (the newer version lost, or the checkpoint's). Every other
+      // writer holds this lock, and eviction and compaction pass over an
+      // entry marked `flushing`; so the row's cached entry is marked, and a
+      // shadow whose row has none (evicted since the copy was made) is
+      // written here instead, where compaction cannot repoint the row's
+      // slots meanwhile.
       if (!e->shadow) {
         if (c.buf.size() < used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, used + e->bytes));
         off = used;
@@ -135,18 +143,25 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
         used += e->bytes;
         e->flushing = 1;
       } else if ((owner = s.find(e->table, e->key, Stripe::hash(e->table, e->key)))) {
-        // The row's newest version, cached: were it evicted while the copy
-        // is written below, two write-backs of one row would choose a slot
-        // at once and could choose the same one (the newer version lost, or
-        // the checkpoint's). Marked, eviction passes over it meanwhile.
         owner->flushing = 1;
+      } else {
+        write_back(*tables_[e->table], e, &flush_res_);
+        s.mark_clean(e);
+        s.recycle(e);
+        wrote_here++;
+        continue;
       }
       s.mark_clean(e);
       c.taken.push_back({e, off, owner});
     }
+    if (wrote_here) {
+      pool_->drain();  // as every writer: before the lock that exposes them is released
+      writebacks_.fetch_add(wrote_here, std::memory_order_relaxed);
+    }
   }
-  if (c.taken.empty()) return ++c.empty < kStripes;
+  if (c.taken.empty() && !wrote_here) return ++c.empty < kStripes;
   c.empty = 0;
+  if (c.taken.empty()) return true;
   auto copy_of = [&](const FlushCursor::Taken& tk) { return tk.off == SIZE_MAX ? tk.e : reinterpret_cast<Entry*>(c.buf.data() + tk.off); };
   for (auto& tk : c.taken) prefetch_slots(*tables_[tk.e->table], copy_of(tk)->ref);
   for (auto& tk : c.taken) write_back(*tables_[tk.e->table], copy_of(tk), &flush_res_);
