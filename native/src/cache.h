@@ -4,8 +4,14 @@
 //
 // Invariants:
 //  * At most one entry per (table, key), always in the stripe chosen by
-//    stripe_of(); every access to an entry and to its row in the pool holds
-//    that stripe's mutex.
+//    stripe_of(); every access to an entry holds that stripe's mutex, and
+//    so does every write of its row in the pool, but the flusher's writes
+//    of rows it marked `flushing` (below). Reading a row's key needs no
+//    lock: it never changes while the table exists.
+//  * Within one prepare a row has at most one pending item: its entry, or
+//    the shadow that replaced it there. A prepare that failed may leave
+//    shadows on `pending` for the next one, which drops those whose row's
+//    entry is pending again (it holds a newer version).
 //  * bytes counts every byte the stripe holds: entries in use, entries kept
 //    for reuse on the free lists, and the bucket array. A new entry first
 //    reuses a free one of its size; the stripe grows only while bytes stays

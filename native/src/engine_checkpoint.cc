@@ -20,6 +20,7 @@
 //    preparing_; commit, abort, rollback, drop and close wait for it.
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <thread>
 
 #include "engine_impl.h"
@@ -122,6 +123,10 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   Stripe& s = stripes_[i];
   c.taken.clear();
   size_t used = 0, wrote_here = 0;
+  // A failure while taking (a buffer that cannot grow, a write-back that
+  // throws) stops the taking before the entry at hand is touched; what was
+  // taken is still written and unmarked below, then the failure is thrown.
+  std::exception_ptr err;
   {
     std::lock_guard<std::mutex> g(s.mu);
     for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
@@ -136,20 +141,33 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
       // shadow whose row has none (evicted since the copy was made) is
       // written here instead, where compaction cannot repoint the row's
       // slots meanwhile.
-      if (!e->shadow) {
-        if (c.buf.size() < used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, used + e->bytes));
-        off = used;
-        std::memcpy(c.buf.data() + off, e, e->bytes);
-        used += e->bytes;
-        e->flushing = 1;
-      } else if ((owner = s.find(e->table, e->key, Stripe::hash(e->table, e->key)))) {
-        owner->flushing = 1;
-      } else {
-        write_back(*tables_[e->table], e, &flush_res_);
-        s.mark_clean(e);
-        s.recycle(e);
-        wrote_here++;
-        continue;
+      try {
+        if (!e->shadow) {
+          if (c.buf.size() < used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, used + e->bytes));
+          off = used;
+          std::memcpy(c.buf.data() + off, e, e->bytes);
+          used += e->bytes;
+          e->flushing = 1;
+        } else if ((owner = s.find(e->table, e->key, Stripe::hash(e->table, e->key))) && (s.is_pending(owner) || owner->flushing)) {
+          // Left by a prepare that failed (cache.h): the row's entry is
+          // pending too (or being flushed), with a newer version, the one
+          // this checkpoint needs. Within one prepare a row has one pending
+          // item, so this is the only way an owner is pending or marked.
+          s.mark_clean(e);
+          s.recycle(e);
+          continue;
+        } else if (owner) {
+          owner->flushing = 1;
+        } else {
+          write_back(*tables_[e->table], e, &flush_res_);
+          s.mark_clean(e);
+          s.recycle(e);
+          wrote_here++;
+          continue;
+        }
+      } catch (...) {
+        err = std::current_exception();
+        break;
       }
       s.mark_clean(e);
       c.taken.push_back({e, off, owner});
@@ -159,6 +177,7 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
       writebacks_.fetch_add(wrote_here, std::memory_order_relaxed);
     }
   }
+  if (err && c.taken.empty()) std::rethrow_exception(err);
   if (c.taken.empty() && !wrote_here) return ++c.empty < kStripes;
   c.empty = 0;
   if (c.taken.empty()) return true;
@@ -181,6 +200,7 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
     // the least recently dirtied first.
     if (!e->dirty && s.used_bytes() + s.budget / kCowRoom > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
   }
+  if (err) std::rethrow_exception(err);
   return true;
 }
 

@@ -17,9 +17,9 @@
 //    repointed; a row the flusher is writing (its entry `flushing`) makes
 //    the segment wait for another pass. Only segments before the published
 //    tail's are candidates (vlog.h), so a restart never meets a hole.
-//  * Slots are read and repointed under the row's stripe lock and its
-//    table's index lock, as every write-back writes them (the flusher
-//    excepted, whose rows are `flushing`), and under epoch_mu_ shared, held
+//  * Slots are read and repointed under the row's stripe lock (as every
+//    write-back writes them, the flusher excepted, whose rows are
+//    `flushing`) and its table's index lock, and under epoch_mu_ shared, held
 //    for one record (one row) at a time. No lock is held while a record is
 //    appended, and a row's page is read before its stripe's lock is taken:
 //    on the msync path either may wait on the disk (a page fault, dirty-page
@@ -193,7 +193,12 @@ bool Engine::compact_segment(uint64_t seg_off) {
           continue;
         }
         std::shared_lock<RwLock> il(t->index->mu());
-        if (t->index->lookup(h->key) != ref) continue;
+        if (t->index->lookup(h->key) != ref) {
+          // Not reached (a key's row never moves while its table is open);
+          // if it were, the segment waits rather than lose a slot's record.
+          blocked = true;
+          continue;
+        }
         char* row = row_ptr(*t, ref);
         for (uint32_t k = 0; k < kSlots; k++) {
           const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(slot_hdr(*t, row, k));
