@@ -1,9 +1,18 @@
-// A child of flush-race.test.ts (PMEMPS_TEST_PAUSE is read once per
-// process): a prepare whose flush starts late, so that a push copies rows
-// still pending aside (shadows), and whose first shadow write-back is held
-// with its slot chosen while pushes of other keys evict the whole cache
-// around it. Prints @@RESULT with the rows that differ from a DRAM-only
-// reference, live and at the checkpoint.
+// A child of flush-race.test.ts (PMEMPS_TEST_HOOKS is read once per
+// process). argv: layout, scenario.
+//
+//   evict: a prepare whose flush starts late, so that a push copies rows
+//     still pending aside (shadows), and whose first shadow write-back is
+//     held with its slot chosen while pushes of other keys evict the whole
+//     cache around it.
+//   stale: a prepare that fails after a push made shadows (flush.fail), so
+//     they stay pending; the rows are pushed again and the next prepare's
+//     idle flusher, were it to write such a shadow, is held with its slot
+//     chosen long enough for the prepare's caller to step in and write the
+//     row's newer pending version at the same time.
+//
+// Prints @@RESULT with the rows that differ from a DRAM-only reference, live
+// and at the checkpoint, after a clean close and reopen.
 process.env.PMEM_IS_PMEM_FORCE ??= '1';
 
 import * as fs from 'node:fs';
@@ -14,6 +23,7 @@ import { prng, randomGrads } from './helpers';
 
 async function main(): Promise<void> {
   const layout = process.argv[2] as 'inplace' | 'logged';
+  const scenario = process.argv[3] as 'evict' | 'stale';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pmemps-flush-race-'));
   try {
     const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout });
@@ -35,30 +45,42 @@ async function main(): Promise<void> {
       await ref.push('emb', k, g);
     };
     for (let i = 0; i < 2; i++) await both(hot, randomGrads(rand, A * 8));
-    const atPrepare = await ref.pull('emb', hot);
+    let atPrepare = await ref.pull('emb', hot);
     // The flush starts 300 ms late (flush.start): this push finds every hot
     // row pending and, with room in the cache, copies each aside.
     const prep = e.prepare(1);
     await both(hot, randomGrads(rand, A * 8));
-    // Meanwhile the flusher reaches the first shadow and is held 1.5 s with
-    // its slot chosen (writeback.shadow_slot_chosen); these pushes of 40k
-    // other keys cycle a 1 MiB cache (~7k rows) several times over.
-    await new Promise((r) => setTimeout(r, 500));
-    for (let b = 0; b < 20; b++) {
-      const k = packKeys(Array.from({ length: 2048 }, (_, i) => BigInt(A + b * 2048 + i)));
-      await both(k, randomGrads(rand, 2048 * 8));
+    let id = 1;
+    if (scenario === 'evict') {
+      // Meanwhile the flusher reaches the first shadow and is held 1.5 s
+      // with its slot chosen (writeback.shadow_slot_chosen); these pushes of
+      // 40k other keys cycle a 1 MiB cache (~7k rows) several times over.
+      await new Promise((r) => setTimeout(r, 500));
+      for (let b = 0; b < 20; b++) {
+        const k = packKeys(Array.from({ length: 2048 }, (_, i) => BigInt(A + b * 2048 + i)));
+        await both(k, randomGrads(rand, 2048 * 8));
+      }
+      await prep;
+    } else {
+      await assert(
+        prep.then(() => false).catch((err: Error) => /test failure injected/.test(err.message)),
+        'the first prepare failed',
+      );
+      await both(hot, randomGrads(rand, A * 8));
+      atPrepare = await ref.pull('emb', hot);
+      id = 2;
+      await e.prepare(id);
     }
     const evictions = e.stats().evictions;
-    await prep;
-    await e.commit(1);
+    await e.commit(id);
     const differing = (a: Buffer, b: Buffer): number => {
       let n = 0;
       for (let r = 0; r < A; r++) n += a.compare(b, r * 32, (r + 1) * 32, r * 32, (r + 1) * 32) === 0 ? 0 : 1;
       return n;
     };
-    // Every row through the pool: a cache of 1 MiB cannot hold them all.
     const live = differing(await e.pull('emb', hot), await ref.pull('emb', hot));
     await e.close();
+    // Every row from the pool now.
     const again = Engine.open({ dir, poolMb: 64, cacheMb: 1 });
     const liveAfterReopen = differing(await again.pull('emb', hot), await ref.pull('emb', hot));
     await again.rollback();
@@ -69,6 +91,10 @@ async function main(): Promise<void> {
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+async function assert(p: Promise<boolean>, what: string): Promise<void> {
+  if (!(await p)) throw new Error(`expected: ${what}`);
 }
 
 void main().catch((err) => {

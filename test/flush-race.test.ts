@@ -4,8 +4,9 @@
 // could choose the same one, losing the newer version or the checkpoint's
 // (docs/design.md, "Prepare without stopping pushes"). The flusher marks
 // the entry `flushing`, so eviction passes over it. Shown deterministically
-// in a child: the flusher is held with its slot chosen (PMEMPS_TEST_PAUSE)
-// while pushes evict the whole cache around it, on both row layouts.
+// in a child: the flusher is held with its slot chosen (PMEMPS_TEST_HOOKS)
+// while pushes evict the whole cache around it, on both row layouts; and
+// the same for a copy left over by a failed prepare.
 import * as assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
@@ -13,17 +14,32 @@ import { describe, it } from 'node:test';
 
 const CHILD = path.join(__dirname, 'flush-race.child.js');
 
-describe('a checkpoint copy written while its row is evicted', () => {
+function run(layout: string, scenario: string, hooks: string): { live: number; liveAfterReopen: number; atCheckpoint: number; evictions: number } {
+  const out = execFileSync(process.execPath, [CHILD, layout, scenario], {
+    encoding: 'utf8',
+    env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_TEST_HOOKS: hooks },
+  });
+  const m = /^@@RESULT (.*)$/m.exec(out);
+  assert.ok(m, out);
+  return JSON.parse(m[1]) as { live: number; liveAfterReopen: number; atCheckpoint: number; evictions: number };
+}
+
+describe('a checkpoint copy (shadow) written outside its stripe lock', () => {
   for (const layout of ['inplace', 'logged'])
-    it(`keeps both versions (${layout} pool)`, { timeout: 60_000 }, () => {
-      const out = execFileSync(process.execPath, [CHILD, layout], {
-        encoding: 'utf8',
-        env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_TEST_PAUSE: 'flush.start:300,writeback.shadow_slot_chosen:1500' },
-      });
-      const m = /^@@RESULT (.*)$/m.exec(out);
-      assert.ok(m, out);
-      const r = JSON.parse(m[1]) as { live: number; liveAfterReopen: number; atCheckpoint: number; evictions: number };
+    it(`keeps both versions when its row is evicted meanwhile (${layout} pool)`, { timeout: 60_000 }, () => {
+      const r = run(layout, 'evict', 'flush.start:300,writeback.shadow_slot_chosen:1500');
       assert.ok(r.evictions > 20000, `the pushes cycled the cache (${r.evictions} evictions)`);
+      assert.equal(r.live, 0, 'rows whose newest version was lost');
+      assert.equal(r.liveAfterReopen, 0, 'rows whose newest version was lost (after a clean close)');
+      assert.equal(r.atCheckpoint, 0, 'rows whose checkpoint version was lost');
+    });
+  // A prepare that fails leaves its shadows pending; in the next one the
+  // row's own entry is pending too, with a newer version. The idle flusher
+  // and the prepare's caller (stepping in while the idle one is held) would
+  // write the two at once: the stale copy is dropped instead.
+  for (const layout of ['inplace', 'logged'])
+    it(`left by a failed prepare is not written over the row's newer version (${layout} pool)`, { timeout: 60_000 }, () => {
+      const r = run(layout, 'stale', 'flush.start:300,flush.fail:fail,writeback.shadow_slot_chosen:2500');
       assert.equal(r.live, 0, 'rows whose newest version was lost');
       assert.equal(r.liveAfterReopen, 0, 'rows whose newest version was lost (after a clean close)');
       assert.equal(r.atCheckpoint, 0, 'rows whose checkpoint version was lost');

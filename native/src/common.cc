@@ -44,16 +44,16 @@ void failpoint_hit(size_t index) {
   }
 }
 
-void test_pause(const char* where) {
-  struct Pause {
+void test_hook(const char* where) {
+  struct Hook {
     std::string where;
-    long ms = 0;
+    long ms = -1;  // -1: fail
     std::atomic<bool> fired{false};
   };
   // A list: its elements (each holding an atomic) never move.
-  static std::list<Pause>* const pauses = [] {
-    auto* l = new std::list<Pause>();
-    const char* env = getenv("PMEMPS_TEST_PAUSE");
+  static std::list<Hook>* const hooks = [] {
+    auto* l = new std::list<Hook>();
+    const char* env = getenv("PMEMPS_TEST_HOOKS");
     const std::string s = env ? env : "";
     for (size_t at = 0; at < s.size();) {
       size_t end = s.find(',', at);
@@ -61,16 +61,20 @@ void test_pause(const char* where) {
       const std::string item = s.substr(at, end - at);
       const size_t colon = item.find(':');
       if (colon != std::string::npos) {
-        Pause& p = l->emplace_back();
-        p.where = item.substr(0, colon);
-        p.ms = strtol(item.c_str() + colon + 1, nullptr, 10);
+        Hook& h = l->emplace_back();
+        h.where = item.substr(0, colon);
+        const std::string what = item.substr(colon + 1);
+        h.ms = what == "fail" ? -1 : strtol(what.c_str(), nullptr, 10);
       }
       at = end + 1;
     }
     return l;
   }();
-  for (Pause& p : *pauses)
-    if (p.where == where && !p.fired.exchange(true)) std::this_thread::sleep_for(std::chrono::milliseconds(p.ms));
+  for (Hook& h : *hooks) {
+    if (h.where != where || h.fired.exchange(true)) continue;
+    if (h.ms < 0) throw Error(Code::Io, std::string("test failure injected at ") + where + " (PMEMPS_TEST_HOOKS)");
+    std::this_thread::sleep_for(std::chrono::milliseconds(h.ms));
+  }
 }
 
 }  // namespace pmemps

@@ -81,7 +81,8 @@ void Engine::ensure_epochs(Tx& tx) {
 // ======================================================== checkpoints
 
 void Engine::flush_pending() {
-  test_pause("flush.start");
+  test_hook("flush.start");
+  test_hook("flush.fail");
   // Log room for every pending version before any is taken: a flush that
   // failed halfway would leave rows marked clean whose version is nowhere.
   LogHold hold{vlog_.get(), flush_res_};

@@ -157,7 +157,7 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
   }
   // A test holds a checkpoint copy's write-back here, its slot chosen, to
   // show that no other write-back of the row can run meanwhile.
-  if (e->shadow) test_pause("writeback.shadow_slot_chosen");
+  if (e->shadow) test_hook("writeback.shadow_slot_chosen");
   if (vlog_) {
     // Logged: the values go to the log, the slot gets their record's
     // offset. Either may reach the media first: the slot's epoch is not

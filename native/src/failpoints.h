@@ -61,12 +61,13 @@ constexpr size_t failpoint_index(const char* name) {
 // engine at the exact instants where crash safety is argued.
 void failpoint_hit(size_t index);
 
-// PMEMPS_TEST_PAUSE="where:ms[,where:ms...]" makes the first thread that
-// reaches test_pause("where") sleep ms milliseconds there (once per
-// process): tests hold one thread at an instant where a race was argued
-// away and show that no other thread can do what would break it meanwhile.
-// Unset: a scan of an empty list.
-void test_pause(const char* where);
+// PMEMPS_TEST_HOOKS="where:ms|fail[,...]": the first thread that reaches
+// test_hook("where") sleeps ms milliseconds there, or throws an I/O error
+// (once per process each). Tests hold one thread at an instant where a race
+// was argued away and show that no other thread can do what would break it
+// meanwhile, or fail an operation at a point no real input reaches on
+// demand. Unset: a scan of an empty list.
+void test_hook(const char* where);
 
 }  // namespace pmemps
 
