@@ -30,7 +30,13 @@ namespace pmemps {
 namespace {
 
 constexpr uint32_t kFlushChunk = 32;  // rows per stripe-lock hold in the flush: pushes interleave
-constexpr size_t kCowRoom = 16;       // 1/16 of a stripe's share kept free during a prepare
+// The share of a stripe's budget the flush keeps free for the copies pushes
+// make of pending rows: 1/16 on PMEM; 1/4 on the msync path, where a push
+// that finds no room writes the row back at ~17 µs (the write faults on a
+// page the last sync cleaned) against 0.1 µs for a copy (disk, 10% prepare:
+// maxPushWaitUs 40-56 ms against 70-74; BENCHMARKS.md).
+constexpr size_t kCowRoomPmem = 16;
+constexpr size_t kCowRoomMsync = 4;
 
 }  // namespace
 
@@ -187,6 +193,7 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   for (auto& tk : c.taken) write_back(*tables_[tk.e->table], copy_of(tk), &flush_res_);
   pool_->drain();
   writebacks_.fetch_add(c.taken.size(), std::memory_order_relaxed);
+  const size_t room = pool_->is_pmem() ? kCowRoomPmem : kCowRoomMsync;
   std::lock_guard<std::mutex> g(s.mu);
   for (auto& [e, off, owner] : c.taken) {
     if (e->shadow) {
@@ -197,9 +204,9 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
     e->flushing = 0;
     // Room for the copies that pushes make of rows still pending (a copy
     // costs less than writing the row back on the push's time): a stripe
-    // within kCowRoom of its share drops the rows it has just made clean,
-    // the least recently dirtied first.
-    if (!e->dirty && s.used_bytes() + s.budget / kCowRoom > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
+    // within its copy room of its share drops the rows it has just made
+    // clean, the least recently dirtied first.
+    if (!e->dirty && s.used_bytes() + s.budget / room > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
   }
   if (err) std::rethrow_exception(err);
   return true;
