@@ -149,28 +149,29 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
       // written here instead, where compaction cannot repoint the row's
       // slots meanwhile.
       try {
-        if (!e->shadow) {
+        if (e->shadow) {
+          owner = s.find(e->table, e->key, Stripe::hash(e->table, e->key));
+          // An owner pending (or being flushed) too means a shadow left by a
+          // prepare that failed (cache.h): the owner holds the newer version
+          // this checkpoint needs, and within one prepare a row has one
+          // pending item, so this is the only way it happens.
+          const bool stale = owner && (s.is_pending(owner) || owner->flushing);
+          if (stale || !owner) {
+            if (!stale) {
+              write_back(*tables_[e->table], e, &flush_res_);
+              wrote_here++;
+            }
+            s.mark_clean(e);
+            s.recycle(e);
+            continue;
+          }
+          owner->flushing = 1;
+        } else {
           if (c.buf.size() < used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, used + e->bytes));
           off = used;
           std::memcpy(c.buf.data() + off, e, e->bytes);
           used += e->bytes;
           e->flushing = 1;
-        } else if ((owner = s.find(e->table, e->key, Stripe::hash(e->table, e->key))) && (s.is_pending(owner) || owner->flushing)) {
-          // Left by a prepare that failed (cache.h): the row's entry is
-          // pending too (or being flushed), with a newer version, the one
-          // this checkpoint needs. Within one prepare a row has one pending
-          // item, so this is the only way an owner is pending or marked.
-          s.mark_clean(e);
-          s.recycle(e);
-          continue;
-        } else if (owner) {
-          owner->flushing = 1;
-        } else {
-          write_back(*tables_[e->table], e, &flush_res_);
-          s.mark_clean(e);
-          s.recycle(e);
-          wrote_here++;
-          continue;
         }
       } catch (...) {
         err = std::current_exception();
@@ -184,10 +185,13 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
       writebacks_.fetch_add(wrote_here, std::memory_order_relaxed);
     }
   }
-  if (err && c.taken.empty()) std::rethrow_exception(err);
-  if (c.taken.empty() && !wrote_here) return ++c.empty < kStripes;
+  if (c.taken.empty()) {
+    if (err) std::rethrow_exception(err);
+    if (!wrote_here) return ++c.empty < kStripes;
+    c.empty = 0;
+    return true;
+  }
   c.empty = 0;
-  if (c.taken.empty()) return true;
   auto copy_of = [&](const FlushCursor::Taken& tk) { return tk.off == SIZE_MAX ? tk.e : reinterpret_cast<Entry*>(c.buf.data() + tk.off); };
   for (auto& tk : c.taken) prefetch_slots(*tables_[tk.e->table], copy_of(tk)->ref);
   for (auto& tk : c.taken) write_back(*tables_[tk.e->table], copy_of(tk), &flush_res_);

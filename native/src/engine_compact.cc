@@ -19,8 +19,8 @@
 //    tail's are candidates (vlog.h), so a restart never meets a hole.
 //  * Slots are read and repointed under the row's stripe lock (as every
 //    write-back writes them, the flusher excepted, whose rows are
-//    `flushing`) and its table's index lock, and under epoch_mu_ shared, held
-//    for one record (one row) at a time. No lock is held while a record is
+//    `flushing`; repointed under the index lock too), and under epoch_mu_
+//    shared, held for one record (one row) at a time. No lock is held while a record is
 //    appended, and a row's page is read before its stripe's lock is taken:
 //    on the msync path either may wait on the disk (a page fault, dirty-page
 //    throttling), and a chunk of 2,048 appends under epoch_mu_ made a
@@ -192,13 +192,7 @@ bool Engine::compact_segment(uint64_t seg_off) {
           blocked = true;
           continue;
         }
-        std::shared_lock<RwLock> il(t->index->mu());
-        if (t->index->lookup(h->key) != ref) {
-          // Not reached (a key's row never moves while its table is open);
-          // if it were, the segment waits rather than lose a slot's record.
-          blocked = true;
-          continue;
-        }
+        // ref still holds: a key's row never moves while its table exists.
         char* row = row_ptr(*t, ref);
         for (uint32_t k = 0; k < kSlots; k++) {
           const LoggedSlot* ls = reinterpret_cast<const LoggedSlot*>(slot_hdr(*t, row, k));
