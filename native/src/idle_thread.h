@@ -14,11 +14,15 @@
 //    machine that never idles still finishes, the caller measures every
 //    kWatchMs the CPU time the idle thread got; once kGraceMs have passed,
 //    an interval in which it got less than kMinSharePct makes the caller
-//    call step(false, its own state) itself, at its own priority, for the
-//    next interval. A starved prepare costs at most kGraceMs + kWatchMs more
-//    than a flush at normal priority. The grace is there because a burst of
-//    pushes keeps the idle thread below the share for a while (on two cores,
-//    3% in a prepare's first 100 ms) and it catches up after the burst.
+//    call step(false, its own state) itself, at its own priority, during
+//    the next interval: in slices of kSliceUs, each followed by a sleep, so
+//    that it takes at most kDutyPct of one core. A starved prepare costs at
+//    most kGraceMs + kWatchMs more than a flush of 100/kDutyPct times its
+//    CPU time. The grace is there because a burst of pushes keeps the idle
+//    thread below the share for a while (on two cores, 3% in a prepare's
+//    first 100 ms) and it catches up after the burst; the slices because a
+//    caller that stepped in without pause took a core from a push for the
+//    whole interval (pushes of 3-6 ms, 3x the p99 without a prepare).
 //  * Once the caller's own steps found nothing left (or one threw),
 //    stopping() turns true: a step waiting to be polite returns at once.
 //  * One run() at a time (the engine runs one prepare at a time). Between
@@ -44,6 +48,8 @@ class IdleThread {
   static constexpr int kWatchMs = 100;
   static constexpr int kMinSharePct = 5;
   static constexpr int kGraceMs = 1000;
+  static constexpr int kSliceUs = 250;
+  static constexpr int kDutyPct = 25;
 
   IdleThread() = default;
   IdleThread(const IdleThread&) = delete;
@@ -90,7 +96,11 @@ class IdleThread {
       if (!starved || own_done || std::chrono::steady_clock::now() < grace_end) continue;
       const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWatchMs);
       try {
-        while (!own_done && std::chrono::steady_clock::now() < until) own_done = !step(false, own_state);
+        while (!own_done && std::chrono::steady_clock::now() < until) {
+          const auto slice_end = std::chrono::steady_clock::now() + std::chrono::microseconds(kSliceUs);
+          while (!own_done && std::chrono::steady_clock::now() < slice_end) own_done = !step(false, own_state);
+          if (!own_done) std::this_thread::sleep_for(std::chrono::microseconds(kSliceUs * (100 - kDutyPct) / kDutyPct));
+        }
       } catch (...) {
         std::lock_guard<std::mutex> g(mu_);
         if (!error_) error_ = std::current_exception();
