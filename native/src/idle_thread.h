@@ -14,9 +14,10 @@
 //    machine that never idles still finishes, the caller measures every
 //    kWatchMs the CPU time the idle thread got; once kGraceMs have passed,
 //    an interval in which it got less than kMinSharePct makes the caller
-//    call step(false, its own state) itself, at its own priority, during
-//    the next interval: in slices of kSliceUs, each followed by a sleep, so
-//    that it takes at most kDutyPct of one core. A starved prepare costs at
+//    call step(false, its own state) itself, at its own priority (policy
+//    SCHED_BATCH meanwhile), during the next interval: in slices of
+//    kSliceUs, each followed by a sleep, so that it takes at most kDutyPct
+//    of one core. A starved prepare costs at
 //    most kGraceMs + kWatchMs more than a flush of 100/kDutyPct times its
 //    CPU time. The grace is there because a burst of pushes keeps the idle
 //    thread below the share for a while (on two cores, 3% in a prepare's
@@ -95,6 +96,7 @@ class IdleThread {
       cpu = now;
       if (!starved || own_done || std::chrono::steady_clock::now() < grace_end) continue;
       const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWatchMs);
+      BatchPolicy batch;
       try {
         while (!own_done && std::chrono::steady_clock::now() < until) {
           const auto slice_end = std::chrono::steady_clock::now() + std::chrono::microseconds(kSliceUs);
@@ -114,6 +116,27 @@ class IdleThread {
   }
 
  private:
+  // While the caller steps in, its thread is SCHED_BATCH: waking from a
+  // slice's pause, a batch thread does not preempt a running one (it waits
+  // for a free core or the tick), so it does not stop a push's thread inside
+  // a stripe's lock four times a millisecond (maxPushWaitUs over 1 ms in 3
+  // of 9 runs at normal policy, none of 5 at batch; BENCHMARKS.md). The
+  // caller is a thread of libuv's pool: its policy is restored after the
+  // interval.
+  struct BatchPolicy {
+    int policy = SCHED_OTHER;
+    sched_param old{};
+    bool set = false;
+    BatchPolicy() {
+      if (pthread_getschedparam(pthread_self(), &policy, &old) != 0) return;
+      sched_param p{};
+      set = pthread_setschedparam(pthread_self(), SCHED_BATCH, &p) == 0;
+    }
+    ~BatchPolicy() {
+      if (set) pthread_setschedparam(pthread_self(), policy, &old);
+    }
+  };
+
   void start() {
     if (thread_.joinable()) return;
     thread_ = std::thread([this] { loop(); });
