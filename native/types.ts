@@ -109,6 +109,8 @@ export interface EngineStats {
   epoch: number;
   /** Longest time, in microseconds, that a push waited on a running checkpoint. */
   maxPushWaitUs: number;
+  /** Copies of rows a running checkpoint still had to write that pushes put in the pool's free space, the cache's budget being full (PMEM only; cumulative). */
+  copiesInPool: number;
   /** Removed tables whose storage is still being freed (normally 0 once the call that removed them returned). */
   garbageTables: number;
   /** Pool bytes held by the version log's segments (logged pools; else 0). */

@@ -473,6 +473,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       o.Set("lastId", static_cast<double>(s.last_id));
       num("epoch", s.epoch);
       num("maxPushWaitUs", s.max_push_wait_us);
+      num("copiesInPool", s.copies_in_pool);
       num("garbageTables", s.garbage_tables);
       num("logBytes", s.log_bytes);
       num("logSegmentsFreed", s.log_freed);

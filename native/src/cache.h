@@ -19,7 +19,9 @@
 //    entries (instead of malloc/free per eviction) keeps the process's real
 //    memory at the budget: glibc's per-thread arenas would otherwise each
 //    keep their own peak. Copy-on-write copies made for a running prepare
-//    (shadows) count like any entry.
+//    (shadows) count like any entry, but for those put in the pool's free
+//    space when the budget has no room (copy_arena.h): those count nowhere
+//    in DRAM, and live only on `pending` until written back.
 //  * Eviction is CLOCK over the `lru` list: a hit only sets the entry's
 //    `used` bit (no list links move, so a hit touches no other entry's
 //    cache lines); the eviction scan from the tail gives a used entry a
@@ -57,6 +59,9 @@
 
 namespace pmemps {
 
+constexpr uint8_t kShadowInDram = 1;  // a copy counted in the stripe's budget
+constexpr uint8_t kShadowInPool = 2;  // a copy in a chunk of the pool (copy_arena.h)
+
 struct Entry {
   Entry* hnext;
   Entry* lprev;
@@ -69,7 +74,7 @@ struct Entry {
   uint32_t epoch;
   uint32_t step;
   uint8_t dirty;     // on `dirty` or, when epoch <= the stripe's pending_epoch, on `pending`
-  uint8_t shadow;    // a checkpoint copy: only on `pending`, never in the hash or the LRU
+  uint8_t shadow;    // a checkpoint copy (kShadowIn*): only on `pending`, never in the hash or the LRU
   uint8_t used;      // CLOCK reference bit: hit since the eviction scan last passed
   uint8_t flushing;  // the flusher is writing its checkpoint version (see the invariants)
   uint32_t bytes;
@@ -205,15 +210,27 @@ class Stripe {
   }
 
   // A copy of e's checkpoint version that takes e's place on `pending`, so a
-  // push can update e at once (copy-on-write in DRAM, within the budget).
-  // Caller checked has_room(e->bytes).
-  Entry* shadow_of(Entry* e, uint32_t row_floats) {
-    Entry* c = make(e->table, e->key, row_floats);
+  // push can update e at once (copy-on-write). In DRAM within the budget
+  // (the caller checked has_room(e->bytes)), or at `place` in the pool's
+  // free space (pool_place), outside it.
+  Entry* shadow_of(Entry* e, uint32_t row_floats, void* place = nullptr) {
+    Entry* c;
+    if (place) {
+      c = static_cast<Entry*>(place);
+      std::memset(c, 0, offsetof(Entry, data));
+      c->key = e->key;
+      c->table = e->table;
+      c->bytes = static_cast<uint32_t>(entry_bytes(row_floats));
+      c->shadow = kShadowInPool;
+      pool_room_.live++;
+    } else {
+      c = make(e->table, e->key, row_floats);
+      c->shadow = kShadowInDram;
+    }
     std::memcpy(c->data, e->data, sizeof(float) * row_floats);
     c->ref = e->ref;
     c->epoch = e->epoch;
     c->step = e->step;
-    c->shadow = 1;
     pending.unlink(e);
     e->dirty = 0;
     c->dirty = 1;
@@ -229,8 +246,38 @@ class Stripe {
     if (e->shadow) recycle(e);
   }
 
-  // Returns an entry that was never inserted to the free list.
+  // A place for a copy of n bytes in the pool chunks this stripe took from
+  // `take` (CopyArena::take), in order; nullptr when it has none to give.
+  template <class Take>
+  void* pool_place(size_t n, size_t chunk_bytes, Take take) {
+    n = (n + 63) & ~size_t(63);  // whole cache lines: a copy is written in one go
+    PoolRoom& r = pool_room_;
+    if (r.chunk < r.chunks.size() && r.off + n > chunk_bytes) r.chunk++, r.off = 0;
+    if (r.chunk == r.chunks.size()) {
+      char* c = take();
+      if (!c) return nullptr;
+      r.chunks.push_back(c);
+      r.off = 0;
+    }
+    void* p = r.chunks[r.chunk] + r.off;
+    r.off += n;
+    return p;
+  }
+
+  // Copies in the pool not yet written back; at 0 the chunks are filled
+  // again from the first.
+  size_t pool_copies() const { return pool_room_.live; }
+  // Forgets the chunks (the engine gives them back to the arena next).
+  // Only when pool_copies() == 0.
+  void forget_pool_room() { pool_room_ = PoolRoom{}; }
+
+  // Returns an entry that was never inserted to the free list (a copy in
+  // the pool: to its chunk).
   void recycle(Entry* e) {
+    if (e->shadow == kShadowInPool) {
+      if (--pool_room_.live == 0) pool_room_.chunk = pool_room_.off = 0;
+      return;
+    }
     Entry*& head = free_[e->bytes];
     e->hnext = head;
     head = e;
@@ -332,9 +379,10 @@ class Stripe {
     // Shadows live only on `pending` (left there if a prepare failed).
     for (Entry* e = pending.front(); e && e != &pending.head;) {
       Entry* n = e->dnext;
-      if (e->shadow) std::free(e);
+      if (e->shadow == kShadowInDram) std::free(e);
       e = n;
     }
+    pool_room_ = PoolRoom{};
     for (size_t i = 0; i <= mask_; i++) {
       Entry* e = buckets_[i];
       while (e) {
@@ -396,6 +444,13 @@ class Stripe {
   uint32_t inserts_ = 0;
   std::map<size_t, Entry*> free_;  // entry size -> recycled entries (linked by hnext)
   size_t free_bytes_ = 0;
+  // Chunks of the pool this stripe puts copies in (pool_place), filled in
+  // order: the next copy goes at chunks[chunk] + off.
+  struct PoolRoom {
+    std::vector<char*> chunks;
+    size_t chunk = 0, off = 0;
+    size_t live = 0;
+  } pool_room_;
 };
 
 }  // namespace pmemps

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "cache.h"
+#include "copy_arena.h"
 #include "idle_thread.h"
 #include "index.h"
 #include "layout.h"
@@ -69,7 +70,7 @@ struct TableInfo {
 
 struct Stats {
   uint64_t cache_bytes, cache_budget, cache_rows, hits, misses, evictions, writebacks, flushes;
-  uint64_t pool_bytes, pool_used, committed, prepared, last_id, epoch, max_push_wait_us;
+  uint64_t pool_bytes, pool_used, committed, prepared, last_id, epoch, max_push_wait_us, copies_in_pool;
   uint64_t garbage_tables;  // removed tables whose storage is still being freed
   uint64_t log_bytes;       // pool bytes held by the version log's segments (logged pools)
   uint64_t log_freed;       // log segments compaction freed since open
@@ -288,6 +289,8 @@ class Engine {
   }
   void ensure_epochs(Tx& tx);
   void flush_pending();
+  void release_copy_room();
+  size_t pending_cache_bytes();
   struct FlushCursor {
     int stripe = 0, empty = 0, rounds = 0;
     std::vector<char> buf;  // copies of the chunk's entries
@@ -347,6 +350,9 @@ class Engine {
   // Runs a prepare's flush at the lowest CPU priority on PMEM (idle_thread.h).
   IdleThread idle_;
   std::unique_ptr<Pool> pool_;
+  // PMEM only: pool room for pushes' copies beyond the budget (copy_arena.h).
+  // Declared after pool_: given back before the pool closes.
+  std::unique_ptr<CopyArena> copies_;
   PRoot* root_ = nullptr;
   // PRoot.layout; vlog_ is the version log of a logged pool, else null.
   uint32_t layout_ = kLayoutInPlace;
@@ -392,7 +398,7 @@ class Engine {
 
   std::atomic<bool> ckpt_active_{false};
   std::atomic<int> pushes_running_{0};  // pushes between their start and their return
-  std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0};
+  std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0}, copies_in_pool_{0};
   // Rows a push left unchanged because a concurrent push made its checked
   // update non-finite (see push, phase 4); expected to stay 0.
   std::atomic<uint64_t> raced_nonfinite_{0};

@@ -225,6 +225,32 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   return true;
 }
 
+// After a flush that emptied every pending list: no push can make a copy
+// until the next prepare's boundary, and none lives in the pool, so every
+// chunk is ready for the next prepare (copy_arena.h).
+// About the bytes of the cache's pending entries: what pushes may copy.
+size_t Engine::pending_cache_bytes() {
+  size_t n = 0;
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    if (s.count()) n += s.pending.size * (s.used_bytes() / s.count());
+  }
+  return n;
+}
+
+void Engine::release_copy_room() {
+  if (!copies_) return;
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    if (s.pool_copies()) return;
+  }
+  for (auto& s : stripes_) {
+    std::lock_guard<std::mutex> g(s.mu);
+    s.forget_pool_room();
+  }
+  copies_->recycle_all();
+}
+
 void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {
   ckpt_cv_.wait(ck, [&] { return !preparing_; });
 }
@@ -309,7 +335,11 @@ void Engine::prepare_finish(uint64_t id) {
     // No epoch lock here: what write_back reads (C, P, dead epochs) changes
     // only in commit/abort/rollback, which wait for this prepare; so pushes
     // and a hyperparameter change never queue behind the flush.
+    // Chunks for the copies pushes will make of pending rows, before the
+    // flush (not in the boundary: that runs on the caller's event loop).
+    if (copies_) copies_->prefill(pending_cache_bytes());
     flush_pending();
+    release_copy_room();
     // Rows (their log records first), their index slots and new rows'
     // headers reach the media before the record that makes them part of a
     // checkpoint.

@@ -687,15 +687,20 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
     uint64_t wait = now_us() - l0;
     const bool same = s.applies == seen[si];
     uint64_t made = 0, skip = 0;
-    uint64_t cow_wrote = 0;
+    uint64_t cow_wrote = 0, in_pool = 0;
     // Copy-on-write for a running prepare: a pending row's checkpoint
-    // version is still only in DRAM. It is copied aside for the flusher (a
-    // DRAM copy, counted in the budget, which the flusher keeps room in: see
-    // flush_step); only when the budget has no room for the copy is it
-    // written to its pool slot first (~2x the copy's time).
+    // version is still only in DRAM. It is copied aside for the flusher: in
+    // DRAM, counted in the budget, which the flusher keeps room in (see
+    // flush_step), else on PMEM in a chunk of the pool's free space
+    // (copy_arena.h); only when neither has room is it written to its pool
+    // slot first (a page walk a row on a large pool: ~4x a copy's time).
     auto preserve = [&](Entry* e) {
+      void* place = nullptr;
       if (s.has_room(e->bytes)) {
         s.shadow_of(e, rf);
+      } else if (copies_ && (place = s.pool_place(e->bytes, CopyArena::kChunk, [&] { return copies_->take(); }))) {
+        s.shadow_of(e, rf, place);
+        in_pool++;
       } else {
         write_back(*t, e, &res);
         s.mark_clean(e);
@@ -717,9 +722,10 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
       for (size_t j = counts[si]; j < end; j++) {
         if (j + kPrefetchSlots < end) {
           // A pending row that finds no room for its copy is written back,
-          // which reads its pool slots' headers: cold, one per slot.
+          // which reads its pool slots' headers: cold, one per slot (with
+          // the arena, only once it is used up: not worth a prefetch).
           const Entry* pe = found[order[j + kPrefetchSlots]];
-          if (pe && pe->ref && s.is_pending(pe) && !s.has_room(pe->bytes)) prefetch_slots(*t, pe->ref);
+          if (!copies_ && pe && pe->ref && s.is_pending(pe) && !s.has_room(pe->bytes)) prefetch_slots(*t, pe->ref);
         }
         Entry* e = found[order[j]];
         if (e && s.is_pending(e)) {
@@ -788,6 +794,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
       pool_->drain();  // before the flusher can find the stripe without them
       writebacks_.fetch_add(cow_wrote, std::memory_order_relaxed);
     }
+    if (in_pool) copies_in_pool_.fetch_add(in_pool, std::memory_order_relaxed);
     s.applies++;
     waited.fetch_add(wait, std::memory_order_relaxed);
     created.fetch_add(made, std::memory_order_relaxed);
@@ -804,6 +811,7 @@ void Engine::drop_cache() {
     std::lock_guard<std::mutex> g(s.mu);
     s.clear();
   }
+  if (copies_) copies_->release_all();  // no copy lives in the pool now
 }
 
 void Engine::purge_cache(uint32_t table) {
@@ -835,6 +843,7 @@ Stats Engine::stats() {
   st.last_id = last_id_;
   st.epoch = cur_epoch_;
   st.max_push_wait_us = max_wait_us_;
+  st.copies_in_pool = copies_in_pool_;
   store_->stats(st);  // the cache's budget and the pool's figures: 0 in memory mode
   return st;
 }

@@ -144,6 +144,9 @@ void Engine::open_pool() {
   root_ = pool_->root();
   info_.created = pool_->created();
   info_.is_pmem = pool_->is_pmem();
+  // On the msync path a copy in the pool would dirty pages that the next
+  // sync writes to the disk: there a push writes the row back instead.
+  if (pool_->is_pmem()) copies_ = std::make_unique<CopyArena>(pool_->pop(), std::min<uint64_t>(opts_.cache_bytes, pool_->size() / 16));
   if (pool_->created())
     init_root();
   else
@@ -433,6 +436,7 @@ void Engine::close_pool(const std::string& record) {
   for (auto& t : tables_) t.reset();
   names_.clear();
   vlog_.reset();
+  copies_.reset();
   pool_.reset();
   root_ = nullptr;
   closed_ = true;

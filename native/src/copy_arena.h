@@ -1,0 +1,125 @@
+// Room in the pool's free space for the copies that pushes make of rows a
+// running prepare has yet to write (cache.h: shadows), once the cache's
+// budget has none left. Without it such a push writes the row back to its
+// pool slot on its own time, which on a large pool is a page walk per row
+// (the slot headers' lines): ~0.5 µs a row summed over a push's threads,
+// 2-4 ms for a push of 4,096 pending rows, where a copy into a chunk filled
+// in order costs ~0.1 µs (BENCHMARKS.md). The DRAM cap stays a cap.
+//
+// Invariants:
+//  * A chunk is a libpmemobj reservation that is never published: nothing
+//    persistent refers to it, a crash or a close gives its space back, and
+//    its bytes are never flushed (a copy only lives until the flusher has
+//    written it to its row's slot).
+//  * Chunks are handed out whole (a stripe fills its own under its lock)
+//    and taken back only all at once, when no copy lives in any: by
+//    recycle_all() after a prepare's flush emptied every pending list (they
+//    stay reserved and mapped for the next prepare, whose first pushes
+//    would otherwise reserve and map them on their own time), by
+//    release_all() when the cache is dropped or the pool closes.
+//  * At most `cap` bytes are reserved at once (the engine passes the cache
+//    budget, at most 1/16 of the pool); take() returns nullptr beyond it or
+//    when the pool has no free chunk (the push then writes the row back, as
+//    without the arena).
+#pragma once
+#include <libpmemobj.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+namespace pmemps {
+
+class CopyArena {
+ public:
+  static constexpr size_t kChunk = size_t(1) << 20;
+
+  CopyArena(PMEMobjpool* pop, size_t cap) : pop_(pop), cap_(cap) {}
+  ~CopyArena() { release_all(); }
+  CopyArena(const CopyArena&) = delete;
+  CopyArena& operator=(const CopyArena&) = delete;
+
+  // Reserves and maps chunks for about `bytes` of copies ahead, off any
+  // push's time: a chunk reserved and mapped by the push that needs it cost
+  // that push ~1 ms (256 page faults).
+  void prefill(size_t bytes) {
+    while (ready_bytes() < bytes) {
+      char* c = reserve();
+      if (!c) return;
+      std::lock_guard<std::mutex> g(mu_);
+      ready_.push_back(c);
+    }
+  }
+
+  // A chunk for copies, or nullptr (see the invariants).
+  char* take() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (!ready_.empty()) {
+        char* c = ready_.back();
+        ready_.pop_back();
+        return c;
+      }
+    }
+    return reserve();
+  }
+
+  void recycle_all() {
+    std::lock_guard<std::mutex> g(mu_);
+    ready_ = chunks_;
+  }
+
+  void release_all() {
+    std::lock_guard<std::mutex> g(mu_);
+    ready_.clear();
+    chunks_.clear();
+    if (acts_.empty()) return;
+    pmemobj_cancel(pop_, acts_.data(), acts_.size());
+    acts_.clear();
+  }
+
+ private:
+  size_t ready_bytes() {
+    std::lock_guard<std::mutex> g(mu_);
+    return ready_.size() * kChunk;
+  }
+
+  char* reserve() {
+    char* p;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if ((acts_.size() + 1) * kChunk > cap_) return nullptr;
+      pobj_action act;
+      const PMEMoid oid = pmemobj_reserve(pop_, &act, kChunk, 0);
+      if (OID_IS_NULL(oid)) return nullptr;
+      acts_.push_back(act);
+      p = static_cast<char*>(pmemobj_direct(oid));
+      chunks_.push_back(p);
+    }
+    populate(p);  // outside the lock: a push's take() does not wait for it
+    return p;
+  }
+
+  // Maps the chunk's pages in one call rather than a fault per page on
+  // first write. Only a hint: a kernel without it leaves them to fault.
+  static void populate(char* p) {
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + kChunk) & ~(page - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_POPULATE_WRITE);
+  }
+
+  PMEMobjpool* pop_;
+  const size_t cap_;
+  std::mutex mu_;
+  std::vector<pobj_action> acts_;  // every chunk reserved, handed out or ready
+  std::vector<char*> chunks_;      // their addresses, in the same order
+  std::vector<char*> ready_;       // reserved, not handed out
+};
+
+}  // namespace pmemps
