@@ -335,11 +335,13 @@ void Engine::prepare_finish(uint64_t id) {
     // No epoch lock here: what write_back reads (C, P, dead epochs) changes
     // only in commit/abort/rollback, which wait for this prepare; so pushes
     // and a hyperparameter change never queue behind the flush.
-    // Chunks for the copies pushes will make of pending rows, before the
-    // flush (not in the boundary: that runs on the caller's event loop).
-    if (copies_) copies_->prefill(pending_cache_bytes());
+    // Chunks for the copies pushes make of pending rows are mapped for the
+    // next prepare in the background (copy_arena.h); this one's pushes take
+    // what is ready, or reserve their own.
+    const size_t pending_bytes = copies_ ? pending_cache_bytes() : 0;
     flush_pending();
     release_copy_room();
+    if (copies_) copies_->prefill(pending_bytes);
     // Rows (their log records first), their index slots and new rows'
     // headers reach the media before the record that makes them part of a
     // checkpoint.
