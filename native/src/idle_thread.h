@@ -17,9 +17,8 @@
 //    call step(false, its own state) itself, at its own priority (policy
 //    SCHED_BATCH meanwhile), during the next interval: in slices of
 //    kSliceUs, each followed by a sleep, so that it takes at most kDutyPct
-//    of one core. A starved prepare costs at
-//    most kGraceMs + kWatchMs more than a flush of 100/kDutyPct times its
-//    CPU time. The grace is there because a burst of pushes keeps the idle
+//    of one core. A starved prepare costs at most kGraceMs + kWatchMs more
+//    than a flush of 100/kDutyPct times its CPU time. The grace is there because a burst of pushes keeps the idle
 //    thread below the share for a while (on two cores, 3% in a prepare's
 //    first 100 ms) and it catches up after the burst; the slices because a
 //    caller that stepped in without pause took a core from a push for the
@@ -47,7 +46,10 @@ namespace pmemps {
 class IdleThread {
  public:
   static constexpr int kWatchMs = 100;
-  static constexpr int kMinSharePct = 5;
+  // Half a core: an idle thread that yields after every chunk got just over
+  // 5% under pushes that never pause, enough to keep a caller waiting for
+  // less from stepping in, too little to finish (prepares of 15-21 s).
+  static constexpr int kMinSharePct = 50;
   static constexpr int kGraceMs = 1000;
   static constexpr int kSliceUs = 250;
   static constexpr int kDutyPct = 25;
