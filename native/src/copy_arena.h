@@ -19,8 +19,8 @@
 //    release_all() when the cache is dropped or the pool closes.
 //  * Chunks are reserved ahead by a thread of the arena's own (prefill: the engine asks after each prepare for as many as
 //    that prepare had pending rows), else by the push that finds none
-//    ready. A chunk the filler reserved while release_all() ran is given
-//    back with the others, never handed out.
+//    ready. A chunk is handed out to one stripe at a time: it is on ready_
+//    at most once, and never after release_all() gave it back.
 //  * At most `cap` bytes are reserved at once (the engine passes the cache
 //    budget, at most 1/16 of the pool); take() returns nullptr beyond it or
 //    when the pool has no free chunk (the push then writes the row back, as
@@ -83,7 +83,7 @@ class CopyArena {
         return c;
       }
     }
-    return reserve();
+    return reserve(false);
   }
 
   void recycle_all() {
@@ -96,7 +96,6 @@ class CopyArena {
     ready_.clear();
     chunks_.clear();
     want_ = 0;
-    gen_++;
     if (acts_.empty()) return;
     pmemobj_cancel(pop_, acts_.data(), acts_.size());
     acts_.clear();
@@ -114,20 +113,18 @@ class CopyArena {
     for (;;) {
       cv_.wait(lk, [&] { return quit_ || chunks_.size() * kChunk < std::min(want_, cap_); });
       if (quit_) return;
-      const uint64_t gen = gen_;
       lk.unlock();
-      char* c = reserve();
+      const bool got = reserve(true) != nullptr;
       lk.lock();
-      if (!c) {
-        want_ = 0;  // the pool has no room: pushes take what they can
-        continue;
-      }
-      // A release_all() meanwhile gave the chunk back with the others.
-      if (gen == gen_) ready_.push_back(c);
+      if (!got) want_ = 0;  // the pool has no room: pushes take what they can
     }
   }
 
-  char* reserve() {
+  // A new chunk, on ready_ too when `ready` (the filler's), in the same
+  // hold of the lock as on chunks_: a chunk is on ready_ at most once
+  // (recycle_all() copies chunks_), and one that release_all() gave back is
+  // on neither.
+  char* reserve(bool ready) {
     char* p;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -138,8 +135,12 @@ class CopyArena {
       acts_.push_back(act);
       p = static_cast<char*>(pmemobj_direct(oid));
       chunks_.push_back(p);
+      if (ready) ready_.push_back(p);
     }
-    populate(p);  // outside the lock: a push's take() does not wait for it
+    // Outside the lock: a push's take() does not wait for it (a push that
+    // takes the chunk first faults its pages itself; on a chunk given back
+    // meanwhile it only maps free pool pages).
+    populate(p);
     return p;
   }
 
@@ -162,8 +163,7 @@ class CopyArena {
   std::vector<char*> chunks_;      // their addresses, in the same order
   std::vector<char*> ready_;       // reserved, not handed out
   std::condition_variable cv_;
-  size_t want_ = 0;   // bytes of chunks the filler keeps reserved
-  uint64_t gen_ = 0;  // bumped by release_all()
+  size_t want_ = 0;  // bytes of chunks the filler keeps reserved
   bool quit_ = false;
   std::thread filler_;
 };
