@@ -21,7 +21,9 @@
 //    keep their own peak. Copy-on-write copies made for a running prepare
 //    (shadows) count like any entry, but for those put in the pool's free
 //    space when the budget has no room (copy_arena.h): those count nowhere
-//    in DRAM, and live only on `pending` until written back.
+//    in DRAM, and live on `pending`, then with the flusher writing them,
+//    until they are recycled; a stripe refills its chunks from the first
+//    only when none of its copies lives.
 //  * Eviction is CLOCK over the `lru` list: a hit only sets the entry's
 //    `used` bit (no list links move, so a hit touches no other entry's
 //    cache lines); the eviction scan from the tail gives a used entry a
@@ -250,7 +252,8 @@ class Stripe {
   // `take` (CopyArena::take), in order; nullptr when it has none to give.
   template <class Take>
   void* pool_place(size_t n, size_t chunk_bytes, Take take) {
-    n = (n + 63) & ~size_t(63);  // whole cache lines: a copy is written in one go
+    n = (n + 63) & ~size_t(63);  // copies 64 bytes apart
+    if (n > chunk_bytes) return nullptr;
     PoolRoom& r = pool_room_;
     if (r.chunk < r.chunks.size() && r.off + n > chunk_bytes) r.chunk++, r.off = 0;
     if (r.chunk == r.chunks.size()) {
@@ -267,9 +270,13 @@ class Stripe {
   // Copies in the pool not yet written back; at 0 the chunks are filled
   // again from the first.
   size_t pool_copies() const { return pool_room_.live; }
-  // Forgets the chunks (the engine gives them back to the arena next).
-  // Only when pool_copies() == 0.
-  void forget_pool_room() { pool_room_ = PoolRoom{}; }
+  // Forgets the chunks (the engine lists them as ready again next), unless
+  // a copy still lives in one: returns whether it did.
+  bool forget_pool_room() {
+    if (pool_room_.live) return false;
+    pool_room_ = PoolRoom{};
+    return true;
+  }
 
   // Returns an entry that was never inserted to the free list (a copy in
   // the pool: to its chunk).

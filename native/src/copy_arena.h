@@ -21,7 +21,7 @@
 //    that prepare had pending rows), else by the push that finds none
 //    ready. A chunk is handed out to one stripe at a time: it is on ready_
 //    at most once, and never after release_all() gave it back.
-//  * At most `cap` bytes are reserved at once (the engine passes the cache
+//  * At most `cap` bytes (counted as whole 1 MiB chunks) are reserved at once (the engine passes the cache
 //    budget, at most 1/16 of the pool); take() returns nullptr beyond it or
 //    when the pool has no free chunk (the push then writes the row back, as
 //    without the arena).
@@ -39,11 +39,16 @@
 #include <thread>
 #include <vector>
 
+#include "pool.h"
+
 namespace pmemps {
 
 class CopyArena {
  public:
-  static constexpr size_t kChunk = size_t(1) << 20;
+  // A chunk's usable bytes: with libpmemobj's 16-byte header it takes four
+  // whole 256 KiB units of the heap (Pool::alloc_size).
+  static constexpr size_t kChunk = (size_t(1) << 20) - Pool::kHugeHeader;
+  static constexpr size_t kHeld = size_t(1) << 20;  // pool bytes a chunk holds
 
   CopyArena(PMEMobjpool* pop, size_t cap) : pop_(pop), cap_(cap) {}
   ~CopyArena() {
@@ -68,7 +73,14 @@ class CopyArena {
       std::lock_guard<std::mutex> g(mu_);
       if (bytes <= want_) return;
       want_ = bytes;
-      if (!filler_.joinable()) filler_ = std::thread([this] { fill(); });
+      if (!filler_.joinable()) {
+        try {
+          filler_ = std::thread([this] { fill(); });
+        } catch (...) {
+          want_ = 0;  // no thread: pushes reserve their own chunks
+          return;
+        }
+      }
     }
     cv_.notify_all();
   }
@@ -111,7 +123,7 @@ class CopyArena {
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &p);
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      cv_.wait(lk, [&] { return quit_ || chunks_.size() * kChunk < std::min(want_, cap_); });
+      cv_.wait(lk, [&] { return quit_ || chunks_.size() * kHeld < std::min(want_, cap_); });
       if (quit_) return;
       lk.unlock();
       const bool got = reserve(true) != nullptr;
@@ -128,7 +140,7 @@ class CopyArena {
     char* p;
     {
       std::lock_guard<std::mutex> g(mu_);
-      if ((acts_.size() + 1) * kChunk > cap_) return nullptr;
+      if ((acts_.size() + 1) * kHeld > cap_) return nullptr;
       pobj_action act;
       const PMEMoid oid = pmemobj_reserve(pop_, &act, kChunk, 0);
       if (OID_IS_NULL(oid)) return nullptr;
@@ -137,9 +149,9 @@ class CopyArena {
       chunks_.push_back(p);
       if (ready) ready_.push_back(p);
     }
-    // Outside the lock: a push's take() does not wait for it (a push that
-    // takes the chunk first faults its pages itself; on a chunk given back
-    // meanwhile it only maps free pool pages).
+    // Outside the lock: a push's take() waits for the filler's reservation
+    // but not for its pages (a push that takes the chunk first faults them
+    // itself; on a chunk given back meanwhile this only maps free pages).
     populate(p);
     return p;
   }

@@ -225,9 +225,6 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   return true;
 }
 
-// After a flush that emptied every pending list: no push can make a copy
-// until the next prepare's boundary, and none lives in the pool, so every
-// chunk is ready for the next prepare (copy_arena.h).
 // About the bytes of the cache's pending entries: what pushes may copy.
 size_t Engine::pending_cache_bytes() {
   size_t n = 0;
@@ -238,17 +235,19 @@ size_t Engine::pending_cache_bytes() {
   return n;
 }
 
+// After a flush that emptied every pending list: no push can make a copy
+// until the next prepare's boundary, and none lives in the pool, so every
+// chunk is ready for the next prepare (copy_arena.h). Were a copy still
+// alive, its stripe keeps its chunks and none is listed again: a chunk
+// given to two stripes would mix their copies.
 void Engine::release_copy_room() {
   if (!copies_) return;
+  bool all = true;
   for (auto& s : stripes_) {
     std::lock_guard<std::mutex> g(s.mu);
-    if (s.pool_copies()) return;
+    all = s.forget_pool_room() && all;
   }
-  for (auto& s : stripes_) {
-    std::lock_guard<std::mutex> g(s.mu);
-    s.forget_pool_room();
-  }
-  copies_->recycle_all();
+  if (all) copies_->recycle_all();
 }
 
 void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {
