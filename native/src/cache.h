@@ -267,9 +267,6 @@ class Stripe {
     return p;
   }
 
-  // Copies in the pool not yet written back; at 0 the chunks are filled
-  // again from the first.
-  size_t pool_copies() const { return pool_room_.live; }
   // Forgets the chunks (the engine lists them as ready again next), unless
   // a copy still lives in one: returns whether it did.
   bool forget_pool_room() {

@@ -17,14 +17,15 @@
 //    stay reserved and mapped for the next prepare, whose first pushes
 //    would otherwise reserve and map them on their own time), by
 //    release_all() when the cache is dropped or the pool closes.
-//  * Chunks are reserved ahead by a thread of the arena's own (prefill: the engine asks after each prepare for as many as
-//    that prepare had pending rows), else by the push that finds none
-//    ready. A chunk is handed out to one stripe at a time: it is on ready_
-//    at most once, and never after release_all() gave it back.
-//  * At most `cap` bytes (counted as whole 1 MiB chunks) are reserved at once (the engine passes the cache
-//    budget, at most 1/16 of the pool); take() returns nullptr beyond it or
-//    when the pool has no free chunk (the push then writes the row back, as
-//    without the arena).
+//  * Chunks are reserved ahead by a thread of the arena's own (prefill: the
+//    engine asks after each prepare for as many as that prepare had pending
+//    rows), else by the push that finds none ready. A chunk is handed out
+//    to one stripe at a time: it is on ready_ at most once, and never after
+//    release_all() gave it back.
+//  * At most `cap` bytes (counted as whole 1 MiB chunks) are reserved at
+//    once (the engine passes the cache budget, at most 1/16 of the pool);
+//    take() returns nullptr beyond it or when the pool has no free chunk
+//    (the push then writes the row back, as without the arena).
 #pragma once
 #include <libpmemobj.h>
 #include <pthread.h>
@@ -40,6 +41,10 @@
 #include <vector>
 
 #include "pool.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack it
+#endif
 
 namespace pmemps {
 
@@ -159,9 +164,6 @@ class CopyArena {
   // Maps the chunk's pages in one call rather than a fault per page on
   // first write. Only a hint: a kernel without it leaves them to fault.
   static void populate(char* p) {
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
     const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
     const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + kChunk) & ~(page - 1);

@@ -20,10 +20,11 @@
 //  * Slots are read and repointed under the row's stripe lock (as every
 //    write-back writes them, the flusher excepted, whose rows are
 //    `flushing`; repointed under the index lock too), and under epoch_mu_
-//    shared, held for one record (one row) at a time. No lock is held while a record is
-//    appended, and a row's page is read before its stripe's lock is taken:
-//    on the msync path either may wait on the disk (a page fault, dirty-page
-//    throttling), and a chunk of 2,048 appends under epoch_mu_ made a
+//    shared, held for one record (one row) at a time. No lock is held while
+//    a record is appended, and a row's page is read before its stripe's
+//    lock is taken: on the msync path either may wait on the disk (a page
+//    fault, dirty-page throttling), and a chunk of 2,048 appends under
+//    epoch_mu_ made a
 //    checkpoint's boundary, and every push queued behind it, wait for all
 //    of them. A table is looked up again in each hold and recognized by its
 //    gen: a dropped table's storage is freed only after its Table is.
