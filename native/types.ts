@@ -111,6 +111,8 @@ export interface EngineStats {
   maxPushWaitUs: number;
   /** Copies of rows a running checkpoint still had to write that pushes put in the pool's free space, the cache's budget being full (PMEM only; cumulative). */
   copiesInPool: number;
+  /** Pool bytes reserved for such copies, kept between checkpoints (at most the cache budget and 1/16 of the pool) and given back whenever an allocation finds the pool full. */
+  copyRoomBytes: number;
   /** Removed tables whose storage is still being freed (normally 0 once the call that removed them returned). */
   garbageTables: number;
   /** Pool bytes held by the version log's segments (logged pools; else 0). */

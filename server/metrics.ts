@@ -181,6 +181,12 @@ export class Metrics implements ServiceMetrics {
     new Gauge({ name: 'pmemps_pool_bytes', help: 'Size of the libpmemobj pool', registers, collect: stat((s) => s.stats.poolBytes) });
     new Gauge({ name: 'pmemps_pool_used_bytes', help: 'Bytes of the pool allocated', registers, collect: stat((s) => s.stats.poolUsedBytes) });
     new Gauge({
+      name: 'pmemps_pool_copy_room_bytes',
+      help: 'Free pool bytes reserved for copies of rows a checkpoint has yet to write (PMEM only); given back when the pool fills',
+      registers,
+      collect: stat((s) => s.stats.copyRoomBytes),
+    });
+    new Gauge({
       name: 'pmemps_checkpoint_committed_id',
       help: 'Id of the last committed checkpoint (0: none)',
       registers,

@@ -10,6 +10,10 @@
 //     idle flusher, were it to write such a shadow, is held with its slot
 //     chosen long enough for the prepare's caller to step in and write the
 //     row's newer pending version at the same time.
+//   dropped: a prepare that fails after a push made shadows, then the
+//     table is dropped (no checkpoint holds it: its storage is freed at
+//     once) and another created in its place; the next prepare must not
+//     write the dropped table's copies anywhere.
 //
 // Prints @@RESULT with the rows that differ from a DRAM-only reference, live
 // and at the checkpoint, after a clean close and reopen.
@@ -23,7 +27,7 @@ import { prng, randomGrads } from './helpers';
 
 async function main(): Promise<void> {
   const layout = process.argv[2] as 'inplace' | 'logged';
-  const scenario = process.argv[3] as 'evict' | 'stale';
+  const scenario = process.argv[3] as 'evict' | 'stale' | 'dropped';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pmemps-flush-race-'));
   try {
     const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout });
@@ -44,6 +48,11 @@ async function main(): Promise<void> {
       await e.push('emb', k, g);
       await ref.push('emb', k, g);
     };
+    const differing = (a: Buffer, b: Buffer): number => {
+      let n = 0;
+      for (let r = 0; r < A; r++) n += a.compare(b, r * 32, (r + 1) * 32, r * 32, (r + 1) * 32) === 0 ? 0 : 1;
+      return n;
+    };
     for (let i = 0; i < 2; i++) await both(hot, randomGrads(rand, A * 8));
     let atPrepare = await ref.pull('emb', hot);
     // The flush starts 300 ms late (flush.start): this push finds every hot
@@ -61,6 +70,42 @@ async function main(): Promise<void> {
         await both(k, randomGrads(rand, 2048 * 8));
       }
       await prep;
+    } else if (scenario === 'dropped') {
+      await assert(
+        prep.then(() => false).catch((err: Error) => /test failure injected/.test(err.message)),
+        'the first prepare failed',
+      );
+      await e.dropTable('emb');
+      // Its storage is freed and its slot empty: nothing may write there.
+      await e.prepare(2);
+      await e.commit(2);
+      // A table in its place, with rows at other keys: the copies' keys have
+      // no entry there.
+      const other: TableSpec = { ...spec, name: 'other', seed: 9 };
+      e.createTable(other);
+      const ref2 = Engine.open({ memoryOnly: true });
+      ref2.createTable(other);
+      const cold = packKeys(Array.from({ length: A }, (_, i) => BigInt(A + i)));
+      for (let i = 0; i < 2; i++) {
+        const g = randomGrads(rand, A * 8);
+        await e.push('other', cold, g);
+        await ref2.push('other', cold, g);
+      }
+      await e.prepare(3);
+      await e.commit(3);
+      // The dropped table's keys are new rows here, fresh from the initializer.
+      const both2 = async (x: Engine): Promise<number> =>
+        differing(await x.pull('other', cold), await ref2.pull('other', cold)) + differing(await x.pull('other', hot), await ref2.pull('other', hot));
+      const live = await both2(e);
+      await e.close();
+      const again = Engine.open({ dir, poolMb: 64, cacheMb: 1 });
+      const liveAfterReopen = await both2(again);
+      const tables = again.listTables().map((t) => t.name);
+      await again.close();
+      await ref2.close();
+      await ref.close();
+      process.stdout.write(`@@RESULT ${JSON.stringify({ live, liveAfterReopen, atCheckpoint: 0, evictions: 0, tables })}\n`);
+      return;
     } else {
       await assert(
         prep.then(() => false).catch((err: Error) => /test failure injected/.test(err.message)),
@@ -73,11 +118,6 @@ async function main(): Promise<void> {
     }
     const evictions = e.stats().evictions;
     await e.commit(id);
-    const differing = (a: Buffer, b: Buffer): number => {
-      let n = 0;
-      for (let r = 0; r < A; r++) n += a.compare(b, r * 32, (r + 1) * 32, r * 32, (r + 1) * 32) === 0 ? 0 : 1;
-      return n;
-    };
     const live = differing(await e.pull('emb', hot), await ref.pull('emb', hot));
     await e.close();
     // Every row from the pool now.

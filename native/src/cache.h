@@ -11,7 +11,8 @@
 //  * Within one prepare a row has at most one pending item: its entry, or
 //    the shadow that replaced it there. A prepare that failed may leave
 //    shadows on `pending` for the next one, which drops those whose row's
-//    entry is pending again (it holds a newer version).
+//    entry is pending again (it holds a newer version); dropping a table
+//    drops its own (drop_copies).
 //  * bytes counts every byte the stripe holds: entries in use, entries kept
 //    for reuse on the free lists, and the bucket array. A new entry first
 //    reuses a free one of its size; the stripe grows only while bytes stays
@@ -374,6 +375,20 @@ class Stripe {
   void start_pending(uint32_t epoch) {
     pending_epoch = epoch;
     pending.splice(dirty);
+  }
+
+  // Drops the copies of `table`'s rows that a failed prepare left on
+  // `pending` (the table is being dropped: its rows changed since the last
+  // checkpoint are discarded, and its storage may be freed at once).
+  void drop_copies(uint32_t table) {
+    for (Entry* e = pending.front(); e && e != &pending.head;) {
+      Entry* n = e->dnext;
+      if (e->shadow && e->table == table) {
+        mark_clean(e);
+        recycle(e);
+      }
+      e = n;
+    }
   }
 
   size_t count() const { return count_; }

@@ -7,25 +7,33 @@
 // in order costs ~0.1 µs (BENCHMARKS.md). The DRAM cap stays a cap.
 //
 // Invariants:
-//  * A chunk is a libpmemobj reservation that is never published: nothing
-//    persistent refers to it, a crash or a close gives its space back, and
-//    its bytes are never flushed (a copy only lives until the flusher has
-//    written it to its row's slot).
+//  * Chunks are carved from blocks, each a libpmemobj reservation that is
+//    never published: nothing persistent refers to it, a crash or a close
+//    gives its space back, and its bytes are never flushed (a copy only
+//    lives until the flusher has written it to its row's slot). A block is
+//    as large as a table's slab (8 MiB), or the cap when that is smaller,
+//    so that a block given back leaves a hole a slab fits in, where
+//    scattered 1 MiB holes would fit none (a 64 MiB pool whose 4 MiB of
+//    chunks were given back still held a slab fewer).
 //  * Chunks are handed out whole (a stripe fills its own under its lock)
 //    and taken back only all at once, when no copy lives in any: by
 //    recycle_all() after a prepare's flush emptied every pending list (they
 //    stay reserved and mapped for the next prepare, whose first pushes
 //    would otherwise reserve and map them on their own time), by
 //    release_all() when the cache is dropped or the pool closes.
-//  * Chunks are reserved ahead by a thread of the arena's own (prefill: the
+//  * Blocks are reserved ahead by a thread of the arena's own (prefill: the
 //    engine asks after each prepare for as many as that prepare had pending
-//    rows), else by the push that finds none ready. A chunk is handed out
-//    to one stripe at a time: it is on ready_ at most once, and never after
-//    release_all() gave it back.
-//  * At most `cap` bytes (counted as whole 1 MiB chunks) are reserved at
-//    once (the engine passes the cache budget, at most 1/16 of the pool);
-//    take() returns nullptr beyond it or when the pool has no free chunk
-//    (the push then writes the row back, as without the arena).
+//    rows), else by the push that finds no chunk ready. A chunk is handed
+//    out to one stripe at a time: it is on ready_ at most once, and never
+//    after release_all() or shed() gave its block back.
+//  * At most `cap` bytes (counted as whole blocks) are reserved at once
+//    (the engine passes the cache budget, at most 1/16 of the pool); take()
+//    returns nullptr beyond it or when the pool has no free block (the push
+//    then writes the row back, as without the arena).
+//  * The pool's data comes first: an allocation that finds the pool full
+//    has shed() give back every block none of whose chunks is handed out
+//    (between prepares, all of them) and tries again, and the filler
+//    reserves no more until the next prefill.
 #pragma once
 #include <libpmemobj.h>
 #include <pthread.h>
@@ -50,12 +58,14 @@ namespace pmemps {
 
 class CopyArena {
  public:
-  // A chunk's usable bytes: with libpmemobj's 16-byte header it takes four
-  // whole 256 KiB units of the heap (Pool::alloc_size).
-  static constexpr size_t kChunk = (size_t(1) << 20) - Pool::kHugeHeader;
-  static constexpr size_t kHeld = size_t(1) << 20;  // pool bytes a chunk holds
+  // A chunk's usable bytes; chunks lie kChunkStride apart in their block.
+  // The block's last one ends where its libpmemobj header would make the
+  // block exceed whole 256 KiB units of the heap (Pool::alloc_size).
+  static constexpr size_t kChunkStride = size_t(1) << 20;
+  static constexpr size_t kChunk = kChunkStride - Pool::kHugeHeader;
+  static constexpr size_t kMaxBlockChunks = 32;  // a slab at its largest (layout.h)
 
-  CopyArena(PMEMobjpool* pop, size_t cap) : pop_(pop), cap_(cap) {}
+  CopyArena(PMEMobjpool* pop, size_t cap) : pop_(pop), cap_(cap), block_chunks_(std::min(kMaxBlockChunks, cap / kChunkStride)) {}
   ~CopyArena() {
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -108,6 +118,42 @@ class CopyArena {
     ready_ = chunks_;
   }
 
+  // Pool bytes reserved for copies now.
+  size_t held_bytes() {
+    std::lock_guard<std::mutex> g(mu_);
+    return acts_.size() * block_bytes();
+  }
+
+  // Gives back the blocks none of whose chunks is handed out; whether it
+  // gave any.
+  bool shed() {
+    std::lock_guard<std::mutex> g(mu_);
+    want_ = 0;
+    std::vector<char*> ready = ready_;
+    std::sort(ready.begin(), ready.end());
+    auto is_ready = [&](char* c) { return std::binary_search(ready.begin(), ready.end(), c); };
+    std::vector<pobj_action> acts, drop;
+    std::vector<char*> chunks;
+    ready_.clear();
+    for (size_t b = 0; b < acts_.size(); b++) {
+      char* const* first = &chunks_[b * block_chunks_];
+      if (std::all_of(first, first + block_chunks_, is_ready)) {
+        drop.push_back(acts_[b]);
+        continue;
+      }
+      acts.push_back(acts_[b]);
+      for (size_t i = 0; i < block_chunks_; i++) {
+        chunks.push_back(first[i]);
+        if (is_ready(first[i])) ready_.push_back(first[i]);
+      }
+    }
+    acts_.swap(acts);
+    chunks_.swap(chunks);
+    if (drop.empty()) return false;
+    pmemobj_cancel(pop_, drop.data(), drop.size());
+    return true;
+  }
+
   void release_all() {
     std::lock_guard<std::mutex> g(mu_);
     ready_.clear();
@@ -119,6 +165,8 @@ class CopyArena {
   }
 
  private:
+  size_t block_bytes() const { return block_chunks_ * kChunkStride; }
+
   void fill() {
     // SCHED_BATCH, not SCHED_IDLE: under pushes that never pause an idle
     // thread had not mapped the chunks by the next prepare (maxPushWaitUs
@@ -128,7 +176,7 @@ class CopyArena {
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &p);
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      cv_.wait(lk, [&] { return quit_ || chunks_.size() * kHeld < std::min(want_, cap_); });
+      cv_.wait(lk, [&] { return quit_ || acts_.size() * block_bytes() < std::min(want_, cap_); });
       if (quit_) return;
       lk.unlock();
       const bool got = reserve(true) != nullptr;
@@ -137,47 +185,52 @@ class CopyArena {
     }
   }
 
-  // A new chunk, on ready_ too when `ready` (the filler's), in the same
-  // hold of the lock as on chunks_: a chunk is on ready_ at most once
-  // (recycle_all() copies chunks_), and one that release_all() gave back is
-  // on neither.
+  // A new block: its chunks on chunks_, and on ready_ in the same hold of
+  // the lock, all of them when `ready` (the filler's), else all but the
+  // first, which is returned to the push that asked: a chunk is on ready_
+  // at most once (recycle_all() copies chunks_), and one whose block was
+  // given back is on neither.
   char* reserve(bool ready) {
     char* p;
     {
       std::lock_guard<std::mutex> g(mu_);
-      if ((acts_.size() + 1) * kHeld > cap_) return nullptr;
+      if (block_chunks_ == 0 || (acts_.size() + 1) * block_bytes() > cap_) return nullptr;
       pobj_action act;
-      const PMEMoid oid = pmemobj_reserve(pop_, &act, kChunk, 0);
+      const PMEMoid oid = pmemobj_reserve(pop_, &act, block_bytes() - Pool::kHugeHeader, 0);
       if (OID_IS_NULL(oid)) return nullptr;
       acts_.push_back(act);
       p = static_cast<char*>(pmemobj_direct(oid));
-      chunks_.push_back(p);
-      if (ready) ready_.push_back(p);
+      for (size_t i = 0; i < block_chunks_; i++) {
+        chunks_.push_back(p + i * kChunkStride);
+        if (ready || i > 0) ready_.push_back(p + i * kChunkStride);
+      }
     }
     // Outside the lock: a push's take() waits for the filler's reservation
-    // but not for its pages (a push that takes the chunk first faults them
-    // itself; on a chunk given back meanwhile this only maps free pages).
-    populate(p);
+    // but not for its pages (a push that takes a chunk first faults them
+    // itself; on a block given back meanwhile this only maps free pages).
+    // A push maps only the chunk it takes.
+    populate(p, ready ? block_bytes() - Pool::kHugeHeader : kChunk);
     return p;
   }
 
-  // Maps the chunk's pages in one call rather than a fault per page on
-  // first write. Only a hint: a kernel without it leaves them to fault.
-  static void populate(char* p) {
+  // Maps pages in one call rather than a fault per page on first write.
+  // Only a hint: a kernel without it leaves them to fault.
+  static void populate(char* p, size_t n) {
     const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
-    const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + kChunk) & ~(page - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
     if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_POPULATE_WRITE);
   }
 
   PMEMobjpool* pop_;
   const size_t cap_;
+  const size_t block_chunks_;  // chunks in a block (0: the cap holds none)
   std::mutex mu_;
-  std::vector<pobj_action> acts_;  // every chunk reserved, handed out or ready
-  std::vector<char*> chunks_;      // their addresses, in the same order
-  std::vector<char*> ready_;       // reserved, not handed out
+  std::vector<pobj_action> acts_;  // every block reserved
+  std::vector<char*> chunks_;      // their chunks, block by block in the same order
+  std::vector<char*> ready_;       // chunks reserved, not handed out
   std::condition_variable cv_;
-  size_t want_ = 0;  // bytes of chunks the filler keeps reserved
+  size_t want_ = 0;  // bytes of blocks the filler keeps reserved
   bool quit_ = false;
   std::thread filler_;
 };

@@ -75,6 +75,7 @@ struct Stats {
   uint64_t log_bytes;       // pool bytes held by the version log's segments (logged pools)
   uint64_t log_freed;       // log segments compaction freed since open
   uint64_t log_copied;      // bytes of live records compaction copied forward since open
+  uint64_t copy_room;       // pool bytes reserved for copies of pending rows (copy_arena.h)
 };
 
 class Engine {

@@ -822,6 +822,7 @@ void Engine::purge_cache(uint32_t table) {
       if (e->table == table) gone.push_back(e);
     });
     for (Entry* e : gone) s.erase(e, Stripe::hash(table, e->key));
+    s.drop_copies(table);
   }
 }
 
@@ -844,6 +845,7 @@ Stats Engine::stats() {
   st.epoch = cur_epoch_;
   st.max_push_wait_us = max_wait_us_;
   st.copies_in_pool = copies_in_pool_;
+  st.copy_room = copies_ ? copies_->held_bytes() : 0;
   store_->stats(st);  // the cache's budget and the pool's figures: 0 in memory mode
   return st;
 }

@@ -146,7 +146,10 @@ void Engine::open_pool() {
   info_.is_pmem = pool_->is_pmem();
   // On the msync path a copy in the pool would dirty pages that the next
   // sync writes to the disk: there a push writes the row back instead.
-  if (pool_->is_pmem()) copies_ = std::make_unique<CopyArena>(pool_->pop(), std::min<uint64_t>(opts_.cache_bytes, pool_->size() / 16));
+  if (pool_->is_pmem()) {
+    copies_ = std::make_unique<CopyArena>(pool_->pop(), std::min<uint64_t>(opts_.cache_bytes, pool_->size() / 16));
+    pool_->on_full([this] { return copies_ && copies_->shed(); });
+  }
   if (pool_->created())
     init_root();
   else
@@ -436,6 +439,7 @@ void Engine::close_pool(const std::string& record) {
   for (auto& t : tables_) t.reset();
   names_.clear();
   vlog_.reset();
+  pool_->on_full(nullptr);
   copies_.reset();
   pool_.reset();
   root_ = nullptr;

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -74,6 +75,11 @@ class Pool {
   void persist_ranges();
 
   uint64_t flush_calls() const { return flush_calls_; }
+  // Called when an allocation finds the pool full, before it fails: frees
+  // space the engine holds only to go faster (copy_arena.h) and returns
+  // whether it freed any (the allocation is then tried once more).
+  void on_full(std::function<bool()> f) { on_full_ = std::move(f); }
+  bool make_room() { return on_full_ && on_full_(); }
   // Bytes in use by allocated objects (walks the allocation list: for stats only).
   uint64_t used_bytes();
 
@@ -108,6 +114,7 @@ class Pool {
   const char* env_hi_ = nullptr;
   std::mutex persist_mu_;
   std::atomic<uint64_t> flush_calls_{0};
+  std::function<bool()> on_full_;
 };
 
 // Bounded: the transaction's snapshots fit in the lane's own undo log
