@@ -58,6 +58,8 @@ export interface LargeConfig {
   zipfS: number;
   /** Length of the no-checkpoint push-latency window, ms (at least). */
   latencyWindowMs: number;
+  /** Window pairs (without a checkpoint, then with one) measured in turn; the report takes the pair with the median ratio. */
+  latencyPairs: number;
   keepPool: boolean;
 }
 
@@ -352,21 +354,37 @@ async function large(cfg: LargeConfig): Promise<unknown> {
         commitMs: ck?.commitMs ?? NaN,
       };
     };
-    await dirty(0.1, 3003);
-    // The pusher cycles over 64 batches (~262k keys, they fit the cache): one
-    // pass first, so both windows see cache-resident pushes and differ only by
-    // the checkpoint.
-    await drive(
-      1,
-      (i) => e.push(TABLE.name, pushKeys[i], gradFor(i, BATCH)),
-      (n) => n >= pushKeys.length,
-    );
+    // A p99 over one window of a few thousand pushes moves by a third from
+    // run to run on a shared 2-core machine (1.29-1.87 ms for the same build
+    // in one A/B run), so the pair of windows is measured several times in
+    // turn, each after dirtying another 10% of the rows.
     const window = Math.min(10_000, Math.max(cfg.latencyWindowMs, (phase3.dirty10 as { prepareMs: number }).prepareMs + 400));
-    const noCk = await latencyRun(false, window);
+    const pairs: Array<{ noCheckpoint: Record<string, number>; duringPrepare: Record<string, number>; maxPushWaitUs: number }> = [];
     const waitBefore = e.stats().maxPushWaitUs;
-    const withCk = await latencyRun(true, window);
+    for (let r = 0; r < cfg.latencyPairs; r++) {
+      await dirty(0.1, 3003 + r);
+      // The pusher cycles over 64 batches (~262k keys, they fit the cache):
+      // one pass first, so both windows see cache-resident pushes and differ
+      // only by the checkpoint.
+      await drive(
+        1,
+        (i) => e.push(TABLE.name, pushKeys[i], gradFor(i, BATCH)),
+        (n) => n >= pushKeys.length,
+      );
+      const noCk = await latencyRun(false, window);
+      const withCk = await latencyRun(true, window);
+      pairs.push({ noCheckpoint: noCk, duringPrepare: withCk, maxPushWaitUs: e.stats().maxPushWaitUs });
+    }
     const waitAfter = e.stats().maxPushWaitUs;
-    phase3.latency = { noCheckpoint: noCk, duringPrepare: withCk, maxPushWaitUsBefore: waitBefore, maxPushWaitUsAfter: waitAfter };
+    const byRatio = [...pairs].sort((a, b) => a.duringPrepare.p99Ms / a.noCheckpoint.p99Ms - b.duringPrepare.p99Ms / b.noCheckpoint.p99Ms);
+    const mid = byRatio[(byRatio.length - 1) >> 1];
+    phase3.latency = {
+      noCheckpoint: mid.noCheckpoint,
+      duringPrepare: mid.duringPrepare,
+      pairs,
+      maxPushWaitUsBefore: waitBefore,
+      maxPushWaitUsAfter: waitAfter,
+    };
     log(`phase 3 push latency: ${JSON.stringify(phase3.latency)}`);
 
     // ---- pool space after 10 checkpoint cycles of 10% dirty rows (a

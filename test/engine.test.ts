@@ -256,10 +256,10 @@ describe('checkpoints', () => {
 
   it('give the pool room held for copies back to new rows when the pool fills (PMEM)', { skip: process.env.PMEM_IS_PMEM_FORCE !== '1' }, async () => {
     // Rows created until the pool refuses one, after a checkpoint that left
-    // room reserved for copies (copy_arena.h: a block of up to 16 MiB here,
-    // the cache budget) and after one that reserved none (nothing was
+    // room reserved for copies (copy_arena.h: a block of 8 MiB, a slab's
+    // size) and after one that reserved none (nothing was
     // dirty): the same count, and no room held once the pool is full.
-    // (Without the give-back: 293,250 rows against 314,220.)
+    // (Without the give-back: 303,735 rows against 314,220, a slab fewer.)
     const fill = async (tag: string, reserve: boolean): Promise<{ rows: number; heldBefore: number; heldAfter: number }> => {
       const e = Engine.open({ dir: pool(tag), poolMb: 256, cacheMb: 16 });
       e.createTable(spec({ dim: 32 }));

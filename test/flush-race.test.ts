@@ -14,7 +14,7 @@ import { describe, it } from 'node:test';
 
 const CHILD = path.join(__dirname, 'flush-race.child.js');
 
-type Result = { live: number; liveAfterReopen: number; atCheckpoint: number; evictions: number; tables?: string[] };
+type Result = { live: number; liveAfterReopen: number; atCheckpoint: number; evictions: number; tables?: string[]; copiesInPool?: number };
 
 function run(layout: string, scenario: string, hooks: string): Result {
   const out = execFileSync(process.execPath, [CHILD, layout, scenario], {
@@ -46,14 +46,16 @@ describe('a checkpoint copy (shadow) written outside its stripe lock', () => {
       assert.equal(r.liveAfterReopen, 0, 'rows whose newest version was lost (after a clean close)');
       assert.equal(r.atCheckpoint, 0, 'rows whose checkpoint version was lost');
     });
-  // The same leftover copies, of a table dropped since: no checkpoint held
-  // it, so its storage was freed at once and another table took its place.
-  // The next prepare drops those copies instead of writing them through the
-  // dropped table (a freed object) or into the new one.
+  // The same leftover copies (in the pool's free space: the cache was full),
+  // of a table dropped since: no checkpoint held it, so its storage was
+  // freed at once. The next prepare drops those copies instead of writing
+  // them through the dropped table (a freed object), and a table created
+  // later in its place is as if the dropped one never was.
   for (const layout of ['inplace', 'logged'])
     it(`left by a failed prepare dies with its dropped table (${layout} pool)`, { timeout: 60_000 }, () => {
       const r = run(layout, 'dropped', 'flush.start:300,flush.fail:fail');
       assert.deepEqual(r.tables, ['other']);
+      assert.ok((r.copiesInPool ?? 0) > 0, 'the copies went to the pool (the cache was full)');
       assert.equal(r.live, 0, 'rows of the new table that differ from the reference');
       assert.equal(r.liveAfterReopen, 0, 'rows of the new table that differ from the reference (after a clean close)');
     });

@@ -268,12 +268,13 @@ class Stripe {
     return p;
   }
 
-  // Forgets the chunks (the engine lists them as ready again next), unless
-  // a copy still lives in one: returns whether it did.
-  bool forget_pool_room() {
-    if (pool_room_.live) return false;
+  // Gives up the chunks (the engine puts them back in the arena), unless a
+  // copy still lives in one: then it keeps them all, and returns none.
+  std::vector<char*> forget_pool_room() {
+    if (pool_room_.live) return {};
+    std::vector<char*> chunks = std::move(pool_room_.chunks);
     pool_room_ = PoolRoom{};
-    return true;
+    return chunks;
   }
 
   // Returns an entry that was never inserted to the free list (a copy in

@@ -16,10 +16,11 @@
 //    scattered 1 MiB holes would fit none (a 64 MiB pool whose 4 MiB of
 //    chunks were given back still held a slab fewer).
 //  * Chunks are handed out whole (a stripe fills its own under its lock)
-//    and taken back only all at once, when no copy lives in any: by
-//    recycle_all() after a prepare's flush emptied every pending list (they
-//    stay reserved and mapped for the next prepare, whose first pushes
-//    would otherwise reserve and map them on their own time), by
+//    and given back by a stripe with all its chunks at once, when no copy
+//    lives in any of them (put_back(): after a prepare's flush, which
+//    empties every pending list, or one that failed; they stay reserved and
+//    mapped for the next prepare, whose first pushes would otherwise
+//    reserve and map them on their own time), or all together by
 //    release_all() when the cache is dropped or the pool closes.
 //  * Blocks are reserved ahead by a thread of the arena's own (prefill: the
 //    engine asks after each prepare for as many as that prepare had pending
@@ -32,8 +33,9 @@
 //    then writes the row back, as without the arena).
 //  * The pool's data comes first: an allocation that finds the pool full
 //    has shed() give back every block none of whose chunks is handed out
-//    (between prepares, all of them) and tries again, and the filler
-//    reserves no more until the next prefill.
+//    (between prepares, all of them) and tries again; after a shed() no
+//    block is reserved (by the filler or a push) until the next prefill,
+//    else the space just freed could be taken again before the retry.
 #pragma once
 #include <libpmemobj.h>
 #include <pthread.h>
@@ -63,7 +65,9 @@ class CopyArena {
   // block exceed whole 256 KiB units of the heap (Pool::alloc_size).
   static constexpr size_t kChunkStride = size_t(1) << 20;
   static constexpr size_t kChunk = kChunkStride - Pool::kHugeHeader;
-  static constexpr size_t kMaxBlockChunks = 32;  // a slab at its largest (layout.h)
+  // A slab at its largest (engine_data.cc: slab_bytes).
+  static constexpr size_t kMaxBlockChunks = (Pool::kChunk << (kGrowSlabs - 1)) / kChunkStride;
+  static_assert(kMaxBlockChunks == 8, "blocks of 8 MiB");
 
   CopyArena(PMEMobjpool* pop, size_t cap) : pop_(pop), cap_(cap), block_chunks_(std::min(kMaxBlockChunks, cap / kChunkStride)) {}
   ~CopyArena() {
@@ -86,6 +90,7 @@ class CopyArena {
   void prefill(size_t bytes) {
     {
       std::lock_guard<std::mutex> g(mu_);
+      shed_ = false;
       if (bytes <= want_) return;
       want_ = bytes;
       if (!filler_.joinable()) {
@@ -113,9 +118,11 @@ class CopyArena {
     return reserve(false);
   }
 
-  void recycle_all() {
+  // Chunks a stripe held, none of them holding a live copy.
+  void put_back(const std::vector<char*>& chunks) {
+    if (chunks.empty()) return;
     std::lock_guard<std::mutex> g(mu_);
-    ready_ = chunks_;
+    ready_.insert(ready_.end(), chunks.begin(), chunks.end());
   }
 
   // Pool bytes reserved for copies now.
@@ -129,6 +136,7 @@ class CopyArena {
   bool shed() {
     std::lock_guard<std::mutex> g(mu_);
     want_ = 0;
+    shed_ = true;
     std::vector<char*> ready = ready_;
     std::sort(ready.begin(), ready.end());
     auto is_ready = [&](char* c) { return std::binary_search(ready.begin(), ready.end(), c); };
@@ -188,13 +196,13 @@ class CopyArena {
   // A new block: its chunks on chunks_, and on ready_ in the same hold of
   // the lock, all of them when `ready` (the filler's), else all but the
   // first, which is returned to the push that asked: a chunk is on ready_
-  // at most once (recycle_all() copies chunks_), and one whose block was
-  // given back is on neither.
+  // or with one stripe, never both, and one whose block was given back is
+  // on neither.
   char* reserve(bool ready) {
     char* p;
     {
       std::lock_guard<std::mutex> g(mu_);
-      if (block_chunks_ == 0 || (acts_.size() + 1) * block_bytes() > cap_) return nullptr;
+      if (shed_ || block_chunks_ == 0 || (acts_.size() + 1) * block_bytes() > cap_) return nullptr;
       pobj_action act;
       const PMEMoid oid = pmemobj_reserve(pop_, &act, block_bytes() - Pool::kHugeHeader, 0);
       if (OID_IS_NULL(oid)) return nullptr;
@@ -230,7 +238,8 @@ class CopyArena {
   std::vector<char*> chunks_;      // their chunks, block by block in the same order
   std::vector<char*> ready_;       // chunks reserved, not handed out
   std::condition_variable cv_;
-  size_t want_ = 0;  // bytes of blocks the filler keeps reserved
+  size_t want_ = 0;    // bytes of blocks the filler keeps reserved
+  bool shed_ = false;  // shed() ran since the last prefill: reserve nothing
   bool quit_ = false;
   std::thread filler_;
 };

@@ -235,19 +235,22 @@ size_t Engine::pending_cache_bytes() {
   return n;
 }
 
-// After a flush that emptied every pending list: no push can make a copy
-// until the next prepare's boundary, and none lives in the pool, so every
-// chunk is ready for the next prepare (copy_arena.h). Were a copy still
-// alive, its stripe keeps its chunks and none is listed again: a chunk
-// given to two stripes would mix their copies.
+// After a prepare's flush (which emptied every pending list: no push can
+// make a copy until the next boundary) or a failed prepare: the chunks of
+// every stripe with no copy alive go back to the arena, ready for the next
+// prepare or to be given back should the pool fill (copy_arena.h). A stripe
+// with a copy still alive (left pending by a failed prepare) keeps all of
+// its chunks: a chunk given to two stripes would mix their copies.
 void Engine::release_copy_room() {
   if (!copies_) return;
-  bool all = true;
   for (auto& s : stripes_) {
-    std::lock_guard<std::mutex> g(s.mu);
-    all = s.forget_pool_room() && all;
+    std::vector<char*> chunks;
+    {
+      std::lock_guard<std::mutex> g(s.mu);
+      chunks = s.forget_pool_room();
+    }
+    copies_->put_back(chunks);
   }
-  if (all) copies_->recycle_all();
 }
 
 void Engine::wait_prepared(std::unique_lock<std::mutex>& ck) {
@@ -417,6 +420,10 @@ void Engine::prepare_finish(uint64_t id) {
       p_active_ = false;
       p_id_ = 0;
       p_epoch_ = 0;
+    }
+    try {
+      release_copy_room();
+    } catch (...) {  // out of memory: the stripes keep their chunks
     }
     done();
     throw;

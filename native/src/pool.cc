@@ -217,7 +217,7 @@ void Tx::add(void* p, size_t n) {
 uint64_t Tx::alloc(size_t n, bool zero) {
   const uint64_t flags = POBJ_XALLOC_NO_ABORT | (zero ? POBJ_XALLOC_ZERO : 0);
   PMEMoid o = pmemobj_tx_xalloc(Pool::alloc_size(n), 1, flags);
-  if (OID_IS_NULL(o) && pool_.make_room()) o = pmemobj_tx_xalloc(Pool::alloc_size(n), 1, flags);
+  while (OID_IS_NULL(o) && errno == ENOMEM && pool_.make_room()) o = pmemobj_tx_xalloc(Pool::alloc_size(n), 1, flags);
   if (OID_IS_NULL(o))
     throw Error(Code::OutOfSpace,
                 "the pool is full (" + std::to_string(pool_.size() >> 20) + " MiB); create it larger with --pool-size / poolMb (" + pmem_err() + ")");
