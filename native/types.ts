@@ -107,7 +107,7 @@ export interface EngineStats {
   /** Highest checkpoint id prepared or aborted: the next prepare needs a higher one. */
   lastId: number;
   epoch: number;
-  /** Longest time, in microseconds, that a push waited on a running checkpoint. */
+  /** Longest time, in microseconds, that a push waited on a running checkpoint (wall clock: the epoch lock, then the longest any of its threads spent on stripe locks and copies or write-backs of rows the checkpoint had yet to write). */
   maxPushWaitUs: number;
   /** Copies of rows a running checkpoint still had to write that pushes put in the pool's free space, the cache's budget being full (PMEM only; cumulative). */
   copiesInPool: number;

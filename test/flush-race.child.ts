@@ -10,6 +10,9 @@
 //     idle flusher, were it to write such a shadow, is held with its slot
 //     chosen long enough for the prepare's caller to step in and write the
 //     row's newer pending version at the same time.
+//   wait: the flusher holds a stripe's lock (flush.stripe_locked) while a
+//     push that needs it comes: stats().maxPushWaitUs says how long it
+//     waited.
 //   dropped: a prepare that fails after a push made shadows, then the
 //     table is dropped (no checkpoint holds it: its storage is freed at
 //     once) and another created in its place; the next prepare must not
@@ -27,7 +30,7 @@ import { prng, randomGrads } from './helpers';
 
 async function main(): Promise<void> {
   const layout = process.argv[2] as 'inplace' | 'logged';
-  const scenario = process.argv[3] as 'evict' | 'stale' | 'dropped';
+  const scenario = process.argv[3] as 'evict' | 'stale' | 'dropped' | 'wait';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pmemps-flush-race-'));
   try {
     const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout });
@@ -68,6 +71,21 @@ async function main(): Promise<void> {
     const prep = e.prepare(1);
     await both(hot, randomGrads(rand, A * 8));
     let id = 1;
+    if (scenario === 'wait') {
+      // The flush starts 300 ms late and then holds a stripe's lock for
+      // 1.5 s; this push comes in between and needs every stripe.
+      await new Promise((r) => setTimeout(r, 500));
+      const t0 = performance.now();
+      await both(hot, randomGrads(rand, A * 8));
+      const pushMs = performance.now() - t0;
+      await prep;
+      const maxPushWaitUs = e.stats().maxPushWaitUs;
+      await e.commit(1);
+      await e.close();
+      await ref.close();
+      process.stdout.write(`@@RESULT ${JSON.stringify({ live: 0, liveAfterReopen: 0, atCheckpoint: 0, evictions: 0, maxPushWaitUs, pushMs })}\n`);
+      return;
+    }
     if (scenario === 'evict') {
       // Meanwhile the flusher reaches the first shadow and is held 1.5 s
       // with its slot chosen (writeback.shadow_slot_chosen); these pushes of

@@ -14,7 +14,16 @@ import { describe, it } from 'node:test';
 
 const CHILD = path.join(__dirname, 'flush-race.child.js');
 
-type Result = { live: number; liveAfterReopen: number; atCheckpoint: number; evictions: number; tables?: string[]; copiesInPool?: number };
+type Result = {
+  live: number;
+  liveAfterReopen: number;
+  atCheckpoint: number;
+  evictions: number;
+  tables?: string[];
+  copiesInPool?: number;
+  maxPushWaitUs?: number;
+  pushMs?: number;
+};
 
 function run(layout: string, scenario: string, hooks: string): Result {
   const out = execFileSync(process.execPath, [CHILD, layout, scenario], {
@@ -59,4 +68,15 @@ describe('a checkpoint copy (shadow) written outside its stripe lock', () => {
       assert.equal(r.live, 0, 'rows of the new table that differ from the reference');
       assert.equal(r.liveAfterReopen, 0, 'rows of the new table that differ from the reference (after a clean close)');
     });
+});
+
+describe('stats().maxPushWaitUs', () => {
+  it('counts a push waiting for a stripe the flusher holds', { timeout: 60_000 }, () => {
+    const r = run('inplace', 'wait', 'flush.start:300,flush.stripe_locked:1500');
+    // The push came ~200 ms into the 1.5 s hold: it waited ~1.3 s, in the
+    // first phase's lock (which the count missed until 2026-12-01).
+    assert.ok(r.pushMs! > 800, `the push was held (${r.pushMs} ms)`);
+    assert.ok(r.maxPushWaitUs! >= 0.8 * r.pushMs! * 1000 - 100_000, `maxPushWaitUs ${r.maxPushWaitUs} µs for a push of ${r.pushMs} ms`);
+    assert.ok(r.maxPushWaitUs! <= r.pushMs! * 1000, `maxPushWaitUs ${r.maxPushWaitUs} µs is no longer than the push (${r.pushMs} ms)`);
+  });
 });

@@ -145,6 +145,7 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   std::exception_ptr err;
   {
     std::lock_guard<std::mutex> g(s.mu);
+    test_hook("flush.stripe_locked");  // a test holds a stripe here: pushes wait, and say so
     for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
       Entry* e = s.pending.back();
       size_t off = SIZE_MAX;  // a shadow is written as it is: nothing else refers to it
