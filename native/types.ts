@@ -111,7 +111,7 @@ export interface EngineStats {
   maxPushWaitUs: number;
   /** Copies of rows a running checkpoint still had to write that pushes put in the pool's free space, the cache's budget being full (PMEM only; cumulative). */
   copiesInPool: number;
-  /** Pool bytes reserved for such copies, kept between checkpoints (at most the cache budget and 1/16 of the pool) and given back whenever an allocation finds the pool full. */
+  /** Pool bytes reserved for such copies, kept from one checkpoint to the next (at most the cache budget and 1/16 of the pool); given back by a restore or rollback, and (the blocks no running checkpoint uses) whenever an allocation finds the pool full. */
   copyRoomBytes: number;
   /** Removed tables whose storage is still being freed (normally 0 once the call that removed them returned). */
   garbageTables: number;

@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 // pmemps-check --pmem DIR: the offline full check of a pool. Verifies the
 // engine's metadata (as every open does), walks every index slot and row,
 // closes cleanly, then runs libpmemobj's own pmemobj_check on the file.
