@@ -14,6 +14,11 @@
 //    item itself takes (a stripe, the index shared), in the engine's order.
 //  * The first exception an item throws is rethrown by run() on the caller
 //    after all participants stopped; items not started by then are skipped.
+//  * run_deferrable: an item may decline (return false) when called with
+//    must == false (its stripe's lock is held by someone else); it is
+//    called again with must == true after every item was offered once, by
+//    whichever participant finds it first. Each participant drains the
+//    declined items before it leaves, so none is left behind.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -47,6 +52,19 @@ class Helpers {
   // to join. `min_items`: below it the job is not offered (waking a thread
   // costs more than a few items).
   void run(size_t n, const std::function<void(size_t)>& f, size_t min_items = 2) {
+    run_deferrable(
+        n,
+        [&f](size_t i, bool) {
+          f(i);
+          return true;
+        },
+        min_items);
+  }
+
+  // As run(), but f(i, must) may put item i off while must is false (see
+  // the invariants): a push's thread that finds a stripe locked does its
+  // other stripes first instead of waiting.
+  void run_deferrable(size_t n, const std::function<bool(size_t, bool)>& f, size_t min_items = 2) {
     Job job(f, n);
     const bool offer = !threads_.empty() && n >= min_items;
     if (offer) {
@@ -71,10 +89,12 @@ class Helpers {
 
  private:
   struct Job {
-    Job(const std::function<void(size_t)>& fn, size_t count) : f(fn), n(count) {}
-    const std::function<void(size_t)>& f;
+    Job(const std::function<bool(size_t, bool)>& fn, size_t count) : f(fn), n(count) {}
+    const std::function<bool(size_t, bool)>& f;
     size_t n;
     std::atomic<size_t> next{0};
+    std::mutex put_off_mu;
+    std::vector<size_t> put_off;  // declined items, under put_off_mu
     std::atomic<bool> failed{false};
     std::exception_ptr error;  // set once, under err_mu
     std::mutex err_mu;
@@ -82,16 +102,33 @@ class Helpers {
   };
 
   static void work(Job& j) {
-    for (;;) {
-      const size_t i = j.next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= j.n || j.failed.load(std::memory_order_relaxed)) return;
+    auto call = [&](size_t i, bool must) {
       try {
-        j.f(i);
+        if (j.f(i, must)) return;
+        std::lock_guard<std::mutex> g(j.put_off_mu);
+        j.put_off.push_back(i);
       } catch (...) {
         std::lock_guard<std::mutex> g(j.err_mu);
         if (!j.error) j.error = std::current_exception();
         j.failed.store(true, std::memory_order_relaxed);
       }
+    };
+    for (;;) {
+      const size_t i = j.next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= j.n) break;
+      if (j.failed.load(std::memory_order_relaxed)) return;
+      call(i, false);
+    }
+    for (;;) {
+      size_t i;
+      {
+        std::lock_guard<std::mutex> g(j.put_off_mu);
+        if (j.put_off.empty()) return;
+        i = j.put_off.back();
+        j.put_off.pop_back();
+      }
+      if (j.failed.load(std::memory_order_relaxed)) return;
+      call(i, true);
     }
   }
 
