@@ -118,7 +118,9 @@ class CopyArena {
     return reserve(false);
   }
 
-  // Chunks a stripe held, none of them holding a live copy.
+  // Chunks a stripe held, none of them holding a live copy. Never after a
+  // release_all() that ran since the stripe took them (every caller of
+  // drop_cache waits for the prepare that puts chunks back).
   void put_back(const std::vector<char*>& chunks) {
     if (chunks.empty()) return;
     std::lock_guard<std::mutex> g(mu_);

@@ -66,6 +66,7 @@ class Helpers {
   // other stripes first instead of waiting.
   void run_deferrable(size_t n, const std::function<bool(size_t, bool)>& f, size_t min_items = 2) {
     Job job(f, n);
+    job.put_off.reserve(n);  // putting an item off never allocates (nor fails) midway
     const bool offer = !threads_.empty() && n >= min_items;
     if (offer) {
       {
