@@ -1,5 +1,5 @@
 // A child of flush-race.test.ts (PMEMPS_TEST_HOOKS is read once per
-// process). argv: layout, scenario.
+// process). argv: layout, scenario[, pool directory].
 //
 //   evict: a prepare whose flush starts late, so that a push copies rows
 //     still pending aside (shadows), and whose first shadow write-back is
@@ -31,7 +31,9 @@ import { prng, randomGrads } from './helpers';
 async function main(): Promise<void> {
   const layout = process.argv[2] as 'inplace' | 'logged';
   const scenario = process.argv[3] as 'evict' | 'stale' | 'dropped' | 'wait';
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pmemps-flush-race-'));
+  // The parent's directory (removed by the parent, should this process die),
+  // or one of its own when run by hand.
+  const dir = process.argv[4] ?? fs.mkdtempSync(path.join(os.tmpdir(), 'pmemps-flush-race-'));
   try {
     const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout });
     const ref = Engine.open({ memoryOnly: true });

@@ -11,6 +11,7 @@ import * as assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
+import { removeDir, tempDir } from './helpers';
 
 const CHILD = path.join(__dirname, 'flush-race.child.js');
 
@@ -26,10 +27,17 @@ type Result = {
 };
 
 function run(layout: string, scenario: string, hooks: string): Result {
-  const out = execFileSync(process.execPath, [CHILD, layout, scenario], {
-    encoding: 'utf8',
-    env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_TEST_HOOKS: hooks },
-  });
+  // The pool directory is the parent's, so a child that dies leaves nothing behind.
+  const dir = tempDir('flush-race');
+  let out: string;
+  try {
+    out = execFileSync(process.execPath, [CHILD, layout, scenario, dir], {
+      encoding: 'utf8',
+      env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_TEST_HOOKS: hooks },
+    });
+  } finally {
+    removeDir(dir);
+  }
   const m = /^@@RESULT (.*)$/m.exec(out);
   assert.ok(m, out);
   return JSON.parse(m[1]) as Result;
