@@ -24,10 +24,10 @@
 //    a record is appended, and a row's page is read before its stripe's
 //    lock is taken: on the msync path either may wait on the disk (a page
 //    fault, dirty-page throttling), and a chunk of 2,048 appends under
-//    epoch_mu_ made a
-//    checkpoint's boundary, and every push queued behind it, wait for all
-//    of them. A table is looked up again in each hold and recognized by its
-//    gen: a dropped table's storage is freed only after its Table is.
+//    epoch_mu_ made a checkpoint's boundary, and every push queued behind
+//    it, wait for all of them. A table is looked up again in each hold and
+//    recognized by its gen: a dropped table's storage is freed only after
+//    its Table is.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>

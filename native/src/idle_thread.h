@@ -21,9 +21,9 @@
 //    than a flush of 100/kDutyPct times its CPU time. The grace is there
 //    because a burst of pushes keeps the idle thread below the share for a
 //    while (on two cores, 3% in a prepare's first 100 ms) and it catches up
-//    after the burst; the slices because a
-//    caller that stepped in without pause took a core from a push for the
-//    whole interval (pushes of 3-6 ms, 3x the p99 without a prepare).
+//    after the burst; the slices because a caller that stepped in without
+//    pause took a core from a push for the whole interval (pushes of 3-6
+//    ms, 3x the p99 without a prepare).
 //  * Once the caller's own steps found nothing left (or one threw),
 //    stopping() turns true: a step waiting to be polite returns at once.
 //  * One run() at a time (the engine runs one prepare at a time). Between

@@ -77,7 +77,8 @@ class Pool {
   uint64_t flush_calls() const { return flush_calls_; }
   // Called when an allocation finds the pool full, before it fails: frees
   // space the engine holds only to go faster (copy_arena.h) and returns
-  // whether it freed any (the allocation is then tried once more).
+  // whether it freed any (the allocation is then tried again, for as long
+  // as it keeps freeing some).
   void on_full(std::function<bool()> f) { on_full_ = std::move(f); }
   bool make_room() { return on_full_ && on_full_(); }
   // Bytes in use by allocated objects (walks the allocation list: for stats only).
