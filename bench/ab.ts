@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Engine as EngineT } from '../native/engine';
-import { BATCH, DIM, TABLE, drive, gradBuffers, machineInfo, median, parseBuilds, poolMbFor, rangeBatch } from './lib';
+import { BATCH, DIM, TABLE, drive, fmtStalls, gradBuffers, machineInfo, median, parseBuilds, poolMbFor, rangeBatch, stallProbe } from './lib';
 
 /** In an A/B script's child: hands its result to the parent (runResultChild). */
 export function sendResult(r: unknown): void {
@@ -108,6 +108,7 @@ export async function abRounds<R>(o: {
   );
   const m = machineInfo();
   console.log(`${m.cpu}, ${m.cores} cores, node ${m.node}, ${m.date}, load after each round ${loads.join(' ')}`);
+  console.log(`machine stalls after the rounds: ${fmtStalls(stallProbe(10))}`);
   return { builds, results, rows, cacheMb, rounds };
 }
 

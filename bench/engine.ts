@@ -40,6 +40,8 @@ import {
   fmtRows,
   fsAvailable,
   machineInfo,
+  fmtStalls,
+  stallProbe,
   memAvailable,
   poolBytesPerRow,
   median,
@@ -898,6 +900,7 @@ function render(machine: Record<string, string>, wallMs: number, status: string)
   lines.push(`- machine: ${machine.cpu}, ${machine.cores} cores, ${machine.ram} RAM, ${machine.kernel}, node ${machine.node}`);
   lines.push(`- date: ${machine.date}; commit ${gitDescribe()}; ${opts.quick ? '**quick run** (`--quick`)' : 'full run'}; took ${fmtMs(wallMs)}; ${status}`);
   lines.push(loadLine(wallMs));
+  lines.push(`- machine stalls before the run: ${machine.stalls}`);
   lines.push(
     `- workload: dim ${DIM}, Adagrad (lr ${TABLE.optimizer.lr}), normal(0, ${TABLE.initializer.std}) init, batches of ${BATCH} keys; ` +
       `"${opts.inflight} in flight" = ${opts.inflight} requests outstanding from one JS thread, run on libuv's pool (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '4, the default'})`,
@@ -937,6 +940,9 @@ function render(machine: Record<string, string>, wallMs: number, status: string)
 
 async function main(): Promise<void> {
   const machine = machineInfo();
+  // Before anything runs: the machine's own stalls bound what a maximum
+  // over thousands of pushes (maxPushWaitUs) can show.
+  machine.stalls = fmtStalls(stallProbe(opts.quick ? 2 : 10));
   removeStale();
   for (const m of mediaKeys) {
     const dir = MEDIA[m as MediumKey].base;

@@ -281,6 +281,43 @@ export function memcgLimit(): number | null {
   }
 }
 
+export interface Stalls {
+  seconds: number;
+  over500us: number;
+  over1ms: number;
+  longestMs: number;
+}
+
+/**
+ * Stalls of the machine itself: a loop that only reads the clock counts
+ * the gaps between two reads, on one core of an otherwise idle machine. On
+ * a virtual machine a vCPU the host takes away (or a host page fault)
+ * shows up as such a gap, and lands alike inside whatever a process was
+ * doing: a push's 0.5 ms copy that took 5.6 ms with its thread's CPU clock
+ * advancing 5.6 ms and no page fault was one (BENCHMARKS.md). It allocates
+ * nothing, so V8's GC does not run in it.
+ */
+export function stallProbe(seconds: number): Stalls {
+  const r: Stalls = { seconds, over500us: 0, over1ms: 0, longestMs: 0 };
+  const end = performance.now() + seconds * 1000;
+  let last = performance.now();
+  for (;;) {
+    const t = performance.now();
+    const gap = t - last;
+    if (gap > 0.5) {
+      r.over500us++;
+      if (gap > 1) r.over1ms++;
+      if (gap > r.longestMs) r.longestMs = gap;
+    }
+    last = t;
+    if (t > end) return r;
+  }
+}
+
+export function fmtStalls(s: Stalls): string {
+  return `${s.over500us} gaps over 0.5 ms, ${s.over1ms} over 1 ms, the longest ${s.longestMs.toFixed(2)} ms in ${s.seconds} s of a loop reading the clock on an idle core`;
+}
+
 export function machineInfo(): Record<string, string> {
   const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? os.cpus()[0]?.model ?? '?';
   const limit = memcgLimit();
