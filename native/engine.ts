@@ -260,6 +260,7 @@ export class Engine {
           cacheBytes: Math.floor(cacheMb * 1024 * 1024),
           memoryOnly: !!opts.memoryOnly,
           layout: LAYOUTS.indexOf(layout),
+          inspect: !!opts.inspect,
         }),
     );
     return new Engine(native);

@@ -64,6 +64,13 @@ export interface OpenOptions {
    * Default 'inplace'.
    */
   layout?: PoolLayout | 'auto';
+  /**
+   * Opened to be inspected (pmemps-check): close() then leaves the pool as
+   * this open found it, whatever record it is given: a pool a server closed
+   * cleanly keeps that close's record (its exactly-once table and dense
+   * tensors), and a pool left by a crash is still one at the next open.
+   */
+  inspect?: boolean;
 }
 
 export type PoolLayout = 'inplace' | 'logged';

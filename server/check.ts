@@ -1,8 +1,13 @@
 #!/usr/bin/env node
 // pmemps-check --pmem DIR: the offline full check of a pool. Verifies the
 // engine's metadata (as every open does), walks every index slot and row,
-// closes cleanly, then runs libpmemobj's own pmemobj_check on the file.
+// closes, then runs libpmemobj's own pmemobj_check on the file. It leaves
+// the pool as it found it (OpenOptions.inspect): a pool a server stopped
+// cleanly keeps the server's close record (its exactly-once table and dense
+// tensors: closed with an empty one, a retried push was applied again), and
+// a pool left by a crash is still one (else the server skipped its restore).
 // Exit code 0 when the pool is sound, 1 when a problem was found.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Engine, checkPoolFile } from '../native/engine';
 
@@ -14,14 +19,19 @@ async function main(): Promise<number> {
     process.stderr.write('usage: pmemps-check --pmem DIR\n');
     return 2;
   }
+  const file = path.join(dir, 'pmemps.pool');
+  if (!fs.existsSync(file)) {
+    process.stderr.write(`pmemps-check: no pool in ${dir} (expected ${file})\n`);
+    return 1;
+  }
   const t0 = Date.now();
-  const engine = Engine.open({ dir, cacheMb: 16 });
+  const engine = Engine.open({ dir, cacheMb: 16, inspect: true });
   const info = engine.openInfo;
   const report = engine.fullCheck();
   const tables = engine.listTables().map((t) => ({ name: t.name, dim: t.dim, rows: t.rows }));
   await engine.close();
-  const file = checkPoolFile(path.join(dir, 'pmemps.pool'));
-  const ok = report.badEpochs === 0 && report.badRecords === 0 && file.consistent;
+  const pmemobj = checkPoolFile(file);
+  const ok = report.badEpochs === 0 && report.badRecords === 0 && pmemobj.consistent;
   process.stdout.write(
     JSON.stringify(
       {
@@ -32,7 +42,7 @@ async function main(): Promise<number> {
         layout: info.layout,
         ...report,
         tables,
-        pmemobjCheck: file.message,
+        pmemobjCheck: pmemobj.message,
         seconds: (Date.now() - t0) / 1000,
       },
       null,

@@ -3,7 +3,7 @@
 // abort ids, a prepared checkpoint that survives a crash).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -429,5 +429,54 @@ describe('restart', () => {
     assert.deepEqual(e.identity(), { ...id, sealed: true });
     assert.equal(e.raiseBallot(0), 9);
     await closeEngine(e);
+  });
+
+  // The offline check (server/check.ts, a real process) on the pool itself:
+  // it closed the pool cleanly with an empty record, so a server's close
+  // record (its exactly-once table, dense tensors) was lost and a retried
+  // push applied twice, and a crashed pool was reported clean, skipping the
+  // server's restore.
+  describe('pmemps-check leaves the pool as it found it', () => {
+    const check = (dir: string): { ok: boolean; committed: number | null } => {
+      const out = execFileSync(process.execPath, [path.join(__dirname, '..', 'server', 'check.js'), '--pmem', dir], {
+        env: childEnv({ force: true }),
+        encoding: 'utf8',
+      });
+      return JSON.parse(out) as { ok: boolean; committed: number | null };
+    };
+    const ops: Op[] = [{ k: 'create', t: 'a8' }, push('a8', 400, 21), prep(1), { k: 'commit', id: 1 }, push('a8', 300, 22)];
+
+    it('a pool closed cleanly keeps its close record and its rows', async () => {
+      const dir = tmp();
+      const e = open(dir);
+      for (const op of ops) await applyOp(e, op);
+      const record = Buffer.from('the server state a close keeps: exactly-once table, dense tensors');
+      await e.close(record);
+      engines.delete(e);
+      const report = check(dir);
+      assert.deepEqual({ ok: report.ok, committed: report.committed }, { ok: true, committed: 1 });
+      const r = await ref(ops);
+      const e2 = open(dir);
+      assert.equal(e2.openInfo.cleanClose, true);
+      assert.deepEqual(e2.openInfo.closeRecord, record, 'the close record survives the check');
+      await expectSame(e2, r, ck(1), 'after the check: the latest state, as closed');
+      await closeEngine(e2);
+    });
+
+    it('a crashed pool is still crashed after the check', async () => {
+      const dir = tmp();
+      await crashChild(dir, ops);
+      assert.equal(check(dir).ok, true);
+      const e = open(dir);
+      assert.deepEqual({ cleanClose: e.openInfo.cleanClose, committed: e.openInfo.committed }, { cleanClose: false, committed: 1 });
+      await expectSame(e, await ref(ops, 4), ck(1), 'after the check: the last committed checkpoint');
+      await closeEngine(e);
+    });
+
+    it('refuses a directory with no pool, and creates none', () => {
+      const dir = tmp();
+      assert.throws(() => execFileSync(process.execPath, [path.join(__dirname, '..', 'server', 'check.js'), '--pmem', dir], { stdio: 'pipe' }), /no pool in/);
+      assert.deepEqual(fs.readdirSync(dir), []);
+    });
   });
 });

@@ -225,6 +225,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       opts.cache_bytes = static_cast<uint64_t>(o.Get("cacheBytes").As<Napi::Number>().Int64Value());
       opts.memory_only = o.Get("memoryOnly").As<Napi::Boolean>().Value();
       opts.layout = o.Get("layout").As<Napi::Number>().Uint32Value();
+      opts.inspect = o.Get("inspect").As<Napi::Boolean>().Value();
       if (opts.layout != kLayoutInPlace && opts.layout != kLayoutLogged && opts.layout != kLayoutAuto) bad("unknown pool layout");
       engine_ = std::make_shared<Engine>(opts);
     } catch (const Error& e) {

@@ -50,6 +50,12 @@ struct EngineOptions {
   // kLayoutLogged or kLayoutAuto. Read only when the pool is created; an
   // existing pool keeps the layout it was made with.
   uint32_t layout = kLayoutInPlace;
+  // Opened to be inspected (pmemps-check): close() leaves the pool as this
+  // open found it, whatever record it is given: the last close's record
+  // and clean mark, or none after a crash, so that the server's next open
+  // sees what it would have seen (its exactly-once table and dense tensors
+  // kept; a crash still a crash, writes refused until a restore).
+  bool inspect = false;
 };
 
 struct OpenInfo {

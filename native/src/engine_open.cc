@@ -378,7 +378,8 @@ void Engine::close(const std::string& record) {
   store_->close(record);
 }
 
-void Engine::close_pool(const std::string& record) {
+void Engine::close_pool(const std::string& given) {
+  const std::string& record = opts_.inspect ? info_.close_record : given;
   if (record.size() > root_->close_cap) {
     // Normally reserved ahead (the server does, before acknowledging what
     // makes its record grow); failing here leaves the pool as after a crash.
@@ -425,7 +426,8 @@ void Engine::close_pool(const std::string& record) {
     // Closed while recovering (a checkpoint prepared before a crash is still
     // unresolved): the next open must recover again, so the stop does not
     // count as clean. Nothing was written meanwhile (pushes were refused).
-    root_->clean = recovering_ ? 0 : 1;
+    // An inspection leaves a crash a crash.
+    root_->clean = (recovering_ || (opts_.inspect && !info_.clean_close)) ? 0 : 1;
     // The versions written back above are part of the pool from here.
     std::unique_lock<std::mutex> tail;
     if (vlog_) tail = vlog_->publish_tail(tx);
