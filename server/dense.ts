@@ -36,6 +36,15 @@ export class DenseStore {
 
   /** Creates or overwrites a tensor: values as given, optimizer state at its initial values. */
   set(name: string, values: Float32Array, opt: OptimizerSpec): void {
+    this.prepareSet(name, values, opt)();
+  }
+
+  /**
+   * Checks a set (name, values, this shard's limits) and returns what
+   * applies it: the shard reserves the close record's room in between, so
+   * a refused set takes no pool space (it took the tensor's size for good).
+   */
+  prepareSet(name: string, values: Float32Array, opt: OptimizerSpec): () => void {
     checkName(name);
     if (values.length === 0) throw new ServerError('INVALID_ARGUMENT', `dense tensor "${name}" has no values`);
     for (let i = 0; i < values.length; i++)
@@ -49,11 +58,13 @@ export class DenseStore {
         'OUT_OF_SPACE',
         `dense tensors on this shard would take more than ${(MAX_DENSE_FLOATS * 4) / 2 ** 20} MiB with their optimizer state`,
       );
-    const row = new Float32Array(floats);
-    denseOptimizer.initRow(opt, row);
-    row.set(values, 0);
-    this.tensors.set(name, { opt, n: values.length, row, step: 0 });
-    this.bound = null;
+    return () => {
+      const row = new Float32Array(floats);
+      denseOptimizer.initRow(opt, row);
+      row.set(values, 0);
+      this.tensors.set(name, { opt, n: values.length, row, step: 0 });
+      this.bound = null;
+    };
   }
 
   /**

@@ -225,8 +225,9 @@ export class Shard {
     this.live();
     this.writable();
     this.ownDense(name);
+    const apply = this.dense.prepareSet(name, values, opt);
     this.reserveCloseRoom('', { name, n: values.length, opt });
-    this.dense.set(name, values, opt);
+    apply();
   }
 
   pullDense(names: string[]): Map<string, Float32Array> {

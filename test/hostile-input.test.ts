@@ -297,6 +297,19 @@ describe('hostile input through the wire', () => {
     assert.deepEqual(f32(d), [Math.fround(3e38)]);
   });
 
+  test('a refused SetDense takes no pool space (it reserved the close record for the tensor first)', async () => {
+    const used = async (): Promise<number> => Number((await call(c, 'Status', {})).pool_used_bytes);
+    const adam = { type: 'adam', params: { lr: 0.01 } };
+    const values = new Float32Array(2 ** 22); // 16 MiB, 48 MiB with Adam's state
+    values[values.length - 1] = NaN;
+    const before = await used();
+    const r = await refusal(call(c, 'SetDense', { tensor: { name: 'big', values: Buffer.from(values.buffer) }, optimizer: adam }));
+    assert.equal(r.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(r.details, /element 4194303 is not finite/);
+    assert.equal(await used(), before, 'pool bytes in use after the refused SetDense');
+    assert.equal((await refusal(call(c, 'PullDense', { names: ['big'] }))).code, grpc.status.NOT_FOUND);
+  });
+
   test('a body that is no protobuf message is INVALID_ARGUMENT in every RPC, never INTERNAL', async () => {
     const methods = Object.keys(parameterServerService().service);
     assert.equal(methods.length, 16);
