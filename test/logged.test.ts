@@ -174,4 +174,62 @@ describe('the logged layout', () => {
     await e.close().catch((err: EngineError) => assert.equal(err.code, 'OUT_OF_SPACE'));
     await ref.close();
   });
+
+  // The log's list of segments is packed (compaction's holes taken out) in
+  // the transaction that adds a segment; on a full pool that allocation
+  // failed and the list was rolled back, but the log's own numbering stayed
+  // packed: appends went into a hole, that is over the pool's first bytes
+  // (the pool unopenable after), or into a live segment. Found by review
+  // (2026-12-01): new keys until the pool is full, updates, checkpoints,
+  // compaction at every wake.
+  it('fills up with compaction running, and its appends stay inside its own segments', { timeout: 180_000 }, async () => {
+    const dir = pool('packed');
+    const eager = process.env.PMEMPS_LOG_COMPACT;
+    process.env.PMEMPS_LOG_COMPACT = 'eager';
+    const spec: TableSpec = { ...SGD, name: 'b', optimizer: { type: 'adam', lr: 0.01 } };
+    const e = Engine.open({ dir, poolMb: 32, cacheMb: 1, layout: 'logged' });
+    const ref = Engine.open({ memoryOnly: true });
+    if (eager === undefined) delete process.env.PMEMPS_LOG_COMPACT;
+    else process.env.PMEMPS_LOG_COMPACT = eager;
+    e.createTable(spec);
+    ref.createTable(spec);
+    const rand = prng(11);
+    const file = path.join(dir, 'pmemps.pool');
+    const head = Buffer.alloc(7);
+    let next = 0;
+    let full = 0;
+    let id = 0;
+    for (let it = 0; it < 400; it++) {
+      // Even steps: new keys while the pool takes them; odd: rows it has.
+      const fresh = it % 2 === 0 && full === 0;
+      const keys = fresh ? keysOf(next, 2000) : packKeys(Array.from({ length: 2000 }, () => BigInt(Math.floor(rand() * Math.max(next, 1)))));
+      const g = randomGrads(rand, 2000 * 16);
+      try {
+        await e.push('b', keys, g);
+        await ref.push('b', keys, g);
+        if (fresh) next += 2000;
+      } catch (err) {
+        assert.equal((err as EngineError).code, 'OUT_OF_SPACE', String(err));
+        if (fresh) full++;
+      }
+      if (it % 5 === 4) {
+        try {
+          await e.prepare(++id);
+          await e.commit(id);
+        } catch (err) {
+          assert.ok(['OUT_OF_SPACE', 'FAILED_PRECONDITION'].includes((err as EngineError).code), String(err));
+        }
+      }
+      const fd = fs.openSync(file, 'r');
+      fs.readSync(fd, head, 0, 7, 0);
+      fs.closeSync(fd);
+      assert.equal(head.toString('latin1'), 'PMEMOBJ', `the pool's header after step ${it}`);
+    }
+    assert.ok(full > 0, 'the pool filled up');
+    const all = keysOf(0, next);
+    assert.ok((await e.pull('b', all)).equals(await ref.pull('b', all)), 'the live state is exactly the acknowledged pushes');
+    assert.deepEqual(e.fullCheck().problems, []);
+    await e.close().catch((err: EngineError) => assert.equal(err.code, 'OUT_OF_SPACE'));
+    await ref.close();
+  });
 });

@@ -92,6 +92,11 @@ uint64_t VLog::room() const {
 void VLog::grow() {
   Tx tx(pool_);
   tx.add(d_, sizeof(PVLog));
+  // The memory-only fields change with the list only once the transaction
+  // committed: the new segment's allocation fails on a full pool, the
+  // transaction rolls the packed list back, and fields left packed sent
+  // appends into a hole (the pool's first bytes) or a live segment.
+  uint64_t seg = seg_, synced = synced_seg_, holes = holes_;
   if (d_->nsegs == d_->cap) {
     // A new list without the holes (twice as long when they are few): the
     // current segment's index and the published tail's shift with the
@@ -100,7 +105,7 @@ void VLog::grow() {
     const uint64_t cap = holes_ >= d_->nsegs / 2 ? d_->cap : d_->cap * 2;
     const uint64_t a = tx.alloc(sizeof(uint64_t) * cap, true);
     uint64_t* nl = pool_.at<uint64_t>(a);
-    uint64_t n = 0, seg = seg_, tail = d_->tail_seg, synced = synced_seg_;
+    uint64_t n = 0, tail = d_->tail_seg;
     for (uint64_t i = 0; i < d_->nsegs; i++) {
       if (old[i]) {
         nl[n++] = old[i];
@@ -116,9 +121,7 @@ void VLog::grow() {
     d_->cap = cap;
     d_->nsegs = n;
     d_->tail_seg = tail;
-    synced_seg_ = synced;
-    seg_ = seg;
-    holes_ = 0;
+    holes = 0;
   }
   const uint64_t s = tx.alloc(d_->seg_bytes, false);
   uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
@@ -127,6 +130,9 @@ void VLog::grow() {
   d_->nsegs++;
   d_->checksum = sum(d_);
   tx.commit();
+  seg_ = seg;
+  synced_seg_ = synced;
+  holes_ = holes;
   failpoint("log.after_grow");
   if (!synced_from_ && seg_ < d_->nsegs) synced_from_ = seg_base(seg_) + off_;
 }
