@@ -33,7 +33,9 @@ function run(layout: string, scenario: string, hooks: string): Result {
   try {
     out = execFileSync(process.execPath, [CHILD, layout, scenario, dir], {
       encoding: 'utf8',
-      env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_TEST_HOOKS: hooks },
+      // The copy arena on (off by default: engine_open.cc), for the scenarios
+      // whose copies go to the pool.
+      env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_TEST_HOOKS: hooks, PMEMPS_COPY_ARENA: '1' },
     });
   } finally {
     removeDir(dir);
