@@ -120,6 +120,8 @@ export interface EngineStats {
   copiesInPool: number;
   /** Pool bytes reserved for such copies, kept from one checkpoint to the next (at most the cache budget and 1/16 of the pool); given back by a restore or rollback, and (the blocks no running checkpoint uses) whenever an allocation finds the pool full. */
   copyRoomBytes: number;
+  /** Rows stored saturated (an element that overflowed float32 at +-3.4e38, a NaN at its value before) because another push of the row ran between a push's check and its store, and together they overflowed; a push alone that would overflow a row is refused whole (cumulative). */
+  rowsSaturated: number;
   /** Removed tables whose storage is still being freed (normally 0 once the call that removed them returned). */
   garbageTables: number;
   /** Pool bytes held by the version log's segments (logged pools; else 0). */

@@ -178,6 +178,12 @@ export class Metrics implements ServiceMetrics {
       registers,
       collect: engineCounter((s) => s.stats.writebacks),
     });
+    new Counter({
+      name: 'pmemps_rows_saturated_total',
+      help: 'Rows stored saturated at +-3.4e38: two pushes of the row, each checked alone, overflowed float32 together',
+      registers,
+      collect: engineCounter((s) => s.stats.rowsSaturated),
+    });
     new Gauge({ name: 'pmemps_pool_bytes', help: 'Size of the libpmemobj pool', registers, collect: stat((s) => s.stats.poolBytes) });
     new Gauge({ name: 'pmemps_pool_used_bytes', help: 'Bytes of the pool allocated', registers, collect: stat((s) => s.stats.poolUsedBytes) });
     new Gauge({

@@ -17,6 +17,10 @@
 //     table is dropped (no checkpoint holds it: its storage is freed at
 //     once) and another created in its place; the next prepare must not
 //     write the dropped table's copies anywhere.
+//   overflow: no checkpoint; three pushes, each of one shared row and one
+//     row of its own, that fit one by one but not all three; the first is
+//     held between its check and its store (push.computed) while the others
+//     are stored: each is applied whole, the first saturating the shared row.
 //
 // Prints @@RESULT with the rows that differ from a DRAM-only reference, live
 // and at the checkpoint, after a clean close and reopen.
@@ -30,11 +34,25 @@ import { prng, randomGrads } from './helpers';
 
 async function main(): Promise<void> {
   const layout = process.argv[2] as 'inplace' | 'logged';
-  const scenario = process.argv[3] as 'evict' | 'stale' | 'dropped' | 'wait';
+  const scenario = process.argv[3] as 'evict' | 'stale' | 'dropped' | 'wait' | 'overflow';
   // The parent's directory (removed by the parent, should this process die),
   // or one of its own when run by hand.
   const dir = process.argv[4] ?? fs.mkdtempSync(path.join(os.tmpdir(), 'pmemps-flush-race-'));
   try {
+    if (scenario === 'overflow') {
+      const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout });
+      e.createTable({ name: 'o', dim: 1, optimizer: { type: 'sgd', lr: 1 }, initializer: { type: 'zeros' }, seed: 1 });
+      const calls = await Promise.allSettled(
+        [0, 1, 2].map((j) => e.push('o', packKeys([7n, BigInt(100 + j)]), Buffer.from(Float32Array.from([-1.5e38, -1]).buffer))),
+      );
+      const pulled = await e.pull('o', packKeys([7n, 100n, 101n, 102n]));
+      const values = [...new Float32Array(pulled.buffer, pulled.byteOffset, 4)];
+      const refusals = calls.flatMap((c) => (c.status === 'rejected' ? [String((c.reason as Error).message)] : []));
+      const rowsSaturated = e.stats().rowsSaturated;
+      await e.close();
+      process.stdout.write(`@@RESULT ${JSON.stringify({ live: 0, liveAfterReopen: 0, atCheckpoint: 0, evictions: 0, values, refusals, rowsSaturated })}\n`);
+      return;
+    }
     const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout });
     const ref = Engine.open({ memoryOnly: true });
     const spec: TableSpec = {

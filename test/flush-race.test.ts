@@ -24,6 +24,9 @@ type Result = {
   copiesInPool?: number;
   maxPushWaitUs?: number;
   pushMs?: number;
+  values?: number[];
+  refusals?: string[];
+  rowsSaturated?: number;
 };
 
 function run(layout: string, scenario: string, hooks: string): Result {
@@ -89,4 +92,21 @@ describe('stats().maxPushWaitUs', () => {
     assert.ok(r.maxPushWaitUs! >= 0.8 * r.pushMs! * 1000 - 100_000, `maxPushWaitUs ${r.maxPushWaitUs} µs for a push of ${r.pushMs} ms`);
     assert.ok(r.maxPushWaitUs! <= r.pushMs! * 1000, `maxPushWaitUs ${r.maxPushWaitUs} µs is no longer than the push (${r.pushMs} ms)`);
   });
+});
+
+describe('pushes of one row at the same time', () => {
+  for (const layout of ['inplace', 'logged'])
+    it(`that fit one by one but not together: each is applied whole, the last saturating the row (${layout} pool)`, { timeout: 60_000 }, () => {
+      // The first push is held 300 ms after computing its update from the
+      // row's initial 0 (push.computed fires once); the other two are
+      // checked and stored meanwhile. Stored after them, the first push's
+      // share of the shared row no longer fit float32: that row was skipped,
+      // its own row applied, and the push acknowledged (found by a review,
+      // 2026-12-01).
+      const r = run(layout, 'overflow', 'push.computed:300');
+      assert.deepEqual(r.refusals, [], 'every push was checked and acknowledged');
+      assert.equal(r.values![0], Math.fround(3.4028234663852886e38), 'the shared row holds all three, saturated at the largest float32');
+      assert.deepEqual(r.values!.slice(1), [1, 1, 1], "each push's own row");
+      assert.equal(r.rowsSaturated, 1);
+    });
 });

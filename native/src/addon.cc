@@ -476,6 +476,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       num("maxPushWaitUs", s.max_push_wait_us);
       num("copiesInPool", s.copies_in_pool);
       num("copyRoomBytes", s.copy_room);
+      num("rowsSaturated", s.rows_saturated);
       num("garbageTables", s.garbage_tables);
       num("logBytes", s.log_bytes);
       num("logSegmentsFreed", s.log_freed);

@@ -82,6 +82,7 @@ struct Stats {
   uint64_t log_freed;       // log segments compaction freed since open
   uint64_t log_copied;      // bytes of live records compaction copied forward since open
   uint64_t copy_room;       // pool bytes reserved for copies of pending rows (copy_arena.h)
+  uint64_t rows_saturated;  // rows stored saturated: a concurrent push made the update overflow (push_with)
 };
 
 class Engine {
@@ -406,9 +407,9 @@ class Engine {
   std::atomic<bool> ckpt_active_{false};
   std::atomic<int> pushes_running_{0};  // pushes between their start and their return
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, writebacks_{0}, max_wait_us_{0}, copies_in_pool_{0};
-  // Rows a push left unchanged because a concurrent push made its checked
-  // update non-finite (see push, phase 4); expected to stay 0.
-  std::atomic<uint64_t> raced_nonfinite_{0};
+  // Rows a push stored saturated because another push of the row, between
+  // its check and its store, made its update overflow (push_with).
+  std::atomic<uint64_t> rows_saturated_{0};
   // Results of a push's check phase kept for its store phase, per push.
   static constexpr size_t kPushScratchBytes = 4u << 20;
 };
