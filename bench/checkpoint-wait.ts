@@ -8,11 +8,12 @@
 //   rows, checkpoint; dirty 10% again, then one push in flight cycling over
 //   64 batches of 4,096 uniform keys (one pass first, so they are cached and
 //   dirty): a window without a checkpoint, then one with a prepare of those
-//   dirty rows running.
+//   dirty rows running; then dirty 10% again, and the same two windows with
+//   one pull of those batches in flight instead.
 //
 // Reports per build the medians over rounds of stats().maxPushWaitUs, the
 // push p99 during the prepare and without one, their ratio, and the prepare's
-// duration. A script, not a test:
+// duration; then the pulls' p99 and longest. A script, not a test:
 //
 //   node dist/bench/checkpoint-wait.js [--build label=DIR ...] [--rows N] [--cache-mb N] [--rounds N]
 //
@@ -29,6 +30,11 @@ interface Result {
   p99Without: number;
   pushesDuring: number;
   prepareMs: number;
+  /** The same windows for pulls of the pusher's batches (cached rows), over another prepare of 10% dirty rows. */
+  pullP99With: number;
+  pullP99Without: number;
+  pullMaxWith: number;
+  pullMaxWithout: number;
 }
 
 async function child(cfg: AbChildCfg): Promise<void> {
@@ -56,12 +62,12 @@ async function child(cfg: AbChildCfg): Promise<void> {
     (i) => e.push(T, keys[i], gradFor(i, BATCH)),
     (n) => n >= keys.length,
   );
-  const window = async (withCheckpoint: boolean): Promise<{ lat: number[]; prepareMs: number }> => {
+  const window = async (withCheckpoint: boolean, op: 'push' | 'pull' = 'push'): Promise<{ lat: number[]; prepareMs: number }> => {
     const lat: Array<[number, number]> = [];
     let stop = Infinity;
     const pusher = drive(
       1,
-      (i) => e.push(T, keys[i % keys.length], gradFor(i, BATCH)),
+      (i) => (op === 'push' ? e.push(T, keys[i % keys.length], gradFor(i, BATCH)) : e.pull(T, keys[i % keys.length])),
       (_n, el) => el >= stop,
       (s, t) => lat.push([s, t]),
     );
@@ -84,12 +90,22 @@ async function child(cfg: AbChildCfg): Promise<void> {
   const without = await window(false);
   const waitBefore = e.stats().maxPushWaitUs;
   const during = await window(true);
+  const maxPushWaitUs = e.stats().maxPushWaitUs;
+  // Pulls of the same (cached) batches, over a prepare of another 10%: a
+  // pull takes each stripe's lock as a push does, behind the flusher.
+  await dirty(3004);
+  const pullsWithout = await window(false, 'pull');
+  const pullsDuring = await window(true, 'pull');
   const r: Result = {
-    maxPushWaitUs: e.stats().maxPushWaitUs,
+    maxPushWaitUs,
     p99With: percentile(during.lat, 99),
     p99Without: percentile(without.lat, 99),
     pushesDuring: during.lat.length,
     prepareMs: during.prepareMs,
+    pullP99With: percentile(pullsDuring.lat, 99),
+    pullP99Without: percentile(pullsWithout.lat, 99),
+    pullMaxWith: Math.max(...pullsDuring.lat),
+    pullMaxWithout: Math.max(...pullsWithout.lat),
   };
   if (waitBefore !== 0) throw new Error(`maxPushWaitUs was ${waitBefore} before the measured prepare`);
   await e.close();
@@ -127,6 +143,20 @@ async function main(): Promise<void> {
         rs.map((r) => r.prepareMs),
         (x) => `${x.toFixed(0)} ms`,
       )} |`,
+    );
+  }
+  console.log('\nPulls of the same batches (1 in flight), over another prepare of 10% dirty rows:\n');
+  console.log('| build | pull p99 during the prepare | without | ratio | pull max during the prepare | without |');
+  console.log('|---|---|---|---|---|---|');
+  for (const b of builds) {
+    const rs = results.get(b.label)!;
+    const ms = (x: number): string => `${x.toFixed(2)} ms`;
+    const c = (f: (r: Result) => number, fmt: (x: number) => string = ms): string => cell(rs.map(f), fmt);
+    console.log(
+      `| ${b.label} | ${c((r) => r.pullP99With)} | ${c((r) => r.pullP99Without)} | ${c(
+        (r) => r.pullP99With / r.pullP99Without,
+        (x) => `${x.toFixed(2)}x`,
+      )} | ${c((r) => r.pullMaxWith)} | ${c((r) => r.pullMaxWithout)} |`,
     );
   }
 }
