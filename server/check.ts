@@ -25,11 +25,31 @@ async function main(): Promise<number> {
     return 1;
   }
   const t0 = Date.now();
+  // From the open to the close the pool is marked in use; only close() puts
+  // back the mark it was found with. So a signal waits for the close (the
+  // walk of the rows is synchronous: it is handled after it), and so does
+  // a failure; a SIGKILL or a power loss meanwhile leaves a crash.
+  let signalled: string | null = null;
+  const hold = (s: string): void => {
+    signalled = s;
+  };
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const s of signals) process.on(s, hold);
   const engine = Engine.open({ dir, cacheMb: 16, inspect: true });
   const info = engine.openInfo;
-  const report = engine.fullCheck();
-  const tables = engine.listTables().map((t) => ({ name: t.name, dim: t.dim, rows: t.rows }));
-  await engine.close();
+  let report: ReturnType<Engine['fullCheck']>;
+  let tables: { name: string; dim: number; rows: number }[];
+  try {
+    report = engine.fullCheck();
+    tables = engine.listTables().map((t) => ({ name: t.name, dim: t.dim, rows: t.rows }));
+  } finally {
+    await engine.close();
+    for (const s of signals) process.off(s, hold);
+  }
+  if (signalled) {
+    process.stderr.write(`pmemps-check: stopped by ${signalled}; the pool was closed as it was found\n`);
+    return 1;
+  }
   const pmemobj = checkPoolFile(file);
   const ok = report.badEpochs === 0 && report.badRecords === 0 && pmemobj.consistent;
   process.stdout.write(
