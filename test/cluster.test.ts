@@ -436,6 +436,44 @@ describe('after a crash', () => {
     }
   });
 
+  // Found by a review (2026-12-01): a push that failed on one shard (it
+  // came back from a crash) kept retrying on another that was still down;
+  // the restore that followed adopted the checkpoint's lineage, the retry
+  // then passed the continuity check, and the gradient the trainer was told
+  // had failed was applied on top of the restored state (and again when
+  // the step was replayed).
+  test('a push still retrying on a shard when its other shard failed is not applied after a restore', async () => {
+    const c = await cluster(2, 'late-retry');
+    const ps = await PsClient.connect({ endpoints: c.endpoints, deadlineMs: 2000, retryForMs: 30_000 });
+    try {
+      await ps.createTable({ name: 't', dim: 2, optimizer: { type: 'sgd', lr: 1 }, initializer: { type: 'zeros' }, seed: 1 });
+      const keys: bigint[] = [];
+      for (let k = 1n; keys.length < 2; k++) if (shardOfKey(k, 2) === keys.length) keys.push(k);
+      const g = (x: number): Float32Array => new Float32Array(4).fill(x);
+      await ps.push('t', keys, g(1));
+      await ps.persist({ step: 1 });
+      await ps.push('t', keys, g(1));
+      await c.kill(0);
+      await c.kill(1);
+      const late = ps.push('t', keys, g(10)).then(
+        () => null,
+        (e: Error) => e,
+      );
+      await new Promise((r) => setTimeout(r, 1500));
+      await c.startShard(0);
+      assert.ok((await late) instanceof ServerRestartedError, 'the push failed on the shard that came back');
+      const back = new Promise((r) => setTimeout(r, 2500)).then(() => c.startShard(1));
+      const at = await ps.restore();
+      await back;
+      assert.equal(at.step, 1);
+      await new Promise((r) => setTimeout(r, 2500)); // the leftover retry's time to land
+      assert.deepEqual([...(await ps.pull('t', keys))], [-1, -1, -1, -1], 'the rows of checkpoint 1, and nothing of the failed push');
+    } finally {
+      ps.close();
+      await c.stop();
+    }
+  });
+
   test('a checkpoint prepared before a clean stop commits after it without losing later updates', async () => {
     const c = await cluster(1, 'cleanp');
     const ps = await PsClient.connect({ endpoints: c.endpoints });

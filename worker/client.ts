@@ -407,6 +407,12 @@ export class PsClient {
   /** Sends a push-like call with this worker's next seq for the shard, keeping the seq across retries. */
   private async pushOnce(s: number, method: 'Push' | 'PushDense', req: Record<string, unknown>): Promise<void> {
     const conn = this.shards[s];
+    // The state this push was computed against. A restore (or rejoin) that
+    // this worker runs while the push is still retrying on a shard (its
+    // other shards failed first) adopts the checkpoint's lineage; a retry
+    // that then passed the continuity check was applied on top of the
+    // restored state, and again when the step was replayed.
+    const lineage = conn.lineage;
     // Fewer pushes in flight per shard than its exactly-once window, so a
     // retry always falls inside the window.
     await this.pushSlots[s].acquire();
@@ -435,7 +441,7 @@ export class PsClient {
             continue;
           }
           if (err.reason !== 'incarnation') throw e;
-          await this.checkContinuity(conn);
+          await this.checkContinuity(conn, lineage);
         }
       }
     } finally {
@@ -445,12 +451,13 @@ export class PsClient {
 
   /**
    * The shard's incarnation changed. If its lineage is the one this worker
-   * knows, it stopped cleanly and came back with every acknowledged update:
-   * adopt the new incarnation. Otherwise its state is a checkpoint.
+   * knows (and, for a push, the one the push began under), it stopped
+   * cleanly and came back with every acknowledged update: adopt the new
+   * incarnation. Otherwise its state is a checkpoint.
    */
-  async checkContinuity(conn: ShardConnection): Promise<void> {
+  async checkContinuity(conn: ShardConnection, lineage = conn.lineage): Promise<void> {
     const st = await conn.call<ShardStatus>('Status', {});
-    if (st.lineage === conn.lineage) {
+    if (st.lineage === lineage && conn.lineage === lineage) {
       conn.incarnation = st.incarnation;
       return;
     }
