@@ -141,6 +141,12 @@ export class Shard {
   private closing = false;
   /** Room the pool holds for the clean-close record (reserveCloseRoom). */
   private closeRoom: number;
+  /**
+   * The checkpoint prepared here and the ballot of the coordinator that
+   * prepared it in this process (null: prepared before this start, ballot
+   * unknown). A PREPARE of that id is a retry only under that ballot.
+   */
+  private preparedBy: { id: number; ballot: number | null } | null = null;
   /** Workers unknown to the exactly-once record with pushes in flight, and their entries' bytes. */
   private readonly admitted = new Map<string, number>();
   private admittedBytes = 0;
@@ -150,6 +156,7 @@ export class Shard {
     const oi = this.engine.openInfo;
     this.lastStopClean = oi.cleanClose;
     this.blockedBy = oi.pushesBlocked ? (oi.prepared ?? 0) : 0;
+    if (oi.prepared) this.preparedBy = { id: oi.prepared, ballot: null };
     this.needsRestore = !oi.created && !oi.cleanClose;
     this.incarnation = newId();
     this.dedup = new ExactlyOnce();
@@ -252,7 +259,21 @@ export class Shard {
   prepare(id: number, ballot: number, meta: Buffer, dense: Map<string, Float32Array>, incarnation: number): Promise<CheckpointState> {
     return this.protocol(ballot, async () => {
       const st = this.checkpointState();
-      if (st.preparedId === id || st.committedId === id) return st; // a retry
+      if (st.committedId === id) return st; // a retry
+      if (st.preparedId === id) {
+        // A retry of the coordinator that prepared it. Another coordinator's
+        // PREPARE of the same id (it read the shards' ids before the first
+        // one's PREPARE landed here) was answered as a retry, and its COMMIT
+        // then made one checkpoint id hold two cuts: the first coordinator's
+        // on this shard, its own on the others.
+        const by = this.preparedBy;
+        if (by && by.id === id && by.ballot !== ballot)
+          throw new ServerError(
+            'FAILED_PRECONDITION',
+            `checkpoint ${id} is prepared here by another coordinator${by.ballot === null ? ' (before this server started)' : ` (ballot ${by.ballot})`}; abort it and prepare a new id (the SDK's persist aborts it, restore() resolves it)`,
+          );
+        return st;
+      }
       this.checkIncarnation(incarnation);
       this.writable();
       if (st.preparedId !== 0)
@@ -275,6 +296,7 @@ export class Shard {
         this.gate = null;
         open();
         await done;
+        this.preparedBy = { id, ballot };
       } finally {
         if (this.gate) {
           this.gate = null;

@@ -372,6 +372,39 @@ describe('checkpoint coordinators', () => {
     }
   });
 
+  // Found by a review (2026-12-01): coordinator B read the shards' ids
+  // before A's PREPARE of the next id landed on one shard, then prepared the
+  // same id: that shard answered it as a retry (holding A's cut), the others
+  // prepared B's, and B's COMMIT made one checkpoint id hold two cuts.
+  test('a PREPARE of an id another coordinator prepared here is no retry: one id never holds two cuts', async () => {
+    const c = await cluster(2, 'two-cuts');
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    const clis = c.endpoints.map((e) => raw(e));
+    try {
+      await a.createTable(TABLE);
+      const keys = allKeys(PLAN).slice(0, 50);
+      await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.5));
+      assert.equal((await a.persist({ step: 1 })).id, 1); // A holds a ballot now
+      const incs = await Promise.all(clis.map((x) => rawCall(x, 'Status', {})));
+      const meta = Buffer.from('{"step":2}');
+      await rawCall(clis[0], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: a.ballot, meta, incarnation: incs[0].incarnation });
+      // A retry of A's own PREPARE is one.
+      await rawCall(clis[0], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: a.ballot, meta, incarnation: incs[0].incarnation });
+      // B takes a higher ballot everywhere and prepares the same id.
+      const b = a.ballot + 1;
+      for (const x of clis) await rawCall(x, 'RaiseBallot', { ballot: b });
+      await rawCall(clis[1], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: b, meta, incarnation: incs[1].incarnation });
+      await assert.rejects(
+        rawCall(clis[0], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: b, meta, incarnation: incs[0].incarnation }),
+        (e: grpc.ServiceError) => e.code === grpc.status.FAILED_PRECONDITION && /another coordinator/.test(e.details),
+      );
+    } finally {
+      clis.forEach((x) => x.close());
+      a.close();
+      await c.stop();
+    }
+  });
+
   test('persist and restore refuse bad input', async () => {
     const c = await cluster(1, 'input');
     const ps = await PsClient.connect({ endpoints: c.endpoints });
