@@ -307,6 +307,15 @@ describe('clean stop and restart', () => {
   });
 });
 
+/** A's table with 50 rows pushed, then checkpoint 1 (A coordinated it, so it holds a ballot); the rows' keys. */
+async function firstCheckpoint(a: PsClient): Promise<BigUint64Array> {
+  await a.createTable(TABLE);
+  const keys = allKeys(PLAN).slice(0, 50);
+  await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.5));
+  assert.equal((await a.persist({ step: 1 })).id, 1);
+  return keys;
+}
+
 describe('checkpoint coordinators', () => {
   test('a late PREPARE or COMMIT from a coordinator that lost to a restore is refused', async () => {
     const c = await cluster(3, 'ballot');
@@ -314,10 +323,7 @@ describe('checkpoint coordinators', () => {
     const b = await PsClient.connect({ endpoints: c.endpoints });
     const clis = c.endpoints.map((e) => raw(e));
     try {
-      await a.createTable(TABLE);
-      const keys = allKeys(PLAN).slice(0, 50);
-      await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.5));
-      assert.equal((await a.persist({ step: 1 })).id, 1);
+      const keys = await firstCheckpoint(a);
       const at1 = await a.pull(TABLE.name, keys);
       await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.25));
 
@@ -381,10 +387,7 @@ describe('checkpoint coordinators', () => {
     const a = await PsClient.connect({ endpoints: c.endpoints });
     const clis = c.endpoints.map((e) => raw(e));
     try {
-      await a.createTable(TABLE);
-      const keys = allKeys(PLAN).slice(0, 50);
-      await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.5));
-      assert.equal((await a.persist({ step: 1 })).id, 1); // A holds a ballot now
+      await firstCheckpoint(a); // A holds a ballot now
       const incs = await Promise.all(clis.map((x) => rawCall(x, 'Status', {})));
       const meta = Buffer.from('{"step":2}');
       await rawCall(clis[0], 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: a.ballot, meta, incarnation: incs[0].incarnation });
