@@ -732,7 +732,7 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
   // results computed there; otherwise each row is computed again from its
   // current value.
   const uint32_t epoch = static_cast<uint32_t>(cur_epoch_);
-  std::atomic<uint64_t> created{0}, saturated_rows{0};
+  std::atomic<uint64_t> created{0};
   helpers_->run_deferrable(nbusy, [&](size_t b, bool must) {
     const int si = busy[b];
     Stripe& s = stripes_[si];
@@ -857,10 +857,9 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
     s.applies++;
     waited(wait);
     created.fetch_add(made, std::memory_order_relaxed);
-    saturated_rows.fetch_add(saturated, std::memory_order_relaxed);
+    if (saturated) rows_saturated_.fetch_add(saturated, std::memory_order_relaxed);
     return true;
   });
-  if (saturated_rows.load()) rows_saturated_.fetch_add(saturated_rows.load(), std::memory_order_relaxed);
   rows.created(*t, created.load());
   if (during_ckpt.load() || ckpt_active_.load(std::memory_order_relaxed)) atomic_max(max_wait_us_, entry_wait + thread_wait.load());
   failpoint("push.after_apply");
