@@ -407,12 +407,14 @@ export class PsClient {
   /** Sends a push-like call with this worker's next seq for the shard, keeping the seq across retries. */
   private async pushOnce(s: number, method: 'Push' | 'PushDense', req: Record<string, unknown>): Promise<void> {
     const conn = this.shards[s];
-    // The state this push was computed against. A restore (or rejoin) that
-    // this worker runs while the push is still retrying on a shard (its
-    // other shards failed first) adopts the checkpoint's lineage; a retry
-    // that then passed the continuity check was applied on top of the
-    // restored state, and again when the step was replayed.
+    // The state this push was computed against, fixed when it is called. A
+    // restore (or rejoin) that this worker runs while the push is still
+    // retrying on a shard (its other shards failed first), or waiting for a
+    // slot, adopts the checkpoint's lineage and incarnation; a retry that
+    // then went out with them, or passed the continuity check, was applied
+    // on top of the restored state, and again when the step was replayed.
     const lineage = conn.lineage;
+    let incarnation = conn.incarnation;
     // Fewer pushes in flight per shard than its exactly-once window, so a
     // retry always falls inside the window.
     await this.pushSlots[s].acquire();
@@ -427,7 +429,7 @@ export class PsClient {
       };
       for (;;) {
         try {
-          await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation: conn.incarnation }, { onUncertain });
+          await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation }, { onUncertain });
           return;
         } catch (e) {
           const err = e as PsError;
@@ -442,6 +444,7 @@ export class PsClient {
           }
           if (err.reason !== 'incarnation') throw e;
           await this.checkContinuity(conn, lineage);
+          incarnation = conn.incarnation; // a clean restart: the same lineage
         }
       }
     } finally {
