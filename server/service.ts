@@ -280,6 +280,7 @@ export function makeHandlers(
         version: VERSION,
         last_checkpoint_id: st.lastId,
         needs_restore: shard.needsRestore,
+        restored_ballot: shard.restoredBallot,
       };
     }),
 

@@ -53,6 +53,7 @@ interface EnvelopeHead {
   v: 1;
   lineage?: number;
   incarnation?: number;
+  restoredBallot?: number;
   sections: Record<string, number>;
 }
 function encodeEnvelope(head: Omit<EnvelopeHead, 'sections' | 'v'>, sections: Record<string, Buffer>): Buffer {
@@ -98,10 +99,10 @@ function checkBallotStep(b: number, cur: number): void {
     throw new ServerError('BALLOT_STEP', `ballot ${b} is more than 2^20 above this shard's ballot ${cur}; raise it in steps of at most 2^20 (the SDK does)`);
 }
 
-// The close record's size for sections of these sizes: lineage and
-// incarnation (below 2^52) counted at their longest.
+// The close record's size for sections of these sizes: lineage,
+// incarnation and ballot (below 2^52) counted at their longest.
 function closeRecordBound(dedup: number, dense: number): number {
-  const head = JSON.stringify({ v: 1, lineage: 2 ** 53, incarnation: 2 ** 53, sections: { dedup, dense } });
+  const head = JSON.stringify({ v: 1, lineage: 2 ** 53, incarnation: 2 ** 53, restoredBallot: 2 ** 53, sections: { dedup, dense } });
   return 4 + Buffer.byteLength(head, 'utf8') + dedup + dense;
 }
 
@@ -127,6 +128,13 @@ export class Shard {
   private readonly engine: Engine;
   incarnation: number;
   lineage: number;
+  /**
+   * The ballot of the restore that made this state (0: none since the pool
+   * was created). Shards that a restore has not reached yet hold an older
+   * one, so a worker that rejoins can tell a finished restore from one
+   * under way (rejoin requires one value on every shard).
+   */
+  restoredBallot = 0;
   readonly lastStopClean: boolean;
   private dedup: ExactlyOnce;
   private dense: DenseStore;
@@ -165,6 +173,7 @@ export class Shard {
     if (oi.cleanClose && oi.closeRecord && oi.closeRecord.length > 0) {
       const { head, sections } = decodeEnvelope(oi.closeRecord);
       this.lineage = head.lineage ?? newId();
+      this.restoredBallot = head.restoredBallot ?? 0;
       this.dedup = ExactlyOnce.decode(sections.dedup ?? Buffer.alloc(0));
       this.dense = DenseStore.decode(sections.dense ?? Buffer.alloc(0));
     } else if (oi.created) {
@@ -374,8 +383,9 @@ export class Shard {
         const content = this.loadCommittedState();
         this.incarnation = newId();
         this.lineage = newId();
+        this.restoredBallot = ballot;
         this.needsRestore = false;
-        log.info({ checkpoint: st.committedId, incarnation: this.incarnation, lineage: this.lineage }, 'restored to the committed checkpoint');
+        log.info({ checkpoint: st.committedId, incarnation: this.incarnation, lineage: this.lineage, ballot }, 'restored to the committed checkpoint');
         return content;
       } finally {
         this.gate = null;
@@ -410,7 +420,10 @@ export class Shard {
     this.closing = true;
     await this.protocolTail.catch(() => undefined);
     await this.drain();
-    const record = encodeEnvelope({ lineage: this.lineage, incarnation: this.incarnation }, { dedup: this.dedup.encode(), dense: this.dense.encode() });
+    const record = encodeEnvelope(
+      { lineage: this.lineage, incarnation: this.incarnation, restoredBallot: this.restoredBallot },
+      { dedup: this.dedup.encode(), dense: this.dense.encode() },
+    );
     await this.engine.close(record);
   }
 

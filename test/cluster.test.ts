@@ -408,6 +408,85 @@ describe('checkpoint coordinators', () => {
     }
   });
 
+  // Found by a review (2026-12-01): rejoin() checked only that every shard
+  // was at one committed id, which a shard another worker's restore had not
+  // reached yet also is, with its updates from after the checkpoint.
+  test('rejoin waits for a restore that has reached some shards but not all; a restore overtaken by another is told so', async () => {
+    const c = await cluster(2, 'rejoin');
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    const b = await PsClient.connect({ endpoints: c.endpoints });
+    // Holds A's Restore call to shard 1 until released.
+    const conn = a.shards[1];
+    const send = conn.call.bind(conn);
+    let hold: { reached: () => void; released: Promise<void> } | null = null;
+    conn.call = (async (method: string, req: unknown, o?: object) => {
+      if (method === 'Restore' && hold) {
+        hold.reached();
+        await hold.released;
+      }
+      return send(method, req, o);
+    }) as typeof conn.call;
+    const holdRestore = (): { reached: Promise<void>; release: () => void } => {
+      let reached!: () => void;
+      let release!: () => void;
+      const r = new Promise<void>((res) => (reached = res));
+      hold = { reached, released: new Promise<void>((res) => (release = res)) };
+      return { reached: r, release };
+    };
+    try {
+      const keys = await firstCheckpoint(a);
+      const at1 = Buffer.from((await a.pull(TABLE.name, keys)).buffer);
+      const g = new Float32Array(50 * TABLE.dim).fill(0.25);
+      await b.push(TABLE.name, keys, g); // after checkpoint 1, on both shards
+
+      const h = holdRestore();
+      const restoring = a.restore();
+      await h.reached;
+      for (;;) {
+        const st = await b.status(); // until shard 0 took A's Restore
+        if (st[0].restored_ballot === a.ballot) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const e = await b.push(TABLE.name, keys, g).catch((x: unknown) => x);
+      assert.ok(e instanceof ServerRestartedError && e.why === 'restore', String(e));
+      // Shard 1 still holds B's push from after the checkpoint.
+      await assert.rejects(b.rejoin({ waitMs: 300 }), /a restore has reached some shards but not others/);
+      const late = b.rejoin(); // waits
+      setTimeout(h.release, 200);
+      const r = await restoring;
+      const j = await late;
+      assert.equal(r.id, 1);
+      assert.equal(j.id, 1);
+      assert.equal(j.step, 1);
+      assert.ok(Buffer.from((await b.pull(TABLE.name, keys)).buffer).equals(at1), 'B trains on checkpoint 1 on every shard');
+
+      // A restores again and is held on shard 1; B restores meanwhile: A's
+      // held call meets B's higher ballot.
+      const h2 = holdRestore();
+      const overtaken = a.restore().catch((x: unknown) => x);
+      await h2.reached;
+      hold = null;
+      await b.restore();
+      h2.release();
+      const o = await overtaken;
+      assert.ok(o instanceof CoordinatorSupersededError && /call rejoin\(\)/.test(o.message), String(o));
+      assert.equal((await a.rejoin()).id, 1);
+      assert.ok(Buffer.from((await a.pull(TABLE.name, keys)).buffer).equals(at1));
+      // The mark of the restore survives a clean stop: rejoin still takes the cluster.
+      assert.equal(await c.kill(0, 'SIGTERM'), 0);
+      await c.restart(0);
+      const st = await a.status();
+      assert.equal(st[0].restored_ballot, st[1].restored_ballot);
+      assert.equal((await a.rejoin({ waitMs: 0 })).id, 1);
+      await a.push(TABLE.name, keys, g);
+      assert.equal((await a.persist({ step: 2 })).id, 2, 'A coordinates again after rejoining');
+    } finally {
+      a.close();
+      b.close();
+      await c.stop();
+    }
+  });
+
   test('persist and restore refuse bad input', async () => {
     const c = await cluster(1, 'input');
     const ps = await PsClient.connect({ endpoints: c.endpoints });

@@ -144,7 +144,7 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
           break;
         } catch (e) {
           const reason = (e as PsError).reason;
-          if (reason === 'needs_restore') throw new ServerRestartedError(s.index, s.endpoint, false);
+          if (reason === 'needs_restore') throw new ServerRestartedError(s.index, s.endpoint, 'crash');
           if (reason !== 'incarnation') throw e;
           await c.checkContinuity(s); // a clean restart: go on; a crash: ServerRestartedError
         }
@@ -191,6 +191,21 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
 }
 
 export async function restoreCheckpoint(c: PsClient): Promise<RestoreResult> {
+  try {
+    return await restoreUnderNewBallot(c);
+  } catch (e) {
+    // Another worker's restore took a higher ballot while this one ran: its
+    // restore goes on, this one's later calls are refused.
+    if (stale(e))
+      throw new CoordinatorSupersededError(
+        "restore was overtaken by another worker's restore() (it raised the ballot); call rejoin() to adopt the state it restores",
+        (e as PsError).shard,
+      );
+    throw e;
+  }
+}
+
+async function restoreUnderNewBallot(c: PsClient): Promise<RestoreResult> {
   // 1. Take over: a ballot above every shard's, recorded durably by all.
   const taken = await acquireBallot(c); // a new round above this worker's own ballot too
   const ballot = taken.ballot;
@@ -254,14 +269,43 @@ function adopt(c: PsClient, rs: CheckpointReply[], id: number): RestoreResult {
  * For a worker whose pushes failed with ServerRestartedError because another
  * worker ran restore(): takes the shards as they are now (no rollback) and
  * returns the checkpoint they were restored to. Every shard must be at the
- * same committed checkpoint with nothing prepared; else restore() is needed.
+ * same committed checkpoint, with nothing prepared, restored by the same
+ * restore (one restored_ballot): a shard that another worker's restore has
+ * not reached yet still holds updates from after the checkpoint. While that
+ * is not so, waits up to waitMs (the restoring worker may be mid-way), then
+ * gives up: restore() is needed.
  */
-export async function rejoinCheckpoint(c: PsClient): Promise<RestoreResult> {
-  const rs = await c.all((s) => s.call<CheckpointReply>('ReadCheckpoint', {}));
-  const sts = await c.all((s) => s.call<CkptState & { ballot: number; lineage: number; needs_restore: boolean }>('Status', {}));
-  const ids = new Set(sts.map((s) => s.committed_id));
-  if (ids.size !== 1 || sts.some((s) => s.prepared_id !== 0 || s.needs_restore) || rs.some((r, i) => r.lineage !== sts[i].lineage))
-    throw new PsError('the shards are not at one committed checkpoint (a restore is unfinished or a server restarted again); call restore()');
-  c.ballot = 0; // the next persist() from this worker takes a new ballot
-  return adopt(c, rs, rs[0].checkpoint_id);
+export async function rejoinCheckpoint(c: PsClient, waitMs: number): Promise<RestoreResult> {
+  if (!(Number.isFinite(waitMs) && waitMs >= 0))
+    throw new PsError('rejoin: waitMs must be a non-negative number of milliseconds', grpc.status.INVALID_ARGUMENT);
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 0; ; attempt++) {
+    const rs = await c.all((s) => s.call<CheckpointReply>('ReadCheckpoint', {}));
+    const sts = await c.all((s) => s.call<CkptState & { lineage: number; needs_restore: boolean; restored_ballot: number }>('Status', {}));
+    const why = notRejoinable(rs, sts);
+    if (!why) {
+      c.ballot = 0; // the next persist() from this worker takes a new ballot
+      return adopt(c, rs, rs[0].checkpoint_id);
+    }
+    if (Date.now() >= deadline)
+      throw new PsError(
+        `cannot rejoin: ${why}; if no other worker is restoring the cluster (it stopped part-way), call restore()`,
+        grpc.status.FAILED_PRECONDITION,
+      );
+    await new Promise((r) => setTimeout(r, Math.min(500, 20 * 2 ** attempt, Math.max(0, deadline - Date.now()))));
+  }
+}
+
+// Why the shards, as read, are not one restored checkpoint to rejoin ('' if they are).
+function notRejoinable(rs: CheckpointReply[], sts: (CkptState & { lineage: number; needs_restore: boolean; restored_ballot: number })[]): string {
+  for (const [i, s] of sts.entries()) {
+    if (s.needs_restore) return `shard ${i} came back after a crash and no restore has reached it`;
+    if (s.prepared_id !== 0) return `checkpoint ${s.prepared_id} is prepared and unresolved on shard ${i}`;
+    if (rs[i].lineage !== s.lineage) return `shard ${i} changed while it was read (a restore is under way)`;
+  }
+  if (new Set(sts.map((s) => s.committed_id)).size !== 1)
+    return `the shards are at different committed checkpoints (${sts.map((s, i) => `shard ${i}: ${s.committed_id}`).join(', ')})`;
+  if (new Set(sts.map((s) => s.restored_ballot)).size !== 1)
+    return `a restore has reached some shards but not others (restored under ballots ${sts.map((s, i) => `shard ${i}: ${s.restored_ballot}`).join(', ')})`;
+  return '';
 }

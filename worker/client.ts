@@ -74,6 +74,7 @@ export interface ShardStatus {
   ballot: number;
   pushes_blocked: boolean;
   needs_restore: boolean;
+  restored_ballot: number;
   tables: { spec: { name: string; dim: number }; rows: number }[];
   cache_hit_ratio: number;
   cache_bytes: number;
@@ -367,11 +368,13 @@ export class PsClient {
   /**
    * After another worker's restore(): adopt the shards' state without
    * rolling back again, and get the step, meta and dense tensors of the
-   * checkpoint they were restored to.
+   * checkpoint they were restored to. Waits (up to waitMs, default 30 s)
+   * while that restore has reached some shards but not all; after that,
+   * throws: call restore().
    */
-  rejoin(): Promise<RestoreResult> {
+  rejoin(opts: { waitMs?: number } = {}): Promise<RestoreResult> {
     this.live();
-    return rejoinCheckpoint(this);
+    return rejoinCheckpoint(this, opts.waitMs ?? 30_000);
   }
 
   /**
@@ -433,7 +436,7 @@ export class PsClient {
           return;
         } catch (e) {
           const err = e as PsError;
-          if (err.reason === 'needs_restore') throw new ServerRestartedError(s, conn.endpoint, false);
+          if (err.reason === 'needs_restore') throw new ServerRestartedError(s, conn.endpoint, 'crash');
           if (err.reason === 'too_old' && !uncertain && err.nextSeq !== undefined && err.nextSeq > seq && err.nextSeq < 2 ** 52) {
             // Every attempt so far was refused outright, so this push was
             // never applied: it may go again under a seq the shard can judge
@@ -464,7 +467,7 @@ export class PsClient {
       conn.incarnation = st.incarnation;
       return;
     }
-    throw new ServerRestartedError(conn.index, conn.endpoint, st.last_stop_clean);
+    throw new ServerRestartedError(conn.index, conn.endpoint, st.needs_restore ? 'crash' : 'restore');
   }
 
   /**

@@ -56,11 +56,11 @@ export class ServerRestartedError extends PsError {
   constructor(
     shard: number,
     readonly endpoint: string,
-    /** The server's last stop was clean (so the change is a restore by another worker, not a crash). */
-    readonly lastStopClean: boolean,
+    /** 'restore': another worker restored the cluster; 'crash': the server came back after a crash and no restore has run since. */
+    readonly why: 'crash' | 'restore',
   ) {
     super(
-      `server ${endpoint} (shard ${shard}) ${lastStopClean ? 'was restored to a checkpoint by another worker' : 'restarted after a crash, at its last committed checkpoint'}; call restore() (or rejoin() if another worker of this job restores) and resume from the step it returns`,
+      `server ${endpoint} (shard ${shard}) ${why === 'restore' ? 'was restored to a checkpoint by another worker' : 'restarted after a crash, at its last committed checkpoint'}; call restore() (or rejoin() if another worker of this job restores) and resume from the step it returns`,
       grpc.status.FAILED_PRECONDITION,
       shard,
       'incarnation',
