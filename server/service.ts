@@ -245,8 +245,16 @@ export function makeHandlers(
     }),
 
     RaiseBallot: unary('RaiseBallot', async (req) => {
-      const st = await shard.raiseBallot(idArg(req.ballot, 'ballot'));
-      return { ballot: st.ballot, committed_id: st.committedId, prepared_id: st.preparedId, last_id: st.lastId, previous: st.previous ?? 0 };
+      const st = await shard.raiseBallot(idArg(req.ballot, 'ballot'), req.for_restore === true);
+      return {
+        ballot: st.ballot,
+        committed_id: st.committedId,
+        prepared_id: st.preparedId,
+        last_id: st.lastId,
+        previous: st.previous ?? 0,
+        restoring_ballot: shard.restoringBallot,
+        restored_ballot: shard.restoredBallot,
+      };
     }),
 
     Restore: unary('Restore', async (req) => {
@@ -281,6 +289,7 @@ export function makeHandlers(
         last_checkpoint_id: st.lastId,
         needs_restore: shard.needsRestore,
         restored_ballot: shard.restoredBallot,
+        restoring_ballot: shard.restoringBallot,
       };
     }),
 

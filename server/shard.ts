@@ -54,6 +54,8 @@ interface EnvelopeHead {
   lineage?: number;
   incarnation?: number;
   restoredBallot?: number;
+  restoringBallot?: number;
+  needsRestore?: boolean;
   sections: Record<string, number>;
 }
 function encodeEnvelope(head: Omit<EnvelopeHead, 'sections' | 'v'>, sections: Record<string, Buffer>): Buffer {
@@ -100,9 +102,17 @@ function checkBallotStep(b: number, cur: number): void {
 }
 
 // The close record's size for sections of these sizes: lineage,
-// incarnation and ballot (below 2^52) counted at their longest.
+// incarnation and ballots (below 2^52) counted at their longest.
 function closeRecordBound(dedup: number, dense: number): number {
-  const head = JSON.stringify({ v: 1, lineage: 2 ** 53, incarnation: 2 ** 53, restoredBallot: 2 ** 53, sections: { dedup, dense } });
+  const head = JSON.stringify({
+    v: 1,
+    lineage: 2 ** 53,
+    incarnation: 2 ** 53,
+    restoredBallot: 2 ** 53,
+    restoringBallot: 2 ** 53,
+    needsRestore: true,
+    sections: { dedup, dense },
+  });
   return 4 + Buffer.byteLength(head, 'utf8') + dedup + dense;
 }
 
@@ -135,6 +145,13 @@ export class Shard {
    * under way (rejoin requires one value on every shard).
    */
   restoredBallot = 0;
+  /**
+   * The highest ballot a coordinator raised here to restore (RaiseBallot
+   * with for_restore). Above restoredBallot, a restore is under way, or
+   * stopped part-way: its Restore has not reached this shard. Rejoin waits
+   * for it, and a persist does not outrank it.
+   */
+  restoringBallot = 0;
   readonly lastStopClean: boolean;
   private dedup: ExactlyOnce;
   private dense: DenseStore;
@@ -174,6 +191,10 @@ export class Shard {
       const { head, sections } = decodeEnvelope(oi.closeRecord);
       this.lineage = head.lineage ?? newId();
       this.restoredBallot = head.restoredBallot ?? 0;
+      this.restoringBallot = head.restoringBallot ?? 0;
+      // Came back after a crash, then stopped cleanly before any restore:
+      // still a checkpoint while other shards may have gone on.
+      if (head.needsRestore) this.needsRestore = true;
       this.dedup = ExactlyOnce.decode(sections.dedup ?? Buffer.alloc(0));
       this.dense = DenseStore.decode(sections.dense ?? Buffer.alloc(0));
     } else if (oi.created) {
@@ -352,12 +373,16 @@ export class Shard {
     });
   }
 
-  /** Records ballot b durably when higher; returns the shard's state after it. */
-  raiseBallot(b: number): Promise<CheckpointState> {
+  /**
+   * Records ballot b durably when higher; returns the shard's state after
+   * it. forRestore: the coordinator takes b to restore (restoringBallot).
+   */
+  raiseBallot(b: number, forRestore = false): Promise<CheckpointState> {
     return this.protocol(null, async () => {
       const previous = this.engine.raiseBallot(0);
       checkBallotStep(b, previous);
       this.engine.raiseBallot(b);
+      if (forRestore && b >= previous) this.restoringBallot = Math.max(this.restoringBallot, b);
       return { ...this.checkpointState(), previous };
     });
   }
@@ -421,7 +446,13 @@ export class Shard {
     await this.protocolTail.catch(() => undefined);
     await this.drain();
     const record = encodeEnvelope(
-      { lineage: this.lineage, incarnation: this.incarnation, restoredBallot: this.restoredBallot },
+      {
+        lineage: this.lineage,
+        incarnation: this.incarnation,
+        restoredBallot: this.restoredBallot,
+        restoringBallot: this.restoringBallot,
+        needsRestore: this.needsRestore || undefined,
+      },
       { dedup: this.dedup.encode(), dense: this.dense.encode() },
     );
     await this.engine.close(record);

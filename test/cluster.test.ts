@@ -12,6 +12,7 @@ import { PLAN, TABLE, allKeys, biasAt, clusterDigest, referenceDigest, runWorker
 import { poolDirs, prng } from './helpers';
 
 const dirs = poolDirs(after);
+type Call = PsClient['shards'][number]['call'];
 const clusters: LocalCluster[] = [];
 after(() => clusters.forEach((c) => c.killAll()));
 
@@ -450,7 +451,7 @@ describe('checkpoint coordinators', () => {
       const e = await b.push(TABLE.name, keys, g).catch((x: unknown) => x);
       assert.ok(e instanceof ServerRestartedError && e.why === 'restore', String(e));
       // Shard 1 still holds B's push from after the checkpoint.
-      await assert.rejects(b.rejoin({ waitMs: 300 }), /a restore has reached some shards but not others/);
+      await assert.rejects(b.rejoin({ waitMs: 300 }), /a restore is under way/);
       const late = b.rejoin(); // waits
       setTimeout(h.release, 200);
       const r = await restoring;
@@ -487,6 +488,105 @@ describe('checkpoint coordinators', () => {
     }
   });
 
+  // Found by a review (2026-12-01): a persist committed between rejoin's
+  // reads gave it dense tensors of two checkpoints; and a restore whose
+  // ballot was up everywhere but whose Restore had reached no shard was
+  // invisible, so a rejoined worker took the old state and its persist
+  // outranked the restore, leaving the cluster half-restored.
+  test('rejoin reads one checkpoint; a restore under way is waited for and never outranked by a persist', async () => {
+    const c = await cluster(2, 'pending');
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    const b = await PsClient.connect({ endpoints: c.endpoints });
+    const { shardOfDense } = await import('../worker');
+    const names = [0, 1].map((sh) => {
+      let n = 'd';
+      for (let i = 0; shardOfDense(n, 2) !== sh; i++) n = `d${i}`;
+      return n;
+    });
+    const dense = (v: number): Map<string, Float32Array> => new Map(names.map((n) => [n, new Float32Array(4).fill(v)]));
+    const sends = [...a.shards, ...b.shards].map((conn) => conn.call.bind(conn));
+    const unwrap = (): void => [...a.shards, ...b.shards].forEach((conn, i) => (conn.call = sends[i] as typeof conn.call));
+    try {
+      await a.createTable(TABLE);
+      const keys = allKeys(PLAN).slice(0, 50);
+      const g = new Float32Array(50 * TABLE.dim).fill(0.25);
+      await a.push(TABLE.name, keys, g);
+      assert.equal((await a.persist({ step: 1, dense: dense(1) })).id, 1);
+      const at1 = Buffer.from((await a.pull(TABLE.name, keys)).buffer);
+      await b.push(TABLE.name, keys, g);
+      await a.restore();
+
+      // B's ReadCheckpoint of shard 1 comes after A's next persist.
+      b.shards[1].call = (async (method: string, req: unknown, o?: object) => {
+        if (method === 'ReadCheckpoint') {
+          b.shards[1].call = sends[3] as Call;
+          assert.equal((await a.persist({ step: 2, dense: dense(2) })).id, 2);
+        }
+        return sends[3](method, req, o);
+      }) as Call;
+      const j = await b.rejoin();
+      assert.equal(j.id, 2);
+      assert.deepEqual(
+        names.map((n) => j.dense.get(n)![0]),
+        [2, 2],
+        'dense tensors of one checkpoint',
+      );
+
+      // A restores with both Restore calls held: its ballot is up on both shards.
+      await b.push(TABLE.name, keys, g);
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      let held = 0;
+      let bothHeld!: () => void;
+      const both = new Promise<void>((r) => (bothHeld = r));
+      a.shards.forEach((conn, i) => {
+        conn.call = (async (method: string, req: unknown, o?: object) => {
+          if (method === 'Restore') {
+            if (++held === 2) bothHeld();
+            await released;
+          }
+          return sends[i](method, req, o);
+        }) as typeof conn.call;
+      });
+      const restoring = a.restore();
+      await both;
+      for (const s of await b.status()) assert.ok(s.restoring_ballot > s.restored_ballot, 'the restore under way is visible');
+      await assert.rejects(b.rejoin({ waitMs: 200 }), /a restore is under way/);
+      await assert.rejects(b.persist({ step: 9 }), (e: unknown) => e instanceof CoordinatorSupersededError && /under way/.test((e as Error).message));
+      const late = b.rejoin();
+      setTimeout(release, 100);
+      const r = await restoring;
+      assert.equal(r.id, 2);
+      assert.equal((await late).id, 2);
+      // Checkpoint 2 was taken with no push since the restore to 1: its rows are 1's.
+      assert.ok(Buffer.from((await b.pull(TABLE.name, keys)).buffer).equals(at1), 'B pushed since checkpoint 2: rolled back');
+      unwrap();
+
+      // A persist that raised its ballot just before a restore could see it
+      // (its Restore then refused): the restore starts over above it.
+      let once = true;
+      a.shards[0].call = (async (method: string, req: unknown, o?: object) => {
+        if (method === 'Restore' && once) {
+          once = false;
+          for (const x of c.endpoints.map((e) => raw(e))) {
+            const st = await rawCall(x, 'RaiseBallot', { ballot: 0 });
+            await rawCall(x, 'RaiseBallot', { ballot: st.ballot + 1 });
+            x.close();
+          }
+        }
+        return sends[0](method, req, o);
+      }) as Call;
+      assert.equal((await a.restore()).id, 2);
+      for (const s of await a.status()) assert.equal(s.restoring_ballot, s.restored_ballot);
+      assert.equal((await b.rejoin({ waitMs: 0 })).id, 2);
+    } finally {
+      unwrap();
+      a.close();
+      b.close();
+      await c.stop();
+    }
+  });
+
   test('persist and restore refuse bad input', async () => {
     const c = await cluster(1, 'input');
     const ps = await PsClient.connect({ endpoints: c.endpoints });
@@ -514,6 +614,33 @@ describe('checkpoint coordinators', () => {
 });
 
 describe('after a crash', () => {
+  // Found by a review (2026-12-01): needs_restore was not kept across a
+  // clean stop, so a crashed shard stopped cleanly before any restore (a
+  // rolling restart) came back writable at its checkpoint while the other
+  // shards had gone on, and rejoin took the mix.
+  test('a shard that came back from a crash still needs a restore after a clean stop', async () => {
+    const c = await cluster(2, 'needs-kept');
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      const keys = await firstCheckpoint(a);
+      await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.25));
+      await c.restart(1); // SIGKILL: back at checkpoint 1
+      assert.equal(await c.kill(1, 'SIGTERM'), 0);
+      await c.startShard(1);
+      assert.deepEqual(
+        (await a.status()).map((s) => s.needs_restore),
+        [false, true],
+      );
+      const e = await a.push(TABLE.name, keys, new Float32Array(50 * TABLE.dim).fill(0.25)).catch((x: unknown) => x);
+      assert.ok(e instanceof ServerRestartedError && e.why === 'crash', String(e));
+      await assert.rejects(a.rejoin({ waitMs: 0 }), /came back after a crash/);
+      assert.equal((await a.restore()).id, 1);
+    } finally {
+      a.close();
+      await c.stop();
+    }
+  });
+
   test('a shard that came back refuses writes until the cluster is restored, even to a worker that connected afterwards', async () => {
     const c = await cluster(2, 'needs');
     const a = await PsClient.connect({ endpoints: c.endpoints });

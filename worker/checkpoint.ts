@@ -75,16 +75,34 @@ function stale(e: unknown): boolean {
  * one ballot would fence nothing, so a tie on any shard means start over
  * above it.
  */
-type BallotState = CkptState & { ballot: number; previous: number };
+type BallotState = CkptState & { ballot: number; previous: number; restoring_ballot: number; restored_ballot: number };
+
+/** A shard that another coordinator's restore has raised its ballot on but not yet restored. */
+function restorePending(sts: { restoring_ballot: number; restored_ballot: number }[]): number {
+  return sts.findIndex((s) => s.restoring_ballot > s.restored_ballot);
+}
+
+function pendingRestoreError(shard: number): CoordinatorSupersededError {
+  return new CoordinatorSupersededError(
+    `a restore() by another worker is under way, or stopped part-way (shard ${shard} has its ballot but was not restored yet): call rejoin(), which waits for it; if that worker stopped, call restore()`,
+    shard,
+  );
+}
 
 const BALLOT_ROUND = 2 ** 16;
 /** The most a shard lets one call raise its ballot (server/shard.ts MAX_BALLOT_STEP). */
 const MAX_BALLOT_STEP = 2 ** 20;
 
-/** Returns the ballot and every shard's state as its RaiseBallot left it. */
-export async function acquireBallot(c: PsClient): Promise<{ ballot: number; states: BallotState[] }> {
+/**
+ * Returns the ballot and every shard's state as its RaiseBallot left it.
+ * forRestore: the shards record the ballot as a restore under way. Without
+ * it (a persist), a restore under way is never outranked knowingly: its
+ * Restore calls would be refused and the cluster left half-restored.
+ */
+export async function acquireBallot(c: PsClient, forRestore = false): Promise<{ ballot: number; states: BallotState[] }> {
   // RaiseBallot(0) only reads: every shard's ballot, to start above them all.
   let known = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: 0 }));
+  if (!forRestore && restorePending(known) >= 0) throw pendingRestoreError(restorePending(known));
   let top = Math.max(c.ballot, ...known.map((s) => s.ballot));
   for (let attempt = 0; ; attempt++) {
     // A new round of 2^16 above every ballot seen, with random low bits:
@@ -97,7 +115,10 @@ export async function acquireBallot(c: PsClient): Promise<{ ballot: number; stat
       let cur = known[s.index].ballot;
       while (b - cur > MAX_BALLOT_STEP) cur = (await s.call<BallotState>('RaiseBallot', { ballot: cur + MAX_BALLOT_STEP })).ballot;
     });
-    const sts = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: b }));
+    const sts = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: b, for_restore: forRestore }));
+    // A restore that raised its ballot since the read above: ours is above
+    // it now, and its restore() takes a new one (restoreCheckpoint).
+    if (!forRestore && restorePending(sts) >= 0) throw pendingRestoreError(restorePending(sts));
     if (sts.every((s) => s.previous < b)) {
       c.ballot = b;
       return { ballot: b, states: sts };
@@ -121,7 +142,13 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   }
   const meta = encodeMeta(input.step, input.meta);
 
-  const sts = await c.all((s) => s.call<{ committed_id: number; prepared_id: number; last_checkpoint_id: number; ballot: number }>('Status', {}));
+  const sts = await c.all((s) =>
+    s.call<{ committed_id: number; prepared_id: number; last_checkpoint_id: number; ballot: number; restoring_ballot: number; restored_ballot: number }>(
+      'Status',
+      {},
+    ),
+  );
+  if (restorePending(sts) >= 0) throw pendingRestoreError(restorePending(sts));
   const unresolved = sts.find((s) => s.prepared_id !== 0);
   if (unresolved)
     throw new CheckpointError(
@@ -191,23 +218,28 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
 }
 
 export async function restoreCheckpoint(c: PsClient): Promise<RestoreResult> {
-  try {
-    return await restoreUnderNewBallot(c);
-  } catch (e) {
-    // Another worker's restore took a higher ballot while this one ran: its
-    // restore goes on, this one's later calls are refused.
-    if (stale(e))
-      throw new CoordinatorSupersededError(
-        "restore was overtaken by another worker's restore() (it raised the ballot); call rejoin() to adopt the state it restores",
-        (e as PsError).shard,
-      );
-    throw e;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await restoreUnderNewBallot(c);
+    } catch (e) {
+      if (!stale(e)) throw e;
+      // A higher ballot took over while this restore ran. Another worker's
+      // restore goes on, and this one's later calls are refused: adopt its
+      // result. A persist's (it raised its ballot before it could see this
+      // restore's) leaves no one to finish: start over above it.
+      const sts = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: 0 }));
+      if (sts.some((s) => s.restoring_ballot > c.ballot) || attempt >= 5)
+        throw new CoordinatorSupersededError(
+          "restore was overtaken by another worker's restore() (it raised the ballot); call rejoin() to adopt the state it restores",
+          (e as PsError).shard,
+        );
+    }
   }
 }
 
 async function restoreUnderNewBallot(c: PsClient): Promise<RestoreResult> {
   // 1. Take over: a ballot above every shard's, recorded durably by all.
-  const taken = await acquireBallot(c); // a new round above this worker's own ballot too
+  const taken = await acquireBallot(c, true); // a new round above this worker's own ballot too
   const ballot = taken.ballot;
   let sts: (CkptState & { ballot: number })[] = taken.states;
   failpoint('restore.after_ballot');
@@ -265,6 +297,8 @@ function adopt(c: PsClient, rs: CheckpointReply[], id: number): RestoreResult {
   return { id, step, dense, meta };
 }
 
+type RejoinStatus = CkptState & { lineage: number; needs_restore: boolean; restored_ballot: number; restoring_ballot: number };
+
 /**
  * For a worker whose pushes failed with ServerRestartedError because another
  * worker ran restore(): takes the shards as they are now (no rollback) and
@@ -280,8 +314,11 @@ export async function rejoinCheckpoint(c: PsClient, waitMs: number): Promise<Res
     throw new PsError('rejoin: waitMs must be a non-negative number of milliseconds', grpc.status.INVALID_ARGUMENT);
   const deadline = Date.now() + waitMs;
   for (let attempt = 0; ; attempt++) {
-    const rs = await c.all((s) => s.call<CheckpointReply>('ReadCheckpoint', {}));
-    const sts = await c.all((s) => s.call<CkptState & { lineage: number; needs_restore: boolean; restored_ballot: number }>('Status', {}));
+    // A shard that is down counts against waitMs too (at least a second
+    // per round, for a call to be answered at all).
+    const o = { retryForMs: Math.max(1000, deadline - Date.now()), deadlineMs: Math.max(1000, Math.min(30_000, deadline - Date.now())) };
+    const rs = await c.all((s) => s.call<CheckpointReply>('ReadCheckpoint', {}, o));
+    const sts = await c.all((s) => s.call<RejoinStatus>('Status', {}, o));
     const why = notRejoinable(rs, sts);
     if (!why) {
       c.ballot = 0; // the next persist() from this worker takes a new ballot
@@ -297,11 +334,13 @@ export async function rejoinCheckpoint(c: PsClient, waitMs: number): Promise<Res
 }
 
 // Why the shards, as read, are not one restored checkpoint to rejoin ('' if they are).
-function notRejoinable(rs: CheckpointReply[], sts: (CkptState & { lineage: number; needs_restore: boolean; restored_ballot: number })[]): string {
+function notRejoinable(rs: CheckpointReply[], sts: RejoinStatus[]): string {
   for (const [i, s] of sts.entries()) {
     if (s.needs_restore) return `shard ${i} came back after a crash and no restore has reached it`;
+    if (s.restoring_ballot > s.restored_ballot) return `a restore is under way: it raised the ballot on shard ${i} but has not restored it yet`;
     if (s.prepared_id !== 0) return `checkpoint ${s.prepared_id} is prepared and unresolved on shard ${i}`;
     if (rs[i].lineage !== s.lineage) return `shard ${i} changed while it was read (a restore is under way)`;
+    if (rs[i].checkpoint_id !== s.committed_id) return `shard ${i} committed checkpoint ${s.committed_id} while it was read`;
   }
   if (new Set(sts.map((s) => s.committed_id)).size !== 1)
     return `the shards are at different committed checkpoints (${sts.map((s, i) => `shard ${i}: ${s.committed_id}`).join(', ')})`;

@@ -75,6 +75,7 @@ export interface ShardStatus {
   pushes_blocked: boolean;
   needs_restore: boolean;
   restored_ballot: number;
+  restoring_ballot: number;
   tables: { spec: { name: string; dim: number }; rows: number }[];
   cache_hit_ratio: number;
   cache_bytes: number;
