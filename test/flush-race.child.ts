@@ -76,7 +76,7 @@ async function main(): Promise<void> {
       for (let r = 0; r < A; r++) n += a.compare(b, r * 32, (r + 1) * 32, r * 32, (r + 1) * 32) === 0 ? 0 : 1;
       return n;
     };
-    if (scenario === 'dropped' && process.env.PMEMPS_COPY_ARENA === '1') {
+    if (scenario === 'dropped') {
       // The cache's budget filled first, so that the copies the push below
       // makes go to the pool's free space (copy_arena.h), not to DRAM.
       for (let b = 0; b < 4; b++) {

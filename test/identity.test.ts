@@ -328,12 +328,12 @@ describe('pools of an older layout', () => {
     const at = patchRoots(file, 8, () => v3); // the layout version
     const root = (b: Buffer) => b.subarray(at, at + 256);
     const before = Buffer.from(root(fs.readFileSync(file)));
-    for (let i = 0; i < 2; i++) assert.throws(() => Engine.open({ dir, poolMb: 16, cacheMb: 2 }), /layout version 3; this build reads version 5/);
+    for (let i = 0; i < 2; i++) assert.throws(() => Engine.open({ dir, poolMb: 16, cacheMb: 2 }), /layout version 3; this build reads version 6/);
     // (libpmemobj's own open writes its run-time state; pmemps writes nothing.)
     assert.ok(root(fs.readFileSync(file)).equals(before), 'the refused pool root is unchanged');
   });
 
-  test('of version 4 open as in-place pools of version 5, their state and checkpoint intact', async () => {
+  test('of version 4 open as in-place pools of version 6, their state and checkpoint intact', async () => {
     // test/fixtures/pool-v4.pool.gz: a 16 MiB pool written by the last build
     // of layout version 4 (PMEM_IS_PMEM_FORCE=1) with exactly these ops, then
     // closed cleanly.
@@ -376,6 +376,46 @@ describe('pools of an older layout', () => {
     const e = Engine.open({ dir, poolMb: 16, cacheMb: 2 });
     await e.rollback();
     assert.deepEqual(await e.pull('emb', keys), atCheckpoint, 'the checkpoint written by version 4 restores');
+    await e.close();
+  });
+
+  test('of version 5 open as pools of version 6, their layout, state and checkpoint intact', async () => {
+    // test/fixtures/pool-v5.pool.gz: a 16 MiB logged pool written by the
+    // last build of layout version 5 (PMEM_IS_PMEM_FORCE=1): the same ops
+    // as version 4's fixture, then closed cleanly.
+    const keys = packKeys(Array.from({ length: 500 }, (_, i) => BigInt(i * 3)));
+    const g = Buffer.alloc(500 * 8 * 4);
+    for (let i = 0; i < 500 * 8; i++) g.writeFloatLE(((i * 37) % 101) / 100 - 0.5, 4 * i);
+    const ref = Engine.open({ memoryOnly: true });
+    ref.createTable({
+      name: 'emb',
+      dim: 8,
+      optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.1 },
+      initializer: { type: 'uniform', min: -0.5, max: 0.5 },
+      seed: 11,
+    });
+    await ref.push('emb', keys, g);
+    const atCheckpoint = await ref.pull('emb', keys);
+    await ref.push('emb', keys, g);
+    const latest = await ref.pull('emb', keys);
+    await ref.close();
+    const dir = dirs('v5');
+    fs.writeFileSync(
+      path.join(dir, 'pmemps.pool'),
+      zlib.gunzipSync(fs.readFileSync(path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'pool-v5.pool.gz'))),
+    );
+    for (let round = 0; round < 2; round++) {
+      const e = Engine.open({ dir, poolMb: 16, cacheMb: 2, layout: 'inplace' });
+      assert.equal(e.openInfo.layout, 'logged', 'the pool keeps the layout it was created with');
+      assert.equal(e.openInfo.cleanClose, true);
+      assert.equal(e.openInfo.committed, 1);
+      assert.deepEqual(await e.pull('emb', keys), latest, `round ${round}: the state at the clean close`);
+      assert.deepEqual(e.fullCheck().problems, []);
+      await e.close();
+    }
+    const e = Engine.open({ dir, poolMb: 16, cacheMb: 2 });
+    await e.rollback();
+    assert.deepEqual(await e.pull('emb', keys), atCheckpoint, 'the checkpoint written by version 5 restores');
     await e.close();
   });
 });

@@ -7,14 +7,20 @@
 // in order costs ~0.1 µs (BENCHMARKS.md). The DRAM cap stays a cap.
 //
 // Invariants:
-//  * Chunks are carved from blocks, each a libpmemobj reservation that is
-//    never published: nothing persistent refers to it, a crash or a close
-//    gives its space back, and its bytes are never flushed (a copy only
-//    lives until the flusher has written it to its row's slot). A block is
-//    as large as a table's slab (8 MiB), or the cap when that is smaller,
-//    so that a block given back leaves a hole a slab fits in, where
-//    scattered 1 MiB holes would fit none (a 64 MiB pool whose 4 MiB of
-//    chunks were given back still held a slab fewer).
+//  * Chunks are carved from blocks, each a libpmemobj allocation whose
+//    PMEMoid sits in the pool's block list (PRoot.copy_blocks_off, at most
+//    kCopyBlocks of them) and nowhere else: libpmemobj's atomic alloc sets
+//    the entry and its free clears it, so the list names every block the
+//    pool holds for copies, and open frees what a crash left (sweep()):
+//    a copy only lives until the flusher has written it to its row's slot,
+//    so no block is needed after a close or a crash, and their bytes are
+//    never flushed. (Until layout version 6 the blocks were reservations,
+//    pmemobj_reserve, never published; with reservations outstanding the
+//    frees of a dropped table's storage corrupted libpmemobj's heap.) A
+//    block is as large as a table's slab (8 MiB), or the cap when that is
+//    smaller, so that a block given back leaves a hole a slab fits in,
+//    where scattered 1 MiB holes would fit none (a 64 MiB pool whose 4 MiB
+//    of chunks were given back still held a slab fewer).
 //  * Chunks are handed out whole (a stripe fills its own under its lock)
 //    and given back by a stripe with all its chunks at once, when no copy
 //    lives in any of them (put_back(): after a prepare's flush, which
@@ -27,13 +33,17 @@
 //    rows), else by the push that finds no chunk ready. A chunk is handed
 //    out to one stripe at a time: it is on ready_ at most once, and never
 //    after release_all() or shed() gave its block back.
-//  * At most `cap` bytes (counted as whole blocks) are reserved at once
-//    (the engine passes the cache budget, at most 1/16 of the pool); take()
+//  * At most `cap` bytes (counted as whole blocks), and kCopyBlocks blocks,
+//    are held at once (the engine passes the cache budget, at most 1/16 of
+//    the pool); take()
 //    returns nullptr beyond it or when the pool has no free block (the push
 //    then writes the row back, as without the arena).
 //  * The pool's data comes first: an allocation that finds the pool full
 //    has shed() give back every block none of whose chunks is handed out
-//    (between prepares, all of them) and tries again; after a shed() no
+//    (between prepares, all of them) and tries again. shed() runs inside
+//    that allocation's transaction, where libpmemobj's atomic free must not
+//    run on the same thread (both use the thread's lane): a thread of its
+//    own frees the blocks while the caller waits. After a shed() no
 //    block is reserved (by the filler or a push) until the next prefill,
 //    else the space just freed could be taken again before the retry.
 #pragma once
@@ -47,9 +57,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
+#include "layout.h"
 #include "pool.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -69,7 +81,29 @@ class CopyArena {
   static constexpr size_t kMaxBlockChunks = (Pool::kChunk << (kGrowSlabs - 1)) / kChunkStride;
   static_assert(kMaxBlockChunks == 8, "blocks of 8 MiB");
 
-  CopyArena(PMEMobjpool* pop, size_t cap) : pop_(pop), cap_(cap), block_chunks_(std::min(kMaxBlockChunks, cap / kChunkStride)) {}
+  // The type number of the blocks' allocations (the tables' are 1).
+  static constexpr uint64_t kBlockType = 2;
+
+  // list: the pool's block list (kCopyBlocks entries), after sweep().
+  // tx_mu: the mutex every transaction on the pool runs under.
+  CopyArena(PMEMobjpool* pop, PMEMoid* list, std::mutex* tx_mu, size_t cap)
+      : pop_(pop),
+        list_(list),
+        tx_mu_(tx_mu),
+        cap_(std::min<size_t>(cap, kCopyBlocks * kMaxBlockChunks * kChunkStride)),
+        block_chunks_(std::min(kMaxBlockChunks, cap_ / kChunkStride)) {}
+
+  // Frees the blocks the list names (a crash left them; they hold nothing
+  // needed). At most kCopyBlocks frees: a restart's cost does not grow
+  // with the table. False if an entry is not a block of this pool (a
+  // damaged list), having freed nothing.
+  static bool sweep(PMEMobjpool* pop, PMEMoid* list, uint64_t pool_uuid_lo, uint64_t pool_size) {
+    for (uint32_t i = 0; i < kCopyBlocks; i++)
+      if (!OID_IS_NULL(list[i]) && (list[i].pool_uuid_lo != pool_uuid_lo || list[i].off < 4096 || list[i].off >= pool_size)) return false;
+    for (uint32_t i = 0; i < kCopyBlocks; i++)
+      if (!OID_IS_NULL(list[i])) pmemobj_free(&list[i]);
+    return true;
+  }
   ~CopyArena() {
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -130,7 +164,7 @@ class CopyArena {
   // Pool bytes reserved for copies now.
   size_t held_bytes() {
     std::lock_guard<std::mutex> g(mu_);
-    return acts_.size() * block_bytes();
+    return blocks_.size() * block_bytes();
   }
 
   // Gives back the blocks none of whose chunks is handed out; whether it
@@ -142,36 +176,45 @@ class CopyArena {
     std::vector<char*> ready = ready_;
     std::sort(ready.begin(), ready.end());
     auto is_ready = [&](char* c) { return std::binary_search(ready.begin(), ready.end(), c); };
-    std::vector<pobj_action> acts, drop;
+    std::vector<uint32_t> keep, drop;
     std::vector<char*> chunks;
     ready_.clear();
-    for (size_t b = 0; b < acts_.size(); b++) {
+    for (size_t b = 0; b < blocks_.size(); b++) {
       char* const* first = &chunks_[b * block_chunks_];
       if (std::all_of(first, first + block_chunks_, is_ready)) {
-        drop.push_back(acts_[b]);
+        drop.push_back(blocks_[b]);
         continue;
       }
-      acts.push_back(acts_[b]);
+      keep.push_back(blocks_[b]);
       for (size_t i = 0; i < block_chunks_; i++) {
         chunks.push_back(first[i]);
         if (is_ready(first[i])) ready_.push_back(first[i]);
       }
     }
-    acts_.swap(acts);
+    blocks_.swap(keep);
     chunks_.swap(chunks);
     if (drop.empty()) return false;
-    pmemobj_cancel(pop_, drop.data(), drop.size());
+    try {
+      std::thread([&] { free_blocks(drop); }).join();
+    } catch (const std::system_error&) {
+      free_later_.insert(free_later_.end(), drop.begin(), drop.end());  // no thread: freed at release_all (or open)
+      return false;
+    }
     return true;
   }
 
+  // Frees every block: never inside a transaction (shed() is the one
+  // caller that may be).
   void release_all() {
+    std::lock_guard<std::mutex> tg(*tx_mu_);  // before mu_, as in reserve()
     std::lock_guard<std::mutex> g(mu_);
     ready_.clear();
     chunks_.clear();
     want_ = 0;
-    if (acts_.empty()) return;
-    pmemobj_cancel(pop_, acts_.data(), acts_.size());
-    acts_.clear();
+    free_blocks(blocks_);
+    free_blocks(free_later_);
+    blocks_.clear();
+    free_later_.clear();
   }
 
  private:
@@ -186,7 +229,7 @@ class CopyArena {
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &p);
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      cv_.wait(lk, [&] { return quit_ || acts_.size() * block_bytes() < std::min(want_, cap_); });
+      cv_.wait(lk, [&] { return quit_ || blocks_.size() * block_bytes() < std::min(want_, cap_); });
       if (quit_) return;
       lk.unlock();
       const bool got = reserve(true) != nullptr;
@@ -203,13 +246,16 @@ class CopyArena {
   char* reserve(bool ready) {
     char* p;
     {
+      // tx_mu_ before mu_: shed() takes mu_ with tx_mu_ held.
+      std::lock_guard<std::mutex> tg(*tx_mu_);
       std::lock_guard<std::mutex> g(mu_);
-      if (shed_ || block_chunks_ == 0 || (acts_.size() + 1) * block_bytes() > cap_) return nullptr;
-      pobj_action act;
-      const PMEMoid oid = pmemobj_reserve(pop_, &act, block_bytes() - Pool::kHugeHeader, 0);
-      if (OID_IS_NULL(oid)) return nullptr;
-      acts_.push_back(act);
-      p = static_cast<char*>(pmemobj_direct(oid));
+      if (shed_ || block_chunks_ == 0 || (blocks_.size() + 1) * block_bytes() > cap_) return nullptr;
+      uint32_t i = 0;
+      while (i < kCopyBlocks && !OID_IS_NULL(list_[i])) i++;
+      if (i == kCopyBlocks) return nullptr;
+      if (pmemobj_alloc(pop_, &list_[i], block_bytes() - Pool::kHugeHeader, kBlockType, nullptr, nullptr) != 0) return nullptr;
+      blocks_.push_back(i);
+      p = static_cast<char*>(pmemobj_direct(list_[i]));
       for (size_t i = 0; i < block_chunks_; i++) {
         chunks_.push_back(p + i * kChunkStride);
         if (ready || i > 0) ready_.push_back(p + i * kChunkStride);
@@ -232,13 +278,21 @@ class CopyArena {
     if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_POPULATE_WRITE);
   }
 
+  // Under tx_mu_, held by the caller (or, in shed(), by the thread it waits for).
+  void free_blocks(const std::vector<uint32_t>& blocks) {
+    for (uint32_t i : blocks) pmemobj_free(&list_[i]);
+  }
+
   PMEMobjpool* pop_;
+  PMEMoid* const list_;      // the pool's block list
+  std::mutex* const tx_mu_;  // the engine's: held around every alloc and free here
   const size_t cap_;
   const size_t block_chunks_;  // chunks in a block (0: the cap holds none)
   std::mutex mu_;
-  std::vector<pobj_action> acts_;  // every block reserved
-  std::vector<char*> chunks_;      // their chunks, block by block in the same order
-  std::vector<char*> ready_;       // chunks reserved, not handed out
+  std::vector<uint32_t> blocks_;      // every block held: its entry in list_
+  std::vector<uint32_t> free_later_;  // given back by a shed() that found no thread to free them
+  std::vector<char*> chunks_;         // their chunks, block by block in the same order
+  std::vector<char*> ready_;          // chunks reserved, not handed out
   std::condition_variable cv_;
   size_t want_ = 0;    // bytes of blocks the filler keeps reserved
   bool shed_ = false;  // shed() ran since the last prefill: reserve nothing

@@ -914,11 +914,11 @@ void Engine::stats_pool(Stats& st) {
   st.cache_budget = opts_.cache_bytes;
   st.flushes = pool_->flush_calls();
   st.pool_bytes = pool_->size();
-  st.pool_used = pool_->used_bytes();
   if (vlog_) st.log_bytes = vlog_->segments() * vlog_->seg_bytes();
   st.log_freed = log_freed_.load();
   st.log_copied = log_copied_.load();
   std::lock_guard<std::mutex> g(tx_mu_);
+  st.pool_used = pool_->used_bytes();  // the heap walk, not beside the copy arena's allocations
   const PTable* ts = pool_->at<PTable>(root_->tables_off);
   for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;
 }

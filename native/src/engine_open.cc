@@ -82,6 +82,7 @@ void Engine::init_root() {
   root_->tables_off = tx.alloc(sizeof(PTable) * kMaxTables, true);
   root_->dead_cap = 64;
   root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, true);
+  root_->copy_blocks_off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
   root_->layout = opts_.layout == kLayoutAuto ? (pool_->is_pmem() ? kLayoutInPlace : kLayoutLogged) : opts_.layout;
   // Segments of a 64th of the pool, 1 to 16 MiB: a few hundred msyncs
   // write a checkpoint of any size, and a small pool keeps its room.
@@ -110,6 +111,7 @@ void Engine::validate_root() {
   }
   const uint64_t size = pool_->size();
   auto in_pool = [&](uint64_t off, uint64_t len) { return off >= sizeof(PRoot) && off < size && len <= size - off; };
+  if (!in_pool(root_->copy_blocks_off, sizeof(PMEMoid) * kCopyBlocks)) fail(Code::Corrupt, "pool " + p + ": the copy arena's block list is damaged");
   if ((root_->close_slot && !in_pool(root_->close_slot, root_->close_cap)) || root_->close_len > root_->close_cap ||
       (root_->spare_rec && !in_pool(root_->spare_rec, root_->spare_cap)))
     fail(Code::Corrupt, "pool " + p + ": reserved-space metadata is damaged");
@@ -144,25 +146,27 @@ void Engine::open_pool() {
   root_ = pool_->root();
   info_.created = pool_->created();
   info_.is_pmem = pool_->is_pmem();
-  // On the msync path a copy in the pool would dirty pages that the next
-  // sync writes to the disk: there a push writes the row back instead.
-  // Off unless PMEMPS_COPY_ARENA=1: with the arena's libpmemobj
-  // reservations outstanding, the frees of a dropped table's storage
-  // corrupted libpmemobj's heap (a block handed out twice; the process
-  // aborted in the free's commit, in 5 of 10 runs of drop, commit, rollback
-  // and reopen cycles on a 64 MiB pool, none with the arena off or given
-  // back before the frees). Until its blocks are allocations rather than
-  // reservations, a push with no room in the cache for its copy writes the
-  // row back (docs/design.md).
-  const char* arena = std::getenv("PMEMPS_COPY_ARENA");
-  if (pool_->is_pmem() && arena && std::strcmp(arena, "1") == 0) {
-    copies_ = std::make_unique<CopyArena>(pool_->pop(), std::min<uint64_t>(opts_.cache_bytes, pool_->size() / 16));
-    pool_->on_full([this] { return copies_ && copies_->shed(); });
-  }
   if (pool_->created())
     init_root();
   else
     validate_root();
+  PMEMoid* blocks = pool_->at<PMEMoid>(root_->copy_blocks_off);
+  // An inspection leaves the blocks a crash left as they are.
+  if (!opts_.inspect && !CopyArena::sweep(pool_->pop(), blocks, pool_->oid(0).pool_uuid_lo, pool_->size()))
+    fail(Code::Corrupt, "pool " + pool_->path() + ": the copy arena's block list is damaged");
+  // The copy arena: PMEM and in-place rows only. On the msync path a copy
+  // in the pool would dirty pages that the next sync writes to the disk;
+  // there, and on logged pools, a push with no room in the cache for its
+  // copy writes the row back instead. Logged pools are left out because
+  // their version log runs transactions outside tx_mu_, and the arena's
+  // atomic allocations are safe only serialized with every transaction:
+  // unserialized, they corrupted libpmemobj's heap (copy_arena.h).
+  // PMEMPS_COPY_ARENA=0 turns it off (to measure without it).
+  const char* arena = std::getenv("PMEMPS_COPY_ARENA");
+  if (pool_->is_pmem() && root_->layout == kLayoutInPlace && !opts_.inspect && !(arena && std::strcmp(arena, "0") == 0)) {
+    copies_ = std::make_unique<CopyArena>(pool_->pop(), blocks, &tx_mu_, std::min<uint64_t>(opts_.cache_bytes, pool_->size() / 16));
+    pool_->on_full([this] { return copies_ && copies_->shed(); });
+  }
   layout_ = root_->layout;
   info_.layout = layout_;
   if (layout_ == kLayoutLogged) vlog_ = std::make_unique<VLog>(*pool_, root_->vlog_off);

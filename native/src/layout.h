@@ -37,8 +37,11 @@ constexpr uint64_t kMagic = 0x31304d4550534d50ULL;  // "PMSPEM01"
 // descriptors freed in bounded steps. Version 5: the row layout
 // (PRoot.layout) and the version log (PRoot.vlog_off); a version-4 pool is
 // upgraded at open to an in-place one (Pool::upgrade_root), older ones are
-// refused, unchanged.
-constexpr uint32_t kLayoutVersion = 5;
+// refused, unchanged. Version 6: the copy arena's block list
+// (PRoot.copy_blocks_off); a version-4 or 5 pool is upgraded at open.
+constexpr uint32_t kLayoutVersion = 6;
+// Blocks the copy arena (copy_arena.h) may hold at once.
+constexpr uint32_t kCopyBlocks = 64;
 constexpr uint32_t kMaxTables = 256;
 constexpr uint32_t kSlots = 3;
 constexpr uint32_t kMaxHyperP = 8;
@@ -121,6 +124,12 @@ struct PRoot {
   uint32_t layout;
   uint32_t pad5;
   uint64_t vlog_off;  // the version log's descriptor (logged pools), else 0
+  // PMEMoid[kCopyBlocks]: the copy arena's blocks, each an allocation that
+  // holds only copies a running prepare's pushes made, never needed after
+  // a close or a crash; libpmemobj's atomic alloc and free write the
+  // entries, and open frees what a crash left. Its own object, so the
+  // root's snapshot in every bounded transaction stays small.
+  uint64_t copy_blocks_off;
   uint64_t checksum;
 };
 

@@ -111,31 +111,43 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir +
   }
 }
 
-// Version 4's root is version 5's up to `layout`, where version 4 kept its
-// checksum. pmemobj_root grows the root atomically, keeping the old bytes
-// and zeroing the new ones; one transaction then makes it an in-place
-// version-5 root. A crash in between leaves a grown version-4 root, which
-// the next open upgrades the same way.
+// Each older root is a prefix of version 6's that ends in its checksum:
+// version 4's where version 5 has `layout`, version 5's where version 6 has
+// `copy_blocks_off`. pmemobj_root grows the root atomically, keeping the
+// old bytes and zeroing the new ones; one transaction then fills the new
+// fields and makes it a version-6 root in place. A crash in between leaves
+// a grown root of the old version, which the next open upgrades the same
+// way.
 void Pool::upgrade_root() {
   constexpr size_t kV4Size = offsetof(PRoot, layout) + sizeof(uint64_t);
-  static_assert(kV4Size + 16 == sizeof(PRoot), "version 5 adds layout, pad5 and vlog_off to version 4's root");
+  constexpr size_t kV5Size = offsetof(PRoot, copy_blocks_off) + sizeof(uint64_t);
+  static_assert(kV4Size + 16 == kV5Size, "version 5 adds layout, pad5 and vlog_off to version 4's root");
+  static_assert(kV5Size + 8 == sizeof(PRoot), "version 6 adds copy_blocks_off to version 5's root");
   const size_t rs = pmemobj_root_size(pop_);
-  if (rs != kV4Size && rs != sizeof(PRoot)) return;
+  if (rs != kV4Size && rs != kV5Size && rs != sizeof(PRoot)) return;
   const char* p = static_cast<const char*>(pmemobj_direct(pmemobj_root(pop_, rs)));
-  uint64_t magic, v4sum;
+  uint64_t magic, sum;
   uint32_t version;
   std::memcpy(&magic, p, 8);
   std::memcpy(&version, p + 8, 4);
-  std::memcpy(&v4sum, p + offsetof(PRoot, layout), 8);
-  if (magic != kMagic || version != 4 || fnv1a(p, offsetof(PRoot, layout)) != v4sum) return;  // validate_root says what is wrong
+  if (magic != kMagic || (version != 4 && version != 5)) return;  // validate_root says what is wrong
+  const size_t sum_at = version == 4 ? offsetof(PRoot, layout) : offsetof(PRoot, copy_blocks_off);
+  if (rs < sum_at + 8) return;
+  std::memcpy(&sum, p + sum_at, 8);
+  if (fnv1a(p, sum_at) != sum) return;
   PMEMoid r = pmemobj_root(pop_, sizeof(PRoot));
-  if (OID_IS_NULL(r)) throw Error(Code::OutOfSpace, "pool " + path_ + " has no room to upgrade its root to layout version 5: " + pmem_err());
+  if (OID_IS_NULL(r))
+    throw Error(Code::OutOfSpace,
+                "pool " + path_ + " has no room to upgrade its root to layout version " + std::to_string(kLayoutVersion) + ": " + pmem_err());
   PRoot* root = static_cast<PRoot*>(pmemobj_direct(r));
   Tx tx(*this, TxLog::Bounded);
   tx.add(root, sizeof(PRoot));
-  root->layout = kLayoutInPlace;
-  root->pad5 = 0;
-  root->vlog_off = 0;
+  if (version == 4) {
+    root->layout = kLayoutInPlace;
+    root->pad5 = 0;
+    root->vlog_off = 0;
+  }
+  root->copy_blocks_off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
   root->version = kLayoutVersion;
   root->checksum = root_sum(root);
   tx.commit();
