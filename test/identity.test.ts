@@ -317,6 +317,36 @@ describe('an empty pool in place of a shard of a formed cluster', () => {
   });
 });
 
+// The ops that wrote the pools of test/fixtures: a table, a push,
+// checkpoint 1, another push. Returns the rows at the checkpoint.
+const FIXTURE_KEYS = packKeys(Array.from({ length: 500 }, (_, i) => BigInt(i * 3)));
+async function fixtureOps(e: Engine): Promise<Buffer> {
+  e.createTable({
+    name: 'emb',
+    dim: 8,
+    optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.1 },
+    initializer: { type: 'uniform', min: -0.5, max: 0.5 },
+    seed: 11,
+  });
+  const g = Buffer.alloc(500 * 8 * 4);
+  for (let i = 0; i < 500 * 8; i++) g.writeFloatLE(((i * 37) % 101) / 100 - 0.5, 4 * i);
+  await e.push('emb', FIXTURE_KEYS, g);
+  await e.prepare(1);
+  await e.commit(1);
+  const atCheckpoint = await e.pull('emb', FIXTURE_KEYS);
+  await e.push('emb', FIXTURE_KEYS, g);
+  return atCheckpoint;
+}
+
+/** The rows a fixture pool holds at its checkpoint and at its close, from the reference engine. */
+async function fixtureState(): Promise<{ atCheckpoint: Buffer; latest: Buffer }> {
+  const ref = Engine.open({ memoryOnly: true });
+  const atCheckpoint = await fixtureOps(ref);
+  const latest = await ref.pull('emb', FIXTURE_KEYS);
+  await ref.close();
+  return { atCheckpoint, latest };
+}
+
 describe('pools of an older layout', () => {
   test('are refused with their version named, and left unchanged', async () => {
     const dir = dirs('v3');
@@ -335,31 +365,10 @@ describe('pools of an older layout', () => {
 
   test('of version 4 open as in-place pools of version 6, their state and checkpoint intact', async () => {
     // test/fixtures/pool-v4.pool.gz: a 16 MiB pool written by the last build
-    // of layout version 4 (PMEM_IS_PMEM_FORCE=1) with exactly these ops, then
+    // of layout version 4 (PMEM_IS_PMEM_FORCE=1) with fixtureOps, then
     // closed cleanly.
-    const ops = async (e: Engine): Promise<Buffer> => {
-      e.createTable({
-        name: 'emb',
-        dim: 8,
-        optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.1 },
-        initializer: { type: 'uniform', min: -0.5, max: 0.5 },
-        seed: 11,
-      });
-      const keys = packKeys(Array.from({ length: 500 }, (_, i) => BigInt(i * 3)));
-      const g = Buffer.alloc(500 * 8 * 4);
-      for (let i = 0; i < 500 * 8; i++) g.writeFloatLE(((i * 37) % 101) / 100 - 0.5, 4 * i);
-      await e.push('emb', keys, g);
-      await e.prepare(1);
-      await e.commit(1);
-      const atCheckpoint = await e.pull('emb', keys);
-      await e.push('emb', keys, g);
-      return atCheckpoint;
-    };
-    const ref = Engine.open({ memoryOnly: true });
-    const atCheckpoint = await ops(ref);
-    const keys = packKeys(Array.from({ length: 500 }, (_, i) => BigInt(i * 3)));
-    const latest = await ref.pull('emb', keys);
-    await ref.close();
+    const { atCheckpoint, latest } = await fixtureState();
+    const keys = FIXTURE_KEYS;
     const dir = dirs('v4');
     const file = path.join(dir, 'pmemps.pool');
     fs.writeFileSync(file, zlib.gunzipSync(fs.readFileSync(path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'pool-v4.pool.gz'))));
@@ -381,24 +390,10 @@ describe('pools of an older layout', () => {
 
   test('of version 5 open as pools of version 6, their layout, state and checkpoint intact', async () => {
     // test/fixtures/pool-v5.pool.gz: a 16 MiB logged pool written by the
-    // last build of layout version 5 (PMEM_IS_PMEM_FORCE=1): the same ops
-    // as version 4's fixture, then closed cleanly.
-    const keys = packKeys(Array.from({ length: 500 }, (_, i) => BigInt(i * 3)));
-    const g = Buffer.alloc(500 * 8 * 4);
-    for (let i = 0; i < 500 * 8; i++) g.writeFloatLE(((i * 37) % 101) / 100 - 0.5, 4 * i);
-    const ref = Engine.open({ memoryOnly: true });
-    ref.createTable({
-      name: 'emb',
-      dim: 8,
-      optimizer: { type: 'adagrad', lr: 0.1, initialAccumulator: 0.1 },
-      initializer: { type: 'uniform', min: -0.5, max: 0.5 },
-      seed: 11,
-    });
-    await ref.push('emb', keys, g);
-    const atCheckpoint = await ref.pull('emb', keys);
-    await ref.push('emb', keys, g);
-    const latest = await ref.pull('emb', keys);
-    await ref.close();
+    // last build of layout version 5 (PMEM_IS_PMEM_FORCE=1, layout
+    // 'logged') with fixtureOps, then closed cleanly.
+    const { atCheckpoint, latest } = await fixtureState();
+    const keys = FIXTURE_KEYS;
     const dir = dirs('v5');
     fs.writeFileSync(
       path.join(dir, 'pmemps.pool'),
