@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import { after, describe, it } from 'node:test';
 import { Engine, EngineError } from '../native/engine';
 import {
@@ -477,6 +478,25 @@ describe('restart', () => {
       const dir = tmp();
       assert.throws(() => execFileSync(process.execPath, [path.join(__dirname, '..', 'server', 'check.js'), '--pmem', dir], { stdio: 'pipe' }), /no pool in/);
       assert.deepEqual(fs.readdirSync(dir), []);
+    });
+
+    // Found by a review (2026-12-01): the check upgraded a pool of an older
+    // layout version in place, so the build that wrote it refused it after.
+    it('refuses a pool of an older layout version and leaves it unchanged', () => {
+      const dir = tmp();
+      const file = path.join(dir, 'pmemps.pool');
+      fs.writeFileSync(file, zlib.gunzipSync(fs.readFileSync(path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'pool-v5.pool.gz'))));
+      const before = fs.readFileSync(file);
+      assert.throws(
+        () =>
+          execFileSync(process.execPath, [path.join(__dirname, '..', 'server', 'check.js'), '--pmem', dir], { stdio: 'pipe', env: childEnv({ force: true }) }),
+        /layout version 5; this build reads version 6/,
+      );
+      // (libpmemobj's own open writes its run-time state; pmemps writes nothing.)
+      const at = before.indexOf('PMSPEM01'); // the root's magic
+      assert.ok(at > 0);
+      const root = (b: Buffer): Buffer => b.subarray(at, at + 512);
+      assert.ok(root(fs.readFileSync(file)).equals(root(before)), 'the root is unchanged');
     });
   });
 });

@@ -210,6 +210,7 @@ class Engine {
   Identity identity_pool() const;  // caller holds tx_mu_
   void set_identity_pool(const Identity& id);
   void init_root();
+  void alloc_copy_list();
   void validate_root();
   void recover_after_crash();
   void load_tables();

@@ -69,7 +69,10 @@ Engine::Engine(const EngineOptions& o) : opts_(o), mem_(o.memory_only) {
 
 // Without close() the pool is left as after a crash: the next open comes
 // back at the last committed checkpoint, which is the safe default.
-Engine::~Engine() { stop_compactor(); }
+Engine::~Engine() {
+  stop_compactor();
+  copies_.reset();  // before tx_mu_ and the stripes it uses go
+}
 
 void Engine::init_root() {
   std::lock_guard<std::mutex> g(tx_mu_);
@@ -111,7 +114,8 @@ void Engine::validate_root() {
   }
   const uint64_t size = pool_->size();
   auto in_pool = [&](uint64_t off, uint64_t len) { return off >= sizeof(PRoot) && off < size && len <= size - off; };
-  if (!in_pool(root_->copy_blocks_off, sizeof(PMEMoid) * kCopyBlocks)) fail(Code::Corrupt, "pool " + p + ": the copy arena's block list is damaged");
+  if (root_->copy_blocks_off && !in_pool(root_->copy_blocks_off, sizeof(PMEMoid) * kCopyBlocks))
+    fail(Code::Corrupt, "pool " + p + ": the copy arena's block list is damaged");
   if ((root_->close_slot && !in_pool(root_->close_slot, root_->close_cap)) || root_->close_len > root_->close_cap ||
       (root_->spare_rec && !in_pool(root_->spare_rec, root_->spare_cap)))
     fail(Code::Corrupt, "pool " + p + ": reserved-space metadata is damaged");
@@ -141,8 +145,24 @@ PCkpt* Engine::ckpt_at(uint64_t off) const {
   return c;
 }
 
+// The copy arena's block list of a pool upgraded from layout version 5,
+// which allocated nothing; a pool with no room for it has no arena.
+void Engine::alloc_copy_list() {
+  std::lock_guard<std::mutex> g(tx_mu_);
+  try {
+    Tx tx(*pool_, TxLog::Bounded);
+    const uint64_t off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
+    tx.add(root_, sizeof(PRoot));
+    root_->copy_blocks_off = off;
+    persist_root(tx);
+    tx.commit();
+  } catch (const Error& e) {
+    if (e.code() != Code::OutOfSpace) throw;
+  }
+}
+
 void Engine::open_pool() {
-  pool_ = std::make_unique<Pool>(opts_.dir, opts_.pool_bytes);
+  pool_ = std::make_unique<Pool>(opts_.dir, opts_.pool_bytes, opts_.inspect);
   root_ = pool_->root();
   info_.created = pool_->created();
   info_.is_pmem = pool_->is_pmem();
@@ -150,9 +170,10 @@ void Engine::open_pool() {
     init_root();
   else
     validate_root();
-  PMEMoid* blocks = pool_->at<PMEMoid>(root_->copy_blocks_off);
   // An inspection leaves the blocks a crash left as they are.
-  if (!opts_.inspect && !CopyArena::sweep(pool_->pop(), blocks, pool_->oid(0).pool_uuid_lo, pool_->size()))
+  if (!opts_.inspect && !root_->copy_blocks_off) alloc_copy_list();
+  PMEMoid* blocks = root_->copy_blocks_off ? pool_->at<PMEMoid>(root_->copy_blocks_off) : nullptr;
+  if (blocks && !opts_.inspect && !CopyArena::sweep(pool_->pop(), blocks, pool_->oid(0).pool_uuid_lo, pool_->size()))
     fail(Code::Corrupt, "pool " + pool_->path() + ": the copy arena's block list is damaged");
   // The copy arena: PMEM and in-place rows only. On the msync path a copy
   // in the pool would dirty pages that the next sync writes to the disk;
@@ -163,7 +184,7 @@ void Engine::open_pool() {
   // unserialized, they corrupted libpmemobj's heap (copy_arena.h).
   // PMEMPS_COPY_ARENA=0 turns it off (to measure without it).
   const char* arena = std::getenv("PMEMPS_COPY_ARENA");
-  if (pool_->is_pmem() && root_->layout == kLayoutInPlace && !opts_.inspect && !(arena && std::strcmp(arena, "0") == 0)) {
+  if (blocks && pool_->is_pmem() && root_->layout == kLayoutInPlace && !opts_.inspect && !(arena && std::strcmp(arena, "0") == 0)) {
     copies_ = std::make_unique<CopyArena>(pool_->pop(), blocks, &tx_mu_, std::min<uint64_t>(opts_.cache_bytes, pool_->size() / 16));
     pool_->on_full([this] { return copies_ && copies_->shed(); });
   }

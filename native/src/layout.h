@@ -128,7 +128,8 @@ struct PRoot {
   // holds only copies a running prepare's pushes made, never needed after
   // a close or a crash; libpmemobj's atomic alloc and free write the
   // entries, and open frees what a crash left. Its own object, so the
-  // root's snapshot in every bounded transaction stays small.
+  // root's snapshot in every bounded transaction stays small. 0: none yet
+  // (a pool upgraded from version 5 gets it at an open with room).
   uint64_t copy_blocks_off;
   uint64_t checksum;
 };

@@ -25,7 +25,7 @@ std::string pmem_err() {
 uint64_t Pool::root_sum(const PRoot* r) { return fnv1a(r, offsetof(PRoot, checksum)); }
 uint64_t Pool::table_sum(const PTable* t) { return fnv1a(t, offsetof(PTable, checksum)); }
 
-Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir + "/pmemps.pool") {
+Pool::Pool(const std::string& dir, uint64_t pool_bytes, bool inspect) : dir_(dir), path_(dir + "/pmemps.pool") {
   struct stat st;
   if (stat(dir.c_str(), &st) != 0) {
     if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) throw Error(Code::Io, "cannot create pool directory " + dir + ": " + strerror(errno));
@@ -73,7 +73,7 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir +
         throw Error(Code::Corrupt, "cannot open pool " + path_ + ": " + m + "; check it with `pmemps-check`");
       }
     }
-    if (!created_) upgrade_root();
+    if (!created_ && !inspect) upgrade_root();
     if (!created_ && pmemobj_root_size(pop_) != sizeof(PRoot)) {
       // Another layout version: say which, without pmemobj_root() growing
       // (and so changing) the old pool's root to this build's size.
@@ -115,7 +115,9 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes) : dir_(dir), path_(dir +
 // version 4's where version 5 has `layout`, version 5's where version 6 has
 // `copy_blocks_off`. pmemobj_root grows the root atomically, keeping the
 // old bytes and zeroing the new ones; one transaction then fills the new
-// fields and makes it a version-6 root in place. A crash in between leaves
+// fields and makes it a version-6 root in place, allocating nothing, so a
+// full pool is upgraded too (its copy arena's list comes at an open that
+// finds room). A crash in between leaves
 // a grown root of the old version, which the next open upgrades the same
 // way.
 void Pool::upgrade_root() {
@@ -147,7 +149,7 @@ void Pool::upgrade_root() {
     root->pad5 = 0;
     root->vlog_off = 0;
   }
-  root->copy_blocks_off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
+  root->copy_blocks_off = 0;  // allocated by the engine once the pool has room (Engine::open_pool)
   root->version = kLayoutVersion;
   root->checksum = root_sum(root);
   tx.commit();

@@ -28,7 +28,8 @@ namespace pmemps {
 class Pool {
  public:
   // Opens DIR/pmemps.pool, creating it (pool_bytes large) when absent.
-  Pool(const std::string& dir, uint64_t pool_bytes);
+  // inspect: upgrade nothing (an older layout version is refused, unchanged).
+  Pool(const std::string& dir, uint64_t pool_bytes, bool inspect = false);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
