@@ -86,7 +86,7 @@ class CopyArena {
 
   // list: the pool's block list (kCopyBlocks entries), after sweep().
   // tx_mu: the mutex every transaction on the pool runs under.
-  CopyArena(PMEMobjpool* pop, PMEMoid* list, std::mutex* tx_mu, size_t cap)
+  CopyArena(PMEMobjpool* pop, PMEMoid* list, TxMutex* tx_mu, size_t cap)
       : pop_(pop),
         list_(list),
         tx_mu_(tx_mu),
@@ -206,7 +206,7 @@ class CopyArena {
   // Frees every block: never inside a transaction (shed() is the one
   // caller that may be).
   void release_all() {
-    std::lock_guard<std::mutex> tg(*tx_mu_);  // before mu_, as in reserve()
+    std::lock_guard<TxMutex> tg(*tx_mu_);  // before mu_, as in reserve()
     std::lock_guard<std::mutex> g(mu_);
     ready_.clear();
     chunks_.clear();
@@ -247,7 +247,7 @@ class CopyArena {
     char* p;
     {
       // tx_mu_ before mu_: shed() takes mu_ with tx_mu_ held.
-      std::lock_guard<std::mutex> tg(*tx_mu_);
+      std::lock_guard<TxMutex> tg(*tx_mu_);
       std::lock_guard<std::mutex> g(mu_);
       if (shed_ || block_chunks_ == 0 || (blocks_.size() + 1) * block_bytes() > cap_) return nullptr;
       uint32_t i = 0;
@@ -284,8 +284,8 @@ class CopyArena {
   }
 
   PMEMobjpool* pop_;
-  PMEMoid* const list_;      // the pool's block list
-  std::mutex* const tx_mu_;  // the engine's: held around every alloc and free here
+  PMEMoid* const list_;   // the pool's block list
+  TxMutex* const tx_mu_;  // the engine's: held around every alloc and free here
   const size_t cap_;
   const size_t block_chunks_;  // chunks in a block (0: the cap holds none)
   std::mutex mu_;

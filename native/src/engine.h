@@ -389,7 +389,7 @@ class Engine {
   uint64_t prep_ballot_ = 0;
   void wait_prepared(std::unique_lock<std::mutex>& ck);
   RwLock epoch_mu_;  // writer-preferring: see common.h
-  std::mutex tx_mu_;
+  TxMutex tx_mu_;
 
   // Guarded by epoch_mu_ (read shared, written exclusive).
   uint64_t cur_epoch_ = 1;

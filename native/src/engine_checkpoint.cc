@@ -283,7 +283,7 @@ void Engine::prepare_begin_pool(uint64_t id, const std::string& dense, const std
   // pushes wait only for this block.
   std::unique_lock<RwLock> el(epoch_mu_);
   if (cur_epoch_ + 1 >= epoch_limit_) {
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     ensure_epochs(tx);
     tx.commit();
@@ -356,7 +356,7 @@ void Engine::prepare_finish(uint64_t id) {
     // transaction and the publish snapshots the root alone.
     for (auto& sn : prep_snap_) raise_rows_used(tables_[sn.idx]->d, sn.rows);
     failpoint("prepare.before_publish");
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     const std::string& dense = prep_dense_;
@@ -451,7 +451,7 @@ void Engine::commit_pool(std::unique_lock<RwLock>& el) {
   {
     // The decision: the root alone, at most two frees (the old record or
     // the spare). Bounded, so a commit works on a full pool.
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     const uint64_t old = root_->c_rec;
@@ -494,7 +494,7 @@ void Engine::commit_pool(std::unique_lock<RwLock>& el) {
 }
 
 void Engine::raise_rows_used(PTable* d, uint64_t rows) {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   if (d->rows_used >= rows) return;
   Tx tx(*pool_, TxLog::Bounded);
   tx.add(d, sizeof(PTable));
@@ -531,7 +531,7 @@ void Engine::abort(uint64_t id) {
 }
 
 void Engine::abort_unprepared_pool(uint64_t id) {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   Tx tx(*pool_, TxLog::Bounded);
   tx.add(root_, sizeof(PRoot));
   root_->last_id = id;
@@ -543,7 +543,7 @@ void Engine::abort_pool(std::unique_lock<RwLock>& el) {
   failpoint("abort.before_publish");
   std::vector<uint32_t> removed, undropped;
   {
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     const uint64_t rec = root_->p_rec;
@@ -588,7 +588,7 @@ void Engine::rollback_pool(std::unique_lock<RwLock>& el) {
   {
     // Everything written since the committed checkpoint becomes dead: a cost
     // of one small transaction plus dropping the (bounded) cache.
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     add_dead(tx, c_epoch_ + 1, root_->next_epoch - 1);

@@ -16,7 +16,7 @@ namespace pmemps {
 // no exclusive epoch lock and never wait for running batches.
 uint64_t Engine::raise_ballot(uint64_t b) {
   std::shared_lock<RwLock> el(epoch_mu_);
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   return store_->raise_ballot(b);
 }
@@ -34,7 +34,7 @@ uint64_t Engine::raise_ballot_pool(uint64_t b) {
 
 uint64_t Engine::ballot() {
   std::shared_lock<RwLock> el(epoch_mu_);
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   return store_->ballot();
 }
@@ -45,7 +45,7 @@ Engine::Identity Engine::identity_pool() const {
 
 Engine::Identity Engine::identity() {
   std::shared_lock<RwLock> el(epoch_mu_);
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   return store_->identity();
 }
@@ -56,7 +56,7 @@ Engine::Identity Engine::set_identity(const Identity& id) {
          "shard index must be below the shard count (got " + std::to_string(id.index) + " of " + std::to_string(id.count) + ")");
   if (id.count > UINT32_MAX) fail(Code::InvalidArgument, "shard count must be below 2^32 (got " + std::to_string(id.count) + ")");
   std::shared_lock<RwLock> el(epoch_mu_);
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   const Identity cur = store_->identity();
   if (cur.count != 0) {

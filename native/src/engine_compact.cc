@@ -77,7 +77,7 @@ bool Engine::compact_stopping() {
 // follows (vlog.h).
 void Engine::publish_log() {
   vlog_->sync();
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   Tx tx(*pool_, TxLog::Bounded);
   auto tail = vlog_->publish_tail(tx);
   tx.commit();

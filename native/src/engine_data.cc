@@ -249,7 +249,7 @@ uint64_t Engine::log_bound(size_t rows, uint32_t row_floats, size_t stripes) con
 }
 
 void Engine::alloc_slab(Table& t) {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   PTable* d = t.d;
   const uint64_t n = d->slab_count;
   if (n / kSlabChunk >= kSlabTop) fail(Code::OutOfSpace, "table " + t.name + " reached its maximum number of slabs");
@@ -917,7 +917,7 @@ void Engine::stats_pool(Stats& st) {
   if (vlog_) st.log_bytes = vlog_->segments() * vlog_->seg_bytes();
   st.log_freed = log_freed_.load();
   st.log_copied = log_copied_.load();
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   st.pool_used = pool_->used_bytes();  // the heap walk, not beside the copy arena's allocations
   const PTable* ts = pool_->at<PTable>(root_->tables_off);
   for (uint32_t i = 0; i < kMaxTables; i++) st.garbage_tables += ts[i].state == kTableGarbage;

@@ -75,7 +75,7 @@ Engine::~Engine() {
 }
 
 void Engine::init_root() {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   Tx tx(*pool_);
   tx.add(root_, sizeof(PRoot));
   std::memset(root_, 0, sizeof(PRoot));
@@ -148,7 +148,7 @@ PCkpt* Engine::ckpt_at(uint64_t off) const {
 // The copy arena's block list of a pool upgraded from layout version 5,
 // which allocated nothing; a pool with no room for it has no arena.
 void Engine::alloc_copy_list() {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   try {
     Tx tx(*pool_, TxLog::Bounded);
     const uint64_t off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
@@ -177,11 +177,9 @@ void Engine::open_pool() {
     fail(Code::Corrupt, "pool " + pool_->path() + ": the copy arena's block list is damaged");
   // The copy arena: PMEM and in-place rows only. On the msync path a copy
   // in the pool would dirty pages that the next sync writes to the disk;
-  // there, and on logged pools, a push with no room in the cache for its
-  // copy writes the row back instead. Logged pools are left out because
-  // their version log runs transactions outside tx_mu_, and the arena's
-  // atomic allocations are safe only serialized with every transaction:
-  // unserialized, they corrupted libpmemobj's heap (copy_arena.h).
+  // there, and on logged pools (the msync path's layout; on PMEM a
+  // deliberate choice the arena was not measured with), a push with no
+  // room in the cache for its copy writes the row back instead.
   // PMEMPS_COPY_ARENA=0 turns it off (to measure without it).
   const char* arena = std::getenv("PMEMPS_COPY_ARENA");
   if (blocks && pool_->is_pmem() && root_->layout == kLayoutInPlace && !opts_.inspect && !(arena && std::strcmp(arena, "0") == 0)) {
@@ -190,7 +188,7 @@ void Engine::open_pool() {
   }
   layout_ = root_->layout;
   info_.layout = layout_;
-  if (layout_ == kLayoutLogged) vlog_ = std::make_unique<VLog>(*pool_, root_->vlog_off);
+  if (layout_ == kLayoutLogged) vlog_ = std::make_unique<VLog>(*pool_, root_->vlog_off, &tx_mu_);
 
   DeadRange* dr = pool_->at<DeadRange>(root_->dead_off);
   dead_.assign(dr, dr + root_->dead_count);
@@ -208,7 +206,7 @@ void Engine::open_pool() {
   const uint64_t bound = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
   {
     // Bounded (the root and a dead-list tail): recovery works on a full pool.
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     // Every epoch after the last durable checkpoint died with the process.
@@ -323,7 +321,7 @@ void Engine::settle_tables(bool rewind, uint64_t bound, const std::vector<std::p
     const bool back = !gone && rewind && d->dropped_epoch > bound;
     const double* h = gone ? nullptr : hyper[t->idx];
     if (!gone && !back && (!h || std::memcmp(h, d->hyper, sizeof d->hyper) == 0)) continue;
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(d, sizeof(PTable));
     if (gone) {
@@ -361,7 +359,7 @@ void Engine::reclaim() {
 // directory, the slab table and the descriptor itself. Every free and the
 // progress that records it commit together, so a crash never frees twice.
 void Engine::reclaim_step(PTable* d) {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   Tx tx(*pool_, TxLog::Bounded);
   tx.add(d, sizeof(PTable));
   uint32_t n = 0;
@@ -417,7 +415,7 @@ void Engine::close_pool(const std::string& given) {
   if (record.size() > root_->close_cap) {
     // Normally reserved ahead (the server does, before acknowledging what
     // makes its record grow); failing here leaves the pool as after a crash.
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     grow_close_slot(record.size());
   }
   {
@@ -454,7 +452,7 @@ void Engine::close_pool(const std::string& given) {
     if (t) raise_rows_used(t->d, t->r_next.load());
   failpoint("close.before_clean_mark");
   {
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
     // Closed while recovering (a checkpoint prepared before a crash is still
@@ -484,7 +482,7 @@ void Engine::close_pool(const std::string& given) {
 
 uint64_t Engine::reserve_close_record(uint64_t bytes) {
   std::shared_lock<RwLock> el(epoch_mu_);
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   return store_->reserve_close_record(bytes);
 }

@@ -59,7 +59,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   uint32_t idx = kMaxTables;
   {
     // A garbage slot (storage still being freed) is not free yet.
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     for (uint32_t i = 0; i < kMaxTables; i++)
       if (!tables_[i] && store_->slot_reusable(i)) {
         idx = i;
@@ -87,7 +87,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
 // The descriptor, in one transaction with its checksum; the table becomes
 // reachable (names_, tables_) only after it commits.
 void Engine::table_created_pool(Table& t) {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   Tx tx(*pool_);
   PTable* d = pool_->at<PTable>(root_->tables_off) + t.idx;
   tx.add(d, sizeof(PTable));
@@ -129,7 +129,7 @@ void Engine::update_table(const std::string& name, const OptimizerSpec& opt) {
 }
 
 void Engine::hyper_changed_pool(Table& t, const OptimizerSpec& opt) {
-  std::lock_guard<std::mutex> g(tx_mu_);
+  std::lock_guard<TxMutex> g(tx_mu_);
   Tx tx(*pool_, TxLog::Bounded);
   tx.add(t.d, sizeof(PTable));
   std::memcpy(t.d->hyper, opt.h, sizeof t.d->hyper);
@@ -152,7 +152,7 @@ void Engine::drop_table_pool(const std::string& name) {
   const uint64_t durable = std::max(c_epoch_, p_active_ ? p_epoch_ : 0);
   const bool in_checkpoint = t->created_epoch <= durable;
   {
-    std::lock_guard<std::mutex> g(tx_mu_);
+    std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(t->d, sizeof(PTable));
     // A table no durable checkpoint holds is garbage at once.

@@ -68,7 +68,7 @@ void Index::split(uint64_t h) {
   if (ld >= 40) throw Error(Code::Internal, "index segment depth limit reached");
   const uint64_t old_off = pool_.off_of(old);
 
-  std::lock_guard<std::mutex> txg(*tx_mu_);
+  std::lock_guard<TxMutex> txg(*tx_mu_);
   Tx tx(pool_);
   uint64_t dir_off = desc_->index_dir;
   if (ld == gd) {

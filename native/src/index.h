@@ -32,7 +32,7 @@ class Index {
   static constexpr uint32_t kMaxProbe = 96;     // past this an insert splits the segment
 
   // tx_mu serializes the pool's transactions (one engine-wide mutex).
-  Index(Pool& pool, PTable* desc, std::mutex* tx_mu) : pool_(pool), desc_(desc), tx_mu_(tx_mu) {}
+  Index(Pool& pool, PTable* desc, TxMutex* tx_mu) : pool_(pool), desc_(desc), tx_mu_(tx_mu) {}
   // Creates an empty index inside the caller's transaction; returns the directory offset.
   static uint64_t create(Pool& pool, Tx& tx);
   // The directory at dir_off, read without an Index (freeing a dropped
@@ -87,7 +87,7 @@ class Index {
 
   Pool& pool_;
   PTable* desc_;
-  std::mutex* tx_mu_;
+  TxMutex* tx_mu_;
   mutable RwLock mu_;  // writer-preferring: lookups must not starve inserts
 };
 

@@ -119,6 +119,15 @@ class Pool {
   std::function<bool()> on_full_;
 };
 
+// The engine's one mutex that every transaction on a pool, and every
+// atomic allocation or free, runs under. With libpmemobj 1.12, transactions
+// and atomic operations running at once on different threads corrupted the
+// heap here (a dropped table's frees aborted in their commit, beside the
+// copy arena's allocations or the version log's freeing of a segment;
+// docs/design.md). Recursive, because the version log grows (a transaction)
+// on paths that may already hold it.
+using TxMutex = std::recursive_mutex;
+
 // Bounded: the transaction's snapshots fit in the lane's own undo log
 // (measured with libpmemobj 1.12: the root and five table descriptors) and
 // its frees and allocations in the lane's redo log (~40 entries), so

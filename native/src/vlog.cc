@@ -70,7 +70,7 @@ uint64_t VLog::create(Tx& tx, Pool& pool, uint64_t seg_bytes) {
   return off;
 }
 
-VLog::VLog(Pool& pool, uint64_t desc_off) : pool_(pool), d_(pool.at<PVLog>(desc_off)) {
+VLog::VLog(Pool& pool, uint64_t desc_off, TxMutex* tx_mu) : pool_(pool), d_(pool.at<PVLog>(desc_off)), tx_mu_(tx_mu) {
   if (desc_off < sizeof(PRoot) || desc_off > pool.size() - sizeof(PVLog) || d_->magic != kVLogMagic || d_->checksum != sum(d_) ||
       d_->nsegs > d_->cap || d_->tail_seg > d_->nsegs || d_->tail_off > d_->seg_bytes || d_->seg_bytes < 8 * kSlack ||
       d_->segs_off > pool.size() - sizeof(uint64_t) * d_->cap)
@@ -138,6 +138,7 @@ void VLog::grow() {
 }
 
 void VLog::reserve(Reservation& r, uint64_t bytes) {
+  std::lock_guard<TxMutex> t(*tx_mu_);  // grow() runs a transaction
   std::lock_guard<std::mutex> g(mu_);
   while (room() < reserved_ + bytes) grow();
   reserved_ += bytes;
@@ -158,11 +159,15 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
   {
     // Only the place is taken under mu_: the copy may fault a page in
     // (on ext4, wait for the journal), and must not hold up other appenders.
-    std::lock_guard<std::mutex> g(mu_);
+    std::unique_lock<std::mutex> g(mu_);
     if (r && r->bytes >= rb) {
       r->bytes -= rb;
       reserved_ -= rb;
-    } else {
+    } else if (room() < reserved_ + rb) {
+      // grow() runs a transaction: tx_mu_ first, then mu_ again.
+      g.unlock();
+      std::lock_guard<TxMutex> t(*tx_mu_);
+      g.lock();
       while (room() < reserved_ + rb) grow();
     }
     if (off_ + rb > d_->seg_bytes) {
@@ -250,6 +255,7 @@ uint64_t VLog::oldest_full_segment() const {
 }
 
 void VLog::free_segment(uint64_t seg_off) {
+  std::lock_guard<TxMutex> t(*tx_mu_);
   std::lock_guard<std::mutex> g(mu_);
   uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
   uint64_t i = 0;

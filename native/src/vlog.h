@@ -81,7 +81,8 @@ class VLog {
   // tail. Reads the descriptor and its list of segments (about twice the
   // segments in use at most, each 1-16 MiB), nothing else: no record.
   // Fails with Corrupt on a bad one.
-  VLog(Pool& pool, uint64_t desc_off);
+  // tx_mu: the engine's (pool.h); the log's transactions run under it.
+  VLog(Pool& pool, uint64_t desc_off, TxMutex* tx_mu);
 
   static size_t record_bytes(uint32_t n) { return (sizeof(VRecordHdr) + sizeof(float) * n + 7) & ~size_t{7}; }
 
@@ -139,12 +140,13 @@ class VLog {
  private:
   const VRecordHdr* parse(uint64_t off) const;  // the record at off when it is one, else null
   uint64_t room() const;                        // mu_ held
-  void grow();                                  // mu_ held: one more spare segment
+  void grow();                                  // tx_mu_ and mu_ held: one more spare segment
   char* seg_base(uint64_t i) const { return pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[i]); }
   static uint64_t sum(const PVLog* d);
 
   Pool& pool_;
   PVLog* d_;
+  TxMutex* const tx_mu_;  // taken before mu_, never while holding it
   mutable std::mutex mu_;
   std::mutex sync_mu_;                              // a sync returns only after every earlier one's msyncs
   uint64_t seg_ = 0, off_ = 0;                      // where the next record goes (segment index, byte offset)
