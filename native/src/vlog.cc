@@ -138,8 +138,15 @@ void VLog::grow() {
 }
 
 void VLog::reserve(Reservation& r, uint64_t bytes) {
-  std::lock_guard<TxMutex> t(*tx_mu_);  // grow() runs a transaction
-  std::lock_guard<std::mutex> g(mu_);
+  std::unique_lock<std::mutex> g(mu_);
+  std::unique_lock<TxMutex> t;
+  if (room() < reserved_ + bytes) {
+    // grow() runs a transaction: tx_mu_ first, then mu_ again. A push
+    // whose room is there waits for no transaction.
+    g.unlock();
+    t = std::unique_lock<TxMutex>(*tx_mu_);
+    g.lock();
+  }
   while (room() < reserved_ + bytes) grow();
   reserved_ += bytes;
   r.bytes += bytes;
