@@ -399,6 +399,11 @@ export class Shard {
         throw new ServerError('FAILED_PRECONDITION', `checkpoint ${st.preparedId} is prepared and unresolved; commit or abort it before restoring`);
       if (expectId && st.committedId !== expectId)
         throw new ServerError('FAILED_PRECONDITION', `this shard's committed checkpoint is ${st.committedId || 'none'}, not ${expectId}`);
+      // A Restore under the ballot that made this state is a retry (or a
+      // duplicate): the rollback is done, and another would undo pushes
+      // acknowledged since, on this shard alone, under the same
+      // restored_ballot that tells rejoin the shards are one restore's.
+      if (ballot === this.restoredBallot) return this.readCheckpoint();
       adopt();
       let open!: () => void;
       this.gate = new Promise<void>((r) => (open = r));

@@ -587,6 +587,105 @@ describe('checkpoint coordinators', () => {
     }
   });
 
+  // Found by a review (2026-12-01): coordinator B read the shards' ids
+  // before it raised its ballot; A, with an older ballot, prepared that id
+  // on one shard meanwhile; B prepared it on the other, was refused on the
+  // first and lost its ABORT; restore() saw every shard prepared and
+  // committed one id holding two cuts. A persist now takes its ballot
+  // before it reads the ids.
+  test('two persists at once never leave one id prepared with two cuts', async () => {
+    const c = await cluster(2, 'two-persists');
+    const [a, b, w] = await Promise.all([0, 1, 2].map(() => PsClient.connect({ endpoints: c.endpoints })));
+    const T = { name: 't', dim: 1, optimizer: { type: 'sgd' as const, lr: 1 }, initializer: { type: 'zeros' as const }, seed: 1 };
+    const keys: bigint[] = [];
+    for (let k = 1n; keys.length < 2; k++) if (shardOfKey(k, 2) === keys.length) keys.push(k);
+    const sendA = a.shards.map((s) => s.call.bind(s));
+    const sendB = b.shards.map((s) => s.call.bind(s));
+    const gate = (): { wait: Promise<void>; open: () => void } => {
+      let open!: () => void;
+      return { wait: new Promise<void>((r) => (open = r)), open };
+    };
+    try {
+      await a.createTable(T);
+      await w.push(T.name, keys, Float32Array.of(1, 1));
+      assert.equal((await a.persist({ step: 1 })).id, 1); // A holds a ballot
+      // B's ballot raise is held, and its ABORT lost (as if it died there).
+      const bRaise = gate();
+      const bHeld = gate();
+      b.shards.forEach((s, i) => {
+        s.call = (async (m: string, req: { phase?: string }, o?: object) => {
+          if (m === 'RaiseBallot') {
+            bHeld.open();
+            await bRaise.wait;
+          }
+          if (m === 'Checkpoint' && req.phase === 'ABORT') throw new Error('B died before its ABORT');
+          return sendB[i](m, req, o);
+        }) as Call;
+      });
+      // A's PREPARE to shard 1 is held.
+      const aHold = gate();
+      const aPrepared0 = gate();
+      a.shards.forEach((s, i) => {
+        s.call = (async (m: string, req: { phase?: string }, o?: object) => {
+          if (m === 'Checkpoint' && req.phase === 'PREPARE' && i === 1) await aHold.wait;
+          const r = await sendA[i](m, req, o);
+          if (m === 'Checkpoint' && req.phase === 'PREPARE' && i === 0) aPrepared0.open();
+          return r;
+        }) as Call;
+      });
+      const pb = b.persist({ step: 20 }).then(
+        () => null,
+        (e: Error) => e,
+      );
+      await bHeld.wait;
+      const pa = a.persist({ step: 10 }).then(
+        () => null,
+        (e: Error) => e,
+      );
+      await aPrepared0.wait; // A's cut of checkpoint 2 on shard 0
+      await w.push(T.name, keys, Float32Array.of(100, 100)); // acknowledged after it
+      bRaise.open();
+      assert.ok((await pb) instanceof Error, 'B did not persist');
+      aHold.open();
+      assert.ok((await pa) instanceof CoordinatorSupersededError, 'A was outranked');
+      const r = await w.restore();
+      assert.equal(r.id, 1, 'the half-prepared checkpoint 2 is aborted');
+      assert.deepEqual([...(await w.pull(T.name, keys))], [-1, -1], 'one cut on every shard');
+    } finally {
+      a.shards.forEach((s, i) => (s.call = sendA[i] as Call));
+      b.shards.forEach((s, i) => (s.call = sendB[i] as Call));
+      [a, b, w].forEach((x) => x.close());
+      await c.stop();
+    }
+  });
+
+  // Found by a review (2026-12-01): a second Restore under the ballot that
+  // restored the cluster (a duplicate, a late retry) rolled one shard back
+  // again, under the same restored_ballot, and rejoin took the mix.
+  test('a Restore under the ballot that made the state is a retry: nothing is rolled back again', async () => {
+    const c = await cluster(2, 'restore-twice');
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    const w = await PsClient.connect({ endpoints: c.endpoints });
+    const cli = raw(c.endpoints[0]);
+    try {
+      const keys = await firstCheckpoint(a);
+      await a.restore();
+      await w.rejoin({ waitMs: 0 });
+      const g = new Float32Array(50 * TABLE.dim).fill(0.25);
+      await w.push(TABLE.name, keys, g);
+      const before = Buffer.from((await w.pull(TABLE.name, keys)).buffer);
+      const again = await rawCall(cli, 'Restore', { ballot: a.ballot, checkpoint_id: 1 });
+      assert.equal(again.checkpoint_id, 1);
+      assert.ok(Buffer.from((await w.pull(TABLE.name, keys)).buffer).equals(before), 'the push since the restore is still there');
+      await w.push(TABLE.name, keys, g); // same lineage and incarnation: no ServerRestartedError
+    } finally {
+      cli.close();
+      a.close();
+      w.close();
+      await c.stop();
+    }
+  });
+
   test('persist and restore refuse bad input', async () => {
     const c = await cluster(1, 'input');
     const ps = await PsClient.connect({ endpoints: c.endpoints });

@@ -142,6 +142,14 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   }
   const meta = encodeMeta(input.step, input.meta);
 
+  // This worker's own ballot, taken at its first persist or its restore:
+  // never one read back from the shards, or a coordinator that lost to a
+  // restore would silently adopt the winner's ballot. Taken before the
+  // shards' ids are read: a PREPARE under a lower ballot then either landed
+  // before (the read shows it prepared) or is refused after, so no two
+  // coordinators prepare one id (with one's ABORT lost, a restore would
+  // commit that id holding two cuts).
+  const ballot = c.ballot || (await acquireBallot(c)).ballot;
   const sts = await c.all((s) =>
     s.call<{ committed_id: number; prepared_id: number; last_checkpoint_id: number; ballot: number; restoring_ballot: number; restored_ballot: number }>(
       'Status',
@@ -156,10 +164,6 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
       unresolved.prepared_id,
     );
   const id = Math.max(...sts.map((s) => Math.max(s.committed_id, s.last_checkpoint_id))) + 1;
-  // This worker's own ballot, taken at its first persist or its restore:
-  // never one read back from the shards, or a coordinator that lost to a
-  // restore would silently adopt the winner's ballot.
-  const ballot = c.ballot || (await acquireBallot(c)).ballot;
 
   failpoint('persist.before_prepare');
   let prepared = 0;
