@@ -34,6 +34,7 @@ int main() {
   std::mt19937 rng(7);
   std::vector<Rec> recs;
   uint64_t desc = 0;
+  TxMutex tx_mu;  // the engine's, which the log's transactions take
   {
     auto pool = std::make_unique<Pool>(dir, 64ull << 20);
     {
@@ -41,7 +42,7 @@ int main() {
       desc = VLog::create(tx, *pool, 256 << 10);
       tx.commit();
     }
-    VLog log(*pool, desc);
+    VLog log(*pool, desc, &tx_mu);
     for (int i = 0; i < 3000; i++) {
       Rec r{static_cast<uint64_t>(rng()), 0, 1 + static_cast<uint32_t>(i / 1000), std::vector<float>(128)};
       for (auto& x : r.v) x = static_cast<float>(rng()) / 1e6f;
@@ -73,19 +74,19 @@ int main() {
     std::vector<float> v(128, 1.0f);
     const uint64_t first_unpublished = log.append(1, 0, 9, 0, v.data(), 128);
     for (int i = 0; i < 500; i++) log.append(2, 0, 9, 0, v.data(), 128);
-    VLog again(*pool, desc);
+    VLog again(*pool, desc, &tx_mu);
     CHECK(again.append(3, 0, 9, 0, v.data(), 128) == first_unpublished);
   }
   {
     // The pool reopened: the published records read back.
     auto pool = std::make_unique<Pool>(dir, 64ull << 20);
-    VLog log(*pool, desc);
+    VLog log(*pool, desc, &tx_mu);
     for (auto& r : recs) CHECK(same(log.read(r.off), r));
     // A damaged descriptor is refused.
     pool->at<PVLog>(desc)->tail_off ^= 8;
     bool threw = false;
     try {
-      VLog bad(*pool, desc);
+      VLog bad(*pool, desc, &tx_mu);
     } catch (const Error& e) {
       threw = e.code() == Code::Corrupt;
     }
@@ -102,7 +103,7 @@ int main() {
       d2 = VLog::create(tx, *pool, 1 << 20);
       tx.commit();
     }
-    VLog log(*pool, d2);
+    VLog log(*pool, d2, &tx_mu);
     std::vector<std::vector<Rec>> per(4);
     std::vector<std::thread> th;
     for (int w = 0; w < 4; w++)
