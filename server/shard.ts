@@ -403,7 +403,9 @@ export class Shard {
       // duplicate): the rollback is done, and another would undo pushes
       // acknowledged since, on this shard alone, under the same
       // restored_ballot that tells rejoin the shards are one restore's.
-      if (ballot === this.restoredBallot) return this.readCheckpoint();
+      // (Ballot 0, a client outside the coordinator protocol on a shard no
+      // coordinator ever reached, rolls back every time.)
+      if (ballot !== 0 && ballot === this.restoredBallot) return this.readCheckpoint();
       adopt();
       let open!: () => void;
       this.gate = new Promise<void>((r) => (open = r));
