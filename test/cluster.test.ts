@@ -7,12 +7,22 @@ import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { Engine } from '../native/engine';
 import { parameterServerService } from '../proto/load';
-import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, ServerRestartedError, shardOfKey, shardsOf } from '../worker';
+import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, ServerRestartedError, shardOfDense, shardOfKey, shardsOf } from '../worker';
 import { PLAN, TABLE, allKeys, biasAt, clusterDigest, referenceDigest, runWorker, type Plan } from './cluster.lib';
 import { poolDirs, prng } from './helpers';
 
 const dirs = poolDirs(after);
 type Call = PsClient['shards'][number]['call'];
+
+/** A promise to wait on and the function that resolves it: holds a call until a test lets it go. */
+interface Gate {
+  wait: Promise<void>;
+  open: () => void;
+}
+function gate(): Gate {
+  let open!: () => void;
+  return { wait: new Promise<void>((r) => (open = r)), open };
+}
 const clusters: LocalCluster[] = [];
 after(() => clusters.forEach((c) => c.killAll()));
 
@@ -203,7 +213,7 @@ describe('three servers, SDK and wire', () => {
       assert.deepEqual([...got.get('w.a')!], [0.5, 1.5, 2.5]);
       assert.deepEqual([...got.get('w.b')!], [-3]);
       // The wrong shard refuses it.
-      const owner = (await import('../worker')).shardOfDense('w.a', 3);
+      const owner = shardOfDense('w.a', 3);
       const cli = raw(c.endpoints[(owner + 1) % 3]);
       await assert.rejects(
         rawCall(cli, 'SetDense', { tensor: { name: 'w.a', values: Buffer.alloc(4) }, optimizer: { type: 'sgd', params: { lr: 1 } } }),
@@ -419,21 +429,15 @@ describe('checkpoint coordinators', () => {
     // Holds A's Restore call to shard 1 until released.
     const conn = a.shards[1];
     const send = conn.call.bind(conn);
-    let hold: { reached: () => void; released: Promise<void> } | null = null;
+    let hold: { reached: Gate; released: Gate } | null = null;
     conn.call = (async (method: string, req: unknown, o?: object) => {
       if (method === 'Restore' && hold) {
-        hold.reached();
-        await hold.released;
+        hold.reached.open();
+        await hold.released.wait;
       }
       return send(method, req, o);
-    }) as typeof conn.call;
-    const holdRestore = (): { reached: Promise<void>; release: () => void } => {
-      let reached!: () => void;
-      let release!: () => void;
-      const r = new Promise<void>((res) => (reached = res));
-      hold = { reached, released: new Promise<void>((res) => (release = res)) };
-      return { reached: r, release };
-    };
+    }) as Call;
+    const holdRestore = (): { reached: Gate; released: Gate } => (hold = { reached: gate(), released: gate() });
     try {
       const keys = await firstCheckpoint(a);
       const at1 = Buffer.from((await a.pull(TABLE.name, keys)).buffer);
@@ -442,7 +446,7 @@ describe('checkpoint coordinators', () => {
 
       const h = holdRestore();
       const restoring = a.restore();
-      await h.reached;
+      await h.reached.wait;
       for (;;) {
         const st = await b.status(); // until shard 0 took A's Restore
         if (st[0].restored_ballot === a.ballot) break;
@@ -453,7 +457,7 @@ describe('checkpoint coordinators', () => {
       // Shard 1 still holds B's push from after the checkpoint.
       await assert.rejects(b.rejoin({ waitMs: 300 }), /a restore is under way/);
       const late = b.rejoin(); // waits
-      setTimeout(h.release, 200);
+      setTimeout(h.released.open, 200);
       const r = await restoring;
       const j = await late;
       assert.equal(r.id, 1);
@@ -465,10 +469,10 @@ describe('checkpoint coordinators', () => {
       // held call meets B's higher ballot.
       const h2 = holdRestore();
       const overtaken = a.restore().catch((x: unknown) => x);
-      await h2.reached;
+      await h2.reached.wait;
       hold = null;
       await b.restore();
-      h2.release();
+      h2.released.open();
       const o = await overtaken;
       assert.ok(o instanceof CoordinatorSupersededError && /call rejoin\(\)/.test(o.message), String(o));
       assert.equal((await a.rejoin()).id, 1);
@@ -497,7 +501,6 @@ describe('checkpoint coordinators', () => {
     const c = await cluster(2, 'pending');
     const a = await PsClient.connect({ endpoints: c.endpoints });
     const b = await PsClient.connect({ endpoints: c.endpoints });
-    const { shardOfDense } = await import('../worker');
     const names = [0, 1].map((sh) => {
       let n = 'd';
       for (let i = 0; shardOfDense(n, 2) !== sh; i++) n = `d${i}`;
@@ -505,7 +508,7 @@ describe('checkpoint coordinators', () => {
     });
     const dense = (v: number): Map<string, Float32Array> => new Map(names.map((n) => [n, new Float32Array(4).fill(v)]));
     const sends = [...a.shards, ...b.shards].map((conn) => conn.call.bind(conn));
-    const unwrap = (): void => [...a.shards, ...b.shards].forEach((conn, i) => (conn.call = sends[i] as typeof conn.call));
+    const unwrap = (): void => [...a.shards, ...b.shards].forEach((conn, i) => (conn.call = sends[i] as Call));
     try {
       await a.createTable(TABLE);
       const keys = allKeys(PLAN).slice(0, 50);
@@ -534,27 +537,25 @@ describe('checkpoint coordinators', () => {
 
       // A restores with both Restore calls held: its ballot is up on both shards.
       await b.push(TABLE.name, keys, g);
-      let release!: () => void;
-      const released = new Promise<void>((r) => (release = r));
+      const released = gate();
+      const both = gate();
       let held = 0;
-      let bothHeld!: () => void;
-      const both = new Promise<void>((r) => (bothHeld = r));
       a.shards.forEach((conn, i) => {
         conn.call = (async (method: string, req: unknown, o?: object) => {
           if (method === 'Restore') {
-            if (++held === 2) bothHeld();
-            await released;
+            if (++held === 2) both.open();
+            await released.wait;
           }
           return sends[i](method, req, o);
-        }) as typeof conn.call;
+        }) as Call;
       });
       const restoring = a.restore();
-      await both;
+      await both.wait;
       for (const s of await b.status()) assert.ok(s.restoring_ballot > s.restored_ballot, 'the restore under way is visible');
       await assert.rejects(b.rejoin({ waitMs: 200 }), /a restore is under way/);
       await assert.rejects(b.persist({ step: 9 }), (e: unknown) => e instanceof CoordinatorSupersededError && /under way/.test((e as Error).message));
       const late = b.rejoin();
-      setTimeout(release, 100);
+      setTimeout(released.open, 100);
       const r = await restoring;
       assert.equal(r.id, 2);
       assert.equal((await late).id, 2);
@@ -601,10 +602,6 @@ describe('checkpoint coordinators', () => {
     for (let k = 1n; keys.length < 2; k++) if (shardOfKey(k, 2) === keys.length) keys.push(k);
     const sendA = a.shards.map((s) => s.call.bind(s));
     const sendB = b.shards.map((s) => s.call.bind(s));
-    const gate = (): { wait: Promise<void>; open: () => void } => {
-      let open!: () => void;
-      return { wait: new Promise<void>((r) => (open = r)), open };
-    };
     try {
       await a.createTable(T);
       await w.push(T.name, keys, Float32Array.of(1, 1));

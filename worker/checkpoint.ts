@@ -12,7 +12,7 @@
 // Shards refuse checkpoint calls below their recorded ballot, so an old
 // coordinator that wakes up after a restore can neither prepare nor commit.
 import * as grpc from '@grpc/grpc-js';
-import type { PsClient } from './client';
+import type { PsClient, ShardStatus } from './client';
 import { CheckpointError, CoordinatorSupersededError, PsError, ServerRestartedError } from './errors';
 import { shardOfDense } from './shard';
 
@@ -32,6 +32,9 @@ export interface RestoreResult {
   dense: Map<string, Float32Array>;
   meta: unknown;
 }
+
+/** A shard's Status reply as the wire gives it (the SDK's status() adds shard and endpoint). */
+type WireStatus = Omit<ShardStatus, 'shard' | 'endpoint'>;
 
 interface CkptState {
   committed_id: number;
@@ -77,16 +80,17 @@ function stale(e: unknown): boolean {
  */
 type BallotState = CkptState & { ballot: number; previous: number; restoring_ballot: number; restored_ballot: number };
 
-/** A shard that another coordinator's restore has raised its ballot on but not yet restored. */
-function restorePending(sts: { restoring_ballot: number; restored_ballot: number }[]): number {
-  return sts.findIndex((s) => s.restoring_ballot > s.restored_ballot);
-}
-
-function pendingRestoreError(shard: number): CoordinatorSupersededError {
-  return new CoordinatorSupersededError(
-    `a restore() by another worker is under way, or stopped part-way (shard ${shard} has its ballot but was not restored yet): call rejoin(), which waits for it; if that worker stopped, call restore()`,
-    shard,
-  );
+/**
+ * Throws when some shard holds a restore under way (its ballot raised
+ * for_restore, its Restore not there yet): a persist must not outrank it.
+ */
+function refuseIfRestorePending(sts: { restoring_ballot: number; restored_ballot: number }[]): void {
+  const shard = sts.findIndex((s) => s.restoring_ballot > s.restored_ballot);
+  if (shard >= 0)
+    throw new CoordinatorSupersededError(
+      `a restore() by another worker is under way, or stopped part-way (shard ${shard} has its ballot but was not restored yet): call rejoin(), which waits for it; if that worker stopped, call restore()`,
+      shard,
+    );
 }
 
 const BALLOT_ROUND = 2 ** 16;
@@ -102,7 +106,7 @@ const MAX_BALLOT_STEP = 2 ** 20;
 export async function acquireBallot(c: PsClient, forRestore = false): Promise<{ ballot: number; states: BallotState[] }> {
   // RaiseBallot(0) only reads: every shard's ballot, to start above them all.
   let known = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: 0 }));
-  if (!forRestore && restorePending(known) >= 0) throw pendingRestoreError(restorePending(known));
+  if (!forRestore) refuseIfRestorePending(known);
   let top = Math.max(c.ballot, ...known.map((s) => s.ballot));
   for (let attempt = 0; ; attempt++) {
     // A new round of 2^16 above every ballot seen, with random low bits:
@@ -118,7 +122,7 @@ export async function acquireBallot(c: PsClient, forRestore = false): Promise<{ 
     const sts = await c.all((s) => s.call<BallotState>('RaiseBallot', { ballot: b, for_restore: forRestore }));
     // A restore that raised its ballot since the read above: ours is above
     // it now, and its restore() takes a new one (restoreCheckpoint).
-    if (!forRestore && restorePending(sts) >= 0) throw pendingRestoreError(restorePending(sts));
+    if (!forRestore) refuseIfRestorePending(sts);
     if (sts.every((s) => s.previous < b)) {
       c.ballot = b;
       return { ballot: b, states: sts };
@@ -150,13 +154,8 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   // coordinators prepare one id (with one's ABORT lost, a restore would
   // commit that id holding two cuts).
   const ballot = c.ballot || (await acquireBallot(c)).ballot;
-  const sts = await c.all((s) =>
-    s.call<{ committed_id: number; prepared_id: number; last_checkpoint_id: number; ballot: number; restoring_ballot: number; restored_ballot: number }>(
-      'Status',
-      {},
-    ),
-  );
-  if (restorePending(sts) >= 0) throw pendingRestoreError(restorePending(sts));
+  const sts = await c.all((s) => s.call<WireStatus>('Status', {}));
+  refuseIfRestorePending(sts);
   const unresolved = sts.find((s) => s.prepared_id !== 0);
   if (unresolved)
     throw new CheckpointError(
@@ -301,8 +300,6 @@ function adopt(c: PsClient, rs: CheckpointReply[], id: number): RestoreResult {
   return { id, step, dense, meta };
 }
 
-type RejoinStatus = CkptState & { lineage: number; needs_restore: boolean; restored_ballot: number; restoring_ballot: number };
-
 /**
  * For a worker whose pushes failed with ServerRestartedError because another
  * worker ran restore(): takes the shards as they are now (no rollback) and
@@ -322,7 +319,7 @@ export async function rejoinCheckpoint(c: PsClient, waitMs: number): Promise<Res
     // per round, for a call to be answered at all).
     const o = { retryForMs: Math.max(1000, deadline - Date.now()), deadlineMs: Math.max(1000, Math.min(30_000, deadline - Date.now())) };
     const rs = await c.all((s) => s.call<CheckpointReply>('ReadCheckpoint', {}, o));
-    const sts = await c.all((s) => s.call<RejoinStatus>('Status', {}, o));
+    const sts = await c.all((s) => s.call<WireStatus>('Status', {}, o));
     const why = notRejoinable(rs, sts);
     if (!why) {
       c.ballot = 0; // the next persist() from this worker takes a new ballot
@@ -338,7 +335,7 @@ export async function rejoinCheckpoint(c: PsClient, waitMs: number): Promise<Res
 }
 
 // Why the shards, as read, are not one restored checkpoint to rejoin ('' if they are).
-function notRejoinable(rs: CheckpointReply[], sts: RejoinStatus[]): string {
+function notRejoinable(rs: CheckpointReply[], sts: WireStatus[]): string {
   for (const [i, s] of sts.entries()) {
     if (s.needs_restore) return `shard ${i} came back after a crash and no restore has reached it`;
     if (s.restoring_ballot > s.restored_ballot) return `a restore is under way: it raised the ballot on shard ${i} but has not restored it yet`;

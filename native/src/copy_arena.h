@@ -35,9 +35,8 @@
 //    after release_all() or shed() gave its block back.
 //  * At most `cap` bytes (counted as whole blocks), and kCopyBlocks blocks,
 //    are held at once (the engine passes the cache budget, at most 1/16 of
-//    the pool); take()
-//    returns nullptr beyond it or when the pool has no free block (the push
-//    then writes the row back, as without the arena).
+//    the pool); take() returns nullptr beyond it or when the pool has no
+//    free block (the push then writes the row back, as without the arena).
 //  * The pool's data comes first: an allocation that finds the pool full
 //    has shed() give back every block none of whose chunks is handed out
 //    (between prepares, all of them) and tries again. shed() runs inside
@@ -250,12 +249,12 @@ class CopyArena {
       std::lock_guard<TxMutex> tg(*tx_mu_);
       std::lock_guard<std::mutex> g(mu_);
       if (shed_ || block_chunks_ == 0 || (blocks_.size() + 1) * block_bytes() > cap_) return nullptr;
-      uint32_t i = 0;
-      while (i < kCopyBlocks && !OID_IS_NULL(list_[i])) i++;
-      if (i == kCopyBlocks) return nullptr;
-      if (pmemobj_alloc(pop_, &list_[i], block_bytes() - Pool::kHugeHeader, kBlockType, nullptr, nullptr) != 0) return nullptr;
-      blocks_.push_back(i);
-      p = static_cast<char*>(pmemobj_direct(list_[i]));
+      uint32_t slot = 0;
+      while (slot < kCopyBlocks && !OID_IS_NULL(list_[slot])) slot++;
+      if (slot == kCopyBlocks) return nullptr;
+      if (pmemobj_alloc(pop_, &list_[slot], block_bytes() - Pool::kHugeHeader, kBlockType, nullptr, nullptr) != 0) return nullptr;
+      blocks_.push_back(slot);
+      p = static_cast<char*>(pmemobj_direct(list_[slot]));
       for (size_t i = 0; i < block_chunks_; i++) {
         chunks_.push_back(p + i * kChunkStride);
         if (ready || i > 0) ready_.push_back(p + i * kChunkStride);

@@ -117,9 +117,8 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes, bool inspect) : dir_(dir
 // old bytes and zeroing the new ones; one transaction then fills the new
 // fields and makes it a version-6 root in place, allocating nothing, so a
 // full pool is upgraded too (its copy arena's list comes at an open that
-// finds room). A crash in between leaves
-// a grown root of the old version, which the next open upgrades the same
-// way.
+// finds room). A crash in between leaves a grown root of the old version,
+// which the next open upgrades the same way.
 void Pool::upgrade_root() {
   constexpr size_t kV4Size = offsetof(PRoot, layout) + sizeof(uint64_t);
   constexpr size_t kV5Size = offsetof(PRoot, copy_blocks_off) + sizeof(uint64_t);
