@@ -75,8 +75,8 @@ VLog::VLog(Pool& pool, uint64_t desc_off, TxMutex* tx_mu) : pool_(pool), d_(pool
       d_->nsegs > d_->cap || d_->tail_seg > d_->nsegs || d_->tail_off > d_->seg_bytes || d_->seg_bytes < 8 * kSlack ||
       d_->segs_off > pool.size() - sizeof(uint64_t) * d_->cap)
     throw Error(Code::Corrupt, "the version log's descriptor is damaged; check the pool with `pmemps-check`");
-  seg_ = synced_seg_ = d_->tail_seg;
-  off_ = synced_off_ = d_->tail_off;
+  seg_ = syncing_seg_ = synced_seg_ = d_->tail_seg;
+  off_ = syncing_off_ = synced_off_ = d_->tail_off;
   if (seg_ < d_->nsegs) synced_from_ = seg_base(seg_) + off_;
   const uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
   for (uint64_t i = 0; i < d_->nsegs; i++) holes_ += segs[i] == 0;
@@ -96,7 +96,7 @@ void VLog::grow() {
   // committed: the new segment's allocation fails on a full pool, the
   // transaction rolls the packed list back, and fields left packed sent
   // appends into a hole (the pool's first bytes) or a live segment.
-  uint64_t seg = seg_, synced = synced_seg_, holes = holes_;
+  uint64_t seg = seg_, syncing = syncing_seg_, synced = synced_seg_, holes = holes_;
   if (d_->nsegs == d_->cap) {
     // A new list without the holes (twice as long when they are few): the
     // current segment's index and the published tail's shift with the
@@ -113,6 +113,7 @@ void VLog::grow() {
       }
       if (i < seg_) seg--;
       if (i < d_->tail_seg) tail--;
+      if (i < syncing_seg_) syncing--;
       if (i < synced_seg_) synced--;
     }
     pool_.persist(nl, sizeof(uint64_t) * n);
@@ -131,6 +132,7 @@ void VLog::grow() {
   d_->checksum = sum(d_);
   tx.commit();
   seg_ = seg;
+  syncing_seg_ = syncing;
   synced_seg_ = synced;
   holes_ = holes;
   failpoint("log.after_grow");
@@ -190,6 +192,12 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
     gen = static_cast<int>(gen_ & 1);
     inflight_[gen]++;
   }
+  // A test holds a record here, placed and not yet copied (a delay only:
+  // its place is taken, so a failure injected here is ignored).
+  try {
+    test_hook("log.append_placed");
+  } catch (const Error&) {
+  }
   VRecordHdr h{key, table, epoch, step, n, 0, 0};
   h.crc = crc32c(values, sizeof(float) * n, crc32c(&h, sizeof h));
   if (pool_.is_pmem()) {
@@ -219,8 +227,8 @@ void VLog::sync() {
       if (end > synced_from_) ranges.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
       synced_from_ = end;
     }
-    synced_seg_ = seg_;
-    synced_off_ = off_;
+    syncing_seg_ = seg_;
+    syncing_off_ = off_;
     // Appends placed before this point may still be copying: wait for
     // them (later ones count in the other generation).
     const int gen = static_cast<int>(gen_++ & 1);
@@ -228,18 +236,26 @@ void VLog::sync() {
   }
   if (pool_.is_pmem()) {
     pmemobj_drain(pool_.pop());
-    return;
+  } else {
+    // One msync per segment written since the last sync, outside mu_ so
+    // that appends go on meanwhile: the kernel writes the dirty pages
+    // inside each range, which are contiguous.
+    for (auto& [p, n] : ranges) pool_.persist(p, n);
   }
-  // One msync per segment written since the last sync, outside mu_ so that
-  // appends go on meanwhile: the kernel writes the dirty pages inside each
-  // range, which are contiguous.
-  for (auto& [p, n] : ranges) pool_.persist(p, n);
+  // Only now may a publish name this point: a publisher that took the
+  // point while this sync still waited for a copy, or still msync'd,
+  // published records that a crash could leave torn before the tail
+  // (compaction's parse stops at the first, and freed the whole records
+  // after it that live slots named).
+  std::lock_guard<std::mutex> g(mu_);
+  synced_seg_ = syncing_seg_;
+  synced_off_ = syncing_off_;
 }
 
 std::unique_lock<std::mutex> VLog::publish_tail(Tx& tx) {
-  // Appends after the last sync() lie after the tail published here: a
-  // restart overwrites them, and only slots of epochs that die with that
-  // crash can name them (every publish syncs first).
+  // Appends after the last sync() that returned lie after the tail
+  // published here: a restart overwrites them, and only slots of epochs
+  // that die with that crash can name them (every publish syncs first).
   std::unique_lock<std::mutex> g(mu_);
   tx.add(d_, sizeof(PVLog));
   d_->tail_seg = synced_seg_;

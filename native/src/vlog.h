@@ -22,7 +22,8 @@
 //    thread (mu_); read() runs concurrently with appends to other records.
 //    An append takes its place under mu_ and copies outside it; sync()
 //    waits for the copies placed before it, and the tail published is where
-//    the last sync() stopped, so the published log holds whole records.
+//    the last sync() to return stopped (not one still waiting or
+//    msync'ing), so the published log holds whole, durable records.
 //  * A freed segment leaves a hole (offset 0) in the list until the list
 //    is packed, which happens when it is full; indices before the current
 //    segment only ever shift down with the tail's, in one transaction.
@@ -104,7 +105,7 @@ class VLog {
   // rely on a record, as the engine's writers do).
   void sync();
 
-  // Records where the last sync() stopped as the log's published tail (in
+  // Records where the last sync() to return stopped as the log's published tail (in
   // the caller's transaction). The caller holds the returned lock
   // until that transaction has committed: a segment's allocation committed
   // in between would be undone with it if it aborted.
@@ -154,8 +155,11 @@ class VLog {
   char* synced_from_ = nullptr;                     // start of the bytes appended since the last sync, in the current segment
   std::vector<std::pair<char*, size_t>> unsynced_;  // whole ranges of segments left since the last sync
   uint64_t holes_ = 0;
-  // Where the last sync() stopped: the tail publish_tail records, so the
-  // published log holds only whole, durable records.
+  // Where the last sync() that returned stopped: the tail publish_tail
+  // records, so the published log holds only whole, durable records. The
+  // point of a sync under way is syncing_* until it returns (syncs run one
+  // at a time; publishers do not wait for them).
+  uint64_t syncing_seg_ = 0, syncing_off_ = 0;
   uint64_t synced_seg_ = 0, synced_off_ = 0;
   // Appends placed but still copying, by generation: sync() starts a new
   // generation and waits for the old one's to finish.

@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -28,20 +29,64 @@ static bool same(const VRecordHdr* h, const Rec& r) {
   return h->key == r.key && h->epoch == r.epoch && h->n == r.v.size() && std::memcmp(h + 1, r.v.data(), sizeof(float) * r.v.size()) == 0;
 }
 
+// A new log's descriptor in a new transaction of its own.
+static uint64_t new_log(Pool& pool, uint64_t seg_bytes) {
+  Tx tx(pool);
+  const uint64_t desc = VLog::create(tx, pool, seg_bytes);
+  tx.commit();
+  return desc;
+}
+
+// A publish while another thread's sync still waits for a copy names only
+// what an earlier sync made durable. Two threads sync and publish (the
+// prepare and compaction): a tail taken from a sync under way covered a
+// record still being copied, which a crash left torn before the tail, and
+// compaction's parse, stopping at it, freed the whole records after it.
+// Runs first: the test hook fires once, on the process's first append.
+static void publish_during_sync(const std::string& dir, TxMutex& tx_mu) {
+  setenv("PMEMPS_TEST_HOOKS", "log.append_placed:800", 1);
+  std::filesystem::create_directories(dir);
+  auto pool = std::make_unique<Pool>(dir, 64ull << 20);
+  const uint64_t desc = new_log(*pool, 256 << 10);
+  VLog log(*pool, desc, &tx_mu);
+  std::vector<float> v(128, 2.5f);
+  uint64_t held = 0;
+  std::thread appender([&] { held = log.append(42, 0, 1, 1, v.data(), 128); });  // held 800 ms after its place is taken
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::thread syncer([&] { log.sync(); });  // waits for the held copy
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  {
+    Tx tx(*pool);
+    auto g = log.publish_tail(tx);
+    tx.commit();
+  }
+  const PVLog* d = pool->at<PVLog>(desc);
+  CHECK(d->tail_seg == 0 && d->tail_off == 0);  // nothing was durable yet
+  appender.join();
+  syncer.join();
+  log.sync();
+  {
+    Tx tx(*pool);
+    auto g = log.publish_tail(tx);
+    tx.commit();
+  }
+  CHECK(d->tail_off == VLog::record_bytes(128));
+  CHECK(log.read(held)->key == 42);
+  pool.reset();
+  std::filesystem::remove_all(dir);
+}
+
 int main() {
   const std::string dir = std::filesystem::temp_directory_path() / ("pmemps-vlog-" + std::to_string(getpid()));
+  TxMutex tx_mu;  // the engine's, which the log's transactions take
+  publish_during_sync(dir, tx_mu);
   std::filesystem::create_directories(dir);
   std::mt19937 rng(7);
   std::vector<Rec> recs;
   uint64_t desc = 0;
-  TxMutex tx_mu;  // the engine's, which the log's transactions take
   {
     auto pool = std::make_unique<Pool>(dir, 64ull << 20);
-    {
-      Tx tx(*pool);
-      desc = VLog::create(tx, *pool, 256 << 10);
-      tx.commit();
-    }
+    desc = new_log(*pool, 256 << 10);
     VLog log(*pool, desc, &tx_mu);
     for (int i = 0; i < 3000; i++) {
       Rec r{static_cast<uint64_t>(rng()), 0, 1 + static_cast<uint32_t>(i / 1000), std::vector<float>(128)};
@@ -97,13 +142,7 @@ int main() {
     // Appenders on four threads at once: every record reads back as written.
     std::filesystem::create_directories(dir);
     auto pool = std::make_unique<Pool>(dir, 64ull << 20);
-    uint64_t d2;
-    {
-      Tx tx(*pool);
-      d2 = VLog::create(tx, *pool, 1 << 20);
-      tx.commit();
-    }
-    VLog log(*pool, d2, &tx_mu);
+    VLog log(*pool, new_log(*pool, 1 << 20), &tx_mu);
     std::vector<std::vector<Rec>> per(4);
     std::vector<std::thread> th;
     for (int w = 0; w < 4; w++)
