@@ -291,7 +291,10 @@ class Engine {
   void drop_cache();
   void drop_table_object(uint32_t idx);
   void reload_hyper();
-  void add_dead(Tx& tx, uint64_t lo, uint64_t hi);
+  // Writes the pool's dead list with lo..hi added, in tx; returns the list
+  // for dead_, which the caller takes only once tx has committed (a failed
+  // commit leaves both as they were).
+  [[nodiscard]] std::vector<DeadRange> add_dead(Tx& tx, uint64_t lo, uint64_t hi);
   void persist_root(Tx& tx) {
     root_->checksum = Pool::root_sum(root_);
     (void)tx;

@@ -44,8 +44,8 @@ constexpr size_t kCowRoomMsync = 4;
 
 // ============================================================ epochs
 
-void Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
-  if (lo > hi) return;
+std::vector<DeadRange> Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
+  if (lo > hi) return dead_;
   std::vector<DeadRange> v = dead_;
   v.push_back({lo, hi});
   std::sort(v.begin(), v.end(), [](const DeadRange& a, const DeadRange& b) { return a.lo < b.lo; });
@@ -73,7 +73,7 @@ void Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
   }
   std::memcpy(pool_->at<DeadRange>(root_->dead_off), merged.data(), sizeof(DeadRange) * merged.size());
   root_->dead_count = merged.size();
-  dead_ = std::move(merged);
+  return merged;
 }
 
 void Engine::ensure_epochs(Tx& tx) {
@@ -550,10 +550,11 @@ void Engine::abort_pool(std::unique_lock<RwLock>& el) {
     root_->p_id = root_->p_epoch = root_->p_rec = 0;
     // After a crash the prepared epochs hold the only versions above the
     // committed checkpoint: dropping the checkpoint makes them dead.
-    if (recovering_) add_dead(tx, c_epoch_ + 1, p_epoch_);
+    std::vector<DeadRange> dead = recovering_ ? add_dead(tx, c_epoch_ + 1, p_epoch_) : dead_;
     retire_record(tx, rec);
     persist_root(tx);
     tx.commit();
+    dead_ = std::move(dead);
   }
   // The tables go back to C as well (a crash first: open does the same).
   if (recovering_) settle_tables(true, c_epoch_, {}, &removed, &undropped);
@@ -591,11 +592,13 @@ void Engine::rollback_pool(std::unique_lock<RwLock>& el) {
     std::lock_guard<TxMutex> g(tx_mu_);
     Tx tx(*pool_, TxLog::Bounded);
     tx.add(root_, sizeof(PRoot));
-    add_dead(tx, c_epoch_ + 1, root_->next_epoch - 1);
-    cur_epoch_ = root_->next_epoch;
-    root_->next_epoch = cur_epoch_ + 2;
+    std::vector<DeadRange> dead = add_dead(tx, c_epoch_ + 1, root_->next_epoch - 1);
+    const uint64_t epoch = root_->next_epoch;
+    root_->next_epoch = epoch + 2;
     persist_root(tx);
     tx.commit();
+    dead_ = std::move(dead);
+    cur_epoch_ = epoch;
   }
   epoch_limit_ = root_->next_epoch;
   failpoint("rollback.after_publish");

@@ -212,7 +212,7 @@ void Engine::open_pool() {
     // Every epoch after the last durable checkpoint died with the process.
     // Recording them dead is all the recovery the rows need: readers skip
     // their versions, so nothing proportional to the table runs here.
-    if (crashed && root_->next_epoch > bound + 1) add_dead(tx, bound + 1, root_->next_epoch - 1);
+    std::vector<DeadRange> dead = (crashed && root_->next_epoch > bound + 1) ? add_dead(tx, bound + 1, root_->next_epoch - 1) : dead_;
     recovering_ = crashed && p_active_;
     cur_epoch_ = root_->next_epoch;
     root_->next_epoch = cur_epoch_ + 2;
@@ -221,6 +221,7 @@ void Engine::open_pool() {
     info_.opens = root_->opens;
     persist_root(tx);
     tx.commit();
+    dead_ = std::move(dead);
   }
   // Tables created or dropped after the last durable checkpoint go back to
   // how it had them, hyperparameters included (those created after C, from
