@@ -1,0 +1,80 @@
+// How a log's records reach a file off PMEM, three ways (BENCHMARKS.md,
+// "Step 4's lower bounds"): stores through a shared mapping into fresh
+// pages of a fallocate'd file then msync; pwrite of 1 MiB buffers then
+// fdatasync; stores into pages written before (still cached, then dropped
+// from the cache) then msync. 544-byte records, as a dim-64 Adagrad row's.
+//   gcc -O2 bench/log-write-path.c -o lw && ./lw DIR/file MiB
+// Needs 3 x MiB free on DIR's filesystem; removes its file.
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { kRec = 544, kBuf = 1 << 20 };
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+// Stores records over the first len bytes of the mapping, then msyncs them.
+static void store_and_msync(const char* what, char* m, size_t len, const char* rec) {
+  const double t0 = now();
+  for (size_t o = 0; o + kRec <= len; o += kRec) memcpy(m + o, rec, kRec);
+  const double t1 = now();
+  msync(m, len, MS_SYNC);
+  const double t2 = now();
+  printf("%s: stores %.3f s, msync %.3f s, total %.3f s\n", what, t1 - t0, t2 - t1, t2 - t0);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: %s FILE MiB\n", argv[0]);
+    return 2;
+  }
+  const size_t len = (size_t)atoi(argv[2]) << 20;
+  int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0 || posix_fallocate(fd, 0, 3 * len)) {
+    perror(argv[1]);
+    return 1;
+  }
+  char rec[kRec];
+  memset(rec, 7, sizeof rec);
+  char* m = mmap(0, 3 * len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    perror("mmap");
+    return 1;
+  }
+  store_and_msync("mmap fresh", m, len, rec);
+
+  char* buf = malloc(kBuf);
+  for (size_t o = 0; o < kBuf; o += kRec) memcpy(buf + o, rec, kBuf - o < kRec ? kBuf - o : kRec);
+  const double t0 = now();
+  for (size_t o = 0; o < len; o += kBuf)
+    if (pwrite(fd, buf, kBuf, (off_t)(len + o)) != kBuf) {
+      perror("pwrite");
+      return 1;
+    }
+  const double t1 = now();
+  fdatasync(fd);
+  const double t2 = now();
+  printf("pwrite fresh: writes %.3f s, fdatasync %.3f s, total %.3f s\n", t1 - t0, t2 - t1, t2 - t0);
+
+  rec[0] = 9;
+  store_and_msync("mmap rewrite (cached)", m, len, rec);
+
+  madvise(m, len, MADV_DONTNEED);
+  posix_fadvise(fd, 0, (off_t)len, POSIX_FADV_DONTNEED);
+  rec[0] = 10;
+  store_and_msync("mmap rewrite (uncached)", m, len, rec);
+  munmap(m, 3 * len);
+  free(buf);
+  close(fd);
+  unlink(argv[1]);
+  return 0;
+}
