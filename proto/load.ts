@@ -6,18 +6,38 @@
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { EntryCensus } from './entry-census';
 import { FAST_CODECS } from './fast-codec';
 
 export const PROTO_FILE = path.join(__dirname, '..', '..', 'proto', 'pmemps.proto');
 export const SERVICE_PATH = 'pmemps.v1.ParameterServer';
 
 const cached = new Map<boolean, grpc.ServiceClientConstructor>();
+let census: EntryCensus | undefined;
+
+function load(): protoLoader.PackageDefinition {
+  return protoLoader.loadSync(PROTO_FILE, { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, keepCase: true });
+}
+
+/** The census of the proto's messages (entry-census.ts), by their names without the package. */
+export function entryCensus(): EntryCensus {
+  if (!census) {
+    const types = new Map<string, any>();
+    for (const [name, t] of Object.entries(load())) {
+      const m = /^pmemps\.v1\.([A-Za-z0-9_]+)$/.exec(name);
+      const d = t as { format?: string; type?: unknown };
+      if (m && d.format === 'Protocol Buffer 3 DescriptorProto') types.set(m[1], d.type);
+    }
+    census = new EntryCensus(types);
+  }
+  return census;
+}
 
 /** The ParameterServer client constructor (its .service is the server's definition). fast: false gives plain protobufjs codecs. */
 export function parameterServerService(fast = true): grpc.ServiceClientConstructor {
   let ctor = cached.get(fast);
   if (!ctor) {
-    const def = protoLoader.loadSync(PROTO_FILE, { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, keepCase: true });
+    const def = load();
     if (fast) {
       const svc = def[SERVICE_PATH] as protoLoader.ServiceDefinition;
       for (const [name, c] of Object.entries(FAST_CODECS)) {

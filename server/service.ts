@@ -4,8 +4,8 @@
 // Engine.pull (native/engine.ts) -> Engine::pull (native/src/engine_data.cc).
 import * as grpc from '@grpc/grpc-js';
 import { OPTIMIZER_PARAMS, asFloats, type InitializerSpec, type OptimizerSpec, type OptimizerType, type TableInfo, type TableSpec } from '../native/engine';
-import { optimizerToWire } from '../proto/load';
-import { PULL_REPLY_HEADROOM, pullReplyAround } from '../proto/fast-codec';
+import { entryCensus, optimizerToWire } from '../proto/load';
+import { FAST_CODECS, PULL_REPLY_HEADROOM, pullReplyAround } from '../proto/fast-codec';
 import { Barriers } from './barrier';
 import { log } from './log';
 import { NO_METRICS, type ServiceMetrics } from './metrics';
@@ -60,15 +60,24 @@ function tableToWire(t: TableInfo): unknown {
 // handler wrapper refuses with INVALID_ARGUMENT.
 const UNDECODABLE = Symbol('undecodable');
 
-/** The service definition the server adds: the proto's, with bodies that do not decode refused as INVALID_ARGUMENT. */
+/**
+ * The service definition the server adds: the proto's, with bodies that do
+ * not decode refused as INVALID_ARGUMENT, and bodies protobufjs decodes
+ * counted first (entry-census.ts): a flood of tiny entries is refused
+ * before it is made into objects. Pull and Push decode without objects
+ * per entry (fast-codec.ts).
+ */
 export function serverDefinition(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
   const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const census = entryCensus();
   for (const [name, m] of Object.entries(def)) {
     const decode = m.requestDeserialize;
+    const type: string | undefined = name in FAST_CODECS ? undefined : (m as { requestType?: { type?: { name?: string } } }).requestType?.type?.name;
     out[name] = {
       ...m,
       requestDeserialize: (b: Buffer) => {
         try {
+          if (type) census.check(type, b);
           return decode(b);
         } catch (e) {
           return { [UNDECODABLE]: e instanceof Error ? e.message : String(e) };

@@ -33,6 +33,20 @@ function call<T = any>(c: Raw, method: string, req: unknown): Promise<T> {
   );
 }
 
+/** A call whose request body is sent as given, encoded by hand. */
+function rawCall(c: Raw, method: string, body: Buffer): Promise<Buffer | undefined> {
+  return new Promise((resolve, reject) =>
+    c.makeUnaryRequest(
+      `/pmemps.v1.ParameterServer/${method}`,
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      body,
+      { deadline: Date.now() + 30_000 },
+      (err: grpc.ServiceError | null, res?: Buffer) => (err ? reject(err) : resolve(res)),
+    ),
+  );
+}
+
 /** The refusal of a call: its code, details and reason trailer. */
 async function refusal(p: Promise<unknown>): Promise<{ code: grpc.status; details: string; reason: string; nextSeq?: string }> {
   try {
@@ -315,22 +329,54 @@ describe('hostile input through the wire', () => {
     assert.equal(methods.length, 16);
     for (const m of methods)
       for (const body of [Buffer.from([0xff]), Buffer.from([0x0f]), Buffer.from([0x08, 0x80])]) {
-        const r = await refusal(
-          new Promise((resolve, reject) =>
-            c.makeUnaryRequest(
-              `/pmemps.v1.ParameterServer/${m}`,
-              (b: Buffer) => b,
-              (b: Buffer) => b,
-              body,
-              { deadline: Date.now() + 30_000 },
-              (err: grpc.ServiceError | null, res?: Buffer) => (err ? reject(err) : resolve(res)),
-            ),
-          ),
-        );
+        const r = await refusal(rawCall(c, m, body));
         assert.equal(r.code, grpc.status.INVALID_ARGUMENT, `${m}: ${r.code} ${r.details}`);
         assert.match(r.details, new RegExp(`not a valid ${m} message`));
       }
     assert.equal((await call(c, 'Status', {})).needs_restore, false, 'the server lives and answers');
+  });
+
+  test('a request of millions of tiny entries is refused before it is decoded; the server stays up and responsive', async () => {
+    // A review's attack: a 63 MiB Checkpoint of 33M empty `dense` entries
+    // held the event loop for 84 s and ran the server out of heap, since
+    // protobufjs made every entry into objects before the door's 4,096
+    // bound. 2M entries here (4 MiB) took seconds and hundreds of MiB.
+    const send = (m: string, body: Buffer) => refusal(rawCall(c, m, body));
+    const repeat = (unit: number[], n: number) => Buffer.from(new Uint8Array(unit.length * n).map((_, i) => unit[i % unit.length]));
+    // Checkpoint PREPARE id 1 with 2M empty dense entries (field 5).
+    const ckpt = Buffer.concat([Buffer.from([0x08, 0x01, 0x10, 0x01]), repeat([0x2a, 0x00], 2_000_000)]);
+    // PullDense with 2M empty names (field 1).
+    const names = repeat([0x0a, 0x00], 2_000_000);
+    // CreateTable whose spec.optimizer.params (nested two deep) has 100k entries.
+    const entries = repeat([0x12, 0x00], 100_000);
+    const opt = Buffer.concat([Buffer.from([0x0a, 3]), Buffer.from('sgd'), entries]);
+    const varint = (n: number) => {
+      const o: number[] = [];
+      for (; n >= 128; n = Math.floor(n / 128)) o.push((n % 128) | 128);
+      return Buffer.from([...o, n]);
+    };
+    const spec = Buffer.concat([Buffer.from([0x0a, 3]), Buffer.from('big'), Buffer.from([0x10, 4, 0x1a]), varint(opt.length), opt]);
+    const create = Buffer.concat([Buffer.from([0x0a]), varint(spec.length), spec]);
+    const t0 = Date.now();
+    for (const [m, body, field] of [
+      ['Checkpoint', ckpt, 'dense'],
+      ['PullDense', names, 'names'],
+      ['CreateTable', create, 'params'],
+    ] as const) {
+      const r = await send(m, body);
+      assert.equal(r.code, grpc.status.INVALID_ARGUMENT, `${m}: ${r.code} ${r.details}`);
+      assert.match(r.details, new RegExp(`"${field}" more than 4096 times`));
+    }
+    // Refused after 4,097 entries each: well under the seconds a decode took.
+    assert.ok(Date.now() - t0 < 5_000, `took ${Date.now() - t0} ms`);
+    const st = await call(c, 'Status', {});
+    assert.equal(st.prepared_id, 0, 'nothing was prepared');
+    assert.ok(!st.tables.some((t: { spec: { name: string } }) => t.spec.name === 'big'), 'no table was made');
+    // At the bound itself a request still decodes and reaches the handler
+    // (which finds no such tensor).
+    const r = await refusal(call(c, 'PullDense', { names: Array.from({ length: 4096 }, (_, i) => `n${i}`) }));
+    assert.equal(r.code, grpc.status.NOT_FOUND, r.details);
+    assert.match(r.details, /no dense tensor "n0"/);
   });
 
   test('defect 7: many new worker ids never make a retry count twice; a forgotten seq is refused, and the SDK carries on', async () => {
