@@ -222,7 +222,7 @@ export class TransportGuard {
         ),
       );
       h.on('session', (s: http2.ServerHttp2Session) => this.onSession(s));
-      h.on('stream', (st: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.onStream(st, headers[':path']));
+      h.on('stream', (st: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.onStream(st, headers));
     }
     return true;
   }
@@ -460,7 +460,22 @@ export class TransportGuard {
 
   // ------------------------------------------------------------ requests
 
-  private onStream(stream: http2.ServerHttp2Stream, path: string | undefined): void {
+  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    const path = headers[':path'];
+    const encoding = headers['grpc-encoding'];
+    if (encoding !== undefined && encoding !== 'identity') {
+      // grpc-js inflates a compressed request up to --max-message-mb after
+      // the receive budget counted its compressed bytes: 200 gzip'd pulls
+      // of 63 KiB each took the server past 5.7 GB (a review's attack).
+      // Requests are taken uncompressed only; replies are not compressed.
+      this.refuseStream(
+        stream,
+        grpc.status.UNIMPLEMENTED,
+        `compressed requests are not accepted (grpc-encoding: ${String(encoding).slice(0, 32)}); send them uncompressed`,
+        http2.constants.NGHTTP2_NO_ERROR,
+      );
+      return;
+    }
     const timer = setTimeout(() => {
       if (stream.destroyed || stream.closed || stream.state?.remoteClose) return;
       this.warn.warn(
@@ -468,28 +483,35 @@ export class TransportGuard {
         { remote: stream.session?.socket?.remoteAddress, path, requestSeconds: this.limits.requestSeconds },
         'resetting a stream whose request has not fully arrived within --request-seconds',
       );
-      if (!stream.headersSent) {
-        try {
-          stream.respond(
-            {
-              ':status': 200,
-              'content-type': 'application/grpc',
-              'grpc-status': String(grpc.status.DEADLINE_EXCEEDED),
-              'grpc-message': encodeURIComponent(
-                `the request did not arrive in full within the server's --request-seconds (${this.limits.requestSeconds} s); the server reset the stream`,
-              ),
-            },
-            { endStream: true },
-          );
-        } catch {
-          // the stream went away meanwhile: the reset below is all there is to do
-        }
-      }
-      stream.close(http2.constants.NGHTTP2_CANCEL);
+      this.refuseStream(
+        stream,
+        grpc.status.DEADLINE_EXCEEDED,
+        `the request did not arrive in full within the server's --request-seconds (${this.limits.requestSeconds} s); the server reset the stream`,
+      );
     }, this.requestMs);
     timer.unref();
     stream.once('close', () => clearTimeout(timer));
     this.countIncoming(stream);
+  }
+
+  /**
+   * Ends a stream with a gRPC status of the server's own (trailers only),
+   * then resets it: with NO_ERROR when the client may still be sending (it
+   * keeps the status, as HTTP/2 has a server that answers before the end of
+   * a request do), else CANCEL.
+   */
+  private refuseStream(stream: http2.ServerHttp2Stream, code: grpc.status, message: string, rst = http2.constants.NGHTTP2_CANCEL): void {
+    if (!stream.headersSent) {
+      try {
+        stream.respond(
+          { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': grpcMessage(message) },
+          { endStream: true },
+        );
+      } catch {
+        // the stream went away meanwhile: the reset below is all there is to do
+      }
+    }
+    stream.close(rst);
   }
 
   // The bytes are counted from a 'data' listener beside grpc-js's: both get
@@ -619,4 +641,13 @@ class TrackedCall extends grpc.ServerInterceptingCall {
       callback();
     });
   }
+}
+
+/**
+ * grpc-message's percent-encoding (the gRPC HTTP/2 spec): only bytes outside
+ * printable ASCII, and '%', are encoded; clients decode no more than that
+ * (encodeURIComponent's "%3A" for ':' reached users as it was).
+ */
+function grpcMessage(m: string): string {
+  return m.replace(/[^\x20-\x24\x26-\x7e]/gu, (ch) => encodeURIComponent(ch));
 }

@@ -355,7 +355,7 @@ describe('hostile input through the wire', () => {
       for (; n >= 128; n = Math.floor(n / 128)) o.push((n % 128) | 128);
       return Buffer.from([...o, n]);
     };
-    const spec = Buffer.concat([Buffer.from([0x0a, 3]), Buffer.from('big'), Buffer.from([0x10, 4, 0x1a]), varint(opt.length), opt]);
+    const spec = Buffer.concat([Buffer.from([0x0a, 5]), Buffer.from('flood'), Buffer.from([0x10, 4, 0x1a]), varint(opt.length), opt]);
     const create = Buffer.concat([Buffer.from([0x0a]), varint(spec.length), spec]);
     const t0 = Date.now();
     for (const [m, body, field] of [
@@ -371,12 +371,32 @@ describe('hostile input through the wire', () => {
     assert.ok(Date.now() - t0 < 5_000, `took ${Date.now() - t0} ms`);
     const st = await call(c, 'Status', {});
     assert.equal(st.prepared_id, 0, 'nothing was prepared');
-    assert.ok(!st.tables.some((t: { spec: { name: string } }) => t.spec.name === 'big'), 'no table was made');
+    assert.ok(!st.tables.some((t: { spec: { name: string } }) => t.spec.name === 'flood'), 'no table was made');
     // At the bound itself a request still decodes and reaches the handler
     // (which finds no such tensor).
     const r = await refusal(call(c, 'PullDense', { names: Array.from({ length: 4096 }, (_, i) => `n${i}`) }));
     assert.equal(r.code, grpc.status.NOT_FOUND, r.details);
     assert.match(r.details, /no dense tensor "n0"/);
+  });
+
+  test('a compressed request is refused before it is inflated; uncompressed calls go on', async () => {
+    // A review's attack: gzip'd pulls of 63 KiB each inflated to 63 MiB
+    // each inside grpc-js, past the receive budget (which counts wire bytes).
+    const Ctor = parameterServerService();
+    const gz = new Ctor(endpoint, grpc.credentials.createInsecure(), { 'grpc.default_compression_algorithm': 2 }) as Raw;
+    try {
+      for (const [m, req] of [
+        ['Status', {}],
+        ['Pull', { table: 't', keys: keys(1, 2) }],
+      ] as const) {
+        const r = await refusal(call(gz, m, req));
+        assert.equal(r.code, grpc.status.UNIMPLEMENTED, `${m}: ${r.code} ${r.details}`);
+        assert.match(r.details, /compressed requests are not accepted \(grpc-encoding: gzip\); send them uncompressed/);
+      }
+    } finally {
+      gz.close();
+    }
+    assert.equal((await call(c, 'Pull', { table: 't', keys: keys(1) })).values.length, 8);
   });
 
   test('defect 7: many new worker ids never make a retry count twice; a forgotten seq is refused, and the SDK carries on', async () => {
