@@ -49,8 +49,14 @@ export const METHOD_ROLES: Readonly<Record<string, Role>> = {
 };
 
 export const PS_SERVICE = 'pmemps.v1.ParameterServer';
-/** Services any client may call without a token: load balancers and orchestrators probe health. */
-const OPEN_SERVICES = new Set(['grpc.health.v1.Health']);
+/**
+ * Methods any client may call without a token: load balancers and
+ * orchestrators probe health with Check. Watch holds a stream open for as
+ * long as the client likes, so it needs a token: 150,000 unauthenticated
+ * Watch streams took 1.5 GiB and none was ever closed (a review's attack).
+ */
+const OPEN_METHODS = new Set(['/grpc.health.v1.Health/Check']);
+const HEALTH_SERVICE = 'grpc.health.v1.Health';
 
 export const AUTH_LIMITS = {
   /** A token: printable ASCII without spaces (it travels in an HTTP/2 header). */
@@ -74,8 +80,9 @@ export class SecurityConfigError extends Error {
 
 /** The minimum role of a full method path ("/pkg.Service/Method"); null for an open service. */
 export function requiredRole(path: string): Role | null {
+  if (OPEN_METHODS.has(path)) return null;
   const m = /^\/([^/]+)\/([^/]+)$/.exec(path);
-  if (m && OPEN_SERVICES.has(m[1])) return null;
+  if (m && m[1] === HEALTH_SERVICE && m[2] === 'Watch') return 'reader';
   if (m && m[1] === PS_SERVICE && Object.hasOwn(METHOD_ROLES, m[2])) return METHOD_ROLES[m[2]];
   return 'admin';
 }

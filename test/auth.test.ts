@@ -113,10 +113,13 @@ describe('the role table and the tokens file', () => {
     assert.ok(methods.length >= 16, `the proto's service has ${methods.length} methods`);
     assert.deepEqual(Object.keys(METHOD_ROLES).sort(), [...new Set(methods)].sort());
     for (const m of methods) assert.equal(requiredRole(`/${PS_SERVICE}/${m}`), METHOD_ROLES[m]);
-    // Not in the table: closed to all but admin. Health: open.
+    // Not in the table: closed to all but admin. Health's Check: open;
+    // its Watch (a stream held open) needs a token.
     assert.equal(requiredRole(`/${PS_SERVICE}/NoSuchCall`), 'admin');
     assert.equal(requiredRole('/other.Service/Pull'), 'admin');
     assert.equal(requiredRole('/grpc.health.v1.Health/Check'), null);
+    assert.equal(requiredRole('/grpc.health.v1.Health/Watch'), 'reader');
+    assert.equal(requiredRole('/grpc.health.v1.Health/Other'), 'admin');
   });
 
   test('parses token, role and optional name; comments and blank lines skipped', () => {
@@ -288,6 +291,28 @@ describe('TLS and tokens on one server', () => {
     h.close();
     assert.equal(codeName(o), 'OK', o.err?.details);
     assert.equal(o.res.status, 'SERVING');
+  });
+
+  test("the health service's Watch, a stream held open, needs a token", async () => {
+    const Health = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
+    const h = new Health(endpoint, tlsCreds, { 'grpc.ssl_target_name_override': 'localhost' }) as Stub;
+    const watch = (token?: string) =>
+      new Promise<{ code?: number; status?: string }>((resolve) => {
+        const md = new grpc.Metadata();
+        if (token) md.set('authorization', `Bearer ${token}`);
+        const st = h.Watch({ service: PS_SERVICE }, md, { deadline: Date.now() + 5000 });
+        st.on('data', (m: { status: string }) => {
+          resolve({ status: m.status });
+          st.cancel();
+        });
+        st.on('error', (e: grpc.ServiceError) => resolve({ code: e.code }));
+      });
+    try {
+      assert.deepEqual(await watch(), { code: grpc.status.UNAUTHENTICATED });
+      assert.deepEqual(await watch(T.reader), { status: 'SERVING' });
+    } finally {
+      h.close();
+    }
   });
 
   test('a 64 KiB token is refused cleanly and the server goes on serving', async () => {
