@@ -7,7 +7,14 @@
 // Bounded: at most MAX_OPEN_ROUNDS rounds wait at once (beyond, an arrival
 // is refused with RESOURCE_EXHAUSTED), a round whose every call was
 // cancelled is dropped (its workers arrive again when they retry), and the
-// released generations of at most MAX_NAMES names are remembered.
+// last RELEASED_KEPT released generations of at most MAX_NAMES names are
+// remembered.
+//
+// A call for a generation released before returns at once (a retry); any
+// other forms or joins a round, whatever generations were released: one
+// call with generation 2^52-1 and parties 1 once made every later round of
+// its name return at once (a review's attack), and steps rewound by a
+// restore (rewind) are rounds again, not retries.
 import * as grpc from '@grpc/grpc-js';
 import { ServerError } from './errors';
 
@@ -19,13 +26,14 @@ interface Round {
 
 export const MAX_OPEN_ROUNDS = 1024;
 export const MAX_NAMES = 4096;
+export const RELEASED_KEPT = 64;
 
 export class Barriers {
   private readonly rounds = new Map<string, Round>();
-  private readonly done = new Map<string, number>(); // name -> highest generation released
+  private readonly released = new Map<string, number[]>(); // name -> its last released generations, oldest first; Map order = age
 
   arrive(name: string, generation: number, parties: number, worker: string, call?: grpc.ServerUnaryCall<any, any>): Promise<Record<string, never>> {
-    if ((this.done.get(name) ?? -1) >= generation) return Promise.resolve({});
+    if (this.released.get(name)?.includes(generation)) return Promise.resolve({});
     const key = `${name}\u0000${generation}`;
     let r = this.rounds.get(key);
     if (!r) {
@@ -53,13 +61,20 @@ export class Barriers {
     });
     if (round.arrived.size >= round.parties) {
       this.rounds.delete(key);
-      const released = Math.max(this.done.get(name) ?? -1, generation);
-      this.done.delete(name); // re-insert: Map order is the age order
-      this.done.set(name, released);
-      if (this.done.size > MAX_NAMES) this.done.delete(this.done.keys().next().value as string);
+      const kept = this.released.get(name) ?? [];
+      this.released.delete(name); // re-insert: Map order is the age order
+      kept.push(generation);
+      if (kept.length > RELEASED_KEPT) kept.shift();
+      this.released.set(name, kept);
+      if (this.released.size > MAX_NAMES) this.released.delete(this.released.keys().next().value as string);
       for (const w of round.waiters) w.resolve();
     }
     return p;
+  }
+
+  /** A restore rewound the job: its steps come again, so generations released before are rounds again. */
+  rewind(): void {
+    this.released.clear();
   }
 
   /** Fails every waiting call (the server is stopping). */

@@ -102,6 +102,7 @@ export function makeHandlers(
   metrics: ServiceMetrics = NO_METRICS,
 ): Record<string, Unary> {
   const dims = new Map<string, number>();
+  let restoredLineage: number | undefined;
   const dimOf = (table: string): number | undefined => {
     let d = dims.get(table);
     if (d === undefined) {
@@ -269,6 +270,9 @@ export function makeHandlers(
     Restore: unary('Restore', async (req) => {
       const r = await shard.restore(idArg(req.ballot, 'ballot'), idArg(req.checkpoint_id, 'checkpoint_id'));
       dims.clear();
+      // A new lineage: the job's steps, the barriers' generations, come again.
+      if (shard.lineage !== restoredLineage) barriers.rewind();
+      restoredLineage = shard.lineage;
       return checkpointReply(r);
     }),
 

@@ -399,6 +399,31 @@ describe('hostile input through the wire', () => {
     assert.equal((await call(c, 'Pull', { table: 't', keys: keys(1) })).values.length, 8);
   });
 
+  test('one barrier call with a huge generation does not release the later rounds of its name', async () => {
+    // A review's attack: generation 2^52-1 with parties 1 was released at
+    // once, and every later round of "step" then returned without waiting.
+    const barrier = (generation: number, worker: string, ms: number) =>
+      new Promise<string>((resolve) =>
+        c.Barrier(
+          { name: 'step', generation, parties: worker === 'x' ? 1 : 2, worker_id: worker },
+          { deadline: Date.now() + ms },
+          (e: grpc.ServiceError | null) => resolve(e ? grpc.status[e.code] : 'OK'),
+        ),
+      );
+    assert.equal(await barrier(2 ** 52 - 1, 'x', 5_000), 'OK');
+    assert.equal(await barrier(7, 'a', 1_000), 'DEADLINE_EXCEEDED', 'one party of two waits for the other');
+    const [a, b] = await Promise.all([barrier(7, 'a', 10_000), barrier(7, 'b', 10_000)]);
+    assert.deepEqual([a, b], ['OK', 'OK']);
+    assert.equal(await barrier(7, 'a', 5_000), 'OK', 'a retry of a released round returns at once');
+    // A restore rewinds the job's steps: step 7 is a round again, not a retry.
+    const st = await ckptState(c);
+    const id = st.last + 1;
+    await call(c, 'Checkpoint', { id, phase: 'PREPARE', ballot: st.ballot + 1 });
+    await call(c, 'Checkpoint', { id, phase: 'COMMIT', ballot: st.ballot + 1 });
+    await call(c, 'Restore', { ballot: st.ballot + 2, checkpoint_id: id });
+    assert.equal(await barrier(7, 'a', 1_000), 'DEADLINE_EXCEEDED', 'after a restore one party of two waits again');
+  });
+
   test('defect 7: many new worker ids never make a retry count twice; a forgotten seq is refused, and the SDK carries on', async () => {
     const st = await call(c, 'Status', {});
     const seq = Date.now() * 1000;
