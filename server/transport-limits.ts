@@ -498,9 +498,11 @@ export class TransportGuard {
    * Ends a stream with a gRPC status of the server's own (trailers only),
    * then resets it: with NO_ERROR when the client may still be sending (it
    * keeps the status, as HTTP/2 has a server that answers before the end of
-   * a request do), else CANCEL.
+   * a request do), REFUSED_STREAM when it was never processed (clients
+   * retry it), else CANCEL.
    */
   private refuseStream(stream: http2.ServerHttp2Stream, code: grpc.status, message: string, rst = http2.constants.NGHTTP2_CANCEL): void {
+    if (stream.destroyed) return;
     if (!stream.headersSent) {
       try {
         stream.respond(
@@ -595,24 +597,9 @@ export class TransportGuard {
         : 'refusing requests of the connection holding the most of --recv-mb of requests still arriving (REFUSED_STREAM)',
     );
     this.releaseIncoming(inc);
-    if (!stream.headersSent && !stream.destroyed) {
-      try {
-        stream.respond(
-          {
-            ':status': 200,
-            'content-type': 'application/grpc',
-            'grpc-status': String(grpc.status.UNAVAILABLE),
-            'grpc-message': encodeURIComponent(message),
-          },
-          { endStream: true },
-        );
-      } catch {
-        // the stream went away meanwhile: the reset below is all there is to do
-      }
-    }
     // Closing the stream drops what grpc-js buffered of it (its call ends
     // through onCancel; the handler never ran).
-    if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+    this.refuseStream(stream, grpc.status.UNAVAILABLE, message, http2.constants.NGHTTP2_REFUSED_STREAM);
   }
 }
 
