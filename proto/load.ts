@@ -15,29 +15,30 @@ export const SERVICE_PATH = 'pmemps.v1.ParameterServer';
 const cached = new Map<boolean, grpc.ServiceClientConstructor>();
 let census: EntryCensus | undefined;
 
-function load(): protoLoader.PackageDefinition {
-  return protoLoader.loadSync(PROTO_FILE, { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, keepCase: true });
+// The census of a loaded definition's messages, by their names without the
+// package (the service's codecs, which the fast path replaces, play no part).
+function censusOf(def: protoLoader.PackageDefinition): EntryCensus {
+  const types = new Map<string, any>();
+  for (const [name, t] of Object.entries(def)) {
+    const m = /^pmemps\.v1\.([A-Za-z0-9_]+)$/.exec(name);
+    const d = t as { format?: string; type?: unknown };
+    if (m && d.format === 'Protocol Buffer 3 DescriptorProto') types.set(m[1], d.type);
+  }
+  return new EntryCensus(types);
 }
 
-/** The census of the proto's messages (entry-census.ts), by their names without the package. */
+/** The census of the proto's messages (entry-census.ts), made from the definition the service was loaded from. */
 export function entryCensus(): EntryCensus {
-  if (!census) {
-    const types = new Map<string, any>();
-    for (const [name, t] of Object.entries(load())) {
-      const m = /^pmemps\.v1\.([A-Za-z0-9_]+)$/.exec(name);
-      const d = t as { format?: string; type?: unknown };
-      if (m && d.format === 'Protocol Buffer 3 DescriptorProto') types.set(m[1], d.type);
-    }
-    census = new EntryCensus(types);
-  }
-  return census;
+  if (!census) parameterServerService();
+  return census!;
 }
 
 /** The ParameterServer client constructor (its .service is the server's definition). fast: false gives plain protobufjs codecs. */
 export function parameterServerService(fast = true): grpc.ServiceClientConstructor {
   let ctor = cached.get(fast);
   if (!ctor) {
-    const def = load();
+    const def = protoLoader.loadSync(PROTO_FILE, { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, keepCase: true });
+    census ??= censusOf(def);
     if (fast) {
       const svc = def[SERVICE_PATH] as protoLoader.ServiceDefinition;
       for (const [name, c] of Object.entries(FAST_CODECS)) {
