@@ -85,6 +85,11 @@ export class DenseStore {
     return b;
   }
 
+  /** The tensor's number of values (what get returns), without copying it. */
+  length(name: string): number {
+    return this.entry(name).n;
+  }
+
   get(name: string): Float32Array {
     const e = this.entry(name);
     return e.row.slice(0, e.n);

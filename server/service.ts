@@ -10,7 +10,7 @@ import { Barriers } from './barrier';
 import { log } from './log';
 import { NO_METRICS, type ServiceMetrics } from './metrics';
 import { ServerError } from './errors';
-import { Shard } from './shard';
+import { type CommittedCheckpoint, Shard } from './shard';
 import { invalid, toStatus } from './status-codes';
 import { LIMITS, floatsArg, idArg, keysArg, listArg, paramsArg, str, tableName, workerId } from './wire-args';
 import type { TransportGuard } from './transport-limits';
@@ -131,8 +131,17 @@ export function makeHandlers(
       );
     };
 
-  // Restore and ReadCheckpoint answer alike: the checkpoint and the shard's identity of state now.
-  const checkpointReply = (r: { id: number; meta: Buffer; dense: Map<string, Float32Array> }) => ({
+  // Restore and ReadCheckpoint answer alike: the checkpoint and the shard's
+  // identity of state now. Its bytes wait for reply budget like a pull's: a
+  // checkpoint's dense tensors may take a whole message, and clients that
+  // ask for it without reading would otherwise pile up copies.
+  const checkpointReply = async (r: CommittedCheckpoint, call: grpc.ServerUnaryCall<any, any>) => {
+    let bytes = r.meta.length;
+    for (const [name, v] of r.dense) bytes += v.byteLength + name.length;
+    await transport?.admitReply(call, bytes);
+    return checkpointWire(r);
+  };
+  const checkpointWire = (r: CommittedCheckpoint) => ({
     checkpoint_id: r.id,
     meta: r.meta,
     dense: denseToWire(r.dense),
@@ -201,8 +210,17 @@ export function makeHandlers(
       return { duplicate };
     }),
 
-    PullDense: unary('PullDense', (req) => {
+    PullDense: unary('PullDense', async (req, call) => {
       const names = listArg<unknown>(req.names, 'names', LIMITS.namesPerCall).map((n) => str(n, 'dense tensor name', LIMITS.denseName));
+      // Sized before a value is copied: one call may name a 256 MiB tensor 4,096 times.
+      let bytes = shard.denseBytes(names);
+      for (const n of names) bytes += Buffer.byteLength(n) + 16; // a tensor's name and framing
+      if (bytes > maxMessageBytes)
+        throw new ServerError(
+          'TOO_LARGE',
+          `the ${names.length} tensors asked for take ${(bytes / 2 ** 20).toFixed(1)} MiB, above the server's --max-message-mb ${maxMessageBytes / 2 ** 20}; ask for fewer per call`,
+        );
+      await transport?.admitReply(call, bytes);
       return { tensors: denseToWire(shard.pullDense(names)) };
     }),
 
@@ -267,16 +285,16 @@ export function makeHandlers(
       };
     }),
 
-    Restore: unary('Restore', async (req) => {
+    Restore: unary('Restore', async (req, call) => {
       const r = await shard.restore(idArg(req.ballot, 'ballot'), idArg(req.checkpoint_id, 'checkpoint_id'));
       dims.clear();
       // A new lineage: the job's steps, the barriers' generations, come again.
       if (shard.lineage !== restoredLineage) barriers.rewind();
       restoredLineage = shard.lineage;
-      return checkpointReply(r);
+      return checkpointReply(r, call);
     }),
 
-    ReadCheckpoint: unary('ReadCheckpoint', () => checkpointReply(shard.readCheckpoint())),
+    ReadCheckpoint: unary('ReadCheckpoint', (_req, call) => checkpointReply(shard.readCheckpoint(), call)),
 
     Status: unary('Status', () => {
       const st = shard.stats();

@@ -132,6 +132,13 @@ export interface CheckpointState {
   previous?: number;
 }
 
+/** A committed checkpoint as the trainer gave it: its id, its metadata and its dense tensors. */
+export interface CommittedCheckpoint {
+  id: number;
+  meta: Buffer;
+  dense: Map<string, Float32Array>;
+}
+
 export class Shard {
   // Private: the handlers reach the engine only through the Shard, so that
   // validation, limits and bookkeeping of every operation live here.
@@ -175,6 +182,14 @@ export class Shard {
   /** Workers unknown to the exactly-once record with pushes in flight, and their entries' bytes. */
   private readonly admitted = new Map<string, number>();
   private admittedBytes = 0;
+  /**
+   * The committed checkpoint as readCheckpoint last read it. Reading copies
+   * the whole checkpoint out of the pool (its dense tensors and the
+   * server's own state, hundreds of MiB at most) on the event loop, so
+   * callers at once share one copy. Weakly held: the copy lives only as
+   * long as a reply uses it, and DRAM stays within its bound.
+   */
+  private lastRead: WeakRef<CommittedCheckpoint> | null = null;
 
   constructor(opts: ShardOptions) {
     this.engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb, layout: opts.layout ?? 'auto' });
@@ -267,6 +282,14 @@ export class Shard {
     apply();
   }
 
+  /** What pullDense(names) returns, in bytes, without copying a value: the reply budget is taken before. */
+  denseBytes(names: string[]): number {
+    this.live();
+    let bytes = 0;
+    for (const n of names) bytes += this.dense.length(n) * 4;
+    return bytes;
+  }
+
   pullDense(names: string[]): Map<string, Float32Array> {
     this.live();
     return new Map(names.map((n) => [n, this.dense.get(n)]));
@@ -347,7 +370,11 @@ export class Shard {
           `checkpoint ${id} is not prepared on this shard (committed ${st.committedId}, prepared ${st.preparedId || 'none'})`,
         );
       adopt();
-      await this.engine.commit(id);
+      try {
+        await this.engine.commit(id);
+      } finally {
+        this.lastRead = null; // a read during the commit may hold either checkpoint
+      }
       if (this.blockedBy === id) {
         // Prepared before this start: the rows are now that checkpoint's, so
         // is the bookkeeping.
@@ -392,7 +419,7 @@ export class Shard {
    * record, dense tensors; a new incarnation and lineage. Refused while a
    * prepared checkpoint is unresolved (the coordinator resolves it first).
    */
-  restore(ballot: number, expectId: number): Promise<{ id: number; meta: Buffer; dense: Map<string, Float32Array> }> {
+  restore(ballot: number, expectId: number): Promise<CommittedCheckpoint> {
     return this.protocol(ballot, async (adopt) => {
       const st = this.checkpointState();
       if (st.preparedId !== 0)
@@ -426,12 +453,16 @@ export class Shard {
     });
   }
 
-  /** The committed checkpoint's trainer metadata and dense tensors; changes nothing. */
-  readCheckpoint(): { id: number; meta: Buffer; dense: Map<string, Float32Array> } {
+  /** The committed checkpoint's trainer metadata and dense tensors; changes nothing. Do not modify what it returns: it is shared. */
+  readCheckpoint(): CommittedCheckpoint {
     this.live();
+    const shared = this.lastRead?.deref();
+    if (shared) return shared;
     const c = this.engine.committedCheckpoint();
     if (!c) return { id: 0, meta: Buffer.alloc(0), dense: new Map() };
-    return { id: c.id, meta: Buffer.from(decodeEnvelope(c.meta).sections.user ?? Buffer.alloc(0)), dense: c.dense };
+    const content = { id: c.id, meta: Buffer.from(decodeEnvelope(c.meta).sections.user ?? Buffer.alloc(0)), dense: c.dense };
+    this.lastRead = new WeakRef(content);
+    return content;
   }
 
   // ------------------------------------------------------------ identity, lifecycle
@@ -623,7 +654,7 @@ export class Shard {
 
   // Reads the committed checkpoint's bookkeeping into memory (after a crash
   // or a rollback the rows are at that checkpoint).
-  private loadCommittedState(): { id: number; meta: Buffer; dense: Map<string, Float32Array> } {
+  private loadCommittedState(): CommittedCheckpoint {
     const c = this.engine.committedCheckpoint();
     if (!c) {
       this.dedup = new ExactlyOnce();

@@ -250,6 +250,64 @@ describe('idle, half-sent and flooding connections', () => {
   });
 });
 
+describe('dense and checkpoint replies take reply budget too (--reply-mb-per-connection 4, tensors of 4 MiB)', () => {
+  // A review's attack: PullDense and ReadCheckpoint replies skipped the
+  // budget only Pull took, and each ReadCheckpoint copied the checkpoint
+  // anew; 20 reads of a 60 MiB checkpoint at once held a Status for 20-40 s
+  // and 1.6 GiB.
+  const FLOATS = 2 ** 20;
+  let cluster: LocalCluster;
+  let ps: PsClient;
+  before(async () => {
+    cluster = await LocalCluster.start({
+      dir: dirOf('abuse-dense'),
+      shards: 1,
+      env: { PMEMPS_STALL_SECONDS: '1', PMEMPS_REPLY_MB_PER_CONNECTION: '4' },
+    });
+    ps = await PsClient.connect({ endpoints: cluster.endpoints });
+    await ps.setDense('w', new Float32Array(FLOATS).fill(0.5), { type: 'sgd', lr: 0.1 });
+    await ps.persist({ step: 1, dense: { d: new Float32Array(FLOATS).fill(0.25) } });
+  });
+  after(async () => {
+    ps?.close();
+    await cluster?.stop();
+  });
+
+  const name = (n: string) => Buffer.concat([Buffer.from([0x0a, n.length]), Buffer.from(n)]);
+  for (const [method, body] of [
+    ['PullDense', name('w')],
+    ['ReadCheckpoint', Buffer.alloc(0)],
+  ] as const)
+    test(`${method}: a reader that reads nothing gets one reply started, the rest wait and go with its connection`, async () => {
+      const raw = new RawSession(cluster.endpoints[0], { initialWindowSize: 0 });
+      let started = 0;
+      const ends: Promise<StreamEnd>[] = [];
+      for (let i = 0; i < 6; i++) {
+        const { stream, done } = raw.request(`/pmemps.v1.ParameterServer/${method}`, grpcFrame(body));
+        stream.on('response', (h) => h['grpc-status'] === undefined && started++);
+        ends.push(done);
+      }
+      const end = await within(Promise.all(ends), 10_000, 'the server ending the reader');
+      raw.destroy();
+      assert.equal(started, 1, `${started} replies of 4 MiB were started on a connection whose budget is 4 MiB`);
+      assert.equal(raw.goaway, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      for (const e of end) assert.ok(e.grpcStatus === 8 || e.grpcStatus === null, `a call ended with ${e.grpcStatus} (${e.grpcMessage})`);
+      // A client that reads gets its reply.
+      assert.equal((await ps.pullDense(['w'])).get('w')?.length, FLOATS);
+    });
+
+  test('a PullDense of one tensor named many times is sized before a value is copied, and refused', async () => {
+    // 64 x 4 MiB is four times --max-message-mb: the server copied every one first.
+    const raw = new RawSession(cluster.endpoints[0]);
+    const { done } = raw.request('/pmemps.v1.ParameterServer/PullDense', grpcFrame(Buffer.concat(Array(64).fill(name('w')))));
+    const end = await within(done, 10_000, 'the answer to a PullDense of 256 MiB');
+    raw.destroy();
+    assert.equal(end.grpcStatus, grpc.status.RESOURCE_EXHAUSTED);
+    assert.match(end.grpcMessage, /take 256\.0 MiB, above the server's --max-message-mb 64; ask for fewer per call/);
+    assert.equal(cluster.procs[0]!.exitCode, null);
+  });
+});
+
 describe('reply budget accounting (the guard in a grpc-js server of this process)', () => {
   const MiB = 2 ** 20;
   // A unary method whose request says how many reply bytes it wants.
