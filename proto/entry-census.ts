@@ -10,6 +10,13 @@
 // type is a message of the proto. Every bound the handlers apply later is
 // lower (wire-args.ts), so no valid request is refused here.
 //
+// It also refuses a field of the proto sent with another wire type (a
+// uint64 as fixed64, say). Standard parsers skip such a field as unknown,
+// so the server would act as if it were absent: a Push's `incarnation`
+// check, made to refuse pushes meant for a server since restarted, would
+// silently not happen. protobufjs instead reads it as its declared type and
+// goes on from the wrong place.
+//
 // Invariants:
 //  * Work is linear in the bytes scanned and stops at the first field over
 //    its bound; nothing is allocated per entry.
@@ -20,13 +27,26 @@
 export const MAX_FIELD_ENTRIES = 4096;
 const MAX_DEPTH = 16;
 
-/** A message's fields, as proto-loader describes them: number -> [name, nested message type or undefined]. */
-type Shape = Map<number, [string, string | undefined]>;
+/** A message's fields, as proto-loader describes them: number -> [name, nested message type or undefined, wire types allowed (bits)]. */
+type Shape = Map<number, [string, string | undefined, number]>;
 interface FieldDescriptor {
   name: string;
   number: number;
   type: string;
   typeName: string;
+  label?: string;
+}
+
+const WIRE_NAMES = ['varint', '64-bit', 'length-delimited', 'group start', 'group end', '32-bit'];
+
+/** The wire types a field of this descriptor may come in, as bits (1 << wire type). */
+function wireTypes(f: FieldDescriptor): number {
+  let w: number;
+  if (f.type === 'TYPE_STRING' || f.type === 'TYPE_BYTES' || f.type === 'TYPE_MESSAGE') return 1 << 2;
+  else if (f.type === 'TYPE_DOUBLE' || f.type === 'TYPE_FIXED64' || f.type === 'TYPE_SFIXED64') w = 1 << 1;
+  else if (f.type === 'TYPE_FLOAT' || f.type === 'TYPE_FIXED32' || f.type === 'TYPE_SFIXED32') w = 1 << 5;
+  else w = 1 << 0;
+  return f.label === 'LABEL_REPEATED' ? w | (1 << 2) : w; // repeated scalars may come packed
 }
 interface MessageDescriptor {
   name: string;
@@ -42,12 +62,12 @@ export class EntryCensus {
   constructor(types: Map<string, MessageDescriptor>) {
     for (const [name, d] of types) {
       const shape: Shape = new Map();
-      for (const f of d.field) shape.set(f.number, [f.name, f.type === 'TYPE_MESSAGE' && types.has(f.typeName) ? f.typeName : undefined]);
+      for (const f of d.field) shape.set(f.number, [f.name, f.type === 'TYPE_MESSAGE' && types.has(f.typeName) ? f.typeName : undefined, wireTypes(f)]);
       this.shapes.set(name, shape);
     }
   }
 
-  /** Throws an Error naming the field when the body of a `type` message holds one field too many times. */
+  /** Throws an Error naming the field when the body of a `type` message holds one field too many times, or one of another wire type. */
   check(type: string, body: Buffer): void {
     try {
       this.walk(type, body, 0, body.length, 0);
@@ -72,6 +92,8 @@ export class EntryCensus {
         throw new Error(`${type} holds ${what} more than ${MAX_FIELD_ENTRIES} times`);
       }
       counts.set(key, n);
+      if (field && !(field[2] & (1 << (tag % 8))))
+        throw new Error(`${type} field "${field[0]}" came as a ${WIRE_NAMES[tag % 8] ?? 'invalid'} value, not as proto/pmemps.proto declares it`);
       switch (tag % 8) {
         case 0:
           at = varint(b, at, end)[1];

@@ -182,10 +182,14 @@ function decoder(fields: Field[], names: string[]): (b: Buffer) => Record<string
       if (!(tag >= 8)) throw new Error('invalid protobuf tag (field number 0)');
       const wire = tag % 8;
       const hit = byNo.get(Math.floor(tag / 8));
-      if (!hit || wire !== (hit.f.kind === 'string' || hit.f.kind === 'bytes' ? WIRE_LEN : WIRE_VARINT)) {
+      if (!hit) {
         r.skip(wire);
         continue;
       }
+      // A known field of another wire type is refused, not skipped as
+      // standard parsers do: skipped, a Push's incarnation would go unchecked.
+      if (wire !== (hit.f.kind === 'string' || hit.f.kind === 'bytes' ? WIRE_LEN : WIRE_VARINT))
+        throw new Error(`field "${hit.name}" came with wire type ${wire}, not as proto/pmemps.proto declares it`);
       if (hit.f.kind === 'string') out[hit.name] = r.bytes().toString('utf8');
       else if (hit.f.kind === 'bytes') out[hit.name] = r.bytes();
       else if (hit.f.kind === 'bool') out[hit.name] = r.varint() !== 0;

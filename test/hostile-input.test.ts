@@ -336,6 +336,31 @@ describe('hostile input through the wire', () => {
     assert.equal((await call(c, 'Status', {})).needs_restore, false, 'the server lives and answers');
   });
 
+  test('a field sent with another wire type is refused, never skipped: a push cannot slip past its incarnation check', async () => {
+    // Standard parsers skip a known field of another wire type as unknown:
+    // a Push whose incarnation came as fixed64 was applied unchecked.
+    const fixed64 = (no: number, v: number) => {
+      const b = Buffer.alloc(9);
+      b[0] = (no << 3) | 1;
+      b.writeBigUInt64LE(BigInt(v), 1);
+      return b;
+    };
+    const push = Buffer.concat([lenField(1, Buffer.from('t')), lenField(2, keys(8)), lenField(3, floats(1, 1)), fixed64(6, 12345)]);
+    const r = await refusal(rawPush(c, push));
+    assert.equal(r.code, grpc.status.INVALID_ARGUMENT, `${r.code} ${r.details}`);
+    assert.match(r.details, /not a valid Push message.*"incarnation" came with wire type 1/);
+    assert.deepEqual(f32((await call(c, 'Pull', { table: 't', keys: keys(8) })).values as Buffer), [0, 0], 'the push was not applied');
+    // The same through the protobufjs path: a Checkpoint whose id came as fixed64, a Pull's table as a varint.
+    const st = await ckptState(c);
+    const ckpt = await refusal(rawCall(c, 'Checkpoint', Buffer.concat([fixed64(1, st.last + 1), intField(2, 1)])));
+    assert.equal(ckpt.code, grpc.status.INVALID_ARGUMENT, `${ckpt.code} ${ckpt.details}`);
+    assert.match(ckpt.details, /CheckpointRequest field "id" came as a 64-bit value/);
+    assert.deepEqual(await ckptState(c), st, 'the refused checkpoint changed nothing');
+    const pull = await refusal(rawCall(c, 'Pull', Buffer.concat([intField(1, 5), lenField(2, keys(8))])));
+    assert.equal(pull.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(pull.details, /"table" came with wire type 0/);
+  });
+
   test('a request of millions of tiny entries is refused before it is decoded; the server stays up and responsive', async () => {
     // A review's attack: a 63 MiB Checkpoint of 33M empty `dense` entries
     // held the event loop for 84 s and ran the server out of heap, since
