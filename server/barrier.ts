@@ -5,8 +5,9 @@
 // waiting calls with UNAVAILABLE and the workers arrive again elsewhere.
 //
 // Bounded: at most MAX_OPEN_ROUNDS rounds wait at once (beyond, an arrival
-// is refused with RESOURCE_EXHAUSTED), a round whose every call was
-// cancelled is dropped (its workers arrive again when they retry), and the
+// is refused with RESOURCE_EXHAUSTED), a worker whose every call of a round
+// was cancelled is no longer counted in it, and a round left with no call is
+// dropped (its workers arrive again when they retry), and the
 // last RELEASED_KEPT released generations of at most MAX_NAMES names are
 // remembered.
 //
@@ -21,7 +22,7 @@ import { ServerError } from './errors';
 interface Round {
   parties: number;
   arrived: Set<string>;
-  waiters: { resolve: () => void; reject: (e: Error) => void }[]; // calls still waiting
+  waiters: { worker: string; resolve: () => void; reject: (e: Error) => void }[]; // calls still waiting
 }
 
 export const MAX_OPEN_ROUNDS = 1024;
@@ -51,11 +52,14 @@ export class Barriers {
     r.arrived.add(worker);
     const round = r;
     const p = new Promise<Record<string, never>>((resolve, reject) => {
-      const waiter = { resolve: () => resolve({}), reject };
+      const waiter = { worker, resolve: () => resolve({}), reject };
       round.waiters.push(waiter);
       call?.on('cancelled', () => {
         reject(new ServerError('UNAVAILABLE', 'barrier call cancelled'));
         round.waiters = round.waiters.filter((w) => w !== waiter);
+        // A worker that gave up (it died, or its deadline passed) is not
+        // there: counting it would release the others without it.
+        if (!round.waiters.some((w) => w.worker === worker)) round.arrived.delete(worker);
         if (round.waiters.length === 0 && this.rounds.get(key) === round) this.rounds.delete(key);
       });
     });

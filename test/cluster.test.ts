@@ -683,10 +683,14 @@ describe('checkpoint coordinators', () => {
     }
   });
 
-  test('persist and restore refuse bad input', async () => {
+  test('persist, restore and barrier refuse bad input', async () => {
     const c = await cluster(1, 'input');
     const ps = await PsClient.connect({ endpoints: c.endpoints });
     try {
+      // A worker count of 0 (a config slip) must not pass the barrier silently.
+      for (const parties of [0, -1, 1.5, NaN]) await assert.rejects(ps.barrier('b', parties, 1), /parties must be a positive integer/);
+      for (const generation of [-1, 2 ** 52, 0.5]) await assert.rejects(ps.barrier('b', 2, generation), /generation must be/);
+      await ps.barrier('b', 1, 1); // alone: nothing to wait for
       await assert.rejects(ps.persist({ step: -1 }), PsError);
       await assert.rejects(ps.persist({ step: 1, dense: { x: [1, 2] as unknown as Float32Array } }), /Float32Array/);
       const r = await ps.restore();

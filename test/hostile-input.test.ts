@@ -449,6 +449,20 @@ describe('hostile input through the wire', () => {
     assert.equal(await barrier(7, 'a', 1_000), 'DEADLINE_EXCEEDED', 'after a restore one party of two waits again');
   });
 
+  test('a barrier party whose call was cancelled is not counted: the others wait for it to come again', async () => {
+    const barrier = (worker: string, ms: number) =>
+      new Promise<string>((resolve) =>
+        c.Barrier({ name: 'gone', generation: 1, parties: 3, worker_id: worker }, { deadline: Date.now() + ms }, (e: grpc.ServiceError | null) =>
+          resolve(e ? grpc.status[e.code] : 'OK'),
+        ),
+      );
+    const a = barrier('a', 30_000);
+    assert.equal(await barrier('b', 500), 'DEADLINE_EXCEEDED', 'b waits, then gives up');
+    assert.equal(await barrier('c', 1_000), 'DEADLINE_EXCEEDED', 'c is the second party there, not the third');
+    const [b, c2] = await Promise.all([barrier('b', 10_000), barrier('c', 10_000)]);
+    assert.deepEqual([await a, b, c2], ['OK', 'OK', 'OK'], 'the three parties there at once are released');
+  });
+
   test('defect 7: many new worker ids never make a retry count twice; a forgotten seq is refused, and the SDK carries on', async () => {
     const st = await call(c, 'Status', {});
     const seq = Date.now() * 1000;

@@ -387,7 +387,9 @@ export class PsClient {
   async barrier(name: string, parties: number, generation: number, timeoutMs = 600_000): Promise<void> {
     if (!Number.isSafeInteger(generation) || generation < 0 || generation >= 2 ** 52)
       throw new PsError('barrier generation must be a non-negative integer (e.g. the step)', grpc.status.INVALID_ARGUMENT);
-    if (parties <= 1) return;
+    if (!Number.isSafeInteger(parties) || parties < 1)
+      throw new PsError('barrier parties must be a positive integer (the number of workers that meet)', grpc.status.INVALID_ARGUMENT);
+    if (parties === 1) return;
     await this.shards[0].call('Barrier', { name, generation, parties, worker_id: this.workerId }, { deadlineMs: timeoutMs, retryForMs: timeoutMs });
   }
 
