@@ -15,7 +15,7 @@
 //
 // Nothing here uses Math.random: a scenario is reproduced from its JSON.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -762,12 +762,17 @@ export async function killLiveChildren(): Promise<void> {
   clearTimeout(timer);
 }
 
-export function childEnv(opts: { failpoint?: string; force: boolean }): NodeJS.ProcessEnv {
+export function childEnv(opts: { failpoint?: string; force: boolean; powerCutDir?: string }): NodeJS.ProcessEnv {
   const env = { ...process.env };
   delete env.PMEMPS_FAILPOINT;
   delete env.PMEM_IS_PMEM_FORCE;
+  delete env.PMEMPS_POWERCUT_DIR;
   if (opts.failpoint) env.PMEMPS_FAILPOINT = opts.failpoint;
   if (opts.force) env.PMEM_IS_PMEM_FORCE = '1';
+  if (opts.powerCutDir) {
+    env.LD_PRELOAD = powerCutShim();
+    env.PMEMPS_POWERCUT_DIR = opts.powerCutDir;
+  }
   // Logged pools compact their log at every wake, so that the small pools
   // of the scenarios reach compaction (and its failpoints).
   env.PMEMPS_LOG_COMPACT = 'eager';
@@ -817,6 +822,58 @@ export function runChild(
       resolve({ code, signal, stderr, ms: Date.now() - t0, timedOut });
     });
   });
+}
+
+// ---------------------------------------------------------------------------
+// Power cuts (the msync path only: on emulated PMEM every store is durable)
+
+const SHIM_SRC = path.join(__dirname, '..', '..', 'native', 'test', 'powercut_shim.c');
+let shim: string | undefined;
+
+/** native/test/powercut_shim.c built once per process: the LD_PRELOAD that keeps what each msync made durable. */
+export function powerCutShim(): string {
+  if (shim) return shim;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pmemps-shim-'));
+  const so = path.join(dir, 'powercut_shim.so');
+  const cc = spawnSync('gcc', ['-shared', '-fPIC', '-O1', '-Wall', '-Wextra', '-Werror', SHIM_SRC, '-o', so, '-ldl', '-pthread'], { encoding: 'utf8' });
+  if (cc.status !== 0) throw new Error(`cannot build the power-cut shim: ${cc.stderr}`);
+  process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  return (shim = so);
+}
+
+/**
+ * Turns the files of dir into what a power cut leaves of them: a page that
+ * no msync wrote since the shim shadowed it comes back as it was when last
+ * synced, except that each survives with probability `keep` (the kernel
+ * may have written it back on its own). Returns the pages lost and kept.
+ */
+export function applyPowerCut(dir: string, keep: number, rng: Rng): { lost: number; kept: number } {
+  const PAGE = 4096;
+  let lost = 0;
+  let kept = 0;
+  for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.durable'))) {
+    const shadowPath = path.join(dir, f);
+    const filePath = shadowPath.slice(0, -'.durable'.length);
+    const durable = fs.readFileSync(shadowPath);
+    const now = fs.readFileSync(filePath);
+    if (durable.length !== now.length) throw new Error(`${f}: ${durable.length} bytes, the file ${now.length}`);
+    const fd = fs.openSync(filePath, 'r+');
+    try {
+      for (let at = 0; at < now.length; at += PAGE) {
+        const end = Math.min(at + PAGE, now.length);
+        if (now.compare(durable, at, end, at, end) === 0) continue;
+        if (rng.chance(keep)) kept++;
+        else {
+          fs.writeSync(fd, durable, at, end - at, at);
+          lost++;
+        }
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.rmSync(shadowPath);
+  }
+  return { lost, kept };
 }
 
 /** A fresh, uniquely named directory under os.tmpdir(). */
@@ -905,6 +962,12 @@ export interface Scenario {
   cacheMb: number;
   /** The pool's row layout (default 'inplace'). */
   layout?: PoolLayout;
+  /**
+   * msync path only: every generation ends in a power cut, not only a
+   * kill. Stores no msync covered are lost, each page of them kept with
+   * this probability (powercut_shim.c, applyPowerCut).
+   */
+  powerCut?: number;
 }
 
 export function describeKill(k: KillSpec, nOps?: number): string {
@@ -931,6 +994,8 @@ export interface GenOutcome {
   cleanClose: boolean;
   lastOp: number;
   ms: number;
+  /** With a power cut: the unsynced pages it lost and kept. */
+  cut: { lost: number; kept: number } | null;
 }
 
 export interface ScenarioResult {
@@ -1006,17 +1071,24 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
       if (kill.mode === 'op') plan.kill = { op: kill.pick % ops.length, delay: kill.delay };
       const planFile = path.join(root, `plan-${g}.json`);
       fs.writeFileSync(planFile, JSON.stringify(plan));
-      const ex = await runChild([planFile], childEnv({ force: sc.force, failpoint: kill.mode === 'failpoint' ? `${kill.fp}:${kill.n}` : undefined }), {
+      if (sc.powerCut !== undefined && sc.force) throw new Error('a power cut is simulated on the msync path only (force: false)');
+      const env = childEnv({
+        force: sc.force,
+        failpoint: kill.mode === 'failpoint' ? `${kill.fp}:${kill.n}` : undefined,
+        powerCutDir: sc.powerCut === undefined ? undefined : poolDir,
+      });
+      const ex = await runChild([planFile], env, {
         timeoutMs: opts.timeoutMs,
         killAfterReadyMs: kill.mode === 'timer' && !kill.fromSpawn ? kill.ms : undefined,
         killAfterSpawnMs: kill.mode === 'timer' && kill.fromSpawn ? kill.ms : undefined,
       });
+      const cut = sc.powerCut === undefined ? null : applyPowerCut(poolDir, sc.powerCut, new Rng(mix(sc.seed, g, 0x9c7)));
       const prog = analyzeProgress(fs.existsSync(progressFile) ? fs.readFileSync(progressFile, 'utf8') : '', committed);
       const lastOpDesc = prog.lastOp >= 0 ? `op ${prog.lastOp} (${describeOp(ops[prog.lastOp])}) of ${ops.length}` : 'before the first op';
       const ctx = (phase: string) =>
-        `crash test mismatch: seed ${sc.seed}, generation ${g}, kill point: ${describeKill(kill, ops.length)}; child ${
-          ex.signal ? `died by ${ex.signal}` : `exited ${ex.code}`
-        } at ${lastOpDesc}; ${phase}\n  ${reproHint(sc)}`;
+        `crash test mismatch: seed ${sc.seed}, generation ${g}, kill point: ${describeKill(kill, ops.length)}${
+          cut ? `, then a power cut (${cut.lost} unsynced pages lost, ${cut.kept} kept)` : ''
+        }; child ${ex.signal ? `died by ${ex.signal}` : `exited ${ex.code}`} at ${lastOpDesc}; ${phase}\n  ${reproHint(sc)}`;
       if (ex.timedOut) throw new CrashMismatch(ctx('the child did not finish in time (hung?)') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
       const killed = ex.signal === 'SIGKILL';
       if (!killed && !(ex.code === 0 && prog.done)) throw new CrashMismatch(ctx('the child failed') + `\n  child stderr: ${ex.stderr.slice(-4000)}`);
@@ -1049,7 +1121,17 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
         throw new CrashMismatch(ctx(`reopening the pool failed: ${err.name}${err.code ? ' ' + err.code : ''}: ${err.message}`));
       }
       const refs: Engine[] = [];
-      const outcome: GenOutcome = { kill, killed, restoredTo: null, prepared: null, resolution: null, cleanClose: false, lastOp: prog.lastOp, ms: ex.ms };
+      const outcome: GenOutcome = {
+        kill,
+        killed,
+        restoredTo: null,
+        prepared: null,
+        resolution: null,
+        cleanClose: false,
+        lastOp: prog.lastOp,
+        ms: ex.ms,
+        cut,
+      };
       try {
         const info = eng.openInfo;
         outcome.cleanClose = info.cleanClose;
@@ -1203,7 +1285,7 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
   return result;
 }
 
-/** A seeded random scenario for the soak: 1-3 generations, every kill mode, some msync runs, some logged pools. */
+/** A seeded random scenario for the soak: 1-3 generations, every kill mode, some msync runs (half of them with power cuts), some logged pools. */
 export function randomScenario(seed: number): Scenario {
   const r = new Rng(mix(seed, 0x50a));
   const layout: PoolLayout = r.chance(0.3) ? 'logged' : 'inplace';
@@ -1223,7 +1305,10 @@ export function randomScenario(seed: number): Scenario {
       gens.push({ mode: 'none' });
     }
   }
-  return { seed, gens, force: !r.chance(0.1), cacheMb: r.chance(0.7) ? 1 : 2, layout };
+  const sc: Scenario = { seed, gens, force: !r.chance(0.1), cacheMb: r.chance(0.7) ? 1 : 2, layout };
+  // Half the msync runs end each generation in a power cut.
+  if (!sc.force && r.chance(0.5)) sc.powerCut = r.pick([0, 0.25, 0.5, 0.9]);
+  return sc;
 }
 
 /** Runs async jobs with at most `limit` at once, in order of the input. */
