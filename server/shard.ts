@@ -18,7 +18,7 @@
 //    raised the ballot is never overtaken by an older coordinator's call.
 //  * lineage changes exactly when the state stops being the continuation of
 //    what was acknowledged: a start after a crash, and a restore.
-import { randomInt } from 'node:crypto';
+import { createHash, randomInt } from 'node:crypto';
 import {
   Engine,
   EngineError,
@@ -132,6 +132,18 @@ export interface CheckpointState {
   previous?: number;
 }
 
+/** What tells a PREPARE's retry from another PREPARE of the same id: a hash of its metadata and dense tensors. */
+function prepareDigest(meta: Buffer, dense: Map<string, Float32Array>): string {
+  const h = createHash('sha256').update(meta);
+  for (const [name, v] of dense) {
+    const n = Buffer.from(name);
+    h.update(Buffer.from(Uint32Array.of(n.length, v.length).buffer))
+      .update(n)
+      .update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  }
+  return h.digest('hex');
+}
+
 /** A committed checkpoint as the trainer gave it: its id, its metadata and its dense tensors. */
 export interface CommittedCheckpoint {
   id: number;
@@ -178,7 +190,7 @@ export class Shard {
    * prepared it in this process (null: prepared before this start, ballot
    * unknown). A PREPARE of that id is a retry only under that ballot.
    */
-  private preparedBy: { id: number; ballot: number | null } | null = null;
+  private preparedBy: { id: number; ballot: number | null; digest?: string } | null = null;
   /** Workers unknown to the exactly-once record with pushes in flight, and their entries' bytes. */
   private readonly admitted = new Map<string, number>();
   private admittedBytes = 0;
@@ -325,6 +337,13 @@ export class Shard {
             'FAILED_PRECONDITION',
             `checkpoint ${id} is prepared here by another coordinator${by.ballot === null ? ' (before this server started)' : ` (ballot ${by.ballot})`}; abort it and prepare a new id (the SDK's persist aborts it, restore() resolves it)`,
           );
+        // A retry carries what the first PREPARE carried; other content under
+        // the same ballot is a second persist of one coordinator at once.
+        if (by?.digest !== undefined && by.digest !== prepareDigest(meta, dense))
+          throw new ServerError(
+            'FAILED_PRECONDITION',
+            `checkpoint ${id} is prepared here with other content under the same ballot (two persists at once from one coordinator?); abort it and prepare a new id`,
+          );
         return st;
       }
       this.checkIncarnation(incarnation);
@@ -349,7 +368,7 @@ export class Shard {
         this.gate = null;
         open();
         await done;
-        this.preparedBy = { id, ballot };
+        this.preparedBy = { id, ballot, digest: prepareDigest(meta, dense) };
       } finally {
         if (this.gate) {
           this.gate = null;

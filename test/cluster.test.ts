@@ -713,6 +713,124 @@ describe('checkpoint coordinators', () => {
   });
 });
 
+describe('a push or a persist that fails part-way (found by a review, 2026-12-02)', () => {
+  let c: LocalCluster;
+  const T = { name: 'pp', dim: 1, seed: 1, optimizer: { type: 'sgd' as const, lr: 1 }, initializer: { type: 'zeros' as const } };
+  // One key on each of the three shards.
+  const keys = [0, 1, 2].map((s) => {
+    for (let k = 0; ; k++) if (shardOfKey(BigInt(k), 3) === s) return k;
+  });
+  before(async () => {
+    c = await cluster(3, 'partial');
+  });
+  after(() => c.stop());
+  const rows = async (ps: PsClient) => [...(await ps.pull(T.name, keys))].map((x) => 0 - x);
+
+  test('a push one shard cannot take is reported with the parts applied, and its retry applies the rest exactly once', async () => {
+    const ps = await PsClient.connect({ endpoints: c.endpoints, retryForMs: 1000 });
+    try {
+      await ps.createTable(T);
+      // A NaN is refused before any part goes, so no shard applies a part.
+      await assert.rejects(ps.push(T.name, keys, Float32Array.from([1, NaN, 1])), /gradient value 1 is NaN; nothing was sent/);
+      assert.deepEqual(await rows(ps), [0, 0, 0]);
+      assert.equal(await c.kill(2, 'SIGTERM'), 0);
+      const err = await ps.push(T.name, keys, Float32Array.from([1, 1, 1])).then(
+        () => null,
+        (e: PsError) => e,
+      );
+      assert.ok(err instanceof PsError && err.pushOutcome, `the push failed with its outcome: ${err}`);
+      assert.deepEqual([err.pushOutcome.appliedShards, err.pushOutcome.failedShards], [[0, 1], [2]]);
+      assert.match(err.message, /shards 0, 1 were applied: pushing the batch again would apply them twice/);
+      await c.startShard(2);
+      await err.pushOutcome.retry();
+      assert.deepEqual(await rows(ps), [1, 1, 1], 'each part applied once');
+      await err.pushOutcome.retry(); // a retry of the retry: the same seq, a duplicate
+      assert.deepEqual(await rows(ps), [1, 1, 1]);
+    } finally {
+      ps.close();
+    }
+  });
+
+  test("two persists of one client at once are one after the other; a PREPARE's retry with other content is refused", async () => {
+    const ps = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      const [a, b] = await Promise.all([
+        ps.persist({ step: 10, dense: { d0: Float32Array.of(10), d1: Float32Array.of(10), d2: Float32Array.of(10) } }),
+        ps.persist({ step: 20, dense: { d0: Float32Array.of(20), d1: Float32Array.of(20), d2: Float32Array.of(20) } }),
+      ]);
+      assert.equal(b.id, a.id + 1);
+      const r = await ps.restore();
+      assert.equal(r.step, 20);
+      assert.deepEqual(
+        [...r.dense.values()].map((v) => v[0]),
+        [20, 20, 20],
+        'one cut on every shard',
+      );
+      // The shard's own guard: a PREPARE of the id prepared under the same ballot, with other content.
+      const st = (await ps.status())[0];
+      const cli = raw(c.endpoints[0]);
+      try {
+        const id = st.last_checkpoint_id + 1;
+        const ballot = st.ballot;
+        await rawCall(cli, 'Checkpoint', { id, phase: 'PREPARE', ballot, meta: Buffer.from('a'), incarnation: st.incarnation });
+        await rawCall(cli, 'Checkpoint', { id, phase: 'PREPARE', ballot, meta: Buffer.from('a'), incarnation: st.incarnation }); // a retry
+        await assert.rejects(
+          rawCall(cli, 'Checkpoint', { id, phase: 'PREPARE', ballot, meta: Buffer.from('b'), incarnation: st.incarnation }),
+          /prepared here with other content under the same ballot/,
+        );
+        await rawCall(cli, 'Checkpoint', { id, phase: 'ABORT', ballot });
+      } finally {
+        cli.close();
+      }
+    } finally {
+      ps.close();
+    }
+  });
+
+  test("a persist outranked by another worker's persist says no restore happened; the next persist resolves what it left prepared", async () => {
+    const a = await PsClient.connect({ endpoints: c.endpoints });
+    const b = await PsClient.connect({ endpoints: c.endpoints });
+    try {
+      await a.persist({ step: 1 });
+      const before = await rows(a);
+      await b.persist({ step: 2 }); // b's ballot is above a's now
+      await a.push(T.name, keys, Float32Array.from([1, 1, 1]));
+      const err = await a.persist({ step: 3 }).then(
+        () => null,
+        (e: Error) => e,
+      );
+      assert.ok(err instanceof CoordinatorSupersededError, String(err));
+      assert.match(err.message, /no restore happened, so this worker's state is current: go on without rejoining/);
+      assert.deepEqual(
+        await rows(a),
+        before.map((x) => x + 1),
+        'nothing was rolled back',
+      );
+      assert.equal((await a.persist({ step: 3 })).id > 0, true, 'the next persist takes a new ballot');
+      // A checkpoint left prepared on every shard by a coordinator that lost its ballot: b's next persist commits it, then its own.
+      const st = await b.status();
+      const id = Math.max(...st.map((s) => s.last_checkpoint_id)) + 1;
+      const top = Math.max(...st.map((s) => s.ballot));
+      for (const [i, e] of c.endpoints.entries()) {
+        const cli = raw(e);
+        try {
+          await rawCall(cli, 'RaiseBallot', { ballot: top + 1 });
+          await rawCall(cli, 'Checkpoint', { id, phase: 'PREPARE', ballot: top + 1, meta: Buffer.alloc(0), incarnation: st[i].incarnation });
+        } finally {
+          cli.close();
+        }
+      }
+      b.ballot = 0; // b takes a ballot above the stopped coordinator's
+      const { id: next } = await b.persist({ step: 4 });
+      assert.equal(next, id + 1, 'the prepared checkpoint was committed, then this one');
+      assert.ok((await b.status()).every((s) => s.committed_id === next && s.prepared_id === 0));
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+});
+
 describe('after a crash', () => {
   // Found by a review (2026-12-01): needs_restore was not kept across a
   // clean stop, so a crashed shard stopped cleanly before any restore (a

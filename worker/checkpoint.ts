@@ -154,14 +154,25 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   // coordinators prepare one id (with one's ABORT lost, a restore would
   // commit that id holding two cuts).
   const ballot = c.ballot || (await acquireBallot(c)).ballot;
-  const sts = await c.all((s) => s.call<WireStatus>('Status', {}));
+  let sts = await c.all((s) => s.call<WireStatus>('Status', {}));
   refuseIfRestorePending(sts);
   const unresolved = sts.find((s) => s.prepared_id !== 0);
-  if (unresolved)
-    throw new CheckpointError(
-      `checkpoint ${unresolved.prepared_id} is prepared and unresolved on some shard (a crash during an earlier persist); call restore()`,
-      unresolved.prepared_id,
-    );
+  if (unresolved) {
+    if (sts.some((s) => s.needs_restore))
+      throw new CheckpointError(
+        `checkpoint ${unresolved.prepared_id} is prepared and unresolved on some shard, and a shard came back after a crash; call restore()`,
+        unresolved.prepared_id,
+      );
+    // Left by a coordinator that lost its ballot to this one (two workers
+    // persisting at once) or stopped: resolved as restore() resolves it,
+    // under this ballot, so the cluster does not stay blocked until a restore.
+    try {
+      await resolvePrepared(c, ballot, sts);
+    } catch (e) {
+      throw stale(e) ? await superseded(c, `persist found checkpoint ${unresolved.prepared_id} prepared and could not resolve it`, e) : e;
+    }
+    sts = await c.all((s) => s.call<WireStatus>('Status', {}));
+  }
   const id = Math.max(...sts.map((s) => Math.max(s.committed_id, s.last_checkpoint_id))) + 1;
 
   failpoint('persist.before_prepare');
@@ -187,11 +198,7 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) {
     const e = failed.reason as Error;
-    if (stale(e))
-      throw new CoordinatorSupersededError(
-        `persist of checkpoint ${id} was refused: a restore() by another worker raised the ballot; this worker must restore or rejoin`,
-        (e as PsError).shard,
-      );
+    if (stale(e)) throw await superseded(c, `persist of checkpoint ${id} was refused`, e);
     // Some shard could not prepare: abort everywhere (the shards record the
     // id, so it can never be prepared later; restore() aborts what is left).
     await c.all((s) => s.call('Checkpoint', { id, phase: 'ABORT', ballot }, { retryForMs: 5000 }).catch(() => undefined));
@@ -209,7 +216,7 @@ export async function persistCheckpoint(c: PsClient, input: PersistInput): Promi
       if (++committed === 1) failpoint('persist.after_first_commit');
     });
   } catch (e) {
-    if (stale(e)) throw new CoordinatorSupersededError(`commit of checkpoint ${id} was refused: a restore() by another worker took over`, (e as PsError).shard);
+    if (stale(e)) throw await superseded(c, `commit of checkpoint ${id} was refused`, e);
     throw new CheckpointError(
       `checkpoint ${id} is prepared everywhere but not committed on every shard (${(e as Error).message}); restore() will commit it`,
       id,
@@ -248,19 +255,7 @@ async function restoreUnderNewBallot(c: PsClient): Promise<RestoreResult> {
   failpoint('restore.after_ballot');
 
   // 2. Resolve the newest checkpoint that any shard prepared.
-  const newestPrepared = Math.max(0, ...sts.map((s) => s.prepared_id));
-  if (newestPrepared) {
-    const k = newestPrepared;
-    const commit = sts.some((s) => s.committed_id === k) || sts.every((s) => s.prepared_id === k);
-    await c.all(async (s) => {
-      const st = sts[s.index];
-      if (st.prepared_id !== 0) {
-        // A shard holds at most one prepared checkpoint; older than k can only
-        // be left by an aborted protocol run: abort it.
-        const phase = commit && st.prepared_id === k ? 'COMMIT' : 'ABORT';
-        await s.call('Checkpoint', { id: st.prepared_id, phase, ballot });
-      }
-    });
+  if (await resolvePrepared(c, ballot, sts)) {
     failpoint('restore.after_resolve');
     sts = await c.all((s) => s.call<CkptState & { ballot: number }>('RaiseBallot', { ballot }));
   }
@@ -281,11 +276,53 @@ async function restoreUnderNewBallot(c: PsClient): Promise<RestoreResult> {
   return adopt(c, rs, id);
 }
 
+/**
+ * Resolves the newest checkpoint any shard prepared, under `ballot`: commits
+ * it where it is prepared if some shard committed it or every shard prepared
+ * it (its coordinator had decided it), else aborts it; aborts older ones.
+ * Returns whether there was one.
+ */
+async function resolvePrepared(c: PsClient, ballot: number, sts: Pick<CkptState, 'committed_id' | 'prepared_id'>[]): Promise<boolean> {
+  const k = Math.max(0, ...sts.map((s) => s.prepared_id));
+  if (!k) return false;
+  const commit = sts.some((s) => s.committed_id === k) || sts.every((s) => s.prepared_id === k);
+  await c.all(async (s) => {
+    const st = sts[s.index];
+    if (st.prepared_id !== 0) {
+      // A shard holds at most one prepared checkpoint; older than k can only
+      // be left by an aborted protocol run: abort it.
+      const phase = commit && st.prepared_id === k ? 'COMMIT' : 'ABORT';
+      await s.call('Checkpoint', { id: st.prepared_id, phase, ballot });
+    }
+  });
+  return true;
+}
+
+/**
+ * The error of a persist whose ballot another coordinator outranked. A
+ * restore's (a shard's lineage moved on, or one is under way) means this
+ * worker must rejoin; another worker's persist leaves this worker's state
+ * current, and rejoining would replay steps the shards already hold, so
+ * it is told so and takes a new ballot at its next persist.
+ */
+async function superseded(c: PsClient, what: string, e: unknown): Promise<CoordinatorSupersededError> {
+  const shard = (e as PsError).shard;
+  const sts = await c.all((s) => s.call<WireStatus>('Status', {})).catch(() => null);
+  const restored = !sts || sts.some((s, i) => s.lineage !== c.shards[i].lineage || s.restoring_ballot > s.restored_ballot);
+  if (restored) return new CoordinatorSupersededError(`${what}: a restore() by another worker raised the ballot; this worker must rejoin (or restore)`, shard);
+  c.ballot = 0;
+  return new CoordinatorSupersededError(
+    `${what}: another worker's persist() took a higher ballot (let one worker persist); no restore happened, so this worker's state is current: go on without rejoining, and persist() again to take a new ballot`,
+    shard,
+  );
+}
+
 type CheckpointReply = { checkpoint_id: number; meta: Buffer; dense: { name: string; values: Buffer }[]; incarnation: number; lineage: number };
 
 // Takes the shards' new incarnations and lineages and merges their halves of
 // the checkpoint's trainer state.
 function adopt(c: PsClient, rs: CheckpointReply[], id: number): RestoreResult {
+  c.forgetTableDims();
   const dense = new Map<string, Float32Array>();
   for (const [i, r] of rs.entries()) {
     c.shards[i].incarnation = r.incarnation;

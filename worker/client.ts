@@ -26,6 +26,14 @@ import { StallMeter } from './stall';
 
 export type KeysLike = Buffer | BigUint64Array | ArrayLike<number | bigint>;
 
+/** One call of a push: its shard, request, and the seq and lineage it went under (set at its first send). */
+interface PushPart {
+  s: number;
+  method: 'Push' | 'PushDense';
+  req: Record<string, unknown>;
+  sent: { seq?: number; lineage?: number; uncertain?: boolean };
+}
+
 export interface ConnectOptions {
   /** host:port of every shard, in shard order. The same list on every worker. */
   endpoints: string[];
@@ -276,6 +284,10 @@ export class PsClient {
           return new Float32Array(b.buffer, b.byteOffset, n);
         });
     if (!split.identity) {
+      // Shards apply their parts on their own; a gradient every shard would
+      // refuse is refused here, before any part goes (a NaN is the common case).
+      for (let i = 0; i < g.length; i++)
+        if (!Number.isFinite(g[i])) throw new PsError(`push to "${table}": gradient value ${i} is ${g[i]}; nothing was sent`, grpc.status.INVALID_ARGUMENT);
       const seen = split.keys.map((sk) => new Uint8Array(sk.length / 8));
       for (let i = 0; i < n; i++) {
         const s = split.shard[i];
@@ -288,28 +300,50 @@ export class PsClient {
         } else for (let d = 0; d < dim; d++) acc[p * dim + d] += g[o + d];
       }
     }
-    await Promise.all(
-      split.keys.map(async (sk, s) => {
-        if (sk.length === 0) return;
-        const kc = chunk(sk, dim);
-        if (kc.length === 1) {
-          // The Buffer the encoder knows (withRoomBefore), not a new view of its memory.
-          const gb = whole[s] ?? Buffer.from(sums[s].buffer, sums[s].byteOffset, sums[s].byteLength);
-          await this.pushOnce(s, 'Push', { table, keys: sk, grads: gb });
-          return;
-        }
-        // The chunks of a shard's part hold distinct keys: they go in parallel.
-        let off = 0;
-        await Promise.all(
-          kc.map((ck) => {
-            const rows = ck.length / 8;
-            const gb = Buffer.from(sums[s].buffer, sums[s].byteOffset + off * dim * 4, rows * dim * 4);
-            off += rows;
-            return this.pushOnce(s, 'Push', { table, keys: ck, grads: gb });
-          }),
-        );
-      }),
-    );
+    const parts: PushPart[] = [];
+    for (const [s, sk] of split.keys.entries()) {
+      if (sk.length === 0) continue;
+      const kc = chunk(sk, dim);
+      if (kc.length === 1) {
+        // The Buffer the encoder knows (withRoomBefore), not a new view of its memory.
+        const gb = whole[s] ?? Buffer.from(sums[s].buffer, sums[s].byteOffset, sums[s].byteLength);
+        parts.push({ s, method: 'Push', req: { table, keys: sk, grads: gb }, sent: {} });
+        continue;
+      }
+      // The chunks of a shard's part hold distinct keys: they go in parallel.
+      let off = 0;
+      for (const ck of kc) {
+        const rows = ck.length / 8;
+        parts.push({
+          s,
+          method: 'Push',
+          req: { table, keys: ck, grads: Buffer.from(sums[s].buffer, sums[s].byteOffset + off * dim * 4, rows * dim * 4) },
+          sent: {},
+        });
+        off += rows;
+      }
+    }
+    await this.sendParts(parts);
+  }
+
+  // Sends a push's parts at once; when some fail, throws the first failure
+  // with what the push left (PushOutcome) and a retry of the failed parts.
+  private async sendParts(parts: PushPart[]): Promise<void> {
+    const results = await Promise.allSettled(parts.map((p) => this.pushOnce(p.s, p.method, p.req, p.sent)));
+    const failed = parts.filter((_, i) => results[i].status === 'rejected');
+    if (failed.length === 0) return;
+    const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    // A shard restarted or restored: the step is replayed from a checkpoint, whatever was applied.
+    const restarted = errors.find((e) => e instanceof ServerRestartedError);
+    if (restarted) throw restarted;
+    const first = errors[0];
+    if (!(first instanceof PsError)) throw first;
+    const failedShards = [...new Set(failed.map((p) => p.s))].sort((a, b) => a - b);
+    const appliedShards = [...new Set(parts.map((p) => p.s))].filter((s) => !failedShards.includes(s)).sort((a, b) => a - b);
+    first.pushOutcome = { appliedShards, failedShards, retry: () => this.sendParts(failed) };
+    if (appliedShards.length > 0)
+      first.message += ` (the parts on shard${appliedShards.length > 1 ? 's' : ''} ${appliedShards.join(', ')} were applied: pushing the batch again would apply them twice; error.pushOutcome.retry() re-sends only the rest, exactly once)`;
+    throw first;
   }
 
   // ------------------------------------------------------------ dense tensors
@@ -339,7 +373,7 @@ export class PsClient {
   /** Applies the tensor's optimizer to the gradient, exactly once. */
   async pushDense(name: string, grads: Float32Array): Promise<void> {
     const s = shardOfDense(name, this.shards.length);
-    await this.pushOnce(s, 'PushDense', { name, grads: bufOf(grads) });
+    await this.sendParts([{ s, method: 'PushDense', req: { name, grads: bufOf(grads) }, sent: {} }]);
   }
 
   // ------------------------------------------------------------ checkpoints
@@ -352,7 +386,7 @@ export class PsClient {
    */
   persist(input: PersistInput): Promise<{ id: number }> {
     this.live();
-    return persistCheckpoint(this, input);
+    return this.oneAtATime(() => persistCheckpoint(this, input));
   }
 
   /**
@@ -363,7 +397,7 @@ export class PsClient {
    */
   restore(): Promise<RestoreResult> {
     this.live();
-    return restoreCheckpoint(this);
+    return this.oneAtATime(() => restoreCheckpoint(this));
   }
 
   /**
@@ -375,7 +409,18 @@ export class PsClient {
    */
   rejoin(opts: { waitMs?: number } = {}): Promise<RestoreResult> {
     this.live();
-    return rejoinCheckpoint(this, opts.waitMs ?? 30_000);
+    return this.oneAtATime(() => rejoinCheckpoint(this, opts.waitMs ?? 30_000));
+  }
+
+  // persist, restore and rejoin of one client run one after another: they
+  // share the client's ballot, and two persists at once under one ballot
+  // read the same next id, so a shard took the second PREPARE for a retry
+  // of the first and one checkpoint id held two cuts.
+  private checkpointTail: Promise<unknown> = Promise.resolve();
+  private oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.checkpointTail.then(fn, fn);
+    this.checkpointTail = run.catch(() => undefined);
+    return run;
   }
 
   /**
@@ -405,33 +450,44 @@ export class PsClient {
 
   // ------------------------------------------------------------ internals
 
+  /** A restore or rejoin took the shards back: a table's dim may be another (dropped and created since the checkpoint). */
+  forgetTableDims(): void {
+    this.dims.clear();
+  }
+
   /** Runs fn on every shard in parallel (results in shard order). */
   all<T>(fn: (s: ShardConnection) => Promise<T>): Promise<T[]> {
     return Promise.all(this.shards.map(fn));
   }
 
-  /** Sends a push-like call with this worker's next seq for the shard, keeping the seq across retries. */
-  private async pushOnce(s: number, method: 'Push' | 'PushDense', req: Record<string, unknown>): Promise<void> {
+  /**
+   * Sends a push-like call with this worker's next seq for the shard, keeping
+   * the seq across retries. `sent` keeps the seq and the state the push was
+   * computed against, so that a later retry of a failed part (PushOutcome)
+   * goes under the same seq, and not into a restored state.
+   */
+  private async pushOnce(s: number, method: 'Push' | 'PushDense', req: Record<string, unknown>, sent: PushPart['sent'] = {}): Promise<void> {
     const conn = this.shards[s];
+    if (sent.lineage !== undefined && sent.lineage !== conn.lineage) throw new ServerRestartedError(s, conn.endpoint, 'restore');
     // The state this push was computed against, fixed when it is called. A
     // restore (or rejoin) that this worker runs while the push is still
     // retrying on a shard (its other shards failed first), or waiting for a
     // slot, adopts the checkpoint's lineage and incarnation; a retry that
     // then went out with them, or passed the continuity check, was applied
     // on top of the restored state, and again when the step was replayed.
-    const lineage = conn.lineage;
+    const lineage = (sent.lineage ??= conn.lineage);
     let incarnation = conn.incarnation;
     // Fewer pushes in flight per shard than its exactly-once window, so a
     // retry always falls inside the window.
     await this.pushSlots[s].acquire();
     try {
-      let seq = ++this.seqs[s];
+      let seq = (sent.seq ??= ++this.seqs[s]);
       // Whether some attempt with this seq may have reached the shard with
       // its outcome unknown (a timeout, a dropped connection): then only the
       // shard's exactly-once record can say whether it was applied.
-      let uncertain = false;
+      let uncertain = sent.uncertain === true; // an earlier send of this part (a PushOutcome retry) counts
       const onUncertain = () => {
-        uncertain = true;
+        uncertain = sent.uncertain = true;
       };
       for (;;) {
         try {
@@ -445,7 +501,7 @@ export class PsClient {
             // never applied: it may go again under a seq the shard can judge
             // (its record of this worker was forgotten to bound memory).
             this.seqs[s] = Math.max(this.seqs[s], err.nextSeq);
-            seq = ++this.seqs[s];
+            seq = sent.seq = ++this.seqs[s];
             continue;
           }
           if (err.reason !== 'incarnation') throw e;

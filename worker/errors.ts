@@ -18,6 +18,25 @@ export class PsError extends Error {
 
   /** With reason "too_old": the lowest seq the shard would judge for this worker (its pmemps-next-seq trailer). */
   nextSeq?: number;
+
+  /** Thrown by push() or pushDense(): what the push left, and how to finish it exactly once. */
+  pushOutcome?: PushOutcome;
+}
+
+/**
+ * A push goes to each shard as its own call, applied or refused per shard:
+ * when one shard refuses its part (or stays unreachable), the parts of the
+ * others may be applied. Pushing the batch again would apply those twice;
+ * retry() re-sends only the parts that failed, under their first seqs, so a
+ * part that was applied after all (its answer lost) is not applied again.
+ */
+export interface PushOutcome {
+  /** Shards that applied their whole part. */
+  appliedShards: number[];
+  /** Shards with a part that failed (on an unreachable shard, it may still have been applied once). */
+  failedShards: number[];
+  /** Re-sends the failed parts only; throws as push() does, with the outcome of this retry. */
+  retry(): Promise<void>;
 }
 
 /**

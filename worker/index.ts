@@ -2,7 +2,16 @@
 // for the checkpoint protocol, and worker/shard.ts for the key-to-shard map.
 export { PsClient, keyBuffer, type ConnectOptions, type KeysLike, type ShardStatus } from './client';
 export { type PersistInput, type RestoreResult } from './checkpoint';
-export { PsError, AccessDeniedError, TlsError, ServerRestartedError, IdentityMismatchError, CoordinatorSupersededError, CheckpointError } from './errors';
+export {
+  PsError,
+  type PushOutcome,
+  AccessDeniedError,
+  TlsError,
+  ServerRestartedError,
+  IdentityMismatchError,
+  CoordinatorSupersededError,
+  CheckpointError,
+} from './errors';
 export { type TlsOptions } from './connection';
 export { PeriodicPersist, type PeriodicOptions } from './periodic';
 export { StallMeter, type StepStall } from './stall';
