@@ -86,7 +86,12 @@ void Engine::init_root() {
   root_->dead_cap = 64;
   root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, true);
   root_->copy_blocks_off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
-  root_->layout = opts_.layout == kLayoutAuto ? (pool_->is_pmem() ? kLayoutInPlace : kLayoutLogged) : opts_.layout;
+  // auto is in-place on every medium for now: a logged pool holds no log
+  // room for the rows its pushes leave dirty, so near full its clean stop
+  // (and every prepare) could fail to write them back, losing acknowledged
+  // pushes (docs/design.md, "Log room for dirty rows"). Logged pools are
+  // made only when asked for.
+  root_->layout = opts_.layout == kLayoutAuto ? kLayoutInPlace : opts_.layout;
   // Segments of a 64th of the pool, 1 to 16 MiB: a few hundred msyncs
   // write a checkpoint of any size, and a small pool keeps its room.
   if (root_->layout == kLayoutLogged) root_->vlog_off = VLog::create(tx, *pool_, std::clamp<uint64_t>(pool_->size() / 64, 1 << 20, 16 << 20));
