@@ -445,7 +445,7 @@ describe('config: through the real binary', () => {
     assert.ok(!lines.join('\n').includes('tok-7f3a9c'), 'the contents of the token file never reach the log');
   });
 
-  it('--pool-layout auto makes an in-place pool on and off persistent memory; a pool keeps its layout', async () => {
+  it('--pool-layout auto makes a logged pool off persistent memory and an in-place one on it; a pool keeps its layout', async () => {
     const created = async (pmem: string, env: Record<string, string>, extra: string[] = []): Promise<Record<string, unknown>> => {
       const { lines, code } = await startAndStop(
         ['--bind', '127.0.0.1:0', '--pmem', pmem, '--pool-size', '32M', ...extra],
@@ -455,16 +455,11 @@ describe('config: through the real binary', () => {
       assert.equal(code, 0);
       return lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((e) => typeof e.isPmem === 'boolean')!;
     };
-    // Until a logged pool holds log room for its dirty rows, auto never
-    // makes one (a nearly full logged pool lost acknowledged pushes at its
-    // clean stop: docs/design.md, "Log room for dirty rows").
     const disk = path.join(dir, 'p-layout-disk');
-    assert.deepEqual(await created(disk, { PMEM_IS_PMEM_FORCE: '0' }).then((e) => [e.isPmem, e.layout, e.created]), [false, 'inplace', true]);
+    assert.deepEqual(await created(disk, { PMEM_IS_PMEM_FORCE: '0' }).then((e) => [e.isPmem, e.layout, e.created]), [false, 'logged', true]);
     const pm = path.join(dir, 'p-layout-pmem');
     assert.deepEqual(await created(pm, { PMEM_IS_PMEM_FORCE: '1' }).then((e) => [e.isPmem, e.layout]), [true, 'inplace']);
-    const logged = path.join(dir, 'p-layout-logged');
-    assert.deepEqual(await created(logged, { PMEM_IS_PMEM_FORCE: '0' }, ['--pool-layout', 'logged']).then((e) => e.layout), 'logged');
-    const kept = await created(logged, { PMEM_IS_PMEM_FORCE: '0' }, ['--pool-layout', 'inplace']);
+    const kept = await created(disk, { PMEM_IS_PMEM_FORCE: '0' }, ['--pool-layout', 'inplace']);
     assert.deepEqual([kept.layout, kept.created], ['logged', false], 'an existing pool keeps the layout it was made with');
   });
 

@@ -171,8 +171,46 @@ describe('the logged layout', () => {
     assert.ok(refused > 0 && acked > 50, `the pool filled up (${acked} pushes acknowledged, ${refused} refused)`);
     const all = keysOf(0, N);
     assert.ok((await e.pull('emb', all)).equals(await ref.pull('emb', all)), 'the live state is exactly the acknowledged pushes');
-    await e.close().catch((err: EngineError) => assert.equal(err.code, 'OUT_OF_SPACE'));
+    // The dirty rows' log room was held since their pushes: the full pool
+    // still closes cleanly (its close once failed OUT_OF_SPACE here, and
+    // every push since the last checkpoint was lost).
+    await e.close();
+    const again = Engine.open({ dir, poolMb: 16, cacheMb: 1, layout: 'logged' });
+    assert.equal(again.openInfo.cleanClose, true);
+    assert.ok((await again.pull('emb', all)).equals(await ref.pull('emb', all)), 'every acknowledged push, after the clean close');
+    await again.close();
     await ref.close();
+  });
+
+  it('filled with new rows until a push is refused, closes cleanly with every acknowledged row', { timeout: 120_000 }, async () => {
+    // A review's attack (2026-12-02): a push reserved log room only for its
+    // own write-backs, so the rows it left dirty (the whole cache budget)
+    // held none; on a pool filled with new rows the clean close failed
+    // OUT_OF_SPACE reserving room to write them back.
+    const dir = pool('new-rows');
+    const e = Engine.open({ dir, poolMb: 64, cacheMb: 16, layout: 'logged' });
+    e.createTable(SGD);
+    await e.prepare(1);
+    await e.commit(1);
+    let rows = 0;
+    for (const b of [8192, 512, 32, 1])
+      for (;;) {
+        try {
+          await e.push('emb', keysOf(rows, b), f32(new Array(b * 16).fill(1)));
+          rows += b;
+        } catch (err) {
+          assert.equal((err as EngineError).code, 'OUT_OF_SPACE', String(err));
+          break;
+        }
+      }
+    assert.ok(rows > 50_000, `${rows} rows acknowledged`);
+    assert.ok(e.stats().cacheBytes > 8 * 2 ** 20, 'the cache holds many dirty rows');
+    await e.close();
+    const again = Engine.open({ dir, poolMb: 64, cacheMb: 16, layout: 'logged' });
+    assert.equal(again.openInfo.cleanClose, true);
+    const got = await again.pull('emb', keysOf(0, rows));
+    for (let i = 0; i < rows * 16; i++) if (got.readFloatLE(i * 4) !== -1) assert.fail(`row ${Math.floor(i / 16)} lost its acknowledged push`);
+    await again.close();
   });
 
   // The log's list of segments is packed (compaction's holes taken out) in
@@ -229,7 +267,14 @@ describe('the logged layout', () => {
     const all = keysOf(0, next);
     assert.ok((await e.pull('b', all)).equals(await ref.pull('b', all)), 'the live state is exactly the acknowledged pushes');
     assert.deepEqual(e.fullCheck().problems, []);
-    await e.close().catch((err: EngineError) => assert.equal(err.code, 'OUT_OF_SPACE'));
+    // The dirty rows' log room was held since their pushes: the full pool
+    // still closes cleanly (its close once failed OUT_OF_SPACE here, and
+    // every push since the last checkpoint was lost).
+    await e.close();
+    const again = Engine.open({ dir, poolMb: 32, cacheMb: 1, layout: 'logged' });
+    assert.equal(again.openInfo.cleanClose, true);
+    assert.ok((await again.pull('b', all)).equals(await ref.pull('b', all)), 'every acknowledged push, after the clean close');
+    await again.close();
     await ref.close();
   });
 });

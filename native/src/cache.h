@@ -50,6 +50,7 @@
 //    mark: two write-backs of one row choosing a slot at once could choose
 //    the same one. A push may update it meanwhile.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -146,6 +147,10 @@ class Stripe {
   DirtyList pending;
   size_t bytes = 0;
   size_t budget = 0;
+  // Bytes of the entries on `dirty` and `pending` (each at least its
+  // record's in the version log): what writing them all back needs. Written
+  // under mu; read without it by Engine::hold_dirty_room.
+  std::atomic<uint64_t> dirty_bytes{0};
   // Entries dirty with epoch <= pending_epoch are on `pending`: a prepare
   // moved them there in O(1) and is writing them back.
   uint32_t pending_epoch = 0;
@@ -237,6 +242,7 @@ class Stripe {
     pending.unlink(e);
     e->dirty = 0;
     c->dirty = 1;
+    dirty_bytes.store(dirty_bytes.load(std::memory_order_relaxed) - e->bytes + c->bytes, std::memory_order_relaxed);
     // At the back, where the flusher takes the next entry: a copy's bytes
     // are the first it gives back.
     pending.push_back(c);
@@ -358,6 +364,7 @@ class Stripe {
     else
       dirty.unlink(e);
     e->dirty = 0;
+    dirty_bytes.store(dirty_bytes.load(std::memory_order_relaxed) - e->bytes, std::memory_order_relaxed);
   }
 
   // Marks e modified in `epoch` (> pending_epoch: the current epoch).
@@ -370,6 +377,7 @@ class Stripe {
     e->epoch = epoch;
     e->dirty = 1;
     dirty.push_front(e);
+    dirty_bytes.store(dirty_bytes.load(std::memory_order_relaxed) + e->bytes, std::memory_order_relaxed);
   }
 
   // The prepare boundary: every dirty entry becomes pending.
@@ -426,6 +434,7 @@ class Stripe {
     lru.reset();
     dirty.reset();
     pending.reset();
+    dirty_bytes.store(0, std::memory_order_relaxed);
   }
 
   template <typename F>

@@ -286,6 +286,16 @@ class Engine {
   uint64_t log_bound(size_t rows, uint32_t row_floats, size_t stripes) const;
   // Log bytes the dirty versions need (pending ones only, or all), under each stripe's lock in turn.
   uint64_t dirty_log_bytes(bool pending_only);
+  // A push that returns hands the room it kept for the rows it dirtied to
+  // dirty_res_, which gives back what the dirty entries no longer need.
+  void hold_dirty_room(VLog::Reservation& kept);
+  // Makes r hold `bytes`, taken from dirty_res_ first (a prepare's flush,
+  // the close), so that writing back rows already acknowledged needs no new
+  // room; OutOfSpace only if dirty_res_ fell short.
+  void take_dirty_room(VLog::Reservation& r, uint64_t bytes);
+  // What r holds back into dirty_res_ (DirtyRoomBack).
+  void give_back_dirty_room(VLog::Reservation& r);
+  friend struct DirtyRoomBack;
   uint64_t reserve_row(Table& t, uint64_t key);
   void alloc_slab(Table& t);
   void drop_cache();
@@ -370,6 +380,13 @@ class Engine {
   uint32_t layout_ = kLayoutInPlace;
   std::unique_ptr<VLog> vlog_;
   VLog::Reservation flush_res_;  // the running prepare's flush (ckpt: one at a time)
+  // Logged pools: log room for writing back every dirty entry, held from the
+  // push that dirtied it (docs/design.md, "Log room for dirty rows"), so the
+  // prepare's flush and the clean close never need room the pool may no
+  // longer have. At least the stripes' dirty_bytes once every push that
+  // dirtied them has returned; dirty_mu_ orders its moves and trims.
+  VLog::Reservation dirty_res_;
+  std::mutex dirty_mu_;
   OpenInfo info_;
   bool closed_ = false;
 

@@ -93,8 +93,9 @@ void Engine::flush_pending() {
   test_hook("flush.fail");
   // Log room for every pending version before any is taken: a flush that
   // failed halfway would leave rows marked clean whose version is nowhere.
-  LogHold hold{vlog_.get(), flush_res_};
-  if (vlog_) vlog_->reserve(flush_res_, dirty_log_bytes(true));
+  // The room is the pending rows' own, held since their pushes returned.
+  DirtyRoomBack back{*this, flush_res_};
+  if (vlog_) take_dirty_room(flush_res_, dirty_log_bytes(true));
   if (!pool_->is_pmem()) {
     // The msync path: the flush waits on the page cache and the disk, not
     // the CPU, and pushes that find their rows still pending write them back

@@ -234,6 +234,32 @@ uint64_t Engine::dirty_log_bytes(bool pending_only) {
   return need;
 }
 
+void Engine::hold_dirty_room(VLog::Reservation& kept) {
+  std::lock_guard<std::mutex> g(dirty_mu_);
+  vlog_->transfer(kept, dirty_res_, kept.bytes);
+  // Every push that dirtied entries counted here has returned or still
+  // holds its own room: the sum bounds what dirty_res_ must keep. (A push
+  // whose hold ran before this one is seen: dirty_mu_ orders them.)
+  uint64_t need = 0;
+  for (auto& s : stripes_) need += s.dirty_bytes.load(std::memory_order_relaxed);
+  vlog_->trim(dirty_res_, need);
+}
+
+void Engine::take_dirty_room(VLog::Reservation& r, uint64_t bytes) {
+  if (!vlog_) return;
+  {
+    std::lock_guard<std::mutex> g(dirty_mu_);
+    if (r.bytes < bytes) vlog_->transfer(dirty_res_, r, bytes - r.bytes);
+  }
+  if (r.bytes < bytes) vlog_->reserve(r, bytes - r.bytes);
+}
+
+void Engine::give_back_dirty_room(VLog::Reservation& r) {
+  if (!vlog_) return;
+  std::lock_guard<std::mutex> g(dirty_mu_);
+  vlog_->transfer(r, dirty_res_, r.bytes);
+}
+
 uint64_t Engine::log_bound(size_t rows, uint32_t row_floats, size_t stripes) const {
   // Per stripe hold, make_room evicts at most one group (evict_group) plus
   // one entry beyond what the hold makes (an entry and a
@@ -725,6 +751,20 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
   VLog::Reservation res;
   LogHold hold{vlog_.get(), res};
   rows.reserve_log(res, u, rf, nbusy);
+  // And log room for writing back the rows this push leaves dirty, kept
+  // after it returns (an entry and its copy-on-write copy per row, at most,
+  // and never more than the cache holds): a clean close or a prepare must
+  // never need room for acknowledged rows that a full pool no longer has.
+  VLog::Reservation kept;
+  LogHold keep_hold{vlog_.get(), kept};
+  if (vlog_) vlog_->reserve(kept, std::min<uint64_t>(2 * u * Stripe::entry_bytes(rf), opts_.cache_bytes));
+  struct KeepDirty {
+    Engine& en;
+    VLog::Reservation& kept;
+    ~KeepDirty() {
+      if (en.vlog_) en.hold_dirty_room(kept);
+    }
+  } keep_dirty{*this, kept};
   rows.reserve(*t, u, uk, missing, refs);
 
   // Phase 3: store the updates in the cache, stripe by stripe (in

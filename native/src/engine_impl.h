@@ -82,6 +82,15 @@ struct LogHold {
   }
 };
 
+// Gives the unused part of a reservation taken from the dirty rows' room
+// back to it when a flush or a close ends, however it ends: the rows still
+// dirty then keep their room (log null: not a logged pool).
+struct DirtyRoomBack {
+  Engine& en;
+  VLog::Reservation& res;
+  ~DirtyRoomBack() { en.give_back_dirty_room(res); }
+};
+
 constexpr uint64_t kMaxEpoch = 0xfffffff0ULL;  // slot headers hold 32-bit epochs
 
 inline bool Engine::is_dead(uint64_t e) const {

@@ -86,12 +86,7 @@ void Engine::init_root() {
   root_->dead_cap = 64;
   root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, true);
   root_->copy_blocks_off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
-  // auto is in-place on every medium for now: a logged pool holds no log
-  // room for the rows its pushes leave dirty, so near full its clean stop
-  // (and every prepare) could fail to write them back, losing acknowledged
-  // pushes (docs/design.md, "Log room for dirty rows"). Logged pools are
-  // made only when asked for.
-  root_->layout = opts_.layout == kLayoutAuto ? kLayoutInPlace : opts_.layout;
+  root_->layout = opts_.layout == kLayoutAuto ? (pool_->is_pmem() ? kLayoutInPlace : kLayoutLogged) : opts_.layout;
   // Segments of a 64th of the pool, 1 to 16 MiB: a few hundred msyncs
   // write a checkpoint of any size, and a small pool keeps its room.
   if (root_->layout == kLayoutLogged) root_->vlog_off = VLog::create(tx, *pool_, std::clamp<uint64_t>(pool_->size() / 64, 1 << 20, 16 << 20));
@@ -425,11 +420,12 @@ void Engine::close_pool(const std::string& given) {
     grow_close_slot(record.size());
   }
   {
-    // Log room for every dirty version first: a close that fails for lack
-    // of it fails before it writes anything (the pool as after a crash).
+    // Log room for every dirty version first, the room their pushes left
+    // held (dirty_res_): a close that fails for lack of it (it cannot, but
+    // for a bug) fails before it writes anything (the pool as after a crash).
     VLog::Reservation res;
-    LogHold hold{vlog_.get(), res};
-    if (vlog_) vlog_->reserve(res, dirty_log_bytes(false));
+    DirtyRoomBack back{*this, res};
+    if (vlog_) take_dirty_room(res, dirty_log_bytes(false));
     for (int i = 0; i < kStripes; i++) {
       Stripe& s = stripes_[i];
       std::lock_guard<std::mutex> g(s.mu);

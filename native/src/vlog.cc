@@ -160,6 +160,21 @@ void VLog::release(Reservation& r) {
   r.bytes = 0;
 }
 
+uint64_t VLog::transfer(Reservation& from, Reservation& to, uint64_t bytes) {
+  std::lock_guard<std::mutex> g(mu_);
+  const uint64_t n = std::min(bytes, from.bytes);
+  from.bytes -= n;
+  to.bytes += n;
+  return n;
+}
+
+void VLog::trim(Reservation& r, uint64_t keep) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (r.bytes <= keep) return;
+  reserved_ -= r.bytes - keep;
+  r.bytes = keep;
+}
+
 uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r) {
   const size_t rb = record_bytes(n);
   if (rb > kSlack) throw Error(Code::InvalidArgument, "a row of " + std::to_string(n) + " floats does not fit in a log record");

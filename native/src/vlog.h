@@ -93,6 +93,11 @@ class VLog {
   void reserve(Reservation& r, uint64_t bytes);
   // Gives back what r holds and has not used.
   void release(Reservation& r);
+  // Moves up to `bytes` of from's room to `to` (no room is given back or
+  // taken, so it cannot fail); returns what moved.
+  uint64_t transfer(Reservation& from, Reservation& to, uint64_t bytes);
+  // Gives back what r holds above `keep`.
+  void trim(Reservation& r, uint64_t keep);
 
   // Appends a record and returns its pool offset. With r holding enough,
   // the record takes r's room and never allocates; otherwise it allocates a
