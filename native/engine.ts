@@ -437,11 +437,21 @@ export class Engine {
   }
 
   async close(record: Buffer = Buffer.alloc(0)): Promise<void> {
-    if (this.closed) return;
+    if (this.closing) return this.closing;
     if (!Buffer.isBuffer(record)) throw invalid('close record must be a Buffer');
-    this.closed = true;
-    await callAsync<void>((cb) => this.native.close(record, cb));
+    this.closed = true; // no new call starts while it closes
+    // A close that fails (the pool's filesystem refused a write) leaves the
+    // engine open and usable, and a later close() tries again: a failed
+    // close once left it refusing every call, and a second close() then
+    // resolved without writing anything.
+    this.closing = callAsync<void>((cb) => this.native.close(record, cb)).catch((e: unknown) => {
+      this.closed = false;
+      this.closing = null;
+      throw e;
+    });
+    return this.closing;
   }
+  private closing: Promise<void> | null = null;
 
   private live(): void {
     if (this.closed) throw new EngineError('FAILED_PRECONDITION', 'the engine is closed');

@@ -6,6 +6,7 @@ process.env.PMEM_IS_PMEM_FORCE ??= '1';
 
 import { after, describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { Engine, EngineError, asFloats, checkPoolFile, engineErrorCodes, packKeys, type TableSpec } from '../native/engine';
 import { ENGINE_CODES, toStatus } from '../server/status-codes';
@@ -436,4 +437,36 @@ describe('error codes', () => {
       await e.close();
     }
   });
+});
+
+describe('a close that fails', () => {
+  // Found by a review (2026-12-02): the wrapper marked the engine closed
+  // before the native close, so a close that failed left every later call
+  // refused ("the engine is closed") and a second close() resolved without
+  // writing anything, the pool still locked. The failure is injected once,
+  // before the close writes anything (PMEMPS_TEST_HOOKS=close.fail), in a
+  // child: the hooks are read once per process.
+  for (const layout of ['inplace', 'logged'] as const)
+    it(`leaves the engine open and usable, and a second close() closes it (${layout})`, () => {
+      const dir = pool(`close-fail-${layout}`);
+      const script = `
+        const { Engine, packKeys } = require(${JSON.stringify(path.join(__dirname, '..', 'native', 'engine'))});
+        (async () => {
+          const dir = ${JSON.stringify(dir)};
+          const keys = packKeys([1, 2, 3]);
+          const e = Engine.open({ dir, poolMb: 32, cacheMb: 1, layout: ${JSON.stringify(layout)} });
+          e.createTable({ name: 't', dim: 2, optimizer: { type: 'sgd', lr: 1 }, initializer: { type: 'zeros' }, seed: 1 });
+          await e.push('t', keys, Buffer.from(new Float32Array(6).fill(1).buffer));
+          const failed = await e.close().then(() => 'closed', (err) => err.code);
+          await e.push('t', keys, Buffer.from(new Float32Array(6).fill(1).buffer));
+          await e.close();
+          const again = Engine.open({ dir, poolMb: 32, cacheMb: 1 });
+          const row = new Float32Array((await again.pull('t', keys)).buffer.slice(0));
+          console.log(JSON.stringify({ failed, clean: again.openInfo.cleanClose, row: [...row] }));
+          await again.close();
+        })().catch((err) => { console.log(JSON.stringify({ error: err.code + ' ' + err.message })); });`;
+      const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, PMEMPS_TEST_HOOKS: 'close.fail:fail' } });
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()!), { failed: 'IO', clean: true, row: [-2, -2, -2, -2, -2, -2] });
+    });
 });

@@ -408,10 +408,24 @@ void Engine::close(const std::string& record) {
   wait_prepared(cg);
   std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) return;
-  store_->close(record);
+  try {
+    store_->close(record);
+  } catch (...) {
+    // The engine stays open (the caller may free space and close again):
+    // the compactor goes on with it.
+    if (!closed_) {
+      {
+        std::lock_guard<std::mutex> g(compact_mu_);
+        compact_stop_ = false;
+      }
+      start_compactor();
+    }
+    throw;
+  }
 }
 
 void Engine::close_pool(const std::string& given) {
+  test_hook("close.fail");  // a test fails a close here, before it writes anything: the engine stays open
   const std::string& record = opts_.inspect ? info_.close_record : given;
   if (record.size() > root_->close_cap) {
     // Normally reserved ahead (the server does, before acknowledging what
