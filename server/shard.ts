@@ -332,6 +332,10 @@ export class Shard {
         // then made one checkpoint id hold two cuts: the first coordinator's
         // on this shard, its own on the others.
         const by = this.preparedBy;
+        // Prepared before this server restarted: a coordinator that sent it
+        // then learns of the restart (reason incarnation: the SDK tells the
+        // crash from a clean restart), not of another coordinator.
+        if (by?.ballot === null) this.checkIncarnation(incarnation);
         if (by && by.id === id && by.ballot !== ballot)
           throw new ServerError(
             'FAILED_PRECONDITION',

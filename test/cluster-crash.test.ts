@@ -78,6 +78,14 @@ describe('a server killed at a named point of the checkpoint protocol', () => {
         assert.equal(rs.crashes(), 1, `the server reached ${fp} and died`);
         const { restores } = await checkRuns([run]);
         assert.equal(restores.length, 1, 'the worker restored once');
+        // The worker was told what happened: a server that crashed (a
+        // PREPARE published before the crash was once reported as "prepared
+        // here by another coordinator"), or one that was down for a while.
+        const err = run.events.find((e) => e.event === 'error');
+        assert.ok(
+          err && (err.name === 'ServerRestartedError' || (err.name === 'PsError' && /UNAVAILABLE|unavailable|No connection/i.test(err.message ?? ''))),
+          `the worker's error: ${err?.name}: ${err?.message}`,
+        );
       } finally {
         rs.stop();
         c.killAll();

@@ -84,7 +84,7 @@ async function main(): Promise<void> {
       }
     } catch (e) {
       if (two || !(e instanceof ServerRestartedError || e instanceof CheckpointError || (e instanceof PsError && e.code === 14))) throw e;
-      emit({ event: 'error', step, message: (e as Error).message });
+      emit({ event: 'error', step, message: (e as Error).message, name: (e as Error).name });
       step = await restore(ps);
     }
   }

@@ -145,6 +145,8 @@ export interface WorkerEvent {
   id?: number;
   digest?: string;
   message?: string;
+  /** With 'error': the error's class (ServerRestartedError, CheckpointError, PsError). */
+  name?: string;
 }
 
 export interface WorkerRun {
