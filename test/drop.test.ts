@@ -210,4 +210,28 @@ describe('DropTable', () => {
       await e.close();
     }
   });
+
+  it('256 tables at most, counting those dropped since the last checkpoint; its commit frees their slots', async () => {
+    const e = Engine.open({ dir: dirs('limit'), poolMb: 512, cacheMb: 1 });
+    try {
+      for (let i = 0; i < 256; i++) e.createTable({ ...SPEC, name: `t${i}`, dim: 1 });
+      assert.throws(() => e.createTable({ ...SPEC, name: 'one-more', dim: 1 }), /at most 256 tables/);
+      // A checkpoint holds t0: dropped, its slot stays taken until the next commit.
+      await e.prepare(1);
+      await e.commit(1);
+      await e.dropTable('t0');
+      assert.equal(e.listTables().length, 255);
+      assert.throws(
+        () => e.createTable({ ...SPEC, name: 'late', dim: 1 }),
+        (err: unknown) =>
+          err instanceof EngineError && err.code === 'OUT_OF_SPACE' && /at most 256 tables, counting those dropped .* commit a checkpoint/.test(err.message),
+      );
+      await e.prepare(2);
+      await e.commit(2);
+      e.createTable({ ...SPEC, name: 'late', dim: 1 });
+      assert.equal(e.listTables().length, 256);
+    } finally {
+      await e.close();
+    }
+  });
 });

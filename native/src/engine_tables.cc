@@ -66,7 +66,11 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
         break;
       }
   }
-  if (idx == kMaxTables) fail(Code::OutOfSpace, "at most " + std::to_string(kMaxTables) + " tables");
+  if (idx == kMaxTables)
+    fail(Code::OutOfSpace,
+         "at most " + std::to_string(kMaxTables) +
+             " tables, counting those dropped since the last checkpoint (a restore may bring them back): commit a checkpoint to free "
+             "their slots");
 
   auto t = std::make_unique<Table>();
   t->idx = idx;
