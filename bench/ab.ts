@@ -68,6 +68,8 @@ export interface AbChildCfg {
   dir: string;
   rows: number;
   cacheMb: number;
+  /** The pools' row layout (default: the engine's auto, in-place under emulated PMEM). */
+  layout?: 'inplace' | 'logged';
 }
 
 /**
@@ -83,6 +85,7 @@ export async function abRounds<R>(o: {
   rows: number;
   rounds: number;
   child: (cfg: AbChildCfg) => Promise<void>;
+  layout?: 'inplace' | 'logged';
 }): Promise<{ builds: Array<{ label: string; root: string }>; results: Map<string, R[]>; rows: number; cacheMb: number; rounds: number } | null> {
   const { values: a } = parseArgs({
     options: {
@@ -104,7 +107,7 @@ export async function abRounds<R>(o: {
   const base = fs.mkdtempSync('/dev/shm/pmemps-ab-');
   process.on('exit', () => fs.rmSync(base, { recursive: true, force: true }));
   const { results, loads } = await buildsInTurns(builds, rounds, (b, tag) =>
-    runResultChild<R>(o.script, { root: b.root, dir: path.join(base, tag), rows, cacheMb } satisfies AbChildCfg, b.root),
+    runResultChild<R>(o.script, { root: b.root, dir: path.join(base, tag), rows, cacheMb, layout: o.layout } satisfies AbChildCfg, b.root),
   );
   const m = machineInfo();
   console.log(`${m.cpu}, ${m.cores} cores, node ${m.node}, ${m.date}, load after each round ${loads.join(' ')}`);
@@ -124,7 +127,7 @@ export async function populatedEngine(cfg: AbChildCfg): Promise<{
 }> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { Engine }: typeof import('../native/engine') = require(path.join(cfg.root, 'dist', 'native', 'engine'));
-  const e = Engine.open({ dir: cfg.dir, poolMb: poolMbFor(cfg.rows, 1.3), cacheMb: cfg.cacheMb });
+  const e = Engine.open({ dir: cfg.dir, poolMb: poolMbFor(cfg.rows, 1.3), cacheMb: cfg.cacheMb, layout: cfg.layout });
   await e.createTable(TABLE);
   const grads = gradBuffers(7);
   const gradFor = (i: number, n: number): Buffer => grads[i % grads.length].subarray(0, n * DIM * 4);

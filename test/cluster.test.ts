@@ -739,8 +739,8 @@ describe('a push or a persist that fails part-way (found by a review, 2026-12-02
         (e: PsError) => e,
       );
       assert.ok(err instanceof PsError && err.pushOutcome, `the push failed with its outcome: ${err}`);
-      assert.deepEqual([err.pushOutcome.appliedShards, err.pushOutcome.failedShards], [[0, 1], [2]]);
-      assert.match(err.message, /shards 0, 1 were applied: pushing the batch again would apply them twice/);
+      assert.deepEqual([err.pushOutcome.appliedShards, err.pushOutcome.failedShards, err.pushOutcome.partlyAppliedShards], [[0, 1], [2], []]);
+      assert.match(err.message, /parts on shards 0, 1 were applied: pushing the batch again would apply them twice/);
       await c.startShard(2);
       await err.pushOutcome.retry();
       assert.deepEqual(await rows(ps), [1, 1, 1], 'each part applied once');

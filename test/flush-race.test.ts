@@ -29,14 +29,14 @@ type Result = {
   rowsSaturated?: number;
 };
 
-function run(layout: string, scenario: string, hooks: string): Result {
+function run(layout: string, scenario: string, hooks: string, force = '1'): Result {
   // The pool directory is the parent's, so a child that dies leaves nothing behind.
   const dir = tempDir('flush-race');
   let out: string;
   try {
     out = execFileSync(process.execPath, [CHILD, layout, scenario, dir], {
       encoding: 'utf8',
-      env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_TEST_HOOKS: hooks },
+      env: { ...process.env, PMEM_IS_PMEM_FORCE: force, PMEMPS_TEST_HOOKS: hooks },
     });
   } finally {
     removeDir(dir);
@@ -65,6 +65,14 @@ describe('a checkpoint copy (shadow) written outside its stripe lock', () => {
       assert.equal(r.live, 0, 'rows whose newest version was lost');
       assert.equal(r.liveAfterReopen, 0, 'rows whose newest version was lost (after a clean close)');
       assert.equal(r.atCheckpoint, 0, 'rows whose checkpoint version was lost');
+    });
+  // Many of them: whole flush chunks of stale copies (a review, 2026-12-02).
+  for (const layout of ['inplace', 'logged'])
+    it(`left by a failed prepare in every stripe, do not end the next prepare's flush early (${layout} pool)`, { timeout: 60_000 }, () => {
+      // The msync path: the flush runs on the prepare's thread, chunk after chunk.
+      const r = run(layout, 'manystale', 'flush.start:300,flush.fail:fail', '0');
+      assert.match(r.refusals![0], /test failure injected/, 'the first prepare failed');
+      assert.equal(r.atCheckpoint, 0, 'rows of the next checkpoint at an older version than acknowledged before it');
     });
   // The same leftover copies, of a table dropped since: no checkpoint held
   // it, so its storage was freed at once. The next prepare drops those

@@ -308,7 +308,14 @@ async function resolvePrepared(c: PsClient, ballot: number, sts: Pick<CkptState,
 async function superseded(c: PsClient, what: string, e: unknown): Promise<CoordinatorSupersededError> {
   const shard = (e as PsError).shard;
   const sts = await c.all((s) => s.call<WireStatus>('Status', {})).catch(() => null);
-  const restored = !sts || sts.some((s, i) => s.lineage !== c.shards[i].lineage || s.restoring_ballot > s.restored_ballot);
+  // Unknown: rejoin() could take back a checkpoint the rows have moved past
+  // (the replayed steps applied twice); restore() is safe either way.
+  if (!sts)
+    return new CoordinatorSupersededError(
+      `${what}: another coordinator raised the ballot, and a shard did not answer whether a restore happened; call restore() (not rejoin(): without a restore it would replay steps the shards already hold)`,
+      shard,
+    );
+  const restored = sts.some((s, i) => s.lineage !== c.shards[i].lineage || s.restoring_ballot > s.restored_ballot);
   if (restored) return new CoordinatorSupersededError(`${what}: a restore() by another worker raised the ballot; this worker must rejoin (or restore)`, shard);
   c.ballot = 0;
   return new CoordinatorSupersededError(

@@ -340,9 +340,13 @@ export class PsClient {
     if (!(first instanceof PsError)) throw first;
     const failedShards = [...new Set(failed.map((p) => p.s))].sort((a, b) => a - b);
     const appliedShards = [...new Set(parts.map((p) => p.s))].filter((s) => !failedShards.includes(s)).sort((a, b) => a - b);
-    first.pushOutcome = { appliedShards, failedShards, retry: () => this.sendParts(failed) };
-    if (appliedShards.length > 0)
-      first.message += ` (the parts on shard${appliedShards.length > 1 ? 's' : ''} ${appliedShards.join(', ')} were applied: pushing the batch again would apply them twice; error.pushOutcome.retry() re-sends only the rest, exactly once)`;
+    const partlyAppliedShards = [...new Set(parts.filter((_, i) => results[i].status === 'fulfilled').map((p) => p.s))]
+      .filter((s) => failedShards.includes(s))
+      .sort((a, b) => a - b);
+    first.pushOutcome = { appliedShards, failedShards, partlyAppliedShards, retry: () => this.sendParts(failed) };
+    const some = [...appliedShards, ...partlyAppliedShards].sort((a, b) => a - b);
+    if (some.length > 0)
+      first.message += ` (parts on shard${some.length > 1 ? 's' : ''} ${some.join(', ')} were applied: pushing the batch again would apply them twice; error.pushOutcome.retry() re-sends only the rest, exactly once)`;
     throw first;
   }
 

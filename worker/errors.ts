@@ -35,6 +35,8 @@ export interface PushOutcome {
   appliedShards: number[];
   /** Shards with a part that failed (on an unreachable shard, it may still have been applied once). */
   failedShards: number[];
+  /** Of failedShards, those where other parts (chunks of a large batch) were applied: re-pushing their keys by hand would apply those twice. */
+  partlyAppliedShards: number[];
   /** Re-sends the failed parts only; throws as push() does, with the outcome of this retry. */
   retry(): Promise<void>;
 }

@@ -295,6 +295,8 @@ class Engine {
   void take_dirty_room(VLog::Reservation& r, uint64_t bytes);
   // What r holds back into dirty_res_ (DirtyRoomBack).
   void give_back_dirty_room(VLog::Reservation& r);
+  // Gives back what dirty_res_ holds above the stripes' dirty bytes (dirty_mu_ held).
+  void trim_dirty_room();
   friend struct DirtyRoomBack;
   uint64_t reserve_row(Table& t, uint64_t key);
   void alloc_slab(Table& t);

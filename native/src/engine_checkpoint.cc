@@ -139,7 +139,7 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   if (c.stripe == 0) c.rounds++;
   Stripe& s = stripes_[i];
   c.taken.clear();
-  size_t used = 0, wrote_here = 0;
+  size_t used = 0, wrote_here = 0, dropped = 0;
   // A failure while taking (a buffer that cannot grow, a write-back that
   // throws) stops the taking before the entry at hand is touched; what was
   // taken is still written and unmarked below, then the failure is thrown.
@@ -171,6 +171,8 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
             if (!stale) {
               write_back(*tables_[e->table], e, &flush_res_);
               wrote_here++;
+            } else {
+              dropped++;
             }
             s.mark_clean(e);
             s.recycle(e);
@@ -198,7 +200,10 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   }
   if (c.taken.empty()) {
     if (err) std::rethrow_exception(err);
-    if (!wrote_here) return ++c.empty < kStripes;
+    // A chunk that only dropped stale shadows is progress too: counted as
+    // an empty stripe, kStripes of them ended the flush with rows still
+    // pending, and the checkpoint was published without them (a review).
+    if (!wrote_here && !dropped) return ++c.empty < kStripes;
     c.empty = 0;
     return true;
   }
@@ -344,6 +349,16 @@ void Engine::prepare_finish(uint64_t id) {
     // what is ready, or reserve their own.
     const size_t pending_bytes = copies_ ? pending_cache_bytes() : 0;
     flush_pending();
+    // Nothing may stay pending: a row left so would be published at an
+    // older version than the one its push acknowledged before the boundary.
+    // (Once a stripe's list is empty no push can refill it: a copy only
+    // takes the place of a pending entry.)
+    for (auto& st : stripes_) {
+      std::lock_guard<std::mutex> g(st.mu);
+      if (!st.pending.empty())
+        fail(Code::Internal,
+             "the checkpoint's flush left " + std::to_string(st.pending.size) + " rows of a stripe unwritten; the prepare is refused");
+    }
     release_copy_room();
     if (copies_) copies_->prefill(pending_bytes);
     // Rows (their log records first), their index slots and new rows'
@@ -615,6 +630,10 @@ void Engine::rollback_pool(std::unique_lock<RwLock>& el) {
   rebuild_names();
   reload_hyper();
   drop_cache();
+  if (vlog_) {
+    std::lock_guard<std::mutex> g(dirty_mu_);
+    trim_dirty_room();  // nothing is dirty any more
+  }
   if (!removed.empty()) {
     el.unlock();
     reclaim();

@@ -85,14 +85,17 @@ void Engine::publish_log() {
 
 // Twice the rows' versions, plus four segments of slack: a row keeps up to
 // three versions (committed, prepared, newest), mostly one, so the log then
-// has at least about half dead bytes to reclaim on average.
+// has at least about half dead bytes to reclaim on average. Counted up to
+// the append point: the room allocated ahead for the dirty rows (up to the
+// cache budget) holds nothing to reclaim, and counting it compacted more
+// often for nothing (pushes with 8 in flight at 0.73x on two cores).
 bool Engine::compact_due() {
   std::shared_lock<RwLock> el(epoch_mu_);
   if (closed_) return false;
   uint64_t need = 0;
   for (auto& t : tables_)
     if (t) need += t->r_next.load(std::memory_order_relaxed) * VLog::record_bytes(t->row_floats);
-  const uint64_t have = vlog_->segments() * vlog_->seg_bytes();
+  const uint64_t have = vlog_->written_bytes();
   return have > 2 * need + 4 * vlog_->seg_bytes();
 }
 

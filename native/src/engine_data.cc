@@ -237,6 +237,10 @@ uint64_t Engine::dirty_log_bytes(bool pending_only) {
 void Engine::hold_dirty_room(VLog::Reservation& kept) {
   std::lock_guard<std::mutex> g(dirty_mu_);
   vlog_->transfer(kept, dirty_res_, kept.bytes);
+  trim_dirty_room();
+}
+
+void Engine::trim_dirty_room() {
   // Every push that dirtied entries counted here has returned or still
   // holds its own room: the sum bounds what dirty_res_ must keep. (A push
   // whose hold ran before this one is seen: dirty_mu_ orders them.)
@@ -258,6 +262,7 @@ void Engine::give_back_dirty_room(VLog::Reservation& r) {
   if (!vlog_) return;
   std::lock_guard<std::mutex> g(dirty_mu_);
   vlog_->transfer(r, dirty_res_, r.bytes);
+  trim_dirty_room();  // what the rows written back held is free again at once
 }
 
 uint64_t Engine::log_bound(size_t rows, uint32_t row_floats, size_t stripes) const {
@@ -757,7 +762,8 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
   // never need room for acknowledged rows that a full pool no longer has.
   VLog::Reservation kept;
   LogHold keep_hold{vlog_.get(), kept};
-  if (vlog_) vlog_->reserve(kept, std::min<uint64_t>(2 * u * Stripe::entry_bytes(rf), opts_.cache_bytes));
+  // (Per stripe, an entry may be made with no victim found yet: slack.)
+  if (vlog_) vlog_->reserve(kept, std::min<uint64_t>(2 * u * Stripe::entry_bytes(rf), opts_.cache_bytes + kStripes * 64 * Stripe::entry_bytes(rf)));
   struct KeepDirty {
     Engine& en;
     VLog::Reservation& kept;

@@ -279,6 +279,12 @@ std::unique_lock<std::mutex> VLog::publish_tail(Tx& tx) {
   return g;
 }
 
+uint64_t VLog::written_bytes() const {
+  std::lock_guard<std::mutex> g(mu_);
+  // Holes (segments compaction freed) all lie before the append segment.
+  return (seg_ - holes_) * d_->seg_bytes + off_;
+}
+
 uint64_t VLog::segments() const {
   std::lock_guard<std::mutex> g(mu_);
   return d_->nsegs - holes_;

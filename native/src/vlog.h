@@ -121,6 +121,9 @@ class VLog {
 
   // Segments holding records (holes not counted) and their usable bytes each.
   uint64_t segments() const;
+  // Bytes of the segments appended to so far, up to the append point: the
+  // log without the room allocated ahead (reservations, dirty rows' room).
+  uint64_t written_bytes() const;
   uint64_t seg_bytes() const { return d_->seg_bytes; }
 
   // The pool offset of the oldest segment before the published tail's
