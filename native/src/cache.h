@@ -149,7 +149,7 @@ class Stripe {
   size_t budget = 0;
   // Bytes of the entries on `dirty` and `pending` (each at least its
   // record's in the version log): what writing them all back needs. Written
-  // under mu; read without it by Engine::hold_dirty_room.
+  // under mu; read without it by Engine::trim_dirty_room.
   std::atomic<uint64_t> dirty_bytes{0};
   // Entries dirty with epoch <= pending_epoch are on `pending`: a prepare
   // moved them there in O(1) and is writing them back.

@@ -286,14 +286,13 @@ class Engine {
   uint64_t log_bound(size_t rows, uint32_t row_floats, size_t stripes) const;
   // Log bytes the dirty versions need (pending ones only, or all), under each stripe's lock in turn.
   uint64_t dirty_log_bytes(bool pending_only);
-  // A push that returns hands the room it kept for the rows it dirtied to
-  // dirty_res_, which gives back what the dirty entries no longer need.
-  void hold_dirty_room(VLog::Reservation& kept);
   // Makes r hold `bytes`, taken from dirty_res_ first (a prepare's flush,
   // the close), so that writing back rows already acknowledged needs no new
   // room; OutOfSpace only if dirty_res_ fell short.
   void take_dirty_room(VLog::Reservation& r, uint64_t bytes);
-  // What r holds back into dirty_res_ (DirtyRoomBack).
+  // What r holds back into dirty_res_, which then gives back what the
+  // dirty entries no longer need (DirtyRoomBack: a push's kept room, what a
+  // flush or the close did not use).
   void give_back_dirty_room(VLog::Reservation& r);
   // Gives back what dirty_res_ holds above the stripes' dirty bytes (dirty_mu_ held).
   void trim_dirty_room();

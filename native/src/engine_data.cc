@@ -234,12 +234,6 @@ uint64_t Engine::dirty_log_bytes(bool pending_only) {
   return need;
 }
 
-void Engine::hold_dirty_room(VLog::Reservation& kept) {
-  std::lock_guard<std::mutex> g(dirty_mu_);
-  vlog_->transfer(kept, dirty_res_, kept.bytes);
-  trim_dirty_room();
-}
-
 void Engine::trim_dirty_room() {
   // Every push that dirtied entries counted here has returned or still
   // holds its own room: the sum bounds what dirty_res_ must keep. (A push
@@ -760,17 +754,12 @@ void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, 
   // after it returns (an entry and its copy-on-write copy per row, at most,
   // and never more than the cache holds): a clean close or a prepare must
   // never need room for acknowledged rows that a full pool no longer has.
+  // However the push ends, the room joins the dirty rows' (trimmed to what
+  // they need).
   VLog::Reservation kept;
-  LogHold keep_hold{vlog_.get(), kept};
   // (Per stripe, an entry may be made with no victim found yet: slack.)
   if (vlog_) vlog_->reserve(kept, std::min<uint64_t>(2 * u * Stripe::entry_bytes(rf), opts_.cache_bytes + kStripes * 64 * Stripe::entry_bytes(rf)));
-  struct KeepDirty {
-    Engine& en;
-    VLog::Reservation& kept;
-    ~KeepDirty() {
-      if (en.vlog_) en.hold_dirty_room(kept);
-    }
-  } keep_dirty{*this, kept};
+  DirtyRoomBack keep_back{*this, kept};
   rows.reserve(*t, u, uk, missing, refs);
 
   // Phase 3: store the updates in the cache, stripe by stripe (in

@@ -82,9 +82,9 @@ struct LogHold {
   }
 };
 
-// Gives the unused part of a reservation taken from the dirty rows' room
-// back to it when a flush or a close ends, however it ends: the rows still
-// dirty then keep their room (log null: not a logged pool).
+// Hands a reservation to the dirty rows' room when a push, a flush or a
+// close ends, however it ends: the rows still dirty keep their room, the
+// rest is given back (not a logged pool: nothing).
 struct DirtyRoomBack {
   Engine& en;
   VLog::Reservation& res;
