@@ -742,6 +742,15 @@ describe('a push or a persist that fails part-way (found by a review, 2026-12-02
       assert.deepEqual([err.pushOutcome.appliedShards, err.pushOutcome.failedShards, err.pushOutcome.partlyAppliedShards], [[0, 1], [2], []]);
       assert.match(err.message, /parts on shards 0, 1 were applied: pushing the batch again would apply them twice/);
       await c.startShard(2);
+      // The client's channel to shard 2 may still be in its reconnect backoff
+      // (up to 1.2 s, more than retryForMs): wait until it reaches the shard.
+      for (const until = Date.now() + 15_000; ; ) {
+        const up = await ps.status().then(
+          () => true,
+          () => false,
+        );
+        if (up || Date.now() > until) break;
+      }
       await err.pushOutcome.retry();
       assert.deepEqual(await rows(ps), [1, 1, 1], 'each part applied once');
       await err.pushOutcome.retry(); // a retry of the retry: the same seq, a duplicate
