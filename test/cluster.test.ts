@@ -125,7 +125,17 @@ describe('three servers, SDK and wire', () => {
       const before7 = await p2.pull('once', [7n]);
       await p2.push('once', [7n], new Float32Array(TABLE.dim).fill(1));
       assert.notDeepEqual([...(await p2.pull('once', [7n]))], [...before7], 'the push of the second process was applied');
+      // Two live clients given one name whose seqs meet (they started in the
+      // same microsecond, or a clock went back): each push is its own.
+      const p3 = await PsClient.connect({ endpoints: c.endpoints, workerId: 'stable-id' });
+      (p3 as unknown as { seqs: number[] }).seqs = [...(p2 as unknown as { seqs: number[] }).seqs];
+      await p2.push('once', [8n], new Float32Array(TABLE.dim).fill(1));
+      const mid8 = [...(await p2.pull('once', [8n]))];
+      await p3.push('once', [8n], new Float32Array(TABLE.dim).fill(1));
+      assert.notDeepEqual([...(await p3.pull('once', [8n]))], mid8, "the other client's push under the same seq was applied too");
+      p3.close();
       p2.close();
+      await assert.rejects(PsClient.connect({ endpoints: c.endpoints, workerId: 'x'.repeat(113) }), /workerId must be a non-empty string of at most 112 bytes/);
     } finally {
       cli.close();
       ps.close();
@@ -744,7 +754,7 @@ describe('a push or a persist that fails part-way (found by a review, 2026-12-02
       await c.startShard(2);
       // The client's channel to shard 2 may still be in its reconnect backoff
       // (up to 1.2 s, more than retryForMs): wait until it reaches the shard.
-      for (const until = Date.now() + 15_000; ; ) {
+      for (const until = Date.now() + 15_000; ;) {
         const up = await ps.status().then(
           () => true,
           () => false,

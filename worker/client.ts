@@ -38,10 +38,11 @@ export interface ConnectOptions {
   /** host:port of every shard, in shard order. The same list on every worker. */
   endpoints: string[];
   /**
-   * Stable id of this worker for exactly-once pushes (default: random, new
-   * per process). One process at a time per id: seqs start from the clock,
-   * so a restarted process with the same id goes on above the old seqs, but
-   * two live clients sharing an id would collide.
+   * Name of this worker: its identity at barriers, and the prefix of the id
+   * its pushes are numbered under (default: random). At most 112 bytes of
+   * UTF-8. Each client adds a random suffix for its pushes, so two live
+   * clients given one name, or a restart under a clock that went back, can
+   * not have a push taken for the other's and dropped as a duplicate.
    */
   workerId?: string;
   /** Deadline of one call, ms (default 30 s). */
@@ -115,8 +116,13 @@ class Semaphore {
   }
 }
 
+/** The shards take worker ids of up to 128 bytes; the SDK's push suffix ('#' and 14 hex digits) takes 15 of them. */
+const MAX_WORKER_NAME_BYTES = 112;
+
 export class PsClient {
   readonly workerId: string;
+  /** The worker_id its pushes go under: workerId and a suffix of this client's own (see ConnectOptions.workerId). */
+  readonly pushWorkerId: string;
   readonly stall = new StallMeter();
   readonly shards: ShardConnection[];
   clusterId = '';
@@ -136,12 +142,24 @@ export class PsClient {
     const gcMb = opts.gcHeadroomMb ?? GC_HEADROOM_BYTES / 2 ** 20;
     if (typeof gcMb !== 'number' || !Number.isFinite(gcMb) || gcMb < 0 || gcMb > 4096)
       throw new PsError(`gcHeadroomMb must be a number of MiB from 0 to 4096 (0: V8's own policy), not ${String(opts.gcHeadroomMb)}`);
+    if (
+      opts.workerId !== undefined &&
+      (typeof opts.workerId !== 'string' ||
+        opts.workerId === '' ||
+        Buffer.byteLength(opts.workerId) > MAX_WORKER_NAME_BYTES ||
+        Buffer.from(opts.workerId).toString() !== opts.workerId)
+    )
+      throw new PsError(
+        `workerId must be a non-empty string of at most ${MAX_WORKER_NAME_BYTES} bytes of valid UTF-8, not ${JSON.stringify(String(opts.workerId)).slice(0, 80)}`,
+      );
     this.workerId = opts.workerId ?? `w-${randomBytes(8).toString('hex')}`;
+    this.pushWorkerId = `${this.workerId}#${randomBytes(7).toString('hex')}`;
     const defaults = { deadlineMs: opts.deadlineMs ?? 30_000, retryForMs: opts.retryForMs ?? 60_000, maxMessageMb: opts.maxMessageMb };
     this.shards = opts.endpoints.map((e, i) => new ShardConnection(i, e, defaults, this.stall, { tls: opts.tls, token: opts.token }));
-    // Seqs start from the clock (microseconds), not 0: a restarted process
-    // that reuses its workerId must not send seqs the shards already
-    // recorded as applied (its pushes would be taken for retries).
+    // Seqs start from the clock (microseconds), not 0, though the push id is
+    // new per client: a worker with no record whose seqs fell below a shard's
+    // watermark is refused (too_old) and must jump ahead, which a start near
+    // the present makes rare.
     const base = Date.now() * 1000;
     this.seqs = opts.endpoints.map(() => base);
     this.pushSlots = opts.endpoints.map(() => new Semaphore(MAX_PUSHES_IN_FLIGHT));
@@ -280,7 +298,7 @@ export class PsClient {
       : split.keys.map((sk, s) => {
           const n = (sk.length / 8) * dim;
           if (chunk(sk, dim).length > 1) return new Float32Array(n);
-          const b = (whole[s] = withRoomBefore(n * 4, pushRoom(table, sk.length, this.workerId)));
+          const b = (whole[s] = withRoomBefore(n * 4, pushRoom(table, sk.length, this.pushWorkerId)));
           return new Float32Array(b.buffer, b.byteOffset, n);
         });
     if (!split.identity) {
@@ -495,7 +513,7 @@ export class PsClient {
       };
       for (;;) {
         try {
-          await conn.call(method, { ...req, worker_id: this.workerId, seq, incarnation }, { onUncertain });
+          await conn.call(method, { ...req, worker_id: this.pushWorkerId, seq, incarnation }, { onUncertain });
           return;
         } catch (e) {
           const err = e as PsError;
