@@ -60,7 +60,7 @@ std::vector<DeadRange> Engine::add_dead(Tx& tx, uint64_t lo, uint64_t hi) {
     // Not reached while prepare keeps room for two more ranges (see
     // prepare_finish); kept so that an older pool still records its dead epochs.
     const uint64_t cap = std::max<uint64_t>(root_->dead_cap * 2, merged.size());
-    const uint64_t off = tx.alloc(sizeof(DeadRange) * cap, true);
+    const uint64_t off = tx.alloc(sizeof(DeadRange) * cap, Tx::Fill::Zeroed);
     tx.free(root_->dead_off);
     root_->dead_off = off;
     root_->dead_cap = cap;
@@ -385,7 +385,7 @@ void Engine::prepare_finish(uint64_t id) {
       off = root_->spare_rec;
       root_->spare_rec = root_->spare_cap = 0;
     } else {
-      off = tx.alloc(sizeof(PCkpt) + body, false);
+      off = tx.alloc(sizeof(PCkpt) + body, Tx::Fill::InTx);
     }
     PCkpt* c = pool_->at<PCkpt>(off);
     std::memset(c, 0, sizeof(PCkpt));
@@ -411,7 +411,7 @@ void Engine::prepare_finish(uint64_t id) {
       // P (every other one merges with them): with room for two more, no
       // abort, rollback or recovery needs to grow the list on a full pool.
       const uint64_t cap = std::max<uint64_t>(root_->dead_cap * 2, root_->dead_count + 2);
-      const uint64_t nd = tx.alloc(sizeof(DeadRange) * cap, true);
+      const uint64_t nd = tx.alloc(sizeof(DeadRange) * cap, Tx::Fill::Zeroed);
       std::memcpy(pool_->at<DeadRange>(nd), pool_->at<DeadRange>(root_->dead_off), sizeof(DeadRange) * root_->dead_count);
       pool_->persist(pool_->at<DeadRange>(nd), sizeof(DeadRange) * root_->dead_count);
       tx.free(root_->dead_off);

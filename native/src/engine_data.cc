@@ -281,13 +281,14 @@ void Engine::alloc_slab(Table& t) {
   Tx tx(*pool_);
   uint64_t* top = pool_->at<uint64_t>(d->slab_top);
   if (top[n / kSlabChunk] == 0) {
-    const uint64_t c = tx.alloc(sizeof(uint64_t) * kSlabChunk, true);
+    const uint64_t c = tx.alloc(sizeof(uint64_t) * kSlabChunk, Tx::Fill::Zeroed);
     tx.add(&top[n / kSlabChunk], sizeof(uint64_t));
     top[n / kSlabChunk] = c;
   }
-  // Slab memory is not zeroed: reserve_row initializes each row's key and
-  // slot headers before anything can refer to it.
-  const uint64_t slab = tx.alloc(slab_bytes(t, n), false);
+  // Slab memory is neither zeroed nor flushed at the commit: reserve_row
+  // initializes each row's key and slot headers, and persists them, before
+  // anything can refer to it.
+  const uint64_t slab = tx.alloc(slab_bytes(t, n), Tx::Fill::Later);
   uint64_t* chunk = pool_->at<uint64_t>(top[n / kSlabChunk]);
   tx.add(&chunk[n % kSlabChunk], sizeof(uint64_t));
   chunk[n % kSlabChunk] = slab;

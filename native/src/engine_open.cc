@@ -82,10 +82,10 @@ void Engine::init_root() {
   root_->magic = kMagic;
   root_->version = kLayoutVersion;
   root_->next_epoch = 1;
-  root_->tables_off = tx.alloc(sizeof(PTable) * kMaxTables, true);
+  root_->tables_off = tx.alloc(sizeof(PTable) * kMaxTables, Tx::Fill::Zeroed);
   root_->dead_cap = 64;
-  root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, true);
-  root_->copy_blocks_off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
+  root_->dead_off = tx.alloc(sizeof(DeadRange) * root_->dead_cap, Tx::Fill::Zeroed);
+  root_->copy_blocks_off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, Tx::Fill::Zeroed);
   root_->layout = opts_.layout == kLayoutAuto ? (pool_->is_pmem() ? kLayoutInPlace : kLayoutLogged) : opts_.layout;
   // Segments of a 64th of the pool, 1 to 16 MiB: a few hundred msyncs
   // write a checkpoint of any size, and a small pool keeps its room.
@@ -151,7 +151,7 @@ void Engine::alloc_copy_list() {
   std::lock_guard<TxMutex> g(tx_mu_);
   try {
     Tx tx(*pool_, TxLog::Bounded);
-    const uint64_t off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, true);
+    const uint64_t off = tx.alloc(sizeof(PMEMoid) * kCopyBlocks, Tx::Fill::Zeroed);
     tx.add(root_, sizeof(PRoot));
     root_->copy_blocks_off = off;
     persist_root(tx);
@@ -511,7 +511,7 @@ uint64_t Engine::grow_close_slot(uint64_t bytes) {
   for (uint64_t want : {more, bytes}) {
     try {
       Tx tx(*pool_);
-      const uint64_t off = tx.alloc(want, false);
+      const uint64_t off = tx.alloc(want, Tx::Fill::InTx);
       tx.add(root_, sizeof(PRoot));
       // The old slot's content matters only after a clean close, not while open.
       if (root_->close_slot) tx.free(root_->close_slot);

@@ -108,7 +108,7 @@ void Engine::table_created_pool(Table& t) {
   std::memcpy(d->init_params, t.init.p, sizeof d->init_params);
   std::memcpy(d->name, t.name.data(), t.name.size());
   d->rows_per_slab = t.rows_per_slab;
-  d->slab_top = tx.alloc(sizeof(uint64_t) * kSlabTop, true);
+  d->slab_top = tx.alloc(sizeof(uint64_t) * kSlabTop, Tx::Fill::Zeroed);
   d->index_dir = Index::create(*pool_, tx);
   d->salt = mix64(t.init.seed ^ (static_cast<uint64_t>(t.idx) << 32) ^ cur_epoch_);
   d->checksum = Pool::table_sum(d);

@@ -19,8 +19,8 @@ Index::Segment* Index::segment_for(uint64_t h) const {
 }
 
 uint64_t Index::create(Pool& pool, Tx& tx) {
-  const uint64_t seg = tx.alloc(sizeof(Segment), true);
-  const uint64_t d = tx.alloc(sizeof(Dir), true);
+  const uint64_t seg = tx.alloc(sizeof(Segment), Tx::Fill::Zeroed);
+  const uint64_t d = tx.alloc(sizeof(Dir), Tx::Fill::Zeroed);
   Dir* dp = pool.at<Dir>(d);
   dp->global_depth = 0;
   dp->segs[0] = seg;
@@ -74,7 +74,7 @@ void Index::split(uint64_t h) {
   if (ld == gd) {
     // Double the directory: entry j of the new one covers old entry j >> 1.
     const uint64_t n = 1ULL << gd;
-    const uint64_t nd = tx.alloc(sizeof(Dir) + sizeof(uint64_t) * (2 * n - 1), false);
+    const uint64_t nd = tx.alloc(sizeof(Dir) + sizeof(uint64_t) * (2 * n - 1), Tx::Fill::InTx);
     Dir* ndp = pool_.at<Dir>(nd);
     ndp->global_depth = gd + 1;
     ndp->pad = 0;
@@ -89,8 +89,8 @@ void Index::split(uint64_t h) {
     d = ndp;
   }
   const uint32_t g = d->global_depth;
-  const uint64_t s0 = tx.alloc(sizeof(Segment), true);
-  const uint64_t s1 = tx.alloc(sizeof(Segment), true);
+  const uint64_t s0 = tx.alloc(sizeof(Segment), Tx::Fill::Zeroed);
+  const uint64_t s1 = tx.alloc(sizeof(Segment), Tx::Fill::Zeroed);
   Segment* a = pool_.at<Segment>(s0);
   Segment* b = pool_.at<Segment>(s1);
   a->local_depth = b->local_depth = ld + 1;

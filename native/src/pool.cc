@@ -227,8 +227,8 @@ void Tx::add(void* p, size_t n) {
   }
 }
 
-uint64_t Tx::alloc(size_t n, bool zero) {
-  const uint64_t flags = POBJ_XALLOC_NO_ABORT | (zero ? POBJ_XALLOC_ZERO : 0);
+uint64_t Tx::alloc(size_t n, Fill fill) {
+  const uint64_t flags = POBJ_XALLOC_NO_ABORT | (fill == Fill::Zeroed ? POBJ_XALLOC_ZERO : 0) | (fill == Fill::Later ? POBJ_XALLOC_NO_FLUSH : 0);
   PMEMoid o = pmemobj_tx_xalloc(Pool::alloc_size(n), 1, flags);
   while (OID_IS_NULL(o) && errno == ENOMEM && pool_.make_room()) o = pmemobj_tx_xalloc(Pool::alloc_size(n), 1, flags);
   if (OID_IS_NULL(o))

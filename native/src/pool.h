@@ -146,7 +146,17 @@ class Tx {
   explicit Tx(Pool& pool, TxLog log = TxLog::Auto);
   ~Tx();
   void add(void* p, size_t n);
-  uint64_t alloc(size_t n, bool zero);
+  // What the new object holds when the transaction commits, which decides
+  // what the commit flushes: libpmemobj flushes a whole allocation at commit
+  // unless told not to, and for a block nobody wrote yet (a log segment, a
+  // row slab: tens of MiB) that flush only faults pages in (PMEM) or syncs
+  // untouched ones (msync) while a push waits.
+  enum class Fill {
+    Zeroed,  // zeroed, flushed at commit
+    InTx,    // written by the caller before the commit, which flushes it
+    Later,   // written and persisted by its users after the commit: not flushed
+  };
+  uint64_t alloc(size_t n, Fill fill);
   void free(uint64_t off);
   void commit();
 

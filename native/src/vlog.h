@@ -34,6 +34,10 @@
 //    never straddles two). reserved_ <= room() always: a holder of a
 //    reservation appends up to its bytes without allocating, so a caller
 //    that reserved first cannot fail halfway for lack of space.
+//  * A new segment is neither flushed nor written in the transaction that
+//    allocates it (nothing past the tail is read). On PMEM the thread that
+//    grew the log flushes it once it let go of every lock, which faults its
+//    pages in before the appends, and holds up no other thread.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -150,6 +154,7 @@ class VLog {
   const VRecordHdr* parse(uint64_t off) const;  // the record at off when it is one, else null
   uint64_t room() const;                        // mu_ held
   void grow();                                  // tx_mu_ and mu_ held: one more spare segment
+  void populate_fresh();                        // no lock held: faults in the segments grow() added
   char* seg_base(uint64_t i) const { return pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[i]); }
   static uint64_t sum(const PVLog* d);
 
@@ -163,6 +168,8 @@ class VLog {
   char* synced_from_ = nullptr;                     // start of the bytes appended since the last sync, in the current segment
   std::vector<std::pair<char*, size_t>> unsynced_;  // whole ranges of segments left since the last sync
   uint64_t holes_ = 0;
+  // Segments grow() allocated that nobody flushed yet (mu_; PMEM only).
+  std::vector<std::pair<char*, size_t>> fresh_;
   // Where the last sync() that returned stopped: the tail publish_tail
   // records, so the published log holds only whole, durable records. The
   // point of a sync under way is syncing_* until it returns (syncs run one
