@@ -313,11 +313,13 @@ export class Engine {
    * Rows for the keys, in their order: a Buffer of keys.length/8 x dim
    * float32. With `headroom` (a multiple of 8, at most 64) the rows start at
    * that byte of the Buffer and the bytes before it are the caller's, for a
-   * message header framed around the rows without copying them.
+   * message header framed around the rows without copying them. A reply
+   * of rows above `maxBytes` (default and at most 2 GiB) is refused
+   * (TOO_LARGE), sized with the table's dim at the call.
    */
-  async pull(table: string, keys: Buffer, headroom = 0): Promise<Buffer> {
+  async pull(table: string, keys: Buffer, headroom = 0, maxBytes = 0): Promise<Buffer> {
     this.live();
-    return callAsync<Buffer>((cb) => this.native.pull(table, keys, cb, headroom));
+    return callAsync<Buffer>((cb) => this.native.pull(table, keys, cb, headroom, maxBytes));
   }
 
   /** Applies the table's optimizer to the gradients (duplicate keys summed). All or nothing. */

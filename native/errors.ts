@@ -15,6 +15,7 @@ export type EngineErrorCode =
   | 'CORRUPT' // damaged pool metadata
   | 'INCOMPATIBLE' // a pool of another layout or version
   | 'IO' // the filesystem refused something
+  | 'TOO_LARGE' // a reply above the caller's limit (Engine.pull maxBytes)
   | 'INTERNAL';
 
 export class EngineError extends Error {

@@ -49,6 +49,8 @@ export type SeqState = 'new' | 'applied' | 'in-flight' | 'too-old';
 export class ExactlyOnce {
   private readonly workers = new Map<string, WorkerRecord>();
   private readonly inFlight = new Map<string, Promise<unknown>>();
+  /** Workers with a push admitted and not settled (pin), whose records are not forgotten meanwhile. */
+  private readonly pinned = new Map<string, number>();
   /** Every seq at or below it, of a worker with no record, may have been applied and forgotten. */
   private watermark = 0;
   private bytes = HEADER_BYTES; // encode().length, kept as workers come and go
@@ -121,13 +123,33 @@ export class ExactlyOnce {
       setBit(r.bits, r.high - seq);
     }
     this.workers.set(worker, r);
-    while (this.workers.size > this.maxWorkers) {
-      const [oldest, or] = this.workers.entries().next().value as [string, WorkerRecord];
-      // The watermark rises before the record goes: from here on its seqs are refused, not re-applied.
-      this.watermark = Math.max(this.watermark, or.high);
-      this.workers.delete(oldest);
-      this.bytes -= ExactlyOnce.entryBytes(oldest);
-    }
+    // The least recently seen go first, a pinned one never (there may then
+    // be more than maxWorkers for as long as pushes are in flight).
+    if (this.workers.size > this.maxWorkers)
+      for (const [oldest, or] of this.workers) {
+        if (this.workers.size <= this.maxWorkers) break;
+        if (this.pinned.has(oldest)) continue;
+        // The watermark rises before the record goes: from here on its seqs are refused, not re-applied.
+        this.watermark = Math.max(this.watermark, or.high);
+        this.workers.delete(oldest);
+        this.bytes -= ExactlyOnce.entryBytes(oldest);
+      }
+  }
+
+  /**
+   * Keeps the worker's record, if it has one, until unpin(): the shard
+   * admits a push of a known worker without reserving room in the
+   * clean-close record for its entry, so that entry must not be forgotten
+   * and made anew (larger than reserved) when the push settles.
+   */
+  pin(worker: string): void {
+    this.pinned.set(worker, (this.pinned.get(worker) ?? 0) + 1);
+  }
+
+  unpin(worker: string): void {
+    const n = (this.pinned.get(worker) ?? 1) - 1;
+    if (n > 0) this.pinned.set(worker, n);
+    else this.pinned.delete(worker);
   }
 
   get size(): number {

@@ -3,7 +3,16 @@
 // status-codes.ts; the data path of a pull is Pull -> Shard.pull ->
 // Engine.pull (native/engine.ts) -> Engine::pull (native/src/engine_data.cc).
 import * as grpc from '@grpc/grpc-js';
-import { OPTIMIZER_PARAMS, asFloats, type InitializerSpec, type OptimizerSpec, type OptimizerType, type TableInfo, type TableSpec } from '../native/engine';
+import {
+  EngineError,
+  OPTIMIZER_PARAMS,
+  asFloats,
+  type InitializerSpec,
+  type OptimizerSpec,
+  type OptimizerType,
+  type TableInfo,
+  type TableSpec,
+} from '../native/engine';
 import { entryCensus, optimizerToWire } from '../proto/load';
 import { FAST_CODECS, PULL_REPLY_HEADROOM, pullReplyAround } from '../proto/fast-codec';
 import { Barriers } from './barrier';
@@ -186,16 +195,31 @@ export function makeHandlers(
     Pull: unary('Pull', async (req, call) => {
       const table = tableName(req.table);
       const keys = keysArg(req.keys);
-      const dim = dimOf(table);
-      if (dim !== undefined && (keys.length / 8) * dim * 4 + 64 > maxMessageBytes)
-        throw new ServerError(
-          'TOO_LARGE',
-          `${keys.length / 8} keys x dim ${dim} is ${(((keys.length / 8) * dim * 4) / 2 ** 20).toFixed(1)} MiB, above the server's --max-message-mb ${maxMessageBytes / 2 ** 20}; split the batch (the SDK does)`,
-        );
-      // Waits while clients hold too many unread replies (server/transport-limits.ts).
-      if (dim !== undefined) await transport?.admitReply(call, (keys.length / 8) * dim * 4);
+      const n = keys.length / 8;
+      // The reply is sized with the dim this service last saw; the engine
+      // refuses rows beyond what was sized with its own dim at the call, so
+      // a table that changed since (dropped and created, or brought back by
+      // a commit or a restore) is sized again, never answered unbounded.
+      let rows: Buffer | undefined;
+      for (let admitted = 0, again = false; !rows; again = true) {
+        if (again) dims.clear();
+        const bytes = n * (dimOf(table) ?? 0) * 4; // 0: no such table, which the engine reports
+        if (bytes + 64 > maxMessageBytes)
+          throw new ServerError(
+            'TOO_LARGE',
+            `${n} keys x dim ${bytes / 4 / n} is ${(bytes / 2 ** 20).toFixed(1)} MiB, above the server's --max-message-mb ${maxMessageBytes / 2 ** 20}; split the batch (the SDK does)`,
+          );
+        // Waits while clients hold too many unread replies (server/transport-limits.ts).
+        if (bytes > admitted) await transport?.admitReply(call, bytes - admitted);
+        admitted = Math.max(admitted, bytes);
+        try {
+          rows = await shard.pull(table, keys, PULL_REPLY_HEADROOM, Math.max(1, bytes));
+        } catch (e) {
+          if (again || !(e instanceof EngineError && e.code === 'TOO_LARGE')) throw e;
+        }
+      }
       // Encoded around the rows (proto/fast-codec.ts): one copy less of a reply that may be 16 MiB.
-      const reply = pullReplyAround(await shard.pull(table, keys, PULL_REPLY_HEADROOM), PULL_REPLY_HEADROOM);
+      const reply = pullReplyAround(rows, PULL_REPLY_HEADROOM);
       metrics.pulled(table, keys.length / 8);
       return reply;
     }),
@@ -259,6 +283,7 @@ export function makeHandlers(
         }
         case 'COMMIT':
           st = await shard.commit(id, ballot);
+          dims.clear(); // a checkpoint prepared before a restart brings its tables back
           metrics.checkpointPhase('commit', t0);
           log.info({ id, ballot }, 'checkpoint committed');
           break;

@@ -272,10 +272,10 @@ export class Shard {
 
   // ------------------------------------------------------------ pull / push
 
-  /** Rows for the keys; `headroom` bytes free before them (Engine.pull). */
-  pull(table: string, keys: Buffer, headroom = 0): Promise<Buffer> {
+  /** Rows for the keys; `headroom` bytes free before them, at most `maxBytes` of rows (Engine.pull). */
+  pull(table: string, keys: Buffer, headroom = 0, maxBytes = 0): Promise<Buffer> {
     this.live();
-    return this.engine.pull(table, keys, headroom);
+    return this.engine.pull(table, keys, headroom, maxBytes);
   }
 
   /** Applies the push once per (worker, seq); resolves true when it was a duplicate. */
@@ -562,6 +562,7 @@ export class Shard {
     this.checkIncarnation(incarnation); // the gate may have been a restore
     this.writable();
     const settled = this.reserveCloseRoom(worker);
+    if (worker) this.dedup.pin(worker); // in the same synchronous stretch as the admission
     this.pushesInEngine++;
     try {
       if (!worker) {
@@ -586,6 +587,7 @@ export class Shard {
         return false;
       }
     } finally {
+      if (worker) this.dedup.unpin(worker);
       settled();
       if (--this.pushesInEngine === 0) for (const w of this.drainWaiters.splice(0)) w();
     }

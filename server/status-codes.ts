@@ -17,6 +17,7 @@ export const ENGINE_CODES: Readonly<Record<EngineError['code'], grpc.status>> = 
   CORRUPT: grpc.status.DATA_LOSS,
   INCOMPATIBLE: grpc.status.FAILED_PRECONDITION,
   IO: grpc.status.INTERNAL,
+  TOO_LARGE: grpc.status.RESOURCE_EXHAUSTED,
   INTERNAL: grpc.status.INTERNAL,
 };
 

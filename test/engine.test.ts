@@ -70,6 +70,24 @@ describe('initial rows', () => {
     );
     await e.close();
   });
+
+  it("a pull is refused whole when its rows pass the caller's bound, sized with the dim at the call", async () => {
+    const e = Engine.open({ memoryOnly: true });
+    e.createTable(spec({ name: 'w', dim: 8, initializer: { type: 'zeros' } }));
+    const keys = packKeys(Array.from({ length: 10 }, (_, i) => BigInt(i)));
+    assert.equal((await e.pull('w', keys, 0, 320)).length, 320);
+    await assert.rejects(e.pull('w', keys, 0, 319), (err: EngineError) => {
+      assert.equal(err.code, 'TOO_LARGE');
+      assert.match(err.message, /^10 keys x dim 8 is 320 bytes of rows \(0\.0 MiB\), above the 319 \(0\.0 MiB\) this reply may hold; split the batch$/);
+      return true;
+    });
+    // Without a bound, 2 GiB: 2^26 + 1 keys of dim 8.
+    await assert.rejects(
+      e.pull('w', Buffer.alloc((2 ** 26 + 1) * 8), 0),
+      /67108865 keys x dim 8 is 2147483680 bytes of rows \(2048\.0 MiB\), above the 2147483648 \(2048\.0 MiB\) this reply may hold/,
+    );
+    await e.close();
+  });
 });
 
 describe('pushes', () => {

@@ -81,3 +81,37 @@ describe('exactly-once record', () => {
     assert.equal(full.encode().length, full.encodedBound(), 'the bound the close record reserves is exact');
   });
 });
+
+describe('a shard keeps the record of a worker with a push in flight (found by a review, 2026-12-02)', () => {
+  test('workers arriving while a known worker pushes forget others, so its entry never comes back larger than the room held for it', async () => {
+    const { Shard } = await import('../server/shard');
+    const { poolDirs } = await import('./helpers');
+    const { after } = await import('node:test');
+    const dir = poolDirs(after)('eo-pin');
+    const shard = new Shard({ dir, cacheMb: 4, poolMb: 64 });
+    const s = shard as unknown as { dedup: ExactlyOnce; closeRoom: number; admittedBytes: number };
+    s.dedup = new ExactlyOnce(4);
+    try {
+      shard.createTable({ name: 't', dim: 4, optimizer: { type: 'sgd', lr: 1 }, initializer: { type: 'zeros' }, seed: 1 });
+      shard.setDense('d', Float32Array.of(0), { type: 'sgd', lr: 1 });
+      const inc = 0;
+      const keys = Buffer.alloc(8);
+      const grads = Buffer.from(Float32Array.of(1, 1, 1, 1).buffer);
+      const dgrad = Buffer.from(Float32Array.of(1).buffer);
+      let seq = Date.now() * 1000;
+      const long = 'L'.repeat(128);
+      await shard.push('t', keys, grads, long, ++seq, inc); // known, and the least recently seen
+      for (const w of ['a', 'b', 'c']) await shard.pushDense('d', dgrad, w, ++seq, inc);
+      // The long worker's push runs in the engine (a pool thread) while four
+      // new workers' dense pushes settle on the event loop.
+      const slow = shard.push('t', keys, grads, long, ++seq, inc);
+      for (const w of ['e', 'f', 'g', 'h']) await shard.pushDense('d', dgrad, w, ++seq, inc);
+      assert.ok(s.dedup.knows(long), 'the worker with a push in flight was not forgotten');
+      await slow;
+      assert.equal(s.dedup.size, 4, 'the others were forgotten instead');
+      assert.ok(s.dedup.encodedBound() + s.admittedBytes <= s.closeRoom, 'the record fits in the room the pool holds for it');
+    } finally {
+      await shard.close();
+    }
+  });
+});

@@ -512,3 +512,46 @@ describe('hostile input through the wire', () => {
     assert.match(ahead.details, /ahead of this server's clock/);
   });
 });
+
+describe('a pull sized with a dim that changed (found by a review, 2026-12-02)', () => {
+  test('a table brought back by the commit of a checkpoint prepared before a crash is sized with its own dim', async () => {
+    const cl = await LocalCluster.start({
+      dir: dirs('stale-dim'),
+      shards: 1,
+      cacheMb: 16,
+      poolSize: '128M',
+      logLevel: 'warn',
+      env: { PMEMPS_MAX_MESSAGE_MB: '4', PMEMPS_REPLY_MB: '8', PMEMPS_REPLY_MB_PER_CONNECTION: '5', PMEMPS_RECV_MB_PER_CONNECTION: '8' },
+    });
+    clusters.push(cl);
+    let c = raw(cl.endpoints[0]);
+    try {
+      const spec = (dim: number) => ({ spec: { name: 'x', dim, optimizer: SGD1, initializer: { type: 'zeros' }, seed: 1 } });
+      await call(c, 'CreateTable', spec(1));
+      await call(c, 'Checkpoint', { id: 1, phase: 'PREPARE', ballot: 1 });
+      await call(c, 'Checkpoint', { id: 1, phase: 'COMMIT', ballot: 1 });
+      await call(c, 'DropTable', { name: 'x' });
+      await call(c, 'CreateTable', spec(4096));
+      await call(c, 'Checkpoint', { id: 2, phase: 'PREPARE', ballot: 1 });
+      c.close();
+      await cl.kill(0, 'SIGKILL');
+      await cl.startShard(0);
+      c = raw(cl.endpoints[0]);
+      // Back at checkpoint 1 (x of dim 1), with 2 prepared: the service learns dim 1.
+      assert.equal((await call(c, 'Pull', { table: 'x', keys: keys(1) })).values.length, 4);
+      await call(c, 'Checkpoint', { id: 2, phase: 'COMMIT', ballot: 1 });
+      // x is dim 4096 now: 200 keys are 3.1 MiB, under the 4 MiB limit...
+      const ks = keys(...Array.from({ length: 200 }, (_, i) => i));
+      assert.equal((await call(c, 'Pull', { table: 'x', keys: ks })).values.length, 200 * 4096 * 4);
+      // ...and 100,000 keys (0.8 MiB of request) are 1.5 GiB of rows: refused before any is allocated.
+      const many = keys(...Array.from({ length: 100_000 }, (_, i) => i));
+      const r = await refusal(call(c, 'Pull', { table: 'x', keys: many }));
+      assert.equal(r.code, grpc.status.RESOURCE_EXHAUSTED);
+      assert.match(r.details, /100000 keys x dim 4096 is 1562\.5 MiB, above the server's --max-message-mb 4/);
+      assert.equal((await call(c, 'Status', {})).committed_id, 2, 'the server is up');
+    } finally {
+      c.close();
+      await cl.stop();
+    }
+  });
+});

@@ -351,6 +351,20 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       const size_t n = keys.Length() / 8;
       const uint32_t dim = engine_->dim_of(name);
       const size_t bytes = headroom + n * dim * sizeof(float);
+      // The caller's bound on the reply, checked with the table's dim now:
+      // the service sizes a request before it reaches here, with a dim that
+      // a drop and create, a restore or a commit may have changed since. A
+      // Buffer is at most 4 GiB: 2 GiB is the bound when none is given.
+      const double max_bytes = info.Length() > 4 && info[4].IsNumber() && info[4].As<Napi::Number>().DoubleValue() > 0
+                                   ? std::min(info[4].As<Napi::Number>().DoubleValue(), 2147483648.0)
+                                   : 2147483648.0;
+      if (static_cast<double>(n) * dim * sizeof(float) > max_bytes) {
+        char m[200];
+        const double rows = static_cast<double>(n) * dim * sizeof(float);
+        std::snprintf(m, sizeof m, " keys x dim %u is %.0f bytes of rows (%.1f MiB), above the %.0f (%.1f MiB) this reply may hold; split the batch",
+                      dim, rows, rows / 1048576.0, max_bytes, max_bytes / 1048576.0);
+        throw Error(Code::TooLarge, std::to_string(n) + m);
+      }
       // Allocated on the pool thread, not here (RowBuffers).
       auto buf = std::make_shared<RowBuffers::Buf>(RowBuffers::Buf{nullptr, 0});
       auto eng = engine_;

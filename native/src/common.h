@@ -28,6 +28,7 @@ namespace pmemps {
   X(Corrupt, "CORRUPT")                        \
   X(Incompatible, "INCOMPATIBLE")              \
   X(Io, "IO")                                  \
+  X(TooLarge, "TOO_LARGE")                     \
   X(Internal, "INTERNAL")
 
 #define PMEMPS_CODE_ENUM(id, name) id,
