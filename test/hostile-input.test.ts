@@ -463,6 +463,40 @@ describe('hostile input through the wire', () => {
     assert.deepEqual([await a, b, c2], ['OK', 'OK', 'OK'], 'the three parties there at once are released');
   });
 
+  test('barrier calls are bounded per worker and in total, and a mass cancel is cheap (found by a review, 2026-12-02)', async () => {
+    const { Barriers, MAX_WAITING_CALLS, MAX_CALLS_PER_WORKER } = await import('../server/barrier');
+    const { EventEmitter } = await import('node:events');
+    const b = new Barriers();
+    const calls: InstanceType<typeof EventEmitter>[] = [];
+    const arrive = (worker: string, gen = 1, parties = 65_536) => {
+      const call = new EventEmitter();
+      calls.push(call);
+      return b.arrive('flood', gen, parties, worker, call as unknown as grpc.ServerUnaryCall<unknown, unknown>);
+    };
+    const outcomes: Promise<string>[] = [];
+    const track = (p: Promise<unknown>) =>
+      outcomes.push(
+        p.then(
+          () => 'OK',
+          (e: Error) => e.message,
+        ),
+      );
+    for (let i = 0; i < MAX_CALLS_PER_WORKER; i++) track(arrive('same'));
+    await assert.rejects(arrive('same'), /worker "same" already has 4 calls waiting at barrier "flood" generation 1, the limit/);
+    const first = arrive('x', 3, 2); // the first of a round of two
+    for (let i = MAX_CALLS_PER_WORKER + 1; i < MAX_WAITING_CALLS; i++) track(arrive(`w${i}`));
+    await assert.rejects(arrive('one-more'), /16384 barrier calls are waiting on this server, its limit/);
+    await assert.rejects(arrive('one-more', 2), /16384 barrier calls are waiting on this server, its limit/, 'a new round too');
+    // A round's last party is let in at the limit: it releases the round.
+    assert.deepEqual(await Promise.all([first, arrive('y', 3, 2)]), [{}, {}]);
+    for (const call of calls) call.emit('cancelled');
+    const got = await Promise.all(outcomes);
+    assert.equal(got.filter((m) => m === 'barrier call cancelled').length, MAX_WAITING_CALLS - 1);
+    // Every call left: the limit is free again, and a round of two releases.
+    const pair = [arrive('p', 5, 2), arrive('q', 5, 2)];
+    assert.deepEqual(await Promise.all(pair), [{}, {}]);
+  });
+
   test('defect 7: many new worker ids never make a retry count twice; a forgotten seq is refused, and the SDK carries on', async () => {
     const st = await call(c, 'Status', {});
     const seq = Date.now() * 1000;
