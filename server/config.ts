@@ -223,7 +223,7 @@ export const OPTIONS: readonly OptionDef[] = [
     above: true,
     max: MB_MAX,
     describe:
-      'bytes of requests not yet fully arrived one connection may have sent, MiB (above `--max-message-mb`); over it its newest such requests are refused `UNAVAILABLE` (never processed; the SDK retries) and reset',
+      'bytes of requests one connection has the server hold (arriving, or arrived and not yet answered), MiB (above `--max-message-mb`); over it its newest requests still arriving are refused `UNAVAILABLE` (never processed; the SDK retries) and reset',
   },
   {
     name: 'recv-mb',
@@ -234,7 +234,7 @@ export const OPTIONS: readonly OptionDef[] = [
     above: true,
     max: MB_MAX,
     describe:
-      'bytes of requests not yet fully arrived all connections together may have sent, MiB; over it the newest such requests of the connection holding the most are refused `UNAVAILABLE` and reset',
+      'bytes of requests all connections together have the server hold (arriving, or arrived and not yet answered), MiB; over it the newest requests still arriving of the connection holding the most are refused `UNAVAILABLE` and reset',
   },
   {
     name: 'tls-cert',

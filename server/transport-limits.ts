@@ -22,14 +22,16 @@
 // - A request whose body has not fully arrived after --request-seconds is
 //   answered DEADLINE_EXCEEDED and its stream reset, freeing what grpc-js
 //   buffered of it.
-// - A byte budget of requests still arriving, per connection and in total.
+// - A byte budget of requests held, per connection and in total.
 //   grpc-js reads HTTP/2 DATA as it comes (so flow-control windows bound
 //   nothing) and buffers a message until it is complete: without a budget,
 //   1,024 streams x --max-message-mb per connection, on many connections,
-//   run the server out of memory well within --request-seconds. A stream's
-//   bytes count from its first DATA to its end of stream (or its close);
-//   over the connection's budget its newest incomplete streams are refused,
-//   over the total the newest of the connection holding the most.
+//   run the server out of memory well within --request-seconds; and a
+//   request that arrived is held by its handler while it waits (for the
+//   engine, a checkpoint, reply budget). A stream's bytes count from its
+//   first DATA until it closes (its call ended); over the connection's
+//   budget its newest streams still arriving are refused, over the total
+//   the newest of the connection holding the most.
 //
 // The calls are seen through a grpc-js server interceptor (public API); the
 // connections through grpc-js's http2 servers, a private field (as
@@ -86,17 +88,19 @@ export class OverloadError extends Error {
 
 const MB = 2 ** 20;
 
-/** A request stream whose body is still arriving. */
+/** A request the server holds: its body still arriving, or arrived and its call not yet ended. */
 interface Incoming {
   stream: http2.ServerHttp2Stream;
   conn: RecvConn;
   /** DATA bytes received on it so far. */
   bytes: number;
+  /** Its whole body arrived: its call is being handled (and may wait: for the engine, a checkpoint, reply budget). */
+  arrived: boolean;
 }
 
 interface RecvConn {
   session: http2.Http2Session;
-  /** Its incomplete requests, oldest first. */
+  /** The requests it has the server hold, oldest first. */
   incoming: Set<Incoming>;
   bytes: number;
 }
@@ -520,8 +524,10 @@ export class TransportGuard {
   // every chunk, and grpc-js has already paused the stream (it resumes it
   // when it wants a message), so ours does not make it flow earlier. A
   // chunk seen here is one grpc-js holds until the message is complete,
-  // the call is handled (a unary handler runs at end of stream) or the
-  // stream closes.
+  // and the handler then holds the message until its call ends: counted
+  // until the stream closes. (Counted only while arriving, requests that had
+  // arrived and waited, for the engine, a checkpoint or reply budget, took
+  // 20x the budgets: a review, 2026-12-02.)
   private countIncoming(stream: http2.ServerHttp2Stream): void {
     const session = stream.session;
     if (!session || session.destroyed || stream.destroyed) return;
@@ -535,7 +541,7 @@ export class TransportGuard {
       });
       rc = conn;
     }
-    const inc: Incoming = { stream, conn: rc, bytes: 0 };
+    const inc: Incoming = { stream, conn: rc, bytes: 0, arrived: false };
     rc.incoming.add(inc);
     const onData = (chunk: Buffer): void => {
       if (!inc.conn.incoming.has(inc)) return;
@@ -549,7 +555,10 @@ export class TransportGuard {
       stream.off('data', onData);
       this.releaseIncoming(inc);
     };
-    stream.once('end', done);
+    stream.once('end', () => {
+      stream.off('data', onData);
+      inc.arrived = true;
+    });
     stream.once('close', done);
   }
 
@@ -563,12 +572,15 @@ export class TransportGuard {
   // Newest first: on a connection those are the streams that pushed it over
   // and have the least sent (cheapest to send again); older ones complete.
   private enforceRecv(rc: RecvConn): void {
-    while (rc.bytes > this.recvPerConnBytes && rc.incoming.size > 0) this.refuseIncoming(newest(rc.incoming), 'connection');
+    // Only requests still arriving are refused: one being handled has been
+    // taken; it gives its bytes back when its call ends.
+    for (let inc = newestArriving(rc.incoming); inc && rc.bytes > this.recvPerConnBytes; inc = newestArriving(rc.incoming))
+      this.refuseIncoming(inc, 'connection');
     while (this.recvTotal > this.recvTotalBytes) {
       let top: RecvConn | null = null;
-      for (const c of this.recvConns.values()) if (c.incoming.size > 0 && (!top || c.bytes > top.bytes)) top = c;
+      for (const c of this.recvConns.values()) if (newestArriving(c.incoming) && (!top || c.bytes > top.bytes)) top = c;
       if (!top) break;
-      this.refuseIncoming(newest(top.incoming), 'server');
+      this.refuseIncoming(newestArriving(top.incoming)!, 'server');
     }
   }
 
@@ -581,8 +593,8 @@ export class TransportGuard {
     const mib = (b: number) => (b / MB).toFixed(1);
     const message =
       which === 'connection'
-        ? `this connection has ${mib(conn.bytes)} MiB of requests that have not fully arrived (server limit --recv-mb-per-connection ${this.limits.recvMbPerConnection}); the server refused this one unprocessed: retry it, or send less at once`
-        : `the server holds ${mib(this.recvTotal)} MiB of requests that have not fully arrived (server limit --recv-mb ${this.limits.recvMb}; this connection ${mib(conn.bytes)} MiB, the most); the server refused this one unprocessed: retry it later`;
+        ? `this connection has ${mib(conn.bytes)} MiB of requests arriving or waiting to be answered (server limit --recv-mb-per-connection ${this.limits.recvMbPerConnection}); the server refused this one unprocessed: retry it, or send less at once`
+        : `the server holds ${mib(this.recvTotal)} MiB of requests arriving or waiting to be answered (server limit --recv-mb ${this.limits.recvMb}; this connection ${mib(conn.bytes)} MiB, the most); the server refused this one unprocessed: retry it later`;
     this.warn.warn(
       `recv-${which}`,
       {
@@ -593,8 +605,8 @@ export class TransportGuard {
         recvMb: this.limits.recvMb,
       },
       which === 'connection'
-        ? 'refusing requests of a connection over --recv-mb-per-connection of requests still arriving (REFUSED_STREAM)'
-        : 'refusing requests of the connection holding the most of --recv-mb of requests still arriving (REFUSED_STREAM)',
+        ? 'refusing requests of a connection over --recv-mb-per-connection of requests held (REFUSED_STREAM)'
+        : 'refusing requests of the connection holding the most of --recv-mb of requests held (REFUSED_STREAM)',
     );
     this.releaseIncoming(inc);
     // Closing the stream drops what grpc-js buffered of it (its call ends
@@ -603,9 +615,9 @@ export class TransportGuard {
   }
 }
 
-function newest<T>(s: Set<T>): T {
-  let last!: T;
-  for (const x of s) last = x;
+function newestArriving(s: Set<Incoming>): Incoming | undefined {
+  let last: Incoming | undefined;
+  for (const x of s) if (!x.arrived) last = x;
   return last;
 }
 

@@ -10,6 +10,7 @@ import { LocalCluster } from '../examples/local-cluster';
 import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard } from '../server/transport-limits';
 import { PsClient } from '../worker';
 import { bareSocket, grpcFrame, openFds, PULL_PATH, RawSession, rssMiB, slowReader, type StreamEnd, within } from './abuse.lib';
+import { FAST_CODECS } from '../proto/fast-codec';
 import { poolDirs } from './helpers';
 
 const dirOf = poolDirs(after);
@@ -482,5 +483,53 @@ describe('requests that never finish arriving (--recv-mb-per-connection 16, --re
     await ps.push(SMALL.name, keyBuf(64), grads);
     assert.equal((await ps.pull(SMALL.name, keyBuf(64))).length, 64 * SMALL.dim);
     console.log(`requests never finished: ${where}; ${counts}; SDK push+pull pairs during: ${legitOk}`);
+  });
+});
+
+describe('requests that arrived and wait are held within the receive budget (found by a review, 2026-12-02)', () => {
+  test('pulls waiting for reply budget count in --recv-mb-per-connection: beyond it the newest are refused, unprocessed', async () => {
+    const cluster = await LocalCluster.start({
+      dir: dirOf('abuse-held'),
+      shards: 1,
+      env: {
+        PMEMPS_MAX_MESSAGE_MB: '8',
+        PMEMPS_RECV_MB_PER_CONNECTION: '16',
+        PMEMPS_RECV_MB: '32',
+        PMEMPS_REPLY_MB_PER_CONNECTION: '2',
+        PMEMPS_REPLY_MB: '8',
+        PMEMPS_STALL_SECONDS: '30',
+      },
+    });
+    const ps = await PsClient.connect({ endpoints: cluster.endpoints, maxMessageMb: 8 });
+    const raw = new RawSession(cluster.endpoints[0], { initialWindowSize: 0 });
+    try {
+      await ps.createTable({ ...SMALL, name: 'd1', dim: 1 });
+      await raw.connected;
+      const keys = Buffer.alloc(4 * 2 ** 20 - 64); // a 4 MiB request, a 2 MiB reply
+      for (let i = 0; i < keys.length; i += 8) keys.writeUInt32LE(i, i);
+      const frame = grpcFrame(FAST_CODECS.Pull.request.encode({ table: 'd1', keys }));
+      // The first reply is never read (window 0): it holds the connection's reply budget.
+      const first = raw.request(PULL_PATH, frame);
+      await new Promise((r) => first.stream.once('response', r));
+      const ends: Promise<StreamEnd>[] = [];
+      for (let i = 0; i < 8; i++) {
+        const { stream, done } = raw.request(PULL_PATH, frame);
+        ends.push(done);
+        await new Promise((r) => stream.once('finish', r).once('close', r));
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+      const settled: StreamEnd[] = [];
+      for (const d of ends) void d.then((e) => settled.push(e));
+      await new Promise((r) => setTimeout(r, 100));
+      const refused = settled.filter((e) => e.grpcStatus === grpc.status.UNAVAILABLE);
+      assert.ok(refused.length >= 4, `at most 16 MiB of the connection's requests are held: ${refused.length} of 8 refused`);
+      for (const e of refused) assert.match(e.grpcMessage, /requests arriving or waiting to be answered \(server limit --recv-mb-per-connection 16\)/);
+      // The server serves others meanwhile.
+      assert.equal((await ps.pull('d1', [1n])).length, 1);
+    } finally {
+      raw.destroy();
+      ps.close();
+      await cluster.stop();
+    }
   });
 });
