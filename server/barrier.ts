@@ -53,7 +53,8 @@ export class Barriers {
         return Promise.reject(
           new ServerError('OUT_OF_SPACE', `${MAX_OPEN_ROUNDS} barriers are waiting on this server, its limit; finish or cancel some first`),
         );
-      if (this.waiting >= MAX_WAITING_CALLS) return Promise.reject(this.full());
+      // Full, no round is made: the last party of a round is let in below.
+      if (this.waiting >= MAX_WAITING_CALLS && parties > 1) return Promise.reject(this.full());
       r = { parties, arrived: new Map() };
       this.rounds.set(key, r);
     }

@@ -154,18 +154,15 @@ void VLog::reserve(Reservation& r, uint64_t bytes) {
   while (room() < reserved_ + bytes) grow();
   reserved_ += bytes;
   r.bytes += bytes;
+  if (fresh_.empty()) return;  // a push's reserve: no second lock
+  std::vector<std::pair<char*, size_t>> fresh;
+  fresh.swap(fresh_);
   g.unlock();
   if (t.owns_lock()) t.unlock();
-  populate_fresh();
+  flush_fresh(fresh);
 }
 
-void VLog::populate_fresh() {
-  std::vector<std::pair<char*, size_t>> fresh;
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    if (fresh_.empty()) return;
-    fresh.swap(fresh_);
-  }
+void VLog::flush_fresh(const std::vector<std::pair<char*, size_t>>& fresh) {
   // The flush libpmemobj's commit made of a new allocation, made here with
   // no lock held: it changes no byte, and it is what faults the segment's
   // pages in. Measured on emulated PMEM (bench/logged-push.ts): left to the

@@ -154,7 +154,8 @@ class VLog {
   const VRecordHdr* parse(uint64_t off) const;  // the record at off when it is one, else null
   uint64_t room() const;                        // mu_ held
   void grow();                                  // tx_mu_ and mu_ held: one more spare segment
-  void populate_fresh();                        // no lock held: faults in the segments grow() added
+  // No lock held: flushes the segments grow() added (fresh_), faulting them in.
+  void flush_fresh(const std::vector<std::pair<char*, size_t>>& fresh);
   char* seg_base(uint64_t i) const { return pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[i]); }
   static uint64_t sum(const PVLog* d);
 
