@@ -10,6 +10,7 @@
         "native/src/engine_checkpoint.cc",
         "native/src/engine_cluster.cc",
         "native/src/engine_compact.cc",
+        "native/src/engine_mark.cc",
         "native/src/engine_mem.cc",
         "native/src/index.cc",
         "native/src/pool.cc",

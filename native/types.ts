@@ -94,6 +94,12 @@ export interface OpenInfo {
   opens: number;
   /** The pool's row layout, chosen when it was created ('inplace' in memory mode). */
   layout: PoolLayout;
+  /**
+   * Logged pools: version-log records this open wrote back into their rows'
+   * slots (those after the slots' mark; at most about the mark's lag, 256 MiB
+   * of log by default, plus what the last checkpoint wrote). 0 after a clean close.
+   */
+  replayedRecords: number;
   /** The record given to the last close(), when that close was clean; else null. */
   closeRecord: Buffer | null;
 }

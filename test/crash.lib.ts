@@ -735,6 +735,8 @@ export interface ChildPlan {
 export interface ChildExit {
   code: number | null;
   signal: NodeJS.Signals | null;
+  /** With killAfterReadyMs: the child printed "ready" (it opened the pool). */
+  ready: boolean;
   stderr: string;
   ms: number;
   timedOut: boolean;
@@ -819,7 +821,7 @@ export function runChild(
     c.on('close', (code, signal) => {
       liveChildren.delete(c);
       timers.forEach(clearTimeout);
-      resolve({ code, signal, stderr, ms: Date.now() - t0, timedOut });
+      resolve({ code, signal, stderr, ms: Date.now() - t0, timedOut, ready: out.includes('ready') });
     });
   });
 }
@@ -927,6 +929,11 @@ export const FAILPOINTS_LOGGED: Readonly<Record<string, number>> = {
   // The children run with PMEMPS_LOG_COMPACT=eager (see childEnv).
   'compact.after_copy': 3,
   'compact.before_free': 3,
+  // The compactor moves the slots' mark at every wake under eager
+  // compaction. replay.mid is reached only by the open of a crashed pool
+  // whose log holds records after the mark: Scenario.replayKill.
+  'mark.before_advance': 3,
+  'replay.mid': 30,
 };
 /**
  * Failpoints the scenarios cannot reach, each with the compiled test file
@@ -968,6 +975,14 @@ export interface Scenario {
    * this probability (powercut_shim.c, applyPowerCut).
    */
   powerCut?: number;
+  /**
+   * Logged pools: after each generation's child is killed (and its power
+   * cut), another child opens the pool with replay.mid:replayKill armed, so
+   * that it dies inside the replay of the first one's log (and is cut
+   * again), before the parent reopens and verifies. The children neither
+   * compact nor move the mark on their own meanwhile.
+   */
+  replayKill?: number;
 }
 
 export function describeKill(k: KillSpec, nOps?: number): string {
@@ -996,6 +1011,8 @@ export interface GenOutcome {
   ms: number;
   /** With a power cut: the unsynced pages it lost and kept. */
   cut: { lost: number; kept: number } | null;
+  /** With Scenario.replayKill: the second child died inside its replay. */
+  replayKilled: boolean;
 }
 
 export interface ScenarioResult {
@@ -1077,12 +1094,35 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
         failpoint: kill.mode === 'failpoint' ? `${kill.fp}:${kill.n}` : undefined,
         powerCutDir: sc.powerCut === undefined ? undefined : poolDir,
       });
+      if (sc.replayKill !== undefined) {
+        // The mark stays where open, close and createTable put it, so the
+        // log the replay reads holds every write-back since.
+        delete env.PMEMPS_LOG_COMPACT;
+        env.PMEMPS_LOG_MARK_MB = '100000';
+      }
       const ex = await runChild([planFile], env, {
         timeoutMs: opts.timeoutMs,
         killAfterReadyMs: kill.mode === 'timer' && !kill.fromSpawn ? kill.ms : undefined,
         killAfterSpawnMs: kill.mode === 'timer' && kill.fromSpawn ? kill.ms : undefined,
       });
       const cut = sc.powerCut === undefined ? null : applyPowerCut(poolDir, sc.powerCut, new Rng(mix(sc.seed, g, 0x9c7)));
+      let replayKilled = false;
+      if (sc.replayKill !== undefined && ex.signal === 'SIGKILL') {
+        // A crash inside the replay of the crash before: killed there, or
+        // killed once it opened when the log held fewer records.
+        const rx = await runChild(
+          ['--hold', poolDir],
+          childEnv({ force: sc.force, failpoint: `replay.mid:${sc.replayKill}`, powerCutDir: sc.powerCut === undefined ? undefined : poolDir }),
+          { timeoutMs: opts.timeoutMs, killAfterReadyMs: 0 },
+        );
+        if (rx.signal !== 'SIGKILL') throw new Error(`the replaying child exited ${rx.code}: ${rx.stderr.slice(-4000)}`);
+        replayKilled = !rx.ready;
+        if (cut && sc.powerCut !== undefined) {
+          const again = applyPowerCut(poolDir, sc.powerCut, new Rng(mix(sc.seed, g, 0x9c8)));
+          cut.lost += again.lost;
+          cut.kept += again.kept;
+        }
+      }
       const prog = analyzeProgress(fs.existsSync(progressFile) ? fs.readFileSync(progressFile, 'utf8') : '', committed);
       const lastOpDesc = prog.lastOp >= 0 ? `op ${prog.lastOp} (${describeOp(ops[prog.lastOp])}) of ${ops.length}` : 'before the first op';
       const ctx = (phase: string) =>
@@ -1131,6 +1171,7 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
         lastOp: prog.lastOp,
         ms: ex.ms,
         cut,
+        replayKilled,
       };
       try {
         const info = eng.openInfo;
@@ -1138,6 +1179,8 @@ export async function runScenario(sc: Scenario, opts: { timeoutMs?: number; onDi
         outcome.prepared = info.prepared;
         const infoStr = JSON.stringify(info);
         if (info.created) throw new CrashMismatch(ctx(`reopen created a new pool: ${infoStr}`));
+        if (info.cleanClose && info.replayedRecords !== 0)
+          throw new CrashMismatch(ctx(`a clean close left log records after the slots' mark, replayed at the reopen: ${infoStr}`));
         if (prog.closed && !info.cleanClose) throw new CrashMismatch(ctx(`the child's close() resolved but openInfo.cleanClose is false: ${infoStr}`));
         if (info.cleanClose && !prog.closeAttempted && !diedInOpen)
           throw new CrashMismatch(ctx(`openInfo.cleanClose is true but the child never called close(): ${infoStr}`));

@@ -358,12 +358,12 @@ describe('pools of an older layout', () => {
     const at = patchRoots(file, 8, () => v3); // the layout version
     const root = (b: Buffer) => b.subarray(at, at + 256);
     const before = Buffer.from(root(fs.readFileSync(file)));
-    for (let i = 0; i < 2; i++) assert.throws(() => Engine.open({ dir, poolMb: 16, cacheMb: 2 }), /layout version 3; this build reads version 6/);
+    for (let i = 0; i < 2; i++) assert.throws(() => Engine.open({ dir, poolMb: 16, cacheMb: 2 }), /layout version 3; this build reads version 7/);
     // (libpmemobj's own open writes its run-time state; pmemps writes nothing.)
     assert.ok(root(fs.readFileSync(file)).equals(before), 'the refused pool root is unchanged');
   });
 
-  test('of version 4 open as in-place pools of version 6, their state and checkpoint intact', async () => {
+  test('of version 4 open as in-place pools of version 7, their state and checkpoint intact', async () => {
     // test/fixtures/pool-v4.pool.gz: a 16 MiB pool written by the last build
     // of layout version 4 (PMEM_IS_PMEM_FORCE=1) with fixtureOps, then
     // closed cleanly.
@@ -388,29 +388,52 @@ describe('pools of an older layout', () => {
     await e.close();
   });
 
-  test('of version 5 open as pools of version 6, their layout, state and checkpoint intact', async () => {
-    // test/fixtures/pool-v5.pool.gz: a 16 MiB logged pool written by the
-    // last build of layout version 5 (PMEM_IS_PMEM_FORCE=1, layout
-    // 'logged') with fixtureOps, then closed cleanly.
-    const { atCheckpoint, latest } = await fixtureState();
-    const keys = FIXTURE_KEYS;
-    const dir = dirs('v5');
+  // test/fixtures/pool-v5.pool.gz and pool-v6.pool.gz: 16 MiB logged pools
+  // written by the last build of layout version 5 and 6
+  // (PMEM_IS_PMEM_FORCE=1, layout 'logged') with fixtureOps, then closed
+  // cleanly.
+  for (const v of [5, 6]) {
+    test(`of version ${v} open as pools of version 7, their layout, state and checkpoint intact`, async () => {
+      const { atCheckpoint, latest } = await fixtureState();
+      const keys = FIXTURE_KEYS;
+      const dir = dirs(`v${v}`);
+      fs.writeFileSync(
+        path.join(dir, 'pmemps.pool'),
+        zlib.gunzipSync(fs.readFileSync(path.resolve(__dirname, '..', '..', 'test', 'fixtures', `pool-v${v}.pool.gz`))),
+      );
+      for (let round = 0; round < 2; round++) {
+        const e = Engine.open({ dir, poolMb: 16, cacheMb: 2, layout: 'inplace' });
+        assert.equal(e.openInfo.layout, 'logged', 'the pool keeps the layout it was created with');
+        assert.equal(e.openInfo.cleanClose, true);
+        assert.equal(e.openInfo.committed, 1);
+        assert.equal(e.openInfo.replayedRecords, 0, 'a clean close leaves nothing to replay');
+        assert.deepEqual(await e.pull('emb', keys), latest, `round ${round}: the state at the clean close`);
+        assert.deepEqual(e.fullCheck().problems, []);
+        await e.close();
+      }
+      const e = Engine.open({ dir, poolMb: 16, cacheMb: 2 });
+      await e.rollback();
+      assert.deepEqual(await e.pull('emb', keys), atCheckpoint, `the checkpoint written by version ${v} restores`);
+      await e.close();
+    });
+  }
+
+  test('of version 6, crashed, open as pools of version 7 whose slots need no replay, and restore', async () => {
+    // test/fixtures/pool-v6-crashed.pool.gz: as pool-v6, SIGKILLed instead
+    // of closed. Version 6 synced every slot before the publish that made
+    // it live, so the upgrade puts the slots' mark at the published tail.
+    const { atCheckpoint } = await fixtureState();
+    const dir = dirs('v6c');
     fs.writeFileSync(
       path.join(dir, 'pmemps.pool'),
-      zlib.gunzipSync(fs.readFileSync(path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'pool-v5.pool.gz'))),
+      zlib.gunzipSync(fs.readFileSync(path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'pool-v6-crashed.pool.gz'))),
     );
-    for (let round = 0; round < 2; round++) {
-      const e = Engine.open({ dir, poolMb: 16, cacheMb: 2, layout: 'inplace' });
-      assert.equal(e.openInfo.layout, 'logged', 'the pool keeps the layout it was created with');
-      assert.equal(e.openInfo.cleanClose, true);
-      assert.equal(e.openInfo.committed, 1);
-      assert.deepEqual(await e.pull('emb', keys), latest, `round ${round}: the state at the clean close`);
-      assert.deepEqual(e.fullCheck().problems, []);
-      await e.close();
-    }
     const e = Engine.open({ dir, poolMb: 16, cacheMb: 2 });
+    assert.deepEqual([e.openInfo.layout, e.openInfo.cleanClose, e.openInfo.committed], ['logged', false, 1]);
+    assert.equal(e.openInfo.replayedRecords, 0);
     await e.rollback();
-    assert.deepEqual(await e.pull('emb', keys), atCheckpoint, 'the checkpoint written by version 5 restores');
+    assert.deepEqual(await e.pull('emb', FIXTURE_KEYS), atCheckpoint, 'the checkpoint written by version 6 restores');
+    assert.deepEqual(e.fullCheck().problems, []);
     await e.close();
   });
 });

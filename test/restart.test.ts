@@ -490,7 +490,7 @@ describe('restart', () => {
       assert.throws(
         () =>
           execFileSync(process.execPath, [path.join(__dirname, '..', 'server', 'check.js'), '--pmem', dir], { stdio: 'pipe', env: childEnv({ force: true }) }),
-        /layout version 5; this build reads version 6/,
+        /layout version 5; this build reads version 7/,
       );
       // (libpmemobj's own open writes its run-time state; pmemps writes nothing.)
       const at = before.indexOf('PMSPEM01'); // the root's magic

@@ -63,6 +63,7 @@ struct OpenInfo {
   uint64_t committed = 0, prepared = 0;
   uint64_t opens = 0;  // opens of this pool, this one included
   uint32_t layout = kLayoutInPlace;
+  uint64_t replayed = 0;     // logged pools: log records replayed into their slots (engine_mark.cc)
   std::string close_record;  // given to the last close(); empty unless clean_close
 };
 
@@ -338,7 +339,30 @@ class Engine {
   bool compact_stopping();
   void publish_log();
   bool compact_segment(uint64_t seg_off);
+
+  // The slots' mark of a logged pool (engine_mark.cc): slots are written
+  // with write_lazy, made durable in the background, and rebuilt from the
+  // version log at open.
+  VLog::Pos mark() const;
+  // Publishes the log, makes every slot its records name durable, and
+  // moves the mark to the tail published. Called by the compactor when
+  // the log since the mark passes mark_lag_, at open after the replay, and
+  // by create_table.
+  void advance_mark();
+  // At open: writes into their slots the records from the mark to the
+  // published tail, in log order; returns how many it read.
+  uint64_t replay_log();
+  // At open: replays, then advances the mark (layout.h: PRoot.mark_seg).
+  void open_mark();
+  mutable std::mutex mark_mu_;  // advance_mark one at a time; guards mark_
+  VLog::Pos mark_;
+  uint64_t mark_lag_ = 0;  // log bytes after the mark at which the compactor advances it
   std::thread compactor_;
+  // Held by compaction while it reads a chunk's records and appends their
+  // copies (no engine lock held), and by create_table before epoch_mu_, so
+  // that no copy of a dropped table's record lands after the mark that a
+  // new table at its index starts from (engine_mark.cc).
+  std::mutex copy_gate_;
   std::mutex compact_mu_;
   std::condition_variable compact_cv_;
   bool compact_stop_ = false, compact_wake_ = false;

@@ -13,7 +13,9 @@
 //    rows' `flushing` marks under it), and the flush returns only after
 //    every stripe's pending list was found empty and every step that took
 //    rows from one has drained (idle_thread.h); on the msync path
-//    persist_ranges syncs every writer's pages before the publish.
+//    persist_ranges syncs every writer's pages before the publish, but for
+//    the slots of a logged pool, whose journal is the version log synced
+//    before it (engine_mark.cc).
 //  * dead_ mirrors the pool's dead-range list: sorted, disjoint, and a
 //    version whose epoch falls in it is never read.
 //  * A prepare between prepare_begin and prepare_finish is marked by

@@ -16,7 +16,9 @@
 //    (persist_ranges), and only when every live record of it was
 //    repointed; a row the flusher is writing (its entry `flushing`) makes
 //    the segment wait for another pass. Only segments before the published
-//    tail's are candidates (vlog.h), so a restart never meets a hole.
+//    tail's and the slots' mark's are candidates (vlog.h), so a restart
+//    never meets a hole, and the replay at open never reads a freed
+//    segment (engine_mark.cc).
 //  * Slots are read and repointed under the row's stripe lock (as every
 //    write-back writes them, the flusher excepted, whose rows are
 //    `flushing`; repointed under the index lock too), and under epoch_mu_
@@ -113,10 +115,13 @@ void Engine::compact_loop() {
       compact_wake_ = false;
     }
     try {
+      // The mark bounds what open replays; compaction takes only segments
+      // before it.
+      if (eager || vlog_->bytes_since(mark()) > mark_lag_) advance_mark();
       if (eager) {
         // The copies land after the tail, so this ends with the segments
         // that were before it.
-        while (const uint64_t seg = vlog_->oldest_full_segment()) {
+        while (const uint64_t seg = vlog_->oldest_full_segment(mark())) {
           if (compact_stopping()) return;
           if (!compact_segment(seg)) break;
         }
@@ -124,12 +129,13 @@ void Engine::compact_loop() {
       }
       while (compact_due()) {
         if (compact_stopping()) return;
-        uint64_t seg = vlog_->oldest_full_segment();
+        uint64_t seg = vlog_->oldest_full_segment(mark());
         if (!seg) {
           // Every whole segment is after the published tail (no checkpoint
-          // for a while): publish it, so that they become candidates.
-          publish_log();
-          seg = vlog_->oldest_full_segment();
+          // for a while) or the mark: move both, so that they become
+          // candidates.
+          advance_mark();
+          seg = vlog_->oldest_full_segment(mark());
           if (!seg) break;
         }
         const uint64_t before = log_copied_.load();
@@ -168,7 +174,10 @@ bool Engine::compact_segment(uint64_t seg_off) {
   for (size_t c0 = 0; c0 < recs.size(); c0 += kCompactChunk) {
     const size_t c1 = std::min(recs.size(), c0 + kCompactChunk);
     moves.clear();
-    // Copy the chunk's live records to the log's end.
+    // Copy the chunk's live records to the log's end. No new table takes
+    // an index meanwhile (engine_mark.cc): a copy of a dropped table's
+    // record lands before the mark a new one starts from.
+    std::unique_lock<std::mutex> gate(copy_gate_);
     for (size_t i = c0; i < c1; i++) {
       const VRecordHdr* h = pool_->at<VRecordHdr>(recs[i]);
       uint32_t named[kSlots];
@@ -207,11 +216,13 @@ bool Engine::compact_segment(uint64_t seg_off) {
       // that the slot still names this record (a copy it finds superseded
       // is a dead record that a later pass reclaims).
       for (uint32_t j = 0; j < nnamed; j++) {
-        const uint64_t to = vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n, &compact_res_);
+        const uint64_t to =
+            vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n, &compact_res_, kTagCopy | (named[j] + 1));
         moves.push_back({t, gen, h->key, ref, recs[i], to, h->table, named[j], h->epoch});
         log_copied_.fetch_add(VLog::record_bytes(h->n), std::memory_order_relaxed);
       }
     }
+    gate.unlock();
     if (moves.empty()) continue;
     // The copies durable and before the published tail, then the slots.
     publish_log();

@@ -148,9 +148,11 @@ const VRecordHdr* Engine::record_of(const Table& t, const SlotHdr* h, uint64_t k
 // prepared checkpoint needs. Crash safety: the slot chosen holds nothing a
 // restart can read (its version is older than the pinned ones, or from an
 // epoch that dies with a crash), so a torn or unpersisted write here is
-// harmless, whatever order its bytes reach the media in. The range joins the
-// pool's flush set, which prepare and close make durable before they publish
-// anything that refers to this version. Callers count their write-backs
+// harmless, whatever order its bytes reach the media in. In place, the range
+// joins the pool's flush set, which prepare and close make durable before
+// they publish anything that refers to this version; logged, the version's
+// record is in the log they sync, and open replays it into the slot if the
+// slot's write did not last (engine_mark.cc). Callers count their write-backs
 // (one shared counter bumped per row cost as much as the write on two cores).
 void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
   char* row = row_ptr(t, e->ref);
@@ -177,11 +179,23 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
   if (e->shadow) test_hook("writeback.shadow_slot_chosen");
   if (vlog_) {
     // Logged: the values go to the log, the slot gets their record's
-    // offset. Either may reach the media first: the slot's epoch is not
-    // published before the prepare or close syncs both.
-    LoggedSlot ls{{e->epoch, e->step}, vlog_->append(e->key, t.idx, e->epoch, e->step, e->data, t.row_floats, res)};
-    failpoint("writeback.after_append");
-    pool_->write(slot_hdr(t, row, static_cast<uint32_t>(s)), &ls, sizeof ls);
+    // offset, written once the record is copied and before a sync can count
+    // the record (the slots' mark relies on it: engine_mark.cc). The slot's
+    // write is lazy: the log, synced before any publish, is its journal.
+    struct Slot {
+      Engine* en;
+      LoggedSlot* at;
+      LoggedSlot v;
+    } w{this, reinterpret_cast<LoggedSlot*>(slot_hdr(t, row, static_cast<uint32_t>(s))), {{e->epoch, e->step}, 0}};
+    vlog_->append(
+        e->key, t.idx, e->epoch, e->step, e->data, t.row_floats, res, static_cast<uint32_t>(s) + 1,
+        [](void* c, uint64_t off) {
+          Slot& w = *static_cast<Slot*>(c);
+          failpoint("writeback.after_append");
+          w.v.off = off;
+          w.en->pool_->write_lazy(w.at, &w.v, sizeof w.v);
+        },
+        &w);
     return;
   }
   // The slot is composed aside and written in one go: on PMEM one run of

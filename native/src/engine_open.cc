@@ -253,6 +253,9 @@ void Engine::open_pool() {
   info_.committed = c_id_;
   info_.prepared = p_active_ ? p_id_ : 0;
   info_.pushes_blocked = pushes_blocked_;
+  // Slots a crash left behind, rebuilt from the version log before
+  // anything reads one: proportional to the log since the mark, not rows.
+  if (vlog_) open_mark();
   // Storage of tables that died with a crash, or whose freeing a crash
   // interrupted: proportional to their slabs and index segments, not rows.
   reclaim();
@@ -456,6 +459,9 @@ void Engine::close_pool(const std::string& given) {
   }
   if (vlog_) vlog_->sync();
   pool_->persist_ranges();
+  // The slots too, so that the mark can move to the tail in the clean
+  // mark's transaction: a clean open replays nothing.
+  pool_->persist_lazy();
   if (!record.empty()) {
     // The slot is read only when clean == 1, which is 0 while the pool is open.
     char* dst = pool_->at<char>(root_->close_slot);
@@ -478,12 +484,23 @@ void Engine::close_pool(const std::string& given) {
     root_->clean = (recovering_ || (opts_.inspect && !info_.clean_close)) ? 0 : 1;
     // The versions written back above are part of the pool from here.
     std::unique_lock<std::mutex> tail;
-    if (vlog_) tail = vlog_->publish_tail(tx);
+    VLog::Pos at;
+    if (vlog_) {
+      // The slots were synced above: the mark moves with the tail (the
+      // compactor, which moves it too, is stopped).
+      tail = vlog_->publish_tail(tx, &at);
+      root_->mark_seg = at.seg_off;
+      root_->mark_off = at.off;
+    }
     // The record is only read when clean == 1, which this same transaction
     // sets: a crash anywhere before the commit leaves the old clean == 0.
     root_->close_len = record.size();
     persist_root(tx);
     tx.commit();
+    if (vlog_) {
+      std::lock_guard<std::mutex> mg(mark_mu_);
+      mark_ = at;
+    }
   }
   drop_cache();
   for (auto& t : tables_) t.reset();

@@ -9,6 +9,7 @@
 //  * A drop is undoable until a checkpoint after it commits: a table some
 //    durable checkpoint holds is only marked dropped; one no checkpoint holds
 //    is garbage at once and freed by reclaim (docs/design.md, "Tables").
+#include <bitset>
 #include <cstring>
 
 #include "engine_impl.h"
@@ -36,6 +37,28 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   if (dim < 1 || dim > 4096) fail(Code::InvalidArgument, "dim must be in 1..4096, got " + std::to_string(dim));
   validate_optimizer(opt);
   validate_init(init);
+  // Logged pools: no record of an index's earlier tables may follow the
+  // mark its new table starts from (engine_mark.cc). Compaction appends no
+  // copy until the table exists, and the mark moves past every record
+  // appended while the index was already free, outside epoch_mu_ (the
+  // slots' sync can take seconds on a disk): again under it only when the
+  // index was freed since, which a concurrent drop can do.
+  std::unique_lock<std::mutex> gate;
+  std::bitset<kMaxTables> free_before;
+  if (vlog_) {
+    gate = std::unique_lock<std::mutex>(copy_gate_);
+    bool exists;
+    {
+      std::shared_lock<RwLock> el(epoch_mu_);
+      exists = names_.count(name) != 0;
+      std::lock_guard<TxMutex> g(tx_mu_);
+      for (uint32_t i = 0; i < kMaxTables; i++) free_before[i] = !tables_[i] && store_->slot_reusable(i);
+    }
+    if (!exists)
+      advance_mark();
+    else
+      free_before.reset();
+  }
   std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
   if (pushes_blocked_)
@@ -60,11 +83,12 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   {
     // A garbage slot (storage still being freed) is not free yet.
     std::lock_guard<TxMutex> g(tx_mu_);
-    for (uint32_t i = 0; i < kMaxTables; i++)
-      if (!tables_[i] && store_->slot_reusable(i)) {
-        idx = i;
-        break;
-      }
+    for (uint32_t pass = 0; pass < 2 && idx == kMaxTables; pass++)
+      for (uint32_t i = 0; i < kMaxTables; i++)
+        if (!tables_[i] && store_->slot_reusable(i) && (pass == 1 || free_before[i])) {
+          idx = i;
+          break;
+        }
   }
   if (idx == kMaxTables)
     fail(Code::OutOfSpace,
@@ -72,6 +96,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
              " tables, counting those dropped since the last checkpoint (a restore may bring them back): commit a checkpoint to free "
              "their slots");
 
+  if (vlog_ && !free_before[idx]) advance_mark();
   auto t = std::make_unique<Table>();
   t->idx = idx;
   t->name = name;

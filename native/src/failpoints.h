@@ -38,7 +38,9 @@ namespace pmemps {
   X("writeback.after_append")  \
   X("log.after_grow")          \
   X("compact.after_copy")      \
-  X("compact.before_free")
+  X("compact.before_free")     \
+  X("mark.before_advance")     \
+  X("replay.mid")
 
 #define PMEMPS_FAILPOINT_NAME(name) name,
 inline constexpr const char* kFailpoints[] = {PMEMPS_FAILPOINTS(PMEMPS_FAILPOINT_NAME)};

@@ -39,7 +39,10 @@ constexpr uint64_t kMagic = 0x31304d4550534d50ULL;  // "PMSPEM01"
 // upgraded at open to an in-place one (Pool::upgrade_root), older ones are
 // refused, unchanged. Version 6: the copy arena's block list
 // (PRoot.copy_blocks_off); a version-4 or 5 pool is upgraded at open.
-constexpr uint32_t kLayoutVersion = 6;
+// Version 7: the slots' mark (PRoot.mark_seg, mark_off; docs/design.md,
+// "The log as the journal of the slots"); older pools are upgraded at open
+// with the mark at their published tail.
+constexpr uint32_t kLayoutVersion = 7;
 // Blocks the copy arena (copy_arena.h) may hold at once.
 constexpr uint32_t kCopyBlocks = 64;
 constexpr uint32_t kMaxTables = 256;
@@ -131,8 +134,17 @@ struct PRoot {
   // root's snapshot in every bounded transaction stays small. 0: none yet
   // (a pool upgraded from version 5 gets it at an open with room).
   uint64_t copy_blocks_off;
+  // Logged pools: the slots' mark, a position in the version log (the pool
+  // offset of its segment, 0 for the log's start, and a byte offset in it).
+  // Every slot that a record before it names is durable; the slots of the
+  // records from it to the published tail may not be, and open replays
+  // those records into them (engine_mark.cc). kMarkAtTail: at the
+  // published tail, whatever it is (an upgraded pool, whose slots were all
+  // synced before their publish).
+  uint64_t mark_seg, mark_off;
   uint64_t checksum;
 };
+constexpr uint64_t kMarkAtTail = UINT64_MAX;
 
 // A checkpoint record: fixed header, then ntables PCkptTable, then the dense
 // blob and the metadata blob.

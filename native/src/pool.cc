@@ -111,28 +111,31 @@ Pool::Pool(const std::string& dir, uint64_t pool_bytes, bool inspect) : dir_(dir
   }
 }
 
-// Each older root is a prefix of version 6's that ends in its checksum:
+// Each older root is a prefix of version 7's that ends in its checksum:
 // version 4's where version 5 has `layout`, version 5's where version 6 has
-// `copy_blocks_off`. pmemobj_root grows the root atomically, keeping the
-// old bytes and zeroing the new ones; one transaction then fills the new
-// fields and makes it a version-6 root in place, allocating nothing, so a
-// full pool is upgraded too (its copy arena's list comes at an open that
-// finds room). A crash in between leaves a grown root of the old version,
-// which the next open upgrades the same way.
+// `copy_blocks_off`, version 6's where version 7 has `mark_seg`.
+// pmemobj_root grows the root atomically, keeping the old bytes and zeroing
+// the new ones; one transaction then fills the new fields and makes it a
+// version-7 root in place, allocating nothing, so a full pool is upgraded
+// too (its copy arena's list comes at an open that finds room). A crash in
+// between leaves a grown root of the old version, which the next open
+// upgrades the same way.
 void Pool::upgrade_root() {
   constexpr size_t kV4Size = offsetof(PRoot, layout) + sizeof(uint64_t);
   constexpr size_t kV5Size = offsetof(PRoot, copy_blocks_off) + sizeof(uint64_t);
+  constexpr size_t kV6Size = offsetof(PRoot, mark_seg) + sizeof(uint64_t);
   static_assert(kV4Size + 16 == kV5Size, "version 5 adds layout, pad5 and vlog_off to version 4's root");
-  static_assert(kV5Size + 8 == sizeof(PRoot), "version 6 adds copy_blocks_off to version 5's root");
+  static_assert(kV5Size + 8 == kV6Size, "version 6 adds copy_blocks_off to version 5's root");
+  static_assert(kV6Size + 16 == sizeof(PRoot), "version 7 adds mark_seg and mark_off to version 6's root");
   const size_t rs = pmemobj_root_size(pop_);
-  if (rs != kV4Size && rs != kV5Size && rs != sizeof(PRoot)) return;
+  if (rs != kV4Size && rs != kV5Size && rs != kV6Size && rs != sizeof(PRoot)) return;
   const char* p = static_cast<const char*>(pmemobj_direct(pmemobj_root(pop_, rs)));
   uint64_t magic, sum;
   uint32_t version;
   std::memcpy(&magic, p, 8);
   std::memcpy(&version, p + 8, 4);
-  if (magic != kMagic || (version != 4 && version != 5)) return;  // validate_root says what is wrong
-  const size_t sum_at = version == 4 ? offsetof(PRoot, layout) : offsetof(PRoot, copy_blocks_off);
+  if (magic != kMagic || version < 4 || version > 6) return;  // validate_root says what is wrong
+  const size_t sum_at = version == 4 ? offsetof(PRoot, layout) : version == 5 ? offsetof(PRoot, copy_blocks_off) : offsetof(PRoot, mark_seg);
   if (rs < sum_at + 8) return;
   std::memcpy(&sum, p + sum_at, 8);
   if (fnv1a(p, sum_at) != sum) return;
@@ -148,7 +151,12 @@ void Pool::upgrade_root() {
     root->pad5 = 0;
     root->vlog_off = 0;
   }
-  root->copy_blocks_off = 0;  // allocated by the engine once the pool has room (Engine::open_pool)
+  // allocated by the engine once the pool has room (Engine::open_pool)
+  if (version <= 5) root->copy_blocks_off = 0;
+  // Before version 7 every slot was synced before the publish that made it
+  // live: nothing before the published tail needs replaying.
+  root->mark_seg = root->layout == kLayoutLogged ? kMarkAtTail : 0;
+  root->mark_off = 0;
   root->version = kLayoutVersion;
   root->checksum = root_sum(root);
   tx.commit();
@@ -159,6 +167,20 @@ Pool::~Pool() {
   if (lock_fd_ >= 0) close(lock_fd_);  // releases the flock
 }
 
+void Pool::Envelope::add(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  std::lock_guard<std::mutex> g(mu);
+  if (!lo || c < lo) lo = c;
+  if (c + n > hi) hi = c + n;
+}
+
+std::pair<const char*, const char*> Pool::Envelope::take() {
+  std::lock_guard<std::mutex> g(mu);
+  std::pair<const char*, const char*> r{lo, hi};
+  lo = hi = nullptr;
+  return r;
+}
+
 void Pool::add_range(const void* p, size_t n) {
   if (is_pmem_) {
     pmemobj_flush(pop_, p, n);
@@ -166,10 +188,15 @@ void Pool::add_range(const void* p, size_t n) {
   }
   // msync path: only the envelope matters (one sync, the kernel writes the
   // dirty pages inside it), so no list grows and nothing forces early syncs.
-  const char* c = static_cast<const char*>(p);
-  std::lock_guard<std::mutex> g(env_mu_);
-  if (!env_lo_ || c < env_lo_) env_lo_ = c;
-  if (c + n > env_hi_) env_hi_ = c + n;
+  env_.add(p, n);
+}
+
+void Pool::persist_envelope(Envelope& env) {
+  std::lock_guard<std::mutex> sg(env.sync_mu);
+  auto [lo, hi] = env.take();
+  if (!lo) return;
+  pmemobj_persist(pop_, lo, static_cast<size_t>(hi - lo));
+  flush_calls_++;
 }
 
 void Pool::persist_ranges() {
@@ -178,17 +205,11 @@ void Pool::persist_ranges() {
     flush_calls_++;
     return;
   }
-  std::lock_guard<std::mutex> pg(persist_mu_);
-  const char* lo = nullptr;
-  const char* hi = nullptr;
-  {
-    std::lock_guard<std::mutex> g(env_mu_);
-    std::swap(lo, env_lo_);
-    std::swap(hi, env_hi_);
-  }
-  if (!lo) return;
-  pmemobj_persist(pop_, lo, static_cast<size_t>(hi - lo));
-  flush_calls_++;
+  persist_envelope(env_);
+}
+
+void Pool::persist_lazy() {
+  if (!is_pmem_) persist_envelope(lazy_);
 }
 
 uint64_t Pool::used_bytes() {

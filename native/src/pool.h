@@ -65,6 +65,16 @@ class Pool {
     std::memcpy(dst, src, n);
     add_range(dst, n);
   }
+  // A write whose durability can wait (the slots of logged pools, which
+  // open can rebuild from the version log: engine_mark.cc). PMEM: as
+  // write(); msync path: joins a second envelope, synced only by
+  // persist_lazy(), so that a checkpoint's sync does not write back the
+  // random pages these writes dirty.
+  void write_lazy(void* dst, const void* src, size_t n) {
+    if (is_pmem_) return write(dst, src, n);
+    std::memcpy(dst, src, n);
+    lazy_.add(dst, n);
+  }
   // PMEM: waits for this thread's flushes; the msync path has nothing to wait for.
   void drain() {
     if (is_pmem_) pmemobj_drain(pop_);
@@ -74,6 +84,9 @@ class Pool {
   // Serialized: a caller never returns while another caller still syncs an
   // envelope it took.
   void persist_ranges();
+  // msync path: makes durable every write_lazy() before the call, by any
+  // thread. PMEM: nothing (those were flushed as written, as write()'s).
+  void persist_lazy();
 
   uint64_t flush_calls() const { return flush_calls_; }
   // Called when an allocation finds the pool full, before it fails: frees
@@ -111,10 +124,19 @@ class Pool {
   bool created_ = false;
   bool is_pmem_ = false;
 
-  std::mutex env_mu_;  // msync path: the envelope of the ranges added
-  const char* env_lo_ = nullptr;
-  const char* env_hi_ = nullptr;
-  std::mutex persist_mu_;
+  // msync path: the lowest and highest byte of the ranges added since it was
+  // last taken. Its syncs run one at a time (sync_mu): a caller that finds
+  // it empty must not return while another still syncs what it took.
+  struct Envelope {
+    std::mutex mu, sync_mu;
+    const char* lo = nullptr;
+    const char* hi = nullptr;
+    void add(const void* p, size_t n);
+    std::pair<const char*, const char*> take();
+  };
+  void persist_envelope(Envelope& env);
+  Envelope env_;   // add_range, write
+  Envelope lazy_;  // write_lazy
   std::atomic<uint64_t> flush_calls_{0};
   std::function<bool()> on_full_;
 };

@@ -194,7 +194,8 @@ void VLog::trim(Reservation& r, uint64_t keep) {
   r.bytes = keep;
 }
 
-uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r) {
+uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r, uint32_t tag,
+                      void (*then)(void*, uint64_t), void* ctx) {
   const size_t rb = record_bytes(n);
   if (rb > kSlack) throw Error(Code::InvalidArgument, "a row of " + std::to_string(n) + " floats does not fit in a log record");
   char* dst;
@@ -216,6 +217,16 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
     if (off_ + rb > d_->seg_bytes) {
       // room() counted this segment's end as wasted, so the next one exists.
       char* end = seg_base(seg_) + off_;
+      if (off_ + sizeof(VRecordHdr) <= d_->seg_bytes) {
+        // The segment's end marker: synced with its records, before any
+        // tail past it is published.
+        if (pool_.is_pmem()) {
+          pmemobj_memset_persist(pool_.pop(), end, 0, sizeof(VRecordHdr));
+        } else {
+          std::memset(end, 0, sizeof(VRecordHdr));
+          end += sizeof(VRecordHdr);
+        }
+      }
       if (end > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
       seg_++;
       off_ = 0;
@@ -232,7 +243,16 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
     test_hook("log.append_placed");
   } catch (const Error&) {
   }
-  VRecordHdr h{key, table, epoch, step, n, 0, 0};
+  // Counted out of the generation however this ends: a sync waits for it.
+  struct Done {
+    VLog& l;
+    int gen;
+    ~Done() {
+      std::lock_guard<std::mutex> g(l.mu_);
+      if (--l.inflight_[gen] == 0) l.copied_.notify_all();
+    }
+  } done{*this, gen};
+  VRecordHdr h{key, table, epoch, step, n, 0, tag};
   h.crc = crc32c(values, sizeof(float) * n, crc32c(&h, sizeof h));
   if (pool_.is_pmem()) {
     // Non-temporal: the log is written once and read rarely; the writer's
@@ -243,11 +263,9 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
     std::memcpy(dst, &h, sizeof h);
     std::memcpy(dst + sizeof h, values, sizeof(float) * n);
   }
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    if (--inflight_[gen] == 0) copied_.notify_all();
-  }
-  return pool_.off_of(dst);
+  const uint64_t off = pool_.off_of(dst);
+  if (then) then(ctx, off);
+  return off;
 }
 
 void VLog::sync() {
@@ -286,7 +304,7 @@ void VLog::sync() {
   synced_off_ = syncing_off_;
 }
 
-std::unique_lock<std::mutex> VLog::publish_tail(Tx& tx) {
+std::unique_lock<std::mutex> VLog::publish_tail(Tx& tx, Pos* at) {
   // Appends after the last sync() that returned lie after the tail
   // published here: a restart overwrites them, and only slots of epochs
   // that die with that crash can name them (every publish syncs first).
@@ -295,7 +313,58 @@ std::unique_lock<std::mutex> VLog::publish_tail(Tx& tx) {
   d_->tail_seg = synced_seg_;
   d_->tail_off = synced_off_;
   d_->checksum = sum(d_);
+  if (at) *at = {d_->tail_seg < d_->nsegs ? pool_.at<uint64_t>(d_->segs_off)[d_->tail_seg] : 0, d_->tail_off};
   return g;
+}
+
+VLog::Pos VLog::published() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return {d_->tail_seg < d_->nsegs ? pool_.at<uint64_t>(d_->segs_off)[d_->tail_seg] : 0, d_->tail_off};
+}
+
+uint64_t VLog::index_of(Pos p) const {
+  if (p.seg_off == kMarkAtTail) return d_->tail_seg;
+  if (p.seg_off == 0) return 0;
+  const uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
+  for (uint64_t i = 0; i < d_->nsegs; i++)
+    if (segs[i] == p.seg_off) return i;
+  throw Error(Code::Corrupt, "the slots' mark names no segment of the version log (damaged pool); check it with `pmemps-check`");
+}
+
+uint64_t VLog::bytes_since(Pos from) const {
+  std::lock_guard<std::mutex> g(mu_);
+  if (from.seg_off == kMarkAtTail) return 0;
+  const uint64_t i = index_of(from);
+  if (i > d_->tail_seg || (i == d_->tail_seg && from.off > d_->tail_off)) return 0;
+  return (d_->tail_seg - i) * d_->seg_bytes + d_->tail_off - from.off;
+}
+
+void VLog::for_each_since(Pos from, const std::function<void(uint64_t, const VRecordHdr*)>& fn) const {
+  uint64_t first, last, last_off;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (from.seg_off == kMarkAtTail) return;
+    first = index_of(from);
+    last = d_->tail_seg;
+    last_off = d_->tail_off;
+  }
+  const uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
+  auto damaged = [](uint64_t off) {
+    return Error(Code::Corrupt, "a version log record before the published tail is damaged (pool offset " + std::to_string(off) +
+                                    "); check the pool with `pmemps-check`");
+  };
+  for (uint64_t i = first; i <= last && i < d_->nsegs; i++) {
+    if (!segs[i]) throw Error(Code::Corrupt, "a segment of the version log after the slots' mark was freed (damaged pool)");
+    const uint64_t end = i == last ? last_off : d_->seg_bytes;
+    for (uint64_t o = i == first ? from.off : 0; o + sizeof(VRecordHdr) <= end;) {
+      const VRecordHdr* h = pool_.at<VRecordHdr>(segs[i] + o);
+      if (h->n == 0 && i < last) break;  // the segment's end marker
+      if (record_bytes(h->n) > kSlack || o + record_bytes(h->n) > end) throw damaged(segs[i] + o);
+      if (!parse(segs[i] + o)) throw damaged(segs[i] + o);
+      fn(segs[i] + o, h);
+      o += record_bytes(h->n);
+    }
+  }
 }
 
 uint64_t VLog::written_bytes() const {
@@ -309,10 +378,11 @@ uint64_t VLog::segments() const {
   return d_->nsegs - holes_;
 }
 
-uint64_t VLog::oldest_full_segment() const {
+uint64_t VLog::oldest_full_segment(Pos mark) const {
   std::lock_guard<std::mutex> g(mu_);
   const uint64_t* segs = pool_.at<uint64_t>(d_->segs_off);
-  for (uint64_t i = 0; i < d_->tail_seg; i++)
+  const uint64_t before = std::min(d_->tail_seg, index_of(mark));
+  for (uint64_t i = 0; i < before; i++)
     if (segs[i]) return segs[i];
   return 0;
 }

@@ -34,6 +34,15 @@
 //    never straddles two). reserved_ <= room() always: a holder of a
 //    reservation appends up to its bytes without allocating, so a caller
 //    that reserved first cannot fail halfway for lack of space.
+//  * A segment's records run contiguously from its start; when an append
+//    moves on to the next segment, a header of zeroes (n = 0) is written
+//    where the next record would have gone, synced with the records, so a
+//    walk of the log (the replay at open) stops there and never reads the
+//    bytes of an earlier use of the chunk as records.
+//  * An append's `then` runs after the record is copied and before a sync
+//    can count the record as written: every record before a published
+//    tail has had its `then` done (the engine writes the record's slot
+//    there, so the slots' mark never passes a slot not yet written).
 //  * A new segment is neither flushed nor written in the transaction that
 //    allocates it (nothing past the tail is read). On PMEM the thread that
 //    grew the log flushes it once it let go of every lock, which faults its
@@ -41,6 +50,7 @@
 #pragma once
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <vector>
 
@@ -63,13 +73,24 @@ struct PVLog {
 struct VRecordHdr {
   uint64_t key;
   uint32_t table, epoch, step, n;  // n: float values after the header
-  uint32_t crc, pad;
+  uint32_t crc;
+  // The slot the record was written for: slot + 1, with kTagCopy on
+  // compaction's copies; 0 in records written before layout version 7.
+  uint32_t tag;
 };
+constexpr uint32_t kTagSlotMask = 0xff;
+constexpr uint32_t kTagCopy = 0x100;
 
 uint32_t crc32c(const void* p, size_t n, uint32_t crc = 0);
 
 class VLog {
  public:
+  // A position in the log: the pool offset of its segment (0: the log's
+  // start) and a byte offset in it. Segments never move, so a position
+  // outlives the packing of the segment list.
+  struct Pos {
+    uint64_t seg_off = 0, off = 0;
+  };
   // Room one call holds for its appends (reserve / release).
   struct Reservation {
     uint64_t bytes = 0;
@@ -107,7 +128,10 @@ class VLog {
   // the record takes r's room and never allocates; otherwise it allocates a
   // segment when the room not reserved is short, and fails with OutOfSpace
   // when the pool is full, the record not appended.
-  uint64_t append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r = nullptr);
+  // tag goes into the header; then(ctx, offset), when given, runs once the
+  // record is copied, before any sync() can count it as written.
+  uint64_t append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r = nullptr,
+                  uint32_t tag = 0, void (*then)(void*, uint64_t) = nullptr, void* ctx = nullptr);
 
   // Makes every record appended before the call durable (on PMEM: the
   // caller's own; every appender there drains its own before it lets anyone
@@ -118,7 +142,18 @@ class VLog {
   // the caller's transaction). The caller holds the returned lock
   // until that transaction has committed: a segment's allocation committed
   // in between would be undone with it if it aborted.
-  [[nodiscard]] std::unique_lock<std::mutex> publish_tail(Tx& tx);
+  // at: the tail published, as a position.
+  [[nodiscard]] std::unique_lock<std::mutex> publish_tail(Tx& tx, Pos* at = nullptr);
+  // The published tail, as a position.
+  Pos published() const;
+  // Bytes of the log from `from` to the published tail; Corrupt when from
+  // is not in a listed segment. kMarkAtTail (layout.h) as from: 0.
+  uint64_t bytes_since(Pos from) const;
+  // Calls fn(offset, record) for every record from `from` to the published
+  // tail, in log order (the replay at open: nothing may append meanwhile).
+  // Corrupt when a record there fails its checksum: the log is synced
+  // before a tail is published.
+  void for_each_since(Pos from, const std::function<void(uint64_t, const VRecordHdr*)>& fn) const;
 
   // The record at off; fails with Corrupt when its crc does not match.
   const VRecordHdr* read(uint64_t off) const;
@@ -132,8 +167,9 @@ class VLog {
 
   // The pool offset of the oldest segment before the published tail's
   // (whole: nothing is appended to it any more, and a restart resumes past
-  // it), 0 when there is none.
-  uint64_t oldest_full_segment() const;
+  // it) and before `mark`'s (the replay at open reads the records from
+  // the mark on), 0 when there is none.
+  uint64_t oldest_full_segment(Pos mark) const;
   // Calls fn(offset, record) for the records of the segment at seg_off, from
   // its start while they parse and pass their checksum (what follows the
   // last one is garbage). The segment must be one oldest_full_segment gave.
@@ -152,6 +188,7 @@ class VLog {
 
  private:
   const VRecordHdr* parse(uint64_t off) const;  // the record at off when it is one, else null
+  uint64_t index_of(Pos p) const;               // mu_ held: p's segment's index (kMarkAtTail: the tail's)
   uint64_t room() const;                        // mu_ held
   void grow();                                  // tx_mu_ and mu_ held: one more spare segment
   // No lock held: flushes the segments grow() added (fresh_), faulting them in.

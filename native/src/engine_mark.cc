@@ -1,0 +1,115 @@
+// The slots' mark of a logged pool (docs/design.md, "The log as the
+// journal of the slots"): a write-back's slot is written with write_lazy,
+// outside the sync that publishes a checkpoint, and the version log, which
+// holds every write-back's record in order with the slot it was written
+// for, is the journal that rebuilds the slots a crash left behind.
+//
+// Invariants:
+//  * Every slot that a record before the mark (PRoot.mark_seg, mark_off)
+//    names is durable: advance_mark makes the slots written so far durable
+//    (persist_lazy) before the transaction that moves the mark, and it
+//    moves it only to a published tail, before which every record has had
+//    its slot written (the append's `then`, vlog.h).
+//  * The records from the mark to the published tail are whole and
+//    durable (a tail is published only after the log's sync), and for each
+//    slot the last of them that names it is what the slot held at the
+//    publish: writers of one row append and write its slot in the same
+//    order (under its stripe's lock, or as the flusher of a `flushing`
+//    entry). So replaying them in log order, at open, before anything
+//    reads a slot, gives every slot its content as of that publish, which
+//    is all any durable checkpoint can need; what followed the tail is of
+//    epochs that died with the crash, in slots that no checkpoint needs
+//    (the rule of write_back), whatever part of it reached the media.
+//  * Replay writes a slot whole (a torn 16 bytes is repaired), whatever
+//    the record's epoch; it is idempotent, so a crash during it only
+//    repeats it, and open moves the mark past what it replayed.
+//  * A compaction copy (kTagCopy) is replayed only into a slot that still
+//    holds the copied version ({epoch, step}): a write-back that overtook
+//    the copy keeps its own.
+//  * No record of a table replays into another: a new table at an index
+//    starts after a mark that every record of the index's earlier table
+//    precedes (create_table advances it, with compaction's copies held
+//    back by copy_gate_), and replay skips rows whose key or table differs.
+//  * Compaction frees only segments before the mark's (oldest_full_segment),
+//    so the replay never meets a freed segment.
+#include <cstdlib>
+
+#include "engine_impl.h"
+
+namespace pmemps {
+
+namespace {
+
+// Replay reads about this much log at most, plus what the log gains in the
+// compactor's second between checks: 256 MiB of records at dim 64 Adagrad
+// are ~490k rows, a fraction of a second warm. A lower lag syncs the slot
+// pages more often, and a write-back's first store to a page the sync
+// cleaned costs a fault into the filesystem (BENCHMARKS.md, "Step 4's
+// lower bounds"). PMEMPS_LOG_MARK_MB overrides it (tests).
+uint64_t mark_lag_bytes() {
+  if (const char* v = std::getenv("PMEMPS_LOG_MARK_MB")) return std::strtoull(v, nullptr, 10) << 20;
+  return uint64_t{256} << 20;
+}
+
+}  // namespace
+
+VLog::Pos Engine::mark() const {
+  std::lock_guard<std::mutex> g(mark_mu_);
+  return mark_;
+}
+
+void Engine::advance_mark() {
+  std::lock_guard<std::mutex> g(mark_mu_);
+  publish_log();
+  const VLog::Pos to = vlog_->published();
+  if (to.seg_off == mark_.seg_off && to.off == mark_.off) return;
+  // Every record before `to` has had its slot written (vlog.h: a sync
+  // counts a record once its `then` returned), so this takes them all.
+  pool_->persist_lazy();
+  failpoint("mark.before_advance");
+  std::lock_guard<TxMutex> t(tx_mu_);
+  Tx tx(*pool_, TxLog::Bounded);
+  tx.add(root_, sizeof(PRoot));
+  root_->mark_seg = to.seg_off;
+  root_->mark_off = to.off;
+  persist_root(tx);
+  tx.commit();
+  mark_ = to;
+}
+
+uint64_t Engine::replay_log() {
+  uint64_t read = 0;
+  vlog_->for_each_since(mark_, [&](uint64_t off, const VRecordHdr* h) {
+    read++;
+    failpoint("replay.mid");
+    const uint32_t s = h->tag & kTagSlotMask;
+    if (s == 0 || s > kSlots || h->table >= kMaxTables) return;
+    Table* t = tables_[h->table].get();
+    if (!t || !t->d || h->n != t->row_floats) return;
+    uint64_t ref;
+    {
+      std::shared_lock<RwLock> il(t->index->mu());
+      ref = t->index->lookup(h->key);
+    }
+    // A row past rows_used was made after the last publish: its key may
+    // name another row once appends resume.
+    if (!valid_ref(*t, ref, h->key)) return;
+    LoggedSlot* ls = reinterpret_cast<LoggedSlot*>(slot_hdr(*t, row_ptr(*t, ref), s - 1));
+    if ((h->tag & kTagCopy) && (ls->h.epoch != h->epoch || ls->h.step != h->step)) return;
+    const LoggedSlot v{{h->epoch, h->step}, off};
+    pool_->write_lazy(ls, &v, sizeof v);
+  });
+  pool_->drain();
+  return read;
+}
+
+void Engine::open_mark() {
+  mark_lag_ = mark_lag_bytes();
+  mark_ = {root_->mark_seg, root_->mark_off};
+  info_.replayed = replay_log();
+  // The replayed slots durable, and the mark at the tail: a clean open
+  // after this one replays nothing, and appends resume after the mark.
+  advance_mark();
+}
+
+}  // namespace pmemps
