@@ -60,6 +60,7 @@ async function main(): Promise<number> {
         committed: info.committed,
         prepared: info.prepared,
         layout: info.layout,
+        replayedRecords: info.replayedRecords,
         ...report,
         tables,
         pmemobjCheck: pmemobj.message,

@@ -68,6 +68,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
       lastStopClean: shard.lastStopClean,
       isPmem: oi.isPmem,
       layout: oi.layout,
+      replayedRecords: oi.replayedRecords,
       committed: oi.committed,
       prepared: oi.prepared,
       incarnation: shard.incarnation,

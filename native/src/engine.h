@@ -18,6 +18,7 @@
 // costs O(1) in the table size. docs/design.md has the full argument.
 #pragma once
 #include <atomic>
+#include <bitset>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -348,7 +349,8 @@ class Engine {
   // moves the mark to the tail published. Called by the compactor when
   // the log since the mark passes mark_lag_, at open after the replay, and
   // by create_table.
-  void advance_mark();
+  // epoch_held: the caller holds epoch_mu_ exclusive.
+  void advance_mark(bool epoch_held = false);
   // At open: writes into their slots the records from the mark to the
   // published tail, in log order; returns how many it read.
   uint64_t replay_log();
@@ -356,6 +358,16 @@ class Engine {
   void open_mark();
   mutable std::mutex mark_mu_;  // advance_mark one at a time; guards mark_
   VLog::Pos mark_;
+  // Table indices whose records may lie after the mark: a new table takes
+  // one that holds none (create_table), else the mark moves first. Set by
+  // a table's creation and by the replay; cleared by an advance for the
+  // indices that had no table when it began and got none since (idx_gen_
+  // counts creations).
+  std::mutex idx_mu_;
+  std::bitset<kMaxTables> idx_logged_;
+  uint64_t idx_gen_[kMaxTables] = {};
+  bool index_logged(uint32_t idx);
+  void index_in_use(uint32_t idx);
   uint64_t mark_lag_ = 0;  // log bytes after the mark at which the compactor advances it
   std::thread compactor_;
   // Held by compaction while it reads a chunk's records and appends their

@@ -129,6 +129,8 @@ void Engine::compact_loop() {
       }
       while (compact_due()) {
         if (compact_stopping()) return;
+        // Checkpoints publish while this loop runs: the mark's lag holds here too.
+        if (vlog_->bytes_since(mark()) > mark_lag_) advance_mark();
         uint64_t seg = vlog_->oldest_full_segment(mark());
         if (!seg) {
           // Every whole segment is after the published tail (no checkpoint

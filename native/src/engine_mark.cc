@@ -32,7 +32,9 @@
 //    back by copy_gate_), and replay skips rows whose key or table differs.
 //  * Compaction frees only segments before the mark's (oldest_full_segment),
 //    so the replay never meets a freed segment.
+#include <bitset>
 #include <cstdlib>
+#include <vector>
 
 #include "engine_impl.h"
 
@@ -58,11 +60,31 @@ VLog::Pos Engine::mark() const {
   return mark_;
 }
 
-void Engine::advance_mark() {
+void Engine::advance_mark(bool epoch_held) {
   std::lock_guard<std::mutex> g(mark_mu_);
+  // Indices with no table now: every record of theirs was appended before
+  // the sync below, so it will precede the mark (no compaction copy is
+  // under way: the compactor calls this between chunks, create_table
+  // holds copy_gate_, open runs before the compactor starts).
+  std::bitset<kMaxTables> unused;
+  std::vector<uint64_t> gens(kMaxTables);
+  {
+    std::shared_lock<RwLock> el(epoch_mu_, std::defer_lock);
+    if (!epoch_held) el.lock();
+    std::lock_guard<std::mutex> ig(idx_mu_);
+    for (uint32_t i = 0; i < kMaxTables; i++) {
+      unused[i] = !tables_[i];
+      gens[i] = idx_gen_[i];
+    }
+  }
+  auto forget_unused = [&] {
+    std::lock_guard<std::mutex> ig(idx_mu_);
+    for (uint32_t i = 0; i < kMaxTables; i++)
+      if (unused[i] && idx_gen_[i] == gens[i]) idx_logged_.reset(i);
+  };
   publish_log();
   const VLog::Pos to = vlog_->published();
-  if (to.seg_off == mark_.seg_off && to.off == mark_.off) return;
+  if (to.seg_off == mark_.seg_off && to.off == mark_.off) return forget_unused();
   // Every record before `to` has had its slot written (vlog.h: a sync
   // counts a record once its `then` returned), so this takes them all.
   pool_->persist_lazy();
@@ -75,6 +97,7 @@ void Engine::advance_mark() {
   persist_root(tx);
   tx.commit();
   mark_ = to;
+  forget_unused();
 }
 
 uint64_t Engine::replay_log() {
@@ -83,7 +106,9 @@ uint64_t Engine::replay_log() {
     read++;
     failpoint("replay.mid");
     const uint32_t s = h->tag & kTagSlotMask;
-    if (s == 0 || s > kSlots || h->table >= kMaxTables) return;
+    if (h->table >= kMaxTables) return;
+    idx_logged_.set(h->table);
+    if (s == 0 || s > kSlots) return;
     Table* t = tables_[h->table].get();
     if (!t || !t->d || h->n != t->row_floats) return;
     uint64_t ref;
@@ -106,10 +131,33 @@ uint64_t Engine::replay_log() {
 void Engine::open_mark() {
   mark_lag_ = mark_lag_bytes();
   mark_ = {root_->mark_seg, root_->mark_off};
+  // The mark stays where it is: the replayed slots are synced with the
+  // next advance (a crash before it replays them again), so a start after
+  // a crash pays no sync of the pages they are on.
   info_.replayed = replay_log();
-  // The replayed slots durable, and the mark at the tail: a clean open
-  // after this one replays nothing, and appends resume after the mark.
-  advance_mark();
+  if (mark_.seg_off != kMarkAtTail) return;
+  // An upgraded pool: its slots were synced before their publish. The
+  // mark becomes that tail before anything is appended after it.
+  const VLog::Pos to = vlog_->published();
+  std::lock_guard<TxMutex> t(tx_mu_);
+  Tx tx(*pool_, TxLog::Bounded);
+  tx.add(root_, sizeof(PRoot));
+  root_->mark_seg = to.seg_off;
+  root_->mark_off = to.off;
+  persist_root(tx);
+  tx.commit();
+  mark_ = to;
+}
+
+bool Engine::index_logged(uint32_t idx) {
+  std::lock_guard<std::mutex> ig(idx_mu_);
+  return idx_logged_[idx];
+}
+
+void Engine::index_in_use(uint32_t idx) {
+  std::lock_guard<std::mutex> ig(idx_mu_);
+  idx_logged_.set(idx);
+  idx_gen_[idx]++;
 }
 
 }  // namespace pmemps

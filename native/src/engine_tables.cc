@@ -9,7 +9,6 @@
 //  * A drop is undoable until a checkpoint after it commits: a table some
 //    durable checkpoint holds is only marked dropped; one no checkpoint holds
 //    is garbage at once and freed by reclaim (docs/design.md, "Tables").
-#include <bitset>
 #include <cstring>
 
 #include "engine_impl.h"
@@ -38,26 +37,27 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   validate_optimizer(opt);
   validate_init(init);
   // Logged pools: no record of an index's earlier tables may follow the
-  // mark its new table starts from (engine_mark.cc). Compaction appends no
-  // copy until the table exists, and the mark moves past every record
-  // appended while the index was already free, outside epoch_mu_ (the
-  // slots' sync can take seconds on a disk): again under it only when the
-  // index was freed since, which a concurrent drop can do.
+  // mark its new table starts from (engine_mark.cc). A new table takes a
+  // free index that holds no record after the mark, which almost always
+  // exists; when none does, the mark moves first, here outside epoch_mu_
+  // (its sync of the slots can take seconds on a disk), under it only when
+  // a concurrent create took the index this one made clean. Compaction
+  // appends no copy meanwhile (copy_gate_).
   std::unique_lock<std::mutex> gate;
-  std::bitset<kMaxTables> free_before;
   if (vlog_) {
     gate = std::unique_lock<std::mutex>(copy_gate_);
-    bool exists;
+    bool need = false;
     {
       std::shared_lock<RwLock> el(epoch_mu_);
-      exists = names_.count(name) != 0;
-      std::lock_guard<TxMutex> g(tx_mu_);
-      for (uint32_t i = 0; i < kMaxTables; i++) free_before[i] = !tables_[i] && store_->slot_reusable(i);
+      if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
+      if (!names_.count(name)) {
+        std::lock_guard<TxMutex> g(tx_mu_);
+        need = true;
+        for (uint32_t i = 0; i < kMaxTables && need; i++)
+          if (!tables_[i] && store_->slot_reusable(i) && !index_logged(i)) need = false;
+      }
     }
-    if (!exists)
-      advance_mark();
-    else
-      free_before.reset();
+    if (need) advance_mark();
   }
   std::unique_lock<RwLock> el(epoch_mu_);
   if (closed_) fail(Code::FailedPrecondition, "the engine is closed");
@@ -85,7 +85,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
     std::lock_guard<TxMutex> g(tx_mu_);
     for (uint32_t pass = 0; pass < 2 && idx == kMaxTables; pass++)
       for (uint32_t i = 0; i < kMaxTables; i++)
-        if (!tables_[i] && store_->slot_reusable(i) && (pass == 1 || free_before[i])) {
+        if (!tables_[i] && store_->slot_reusable(i) && (pass == 1 || !vlog_ || !index_logged(i))) {
           idx = i;
           break;
         }
@@ -96,7 +96,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
              " tables, counting those dropped since the last checkpoint (a restore may bring them back): commit a checkpoint to free "
              "their slots");
 
-  if (vlog_ && !free_before[idx]) advance_mark();
+  if (vlog_ && index_logged(idx)) advance_mark(true);
   auto t = std::make_unique<Table>();
   t->idx = idx;
   t->name = name;
@@ -109,6 +109,7 @@ void Engine::create_table(const std::string& name, uint32_t dim, const Optimizer
   t->created_epoch = cur_epoch_;
   init_geometry(*t);
   store_->table_created(*t);
+  if (vlog_) index_in_use(idx);
   names_[name] = idx;
   tables_[idx] = std::move(t);
 }

@@ -265,6 +265,10 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
   }
   const uint64_t off = pool_.off_of(dst);
   if (then) then(ctx, off);
+  // PMEM: a sync drains only its own thread's stores, and counts this
+  // record (and the slot `then` wrote) once Done runs: drained first, a
+  // record before a published tail is durable whichever thread wrote it.
+  if (pool_.is_pmem()) pmemobj_drain(pool_.pop());
   return off;
 }
 

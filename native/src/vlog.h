@@ -42,7 +42,9 @@
 //  * An append's `then` runs after the record is copied and before a sync
 //    can count the record as written: every record before a published
 //    tail has had its `then` done (the engine writes the record's slot
-//    there, so the slots' mark never passes a slot not yet written).
+//    there, so the slots' mark never passes a slot not yet written). On
+//    PMEM the appender drains before the record counts, since a sync
+//    drains only its own thread's stores.
 //  * A new segment is neither flushed nor written in the transaction that
 //    allocates it (nothing past the tail is read). On PMEM the thread that
 //    grew the log flushes it once it let go of every lock, which faults its
