@@ -354,8 +354,10 @@ class Engine {
   // At open: writes into their slots the records from the mark to the
   // published tail, in log order; returns how many it read.
   uint64_t replay_log();
-  // At open: replays, then advances the mark (layout.h: PRoot.mark_seg).
+  // At open: replays, and puts an upgraded pool's mark at its tail (layout.h: PRoot.mark_seg).
   void open_mark();
+  // The mark's transaction (mark_mu_ held, or open).
+  void set_mark(VLog::Pos to);
   mutable std::mutex mark_mu_;  // advance_mark one at a time; guards mark_
   VLog::Pos mark_;
   // Table indices whose records may lie after the mark: a new table takes

@@ -89,6 +89,11 @@ void Engine::advance_mark(bool epoch_held) {
   // counts a record once its `then` returned), so this takes them all.
   pool_->persist_lazy();
   failpoint("mark.before_advance");
+  set_mark(to);
+  forget_unused();
+}
+
+void Engine::set_mark(VLog::Pos to) {
   std::lock_guard<TxMutex> t(tx_mu_);
   Tx tx(*pool_, TxLog::Bounded);
   tx.add(root_, sizeof(PRoot));
@@ -97,7 +102,6 @@ void Engine::advance_mark(bool epoch_held) {
   persist_root(tx);
   tx.commit();
   mark_ = to;
-  forget_unused();
 }
 
 uint64_t Engine::replay_log() {
@@ -138,15 +142,7 @@ void Engine::open_mark() {
   if (mark_.seg_off != kMarkAtTail) return;
   // An upgraded pool: its slots were synced before their publish. The
   // mark becomes that tail before anything is appended after it.
-  const VLog::Pos to = vlog_->published();
-  std::lock_guard<TxMutex> t(tx_mu_);
-  Tx tx(*pool_, TxLog::Bounded);
-  tx.add(root_, sizeof(PRoot));
-  root_->mark_seg = to.seg_off;
-  root_->mark_off = to.off;
-  persist_root(tx);
-  tx.commit();
-  mark_ = to;
+  set_mark(vlog_->published());
 }
 
 bool Engine::index_logged(uint32_t idx) {
