@@ -28,6 +28,11 @@ uint64_t Index::create(Pool& pool, Tx& tx) {
   return d;
 }
 
+uintptr_t Index::probe_at(uint64_t key) const {
+  const uint64_t h = hash(key);
+  return reinterpret_cast<uintptr_t>(&segment_for(h)->slots[h % kSegSlots]);
+}
+
 uint64_t Index::lookup(uint64_t key) const {
   const uint64_t h = hash(key);
   const Segment* s = segment_for(h);

@@ -42,6 +42,9 @@ class Index {
 
   // Caller holds mu() shared. Returns the ref stored for key, or 0.
   uint64_t lookup(uint64_t key) const;
+  // Where lookup(key) starts probing: many lookups made in this order walk
+  // the index's pages in address order (the replay at open).
+  uintptr_t probe_at(uint64_t key) const;
   // Caller holds mu() exclusive. Stores ref for key (overwriting a stale
   // one); adds the slot to the pool's flush ranges. May split (OutOfSpace).
   void upsert(uint64_t key, uint64_t ref);
