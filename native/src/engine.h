@@ -358,7 +358,9 @@ class Engine {
   void open_mark();
   // The mark's transaction (mark_mu_ held, or open).
   void set_mark(VLog::Pos to);
-  mutable std::mutex mark_mu_;  // advance_mark one at a time; guards mark_
+  // advance_mark one at a time; guards mark_. Nothing waits for epoch_mu_
+  // while holding it.
+  mutable std::mutex mark_mu_;
   VLog::Pos mark_;
   // Table indices whose records may lie after the mark: a new table takes
   // one that holds none (create_table), else the mark moves first. Set by

@@ -62,11 +62,12 @@ VLog::Pos Engine::mark() const {
 }
 
 void Engine::advance_mark(bool epoch_held) {
-  std::lock_guard<std::mutex> g(mark_mu_);
   // Indices with no table now: every record of theirs was appended before
   // the sync below, so it will precede the mark (no compaction copy is
   // under way: the compactor calls this between chunks, create_table
-  // holds copy_gate_, open runs before the compactor starts).
+  // holds copy_gate_, open runs before the compactor starts). Taken before
+  // mark_mu_: create_table holds epoch_mu_ exclusive when it waits for
+  // mark_mu_, so nothing may wait for epoch_mu_ while holding mark_mu_.
   std::bitset<kMaxTables> unused;
   std::vector<uint64_t> gens(kMaxTables);
   {
@@ -83,6 +84,7 @@ void Engine::advance_mark(bool epoch_held) {
     for (uint32_t i = 0; i < kMaxTables; i++)
       if (unused[i] && idx_gen_[i] == gens[i]) idx_logged_.reset(i);
   };
+  std::lock_guard<std::mutex> g(mark_mu_);
   publish_log();
   const VLog::Pos to = vlog_->published();
   if (to.seg_off == mark_.seg_off && to.off == mark_.off) return forget_unused();
@@ -106,12 +108,15 @@ void Engine::set_mark(VLog::Pos to) {
 }
 
 // Replay touches a random index page and a random row page per record: in
-// log order, on a disk pool of 10M rows, ~490k records took 2.4 s of page
-// faults after a kill -9 (BENCHMARKS.md). So each batch of records is
-// looked up in the index's address order and written in the rows' address
-// order, where a fault maps the pages around it too. Stable sorts keep the
-// log order of one row's records, and rows are independent of each other,
-// so the result is the log-order replay's; batches go in log order.
+// log order, on a disk pool of 10M rows, ~480k records took 2.36 s after a
+// kill -9 (BENCHMARKS.md). So each batch of records is looked up in the
+// index's address order and written in the rows' address order, where a
+// read fault maps the pages around it too: 2.15 s, one run each; what
+// remains is, we believe, a write fault per slot page, which this order
+// lets a page's slots avoid together (one pwrite a page: not built). Stable
+// sorts keep the log order of one row's records, and rows are independent
+// of each other, so the result is the log-order replay's; batches go in
+// log order.
 uint64_t Engine::replay_log() {
   struct Rec {
     uintptr_t at;  // the sort key: the index probe's address, then the row's
