@@ -643,7 +643,9 @@ function renderRestarts(m: Medium, smallRows: number, smallRestart: RestartResul
       ml,
       n,
       `**${fmtMs(r.ttfpMs)}** median of ${r.all.length} (all: ${r.all.map((x) => x.toFixed(0)).join(', ')} ms; median run: node start + addon load ${fmtMs(f.loadedMs)}, ` +
-        `open ${fmtMs(f.openedMs - f.loadedMs)}, pull ${fmtMs(f.pulledMs - f.openedMs)}); restored rows = checkpoint: ${r.hashOk ? 'yes' : '**NO**'}`,
+        `open ${fmtMs(f.openedMs - f.loadedMs)}, pull ${fmtMs(f.pulledMs - f.openedMs)}` +
+        (m.layout === 'logged' ? `; replayed ${f.openInfo.replayedRecords} records, wrote ${f.openInfo.replayWrites} slots` : '') +
+        `); restored rows = checkpoint: ${r.hashOk ? 'yes' : '**NO**'}`,
       '≤ 1 s',
       r.ttfpMs <= 1000,
     );

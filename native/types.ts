@@ -95,11 +95,17 @@ export interface OpenInfo {
   /** The pool's row layout, chosen when it was created ('inplace' in memory mode). */
   layout: PoolLayout;
   /**
-   * Logged pools: version-log records this open wrote back into their rows'
+   * Logged pools: version-log records this open replayed into their rows'
    * slots (those after the slots' mark; at most about the mark's lag, 256 MiB
    * of log by default, plus what the last checkpoint wrote). 0 after a clean close.
    */
   replayedRecords: number;
+  /**
+   * Of replayedRecords, the slots that did not already hold their record and
+   * were written: after a process crash the page cache kept nearly all of
+   * them; after a power cut, those whose pages had not reached the media.
+   */
+  replayWrites: number;
   /** The record given to the last close(), when that close was clean; else null. */
   closeRecord: Buffer | null;
 }

@@ -61,6 +61,7 @@ async function main(): Promise<number> {
         prepared: info.prepared,
         layout: info.layout,
         replayedRecords: info.replayedRecords,
+        replayWrites: info.replayWrites,
         ...report,
         tables,
         pmemobjCheck: pmemobj.message,

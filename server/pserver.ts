@@ -69,6 +69,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
       isPmem: oi.isPmem,
       layout: oi.layout,
       replayedRecords: oi.replayedRecords,
+      replayWrites: oi.replayWrites,
       committed: oi.committed,
       prepared: oi.prepared,
       incarnation: shard.incarnation,

@@ -64,8 +64,9 @@ struct OpenInfo {
   uint64_t committed = 0, prepared = 0;
   uint64_t opens = 0;  // opens of this pool, this one included
   uint32_t layout = kLayoutInPlace;
-  uint64_t replayed = 0;     // logged pools: log records replayed into their slots (engine_mark.cc)
-  std::string close_record;  // given to the last close(); empty unless clean_close
+  uint64_t replayed = 0;       // logged pools: log records read after the slots' mark (engine_mark.cc)
+  uint64_t replay_writes = 0;  // of them, slots that did not hold their record yet
+  std::string close_record;    // given to the last close(); empty unless clean_close
 };
 
 struct TableInfo {

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <bitset>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "engine_impl.h"
@@ -107,16 +108,15 @@ void Engine::set_mark(VLog::Pos to) {
   mark_ = to;
 }
 
-// Replay touches a random index page and a random row page per record: in
-// log order, on a disk pool of 10M rows, ~480k records took 2.36 s after a
-// kill -9 (BENCHMARKS.md). So each batch of records is looked up in the
-// index's address order and written in the rows' address order, where a
-// read fault maps the pages around it too: 2.15 s, one run each; what
-// remains is, we believe, a write fault per slot page, which this order
-// lets a page's slots avoid together (one pwrite a page: not built). Stable
-// sorts keep the log order of one row's records, and rows are independent
-// of each other, so the result is the log-order replay's; batches go in
-// log order.
+// Replay touches a random index page and a random row page per record. So
+// each batch of records is looked up in the index's address order and
+// applied in the rows' address order, where a read fault maps the pages
+// around it too; stable sorts keep the log order of one row's records, and
+// rows are independent of each other, so the result is the log-order
+// replay's (batches go in log order). A slot that already holds its record
+// is left alone: dirtying a random page of a file costs 20-100 us on ext4
+// (BENCHMARKS.md, "A start after a crash"), and after a kill -9 the page
+// cache kept nearly every slot write.
 uint64_t Engine::replay_log() {
   struct Rec {
     uintptr_t at;  // the sort key: the index probe's address, then the row's
@@ -125,27 +125,51 @@ uint64_t Engine::replay_log() {
   };
   constexpr size_t kBatch = 1 << 20;  // 48 MiB of Recs at most
   std::vector<Rec> batch;
+  std::atomic<uint64_t> rewritten{0};
   auto by_at = [](const Rec& a, const Rec& b) { return a.at < b.at; };
+  // Both phases run in chunks on the caller and the helpers (parallel.h):
+  // a chunk of the second holds every record of its rows (they are
+  // adjacent after the sort), so each row's records stay in log order.
+  constexpr size_t kChunk = 4096;
+  std::vector<size_t> cut;
   auto apply = [&] {
     std::stable_sort(batch.begin(), batch.end(), by_at);
-    for (Rec& r : batch) {
-      Table& t = *tables_[r.table];
-      std::shared_lock<RwLock> il(t.index->mu());
-      r.ref = t.index->lookup(r.key);
-      r.at = r.ref ? reinterpret_cast<uintptr_t>(row_ptr(t, r.ref)) : 0;
-    }
+    helpers_->run((batch.size() + kChunk - 1) / kChunk, [&](size_t c) {
+      for (size_t i = c * kChunk, e = std::min(batch.size(), i + kChunk); i < e; i++) {
+        Rec& r = batch[i];
+        Table& t = *tables_[r.table];
+        std::shared_lock<RwLock> il(t.index->mu());
+        r.ref = t.index->lookup(r.key);
+        r.at = r.ref ? reinterpret_cast<uintptr_t>(row_ptr(t, r.ref)) : 0;
+      }
+    });
     std::stable_sort(batch.begin(), batch.end(), by_at);
-    for (const Rec& r : batch) {
-      failpoint("replay.mid");
-      Table& t = *tables_[r.table];
-      // A row past rows_used was made after the last publish: its key may
-      // name another row once appends resume.
-      if (!r.ref || !valid_ref(t, r.ref, r.key)) continue;
-      LoggedSlot* ls = reinterpret_cast<LoggedSlot*>(slot_hdr(t, row_ptr(t, r.ref), (r.tag & kTagSlotMask) - 1));
-      if ((r.tag & kTagCopy) && (ls->h.epoch != r.epoch || ls->h.step != r.step)) continue;
-      const LoggedSlot v{{r.epoch, r.step}, r.off};
-      pool_->write_lazy(ls, &v, sizeof v);
+    cut.assign(1, 0);
+    for (size_t i = kChunk; i < batch.size(); i += kChunk) {
+      while (i < batch.size() && batch[i].at == batch[i - 1].at) i++;
+      if (i < batch.size()) cut.push_back(i);
     }
+    cut.push_back(batch.size());
+    helpers_->run(cut.size() - 1, [&](size_t c) {
+      for (size_t i = cut[c]; i < cut[c + 1]; i++) {
+        const Rec& r = batch[i];
+        failpoint("replay.mid");
+        Table& t = *tables_[r.table];
+        // A row past rows_used was made after the last publish: its key may
+        // name another row once appends resume.
+        if (!r.ref || !valid_ref(t, r.ref, r.key)) continue;
+        LoggedSlot* ls = reinterpret_cast<LoggedSlot*>(slot_hdr(t, row_ptr(t, r.ref), (r.tag & kTagSlotMask) - 1));
+        if ((r.tag & kTagCopy) && (ls->h.epoch != r.epoch || ls->h.step != r.step)) continue;
+        const LoggedSlot v{{r.epoch, r.step}, r.off};
+        // After a kill -9 the page cache kept the slot writes, so most
+        // slots already hold their record: a store would only dirty a
+        // random page (~20-100 us a page on ext4, BENCHMARKS.md).
+        if (std::memcmp(ls, &v, sizeof v) == 0) continue;
+        pool_->write_lazy(ls, &v, sizeof v);
+        rewritten.fetch_add(1, std::memory_order_relaxed);
+      }
+      pool_->drain();  // PMEM: a thread's drain orders only its own flushes
+    });
     batch.clear();
   };
   uint64_t read = 0;
@@ -161,7 +185,7 @@ uint64_t Engine::replay_log() {
     if (batch.size() == kBatch) apply();
   });
   apply();
-  pool_->drain();
+  info_.replay_writes = rewritten.load();
   return read;
 }
 
