@@ -106,6 +106,13 @@ export interface OpenInfo {
    * them; after a power cut, those whose pages had not reached the media.
    */
   replayWrites: number;
+  /**
+   * Logged pools off PMEM: the version log is written with pwrite through the
+   * pool's file rather than stored through the mapping (docs/design.md, "The
+   * log written with pwrite"). False on PMEM, for in-place pools, for a pool
+   * not mapped from its file's start, and with PMEMPS_LOG_PWRITE=0.
+   */
+  logPwrite: boolean;
   /** The record given to the last close(), when that close was clean; else null. */
   closeRecord: Buffer | null;
 }

@@ -37,6 +37,42 @@ describe('the logged layout', () => {
     );
   });
 
+  it('writes its log with pwrite off PMEM, or through the mapping with PMEMPS_LOG_PWRITE=0: either reads what the other wrote', async () => {
+    const dir = pool('pwrite');
+    const ref = Engine.open({ memoryOnly: true });
+    ref.createTable(SGD);
+    const rng = prng(17);
+    const keys = keysOf(0, 3000);
+    try {
+      for (const mode of ['1', '0', '1']) {
+        process.env.PMEMPS_LOG_PWRITE = mode;
+        // A 1 MiB cache: most of each round's pushes are evicted, written back through the log.
+        const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout: 'logged' });
+        try {
+          assert.equal(e.openInfo.logPwrite, mode === '1');
+          e.createTable(SGD);
+          assert.ok((await e.pull('emb', keys)).equals(await ref.pull('emb', keys)), `the rows as written before this open (PMEMPS_LOG_PWRITE=${mode})`);
+          const g = randomGrads(rng, 3000 * 16);
+          await e.push('emb', keys, g);
+          await ref.push('emb', keys, g);
+          const id = (e.stats().committed ?? 0) + 1;
+          await e.prepare(id);
+          await e.commit(id);
+          assert.ok(e.stats().writebacks > 0);
+          assert.ok((await e.pull('emb', keys)).equals(await ref.pull('emb', keys)));
+        } finally {
+          await e.close();
+        }
+      }
+    } finally {
+      delete process.env.PMEMPS_LOG_PWRITE;
+      await ref.close();
+    }
+    const inplace = Engine.open({ dir: pool('pwrite-inplace'), poolMb: 32, cacheMb: 2 });
+    assert.equal(inplace.openInfo.logPwrite, false, 'an in-place pool has no log');
+    await inplace.close();
+  });
+
   it('holds the largest row the engine takes (dim 4096, three optimizer state blocks) in one record', async () => {
     const dir = pool('largest');
     const spec: TableSpec = {

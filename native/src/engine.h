@@ -65,6 +65,7 @@ struct OpenInfo {
   uint64_t opens = 0;  // opens of this pool, this one included
   uint32_t layout = kLayoutInPlace;
   uint64_t replayed = 0;       // logged pools: log records read after the slots' mark (engine_mark.cc)
+  bool log_pwrite = false;     // logged, msync path: the log is written with pwrite (Pool::write_file)
   uint64_t replay_writes = 0;  // of them, slots that did not hold their record yet
   std::string close_record;    // given to the last close(); empty unless clean_close
 };
@@ -278,6 +279,11 @@ class Engine {
   // of space; null where a failure is harmless (a pull's eviction: the pull
   // then serves the row without caching it).
   void write_back(Table& t, Entry* e, VLog::Reservation* res);
+  // As write_back for each entry, of distinct rows; a logged pool's records
+  // go to the log in one append (one pwrite per run on the msync path).
+  void write_back_many(Entry* const* es, size_t n, VLog::Reservation* res);
+  // The slot write_back writes e's version into.
+  uint32_t choose_slot(const Table& t, char* row, const Entry* e) const;
   void make_room(Stripe& s, size_t n, VLog::Reservation* res);
   // Bytes an eviction frees beyond what it must: an eighth of the stripe's
   // share; at most 1 MiB in a logged pool, where every push reserves log
@@ -326,6 +332,7 @@ class Engine {
       Entry* owner;  // a shadow's row's cached entry, marked flushing meanwhile (or null)
     };
     std::vector<Taken> taken;
+    std::vector<Entry*> copies;  // what the chunk writes back: copy_of(taken[i])
   };
   bool flush_step(bool polite, FlushCursor& c);
 

@@ -212,7 +212,9 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   c.empty = 0;
   auto copy_of = [&](const FlushCursor::Taken& tk) { return tk.off == SIZE_MAX ? tk.e : reinterpret_cast<Entry*>(c.buf.data() + tk.off); };
   for (auto& tk : c.taken) prefetch_slots(*tables_[tk.e->table], copy_of(tk)->ref);
-  for (auto& tk : c.taken) write_back(*tables_[tk.e->table], copy_of(tk), &flush_res_);
+  c.copies.clear();
+  for (auto& tk : c.taken) c.copies.push_back(copy_of(tk));
+  write_back_many(c.copies.data(), c.copies.size(), &flush_res_);
   pool_->drain();
   writebacks_.fetch_add(c.taken.size(), std::memory_order_relaxed);
   const size_t room = pool_->is_pmem() ? kCowRoomPmem : kCowRoomMsync;

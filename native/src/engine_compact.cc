@@ -172,10 +172,13 @@ bool Engine::compact_segment(uint64_t seg_off) {
     uint32_t idx, slot, epoch;
   };
   std::vector<Move> moves;
+  std::vector<VLog::Rec> copies;  // copies[i] is moves[i]'s
   bool blocked = false;
   for (size_t c0 = 0; c0 < recs.size(); c0 += kCompactChunk) {
     const size_t c1 = std::min(recs.size(), c0 + kCompactChunk);
     moves.clear();
+    copies.clear();
+    uint64_t copied = 0;
     // Copy the chunk's live records to the log's end. No new table takes
     // an index meanwhile (engine_mark.cc): a copy of a dropped table's
     // record lands before the mark a new one starts from.
@@ -214,16 +217,19 @@ bool Engine::compact_segment(uint64_t seg_off) {
           if (ls->off == recs[i] && ls->h.epoch == h->epoch && live(ls->h.epoch)) named[nnamed++] = k;
         }
       }
-      // The copy is made with no lock held; the repoint below checks again
-      // that the slot still names this record (a copy it finds superseded
-      // is a dead record that a later pass reclaims).
       for (uint32_t j = 0; j < nnamed; j++) {
-        const uint64_t to =
-            vlog_->append(h->key, h->table, h->epoch, h->step, reinterpret_cast<const float*>(h + 1), h->n, &compact_res_, kTagCopy | (named[j] + 1));
-        moves.push_back({t, gen, h->key, ref, recs[i], to, h->table, named[j], h->epoch});
-        log_copied_.fetch_add(VLog::record_bytes(h->n), std::memory_order_relaxed);
+        copies.push_back({h->key, h->table, h->epoch, h->step, h->n, kTagCopy | (named[j] + 1), reinterpret_cast<const float*>(h + 1)});
+        moves.push_back({t, gen, h->key, ref, recs[i], 0, h->table, named[j], h->epoch});
+        copied += VLog::record_bytes(h->n);
       }
     }
+    // The copies are made with no lock held, the chunk's in one append; the
+    // repoint below checks again that the slot still names the original (a
+    // copy it finds superseded is a dead record that a later pass reclaims).
+    vlog_->append_many(
+        copies.data(), copies.size(), &compact_res_, [](void* c, size_t i, uint64_t off) { (*static_cast<std::vector<Move>*>(c))[i].to = off; },
+        &moves);
+    log_copied_.fetch_add(copied, std::memory_order_relaxed);
     gate.unlock();
     if (moves.empty()) continue;
     // The copies durable and before the published tail, then the slots.

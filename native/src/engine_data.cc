@@ -154,8 +154,7 @@ const VRecordHdr* Engine::record_of(const Table& t, const SlotHdr* h, uint64_t k
 // record is in the log they sync, and open replays it into the slot if the
 // slot's write did not last (engine_mark.cc). Callers count their write-backs
 // (one shared counter bumped per row cost as much as the write on two cores).
-void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
-  char* row = row_ptr(t, e->ref);
+uint32_t Engine::choose_slot(const Table& t, char* row, const Entry* e) const {
   const int pc = c_id_ ? pick(t, row, c_epoch_) : -1;
   const int pp = (p_active_ && e->epoch > p_epoch_) ? pick(t, row, p_epoch_) : -1;
   int s = -1;
@@ -174,6 +173,12 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
       }
     }
   }
+  return static_cast<uint32_t>(s);
+}
+
+void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
+  char* row = row_ptr(t, e->ref);
+  const uint32_t s = choose_slot(t, row, e);
   // A test holds a checkpoint copy's write-back here, its slot chosen, to
   // show that no other write-back of the row can run meanwhile.
   if (e->shadow) test_hook("writeback.shadow_slot_chosen");
@@ -186,9 +191,9 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
       Engine* en;
       LoggedSlot* at;
       LoggedSlot v;
-    } w{this, reinterpret_cast<LoggedSlot*>(slot_hdr(t, row, static_cast<uint32_t>(s))), {{e->epoch, e->step}, 0}};
+    } w{this, reinterpret_cast<LoggedSlot*>(slot_hdr(t, row, s)), {{e->epoch, e->step}, 0}};
     vlog_->append(
-        e->key, t.idx, e->epoch, e->step, e->data, t.row_floats, res, static_cast<uint32_t>(s) + 1,
+        e->key, t.idx, e->epoch, e->step, e->data, t.row_floats, res, s + 1,
         [](void* c, uint64_t off) {
           Slot& w = *static_cast<Slot*>(c);
           failpoint("writeback.after_append");
@@ -206,7 +211,55 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
   c->epoch = e->epoch;
   c->step = e->step;
   std::memcpy(c + 1, e->data, sizeof(float) * t.row_floats);
-  pool_->write(slot_hdr(t, row, static_cast<uint32_t>(s)), c, sizeof(SlotHdr) + sizeof(float) * t.row_floats);
+  pool_->write(slot_hdr(t, row, s), c, sizeof(SlotHdr) + sizeof(float) * t.row_floats);
+}
+
+void Engine::write_back_many(Entry* const* es, size_t n, VLog::Reservation* res) {
+  if (!vlog_ || n < 2) {
+    for (size_t i = 0; i < n; i++) write_back(*tables_[es[i]->table], es[i], res);
+    return;
+  }
+  // Every slot is chosen before any is written, so two entries of one row
+  // could choose the same slot (the older version lost): callers pass
+  // distinct rows (a flush chunk takes a row once, an eviction group is a
+  // stripe's distinct entries), and a repeat falls back to one at a time.
+  struct Item {
+    LoggedSlot* at;
+    LoggedSlot v;
+  };
+  thread_local std::vector<VLog::Rec> recs;
+  thread_local std::vector<Item> items;
+  thread_local std::vector<const char*> rows;
+  recs.clear();
+  items.clear();
+  rows.clear();
+  for (size_t i = 0; i < n; i++) {
+    const Entry* e = es[i];
+    Table& t = *tables_[e->table];
+    char* row = row_ptr(t, e->ref);
+    const uint32_t s = choose_slot(t, row, e);
+    if (e->shadow) test_hook("writeback.shadow_slot_chosen");
+    recs.push_back({e->key, t.idx, e->epoch, e->step, t.row_floats, s + 1, e->data});
+    items.push_back({reinterpret_cast<LoggedSlot*>(slot_hdr(t, row, s)), {{e->epoch, e->step}, 0}});
+    rows.push_back(row);
+  }
+  std::sort(rows.begin(), rows.end());
+  if (std::adjacent_find(rows.begin(), rows.end()) != rows.end()) {
+    for (size_t i = 0; i < n; i++) write_back(*tables_[es[i]->table], es[i], res);
+    return;
+  }
+  // As write_back's: each slot is written once its record is copied and
+  // before a sync can count the record (engine_mark.cc).
+  vlog_->append_many(
+      recs.data(), n, res,
+      [](void* c, size_t i, uint64_t off) {
+        Engine* en = static_cast<Engine*>(c);
+        failpoint("writeback.after_append");
+        Item& it = items[i];
+        it.v.off = off;
+        en->pool_->write_lazy(it.at, &it.v, sizeof it.v);
+      },
+      this);
 }
 
 // Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
@@ -217,14 +270,12 @@ void Engine::make_room(Stripe& s, size_t n, VLog::Reservation* res) {
   const size_t target = s.budget - evict_group(s.budget);
   std::vector<Entry*> victims;
   if (s.used_bytes() > target) s.pick_victims(s.used_bytes() - target, &victims);
-  uint64_t wrote = 0;
-  for (Entry* e : victims) {
-    if (e->dirty) {
-      write_back(*tables_[e->table], e, res);
-      wrote++;
-    }
-  }
-  if (wrote) {
+  thread_local std::vector<Entry*> dirty;
+  dirty.clear();
+  for (Entry* e : victims)
+    if (e->dirty) dirty.push_back(e);
+  write_back_many(dirty.data(), dirty.size(), res);
+  if (const uint64_t wrote = dirty.size()) {
     writebacks_.fetch_add(wrote, std::memory_order_relaxed);
     // Durable before the stripe is released: a prepare that finds this
     // stripe without the entry relies on its version being in the pool.

@@ -194,46 +194,85 @@ void VLog::trim(Reservation& r, uint64_t keep) {
   r.bytes = keep;
 }
 
+void VLog::take_room(std::unique_lock<std::mutex>& g, Reservation* r, uint64_t bytes) {
+  // What r holds is counted in reserved_ <= room(): with it taken, room()
+  // must still cover reserved_ + bytes. Taken only once that holds, so a
+  // failure to grow leaves r as it was.
+  auto covered = [&] { return r ? std::min(r->bytes, bytes) : 0; };
+  if (room() + covered() < reserved_ + bytes) {
+    // grow() runs a transaction: tx_mu_ first, then mu_ again.
+    g.unlock();
+    std::lock_guard<TxMutex> t(*tx_mu_);
+    g.lock();
+    while (room() + covered() < reserved_ + bytes) grow();
+  }
+  const uint64_t c = covered();
+  if (r) r->bytes -= c;
+  reserved_ -= c;
+}
+
+char* VLog::place(size_t rb) {
+  if (off_ + rb > d_->seg_bytes) {
+    // room() counted this segment's end as wasted, so the next one exists.
+    char* end = seg_base(seg_) + off_;
+    if (off_ + sizeof(VRecordHdr) <= d_->seg_bytes) {
+      // The segment's end marker: synced with its records, before any
+      // tail past it is published.
+      if (pool_.is_pmem()) {
+        pmemobj_memset_persist(pool_.pop(), end, 0, sizeof(VRecordHdr));
+      } else {
+        static const VRecordHdr kZero{};
+        pool_.write_file(end, &kZero, sizeof kZero);
+        end += sizeof(VRecordHdr);
+      }
+    }
+    if (end > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
+    seg_++;
+    off_ = 0;
+    synced_from_ = seg_base(seg_);
+  }
+  char* dst = seg_base(seg_) + off_;
+  off_ += rb;
+  return dst;
+}
+
 uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r, uint32_t tag,
                       void (*then)(void*, uint64_t), void* ctx) {
-  const size_t rb = record_bytes(n);
-  if (rb > kSlack) throw Error(Code::InvalidArgument, "a row of " + std::to_string(n) + " floats does not fit in a log record");
-  char* dst;
+  const Rec rec{key, table, epoch, step, n, tag, values};
+  struct One {
+    void (*then)(void*, uint64_t);
+    void* ctx;
+    uint64_t off;
+  } one{then, ctx, 0};
+  append_many(
+      &rec, 1, r,
+      [](void* c, size_t, uint64_t off) {
+        One& o = *static_cast<One*>(c);
+        o.off = off;
+        if (o.then) o.then(o.ctx, off);
+      },
+      &one);
+  return one.off;
+}
+
+void VLog::append_many(const Rec* recs, size_t count, Reservation* r, void (*then)(void*, size_t, uint64_t), void* ctx) {
+  if (count == 0) return;
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; i++) {
+    const size_t rb = record_bytes(recs[i].n);
+    if (rb > kSlack) throw Error(Code::InvalidArgument, "a row of " + std::to_string(recs[i].n) + " floats does not fit in a log record");
+    total += rb;
+  }
+  // Where each record goes; consecutive ones in a segment are contiguous.
+  thread_local std::vector<char*> dst;
+  dst.resize(count);
   int gen;
   {
-    // Only the place is taken under mu_: the copy may fault a page in
+    // Only the places are taken under mu_: the copy may fault a page in
     // (on ext4, wait for the journal), and must not hold up other appenders.
     std::unique_lock<std::mutex> g(mu_);
-    if (r && r->bytes >= rb) {
-      r->bytes -= rb;
-      reserved_ -= rb;
-    } else if (room() < reserved_ + rb) {
-      // grow() runs a transaction: tx_mu_ first, then mu_ again.
-      g.unlock();
-      std::lock_guard<TxMutex> t(*tx_mu_);
-      g.lock();
-      while (room() < reserved_ + rb) grow();
-    }
-    if (off_ + rb > d_->seg_bytes) {
-      // room() counted this segment's end as wasted, so the next one exists.
-      char* end = seg_base(seg_) + off_;
-      if (off_ + sizeof(VRecordHdr) <= d_->seg_bytes) {
-        // The segment's end marker: synced with its records, before any
-        // tail past it is published.
-        if (pool_.is_pmem()) {
-          pmemobj_memset_persist(pool_.pop(), end, 0, sizeof(VRecordHdr));
-        } else {
-          std::memset(end, 0, sizeof(VRecordHdr));
-          end += sizeof(VRecordHdr);
-        }
-      }
-      if (end > synced_from_) unsynced_.push_back({synced_from_, static_cast<size_t>(end - synced_from_)});
-      seg_++;
-      off_ = 0;
-      synced_from_ = seg_base(seg_);
-    }
-    dst = seg_base(seg_) + off_;
-    off_ += rb;
+    take_room(g, r, total);
+    for (size_t i = 0; i < count; i++) dst[i] = place(record_bytes(recs[i].n));
     gen = static_cast<int>(gen_ & 1);
     inflight_[gen]++;
   }
@@ -252,24 +291,46 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
       if (--l.inflight_[gen] == 0) l.copied_.notify_all();
     }
   } done{*this, gen};
-  VRecordHdr h{key, table, epoch, step, n, 0, tag};
-  h.crc = crc32c(values, sizeof(float) * n, crc32c(&h, sizeof h));
+  auto header = [](const Rec& x) {
+    VRecordHdr h{x.key, x.table, x.epoch, x.step, x.n, 0, x.tag};
+    h.crc = crc32c(x.values, sizeof(float) * x.n, crc32c(&h, sizeof h));
+    return h;
+  };
   if (pool_.is_pmem()) {
     // Non-temporal: the log is written once and read rarely; the writer's
     // drain orders it.
-    pmemobj_memcpy(pool_.pop(), dst, &h, sizeof h, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
-    pmemobj_memcpy(pool_.pop(), dst + sizeof h, values, sizeof(float) * n, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
+    for (size_t i = 0; i < count; i++) {
+      const VRecordHdr h = header(recs[i]);
+      pmemobj_memcpy(pool_.pop(), dst[i], &h, sizeof h, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
+      pmemobj_memcpy(pool_.pop(), dst[i] + sizeof h, recs[i].values, sizeof(float) * recs[i].n, PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN);
+    }
   } else {
-    std::memcpy(dst, &h, sizeof h);
-    std::memcpy(dst + sizeof h, values, sizeof(float) * n);
+    // The records of each contiguous run are composed in DRAM and written
+    // with one write_file a MiB at most (the buffer's bound, per thread):
+    // no fault per fresh page of the log.
+    constexpr size_t kPiece = size_t{1} << 20;
+    thread_local std::vector<char> buf;
+    for (size_t i = 0; i < count;) {
+      size_t j = i, bytes = 0;
+      while (j < count && dst[j] == dst[i] + bytes && (j == i || bytes + record_bytes(recs[j].n) <= kPiece)) bytes += record_bytes(recs[j++].n);
+      if (buf.size() < bytes) buf.resize(bytes);
+      for (size_t k = i, o = 0; k < j; o += record_bytes(recs[k++].n)) {
+        const VRecordHdr h = header(recs[k]);
+        std::memcpy(buf.data() + o, &h, sizeof h);
+        std::memcpy(buf.data() + o + sizeof h, recs[k].values, sizeof(float) * recs[k].n);
+        const size_t pad = record_bytes(recs[k].n) - sizeof h - sizeof(float) * recs[k].n;
+        if (pad) std::memset(buf.data() + o + sizeof h + sizeof(float) * recs[k].n, 0, pad);
+      }
+      pool_.write_file(dst[i], buf.data(), bytes);
+      i = j;
+    }
   }
-  const uint64_t off = pool_.off_of(dst);
-  if (then) then(ctx, off);
-  // PMEM: a sync drains only its own thread's stores, and counts this
-  // record (and the slot `then` wrote) once Done runs: drained first, a
+  for (size_t i = 0; i < count; i++)
+    if (then) then(ctx, i, pool_.off_of(dst[i]));
+  // PMEM: a sync drains only its own thread's stores, and counts these
+  // records (and the slots `then` wrote) once Done runs: drained first, a
   // record before a published tail is durable whichever thread wrote it.
   if (pool_.is_pmem()) pmemobj_drain(pool_.pop());
-  return off;
 }
 
 void VLog::sync() {

@@ -135,6 +135,20 @@ class VLog {
   uint64_t append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t step, const float* values, uint32_t n, Reservation* r = nullptr,
                   uint32_t tag = 0, void (*then)(void*, uint64_t) = nullptr, void* ctx = nullptr);
 
+  // A record to append: values are n floats.
+  struct Rec {
+    uint64_t key;
+    uint32_t table, epoch, step, n, tag;
+    const float* values;
+  };
+  // Appends count records as append() would, one after another in the log,
+  // and calls then(ctx, i, offset) for each once all are copied, before any
+  // sync() can count them. With r holding less than their bytes, the rest
+  // is room not reserved, allocated when short (OutOfSpace: none appended).
+  // On the msync path each contiguous run is written with one pwrite
+  // (Pool::write_file), so a group of write-backs costs no fault per page.
+  void append_many(const Rec* recs, size_t count, Reservation* r, void (*then)(void*, size_t, uint64_t), void* ctx);
+
   // Makes every record appended before the call durable (on PMEM: the
   // caller's own; every appender there drains its own before it lets anyone
   // rely on a record, as the engine's writers do).
@@ -192,7 +206,13 @@ class VLog {
   const VRecordHdr* parse(uint64_t off) const;  // the record at off when it is one, else null
   uint64_t index_of(Pos p) const;               // mu_ held: p's segment's index (kMarkAtTail: the tail's)
   uint64_t room() const;                        // mu_ held
-  void grow();                                  // tx_mu_ and mu_ held: one more spare segment
+  // mu_ held (g): takes what r holds of `bytes`, then makes room() cover
+  // the rest, growing the log (g is let go while tx_mu_ is taken).
+  void take_room(std::unique_lock<std::mutex>& g, Reservation* r, uint64_t bytes);
+  // mu_ held, room taken: the place of the next record of rb bytes,
+  // moving to the next segment (behind an end marker) when it does not fit.
+  char* place(size_t rb);
+  void grow();  // tx_mu_ and mu_ held: one more spare segment
   // No lock held: flushes the segments grow() added (fresh_), faulting them in.
   void flush_fresh(const std::vector<std::pair<char*, size_t>>& fresh);
   char* seg_base(uint64_t i) const { return pool_.at<char>(pool_.at<uint64_t>(d_->segs_off)[i]); }
