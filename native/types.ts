@@ -107,10 +107,11 @@ export interface OpenInfo {
    */
   replayWrites: number;
   /**
-   * Logged pools off PMEM: the version log is written with pwrite through the
-   * pool's file rather than stored through the mapping (docs/design.md, "The
-   * log written with pwrite"). False on PMEM, for in-place pools, for a pool
-   * not mapped from its file's start, and with PMEMPS_LOG_PWRITE=0.
+   * Logged pools off PMEM: the checkpoint's flush and compaction write the
+   * version log with pwrite through the pool's file rather than storing
+   * through the mapping (docs/design.md, "The log written with pwrite"). False
+   * on PMEM, for in-place pools, for a pool not mapped from its file's start,
+   * and with PMEMPS_LOG_PWRITE=0.
    */
   logPwrite: boolean;
   /** The record given to the last close(), when that close was clean; else null. */

@@ -70,6 +70,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
       layout: oi.layout,
       replayedRecords: oi.replayedRecords,
       replayWrites: oi.replayWrites,
+      logPwrite: oi.logPwrite,
       committed: oi.committed,
       prepared: oi.prepared,
       incarnation: shard.incarnation,

@@ -281,7 +281,9 @@ class Engine {
   void write_back(Table& t, Entry* e, VLog::Reservation* res);
   // As write_back for each entry, of distinct rows; a logged pool's records
   // go to the log in one append (one pwrite per run on the msync path).
-  void write_back_many(Entry* const* es, size_t n, VLog::Reservation* res);
+  // through_file: VLog::append_many's (the flush's groups: checkpoints
+  // write fast; evictions store through the mapping, which pulls read faster).
+  void write_back_many(Entry* const* es, size_t n, VLog::Reservation* res, bool through_file);
   // The slot write_back writes e's version into.
   uint32_t choose_slot(const Table& t, char* row, const Entry* e) const;
   void make_room(Stripe& s, size_t n, VLog::Reservation* res);

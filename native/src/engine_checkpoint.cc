@@ -214,7 +214,7 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   for (auto& tk : c.taken) prefetch_slots(*tables_[tk.e->table], copy_of(tk)->ref);
   c.copies.clear();
   for (auto& tk : c.taken) c.copies.push_back(copy_of(tk));
-  write_back_many(c.copies.data(), c.copies.size(), &flush_res_);
+  write_back_many(c.copies.data(), c.copies.size(), &flush_res_, true);
   pool_->drain();
   writebacks_.fetch_add(c.taken.size(), std::memory_order_relaxed);
   const size_t room = pool_->is_pmem() ? kCowRoomPmem : kCowRoomMsync;

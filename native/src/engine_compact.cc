@@ -228,7 +228,7 @@ bool Engine::compact_segment(uint64_t seg_off) {
     // copy it finds superseded is a dead record that a later pass reclaims).
     vlog_->append_many(
         copies.data(), copies.size(), &compact_res_, [](void* c, size_t i, uint64_t off) { (*static_cast<std::vector<Move>*>(c))[i].to = off; },
-        &moves);
+        &moves, true);
     log_copied_.fetch_add(copied, std::memory_order_relaxed);
     gate.unlock();
     if (moves.empty()) continue;

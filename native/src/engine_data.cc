@@ -214,7 +214,7 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
   pool_->write(slot_hdr(t, row, s), c, sizeof(SlotHdr) + sizeof(float) * t.row_floats);
 }
 
-void Engine::write_back_many(Entry* const* es, size_t n, VLog::Reservation* res) {
+void Engine::write_back_many(Entry* const* es, size_t n, VLog::Reservation* res, bool through_file) {
   if (!vlog_ || n < 2) {
     for (size_t i = 0; i < n; i++) write_back(*tables_[es[i]->table], es[i], res);
     return;
@@ -259,7 +259,7 @@ void Engine::write_back_many(Entry* const* es, size_t n, VLog::Reservation* res)
         it.v.off = off;
         en->pool_->write_lazy(it.at, &it.v, sizeof it.v);
       },
-      this);
+      this, through_file);
 }
 
 // Makes room for one entry of n bytes: recycles, else evicts (CLOCK, see
@@ -274,7 +274,7 @@ void Engine::make_room(Stripe& s, size_t n, VLog::Reservation* res) {
   dirty.clear();
   for (Entry* e : victims)
     if (e->dirty) dirty.push_back(e);
-  write_back_many(dirty.data(), dirty.size(), res);
+  write_back_many(dirty.data(), dirty.size(), res, false);
   if (const uint64_t wrote = dirty.size()) {
     writebacks_.fetch_add(wrote, std::memory_order_relaxed);
     // Durable before the stripe is released: a prepare that finds this

@@ -251,11 +251,11 @@ uint64_t VLog::append(uint64_t key, uint32_t table, uint32_t epoch, uint32_t ste
         o.off = off;
         if (o.then) o.then(o.ctx, off);
       },
-      &one);
+      &one, false);
   return one.off;
 }
 
-void VLog::append_many(const Rec* recs, size_t count, Reservation* r, void (*then)(void*, size_t, uint64_t), void* ctx) {
+void VLog::append_many(const Rec* recs, size_t count, Reservation* r, void (*then)(void*, size_t, uint64_t), void* ctx, bool through_file) {
   if (count == 0) return;
   uint64_t total = 0;
   for (size_t i = 0; i < count; i++) {
@@ -296,7 +296,13 @@ void VLog::append_many(const Rec* recs, size_t count, Reservation* r, void (*the
     h.crc = crc32c(x.values, sizeof(float) * x.n, crc32c(&h, sizeof h));
     return h;
   };
-  if (pool_.is_pmem()) {
+  if (!pool_.is_pmem() && (!through_file || !pool_.writes_file())) {
+    for (size_t i = 0; i < count; i++) {
+      const VRecordHdr h = header(recs[i]);
+      std::memcpy(dst[i], &h, sizeof h);
+      std::memcpy(dst[i] + sizeof h, recs[i].values, sizeof(float) * recs[i].n);
+    }
+  } else if (pool_.is_pmem()) {
     // Non-temporal: the log is written once and read rarely; the writer's
     // drain orders it.
     for (size_t i = 0; i < count; i++) {

@@ -145,9 +145,12 @@ class VLog {
   // and calls then(ctx, i, offset) for each once all are copied, before any
   // sync() can count them. With r holding less than their bytes, the rest
   // is room not reserved, allocated when short (OutOfSpace: none appended).
-  // On the msync path each contiguous run is written with one pwrite
-  // (Pool::write_file), so a group of write-backs costs no fault per page.
-  void append_many(const Rec* recs, size_t count, Reservation* r, void (*then)(void*, size_t, uint64_t), void* ctx);
+  // through_file, on the msync path: each contiguous run is written with
+  // one pwrite (Pool::write_file), so the group costs no fault per fresh
+  // page; else the records are stored through the mapping, which leaves
+  // their pages mapped for reads (BENCHMARKS.md, "The log written with
+  // pwrite": reads of pwritten records measured 0.5-0.8x).
+  void append_many(const Rec* recs, size_t count, Reservation* r, void (*then)(void*, size_t, uint64_t), void* ctx, bool through_file);
 
   // Makes every record appended before the call durable (on PMEM: the
   // caller's own; every appender there drains its own before it lets anyone
