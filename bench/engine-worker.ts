@@ -9,7 +9,7 @@
 //           push latency while a checkpoint is prepared).
 
 import * as fs from 'node:fs';
-import type { Engine as EngineT, EngineStats, PoolLayout } from '../native/engine';
+import type { Engine as EngineT, EngineStats, PoolLayout, PrepareTimes } from '../native/engine';
 import {
   BATCH,
   DIM,
@@ -224,11 +224,12 @@ async function large(cfg: LargeConfig): Promise<unknown> {
     out.poolUsedPerRow = e.stats().poolUsedBytes / rows;
     log(`populated ${rows} rows in ${p.secs.toFixed(1)} s${p.cut ? ' (cut short by the time budget)' : ''}`);
     let id = (e.stats().committed ?? 0) + 1;
-    const checkpoint = async (): Promise<{ prepareMs: number; commitMs: number; totalMs: number; id: number }> => {
+    const checkpoint = async (): Promise<{ prepareMs: number; commitMs: number; totalMs: number; id: number; phases: PrepareTimes }> => {
       const my = id++;
       const prepareMs = await timed(() => e.prepare(my));
+      const phases = e.stats().lastPrepare;
       const commitMs = await timed(() => e.commit(my));
-      return { prepareMs, commitMs, totalMs: prepareMs + commitMs, id: my };
+      return { prepareMs, commitMs, totalMs: prepareMs + commitMs, id: my, phases };
     };
     out.firstCheckpoint = await checkpoint();
     log(`first checkpoint (all rows dirty): ${(out.firstCheckpoint as { totalMs: number }).totalMs.toFixed(0)} ms`);

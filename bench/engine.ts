@@ -23,7 +23,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LargeConfig, Phase1Config } from './engine-worker';
-import type { PoolLayout } from '../native/engine';
+import type { PoolLayout, PrepareTimes } from '../native/engine';
 import {
   BATCH,
   DIM,
@@ -449,6 +449,13 @@ function add(phase: string, what: string, medium: string, rows: number | string,
   table.push({ phase, what, medium, rows: typeof rows === 'number' ? fmtRows(rows) : rows, value, target, met: met === null ? '' : met ? 'yes' : '**no**' });
 }
 
+/** The prepare's phases from stats().lastPrepare, for a checkpoint row. */
+function prepPhases(p: PrepareTimes | undefined): string {
+  if (!p) return '';
+  const ms = (us: number): string => fmtMs(us / 1000);
+  return `; prepare's phases: flush ${ms(p.flushUs)} (${p.rows} rows; slot writes ${ms(p.slotsUs)}), log sync ${ms(p.logSyncUs)}, other ranges' sync ${ms(p.persistUs)}, publish ${ms(p.publishUs)}`;
+}
+
 function ratioStr(x: number): string {
   return `${x.toFixed(2)}x`;
 }
@@ -792,7 +799,7 @@ async function runMedium(m: Medium): Promise<void> {
     'first checkpoint after populating (every row dirty): prepare + commit',
     ml,
     lr,
-    `${fmtMs(fc.totalMs)} (prepare ${fmtMs(fc.prepareMs)}, commit ${fmtMs(fc.commitMs)}) = ${pct(fc.totalMs / D.ms)} of the dump`,
+    `${fmtMs(fc.totalMs)} (prepare ${fmtMs(fc.prepareMs)}, commit ${fmtMs(fc.commitMs)}) = ${pct(fc.totalMs / D.ms)} of the dump` + prepPhases(fc.phases),
   );
   for (const [k, frac] of [
     ['dirty1', '1%'],
@@ -806,7 +813,7 @@ async function runMedium(m: Medium): Promise<void> {
       `checkpoint after dirtying ${frac} (${fmtRows(c.dirtyRows)} rows): prepare + commit, vs dump`,
       ml,
       lr,
-      `${fmtMs(c.totalMs)} (prepare ${fmtMs(c.prepareMs)}, commit ${fmtMs(c.commitMs)}) = **${pct(ratio)}** of the dump`,
+      `${fmtMs(c.totalMs)} (prepare ${fmtMs(c.prepareMs)}, commit ${fmtMs(c.commitMs)}) = **${pct(ratio)}** of the dump` + prepPhases(c.phases),
       target,
       target ? ratio <= 0.05 : null,
     );

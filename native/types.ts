@@ -150,6 +150,23 @@ export interface EngineStats {
   logSegmentsFreed: number;
   /** Bytes of live versions compaction copied forward since open (what reclaiming the rest cost). */
   logBytesCopied: number;
+  /** Where the last completed prepare's time went (wall clock, microseconds; all 0 before one since open). */
+  lastPrepare: PrepareTimes;
+}
+
+export interface PrepareTimes {
+  /** Writing back the rows the checkpoint had yet to write. */
+  flushUs: number;
+  /** Of flushUs, writing the rows' slots (logged pools: 16 bytes each on a random page of the rows, after their records). */
+  slotsUs: number;
+  /** Syncing the version log (logged pools). */
+  logSyncUs: number;
+  /** Syncing the pool's other written ranges (rows, new rows' headers, index slots). */
+  persistUs: number;
+  /** The transaction that publishes the checkpoint. */
+  publishUs: number;
+  /** Rows written back while the flush ran (evictions' among them). */
+  rows: number;
 }
 
 export interface CheckpointContent {

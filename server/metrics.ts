@@ -17,7 +17,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { EngineStats } from '../native/engine';
+import type { EngineStats, PrepareTimes } from '../native/engine';
 import { splitHostPort } from './config';
 import { log } from './log';
 import type { Shard } from './shard';
@@ -209,6 +209,24 @@ export class Metrics implements ServiceMetrics {
       help: 'Longest time a push waited on a running checkpoint since the start',
       registers,
       collect: stat((s) => s.stats.maxPushWaitUs / 1e6),
+    });
+    const phases: [string, (p: PrepareTimes) => number][] = [
+      ['flush', (p) => p.flushUs],
+      ['flush_slots', (p) => p.slotsUs],
+      ['log_sync', (p) => p.logSyncUs],
+      ['persist', (p) => p.persistUs],
+      ['publish', (p) => p.publishUs],
+    ];
+    new Gauge({
+      name: 'pmemps_checkpoint_last_prepare_seconds',
+      help: "The last prepare's time by phase: flush (of which flush_slots), log_sync, persist, publish",
+      labelNames: ['phase'],
+      registers,
+      collect() {
+        const s = sample();
+        if (!s) return;
+        for (const [phase, get] of phases) this.set({ phase }, get(s.stats.lastPrepare) / 1e6);
+      },
     });
     new Gauge({
       name: 'pmemps_needs_restore',

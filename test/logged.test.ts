@@ -73,6 +73,33 @@ describe('the logged layout', () => {
     await inplace.close();
   });
 
+  it("reports where the last prepare's time went (stats().lastPrepare)", async () => {
+    const e = Engine.open({ dir: pool('phases'), poolMb: 64, cacheMb: 8, layout: 'logged' });
+    try {
+      e.createTable(SGD);
+      assert.deepEqual(e.stats().lastPrepare, { flushUs: 0, slotsUs: 0, logSyncUs: 0, persistUs: 0, publishUs: 0, rows: 0 }, 'nothing before a prepare');
+      const rng = prng(23);
+      // 5000 rows of dim 16 fit the 8 MiB cache: the flush writes every one, and nothing else does.
+      await e.push('emb', keysOf(0, 5000), randomGrads(rng, 5000 * 16));
+      const t0 = performance.now();
+      await e.prepare(1);
+      const prepareUs = (performance.now() - t0) * 1000;
+      const p = e.stats().lastPrepare;
+      assert.equal(p.rows, 5000);
+      assert.ok(p.flushUs > 0 && p.slotsUs > 0 && p.slotsUs <= p.flushUs, JSON.stringify(p));
+      assert.ok(p.logSyncUs > 0, 'the log was synced');
+      assert.ok(p.flushUs + p.logSyncUs + p.persistUs + p.publishUs <= prepareUs, `${JSON.stringify(p)} within the prepare's ${prepareUs} µs`);
+      await e.commit(1);
+      // A prepare with nothing dirty writes nothing.
+      await e.prepare(2);
+      assert.equal(e.stats().lastPrepare.rows, 0);
+      assert.equal(e.stats().lastPrepare.slotsUs, 0);
+      await e.commit(2);
+    } finally {
+      await e.close();
+    }
+  });
+
   it('holds the largest row the engine takes (dim 4096, three optimizer state blocks) in one record', async () => {
     const dir = pool('largest');
     const spec: TableSpec = {

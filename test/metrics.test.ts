@@ -253,6 +253,14 @@ describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {
     }
     assert.equal(calls(s1, 'Checkpoint', 'OK') - calls(s0, 'Checkpoint', 'OK'), 2);
     assert.ok(v(s1, 'pmemps_checkpoint_push_wait_max_seconds') >= 0);
+    // The last prepare's phases: within the prepare the histogram observed.
+    const prepared = v(s1, 'pmemps_checkpoint_phase_seconds_sum', { phase: 'prepare' }) - v(s0, 'pmemps_checkpoint_phase_seconds_sum', { phase: 'prepare' });
+    const last = (phase: string) => v(s1, 'pmemps_checkpoint_last_prepare_seconds', { phase });
+    for (const phase of ['flush', 'flush_slots', 'log_sync', 'persist', 'publish'])
+      assert.ok(s1.has(key('pmemps_checkpoint_last_prepare_seconds', { phase })) && last(phase) >= 0, phase);
+    assert.ok(last('publish') > 0, 'the publish took time');
+    assert.ok(last('flush_slots') <= last('flush'));
+    assert.ok(last('flush') + last('log_sync') + last('persist') + last('publish') <= prepared, `phases within the prepare's ${prepared} s`);
   });
 
   test("a dropped table's row series disappear (labels bounded by the live tables)", async () => {

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -498,6 +499,12 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       num("logBytes", s.log_bytes);
       num("logSegmentsFreed", s.log_freed);
       num("logBytesCopied", s.log_copied);
+      auto prep = Napi::Object::New(env);
+      const std::pair<const char*, uint64_t> phases[] = {{"flushUs", s.prep_flush_us},      {"slotsUs", s.prep_slots_us},
+                                                         {"logSyncUs", s.prep_log_sync_us}, {"persistUs", s.prep_persist_us},
+                                                         {"publishUs", s.prep_publish_us},  {"rows", s.prep_rows}};
+      for (const auto& [k, v] : phases) prep.Set(k, static_cast<double>(v));
+      o.Set("lastPrepare", prep);
       return o;
     });
   }

@@ -48,7 +48,8 @@
 //    from a pool row still being written, and the flusher still refers to
 //    it), and nothing else writes its row until the flusher clears the
 //    mark: two write-backs of one row choosing a slot at once could choose
-//    the same one. A push may update it meanwhile.
+//    the same one. A push may update it meanwhile. A flush chunk (32 rows)
+//    can mark every entry of a stripe at once (pick_victims).
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -336,11 +337,15 @@ class Stripe {
   // more than `excess` bytes; a used entry met on the way is cleared and
   // moved to the front instead, and so is one being flushed. The victims
   // stay linked (the caller erases them after their write-back). Returns the
-  // bytes of the victims.
+  // bytes of the victims, which fall short when entries being flushed hold
+  // the rest: the scan meets each entry at most twice (a moved entry comes
+  // round again), so one over a stripe whose every entry is being flushed
+  // ends. It went round forever, holding the stripe's lock that the
+  // flusher needs to clear the marks: every call hung (test/flush-race).
   size_t pick_victims(size_t excess, std::vector<Entry*>* out) {
     size_t freed = 0;
     Entry* e = lru.back();
-    while (e && e != &lru.head && freed < excess) {
+    for (size_t seen = 0, most = 2 * lru.size + 1; e && e != &lru.head && freed < excess && seen < most; seen++) {
       Entry* prev = e->lprev;
       if (e->used || e->flushing) {
         e->used = 0;

@@ -87,6 +87,11 @@ struct Stats {
   uint64_t log_copied;      // bytes of live records compaction copied forward since open
   uint64_t copy_room;       // pool bytes reserved for copies of pending rows (copy_arena.h)
   uint64_t rows_saturated;  // rows stored saturated: a concurrent push made the update overflow (push_with)
+  // The last completed prepare's phases, wall-clock microseconds (all 0
+  // before one): the flush (of which the slots' writes, logged pools on
+  // the msync path), the log's sync, the pool's other ranges' sync, the
+  // publish transaction; and the rows the flush wrote.
+  uint64_t prep_flush_us, prep_slots_us, prep_log_sync_us, prep_persist_us, prep_publish_us, prep_rows;
 };
 
 class Engine {
@@ -482,6 +487,9 @@ class Engine {
   // Rows a push stored saturated because another push of the row, between
   // its check and its store, made its update overflow (push_with).
   std::atomic<uint64_t> rows_saturated_{0};
+  // The last prepare's phases (Stats::prep_*), set when it completes;
+  // flush_slot_ns_ sums the running flush's slot writes (write_back_many).
+  std::atomic<uint64_t> prep_us_[5]{}, prep_rows_{0}, flush_slot_ns_{0};
   // Results of a push's check phase kept for its store phase, per push.
   static constexpr size_t kPushScratchBytes = 4u << 20;
 };

@@ -23,6 +23,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <thread>
@@ -352,7 +353,16 @@ void Engine::prepare_finish(uint64_t id) {
     // next prepare in the background (copy_arena.h); this one's pushes take
     // what is ready, or reserve their own.
     const size_t pending_bytes = copies_ ? pending_cache_bytes() : 0;
+    using Clock = std::chrono::steady_clock;
+    auto us_since = [](Clock::time_point t) {
+      return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t).count());
+    };
+    const uint64_t wrote_before = writebacks_.load(std::memory_order_relaxed);
+    flush_slot_ns_.store(0, std::memory_order_relaxed);
+    auto t = Clock::now();
     flush_pending();
+    const uint64_t flush_us = us_since(t);
+    const uint64_t flush_rows = writebacks_.load(std::memory_order_relaxed) - wrote_before;
     // Nothing may stay pending: a row left so would be published at an
     // older version than the one its push acknowledged before the boundary.
     // (Once a stripe's list is empty no push can refill it: a copy only
@@ -368,8 +378,13 @@ void Engine::prepare_finish(uint64_t id) {
     // Rows (their log records first), their index slots and new rows'
     // headers reach the media before the record that makes them part of a
     // checkpoint.
+    t = Clock::now();
     if (vlog_) vlog_->sync();
+    const uint64_t log_sync_us = us_since(t);
+    t = Clock::now();
     pool_->persist_ranges();
+    const uint64_t persist_us = us_since(t);
+    t = Clock::now();
     // Every row the checkpoint may name is below rows_used before it is
     // published. A raised rows_used is safe on its own (rows below it may
     // hold dead versions only), so each table is raised in its own bounded
@@ -434,6 +449,11 @@ void Engine::prepare_finish(uint64_t id) {
     tx.commit();  // the publish: one transaction sets p_id
     epoch_limit_ = root_->next_epoch;
     last_id_ = id;
+    // For operators (Stats::prep_*): where a slow checkpoint's time went.
+    // The rows count every write-back meanwhile, evictions' too.
+    const uint64_t phases[5] = {flush_us, flush_slot_ns_.load(std::memory_order_relaxed) / 1000, log_sync_us, persist_us, us_since(t)};
+    for (int k = 0; k < 5; k++) prep_us_[k].store(phases[k], std::memory_order_relaxed);
+    prep_rows_.store(flush_rows, std::memory_order_relaxed);
     failpoint("prepare.after_publish");
   } catch (...) {
     {

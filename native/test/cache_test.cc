@@ -2,7 +2,8 @@
 // Unit test of cache.h's CLOCK: a hit marks an entry for a second chance
 // only once the entry is no longer young (count()/16 inserts since its own),
 // so rows touched twice in a row (a trainer's pull and push of one batch)
-// are evicted before rows reused later. Built and run by
+// are evicted before rows reused later; a scan over entries all being
+// flushed ends. Built and run by
 // test/native-units.test.ts; exits non-zero with the failed check on stderr.
 #include "cache.h"
 
@@ -74,10 +75,31 @@ void correlated_rows_go_first() {
   for (uint64_t k = 1000; k < 1256; k += 2) CHECK(!find(s, k)->used);  // second chance spent
 }
 
+void scan_ends_when_every_entry_is_flushing() {
+  // A flush chunk (32 rows) can mark every entry of a stripe `flushing`;
+  // the scan then finds no victim and must return (it went round the
+  // marked entries forever, holding the stripe's lock the flusher needed
+  // to clear them). With one entry unmarked, that one is the victim.
+  Stripe s;
+  s.budget = SIZE_MAX;
+  std::vector<Entry*> all;
+  for (uint64_t k = 0; k < 20; k++) all.push_back(add(s, k));
+  for (Entry* e : all) e->flushing = 1;
+  s.touch(all[3]);
+  std::vector<Entry*> victims;
+  CHECK(s.pick_victims(Stripe::entry_bytes(kFloats), &victims) == 0);
+  CHECK(victims.empty());
+  CHECK(s.count() == 20);
+  all[7]->flushing = 0;
+  CHECK(s.pick_victims(Stripe::entry_bytes(kFloats), &victims) == Stripe::entry_bytes(kFloats));
+  CHECK(victims.size() == 1 && victims[0] == all[7]);
+}
+
 }  // namespace
 
 int main() {
   young_hits_do_not_mark();
   correlated_rows_go_first();
+  scan_ends_when_every_entry_is_flushing();
   return pmemps_test::check_result("cache_test");
 }
