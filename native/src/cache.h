@@ -341,7 +341,7 @@ class Stripe {
   // the rest: the scan meets each entry at most twice (a moved entry comes
   // round again), so one over a stripe whose every entry is being flushed
   // ends. It went round forever, holding the stripe's lock that the
-  // flusher needs to clear the marks: every call hung (test/flush-race).
+  // flusher needs to clear the marks: every call hung (cache_test.cc).
   size_t pick_victims(size_t excess, std::vector<Entry*>* out) {
     size_t freed = 0;
     Entry* e = lru.back();

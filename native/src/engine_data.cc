@@ -251,8 +251,8 @@ void Engine::write_back_many(Entry* const* es, size_t n, VLog::Reservation* res,
   // As write_back's: each slot is written once its record is copied and
   // before a sync can count the record (engine_mark.cc).
   // The checkpoint's flush (through_file) times its slot writes for
-  // Stats::prep_slots_us: from the first slot to the last, which counts a
-  // second write of records in the rare group that spans two segments.
+  // Stats::prep_slots_us: from the first slot to the last (append_many
+  // calls every `then` after all of its writes).
   using Clock = std::chrono::steady_clock;
   static thread_local Clock::time_point first;
   vlog_->append_many(
