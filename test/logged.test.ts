@@ -100,6 +100,69 @@ describe('the logged layout', () => {
     }
   });
 
+  it(
+    "writes a checkpoint's rows in batches across stripes, each stripe within its share of marks; a rollback returns them all",
+    { timeout: 60_000 },
+    async () => {
+      // A 1 MiB cache: 64 KiB a stripe, of which an eighth (about 68 rows of
+      // dim 16) may be marked at once. 6,000 dirty rows, about 375 a stripe,
+      // all cached: a batch takes a stripe's second chunk, and stops at its
+      // third, well before the batch's megabyte.
+      const e = Engine.open({ dir: pool('batches'), poolMb: 64, cacheMb: 1, layout: 'logged' });
+      const ref = Engine.open({ memoryOnly: true });
+      try {
+        e.createTable(SGD);
+        ref.createTable(SGD);
+        const rng = prng(29);
+        const keys = keysOf(0, 6000);
+        const g = randomGrads(rng, 6000 * 16);
+        await e.push('emb', keys, g);
+        await ref.push('emb', keys, g);
+        assert.equal(e.stats().evictions, 0, 'every row stays cached until the flush');
+        await e.prepare(1);
+        assert.equal(e.stats().lastPrepare.rows, 6000, 'the flush wrote every dirty row');
+        await e.commit(1);
+        const want = await ref.pull('emb', keys);
+        // Pushes after the checkpoint, undone by the rollback: the rows come
+        // back from the records the flush wrote.
+        await e.push('emb', keys, randomGrads(rng, 6000 * 16));
+        await e.rollback();
+        assert.ok((await e.pull('emb', keys)).equals(want), 'the checkpoint holds every row as pushed before it');
+        assert.deepEqual(e.fullCheck().problems, []);
+      } finally {
+        await e.close();
+        await ref.close();
+      }
+    },
+  );
+
+  it('reads its new segments into the page cache ahead of their writes off PMEM; PMEMPS_LOG_WARM=0 does not', async () => {
+    for (const warm of ['1', '0']) {
+      process.env.PMEMPS_LOG_WARM = warm;
+      const e = Engine.open({ dir: pool(`warm${warm}`), poolMb: 64, cacheMb: 1, layout: 'logged' });
+      try {
+        e.createTable(SGD);
+        const before = e.stats().logBytes;
+        // 20,000 rows through a 1 MiB cache: most are evicted, and the log
+        // grows by segments.
+        await e.push('emb', keysOf(0, 20_000), randomGrads(prng(31), 20_000 * 16));
+        const grown = e.stats().logBytes - before;
+        assert.ok(grown > 0, 'the log grew');
+        if (warm === '0') {
+          assert.equal(e.stats().logBytesWarmed, 0);
+          continue;
+        }
+        // The warmer reads in the background: wait for it (a few ms a segment).
+        const deadline = Date.now() + 20_000;
+        while (e.stats().logBytesWarmed < grown && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        assert.ok(e.stats().logBytesWarmed >= grown, `${e.stats().logBytesWarmed} of the ${grown} bytes the log grew by were read ahead`);
+      } finally {
+        await e.close();
+      }
+    }
+    delete process.env.PMEMPS_LOG_WARM;
+  });
+
   it('holds the largest row the engine takes (dim 4096, three optimizer state blocks) in one record', async () => {
     const dir = pool('largest');
     const spec: TableSpec = {

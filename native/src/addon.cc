@@ -499,6 +499,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       num("logBytes", s.log_bytes);
       num("logSegmentsFreed", s.log_freed);
       num("logBytesCopied", s.log_copied);
+      num("logBytesWarmed", s.log_warmed);
       auto prep = Napi::Object::New(env);
       const std::pair<const char*, uint64_t> phases[] = {{"flushUs", s.prep_flush_us},      {"slotsUs", s.prep_slots_us},
                                                          {"logSyncUs", s.prep_log_sync_us}, {"persistUs", s.prep_persist_us},

@@ -85,6 +85,7 @@ struct Stats {
   uint64_t log_bytes;       // pool bytes held by the version log's segments (logged pools)
   uint64_t log_freed;       // log segments compaction freed since open
   uint64_t log_copied;      // bytes of live records compaction copied forward since open
+  uint64_t log_warmed;      // bytes of new log segments read into the page cache ahead of their writes (page_warmer.h)
   uint64_t copy_room;       // pool bytes reserved for copies of pending rows (copy_arena.h)
   uint64_t rows_saturated;  // rows stored saturated: a concurrent push made the update overflow (push_with)
   // The last completed prepare's phases, wall-clock microseconds (all 0
@@ -330,18 +331,30 @@ class Engine {
   void flush_pending();
   void release_copy_room();
   size_t pending_cache_bytes();
+  // The flush's state between steps. Its batch is the chunks taken and
+  // not yet written: one chunk on PMEM; on the msync path with a version
+  // log, chunks of several stripes up to about a megabyte of records, so the
+  // log gets one large write (flush_step).
   struct FlushCursor {
     int stripe = 0, empty = 0, rounds = 0;
-    std::vector<char> buf;  // copies of the chunk's entries
+    size_t batch_limit = 0;        // record bytes at which the batch is written; 0: every chunk
+    std::vector<char> buf;         // copies of the batch's entries
+    size_t used = 0;               // bytes of buf in use
+    size_t rec_bytes = 0;          // the batch's log record bytes
+    size_t marked[kStripes] = {};  // bytes of each stripe's entries the batch holds marked
     struct Taken {
       Entry* e;
       size_t off;    // of its copy in buf; SIZE_MAX: a shadow, written as it is
       Entry* owner;  // a shadow's row's cached entry, marked flushing meanwhile (or null)
+      int stripe;
     };
     std::vector<Taken> taken;
-    std::vector<Entry*> copies;  // what the chunk writes back: copy_of(taken[i])
+    std::vector<Entry*> copies;  // what the batch writes back: copy_of(taken[i])
   };
   bool flush_step(bool polite, FlushCursor& c);
+  // Writes the batch's versions back and clears their marks, a stripe's
+  // lock at a time.
+  void flush_batch(FlushCursor& c);
 
   // Compaction of a logged pool's version log (engine_compact.cc): a
   // thread of its own copies the live records of the oldest segments to the

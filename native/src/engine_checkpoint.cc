@@ -34,7 +34,8 @@ namespace pmemps {
 
 namespace {
 
-constexpr uint32_t kFlushChunk = 32;  // rows per stripe-lock hold in the flush: pushes interleave
+constexpr uint32_t kFlushChunk = 32;           // rows per stripe-lock hold in the flush: pushes interleave
+constexpr size_t kFlushRun = size_t{1} << 20;  // record bytes per batch of the msync path's flush with a version log
 // The share of a stripe's budget the flush keeps free for the copies pushes
 // make of pending rows: 1/16 on PMEM; 1/4 on the msync path, where a push
 // that finds no room writes the row back at ~17 µs (the write faults on a
@@ -107,6 +108,11 @@ void Engine::flush_pending() {
     // 10M rows on the project's disk: 395 ms, against 9.5 ms at full speed;
     // docs/design.md). So here it runs on the caller's thread at full speed.
     FlushCursor c;
+    // With a version log, a megabyte of records in one write: written a
+    // chunk (17 KB) at a time, each write zeroed the fresh page it ended in
+    // first, and the log's msync ran at half the speed (bench/log-write-path.c:
+    // 690 against 1,400 MB/s into a fallocate'd file; BENCHMARKS.md).
+    if (vlog_) c.batch_limit = kFlushRun;
     while (flush_step(false, c)) {
     }
     return;
@@ -119,8 +125,9 @@ void Engine::flush_pending() {
 // released it before a woken waiter runs (a push waiting on the stripe
 // being flushed waited for the whole stripe, ~12 ms at 30k pending rows).
 // The chunk's versions are copied under the stripe's lock and written to
-// the pool outside it, so a push waits at most for kFlushChunk copies.
-// Returns false after a whole round of stripes found nothing to flush.
+// the pool outside it (flush_batch), so a push waits at most for
+// kFlushChunk copies. Returns false after a whole round of stripes found
+// nothing to flush and the batch is written.
 bool Engine::flush_step(bool polite, FlushCursor& c) {
   if (polite) {
     // The idle thread also stands aside while pushes run: the copies a push
@@ -141,8 +148,9 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   if ((polite || !pool_->is_pmem()) && c.rounds == 0 && i == kStripes / 2) failpoint("prepare.mid_flush");
   if (c.stripe == 0) c.rounds++;
   Stripe& s = stripes_[i];
-  c.taken.clear();
-  size_t used = 0, wrote_here = 0, dropped = 0;
+  const size_t first = c.taken.size();
+  size_t wrote_here = 0, dropped = 0;
+  bool capped = false;
   // A failure while taking (a buffer that cannot grow, a write-back that
   // throws) stops the taking before the entry at hand is touched; what was
   // taken is still written and unmarked below, then the failure is thrown.
@@ -150,8 +158,18 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   {
     std::lock_guard<std::mutex> g(s.mu);
     test_hook("flush.stripe_locked");  // a test holds a stripe here: pushes wait, and say so
+    // Marked entries cannot be evicted: a stripe already in the batch gives
+    // it more only within an eighth of its budget, so pushes still find
+    // victims (one chunk is always taken, as when every chunk was written
+    // at once: a cache of a few large rows a stripe relies on it).
+    const size_t cap = s.budget / 8;
+    const bool in_batch = c.marked[i] > 0;
     for (uint32_t k = 0; k < kFlushChunk && !s.pending.empty(); k++) {
       Entry* e = s.pending.back();
+      if (in_batch && c.marked[i] + e->bytes > cap) {
+        capped = true;
+        break;
+      }
       size_t off = SIZE_MAX;  // a shadow is written as it is: nothing else refers to it
       Entry* owner = nullptr;
       // Nothing else may write a row while its version is written outside
@@ -183,10 +201,10 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
           }
           owner->flushing = 1;
         } else {
-          if (c.buf.size() < used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, used + e->bytes));
-          off = used;
+          if (c.buf.size() < c.used + e->bytes) c.buf.resize(std::max(c.buf.size() * 2, c.used + e->bytes));
+          off = c.used;
           std::memcpy(c.buf.data() + off, e, e->bytes);
-          used += e->bytes;
+          c.used += e->bytes;
           e->flushing = 1;
         }
       } catch (...) {
@@ -194,23 +212,46 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
         break;
       }
       s.mark_clean(e);
-      c.taken.push_back({e, off, owner});
+      c.marked[i] += e->bytes;
+      c.rec_bytes += VLog::record_bytes(tables_[e->table]->row_floats);
+      c.taken.push_back({e, off, owner, i});
     }
     if (wrote_here) {
       pool_->drain();  // as every writer: before the lock that exposes them is released
       writebacks_.fetch_add(wrote_here, std::memory_order_relaxed);
     }
   }
-  if (c.taken.empty()) {
-    if (err) std::rethrow_exception(err);
+  if (err) {
+    flush_batch(c);
+    std::rethrow_exception(err);
+  }
+  if (c.taken.size() == first) {
+    if (capped) {
+      // The stripe holds its share of marks: the batch is written, and the
+      // stripe comes next again.
+      flush_batch(c);
+      c.stripe = i;
+      c.empty = 0;
+      return true;
+    }
     // A chunk that only dropped stale shadows is progress too: counted as
     // an empty stripe, kStripes of them ended the flush with rows still
     // pending, and the checkpoint was published without them (a review).
-    if (!wrote_here && !dropped) return ++c.empty < kStripes;
+    if (!wrote_here && !dropped) {
+      if (++c.empty < kStripes) return true;
+      flush_batch(c);
+      return false;
+    }
     c.empty = 0;
     return true;
   }
   c.empty = 0;
+  if (c.rec_bytes >= c.batch_limit) flush_batch(c);
+  return true;
+}
+
+void Engine::flush_batch(FlushCursor& c) {
+  if (c.taken.empty()) return;
   auto copy_of = [&](const FlushCursor::Taken& tk) { return tk.off == SIZE_MAX ? tk.e : reinterpret_cast<Entry*>(c.buf.data() + tk.off); };
   for (auto& tk : c.taken) prefetch_slots(*tables_[tk.e->table], copy_of(tk)->ref);
   c.copies.clear();
@@ -219,22 +260,31 @@ bool Engine::flush_step(bool polite, FlushCursor& c) {
   pool_->drain();
   writebacks_.fetch_add(c.taken.size(), std::memory_order_relaxed);
   const size_t room = pool_->is_pmem() ? kCowRoomPmem : kCowRoomMsync;
-  std::lock_guard<std::mutex> g(s.mu);
-  for (auto& [e, off, owner] : c.taken) {
-    if (e->shadow) {
-      if (owner) owner->flushing = 0;
-      s.recycle(e);
-      continue;
+  // A stripe's entries keep the order they were taken in (the copy room
+  // below drops the least recently dirtied first).
+  std::stable_sort(c.taken.begin(), c.taken.end(), [](const FlushCursor::Taken& a, const FlushCursor::Taken& b) { return a.stripe < b.stripe; });
+  for (size_t a = 0, b; a < c.taken.size(); a = b) {
+    Stripe& s = stripes_[c.taken[a].stripe];
+    for (b = a; b < c.taken.size() && c.taken[b].stripe == c.taken[a].stripe;) b++;
+    std::lock_guard<std::mutex> g(s.mu);
+    for (size_t k = a; k < b; k++) {
+      auto& [e, off, owner, stripe] = c.taken[k];
+      if (e->shadow) {
+        if (owner) owner->flushing = 0;
+        s.recycle(e);
+        continue;
+      }
+      e->flushing = 0;
+      // Room for the copies that pushes make of rows still pending (a copy
+      // costs less than writing the row back on the push's time): a stripe
+      // within its copy room of its share drops the rows it has just made
+      // clean, the least recently dirtied first.
+      if (!e->dirty && s.used_bytes() + s.budget / room > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
     }
-    e->flushing = 0;
-    // Room for the copies that pushes make of rows still pending (a copy
-    // costs less than writing the row back on the push's time): a stripe
-    // within its copy room of its share drops the rows it has just made
-    // clean, the least recently dirtied first.
-    if (!e->dirty && s.used_bytes() + s.budget / room > s.budget) s.erase(e, Stripe::hash(e->table, e->key));
   }
-  if (err) std::rethrow_exception(err);
-  return true;
+  c.taken.clear();
+  c.used = c.rec_bytes = 0;
+  std::fill(std::begin(c.marked), std::end(c.marked), size_t{0});
 }
 
 // About the bytes of the cache's pending entries: what pushes may copy.

@@ -1033,6 +1033,7 @@ void Engine::stats_pool(Stats& st) {
   if (vlog_) st.log_bytes = vlog_->segments() * vlog_->seg_bytes();
   st.log_freed = log_freed_.load();
   st.log_copied = log_copied_.load();
+  st.log_warmed = pool_->warmed_bytes();
   std::lock_guard<TxMutex> g(tx_mu_);
   st.pool_used = pool_->used_bytes();  // the heap walk, not beside the copy arena's allocations
   const PTable* ts = pool_->at<PTable>(root_->tables_off);

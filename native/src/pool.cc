@@ -179,10 +179,12 @@ void Pool::open_file_writes() {
                     std::memcmp(buf.data(), base(), buf.size()) == 0 &&
                     pread(fd, buf.data(), sizeof(PRoot), static_cast<off_t>(ro)) == static_cast<ssize_t>(sizeof(PRoot)) &&
                     std::memcmp(buf.data(), root_, sizeof(PRoot)) == 0;
-  if (same)
-    file_fd_ = fd;
-  else
+  if (!same) {
     close(fd);
+    return;
+  }
+  file_fd_ = fd;
+  if (const char* w = std::getenv("PMEMPS_LOG_WARM"); !w || std::string(w) != "0") warmer_ = std::make_unique<PageWarmer>(fd);
 }
 
 void Pool::write_file(void* dst, const void* src, size_t n) {
@@ -201,6 +203,7 @@ void Pool::write_file(void* dst, const void* src, size_t n) {
 }
 
 Pool::~Pool() {
+  warmer_.reset();
   if (file_fd_ >= 0) close(file_fd_);
   if (pop_) pmemobj_close(pop_);
   if (lock_fd_ >= 0) close(lock_fd_);  // releases the flock

@@ -18,10 +18,12 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 
 #include "layout.h"
+#include "page_warmer.h"
 
 namespace pmemps {
 
@@ -85,6 +87,13 @@ class Pool {
   // PMEMPS_LOG_PWRITE=0, an I/O error), so it never fails.
   void write_file(void* dst, const void* src, size_t n);
   bool writes_file() const { return file_fd_ >= 0; }
+  // msync path with file writes: reads n bytes at p into the page cache in
+  // the background, ahead of their writes (page_warmer.h); else nothing.
+  // PMEMPS_LOG_WARM=0 turns it off.
+  void warm(const void* p, size_t n) {
+    if (warmer_) warmer_->add(off_of(p), n);
+  }
+  uint64_t warmed_bytes() const { return warmer_ ? warmer_->warmed() : 0; }
   // PMEM: waits for this thread's flushes; the msync path has nothing to wait for.
   void drain() {
     if (is_pmem_) pmemobj_drain(pop_);
@@ -128,7 +137,8 @@ class Pool {
 
   std::string dir_, path_;
   int lock_fd_ = -1;
-  int file_fd_ = -1;  // msync path: the pool's file, for write_file
+  int file_fd_ = -1;                    // msync path: the pool's file, for write_file
+  std::unique_ptr<PageWarmer> warmer_;  // reads file_fd_: reset before it is closed
   PMEMobjpool* pop_ = nullptr;
   PRoot* root_ = nullptr;
   uint64_t uuid_lo_ = 0;

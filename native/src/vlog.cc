@@ -136,7 +136,14 @@ void VLog::grow() {
   syncing_seg_ = syncing;
   synced_seg_ = synced;
   holes_ = holes;
-  if (pool_.is_pmem()) fresh_.push_back({pool_.at<char>(s), d_->seg_bytes});
+  if (pool_.is_pmem()) {
+    fresh_.push_back({pool_.at<char>(s), d_->seg_bytes});
+  } else {
+    // Off PMEM the segment's pages are read into the page cache in the
+    // background: a record written into a page not yet cached paid for the
+    // page in the checkpoint's flush (page_warmer.h).
+    pool_.warm(pool_.at<char>(s), d_->seg_bytes);
+  }
   failpoint("log.after_grow");
   if (!synced_from_ && seg_ < d_->nsegs) synced_from_ = seg_base(seg_) + off_;
 }
@@ -312,9 +319,10 @@ void VLog::append_many(const Rec* recs, size_t count, Reservation* r, void (*the
     }
   } else {
     // The records of each contiguous run are composed in DRAM and written
-    // with one write_file a MiB at most (the buffer's bound, per thread):
-    // no fault per fresh page of the log.
-    constexpr size_t kPiece = size_t{1} << 20;
+    // with one write_file of 2 MiB at most (the buffer's bound, per
+    // thread; the flush's batches are about 1 MiB): no fault per fresh page
+    // of the log.
+    constexpr size_t kPiece = size_t{2} << 20;
     thread_local std::vector<char> buf;
     for (size_t i = 0; i < count;) {
       size_t j = i, bytes = 0;
