@@ -412,6 +412,7 @@ async function large(cfg: LargeConfig): Promise<unknown> {
       logBytes: st.logBytes,
       logSegmentsFreed: st.logSegmentsFreed,
       logBytesCopied: st.logBytesCopied,
+      logBytesWarmed: st.logBytesWarmed,
     };
     log(`phase 3 space: ${JSON.stringify(phase3.space)}`);
     out.phase3 = phase3;

@@ -846,6 +846,7 @@ async function runMedium(m: Medium): Promise<void> {
     lr,
     `${fmtBytes(sp.poolUsedBytes)} = ${(sp.poolUsedBytes / lr).toFixed(0)} B/row` +
       (m.layout === 'logged' ? `; log ${fmtBytes(sp.logBytes)}, compaction freed ${sp.logSegmentsFreed} segments, copied ${fmtBytes(sp.logBytesCopied)}` : '') +
+      (sp.logBytesWarmed ? `; ${fmtBytes(sp.logBytesWarmed)} of new segments read ahead since open` : '') +
       (inPlace ? `; **${(sp.poolUsedBytes / lr / inPlace).toFixed(2)}x** the in-place pool's of this run` : '') +
       (sp.cycles ? `; the 10 checkpoints took ${sp.checkpointMs.map((x: number) => fmtMs(x)).join(', ')}` : ''),
     m.layout === 'logged' && inPlace ? '≤ 1.5x in place' : '',

@@ -7,6 +7,13 @@
 // from the cache) then msync. 544-byte records, as a dim-64 Adagrad row's.
 //   gcc -O2 bench/log-write-path.c -o lw && ./lw DIR/file MiB
 // Needs 5 x MiB free on DIR's filesystem; removes its file.
+//   ./lw DIR/file MiB warm
+// instead measures what a page the page cache does not hold costs a pwrite
+// (docs/design.md, "New segments read ahead"): 1 MiB pwrites into a
+// fallocate'd file, pieces of MiB in turn, first straight into new pages,
+// then into pages read ahead with pread (as page_warmer.h does, on a
+// descriptor marked POSIX_FADV_RANDOM), each followed by fdatasync. Needs
+// 8 x MiB free.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -49,9 +56,57 @@ static int pwrite_and_msync(const char* what, int fd, char* m, size_t at, size_t
   return printf("%s: writes %.3f s, msync %.3f s, total %.3f s\n", what, t1 - t0, t2 - t1, t2 - t0);
 }
 
+static double pwrite_range(int fd, size_t at, size_t len, const char* buf) {
+  const double t0 = now();
+  for (size_t o = 0; o < len; o += kBuf)
+    if (pwrite(fd, buf, kBuf, (off_t)(at + o)) != kBuf) {
+      perror("pwrite");
+      exit(1);
+    }
+  return now() - t0;
+}
+
+static int warm(const char* path, size_t len) {
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  int rfd = open(path, O_RDONLY);
+  if (fd < 0 || rfd < 0 || posix_fallocate(fd, 0, 8 * len)) {
+    perror(path);
+    return 1;
+  }
+  posix_fadvise(rfd, 0, 0, POSIX_FADV_RANDOM);
+  char* buf = malloc(kBuf);
+  char* rbuf = malloc(kBuf);
+  memset(buf, 7, kBuf);
+  // Pages freed just before are cheap to take again: use them up first.
+  printf("first %zu MiB (pages freed recently): %.3f s\n", 2 * len >> 20, pwrite_range(fd, 0, 2 * len, buf));
+  fdatasync(fd);
+  for (int round = 0; round < 3; round++) {
+    const size_t a = (2 + 2 * round) * len, b = a + len;
+    const double w = pwrite_range(fd, a, len, buf);
+    double t0 = now();
+    fdatasync(fd);
+    printf("into new pages: pwrite %.3f s (%.0f MB/s), fdatasync %.3f s\n", w, len / 1e6 / w, now() - t0);
+    t0 = now();
+    for (size_t o = 0; o < len; o += kBuf)
+      if (pread(rfd, rbuf, kBuf, (off_t)(b + o)) < 0) perror("pread");
+    const double r = now() - t0;
+    const double w2 = pwrite_range(fd, b, len, buf);
+    t0 = now();
+    fdatasync(fd);
+    printf("read ahead: pread %.3f s, then pwrite %.3f s (%.0f MB/s), fdatasync %.3f s\n", r, w2, len / 1e6 / w2, now() - t0);
+  }
+  free(buf);
+  free(rbuf);
+  close(rfd);
+  close(fd);
+  unlink(path);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 4 && strcmp(argv[3], "warm") == 0) return warm(argv[1], (size_t)atoi(argv[2]) << 20);
   if (argc != 3) {
-    fprintf(stderr, "usage: %s FILE MiB\n", argv[0]);
+    fprintf(stderr, "usage: %s FILE MiB [warm]\n", argv[0]);
     return 2;
   }
   const size_t len = (size_t)atoi(argv[2]) << 20;

@@ -150,7 +150,7 @@ export interface EngineStats {
   logSegmentsFreed: number;
   /** Bytes of live versions compaction copied forward since open (what reclaiming the rest cost). */
   logBytesCopied: number;
-  /** Bytes of new log segments read into the page cache ahead of their writes, since open (logged pools off PMEM; 0 with PMEMPS_LOG_WARM=0). */
+  /** Bytes of new log segments read into the page cache ahead of their writes, since open (logged pools off PMEM with PMEMPS_LOG_WARM=1; else 0). */
   logBytesWarmed: number;
   /** Where the last completed prepare's time went (wall clock, microseconds; all 0 before one since open). */
   lastPrepare: PrepareTimes;

@@ -1,24 +1,28 @@
 // Brings ranges of a pool's file into the page cache before they are
-// written, on a thread of its own (the msync path; docs/design.md, "The
-// log's new segments read ahead of their writes").
+// written, on a thread of its own (the msync path, PMEMPS_LOG_WARM=1;
+// docs/design.md, "The flush's batches, and what a write into new pages
+// costs here": measured, off by default).
 //
-// A write into a page the page cache does not hold yet pays for the page
-// first, inside the writer's call: on this project's virtual machine ~11 µs
-// a page (pwrite into new pages at 300-380 MB/s, into cached ones at
-// 6-11 GB/s; bench/log-write-path.c), which was half of a checkpoint's
-// flush. The version log knows its next segments long before it writes
-// them (its room is held when a push dirties a row), so reading them ahead
-// moves that cost off the checkpoint.
+// A write into pages the page cache does not hold yet pays for them inside
+// the writer's call; the version log knows its next segments long before
+// it writes them (its room is held when a push dirties a row), so reading
+// them ahead moves that cost off the checkpoint's flush.
 //
 // Invariants:
-//  * It only reads the file (pread into a buffer of its own): it changes no
-//    byte and takes no lock of the pool or the engine, so a range it holds
-//    may be written, synced or freed meanwhile. A read that fails is
-//    dropped: a range not warmed is only slower to write.
+//  * It only reads the file (pread into a buffer of its own, through a
+//    descriptor of its own): it changes no byte and takes no lock of the
+//    pool or the engine, so a range it holds may be written, synced or
+//    freed meanwhile. A read that fails is dropped: a range not warmed is
+//    only slower to write.
+//  * Its descriptor is marked for random access (POSIX_FADV_RANDOM), so a
+//    read brings in the pages it asks for as single pages, as a fault of
+//    the pool's mapping (POSIX_MADV_RANDOM) does, and not the large folios
+//    of sequential readahead.
 //  * At most kMaxQueued bytes wait; further ranges are dropped.
 //  * The thread starts with the first range and is joined by the
-//    destructor, which the owner runs before it closes the file.
+//    destructor, before the descriptor is closed.
 #pragma once
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
@@ -29,6 +33,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -36,7 +41,11 @@ namespace pmemps {
 
 class PageWarmer {
  public:
-  explicit PageWarmer(int fd) : fd_(fd) {}
+  // Reads the file at path; ok() is false when it cannot be opened.
+  explicit PageWarmer(const std::string& path) : fd_(open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ >= 0) posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);
+  }
+  bool ok() const { return fd_ >= 0; }
   PageWarmer(const PageWarmer&) = delete;
   PageWarmer& operator=(const PageWarmer&) = delete;
   ~PageWarmer() {
@@ -46,6 +55,7 @@ class PageWarmer {
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) close(fd_);
   }
 
   // Queues n bytes of the file from off to be read.

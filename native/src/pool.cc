@@ -184,7 +184,10 @@ void Pool::open_file_writes() {
     return;
   }
   file_fd_ = fd;
-  if (const char* w = std::getenv("PMEMPS_LOG_WARM"); !w || std::string(w) != "0") warmer_ = std::make_unique<PageWarmer>(fd);
+  if (const char* w = std::getenv("PMEMPS_LOG_WARM"); w && std::string(w) == "1") {
+    warmer_ = std::make_unique<PageWarmer>(path_);
+    if (!warmer_->ok()) warmer_.reset();
+  }
 }
 
 void Pool::write_file(void* dst, const void* src, size_t n) {

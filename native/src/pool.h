@@ -87,9 +87,9 @@ class Pool {
   // PMEMPS_LOG_PWRITE=0, an I/O error), so it never fails.
   void write_file(void* dst, const void* src, size_t n);
   bool writes_file() const { return file_fd_ >= 0; }
-  // msync path with file writes: reads n bytes at p into the page cache in
-  // the background, ahead of their writes (page_warmer.h); else nothing.
-  // PMEMPS_LOG_WARM=0 turns it off.
+  // msync path with file writes and PMEMPS_LOG_WARM=1: reads n bytes at p
+  // into the page cache in the background, ahead of their writes
+  // (page_warmer.h); else nothing. Off by default: docs/design.md.
   void warm(const void* p, size_t n) {
     if (warmer_) warmer_->add(off_of(p), n);
   }
@@ -138,7 +138,7 @@ class Pool {
   std::string dir_, path_;
   int lock_fd_ = -1;
   int file_fd_ = -1;                    // msync path: the pool's file, for write_file
-  std::unique_ptr<PageWarmer> warmer_;  // reads file_fd_: reset before it is closed
+  std::unique_ptr<PageWarmer> warmer_;  // msync path with file writes
   PMEMobjpool* pop_ = nullptr;
   PRoot* root_ = nullptr;
   uint64_t uuid_lo_ = 0;

@@ -139,9 +139,9 @@ void VLog::grow() {
   if (pool_.is_pmem()) {
     fresh_.push_back({pool_.at<char>(s), d_->seg_bytes});
   } else {
-    // Off PMEM the segment's pages are read into the page cache in the
-    // background: a record written into a page not yet cached paid for the
-    // page in the checkpoint's flush (page_warmer.h).
+    // Off PMEM, with PMEMPS_LOG_WARM=1, the segment's pages are read into
+    // the page cache in the background, ahead of the checkpoint's flush
+    // (page_warmer.h).
     pool_.warm(pool_.at<char>(s), d_->seg_bytes);
   }
   failpoint("log.after_grow");
