@@ -109,10 +109,10 @@ void Engine::flush_pending() {
     // docs/design.md). So here it runs on the caller's thread at full speed.
     FlushCursor c;
     // With a version log, a megabyte of records in one write: written a
-    // chunk (17 KB) at a time,
-    // each write zeroed the page it ended in first (a tenth of the flush in
-    // a profile), and the log's msync ran at half the speed (690 against
-    // 1,400 MB/s into a fallocate'd file; bench/log-write-path.c).
+    // chunk (17 KB) at a time, each write zeroed the page it ended in first
+    // (a tenth of the flush in a profile), and the log's msync ran at half
+    // the speed (690 against 1,400 MB/s into a fallocate'd file;
+    // bench/log-write-path.c).
     if (vlog_) c.batch_limit = kFlushRun;
     while (flush_step(false, c)) {
     }

@@ -251,23 +251,28 @@ void Engine::write_back_many(Entry* const* es, size_t n, VLog::Reservation* res,
   // As write_back's: each slot is written once its record is copied and
   // before a sync can count the record (engine_mark.cc).
   // The checkpoint's flush (through_file) times its slot writes for
-  // Stats::prep_slots_us: from the first slot to the last (append_many
-  // calls every `then` after all of its writes).
+  // Stats::prep_slots_us, from the first slot to the last (append_many
+  // calls every `then` after all of its writes); a push's evictions read
+  // no clock.
   using Clock = std::chrono::steady_clock;
-  static thread_local Clock::time_point first;
+  struct Ctx {
+    Engine* en;
+    bool timed;
+    Clock::time_point first;
+  } ctx{this, through_file, {}};
   vlog_->append_many(
       recs.data(), n, res,
       [](void* c, size_t i, uint64_t off) {
-        Engine* en = static_cast<Engine*>(c);
+        Ctx& x = *static_cast<Ctx*>(c);
         failpoint("writeback.after_append");
-        if (i == 0) first = Clock::now();
+        if (x.timed && i == 0) x.first = Clock::now();
         Item& it = items[i];
         it.v.off = off;
-        en->pool_->write_lazy(it.at, &it.v, sizeof it.v);
+        x.en->pool_->write_lazy(it.at, &it.v, sizeof it.v);
       },
-      this, through_file);
+      &ctx, through_file);
   if (through_file)
-    flush_slot_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - first).count()),
+    flush_slot_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - ctx.first).count()),
                              std::memory_order_relaxed);
 }
 
