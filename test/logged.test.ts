@@ -138,9 +138,15 @@ describe('the logged layout', () => {
 
   it('reads its new segments into the page cache ahead of their writes off PMEM with PMEMPS_LOG_WARM=1, and not by default', async () => {
     for (const warm of ['1', '']) {
+      // Read when the pool is opened: set for that open only, so that a
+      // failure here leaves the other tests' pools as they would be.
       if (warm) process.env.PMEMPS_LOG_WARM = warm;
-      else delete process.env.PMEMPS_LOG_WARM;
-      const e = Engine.open({ dir: pool(`warm${warm || 'default'}`), poolMb: 64, cacheMb: 1, layout: 'logged' });
+      let e: Engine;
+      try {
+        e = Engine.open({ dir: pool(`warm${warm || 'default'}`), poolMb: 64, cacheMb: 1, layout: 'logged' });
+      } finally {
+        delete process.env.PMEMPS_LOG_WARM;
+      }
       try {
         e.createTable(SGD);
         const before = e.stats().logBytes;
@@ -161,7 +167,6 @@ describe('the logged layout', () => {
         await e.close();
       }
     }
-    delete process.env.PMEMPS_LOG_WARM;
   });
 
   it('holds the largest row the engine takes (dim 4096, three optimizer state blocks) in one record', async () => {
