@@ -449,6 +449,14 @@ function add(phase: string, what: string, medium: string, rows: number | string,
   table.push({ phase, what, medium, rows: typeof rows === 'number' ? fmtRows(rows) : rows, value, target, met: met === null ? '' : met ? 'yes' : '**no**' });
 }
 
+/** The slowest of phase 3's checkpoint cycles, with its phases and what compaction did meanwhile. */
+function slowestCycle(sp: { checkpointMs: number[]; cyclePhases?: (PrepareTimes & { copiedBytes: number; segmentsFreed: number })[] }): string {
+  if (!sp.cyclePhases?.length) return '';
+  const i = sp.checkpointMs.indexOf(Math.max(...sp.checkpointMs));
+  const c = sp.cyclePhases[i];
+  return `; the slowest (${i + 1}) ${prepPhases(c).slice(2)}; compaction meanwhile copied ${fmtBytes(c.copiedBytes)}, freed ${c.segmentsFreed} segments`;
+}
+
 /** The prepare's phases from stats().lastPrepare, for a checkpoint row. */
 function prepPhases(p: PrepareTimes | undefined): string {
   if (!p) return '';
@@ -848,7 +856,7 @@ async function runMedium(m: Medium): Promise<void> {
       (m.layout === 'logged' ? `; log ${fmtBytes(sp.logBytes)}, compaction freed ${sp.logSegmentsFreed} segments, copied ${fmtBytes(sp.logBytesCopied)}` : '') +
       (sp.logBytesWarmed ? `; ${fmtBytes(sp.logBytesWarmed)} of new segments read ahead since open` : '') +
       (inPlace ? `; **${(sp.poolUsedBytes / lr / inPlace).toFixed(2)}x** the in-place pool's of this run` : '') +
-      (sp.cycles ? `; the 10 checkpoints took ${sp.checkpointMs.map((x: number) => fmtMs(x)).join(', ')}` : ''),
+      (sp.cycles ? `; the 10 checkpoints took ${sp.checkpointMs.map((x: number) => fmtMs(x)).join(', ')}${slowestCycle(sp)}` : ''),
     m.layout === 'logged' && inPlace ? '≤ 1.5x in place' : '',
     m.layout === 'logged' && inPlace ? sp.poolUsedBytes / lr / inPlace <= 1.5 : null,
   );

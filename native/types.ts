@@ -114,6 +114,13 @@ export interface OpenInfo {
    * and with PMEMPS_LOG_PWRITE=0.
    */
   logPwrite: boolean;
+  /**
+   * Logged pools off PMEM: a write-back's slot (16 bytes on a random page of
+   * the rows) is written with pwrite rather than stored through the mapping,
+   * which faults on a page a sync cleaned (docs/design.md, "Slot writes with
+   * pwrite"). False where logPwrite is, and with PMEMPS_SLOT_PWRITE=0.
+   */
+  slotPwrite: boolean;
   /** The record given to the last close(), when that close was clean; else null. */
   closeRecord: Buffer | null;
 }

@@ -71,6 +71,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
       replayedRecords: oi.replayedRecords,
       replayWrites: oi.replayWrites,
       logPwrite: oi.logPwrite,
+      slotPwrite: oi.slotPwrite,
       committed: oi.committed,
       prepared: oi.prepared,
       incarnation: shard.incarnation,

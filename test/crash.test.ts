@@ -312,8 +312,9 @@ describe('crash consistency after a power cut (msync path)', { concurrency: JOBS
         // The cut lost slot pages, so some slots did not hold their record.
         assert.ok(e.openInfo.replayWrites > 0, `no slot rewritten: ${JSON.stringify(e.openInfo)}`);
         assert.ok(e.openInfo.replayWrites <= e.openInfo.replayedRecords);
-        // The generations wrote the log as this open does: with pwrite (a power cut drops what no msync covered, either way).
+        // The generations wrote the log and the slots as this open does: with pwrite (a power cut drops what no msync covered, either way).
         assert.equal(e.openInfo.logPwrite, true);
+        assert.equal(e.openInfo.slotPwrite, true);
         await expectSame(e, ref, { id: 2, s: 12 }, 'after the power cut');
       } finally {
         await e.close();

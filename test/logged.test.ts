@@ -37,41 +37,57 @@ describe('the logged layout', () => {
     );
   });
 
-  it('writes its log with pwrite off PMEM, or through the mapping with PMEMPS_LOG_PWRITE=0: either reads what the other wrote', async () => {
-    const dir = pool('pwrite');
+  // Opens one pool three times, the variable on, off and on again: each
+  // open reads what the one before wrote, pushes rounds that a 1 MiB cache
+  // mostly evicts (written back through the log and the slots), and
+  // checkpoints, matching a DRAM-only engine given the same pushes.
+  async function writesEitherWay(name: string, variable: string, flag: 'logPwrite' | 'slotPwrite', seed: number): Promise<void> {
+    const dir = pool(name);
     const ref = Engine.open({ memoryOnly: true });
     ref.createTable(SGD);
-    const rng = prng(17);
-    const keys = keysOf(0, 3000);
+    const rng = prng(seed);
+    const N = 20000;
+    const keys = keysOf(0, N);
     try {
       for (const mode of ['1', '0', '1']) {
-        process.env.PMEMPS_LOG_PWRITE = mode;
-        // A 1 MiB cache: most of each round's pushes are evicted, written back through the log.
+        process.env[variable] = mode;
         const e = Engine.open({ dir, poolMb: 64, cacheMb: 1, layout: 'logged' });
         try {
-          assert.equal(e.openInfo.logPwrite, mode === '1');
+          assert.equal(e.openInfo[flag], mode === '1');
           e.createTable(SGD);
-          assert.ok((await e.pull('emb', keys)).equals(await ref.pull('emb', keys)), `the rows as written before this open (PMEMPS_LOG_PWRITE=${mode})`);
-          const g = randomGrads(rng, 3000 * 16);
-          await e.push('emb', keys, g);
-          await ref.push('emb', keys, g);
+          assert.ok((await e.pull('emb', keys)).equals(await ref.pull('emb', keys)), `the rows as written before this open (${variable}=${mode})`);
+          for (let r = 0; r < 3; r++) {
+            const g = randomGrads(rng, N * 16);
+            await e.push('emb', keys, g);
+            await ref.push('emb', keys, g);
+          }
           const id = (e.stats().committed ?? 0) + 1;
           await e.prepare(id);
           await e.commit(id);
-          assert.ok(e.stats().writebacks > 0);
+          // More write-backs than rows: evictions during the pushes, then the checkpoint's.
+          assert.ok(e.stats().writebacks > N, `${e.stats().writebacks} write-backs`);
           assert.ok((await e.pull('emb', keys)).equals(await ref.pull('emb', keys)));
         } finally {
           await e.close();
         }
       }
     } finally {
-      delete process.env.PMEMPS_LOG_PWRITE;
+      delete process.env[variable];
       await ref.close();
     }
-    const inplace = Engine.open({ dir: pool('pwrite-inplace'), poolMb: 32, cacheMb: 2 });
-    assert.equal(inplace.openInfo.logPwrite, false, 'an in-place pool has no log');
+    const again = Engine.open({ dir, poolMb: 64, cacheMb: 1 });
+    assert.deepEqual(again.fullCheck().problems, [], 'every slot names a record of its row and version');
+    await again.close();
+    const inplace = Engine.open({ dir: pool(`${name}-inplace`), poolMb: 32, cacheMb: 2 });
+    assert.equal(inplace.openInfo[flag], false, 'an in-place pool has no log');
     await inplace.close();
-  });
+  }
+
+  it('writes its log with pwrite off PMEM, or through the mapping with PMEMPS_LOG_PWRITE=0: either reads what the other wrote', () =>
+    writesEitherWay('pwrite', 'PMEMPS_LOG_PWRITE', 'logPwrite', 17));
+
+  it('writes its slots with pwrite off PMEM, or with stores with PMEMPS_SLOT_PWRITE=0: either reads what the other wrote', () =>
+    writesEitherWay('slot-pwrite', 'PMEMPS_SLOT_PWRITE', 'slotPwrite', 23));
 
   it("reports where the last prepare's time went (stats().lastPrepare)", async () => {
     const e = Engine.open({ dir: pool('phases'), poolMb: 64, cacheMb: 8, layout: 'logged' });

@@ -269,6 +269,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       o.Set("replayedRecords", static_cast<double>(i.replayed));
       o.Set("replayWrites", static_cast<double>(i.replay_writes));
       o.Set("logPwrite", i.log_pwrite);
+      o.Set("slotPwrite", i.slot_pwrite);
       o.Set("closeRecord",
             i.clean_close ? Napi::Buffer<char>::Copy(info.Env(), i.close_record.data(), i.close_record.size()).As<Napi::Value>() : info.Env().Null());
       return o;

@@ -251,7 +251,7 @@ bool Engine::compact_segment(uint64_t seg_off) {
       LoggedSlot* ls = reinterpret_cast<LoggedSlot*>(slot_hdr(*m.t, row_ptr(*m.t, m.ref), m.slot));
       // A write-back since may have reused the slot for a newer version.
       if (ls->off != m.from || ls->h.epoch != m.epoch) continue;
-      pool_->write(&ls->off, &m.to, sizeof m.to);
+      pool_->write_slot(&ls->off, &m.to, sizeof m.to);
       pool_->drain();
     }
   }

@@ -190,6 +190,7 @@ void Engine::open_pool() {
   info_.layout = layout_;
   if (layout_ == kLayoutLogged) vlog_ = std::make_unique<VLog>(*pool_, root_->vlog_off, &tx_mu_);
   info_.log_pwrite = vlog_ && pool_->writes_file();
+  info_.slot_pwrite = vlog_ && pool_->writes_slots();
 
   DeadRange* dr = pool_->at<DeadRange>(root_->dead_off);
   dead_.assign(dr, dr + root_->dead_count);

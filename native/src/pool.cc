@@ -184,6 +184,8 @@ void Pool::open_file_writes() {
     return;
   }
   file_fd_ = fd;
+  const char* sp = std::getenv("PMEMPS_SLOT_PWRITE");
+  slot_pwrite_ = !(sp && std::string(sp) == "0");
   if (const char* w = std::getenv("PMEMPS_LOG_WARM"); w && std::string(w) == "1") {
     warmer_ = std::make_unique<PageWarmer>(path_);
     if (!warmer_->ok()) warmer_.reset();

@@ -87,6 +87,24 @@ class Pool {
   // PMEMPS_LOG_PWRITE=0, an I/O error), so it never fails.
   void write_file(void* dst, const void* src, size_t n);
   bool writes_file() const { return file_fd_ >= 0; }
+  bool writes_slots() const { return slot_pwrite_; }
+  // write_lazy, made with pwrite on the msync path (PMEMPS_SLOT_PWRITE=0:
+  // stores). The slots' small writes land on random pages that a sync
+  // cleaned and write-protected: a store there faults into the filesystem
+  // (13 us a slot here), a pwrite dirties the page without touching the
+  // mapping (2.2 us; BENCHMARKS.md, "Slot writes with pwrite").
+  void write_lazy_file(void* dst, const void* src, size_t n) {
+    if (!slot_pwrite_) return write_lazy(dst, src, n);
+    write_file(dst, src, n);
+    lazy_.add(dst, n);
+  }
+  // write, made with pwrite where write_lazy_file uses it (compaction's
+  // repoints of slots, synced before their segment is freed).
+  void write_slot(void* dst, const void* src, size_t n) {
+    if (!slot_pwrite_) return write(dst, src, n);
+    write_file(dst, src, n);
+    add_range(dst, n);
+  }
   // msync path with file writes and PMEMPS_LOG_WARM=1: reads n bytes at p
   // into the page cache in the background, ahead of their writes
   // (page_warmer.h); else nothing. Off by default: docs/design.md.
@@ -138,6 +156,7 @@ class Pool {
   std::string dir_, path_;
   int lock_fd_ = -1;
   int file_fd_ = -1;                    // msync path: the pool's file, for write_file
+  bool slot_pwrite_ = false;            // write_lazy_file uses it
   std::unique_ptr<PageWarmer> warmer_;  // msync path with file writes
   PMEMobjpool* pop_ = nullptr;
   PRoot* root_ = nullptr;
