@@ -66,7 +66,7 @@ struct OpenInfo {
   uint32_t layout = kLayoutInPlace;
   uint64_t replayed = 0;       // logged pools: log records read after the slots' mark (engine_mark.cc)
   bool log_pwrite = false;     // logged, msync path: the log is written with pwrite (Pool::write_file)
-  bool slot_pwrite = false;    // logged, msync path: slots are written with pwrite (Pool::write_lazy_file)
+  bool slot_pwrite = false;    // logged, msync path: slots are written with pwrite (Pool::copy_slot)
   uint64_t replay_writes = 0;  // of them, slots that did not hold their record yet
   std::string close_record;    // given to the last close(); empty unless clean_close
 };

@@ -198,7 +198,7 @@ void Engine::write_back(Table& t, Entry* e, VLog::Reservation* res) {
           Slot& w = *static_cast<Slot*>(c);
           failpoint("writeback.after_append");
           w.v.off = off;
-          w.en->pool_->write_lazy_file(w.at, &w.v, sizeof w.v);
+          w.en->pool_->write_lazy(w.at, &w.v, sizeof w.v);
         },
         &w);
     return;
@@ -268,7 +268,7 @@ void Engine::write_back_many(Entry* const* es, size_t n, VLog::Reservation* res,
         if (x.timed && i == 0) x.first = Clock::now();
         Item& it = items[i];
         it.v.off = off;
-        x.en->pool_->write_lazy_file(it.at, &it.v, sizeof it.v);
+        x.en->pool_->write_lazy(it.at, &it.v, sizeof it.v);
       },
       &ctx, through_file);
   if (through_file)

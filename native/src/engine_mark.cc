@@ -162,10 +162,10 @@ uint64_t Engine::replay_log() {
         if ((r.tag & kTagCopy) && (ls->h.epoch != r.epoch || ls->h.step != r.step)) continue;
         const LoggedSlot v{{r.epoch, r.step}, r.off};
         // After a kill -9 the page cache kept the slot writes, so most
-        // slots already hold their record: a store would only dirty a
+        // slots already hold their record: a write would only dirty a
         // random page (~20-100 us a page on ext4, BENCHMARKS.md).
         if (std::memcmp(ls, &v, sizeof v) == 0) continue;
-        pool_->write_lazy_file(ls, &v, sizeof v);
+        pool_->write_lazy(ls, &v, sizeof v);
         rewritten.fetch_add(1, std::memory_order_relaxed);
       }
       pool_->drain();  // PMEM: a thread's drain orders only its own flushes

@@ -69,13 +69,20 @@ class Pool {
   }
   // A write whose durability can wait (the slots of logged pools, which
   // open can rebuild from the version log: engine_mark.cc). PMEM: as
-  // write(); msync path: joins a second envelope, synced only by
-  // persist_lazy(), so that a checkpoint's sync does not write back the
-  // random pages these writes dirty.
+  // write(); msync path: a slot's copy (copy_slot), joining a second
+  // envelope, synced only by persist_lazy(), so that a checkpoint's sync
+  // does not write back the random pages these writes dirty.
   void write_lazy(void* dst, const void* src, size_t n) {
     if (is_pmem_) return write(dst, src, n);
-    std::memcpy(dst, src, n);
+    copy_slot(dst, src, n);
     lazy_.add(dst, n);
+  }
+  // As write() (the next persist_ranges makes it durable), copied as a slot
+  // is (copy_slot): compaction's repoints of slots.
+  void write_slot(void* dst, const void* src, size_t n) {
+    if (is_pmem_) return write(dst, src, n);
+    copy_slot(dst, src, n);
+    add_range(dst, n);
   }
   // msync path: copies n bytes to dst in the pool with pwrite on the pool's
   // file, whose pages then need no fault each (a store into a fresh mapped
@@ -88,23 +95,6 @@ class Pool {
   void write_file(void* dst, const void* src, size_t n);
   bool writes_file() const { return file_fd_ >= 0; }
   bool writes_slots() const { return slot_pwrite_; }
-  // write_lazy, made with pwrite on the msync path (PMEMPS_SLOT_PWRITE=0:
-  // stores). The slots' small writes land on random pages that a sync
-  // cleaned and write-protected: a store there faults into the filesystem
-  // (13 us a slot here), a pwrite dirties the page without touching the
-  // mapping (2.2 us; BENCHMARKS.md, "Slot writes with pwrite").
-  void write_lazy_file(void* dst, const void* src, size_t n) {
-    if (!slot_pwrite_) return write_lazy(dst, src, n);
-    write_file(dst, src, n);
-    lazy_.add(dst, n);
-  }
-  // write, made with pwrite where write_lazy_file uses it (compaction's
-  // repoints of slots, synced before their segment is freed).
-  void write_slot(void* dst, const void* src, size_t n) {
-    if (!slot_pwrite_) return write(dst, src, n);
-    write_file(dst, src, n);
-    add_range(dst, n);
-  }
   // msync path with file writes and PMEMPS_LOG_WARM=1: reads n bytes at p
   // into the page cache in the background, ahead of their writes
   // (page_warmer.h); else nothing. Off by default: docs/design.md.
@@ -152,11 +142,20 @@ class Pool {
  private:
   void upgrade_root();
   void open_file_writes();
+  // msync path: a slot's small write lands on a random page that a sync
+  // cleaned and write-protected, where a store faults into the filesystem
+  // (13 us a slot here) and a pwrite dirties the page without touching the
+  // mapping (2.2 us; BENCHMARKS.md, "Slot writes with pwrite"). So it is a
+  // write_file, or a store with PMEMPS_SLOT_PWRITE=0 or no file writes.
+  void copy_slot(void* dst, const void* src, size_t n) {
+    if (slot_pwrite_) return write_file(dst, src, n);
+    std::memcpy(dst, src, n);
+  }
 
   std::string dir_, path_;
   int lock_fd_ = -1;
   int file_fd_ = -1;                    // msync path: the pool's file, for write_file
-  bool slot_pwrite_ = false;            // write_lazy_file uses it
+  bool slot_pwrite_ = false;            // copy_slot uses write_file
   std::unique_ptr<PageWarmer> warmer_;  // msync path with file writes
   PMEMobjpool* pop_ = nullptr;
   PRoot* root_ = nullptr;
