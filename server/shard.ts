@@ -18,7 +18,7 @@
 //    raised the ballot is never overtaken by an older coordinator's call.
 //  * lineage changes exactly when the state stops being the continuation of
 //    what was acknowledged: a start after a crash, and a restore.
-import { createHash, randomInt } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import {
   Engine,
   EngineError,
@@ -35,6 +35,7 @@ import { shardOfDense } from '../worker/shard';
 import { DenseStore, type DenseShape } from './dense';
 import { ExactlyOnce, MAX_SEQ_AHEAD_US } from './exactly-once';
 import { ServerError } from './errors';
+import { prepareDigest } from './prepare-digest';
 import { log } from './log';
 
 export interface ShardOptions {
@@ -130,18 +131,6 @@ export interface CheckpointState {
   ballot: number;
   /** RaiseBallot only: the ballot before the call. */
   previous?: number;
-}
-
-/** What tells a PREPARE's retry from another PREPARE of the same id: a hash of its metadata and dense tensors. */
-function prepareDigest(meta: Buffer, dense: Map<string, Float32Array>): string {
-  const h = createHash('sha256').update(meta);
-  for (const [name, v] of dense) {
-    const n = Buffer.from(name);
-    h.update(Buffer.from(Uint32Array.of(n.length, v.length).buffer))
-      .update(n)
-      .update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-  }
-  return h.digest('hex');
 }
 
 /** A committed checkpoint as the trainer gave it: its id, its metadata and its dense tensors. */
@@ -343,7 +332,7 @@ export class Shard {
           );
         // A retry carries what the first PREPARE carried; other content under
         // the same ballot is a second persist of one coordinator at once.
-        if (by?.digest !== undefined && by.digest !== prepareDigest(meta, dense))
+        if (by?.digest !== undefined && by.digest !== (await prepareDigest(meta, dense)))
           throw new ServerError(
             'FAILED_PRECONDITION',
             `checkpoint ${id} is prepared here with other content under the same ballot (two persists at once from one coordinator?); abort it and prepare a new id`,
@@ -372,7 +361,7 @@ export class Shard {
         this.gate = null;
         open();
         await done;
-        this.preparedBy = { id, ballot, digest: prepareDigest(meta, dense) };
+        this.preparedBy = { id, ballot, digest: await prepareDigest(meta, dense) };
       } finally {
         if (this.gate) {
           this.gate = null;

@@ -3,6 +3,7 @@
 // speak the wire contract itself.
 import { after, before, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { Engine } from '../native/engine';
@@ -10,6 +11,7 @@ import { parameterServerService } from '../proto/load';
 import { CoordinatorSupersededError, IdentityMismatchError, PsClient, PsError, ServerRestartedError, shardOfDense, shardOfKey, shardsOf } from '../worker';
 import { PLAN, TABLE, allKeys, biasAt, clusterDigest, referenceDigest, runWorker, type Plan } from './cluster.lib';
 import { poolDirs, prng } from './helpers';
+import { DIGEST_PIECE, prepareDigest } from '../server/prepare-digest';
 
 const dirs = poolDirs(after);
 type Call = PsClient['shards'][number]['call'];
@@ -992,4 +994,37 @@ describe('after a crash', () => {
       await c.stop();
     }
   });
+});
+
+// The shard compares this digest to tell a PREPARE's retry from other
+// content; hashing hundreds of MiB of dense at once held every call of the
+// shard behind it.
+test('the digest of a PREPARE hashes its dense a piece at a time, with turns of the event loop between, and equals the hash made at once', async () => {
+  const next = prng(0xd16e57);
+  const big = new Float32Array((3 * DIGEST_PIECE) / 4 + 5); // three pieces and a bit
+  for (let i = 0; i < big.length; i++) big[i] = next() - 0.5;
+  const dense = new Map([
+    ['emb.bias', Float32Array.of(1, 2, 3)],
+    ['mlp.w', big],
+  ]);
+  const meta = Buffer.from('step=7');
+  const whole = createHash('sha256').update(meta);
+  for (const [name, v] of dense) {
+    const n = Buffer.from(name);
+    whole
+      .update(Buffer.from(Uint32Array.of(n.length, v.length).buffer))
+      .update(n)
+      .update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  }
+  let turns = 0;
+  let hashing = true;
+  const turn = (): void => {
+    turns++;
+    if (hashing) setImmediate(turn);
+  };
+  setImmediate(turn);
+  const digest = await prepareDigest(meta, dense);
+  hashing = false;
+  assert.equal(digest, whole.digest('hex'));
+  assert.ok(turns >= 3, `the event loop turned ${turns} times while 3 pieces and a bit were hashed`);
 });
