@@ -22,7 +22,8 @@
 //    (the rule of write_back), whatever part of it reached the media.
 //  * Replay writes a slot whole (a torn 16 bytes is repaired), whatever
 //    the record's epoch; it is idempotent, so a crash during it only
-//    repeats it, and open moves the mark past what it replayed.
+//    repeats it; open leaves the mark where it was (the next advance
+//    syncs the replayed slots and moves it).
 //  * A compaction copy (kTagCopy) is replayed only into a slot that still
 //    holds the copied version ({epoch, step}): a write-back that overtook
 //    the copy keeps its own.

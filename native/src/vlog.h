@@ -2,22 +2,23 @@
 // pools on non-DAX media (docs/design.md, "Writing back on a disk"). Row
 // versions are appended as records to segments (whole pool chunks), so a
 // checkpoint's write-back is one sequential write per segment instead of a
-// random page per row. A record is named by its pool offset; sorted runs
-// (runs.h) map rows to those offsets.
+// random page per row. A record is named by its pool offset, which a
+// row's slot holds; the records after the mark are the slots' journal
+// (engine_mark.cc).
 //
 // Invariants:
 //  * PVLog changes only inside transactions, with its checksum. Segments
 //    are listed in append order; `tail` (segment index, byte offset) is the
-//    published end of the log: every record a published run may name lies
+//    published end of the log: every record a durable slot may name lies
 //    before it.
 //  * A record is {header, values}; its crc32c covers both (the crc field
-//    as 0). Nothing in a record is ever overwritten while a published run
-//    names it; bytes past the published tail are garbage that the next
+//    as 0). Nothing in a record is ever overwritten while a slot may name
+//    it (compaction frees a segment only after repointing its live slots); bytes past the published tail are garbage that the next
 //    appends overwrite, so a crash after an append needs no repair: a
 //    restart resumes appending at the published tail.
 //  * sync() makes every record appended so far durable; the caller syncs
-//    before the transaction that publishes runs naming them and the tail
-//    (publish_tail, in that same transaction).
+//    before the transaction that publishes the tail (publish_tail), and a
+//    checkpoint's publish names a tail past every record it needs.
 //  * Appends, reservations, syncs and the tail's publish are safe from any
 //    thread (mu_); read() runs concurrently with appends to other records.
 //    An append takes its place under mu_ and copies outside it; sync()
