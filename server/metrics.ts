@@ -187,6 +187,24 @@ export class Metrics implements ServiceMetrics {
     new Gauge({ name: 'pmemps_pool_bytes', help: 'Size of the libpmemobj pool', registers, collect: stat((s) => s.stats.poolBytes) });
     new Gauge({ name: 'pmemps_pool_used_bytes', help: 'Bytes of the pool allocated', registers, collect: stat((s) => s.stats.poolUsedBytes) });
     new Gauge({
+      name: 'pmemps_log_bytes',
+      help: "Pool bytes held by the version log's segments (logged pools; 0 in place); compaction works it down toward twice the rows' records plus four segments",
+      registers,
+      collect: stat((s) => s.stats.logBytes),
+    });
+    new Counter({
+      name: 'pmemps_log_segments_freed_total',
+      help: 'Version log segments compaction freed since the start',
+      registers,
+      collect: engineCounter((s) => s.stats.logSegmentsFreed),
+    });
+    new Counter({
+      name: 'pmemps_log_copied_bytes_total',
+      help: 'Bytes of live row versions compaction copied forward since the start (what reclaiming the rest cost)',
+      registers,
+      collect: engineCounter((s) => s.stats.logBytesCopied),
+    });
+    new Gauge({
       name: 'pmemps_pool_copy_room_bytes',
       help: 'Free pool bytes reserved for copies of rows a checkpoint has yet to write (PMEM only); given back when the pool fills',
       registers,

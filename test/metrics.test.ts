@@ -28,7 +28,7 @@ interface Running {
 }
 
 /** Starts pserver on port 0 with metrics on port 0; resolves with both ports once it serves (from its JSON log). */
-function startPserver(dir: string): Promise<Running> {
+function startPserver(dir: string, extra: string[] = []): Promise<Running> {
   const proc = spawn(
     process.execPath,
     [
@@ -45,6 +45,7 @@ function startPserver(dir: string): Promise<Running> {
       String(CACHE_MB),
       '--log-level',
       'info',
+      ...extra,
     ],
     { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', PMEMPS_LOG_PRETTY: '0' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
@@ -281,6 +282,48 @@ describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {
     srv.proc.kill('SIGTERM');
     assert.equal(await srv.exit, 0);
     await assert.rejects(get(srv.metricsPort, '/metrics'), { code: 'ECONNREFUSED' });
+  });
+});
+
+describe("a logged pool's version log in the metrics", () => {
+  const srvForLog = {} as { inPlace: Running; logged: Running };
+  before(async () => {
+    srvForLog.inPlace = await startPserver(path.join(dirOf('metrics-inplace'), 'pool'), ['--pool-layout', 'inplace']);
+    srvForLog.logged = await startPserver(path.join(dirOf('metrics-logged'), 'pool'), ['--pool-layout', 'logged']);
+  });
+  after(async () => {
+    for (const r of [srvForLog.inPlace, srvForLog.logged])
+      if (r && r.proc.exitCode === null) {
+        r.proc.kill('SIGTERM');
+        await r.exit;
+      }
+  });
+  test('pmemps_log_bytes is the log of a logged pool (0 in place), and compaction has its two counters', async () => {
+    const inPlace = await scrape(srvForLog.inPlace.metricsPort);
+    const logged = await scrape(srvForLog.logged.metricsPort);
+    assert.equal(v(inPlace, 'pmemps_log_bytes'), 0, 'an in-place pool has no log');
+    const ps = await PsClient.connect({ endpoints: [`127.0.0.1:${srvForLog.logged.port}`] });
+    try {
+      await ps.createTable({ name: 'l', dim: 16, seed: 3, optimizer: { type: 'adagrad', lr: 0.1 }, initializer: { type: 'zeros' } });
+      const rand = prng(0x109);
+      const keys = BigUint64Array.from({ length: 2000 }, (_, i) => BigInt(i * 7 + 1));
+      await ps.push(
+        'l',
+        keys,
+        Float32Array.from({ length: keys.length * 16 }, () => rand() - 0.5),
+      );
+      await ps.persist({ step: 1 });
+    } finally {
+      ps.close();
+    }
+    const after = await scrape(srvForLog.logged.metricsPort);
+    const log = v(after, 'pmemps_log_bytes');
+    // The checkpoint wrote 2,000 records of 16 weights and 16 Adagrad sums into the log's segments.
+    assert.ok(log >= 2000 * 32 * 4, `pmemps_log_bytes ${log} holds the checkpoint's records`);
+    assert.ok(log <= v(after, 'pmemps_pool_used_bytes'), 'within the pool');
+    assert.ok(v(logged, 'pmemps_log_bytes') < log, 'grew with the checkpoint');
+    for (const name of ['pmemps_log_segments_freed_total', 'pmemps_log_copied_bytes_total'])
+      assert.ok(after.has(key(name)) && v(after, name) >= 0, `${name} is exported`);
   });
 });
 
