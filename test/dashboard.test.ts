@@ -199,6 +199,8 @@ describe('Grafana dashboard', () => {
       'pmemps_checkpoint_committed_id',
       'pmemps_checkpoint_push_wait_max_seconds',
       'pmemps_checkpoint_last_prepare_seconds',
+      'pmemps_log_bytes',
+      'pmemps_log_copied_bytes_total',
       'pmemps_duplicate_pushes_total',
       'pmemps_needs_restore',
       'pmemps_process_cpu_seconds_total',
