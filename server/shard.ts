@@ -35,8 +35,8 @@ import { shardOfDense } from '../worker/shard';
 import { DenseStore, type DenseShape } from './dense';
 import { ExactlyOnce, MAX_SEQ_AHEAD_US } from './exactly-once';
 import { ServerError } from './errors';
-import { prepareDigest } from './prepare-digest';
 import { log } from './log';
+import { prepareDigest } from './prepare-digest';
 
 export interface ShardOptions {
   dir: string;

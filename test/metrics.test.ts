@@ -63,6 +63,13 @@ function startPserver(dir: string, extra: string[] = []): Promise<Running> {
   });
 }
 
+/** Stops a pserver startPserver started, unless it already exited. */
+async function stopPserver(r: Running | undefined): Promise<void> {
+  if (!r || r.proc.exitCode !== null) return;
+  r.proc.kill('SIGTERM');
+  await r.exit;
+}
+
 /** Runs pserver with these arguments to its exit: code and stderr. */
 function runPserver(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stderr: string }> {
   const proc = spawn(process.execPath, [PSERVER, ...args], { env: { ...process.env, PMEM_IS_PMEM_FORCE: '1', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -173,10 +180,7 @@ describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {
   after(async () => {
     raw?.close();
     ps?.close();
-    if (srv && srv.proc.exitCode === null) {
-      srv.proc.kill('SIGTERM');
-      await srv.exit;
-    }
+    await stopPserver(srv);
   });
 
   test('row counters and call counts move by exactly the workload; a refused call counts under its code and moves no rows', async () => {
@@ -292,11 +296,8 @@ describe("a logged pool's version log in the metrics", () => {
     srvForLog.logged = await startPserver(path.join(dirOf('metrics-logged'), 'pool'), ['--pool-layout', 'logged']);
   });
   after(async () => {
-    for (const r of [srvForLog.inPlace, srvForLog.logged])
-      if (r && r.proc.exitCode === null) {
-        r.proc.kill('SIGTERM');
-        await r.exit;
-      }
+    await stopPserver(srvForLog.inPlace);
+    await stopPserver(srvForLog.logged);
   });
   test('pmemps_log_bytes is the log of a logged pool (0 in place), and compaction has its two counters', async () => {
     const inPlace = await scrape(srvForLog.inPlace.metricsPort);

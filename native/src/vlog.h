@@ -13,7 +13,8 @@
 //    before it.
 //  * A record is {header, values}; its crc32c covers both (the crc field
 //    as 0). Nothing in a record is ever overwritten while a slot may name
-//    it (compaction frees a segment only after repointing its live slots); bytes past the published tail are garbage that the next
+//    it (compaction frees a segment only after repointing its live
+//    slots); bytes past the published tail are garbage that the next
 //    appends overwrite, so a crash after an append needs no repair: a
 //    restart resumes appending at the published tail.
 //  * sync() makes every record appended so far durable; the caller syncs
