@@ -694,6 +694,7 @@ function renderRestarts(m: Medium, smallRows: number, smallRestart: RestartResul
     );
     notes.push(
       `phase 5 (${ml}, ${fmtRows(n)} rows): JS heap used ${fmtBytes(mm.heapUsed)}, external ${fmtBytes(mm.external)} (array buffers ${fmtBytes(mm.arrayBuffers)})${mm.gcRan ? ' after a forced GC' : ''}; ` +
+        `pull buffers kept for reuse 100 ms after it ${fmtBytes(mm.keptBytes ?? 0)}, given back ${fmtMs(mm.keptWaitMs ?? 0)} later, before the Rss was read; ` +
         `working-set pulls ran at ${fmtRate(mm.pullRowsPerSec)} from a cold cache`,
     );
     if (mm.poolMappings === 0) notes.push(`phase 5 (${ml}, ${fmtRows(n)} rows): no mapping of a file in the pool directory was found in /proc/self/smaps`);

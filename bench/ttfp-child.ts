@@ -108,7 +108,7 @@ async function writer(cfg: WriterConfig): Promise<never> {
 async function reader(cfg: ReaderConfig): Promise<void> {
   const tStart = performance.now();
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded after the failpoint environment is set
-  const { Engine }: typeof import('../native/engine') = require('../native/engine');
+  const { Engine, rowBufferStats }: typeof import('../native/engine') = require('../native/engine');
   const tLoaded = performance.now();
   const e = Engine.open({ dir: cfg.dir, poolMb: cfg.poolMb, cacheMb: cfg.cacheMb });
   const tOpened = performance.now();
@@ -150,6 +150,13 @@ async function reader(cfg: ReaderConfig): Promise<void> {
     const g = (globalThis as { gc?: () => void }).gc;
     if (g) g();
     await new Promise((r) => setTimeout(r, 100));
+    // The pull buffers the addon keeps for reuse are given back after about
+    // a second unused: the Rss below is the idle process's, and the row says
+    // how much was kept a moment after the pulls.
+    const keptBytes = rowBufferStats().keptBytes;
+    const k0 = performance.now();
+    while (rowBufferStats().keptBytes > 0 && performance.now() - k0 < 5000) await new Promise((r) => setTimeout(r, 50));
+    const keptWaitMs = performance.now() - k0;
     const s = e.stats();
     const rss = smapsRss(pool);
     const mu = process.memoryUsage();
@@ -168,6 +175,8 @@ async function reader(cfg: ReaderConfig): Promise<void> {
       external: mu.external,
       arrayBuffers: mu.arrayBuffers,
       gcRan: !!g,
+      keptBytes,
+      keptWaitMs,
     });
   }
   await e.close();

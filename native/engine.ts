@@ -45,6 +45,16 @@ export function failpoints(): string[] {
   return [...(addon.failpoints as string[])];
 }
 
+/**
+ * The buffers of pulled rows the addon maps (from 256 KiB) and keeps for
+ * reuse after V8 collects them: `keptBytes` held now, `maps` made since the
+ * process started. A steady stream of pulls maps none; kept buffers go back
+ * to the system after about a second unused.
+ */
+export function rowBufferStats(): { keptBytes: number; maps: number } {
+  return addon.rowBufferStats() as { keptBytes: number; maps: number };
+}
+
 /** Hyperparameter names of each optimizer, in the order the native code stores them, with defaults. */
 export const OPTIMIZER_PARAMS: Record<OptimizerType, ReadonlyArray<[string, number | boolean | undefined]>> = {
   sgd: [

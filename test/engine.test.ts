@@ -151,6 +151,23 @@ describe('pushes', () => {
   });
 });
 
+describe('pull buffers', () => {
+  it("are reused once V8 collects them, a collection's worth at a time, and given back when idle", () => {
+    // In a child: the addon's buffers are process-wide, and gc() needs --expose-gc.
+    const r = spawnSync(process.execPath, ['--expose-gc', path.join(__dirname, 'row-buffers.child.js'), pool('row-buffers')], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    const line = r.stdout.split('\n').find((l) => l.startsWith('@@RESULT '));
+    assert.ok(line, `the child printed no result (status ${r.status}): ${r.stderr}`);
+    const res = JSON.parse(line.slice('@@RESULT '.length));
+    assert.equal(res.firstMaps, 16, 'each of 16 held 1 MiB replies is a mapping of its own');
+    assert.ok(res.collectedMs >= 0, 'the 16 collected buffers were all kept (not 8 MiB of them)');
+    assert.equal(res.secondMaps, 0, 'the next 16 pulls fill kept buffers: no new mapping, no page faults');
+    assert.ok(res.idleMs >= 0, `kept buffers were given back after an idle spell (still ${res.keptBytes} bytes after 10 s)`);
+  });
+});
+
 describe('hyperparameters', () => {
   it('change on a live table and are kept by checkpoints', async () => {
     const dir = pool('hyper');

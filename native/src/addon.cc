@@ -6,8 +6,12 @@
 #include <napi.h>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -54,12 +58,26 @@ Napi::Float64Array f64(Napi::Env env, const double* p, size_t n) {
 
 // Buffers of pulled rows. A large one (1 MiB for 4,096 x dim 64, 16 MiB for
 // the SDK's largest chunk) is a mapping of its own, made on the pool thread
-// that fills it. Released, it is kept for reuse (up to kCacheBytes: a reused
-// buffer takes no page faults) or unmapped on a thread of its own — never on
-// the event loop, where an mmap or munmap would wait for the process's
-// address-space lock behind the page faults of the pulls running on the
-// pool (measured: up to 5 ms each), and never through malloc, whose arenas
-// would keep the pages of the pool threads' buffers after they are freed.
+// that fills it. Released, it is kept for reuse or unmapped on a thread of
+// its own — never on the event loop, where an mmap or munmap would wait for
+// the process's address-space lock behind the page faults of the pulls
+// running on the pool (measured: up to 5 ms each), and never through
+// malloc, whose arenas would keep the pages of the pool threads' buffers
+// after they are freed.
+//
+// Invariants:
+//  * A buffer is released only when V8 collects its Buffer, and V8
+//    collects young ArrayBuffers some 32 MiB at a time (proto/gc-headroom.ts):
+//    kept_ holds up to kCacheBytes, enough for one collection's worth of
+//    replies to be reused, so a pull in a steady stream fills pages that are
+//    already mapped (a fresh 1 MiB buffer costs 256 page faults, a fifth of
+//    a cached pull's CPU: BENCHMARKS.md, "Pull buffers kept for reuse").
+//  * A buffer is either referenced by JavaScript, kept, or queued for
+//    unmapping: reuse before mapping means the buffers mapped at once never
+//    exceed the most that JavaScript held at once.
+//  * Kept buffers go back to the system when idle: each kTrimPeriod, as
+//    many as sat unused through the whole period (the fewest kept_ held
+//    during it) are unmapped, the oldest first (alloc takes from the back).
 class RowBuffers {
  public:
   struct Buf {
@@ -67,9 +85,8 @@ class RowBuffers {
     size_t cap;  // bytes mapped (0: from malloc)
   };
   static constexpr size_t kMapBytes = 256 * 1024;
-  // Small against the memory bounds the transport keeps (idle + 64 MiB under
-  // abuse): enough for the 1 MiB replies of a training step to be reused.
-  static constexpr size_t kCacheBytes = 8 << 20;
+  static constexpr size_t kCacheBytes = 64 << 20;
+  static constexpr std::chrono::milliseconds kTrimPeriod{1000};
 
   /** On the pool thread. */
   static Buf alloc(size_t bytes) {
@@ -81,22 +98,31 @@ class RowBuffers {
     const size_t cap = round_up(bytes);
     RowBuffers& r = get();
     {
-      // The smallest kept buffer that fits, if it is not more than twice the need.
+      // The smallest kept buffer that fits, if it is not more than twice the
+      // need; of equals, the one released last.
       std::lock_guard<std::mutex> g(r.mu_);
       size_t best = r.kept_.size();
-      for (size_t i = 0; i < r.kept_.size(); i++)
+      for (size_t i = r.kept_.size(); i-- > 0;)
         if (r.kept_[i].cap >= cap && r.kept_[i].cap <= 2 * cap && (best == r.kept_.size() || r.kept_[i].cap < r.kept_[best].cap)) best = i;
       if (best < r.kept_.size()) {
         Buf b = r.kept_[best];
-        r.kept_[best] = r.kept_.back();
-        r.kept_.pop_back();
+        r.kept_.erase(r.kept_.begin() + static_cast<std::ptrdiff_t>(best));
         r.kept_bytes_ -= b.cap;
+        r.fewest_kept_ = std::min(r.fewest_kept_, r.kept_.size());
         return b;
       }
     }
     void* p = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
+    r.maps_.fetch_add(1, std::memory_order_relaxed);
     return {static_cast<uint8_t*>(p), cap};
+  }
+
+  /** What the tests and an operator's probe see: bytes kept now, buffers mapped since the start. */
+  static std::pair<size_t, uint64_t> stats() {
+    RowBuffers& r = get();
+    std::lock_guard<std::mutex> g(r.mu_);
+    return {r.kept_bytes_, r.maps_.load(std::memory_order_relaxed)};
   }
 
   /** From any thread (the event loop's finalizers): no system call on the caller's thread. */
@@ -110,11 +136,13 @@ class RowBuffers {
     {
       std::lock_guard<std::mutex> g(r.mu_);
       if (r.kept_bytes_ + b.cap <= kCacheBytes) {
+        const bool was_empty = r.kept_.empty();
         r.kept_.push_back(b);
         r.kept_bytes_ += b.cap;
-        return;
+        if (!was_empty) return;  // the thread already counts time toward a trim
+      } else {
+        r.unmap_.push_back(b);
       }
-      r.unmap_.push_back(b);
     }
     r.cv_.notify_one();
   }
@@ -129,12 +157,33 @@ class RowBuffers {
     std::thread([this] { run(); }).detach();
   }
   void run() {
+    using Clock = std::chrono::steady_clock;
     std::vector<Buf> batch;
+    Clock::time_point period_start = Clock::now();
     for (;;) {
       {
         std::unique_lock<std::mutex> g(mu_);
-        cv_.wait(g, [this] { return !unmap_.empty(); });
+        if (kept_.empty()) {
+          cv_.wait(g, [this] { return !unmap_.empty() || !kept_.empty(); });
+          if (unmap_.empty()) {
+            // Buffers kept again after an idle spell: a period starts now.
+            period_start = Clock::now();
+            fewest_kept_ = kept_.size();
+          }
+        } else {
+          cv_.wait_until(g, period_start + kTrimPeriod, [this] { return !unmap_.empty(); });
+        }
         batch.swap(unmap_);
+        if (Clock::now() >= period_start + kTrimPeriod) {
+          const size_t idle = std::min(fewest_kept_, kept_.size());
+          for (size_t i = 0; i < idle; i++) {
+            kept_bytes_ -= kept_[i].cap;
+            batch.push_back(kept_[i]);
+          }
+          kept_.erase(kept_.begin(), kept_.begin() + static_cast<std::ptrdiff_t>(idle));
+          fewest_kept_ = kept_.size();
+          period_start = Clock::now();
+        }
       }
       for (const Buf& b : batch) munmap(b.p, b.cap);
       batch.clear();
@@ -142,9 +191,11 @@ class RowBuffers {
   }
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<Buf> kept_;
+  std::vector<Buf> kept_;  // oldest first
   size_t kept_bytes_ = 0;
+  size_t fewest_kept_ = 0;  // the fewest kept_ held since the period began
   std::vector<Buf> unmap_;
+  std::atomic<uint64_t> maps_{0};
 };
 
 // Runs fn on the thread pool; calls back (err) or (null, result of make).
@@ -651,6 +702,14 @@ Napi::Value CheckPoolFile(const Napi::CallbackInfo& info) {
   return o;
 }
 
+Napi::Value RowBufferStats(const Napi::CallbackInfo& info) {
+  const auto [kept, maps] = RowBuffers::stats();
+  auto o = Napi::Object::New(info.Env());
+  o.Set("keptBytes", static_cast<double>(kept));
+  o.Set("maps", static_cast<double>(maps));
+  return o;
+}
+
 Napi::Array names(Napi::Env env, const char* const* list, size_t n) {
   auto a = Napi::Array::New(env, n);
   for (size_t i = 0; i < n; i++) a.Set(static_cast<uint32_t>(i), list[i]);
@@ -668,6 +727,7 @@ Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("rowFloats", Napi::Function::New(env, RowFloats));
   exports.Set("initRow", Napi::Function::New(env, InitRow));
   exports.Set("applyUpdate", Napi::Function::New(env, ApplyUpdate));
+  exports.Set("rowBufferStats", Napi::Function::New(env, RowBufferStats));
   // The engine's own lists, so the TypeScript side and the tests read them
   // instead of copies (common.h, failpoints.h).
   exports.Set("errorCodes", names(env, kCodeNames, kCodeCount));
