@@ -447,55 +447,11 @@ float* row_tmp(uint32_t floats) {
 // data), so issuing the next rows' loads early overlaps them.
 constexpr size_t kPrefetchBucket = 16;
 constexpr size_t kPrefetchEntry = 8;
-constexpr size_t kPrefetchRow = 3;
 constexpr size_t kPrefetchSlots = 4;
 
-// Every cache line of [p, p + bytes): a push's whole entries.
 inline void prefetch_lines(const void* p, size_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-}
-
-// The same for the row a pull copies (bytes > 0), unrolled up to 8 lines (dim
-// 128): as a loop it was a fifth of a cached pull's instructions (177 -> 141
-// per row). Not used for a push's entries (10 lines at dim 64, Adagrad): there
-// the unrolled form cost 1.2-1.4x the push's CPU (bench/one-batch.ts, three
-// runs). Entries start 16 bytes apart, not on a line, so the last byte's
-// line is taken too.
-inline void prefetch_row(const float* p, size_t bytes) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const size_t n = (bytes + 63) / 64;
-  // Case k takes line n - k: falling through from case n takes 0, 1, ... n-1.
-  const char* e = c + 64 * n;
-  switch (n) {
-    default:
-      for (size_t o = 0; o < 64 * (n - 8); o += 64) __builtin_prefetch(c + o);
-      [[fallthrough]];
-    case 8:
-      __builtin_prefetch(e - 8 * 64);
-      [[fallthrough]];
-    case 7:
-      __builtin_prefetch(e - 7 * 64);
-      [[fallthrough]];
-    case 6:
-      __builtin_prefetch(e - 6 * 64);
-      [[fallthrough]];
-    case 5:
-      __builtin_prefetch(e - 5 * 64);
-      [[fallthrough]];
-    case 4:
-      __builtin_prefetch(e - 4 * 64);
-      [[fallthrough]];
-    case 3:
-      __builtin_prefetch(e - 3 * 64);
-      [[fallthrough]];
-    case 2:
-      __builtin_prefetch(e - 2 * 64);
-      [[fallthrough]];
-    case 1:
-      __builtin_prefetch(e - 64);
-  }
-  __builtin_prefetch(c + bytes - 1);
 }
 
 // Groups a batch by stripe (counting sort on the hash's top bits): counts
@@ -643,8 +599,6 @@ void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, 
   const size_t nbusy = by_stripe<kStripeBits>(hs, n, order, counts, busy);
   std::atomic<uint64_t> hits{0}, misses{0};
   Entry** ents = grab(sc.found, n);
-  // The bytes of a row a pull copies (the first pass read its entry's header).
-  const size_t rbytes = sizeof(float) * dim;
   helpers_->run(nbusy, [&](size_t b) {
     const int si = busy[b];
     Stripe& s = stripes_[si];
@@ -652,8 +606,13 @@ void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, 
     std::lock_guard<std::mutex> g(s.mu);
     std::shared_lock<RwLock> il;
     const size_t begin = counts[si], end = counts[si + 1];
-    // Two passes, each with loads issued a few keys ahead: first the
-    // entries (bucket, then the entry's first line), then the rows' bytes.
+    // Two passes: the first finds the entries, with loads issued a few keys
+    // ahead (bucket, then the entry's first line); the second copies the
+    // rows. Prefetching each row's lines a few keys ahead in the second pass
+    // (36 instructions a row) made no difference in time in four A/B runs of
+    // bench/one-batch.ts (without it: 0.96-1.01x the rows/s at one call in
+    // flight, 0.93-1.02x at eight), so it is not done. A push's prefetch of
+    // its entries does count: without it a push took 1.2-1.6x the CPU.
     for (size_t j = begin; j < end; j++) {
       if (j + kPrefetchBucket < end) __builtin_prefetch(s.bucket_of(hs[order[j + kPrefetchBucket]]));
       if (j + kPrefetchEntry < end) {
@@ -668,7 +627,6 @@ void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, 
     // looked up again.
     const uint64_t gen = s.generation();
     for (size_t j = begin; j < end; j++) {
-      if (j + kPrefetchRow < end && ents[j + kPrefetchRow]) prefetch_row(ents[j + kPrefetchRow]->data, rbytes);
       const uint32_t i = order[j];
       Entry* e = ents[j];
       if (!e || s.generation() != gen) e = s.find(t->idx, load_key(keys + 8 * i), hs[i]);
