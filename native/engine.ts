@@ -55,6 +55,17 @@ export function rowBufferStats(): { keptBytes: number; maps: number } {
   return addon.rowBufferStats() as { keptBytes: number; maps: number };
 }
 
+/**
+ * The working memory of pulls and pushes larger than the arrays each thread
+ * keeps between calls (8 MiB), which comes out of one budget for the process
+ * (PMEMPS_SCRATCH_MB, default 256): bytes held now, the most held at once,
+ * calls that waited for room, and the budget. A call larger than the whole
+ * budget runs alone.
+ */
+export function scratchStats(): { usedBytes: number; peakBytes: number; waits: number; budgetBytes: number } {
+  return addon.scratchStats() as { usedBytes: number; peakBytes: number; waits: number; budgetBytes: number };
+}
+
 /** Hyperparameter names of each optimizer, in the order the native code stores them, with defaults. */
 export const OPTIMIZER_PARAMS: Record<OptimizerType, ReadonlyArray<[string, number | boolean | undefined]>> = {
   sgd: [

@@ -168,6 +168,27 @@ describe('pull buffers', () => {
   });
 });
 
+describe('large calls', () => {
+  it('take their working memory from one budget: each waits until it fits beside the others or runs alone', () => {
+    // In a child: the budget is process-wide and read once from the environment.
+    const r = spawnSync(process.execPath, [path.join(__dirname, 'scratch-budget.child.js'), pool('scratch')], {
+      encoding: 'utf8',
+      timeout: 120_000,
+      env: { ...process.env, PMEMPS_SCRATCH_MB: '16' },
+    });
+    const line = r.stdout.split('\n').find((l) => l.startsWith('@@RESULT '));
+    assert.ok(line, `the child printed no result (status ${r.status}): ${r.stderr}`);
+    const res = JSON.parse(line.slice('@@RESULT '.length));
+    const MiB = 1024 * 1024;
+    assert.equal(res.before.budgetBytes, 16 * MiB);
+    assert.equal(res.wrong, 0, 'every push applied once');
+    // Each push of 300k keys x dim 8 needs ~30 MiB: more than the budget, so one at a time.
+    assert.ok(res.afterPush.peakBytes > 16 * MiB && res.afterPush.peakBytes < 32 * MiB, `one push at a time: peak ${res.afterPush.peakBytes}`);
+    assert.ok(res.afterPush.waits - res.before.waits >= 1, 'the pushes sent at once waited for each other');
+    assert.equal(res.afterPull.usedBytes, 0, 'every call gave its bytes back');
+  });
+});
+
 describe('hyperparameters', () => {
   it('change on a live table and are kept by checkpoints', async () => {
     const dir = pool('hyper');

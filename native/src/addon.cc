@@ -24,6 +24,7 @@
 #include "common.h"
 #include "engine.h"
 #include "layout.h"
+#include "scratch_budget.h"
 
 using namespace pmemps;
 
@@ -710,6 +711,16 @@ Napi::Value RowBufferStats(const Napi::CallbackInfo& info) {
   return o;
 }
 
+Napi::Value ScratchBudgetStats(const Napi::CallbackInfo& info) {
+  const ScratchStats st = ScratchBudget::get().stats();
+  auto o = Napi::Object::New(info.Env());
+  o.Set("usedBytes", static_cast<double>(st.used));
+  o.Set("peakBytes", static_cast<double>(st.peak));
+  o.Set("waits", static_cast<double>(st.waits));
+  o.Set("budgetBytes", static_cast<double>(st.budget));
+  return o;
+}
+
 Napi::Array names(Napi::Env env, const char* const* list, size_t n) {
   auto a = Napi::Array::New(env, n);
   for (size_t i = 0; i < n; i++) a.Set(static_cast<uint32_t>(i), list[i]);
@@ -728,6 +739,7 @@ Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("initRow", Napi::Function::New(env, InitRow));
   exports.Set("applyUpdate", Napi::Function::New(env, ApplyUpdate));
   exports.Set("rowBufferStats", Napi::Function::New(env, RowBufferStats));
+  exports.Set("scratchStats", Napi::Function::New(env, ScratchBudgetStats));
   // The engine's own lists, so the TypeScript side and the tests read them
   // instead of copies (common.h, failpoints.h).
   exports.Set("errorCodes", names(env, kCodeNames, kCodeCount));

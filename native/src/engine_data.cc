@@ -24,6 +24,7 @@
 #include <limits>
 
 #include "engine_impl.h"
+#include "scratch_budget.h"
 
 namespace pmemps {
 
@@ -416,6 +417,19 @@ struct CallScratch {
 };
 constexpr size_t kKeepScratchBytes = 8u << 20;
 
+// What a call's arrays come to beyond the per-thread ones (ScratchBudget):
+// a pull's hashes, order and entries; a push's distinct keys, hashes,
+// gradient pointers, order, records, entries, flags and slot table, its
+// summed duplicates (and a copy of unaligned gradients), and phase 1's
+// results, which are capped.
+size_t pull_scratch_bytes(size_t n) { return n * (sizeof(uint64_t) + sizeof(uint32_t) + sizeof(Entry*)); }
+size_t push_scratch_bytes(size_t n, uint32_t dim, bool unaligned, size_t results_cap) {
+  size_t cap = 16;
+  while (cap < 2 * n) cap <<= 1;
+  const size_t per_key = 3 * sizeof(uint64_t) + sizeof(uint32_t) + sizeof(uint64_t) + sizeof(Entry*) + 1;
+  return sizeof(uint32_t) * cap + n * per_key + sizeof(float) * n * dim * (unaligned ? 2 : 1) + results_cap;
+}
+
 CallScratch& call_scratch() {
   thread_local CallScratch s;
   return s;
@@ -585,6 +599,7 @@ void Engine::push(const std::string& name, const uint8_t* keys, size_t n, const 
 
 template <class Rows>
 void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, float* out, uint32_t expect_dim) {
+  ScratchHold scratch_hold(pull_scratch_bytes(n), kKeepScratchBytes);  // before any lock
   std::shared_lock<RwLock> el(epoch_mu_);
   Table* t = find_table(name);
   if (t->dim != expect_dim) fail(Code::NotFound, "table \"" + name + "\" changed while the pull was queued");
@@ -654,6 +669,9 @@ void Engine::pull_with(Rows rows, const std::string& name, const uint8_t* keys, 
 
 template <class Rows>
 void Engine::push_with(Rows rows, const std::string& name, const uint8_t* keys, size_t n, const uint8_t* grads_bytes, uint32_t expect_dim) {
+  // Before any lock, and before the push counts as running for the flusher.
+  ScratchHold scratch_hold(push_scratch_bytes(n, expect_dim, reinterpret_cast<uintptr_t>(grads_bytes) % alignof(float) != 0, kPushScratchBytes),
+                           kKeepScratchBytes);
   const uint64_t t0 = now_us();
   // Seen by the checkpoint's flusher, which stands aside while pushes run.
   pushes_running_.fetch_add(1, std::memory_order_relaxed);

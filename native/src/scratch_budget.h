@@ -1,0 +1,92 @@
+// The working memory of pulls and pushes too large for the arrays a thread
+// keeps between calls: one budget for the process.
+//
+// A call's arrays grow with its keys (a push ~61 bytes a key plus two
+// gradients' worth, a pull 20), outside the cache's budget. The arrays a
+// thread keeps between calls are bounded (kKeepScratchBytes in
+// engine_data.cc); a larger call allocates its own and frees them when it
+// ends. Four pushes of a 64 MiB message of dim-1 rows, one per thread of
+// the pool, would hold ~1.5 GB of such arrays at once beside the cache.
+//
+// Invariants:
+//  * A call that needs more than the kept arrays holds `need` bytes of the
+//    budget from before it allocates until after it frees; smaller calls
+//    take nothing (the common path takes no lock).
+//  * used() <= max(budget, the largest single need): a call waits until
+//    its need fits beside the others, or until it is alone, so one call
+//    larger than the whole budget still runs (it cannot be split without
+//    losing the push's all-or-nothing).
+//  * A call waits for the budget before it takes any engine lock, so a
+//    waiting call holds up no checkpoint or other call.
+#pragma once
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+
+namespace pmemps {
+
+struct ScratchStats {
+  uint64_t used, peak, waits, budget;
+};
+
+class ScratchBudget {
+ public:
+  static ScratchBudget& get() {
+    static ScratchBudget b;
+    return b;
+  }
+
+  void acquire(size_t need) {
+    std::unique_lock<std::mutex> g(mu_);
+    if (used_ > 0 && used_ + need > budget_) {
+      waits_++;
+      cv_.wait(g, [&] { return used_ == 0 || used_ + need <= budget_; });
+    }
+    used_ += need;
+    peak_ = std::max(peak_, used_);
+  }
+
+  void release(size_t need) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      used_ -= need;
+    }
+    cv_.notify_all();
+  }
+
+  ScratchStats stats() {
+    std::lock_guard<std::mutex> g(mu_);
+    return {used_, peak_, waits_, budget_};
+  }
+
+ private:
+  // PMEMPS_SCRATCH_MB (read once; default 256): for tests and operators.
+  ScratchBudget() {
+    const char* v = std::getenv("PMEMPS_SCRATCH_MB");
+    const unsigned long long mb = v ? std::strtoull(v, nullptr, 10) : 0;
+    budget_ = (mb ? mb : 256ull) << 20;
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t used_ = 0, peak_ = 0, waits_ = 0, budget_ = 0;
+};
+
+// Holds `need` bytes of the budget for its scope when need > keep.
+class ScratchHold {
+ public:
+  ScratchHold(size_t need, size_t keep) : need_(need > keep ? need : 0) {
+    if (need_) ScratchBudget::get().acquire(need_);
+  }
+  ~ScratchHold() {
+    if (need_) ScratchBudget::get().release(need_);
+  }
+  ScratchHold(const ScratchHold&) = delete;
+  ScratchHold& operator=(const ScratchHold&) = delete;
+
+ private:
+  size_t need_;
+};
+
+}  // namespace pmemps
