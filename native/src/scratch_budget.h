@@ -1,12 +1,14 @@
 // The working memory of pulls and pushes too large for the arrays a thread
 // keeps between calls: one budget for the process.
 //
-// A call's arrays grow with its keys (a push ~61 bytes a key plus two
-// gradients' worth, a pull 20), outside the cache's budget. The arrays a
+// A call's arrays grow with its keys (a push ~61 bytes a key plus its
+// gradients' size again, twice when they are unaligned; a pull 20), outside
+// the cache's budget. The arrays a
 // thread keeps between calls are bounded (kKeepScratchBytes in
 // engine_data.cc); a larger call allocates its own and frees them when it
 // ends. Four pushes of a 64 MiB message of dim-1 rows, one per thread of
-// the pool, would hold ~1.5 GB of such arrays at once beside the cache.
+// the pool, would hold ~1.4 GB of such arrays at once beside the cache
+// (estimated from the arrays' sizes).
 //
 // Invariants:
 //  * A call that needs more than the kept arrays holds `need` bytes of the
