@@ -164,7 +164,7 @@ describe('pull buffers', () => {
     assert.equal(res.firstMaps, 16, 'each of 16 held 1 MiB replies is a mapping of its own');
     assert.ok(res.collectedMs >= 0, 'the 16 collected buffers were all kept (not 8 MiB of them)');
     assert.equal(res.secondMaps, 0, 'the next 16 pulls fill kept buffers: no new mapping, no page faults');
-    assert.ok(res.idleMs >= 0, `kept buffers were given back after an idle spell (still ${res.keptBytes} bytes after 10 s)`);
+    assert.ok(res.idleMs >= 0, 'kept buffers were given back within 10 s of an idle spell');
   });
 });
 
@@ -182,8 +182,8 @@ describe('large calls', () => {
     const MiB = 1024 * 1024;
     assert.equal(res.before.budgetBytes, 16 * MiB);
     assert.equal(res.wrong, 0, 'every push applied once');
-    // Each push of 300k keys x dim 8 needs ~30 MiB: more than the budget, so one at a time.
-    assert.ok(res.afterPush.peakBytes > 16 * MiB && res.afterPush.peakBytes < 32 * MiB, `one push at a time: peak ${res.afterPush.peakBytes}`);
+    // Each push of 300k keys x dim 8 needs ~31 MiB: more than the budget, so one at a time (two would be ~62).
+    assert.ok(res.afterPush.peakBytes > 16 * MiB && res.afterPush.peakBytes < 48 * MiB, `one push at a time: peak ${res.afterPush.peakBytes}`);
     assert.ok(res.afterPush.waits - res.before.waits >= 1, 'the pushes sent at once waited for each other');
     assert.equal(res.afterPull.usedBytes, 0, 'every call gave its bytes back');
   });

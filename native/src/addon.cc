@@ -74,8 +74,10 @@ Napi::Float64Array f64(Napi::Env env, const double* p, size_t n) {
 //    already mapped (a fresh 1 MiB buffer costs 256 page faults, a fifth of
 //    a cached pull's CPU: BENCHMARKS.md, "Pull buffers kept for reuse").
 //  * A buffer is either referenced by JavaScript, kept, or queued for
-//    unmapping: reuse before mapping means the buffers mapped at once never
-//    exceed the most that JavaScript held at once.
+//    unmapping, and a kept one that fits is reused before any is mapped: the
+//    buffers mapped at once are at most what JavaScript holds plus
+//    kCacheBytes kept (plus any queued for unmapping). With replies of one
+//    size, never more than the most JavaScript held at once.
 //  * Kept buffers go back to the system when idle: each kTrimPeriod, as
 //    many as sat unused through the whole period (the fewest kept_ held
 //    during it) are unmapped, the oldest first (alloc takes from the back).

@@ -427,7 +427,9 @@ size_t push_scratch_bytes(size_t n, uint32_t dim, bool unaligned, size_t results
   size_t cap = 16;
   while (cap < 2 * n) cap <<= 1;
   const size_t per_key = 3 * sizeof(uint64_t) + sizeof(uint32_t) + sizeof(uint64_t) + sizeof(Entry*) + 1;
-  return sizeof(uint32_t) * cap + n * per_key + sizeof(float) * n * dim * (unaligned ? 2 : 1) + results_cap;
+  // Phase 1's results: at most results_cap of rows, and a step for each.
+  const size_t results = results_cap + sizeof(uint32_t) * std::min(n, results_cap / sizeof(float));
+  return sizeof(uint32_t) * cap + n * per_key + sizeof(float) * n * dim * (unaligned ? 2 : 1) + results;
 }
 
 CallScratch& call_scratch() {

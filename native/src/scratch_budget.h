@@ -18,8 +18,11 @@
 //    its need fits beside the others, or until it is alone, so one call
 //    larger than the whole budget still runs (it cannot be split without
 //    losing the push's all-or-nothing).
-//  * A call waits for the budget before it takes any engine lock, so a
-//    waiting call holds up no checkpoint or other call.
+//  * Calls take the budget in the order they arrive, so one larger than the
+//    whole budget waits only for the calls before it.
+//  * A call waits for the budget before it takes any engine lock, so it
+//    holds no lock another call or a checkpoint needs; it does occupy its
+//    thread of libuv's pool while it waits.
 #pragma once
 #include <algorithm>
 #include <condition_variable>
@@ -40,14 +43,21 @@ class ScratchBudget {
     return b;
   }
 
+  // In order of arrival: a call that would fit must not pass one that waits,
+  // or a call larger than the budget could wait for an idle moment forever.
   void acquire(size_t need) {
     std::unique_lock<std::mutex> g(mu_);
-    if (used_ > 0 && used_ + need > budget_) {
+    const uint64_t ticket = next_ticket_++;
+    auto fits = [&] { return ticket == serving_ && (used_ == 0 || used_ + need <= budget_); };
+    if (!fits()) {
       waits_++;
-      cv_.wait(g, [&] { return used_ == 0 || used_ + need <= budget_; });
+      cv_.wait(g, fits);
     }
+    serving_++;
     used_ += need;
     peak_ = std::max(peak_, used_);
+    g.unlock();
+    cv_.notify_all();  // the next in line may fit too
   }
 
   void release(size_t need) {
@@ -73,6 +83,7 @@ class ScratchBudget {
   std::mutex mu_;
   std::condition_variable cv_;
   uint64_t used_ = 0, peak_ = 0, waits_ = 0, budget_ = 0;
+  uint64_t next_ticket_ = 0, serving_ = 0;  // arrival order
 };
 
 // Holds `need` bytes of the budget for its scope when need > keep.
