@@ -22,6 +22,7 @@ import type {
   TableInfo,
   TableSpec,
 } from './types';
+import { DEFAULT_SCRATCH_MB, MAX_SCRATCH_MB } from './types';
 
 export * from './types';
 export { EngineError } from './errors';
@@ -58,7 +59,7 @@ export function rowBufferStats(): { keptBytes: number; maps: number } {
 /**
  * The working memory of pulls and pushes larger than the arrays each thread
  * keeps between calls (8 MiB), which comes out of one budget for the process
- * (PMEMPS_SCRATCH_MB, default 256): bytes held now, the most held at once,
+ * (Engine.open's scratchMb, default 256): bytes held now, the most held at once,
  * calls that waited for room, and the budget. A call larger than the whole
  * budget runs alone.
  */
@@ -269,6 +270,9 @@ export class Engine {
     const cacheMb = opts.cacheMb ?? 256;
     const poolMb = opts.poolMb ?? 1024;
     if (!(cacheMb >= 1)) throw invalid('cacheMb must be at least 1');
+    const scratchMb = opts.scratchMb ?? DEFAULT_SCRATCH_MB;
+    if (!Number.isInteger(scratchMb) || scratchMb < 1 || scratchMb > MAX_SCRATCH_MB)
+      throw invalid(`scratchMb must be a whole number of MiB from 1 to ${MAX_SCRATCH_MB}, got ${String(scratchMb)}`);
     if (!opts.memoryOnly && !(poolMb >= 16)) throw invalid('poolMb must be at least 16');
     if (!opts.memoryOnly && !opts.dir) throw invalid('dir is required unless memoryOnly is set');
     const layout = opts.layout ?? 'inplace';
@@ -279,6 +283,7 @@ export class Engine {
           dir: opts.memoryOnly ? '' : path.resolve(opts.dir as string),
           poolBytes: Math.floor(poolMb * 1024 * 1024),
           cacheBytes: Math.floor(cacheMb * 1024 * 1024),
+          scratchBytes: scratchMb * 1024 * 1024,
           memoryOnly: !!opts.memoryOnly,
           layout: LAYOUTS.indexOf(layout),
           inspect: !!opts.inspect,

@@ -45,6 +45,10 @@ export interface TableInfo extends TableSpec {
   rowFloats: number;
 }
 
+/** Engine.open's scratchMb: its default, and its largest value (1 TiB). */
+export const DEFAULT_SCRATCH_MB = 256;
+export const MAX_SCRATCH_MB = 2 ** 20;
+
 export interface OpenOptions {
   /** Directory holding the pool. Omit with memoryOnly. */
   dir?: string;
@@ -52,6 +56,13 @@ export interface OpenOptions {
   poolMb?: number;
   /** Hard DRAM budget of the row cache, in MiB (default 256). */
   cacheMb?: number;
+  /**
+   * The working memory of pulls and pushes larger than the arrays each
+   * thread keeps between calls, in MiB (default 256): one budget for the
+   * process, which each open sets (scratchStats()). A call waits until its
+   * need fits beside the others; one larger than the whole budget runs alone.
+   */
+  scratchMb?: number;
   /** DRAM-only engine with no pool: the benchmark's baseline and the crash test's reference. */
   memoryOnly?: boolean;
   /**

@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import yargs from 'yargs';
 import YAML from 'yaml';
+import { DEFAULT_SCRATCH_MB, MAX_SCRATCH_MB } from '../native/types';
 import { DEFAULT_MAX_MESSAGE_MB } from '../proto/load';
 import { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from './transport-limits';
 
@@ -34,6 +35,7 @@ export interface PserverConfig {
   bind: string;
   pmem: string;
   cacheMb: number;
+  scratchMb: number;
   poolSizeMb: number;
   poolLayout: PoolLayoutOption;
   maxMessageMb: number;
@@ -111,6 +113,16 @@ export const OPTIONS: readonly OptionDef[] = [
     describe: 'directory of the pool (`DIR/pmemps.pool`, locked while open): a DAX mount, CXL memory, /dev/shm or any filesystem',
   },
   { name: 'cache-mb', kind: 'number', arg: 'N', default: 1024, min: 1, max: MB_MAX, describe: 'hard DRAM budget of the row cache, MiB' },
+  {
+    name: 'scratch-mb',
+    kind: 'integer',
+    arg: 'N',
+    default: DEFAULT_SCRATCH_MB,
+    min: 1,
+    max: MAX_SCRATCH_MB,
+    describe:
+      'DRAM budget of the working arrays of pulls and pushes too large for those each engine thread keeps (8 MiB), MiB: such a call waits until it fits beside the others; one larger than the budget runs alone',
+  },
   {
     name: 'pool-size',
     kind: 'string',
@@ -551,6 +563,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
     bind: str('bind')!,
     pmem: str('pmem')!,
     cacheMb: num('cache-mb'),
+    scratchMb: num('scratch-mb'),
     poolSizeMb: poolSizeMb!,
     poolLayout: str('pool-layout') as PoolLayoutOption,
     maxMessageMb: num('max-message-mb'),

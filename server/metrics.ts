@@ -17,7 +17,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { EngineStats, PrepareTimes } from '../native/engine';
+import { scratchStats, type EngineStats, type PrepareTimes } from '../native/engine';
 import { splitHostPort } from './config';
 import { log } from './log';
 import type { Shard } from './shard';
@@ -56,6 +56,7 @@ for (const [name, code] of Object.entries(grpc.status)) if (typeof code === 'num
 
 interface Sample {
   stats: EngineStats;
+  scratch: ReturnType<typeof scratchStats>;
   tables: Set<string>;
   incarnation: number;
   needsRestore: boolean;
@@ -183,6 +184,24 @@ export class Metrics implements ServiceMetrics {
       help: 'Rows stored saturated at +-3.4e38: two pushes of the row, each checked alone, overflowed float32 together',
       registers,
       collect: engineCounter((s) => s.stats.rowsSaturated),
+    });
+    new Gauge({
+      name: 'pmemps_scratch_bytes',
+      help: 'Bytes of working memory held by pulls and pushes too large for the arrays each engine thread keeps',
+      registers,
+      collect: stat((s) => s.scratch.usedBytes),
+    });
+    new Gauge({
+      name: 'pmemps_scratch_budget_bytes',
+      help: 'Budget of that working memory (--scratch-mb); a call larger than the whole budget runs alone',
+      registers,
+      collect: stat((s) => s.scratch.budgetBytes),
+    });
+    new Counter({
+      name: 'pmemps_scratch_waits_total',
+      help: 'Large pulls and pushes that waited for working memory since the start',
+      registers,
+      collect: engineCounter((s) => s.scratch.waits),
     });
     new Gauge({ name: 'pmemps_pool_bytes', help: 'Size of the libpmemobj pool', registers, collect: stat((s) => s.stats.poolBytes) });
     new Gauge({ name: 'pmemps_pool_used_bytes', help: 'Bytes of the pool allocated', registers, collect: stat((s) => s.stats.poolUsedBytes) });
@@ -379,6 +398,7 @@ export class Metrics implements ServiceMetrics {
     if (!shard || shard.closed) return (this.sampled = null);
     return (this.sampled = {
       stats: shard.stats(),
+      scratch: scratchStats(),
       tables: new Set(shard.listTables().map((t) => t.name)),
       incarnation: shard.incarnation,
       needsRestore: shard.needsRestore,

@@ -54,7 +54,7 @@ export async function startServer(o: ServerOptions): Promise<{ stop: () => Promi
   fs.mkdirSync(o.pmem, { recursive: true });
   let shard: Shard;
   try {
-    shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, poolMb: o.poolSizeMb, layout: o.poolLayout });
+    shard = new Shard({ dir: o.pmem, cacheMb: o.cacheMb, scratchMb: o.scratchMb, poolMb: o.poolSizeMb, layout: o.poolLayout });
   } catch (e) {
     await metrics?.close();
     throw e;

@@ -41,6 +41,8 @@ import { prepareDigest } from './prepare-digest';
 export interface ShardOptions {
   dir: string;
   cacheMb: number;
+  /** Engine.open's scratchMb (default 256). */
+  scratchMb?: number;
   poolMb: number;
   /** Row layout of a pool created here (default 'auto'). */
   layout?: PoolLayout | 'auto';
@@ -193,7 +195,7 @@ export class Shard {
   private lastRead: WeakRef<CommittedCheckpoint> | null = null;
 
   constructor(opts: ShardOptions) {
-    this.engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, poolMb: opts.poolMb, layout: opts.layout ?? 'auto' });
+    this.engine = Engine.open({ dir: opts.dir, cacheMb: opts.cacheMb, scratchMb: opts.scratchMb, poolMb: opts.poolMb, layout: opts.layout ?? 'auto' });
     const oi = this.engine.openInfo;
     this.lastStopClean = oi.cleanClose;
     this.blockedBy = oi.pushesBlocked ? (oi.prepared ?? 0) : 0;

@@ -100,6 +100,12 @@ const BAD: Record<string, { value: string; says: string; extra?: string[] }[]> =
     { value: 'lots', says: 'must be a number' },
     { value: String(2 ** 25), says: 'at most 16777216' },
   ],
+  'scratch-mb': [
+    { value: '0', says: 'at least 1' },
+    { value: '1.5', says: 'whole number' },
+    { value: 'lots', says: 'must be a number' },
+    { value: String(2 ** 20 + 1), says: 'at most 1048576' },
+  ],
   'pool-size': [
     { value: '15M', says: '16M to 1P' },
     { value: '2P', says: '16M to 1P' },

@@ -7,8 +7,9 @@ process.env.PMEM_IS_PMEM_FORCE ??= '1';
 import { after, describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Engine, EngineError, asFloats, checkPoolFile, engineErrorCodes, packKeys, type TableSpec } from '../native/engine';
+import { Engine, EngineError, asFloats, checkPoolFile, engineErrorCodes, packKeys, scratchStats, type TableSpec } from '../native/engine';
 import { ENGINE_CODES, toStatus } from '../server/status-codes';
 import { f32, poolDirs, prng, randomGrads } from './helpers';
 
@@ -170,22 +171,35 @@ describe('pull buffers', () => {
 
 describe('large calls', () => {
   it('take their working memory from one budget: each waits until it fits beside the others or runs alone', () => {
-    // In a child: the budget is process-wide and read once from the environment.
-    const r = spawnSync(process.execPath, [path.join(__dirname, 'scratch-budget.child.js'), pool('scratch')], {
-      encoding: 'utf8',
-      timeout: 120_000,
-      env: { ...process.env, PMEMPS_SCRATCH_MB: '16' },
-    });
+    // In a child: the budget is process-wide.
+    const r = spawnSync(process.execPath, [path.join(__dirname, 'scratch-budget.child.js'), pool('scratch')], { encoding: 'utf8', timeout: 120_000 });
     const line = r.stdout.split('\n').find((l) => l.startsWith('@@RESULT '));
     assert.ok(line, `the child printed no result (status ${r.status}): ${r.stderr}`);
     const res = JSON.parse(line.slice('@@RESULT '.length));
     const MiB = 1024 * 1024;
-    assert.equal(res.before.budgetBytes, 16 * MiB);
-    assert.equal(res.wrong, 0, 'every push applied once');
+    assert.equal(res.opened.budgetBytes, 16 * MiB, 'Engine.open set the budget');
+    assert.ok(res.afterFirstPull.peakBytes > 16 * MiB, `a pull of 1.2M keys held its ~23 MiB of the budget: peak ${res.afterFirstPull.peakBytes}`);
+    assert.equal(res.afterFirstPull.usedBytes, 0, 'the pull gave its bytes back');
+    assert.equal(res.refused, 'INVALID_ARGUMENT', 'the push with a NaN gradient was refused');
+    assert.equal(res.afterRefused.usedBytes, 0, 'the refused push gave its bytes back');
+    assert.equal(res.wrong, 0, 'every push applied once, the refused one not at all');
     // Each push of 300k keys x dim 8 needs ~31 MiB: more than the budget, so one at a time (two would be ~62).
     assert.ok(res.afterPush.peakBytes > 16 * MiB && res.afterPush.peakBytes < 48 * MiB, `one push at a time: peak ${res.afterPush.peakBytes}`);
     assert.ok(res.afterPush.waits - res.before.waits >= 1, 'the pushes sent at once waited for each other');
     assert.equal(res.afterPull.usedBytes, 0, 'every call gave its bytes back');
+  });
+
+  it('refuse a working-memory budget that is not a whole number of MiB from 1 to 2^20, before opening anything', () => {
+    for (const scratchMb of [0, -1, 1.5, NaN, 2 ** 20 + 1, '64' as never]) {
+      const dir = pool(`scratch-bad-${String(scratchMb)}`);
+      assert.throws(
+        () => Engine.open({ dir, poolMb: 32, cacheMb: 2, scratchMb }),
+        (err: EngineError) => err.code === 'INVALID_ARGUMENT' && /scratchMb must be a whole number of MiB from 1 to 1048576/.test(err.message),
+        String(scratchMb),
+      );
+      assert.ok(!fs.existsSync(path.join(dir, 'pmemps.pool')), 'no pool was created');
+    }
+    assert.equal(scratchStats().budgetBytes, 256 * 1024 * 1024, 'the budget is unchanged (the default)');
   });
 });
 

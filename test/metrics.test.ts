@@ -170,7 +170,7 @@ describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {
   let ps: PsClient;
   let raw: grpc.Client;
   before(async () => {
-    srv = await startPserver(path.join(dirOf('metrics'), 'pool'));
+    srv = await startPserver(path.join(dirOf('metrics'), 'pool'), ['--scratch-mb', '48']);
     ps = await PsClient.connect({ endpoints: [`127.0.0.1:${srv.port}`] });
     const Ctor = parameterServerService();
     raw = new Ctor(`127.0.0.1:${srv.port}`, grpc.credentials.createInsecure());
@@ -238,6 +238,9 @@ describe('metrics of a live pserver (--metrics-bind 127.0.0.1:0)', () => {
     assert.equal(v(s0, 'pmemps_incarnation'), st0.incarnation);
     assert.equal(v(s0, 'pmemps_needs_restore'), 0);
     assert.equal(v(s0, 'pmemps_cache_budget_bytes'), CACHE_MB * 2 ** 20);
+    assert.equal(v(s0, 'pmemps_scratch_budget_bytes'), 48 * 2 ** 20, '--scratch-mb reached the engine');
+    assert.equal(v(s0, 'pmemps_scratch_bytes'), 0, 'no large call is running');
+    assert.equal(v(s0, 'pmemps_scratch_waits_total'), 0);
     assert.equal(v(s0, 'pmemps_pool_bytes'), st0.pool_bytes);
     assert.ok(v(s0, 'pmemps_pool_used_bytes') > 0 && v(s0, 'pmemps_pool_used_bytes') <= v(s0, 'pmemps_pool_bytes'));
     assert.ok(v(s0, 'pmemps_cache_bytes') <= v(s0, 'pmemps_cache_budget_bytes'));

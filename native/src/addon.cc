@@ -281,8 +281,12 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       opts.memory_only = o.Get("memoryOnly").As<Napi::Boolean>().Value();
       opts.layout = o.Get("layout").As<Napi::Number>().Uint32Value();
       opts.inspect = o.Get("inspect").As<Napi::Boolean>().Value();
+      const double scratch = o.Get("scratchBytes").As<Napi::Number>().DoubleValue();
+      if (!(scratch >= 1)) bad("scratchBytes must be positive");
       if (opts.layout != kLayoutInPlace && opts.layout != kLayoutLogged && opts.layout != kLayoutAuto) bad("unknown pool layout");
       engine_ = std::make_shared<Engine>(opts);
+      // Set once the engine opened: a failed open changes nothing.
+      ScratchBudget::get().set_budget(static_cast<uint64_t>(scratch));
     } catch (const Error& e) {
       to_js(env, e).ThrowAsJavaScriptException();
     } catch (const std::exception& e) {

@@ -17,7 +17,8 @@
 //  * used() <= max(budget, the largest single need): a call waits until
 //    its need fits beside the others, or until it is alone, so one call
 //    larger than the whole budget still runs (it cannot be split without
-//    losing the push's all-or-nothing).
+//    losing the push's all-or-nothing). An open that lowers the budget
+//    below what calls hold lets them finish; the next call waits for them.
 //  * Calls take the budget in the order they arrive, so one larger than the
 //    whole budget waits only for the calls before it.
 //  * A call waits for the budget before it takes any engine lock, so it
@@ -27,7 +28,6 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
-#include <cstdlib>
 #include <mutex>
 
 namespace pmemps {
@@ -60,6 +60,16 @@ class ScratchBudget {
     cv_.notify_all();  // the next in line may fit too
   }
 
+  // Each engine's open sets it (Engine.open's scratchMb); calls waiting may
+  // fit now.
+  void set_budget(uint64_t bytes) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      budget_ = bytes;
+    }
+    cv_.notify_all();
+  }
+
   void release(size_t need) {
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -74,15 +84,11 @@ class ScratchBudget {
   }
 
  private:
-  // PMEMPS_SCRATCH_MB (read once; default 256): for tests and operators.
-  ScratchBudget() {
-    const char* v = std::getenv("PMEMPS_SCRATCH_MB");
-    const unsigned long long mb = v ? std::strtoull(v, nullptr, 10) : 0;
-    budget_ = (mb ? mb : 256ull) << 20;
-  }
+  ScratchBudget() = default;
   std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t used_ = 0, peak_ = 0, waits_ = 0, budget_ = 0;
+  uint64_t used_ = 0, peak_ = 0, waits_ = 0;
+  uint64_t budget_ = uint64_t{256} << 20;   // Engine.open's default scratchMb
   uint64_t next_ticket_ = 0, serving_ = 0;  // arrival order
 };
 
