@@ -32,6 +32,8 @@
 //   first DATA until it closes (its call ended); over the connection's
 //   budget its newest streams still arriving are refused, over the total
 //   the newest of the connection holding the most.
+//   A stream is charged the socket reads its DATA came in, not only its
+//   own bytes of them (countIncoming).
 //
 // The calls are seen through a grpc-js server interceptor (public API); the
 // connections through grpc-js's http2 servers, a private field (as
@@ -92,8 +94,10 @@ const MB = 2 ** 20;
 interface Incoming {
   stream: http2.ServerHttp2Stream;
   conn: RecvConn;
-  /** DATA bytes received on it so far. */
+  /** Bytes charged to it so far: the socket reads its DATA came in (see countIncoming). */
   bytes: number;
+  /** The socket read its last chunk was a slice of. */
+  lastRead: ArrayBufferLike | null;
   /** Its whole body arrived: its call is being handled (and may wait: for the engine, a checkpoint, reply budget). */
   arrived: boolean;
 }
@@ -528,26 +532,28 @@ export class TransportGuard {
   // until the stream closes. (Counted only while arriving, requests that had
   // arrived and waited, for the engine, a checkpoint or reply budget, took
   // 20x the budgets: a review, 2026-12-02.)
+  // A chunk is charged the whole socket read it is a slice of (node hands
+  // DATA out as views of its read buffer, at most 64 KiB), once per run of
+  // chunks from the same read: a stream that holds any byte of a read holds
+  // all of it, the bytes of streams refused meanwhile included. Charged by
+  // their own length, 64 connections x 4 requests of 30 MiB never finished
+  // held 1.3 GB of such reads beyond --recv-mb 1024, the refused streams'
+  // share pinned by slices of the same reads that the survivors kept.
   private countIncoming(stream: http2.ServerHttp2Stream): void {
     const session = stream.session;
     if (!session || session.destroyed || stream.destroyed) return;
-    let rc = this.recvConns.get(session);
-    if (!rc) {
-      const conn: RecvConn = { session, incoming: new Set(), bytes: 0 };
-      this.recvConns.set(session, conn);
-      session.once('close', () => {
-        for (const inc of conn.incoming) this.releaseIncoming(inc);
-        this.recvConns.delete(session);
-      });
-      rc = conn;
-    }
-    const inc: Incoming = { stream, conn: rc, bytes: 0, arrived: false };
+    const rc = this.recvConns.get(session) ?? this.newRecvConn(session);
+    const inc: Incoming = { stream, conn: rc, bytes: 0, lastRead: null, arrived: false };
     rc.incoming.add(inc);
     const onData = (chunk: Buffer): void => {
       if (!inc.conn.incoming.has(inc)) return;
-      inc.bytes += chunk.length;
-      inc.conn.bytes += chunk.length;
-      this.recvTotal += chunk.length;
+      const read = chunk.buffer;
+      if (read === inc.lastRead) return;
+      inc.lastRead = read;
+      const cost = Math.max(chunk.length, read.byteLength);
+      inc.bytes += cost;
+      inc.conn.bytes += cost;
+      this.recvTotal += cost;
       if (inc.conn.bytes > this.recvPerConnBytes || this.recvTotal > this.recvTotalBytes) this.enforceRecv(inc.conn);
     };
     stream.on('data', onData);
@@ -562,11 +568,29 @@ export class TransportGuard {
     stream.once('close', done);
   }
 
+  // A method of its own so that the session's close listener, which lives
+  // as long as the connection, closes over the session alone: created in
+  // countIncoming it shared that scope's context with the first stream, and
+  // so kept that stream, its grpc-js call and every chunk of a request that
+  // was refused or timed out until the connection closed (64 connections
+  // each sending 4 requests of 30 MiB that never finished held 1.3 GB with
+  // --recv-mb 1024; found by a review, 2026-12-03).
+  private newRecvConn(session: http2.Http2Session): RecvConn {
+    const conn: RecvConn = { session, incoming: new Set(), bytes: 0 };
+    this.recvConns.set(session, conn);
+    session.once('close', () => {
+      for (const inc of conn.incoming) this.releaseIncoming(inc);
+      this.recvConns.delete(session);
+    });
+    return conn;
+  }
+
   private releaseIncoming(inc: Incoming): void {
     if (!inc.conn.incoming.delete(inc)) return;
     inc.conn.bytes -= inc.bytes;
     this.recvTotal -= inc.bytes;
     inc.bytes = 0;
+    inc.lastRead = null;
   }
 
   // Newest first: on a connection those are the streams that pushed it over

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { LocalCluster } from '../examples/local-cluster';
 import { DEFAULT_TRANSPORT_LIMITS, http2ServersOf, TransportGuard } from '../server/transport-limits';
 import { PsClient } from '../worker';
-import { bareSocket, grpcFrame, openFds, PULL_PATH, RawSession, rssMiB, slowReader, type StreamEnd, within } from './abuse.lib';
+import { bareSocket, grpcFrame, openFds, PULL_PATH, RawSession, rssMiB, slowReader, type StreamEnd, unfinishedFrame, within } from './abuse.lib';
 import { FAST_CODECS } from '../proto/fast-codec';
 import { poolDirs } from './helpers';
 
@@ -442,9 +442,7 @@ describe('requests that never finish arriving (--recv-mb-per-connection 16, --re
     let peak = rssMiB(pid);
     // Sampling /proc is the measurement here, not a synchronisation.
     const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 5);
-    const header = grpcFrame(Buffer.alloc(0));
-    header.writeUInt32BE(8 * 2 ** 20 - 64, 1);
-    const body = Buffer.concat([header, Buffer.alloc(SENT_MB * 2 ** 20 - header.length, 7)]);
+    const body = unfinishedFrame(8 * 2 ** 20 - 64, SENT_MB * 2 ** 20);
     const sessions = Array.from({ length: CONNECTIONS }, () => new RawSession(cluster.endpoints[0]));
     let ends: StreamEnd[];
     try {
@@ -528,6 +526,68 @@ describe('requests that arrived and wait are held within the receive budget (fou
       assert.equal((await ps.pull('d1', [1n])).length, 1);
     } finally {
       raw.destroy();
+      ps.close();
+      await cluster.stop();
+    }
+  });
+});
+
+// Two ways the server held request bytes the receive budget no longer
+// counted (found by a review, 2026-12-03; --recv-mb 1024 by default, 64
+// connections x 4 requests of 30 MiB never finished took it 1.3-1.4 GB above
+// idle, 256 x 2 took it 4.2 GB): each connection's close listener kept the
+// connection's first stream, with all it had received, until the connection
+// closed; and a stream was charged only its own bytes of the socket reads
+// its DATA came in, while holding any of a read holds all of it, the bytes
+// of streams refused meanwhile included. At these sizes either alone took
+// the server 440-920 MiB above idle against 220-265 with both fixed.
+describe('a flood of large requests that never finish (--recv-mb 128: 32 connections x 4 requests of 12 MiB)', () => {
+  const TOTAL_MB = 128;
+  const CONNECTIONS = 32;
+  const STREAMS = 4;
+  const SENT_MB = 12;
+  test('the server stays within idle + --recv-mb + 256 MiB (what it refused and V8 has not collected yet); every stream ends; an SDK client works after', async () => {
+    const cluster = await LocalCluster.start({
+      dir: dirOf('abuse-flood'),
+      shards: 1,
+      env: {
+        PMEMPS_RECV_MB: String(TOTAL_MB),
+        PMEMPS_RECV_MB_PER_CONNECTION: '64',
+        PMEMPS_MAX_MESSAGE_MB: '32',
+        PMEMPS_REQUEST_SECONDS: '3',
+      },
+    });
+    const ps = await PsClient.connect({ endpoints: cluster.endpoints, maxMessageMb: 32 });
+    const sessions: RawSession[] = [];
+    try {
+      await ps.createTable(SMALL);
+      const pid = cluster.procs[0]!.pid!;
+      const idle = await rssFloor(pid, 300);
+      let peak = rssMiB(pid);
+      // Sampling /proc is the measurement here, not a synchronisation.
+      const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 5);
+      const body = unfinishedFrame(31 * 2 ** 20, SENT_MB * 2 ** 20);
+      for (let i = 0; i < CONNECTIONS; i++) sessions.push(new RawSession(cluster.endpoints[0]));
+      let ends: StreamEnd[];
+      try {
+        const done = sessions.flatMap((s) => Array.from({ length: STREAMS }, () => s.request(PULL_PATH, body, false).done));
+        ends = await within(Promise.all(done), 60_000, 'the server ending every stream of the flood');
+      } finally {
+        clearInterval(sampler);
+      }
+      const refused = ends.filter(
+        (e) => e.grpcStatus === grpc.status.UNAVAILABLE || (e.grpcStatus === null && e.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM),
+      );
+      const where = `idle ${idle.toFixed(0)} MiB, highest ${peak.toFixed(0)} MiB; ${CONNECTIONS * STREAMS * SENT_MB} MiB offered, ${refused.length} of ${ends.length} streams refused`;
+      assert.ok(peak < idle + TOTAL_MB + 256, `server RSS rose to ${peak.toFixed(0)} MiB, above idle + --recv-mb ${TOTAL_MB} + 256 MiB (${where})`);
+      assert.ok(refused.length > 0, `no stream of the flood was refused (${where})`);
+      assert.equal(cluster.procs[0]!.exitCode, null, 'the server survived');
+      const grads = new Float32Array(64 * SMALL.dim).fill(0.5);
+      await ps.push(SMALL.name, keyBuf(64), grads);
+      assert.equal((await ps.pull(SMALL.name, keyBuf(64))).length, 64 * SMALL.dim);
+      console.log(`flood of large requests: ${where}`);
+    } finally {
+      for (const s of sessions) s.destroy();
       ps.close();
       await cluster.stop();
     }

@@ -30,6 +30,14 @@ export function grpcFrame(msg: Buffer): Buffer {
   return b;
 }
 
+/** The first `sentBytes` of a gRPC message announced as `announcedBytes` long: a request body that never finishes. */
+export function unfinishedFrame(announcedBytes: number, sentBytes: number): Buffer {
+  const b = Buffer.alloc(sentBytes, 7);
+  b[0] = 0;
+  b.writeUInt32BE(announcedBytes, 1);
+  return b;
+}
+
 export function pullFrame(table: string, keys: Buffer): Buffer {
   return grpcFrame(FAST_CODECS.Pull.request.encode({ table, keys }));
 }

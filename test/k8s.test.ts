@@ -28,8 +28,12 @@ const KUBECTL = process.env.PMEMPS_KUBECTL ?? 'kubectl';
 const PYTHON = process.env.PMEMPS_PYTHON ?? '/usr/bin/python3';
 
 // The sizing rule of deploy/k8s/README.md: cache + reply budget + receive
-// budget + this much for Node, its heap, gRPC and one exec probe.
-const OVERHEAD_MIB = 512;
+// budget + working memory of large calls + this much for Node, its heap,
+// gRPC, one exec probe and what a flood of refused requests leaves for V8
+// to free (docs/operations.md, Memory requests).
+const OVERHEAD_MIB = 768;
+// A large call's working memory against its message (docs/operations.md).
+const SCRATCH_PER_MESSAGE = 5;
 // The clean close after the drain: metrics server, pool close.
 const CLOSE_SECONDS = 15;
 // A filesystem gives a non-root user less than the volume's size (ext4 keeps 5% for root).
@@ -261,11 +265,12 @@ function problems(docs: Obj[], image: Image, readme: string): string[] {
   if (vol?.hostPath) bad(!!poolMount?.subPathExpr, 'a hostPath pool without a per-pod subPathExpr: two shards on a node would share it');
 
   // Memory: the rule, with requests = limits.
-  const want = cfg.cacheMb + cfg.limits.replyMb + cfg.limits.recvMb + OVERHEAD_MIB + charged;
+  const scratch = Math.max(cfg.scratchMb, SCRATCH_PER_MESSAGE * cfg.maxMessageMb);
+  const want = cfg.cacheMb + cfg.limits.replyMb + cfg.limits.recvMb + scratch + OVERHEAD_MIB + charged;
   const lim = c.resources?.limits?.memory;
   bad(
     lim !== undefined && mib(lim) === want,
-    `memory limit ${lim} is not cache-mb + reply-mb + recv-mb + ${OVERHEAD_MIB}${charged ? ' + the tmpfs pool' : ''} = ${want}Mi`,
+    `memory limit ${lim} is not cache-mb + reply-mb + recv-mb + max(scratch-mb, ${SCRATCH_PER_MESSAGE} x max-message-mb) + ${OVERHEAD_MIB}${charged ? ' + the tmpfs pool' : ''} = ${want}Mi`,
   );
   bad(c.resources?.requests?.memory === lim, 'memory requests differ from limits (not Guaranteed)');
   return out;
@@ -331,7 +336,13 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
     broken('option name', (sts) => c(sts).env.push({ name: 'PMEMPS_CACHE_MIB', value: '1' }), /PMEMPS_CACHE_MIB is not an option/);
     broken('flag name', (sts) => (c(sts).args = ['--cache-size', '1']), /--cache-size is not an option/);
     broken('option value', (sts) => setEnv(sts, 'PMEMPS_CACHE_MB', 'lots'), /would refuse.*--cache-mb must be a number/);
-    broken('cache without memory', (sts) => setEnv(sts, 'PMEMPS_CACHE_MB', '8192'), /memory limit 5376Mi is not .* = 9472Mi/);
+    broken('cache without memory', (sts) => setEnv(sts, 'PMEMPS_CACHE_MB', '8192'), /memory limit 5952Mi is not .* = 10048Mi/);
+    // A call larger than --scratch-mb runs alone: 5 x 128 MiB of working memory.
+    broken(
+      'large messages without memory',
+      (sts) => c(sts).env.push({ name: 'PMEMPS_MAX_MESSAGE_MB', value: '128' }),
+      /memory limit 5952Mi is not .* = 6272Mi/,
+    );
     broken(
       'secret mount',
       (sts) => (c(sts).volumeMounts.find((m: Obj) => m.name === 'secrets').mountPath = '/etc/pmemps'),
