@@ -550,10 +550,9 @@ export class TransportGuard {
       const read = chunk.buffer;
       if (read === inc.lastRead) return;
       inc.lastRead = read;
-      const cost = Math.max(chunk.length, read.byteLength);
-      inc.bytes += cost;
-      inc.conn.bytes += cost;
-      this.recvTotal += cost;
+      inc.bytes += read.byteLength;
+      inc.conn.bytes += read.byteLength;
+      this.recvTotal += read.byteLength;
       if (inc.conn.bytes > this.recvPerConnBytes || this.recvTotal > this.recvTotalBytes) this.enforceRecv(inc.conn);
     };
     stream.on('data', onData);

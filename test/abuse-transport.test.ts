@@ -539,8 +539,9 @@ describe('requests that arrived and wait are held within the receive budget (fou
 // connection's first stream, with all it had received, until the connection
 // closed; and a stream was charged only its own bytes of the socket reads
 // its DATA came in, while holding any of a read holds all of it, the bytes
-// of streams refused meanwhile included. At these sizes either alone took
-// the server 440-920 MiB above idle against 220-265 with both fixed.
+// of streams refused meanwhile included. At these sizes the server rose
+// 740 MiB above idle with neither fixed, 604 and 495 with one or the other,
+// 206-236 with both.
 describe('a flood of large requests that never finish (--recv-mb 128: 32 connections x 4 requests of 12 MiB)', () => {
   const TOTAL_MB = 128;
   const CONNECTIONS = 32;
